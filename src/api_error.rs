@@ -1,0 +1,167 @@
+//! Errors the gateway answers itself, in the OpenAI error shape
+//! (`{"error":{"message","type","code"}}`) so SDKs surface them cleanly.
+//!
+//! Invariant: messages name the route, upstream URL and cause, never a credential.
+
+use bytes::Bytes;
+use pingora::{Error, ErrorSource, ErrorType};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: u16,
+    /// OpenAI's `type`: `invalid_request_error`, `upstream_error`, `internal_error`...
+    pub kind: &'static str,
+    /// A stable machine-readable code; also the `kind` label of `agentgate_errors_total`.
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(
+        status: u16,
+        kind: &'static str,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        ApiError {
+            status,
+            kind,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn body(&self) -> Bytes {
+        let v = serde_json::json!({
+            "error": { "message": self.message, "type": self.kind, "code": self.code }
+        });
+        Bytes::from(v.to_string())
+    }
+
+    /// Classifies an error pingora raised while proxying for `route` to `upstream_url`.
+    pub fn from_proxy_error(e: &Error, route: &str, upstream_url: &str) -> ApiError {
+        use ErrorType::*;
+        // The innermost cause says what went wrong (refused, certificate verify failed...).
+        let cause = match &e.cause {
+            Some(c) => c.to_string(),
+            None => e.etype().as_str().to_string(),
+        };
+        let up = |status, code, what: &str| {
+            ApiError::new(
+                status,
+                "upstream_error",
+                code,
+                format!("route `{route}`: {what} upstream {upstream_url}: {cause}"),
+            )
+        };
+        match e.etype() {
+            ConnectTimedout => up(504, "upstream_connect_timeout", "timed out connecting to"),
+            ConnectRefused | ConnectNoRoute | ConnectError | SocketError | BindError
+            | ConnectProxyFailure => up(502, "upstream_connect_failed", "could not connect to"),
+            TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert | TLSWantX509Lookup
+            | HandshakeError => up(502, "upstream_tls_failed", "TLS handshake failed with"),
+            ReadTimedout | WriteTimedout if e.esource() == &ErrorSource::Upstream => {
+                up(504, "upstream_timeout", "timed out waiting for")
+            }
+            HTTPStatus(code) => ApiError::new(
+                *code,
+                if *code >= 500 {
+                    "internal_error"
+                } else {
+                    "invalid_request_error"
+                },
+                "gateway_error",
+                format!("route `{route}`: {cause}"),
+            ),
+            _ => match e.esource() {
+                ErrorSource::Upstream => up(502, "upstream_protocol_error", "bad response from"),
+                ErrorSource::Downstream => ApiError::new(
+                    400,
+                    "invalid_request_error",
+                    "bad_request",
+                    format!("the request could not be read: {cause}"),
+                ),
+                _ => ApiError::new(
+                    500,
+                    "internal_error",
+                    "internal_error",
+                    format!("route `{route}`: internal error: {cause}"),
+                ),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_is_openai_shaped() {
+        let e = ApiError::new(
+            404,
+            "invalid_request_error",
+            "route_not_found",
+            "no route for /x",
+        );
+        let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+        assert_eq!(v["error"]["message"], "no route for /x");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["code"], "route_not_found");
+    }
+
+    #[test]
+    fn classifies_proxy_errors() {
+        let table: &[(ErrorType, ErrorSource, u16, &str)] = &[
+            (
+                ErrorType::ConnectRefused,
+                ErrorSource::Upstream,
+                502,
+                "upstream_connect_failed",
+            ),
+            (
+                ErrorType::ConnectTimedout,
+                ErrorSource::Upstream,
+                504,
+                "upstream_connect_timeout",
+            ),
+            (
+                ErrorType::InvalidCert,
+                ErrorSource::Upstream,
+                502,
+                "upstream_tls_failed",
+            ),
+            (
+                ErrorType::TLSHandshakeFailure,
+                ErrorSource::Upstream,
+                502,
+                "upstream_tls_failed",
+            ),
+            (
+                ErrorType::ReadTimedout,
+                ErrorSource::Upstream,
+                504,
+                "upstream_timeout",
+            ),
+            (
+                ErrorType::H1Error,
+                ErrorSource::Upstream,
+                502,
+                "upstream_protocol_error",
+            ),
+            (
+                ErrorType::InternalError,
+                ErrorSource::Internal,
+                500,
+                "internal_error",
+            ),
+        ];
+        for (etype, source, status, code) in table {
+            let mut e = Error::new(etype.clone());
+            e.esource = source.clone();
+            let api = ApiError::from_proxy_error(&e, "r", "https://up.example");
+            assert_eq!((api.status, api.code), (*status, *code), "{etype:?}");
+            assert!(api.message.contains("route `r`"));
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! The YAML configuration: serde structs for the file format (`raw`), converted with
+//! `TryFrom` into the validated model the gateway uses. Every check runs during
+//! deserialization so serde_yaml reports the file, line and column of the offending value.
+//!
+//! Invariants enforced here (fail closed, at start-up): no plaintext leg except on loopback,
+//! TLS >= 1.2 on both legs, upstream verification cannot be turned off, unknown keys are errors.
+
+mod raw;
+pub mod secret;
+pub mod units;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use secret::Secret;
+
+/// A validated configuration file. Relative paths in it are relative to the working directory.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(try_from = "raw::RawConfig")]
+pub struct Config {
+    pub server: ServerSettings,
+    pub listeners: Vec<Listener>,
+    pub admin: Admin,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(try_from = "raw::RawServer")]
+pub struct ServerSettings {
+    pub state_dir: PathBuf,
+    pub threads: usize,
+    pub grace_period: Duration,
+    pub max_body: u64,
+    /// Idle upstream connections kept per worker thread.
+    pub upstream_keepalive_pool: usize,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(try_from = "raw::RawListener")]
+pub struct Listener {
+    pub name: String,
+    pub address: SocketAddr,
+    /// `None` means plaintext, which validation allows only on loopback addresses.
+    pub tls: Option<ListenerTls>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(try_from = "raw::RawListenerTls")]
+pub struct ListenerTls {
+    /// Certificate chain and key files; `None` means generate (and reuse) under `state_dir`.
+    pub cert_key: Option<(PathBuf, PathBuf)>,
+    /// Extra DNS names / IPs for a generated certificate (localhost, 127.0.0.1 and ::1 are always in).
+    pub names: Vec<String>,
+    pub min_version: TlsVersion,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(try_from = "raw::RawAdmin")]
+pub struct Admin {
+    pub address: SocketAddr,
+    pub tls: Option<ListenerTls>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(try_from = "raw::RawRoute")]
+pub struct Route {
+    pub name: String,
+    pub path_prefix: String,
+    pub host: Option<String>,
+    pub upstream: Upstream,
+    /// Headers the gateway sets on every upstream request (credentials), in file order.
+    pub set_headers: Vec<(http::HeaderName, Secret)>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(try_from = "raw::RawUpstream")]
+pub struct Upstream {
+    /// The URL as written, for messages.
+    pub url: String,
+    pub tls: bool,
+    /// Host name (or IP literal without brackets) used for SNI, certificate checks and `Host`.
+    pub host: String,
+    pub port: u16,
+    /// Path prefix from the URL (`https://h/openai` => `/openai`), empty for `/`.
+    pub base_path: String,
+    pub ca_file: Option<PathBuf>,
+    pub pins_sha256: Vec<[u8; 32]>,
+    pub http2: bool,
+    pub min_tls_version: TlsVersion,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl Upstream {
+    /// `host:port` as it goes in the `Host` header (IPv6 literals bracketed, default ports omitted).
+    pub fn authority(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        let default_port = if self.tls { 443 } else { 80 };
+        if self.port == default_port {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
+/// A configuration error with its position in the file.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", self.render())]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn render(&self) -> String {
+        match (self.line, self.column) {
+            (Some(l), Some(c)) => format!("{}:{l}:{c}: {}", self.file.display(), self.message),
+            _ => format!("{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            column: None,
+            message: format!("cannot read the configuration file: {e}"),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Loads a file resolving secret references to placeholders (validation without the secrets).
+    pub fn load_without_secrets(path: &Path) -> Result<Config, ConfigError> {
+        secret::with_placeholders(|| Self::load(path))
+    }
+
+    /// Parses YAML text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        serde_yaml::from_str::<Config>(text).map_err(|e| {
+            let loc = e.location();
+            let mut message = e.to_string();
+            // serde_yaml appends " at line L column C"; we print the position up front instead.
+            if let Some(i) = message.rfind(" at line ") {
+                message.truncate(i);
+            }
+            let mut line = loc.as_ref().map(|l| l.line());
+            let mut column = loc.as_ref().map(|l| l.column());
+            if let Some((field, rest)) = split_field_marker(&message) {
+                // serde_yaml positions a conversion error at the enclosing mapping; point at the field.
+                if let Some((l, c)) = find_field(text, line.unwrap_or(1), &field) {
+                    line = Some(l);
+                    column = Some(c);
+                }
+                message = rest;
+            }
+            ConfigError {
+                file: path.to_path_buf(),
+                line,
+                column,
+                message,
+            }
+        })
+    }
+}
+
+/// Marks a validation message with the YAML key it is about, so the position can be refined.
+const FIELD_MARK: char = '\u{1}';
+
+pub(crate) fn at_field(field: &str, message: String) -> String {
+    format!("{FIELD_MARK}{field}{FIELD_MARK}{message}")
+}
+
+/// `"prefix: \u{1}field\u{1}msg"` => `("field", "prefix: msg")`.
+fn split_field_marker(message: &str) -> Option<(String, String)> {
+    let start = message.find(FIELD_MARK)?;
+    let after = &message[start + 1..];
+    let end = after.find(FIELD_MARK)?;
+    let field = after[..end].to_string();
+    Some((field, format!("{}{}", &message[..start], &after[end + 1..])))
+}
+
+/// Position (1-based line, column) of `path` at or after line `from`. A path is `.`-separated
+/// keys, each searched after the previous; `key=value` matches a key with that scalar value
+/// (used to find the mapping of a named route).
+fn find_field(text: &str, from: usize, path: &str) -> Option<(usize, usize)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut at = (from.saturating_sub(1), 0);
+    for component in path.split('.') {
+        let (key, value) = match component.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (component, None),
+        };
+        at = lines.iter().enumerate().skip(at.0).find_map(|(i, l)| {
+            l.match_indices(key).find_map(|(col, _)| {
+                let (before, after) = (&l[..col], &l[col + key.len()..]);
+                let before = before.strip_suffix(['"', '\'']).unwrap_or(before);
+                let after = after.strip_prefix(['"', '\'']).unwrap_or(after);
+                let boundary = before
+                    .chars()
+                    .last()
+                    .is_none_or(|c| c.is_whitespace() || c == '{' || c == ',' || c == '-');
+                let rest = after
+                    .strip_prefix(':')?
+                    .trim_start()
+                    .trim_start_matches(['"', '\'']);
+                let value_ok = value.is_none_or(|v| {
+                    rest.starts_with(v)
+                        && !rest[v.len()..]
+                            .starts_with(|c: char| c.is_alphanumeric() || c == '-' || c == '_')
+                });
+                (boundary && value_ok).then_some((i, col))
+            })
+        })?;
+    }
+    Some((at.0 + 1, at.1 + 1))
+}
+
+#[cfg(test)]
+mod tests;

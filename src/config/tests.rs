@@ -1,0 +1,222 @@
+use super::*;
+
+const BASE: &str = r#"
+server: { state_dir: ./var, threads: 2, grace_period: 30s }
+listeners:
+  - { name: agents, address: "127.0.0.1:8443", tls: {} }
+admin: { address: "127.0.0.1:9090" }
+routes:
+  - name: openai
+    match: { path_prefix: /v1/ }
+    upstream:
+      url: https://api.openai.com
+    credentials:
+      set_headers: { Authorization: "Bearer ${env:AGENTGATE_TEST_KEY}" }
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    // SAFETY-free in edition 2021; the variable name is unique to these tests.
+    std::env::set_var("AGENTGATE_TEST_KEY", "sk-test-123");
+    Config::parse(text, Path::new("test.yaml"))
+}
+
+#[test]
+fn base_config_parses_with_defaults() {
+    let c = parse(BASE).unwrap();
+    assert_eq!(c.server.threads, 2);
+    assert_eq!(c.server.grace_period, Duration::from_secs(30));
+    assert_eq!(c.server.max_body, 32 << 20);
+    let r = &c.routes[0];
+    assert_eq!(r.path_prefix, "/v1/");
+    assert!(r.upstream.tls);
+    assert_eq!(
+        (r.upstream.host.as_str(), r.upstream.port),
+        ("api.openai.com", 443)
+    );
+    assert_eq!(r.upstream.authority(), "api.openai.com");
+    assert_eq!(r.set_headers[0].1.expose(), "Bearer sk-test-123");
+    assert!(c.listeners[0].tls.as_ref().unwrap().cert_key.is_none());
+    assert!(
+        !format!("{c:?}").contains("sk-test-123"),
+        "Debug must not print secrets"
+    );
+}
+
+/// Each case replaces one line of BASE (or adds text) and expects an error mentioning a fragment
+/// and the line of the offending value.
+#[test]
+fn refused_configs() {
+    let table: &[(&str, &str, &str, usize)] = &[
+        // (original, replacement, expected fragment, expected line)
+        (
+            "url: https://api.openai.com",
+            "url: http://api.openai.com",
+            "plaintext http://",
+            10,
+        ),
+        (
+            "url: https://api.openai.com",
+            "url: http://10.0.0.1:80\n      allow_plaintext_loopback: true",
+            "only to 127.0.0.0/8 or ::1",
+            10,
+        ),
+        (
+            "url: https://api.openai.com",
+            "url: https://api.openai.com\n      verify: false",
+            "cannot be disabled",
+            11,
+        ),
+        (
+            "url: https://api.openai.com",
+            "url: https://api.openai.com\n      min_tls_version: \"1.1\"",
+            "minimum is 1.2",
+            11,
+        ),
+        (
+            "url: https://api.openai.com",
+            "url: ftp://x",
+            "must start with https://",
+            10,
+        ),
+        (
+            "url: https://api.openai.com",
+            "url: https://api.openai.com\n      pins_sha256: [YWJj]",
+            "not a SHA-256",
+            11,
+        ),
+        (
+            "url: https://api.openai.com",
+            "url: https://api.openai.com\n      ca_file: /nonexistent/ca.pem",
+            "does not exist",
+            11,
+        ),
+        (
+            "url: https://api.openai.com",
+            "uri: https://api.openai.com",
+            "unknown field `uri`",
+            10,
+        ),
+        (
+            r#"address: "127.0.0.1:8443", tls: {} }"#,
+            r#"address: "0.0.0.0:8443" }"#,
+            "plaintext is allowed only on loopback",
+            4,
+        ),
+        (
+            r#"address: "127.0.0.1:8443", tls: {} }"#,
+            r#"address: "localhost:8443" }"#,
+            "not an IP address",
+            4,
+        ),
+        (
+            r#"address: "127.0.0.1:8443", tls: {} }"#,
+            r#"address: "127.0.0.1:8443", tls: { min_tls_version: 1.0 } }"#,
+            "minimum is 1.2",
+            4,
+        ),
+        (
+            r#"address: "127.0.0.1:8443", tls: {} }"#,
+            r#"address: "127.0.0.1:8443", tls: { cert: a.pem } }"#,
+            "both `cert` and `key`",
+            4,
+        ),
+        (
+            r#"admin: { address: "127.0.0.1:9090" }"#,
+            r#"admin: { address: "0.0.0.0:9090" }"#,
+            "admin listener",
+            5,
+        ),
+        (
+            r#"admin: { address: "127.0.0.1:9090" }"#,
+            r#"admin: { address: "127.0.0.1:8443" }"#,
+            "is also used by listener `agents`",
+            5,
+        ),
+        ("threads: 2", "threads: 0", "between 1 and 1024", 2),
+        (
+            "grace_period: 30s",
+            "grace_period: 30 parsecs",
+            "unknown duration unit",
+            2,
+        ),
+        (
+            "match: { path_prefix: /v1/ }",
+            "match: { path_prefix: v1 }",
+            "must start with `/`",
+            8,
+        ),
+        (
+            "match: { path_prefix: /v1/ }",
+            "mtch: { path_prefix: /v1/ }",
+            "unknown field `mtch`",
+            8,
+        ),
+        ("name: openai", "name: open ai", "only letters", 7),
+        (
+            "${env:AGENTGATE_TEST_KEY}",
+            "${env:AGENTGATE_TEST_MISSING_VAR}",
+            "`AGENTGATE_TEST_MISSING_VAR` is not set",
+            12,
+        ),
+        (
+            "{ Authorization:",
+            "{ Content-Length:",
+            "cannot set `Content-Length`",
+            12,
+        ),
+        (
+            "{ Authorization:",
+            "{ \"Bad Header\":",
+            "not a valid header name",
+            12,
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (from, to, fragment, line) in table {
+        assert!(BASE.contains(from), "case {from:?} does not apply");
+        let text = BASE.replacen(from, to, 1);
+        let err = parse(&text).expect_err(&format!("accepted: {to}"));
+        let rendered = err.to_string();
+        assert!(rendered.contains(fragment), "{to}: got `{rendered}`");
+        assert!(rendered.starts_with("test.yaml:"), "{rendered}");
+        if err.line != Some(*line) {
+            wrong.push(format!("{to}: want line {line}, got `{rendered}`"));
+        }
+        assert!(!rendered.contains("sk-test-123"), "{rendered}");
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn duplicate_route_names_are_refused() {
+    let text = format!(
+        "{BASE}  - name: openai\n    match: {{ path_prefix: /x/ }}\n    upstream: {{ url: https://example.com }}\n"
+    );
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(err.contains("route name `openai` is used twice"), "{err}");
+}
+
+#[test]
+fn loopback_plaintext_upstream_and_listener_are_allowed_when_asked() {
+    let text = BASE
+        .replace(
+            "url: https://api.openai.com",
+            "url: http://127.0.0.1:9999/base/\n      allow_plaintext_loopback: true",
+        )
+        .replace(
+            r#"address: "127.0.0.1:8443", tls: {} }"#,
+            r#"address: "[::1]:8443" }"#,
+        );
+    let c = parse(&text).unwrap();
+    let up = &c.routes[0].upstream;
+    assert!(!up.tls);
+    assert_eq!(up.base_path, "/base");
+    assert_eq!(up.authority(), "127.0.0.1:9999");
+    assert!(c.listeners[0].tls.is_none());
+}
+
+#[test]
+fn malformed_yaml_points_to_the_line() {
+    let err = parse("listeners:\n  - { name: a\nroutes: []\n").unwrap_err();
+    assert!(err.line.is_some(), "{err}");
+}

@@ -1,0 +1,14 @@
+//! agentgate: a Pingora-based Layer-7 gateway for AI agents.
+//! Engines (`config`, `scrub`, `tls`) are pure; `proxy` and `server` are glue.
+
+pub mod admin;
+pub mod api_error;
+pub mod cli;
+pub mod config;
+pub mod metrics;
+pub mod proxy;
+pub mod scrub;
+pub mod server;
+pub mod session_log;
+pub mod tls;
+pub mod upstream;

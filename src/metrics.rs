@@ -1,0 +1,123 @@
+//! Prometheus metrics, registered in the default registry that `pingora-prometheus` re-exports.
+//! Names and labels are part of the product (README lists them); labels have bounded
+//! cardinality: route names come from the config, never from requests.
+
+use pingora_prometheus::prometheus::{
+    self, register_histogram_vec, register_int_counter_vec, HistogramVec, IntCounter, IntCounterVec,
+};
+use std::sync::LazyLock;
+
+/// Latency buckets from 250 µs (gateway overhead) to 10 minutes (slow model calls).
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    30.0, 60.0, 120.0, 300.0, 600.0,
+];
+
+macro_rules! lazy {
+    ($name:ident : $ty:ty = $init:expr) => {
+        pub static $name: LazyLock<$ty> = LazyLock::new(|| $init.expect("metric registers once"));
+    };
+}
+
+lazy!(REQUESTS: IntCounterVec = register_int_counter_vec!(
+    "agentgate_requests_total",
+    "Requests answered, by route and status class (1xx..5xx, or none when no response was sent)",
+    &["route", "status_class"]
+));
+lazy!(REQUEST_DURATION: HistogramVec = register_histogram_vec!(
+    "agentgate_request_duration_seconds",
+    "Time from the request header to the end of the response",
+    &["route"],
+    LATENCY_BUCKETS.to_vec()
+));
+lazy!(UPSTREAM_TTFB: HistogramVec = register_histogram_vec!(
+    "agentgate_upstream_ttfb_seconds",
+    "Time from sending the request upstream to the upstream's response header",
+    &["route"],
+    LATENCY_BUCKETS.to_vec()
+));
+lazy!(REQUEST_BYTES: IntCounterVec = register_int_counter_vec!(
+    "agentgate_request_bytes_total",
+    "Request body bytes received from agents",
+    &["route"]
+));
+lazy!(RESPONSE_BYTES: IntCounterVec = register_int_counter_vec!(
+    "agentgate_response_bytes_total",
+    "Response body bytes sent to agents",
+    &["route"]
+));
+lazy!(UPSTREAM_CONNECTIONS: IntCounterVec = register_int_counter_vec!(
+    "agentgate_upstream_connections_total",
+    "Upstream connections used for a request, by whether a pooled connection was reused",
+    &["reused"]
+));
+lazy!(TLS_HANDSHAKE_FAILURES: IntCounterVec = register_int_counter_vec!(
+    "agentgate_tls_handshake_failures_total",
+    "TLS handshakes that failed, by leg (downstream: agent side, upstream: API side)",
+    &["leg"]
+));
+lazy!(ERRORS: IntCounterVec = register_int_counter_vec!(
+    "agentgate_errors_total",
+    "Requests the gateway answered with its own error, by route and kind",
+    &["route", "kind"]
+));
+
+/// The label used for requests that matched no route.
+pub const NO_ROUTE: &str = "none";
+
+/// Per-route counters resolved once, so the hot path does no label lookup.
+pub struct RouteMetrics {
+    by_class: [IntCounter; 6],
+    pub duration: prometheus::Histogram,
+    pub ttfb: prometheus::Histogram,
+    pub request_bytes: IntCounter,
+    pub response_bytes: IntCounter,
+}
+
+impl RouteMetrics {
+    pub fn new(route: &str) -> RouteMetrics {
+        let class = |c: &str| REQUESTS.with_label_values(&[route, c]);
+        RouteMetrics {
+            by_class: [
+                class("none"),
+                class("1xx"),
+                class("2xx"),
+                class("3xx"),
+                class("4xx"),
+                class("5xx"),
+            ],
+            duration: REQUEST_DURATION.with_label_values(&[route]),
+            ttfb: UPSTREAM_TTFB.with_label_values(&[route]),
+            request_bytes: REQUEST_BYTES.with_label_values(&[route]),
+            response_bytes: RESPONSE_BYTES.with_label_values(&[route]),
+        }
+    }
+
+    pub fn count_status(&self, status: u16) {
+        let i = match status {
+            100..=599 => (status / 100) as usize,
+            _ => 0,
+        };
+        self.by_class[i].inc();
+    }
+}
+
+/// Forces registration so `/metrics` lists every family from the first scrape.
+pub fn init() {
+    for leg in ["downstream", "upstream"] {
+        TLS_HANDSHAKE_FAILURES.with_label_values(&[leg]);
+    }
+    for reused in ["true", "false"] {
+        UPSTREAM_CONNECTIONS.with_label_values(&[reused]);
+    }
+    LazyLock::force(&ERRORS);
+}
+
+pub fn render() -> (Vec<u8>, String) {
+    use prometheus::Encoder;
+    let encoder = prometheus::TextEncoder::new();
+    let mut buf = Vec::new();
+    // Encoding into a Vec cannot fail for well-formed families.
+    let _ = encoder.encode(&prometheus::gather(), &mut buf);
+    (buf, encoder.format_type().to_string())
+}

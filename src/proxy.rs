@@ -1,0 +1,670 @@
+//! The `ProxyHttp` implementation: glue between Pingora's phases and agentgate's engines.
+//! Each phase does one job; see DESIGN.md's request-flow table.
+
+use crate::api_error::ApiError;
+use crate::config::{Config, Route, TlsVersion};
+use crate::metrics::{self, RouteMetrics};
+use crate::scrub::{SecretSet, StreamScrubber};
+use crate::session_log::{self, SessionRecord};
+use crate::upstream::UpstreamTarget;
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::protocols::Digest;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Client headers that carry credentials: removed before the route's own are set.
+const CLIENT_CREDENTIAL_HEADERS: &[&str] = &[
+    "authorization",
+    "x-api-key",
+    "api-key",
+    "cookie",
+    "proxy-authorization",
+];
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) that must not be forwarded.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// Everything the gateway knows about one route at run time.
+pub struct RouteRuntime {
+    pub route: Route,
+    target: UpstreamTarget,
+    secrets: Option<Arc<SecretSet>>,
+    metrics: RouteMetrics,
+    host_header: HeaderValue,
+    set_headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+pub struct Gateway {
+    routes: Vec<Arc<RouteRuntime>>,
+    max_body: u64,
+    unmatched: RouteMetrics,
+}
+
+impl Gateway {
+    pub fn new(config: &Config) -> Result<Gateway, String> {
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for route in &config.routes {
+            let target = UpstreamTarget::new(&route.name, &route.upstream)?;
+            let secrets = SecretSet::new(
+                route
+                    .set_headers
+                    .iter()
+                    .flat_map(|(_, s)| s.sensitive_parts().iter().cloned()),
+            );
+            let host_header = HeaderValue::from_str(&route.upstream.authority()).map_err(|_| {
+                format!(
+                    "route `{}`: upstream host is not a valid Host header",
+                    route.name
+                )
+            })?;
+            let set_headers = route
+                .set_headers
+                .iter()
+                .map(|(name, value)| {
+                    let mut v = HeaderValue::from_str(value.expose()).map_err(|_| {
+                        format!(
+                            "route `{}`: header `{name}` has an invalid value",
+                            route.name
+                        )
+                    })?;
+                    v.set_sensitive(true);
+                    Ok((name.clone(), v))
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            routes.push(Arc::new(RouteRuntime {
+                metrics: RouteMetrics::new(&route.name),
+                route: route.clone(),
+                target,
+                secrets,
+                host_header,
+                set_headers,
+            }));
+        }
+        Ok(Gateway {
+            routes,
+            max_body: config.server.max_body,
+            unmatched: RouteMetrics::new(metrics::NO_ROUTE),
+        })
+    }
+
+    /// First route in file order whose host (if any) and path prefix match.
+    fn match_route(&self, host: Option<&str>, path: &str) -> Option<&Arc<RouteRuntime>> {
+        self.routes.iter().find(|r| {
+            path.starts_with(&r.route.path_prefix)
+                && r.route
+                    .host
+                    .as_deref()
+                    .is_none_or(|want| host.is_some_and(|h| h.eq_ignore_ascii_case(want)))
+        })
+    }
+}
+
+/// Per-request state.
+pub struct RequestCtx {
+    pub id: String,
+    route: Option<Arc<RouteRuntime>>,
+    started: Instant,
+    sent_upstream_at: Option<Instant>,
+    ttfb: Option<Duration>,
+    upstream_reused: Option<bool>,
+    upstream_tls: Option<(String, String)>,
+    request_body_bytes: u64,
+    response_body_bytes: u64,
+    scrubber: Option<StreamScrubber>,
+    error: Option<ApiError>,
+}
+
+fn request_host(req: &RequestHeader) -> Option<&str> {
+    let raw = req
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))?;
+    // Strip a port, keeping bracketed IPv6 literals intact.
+    Some(match raw.rfind(':') {
+        Some(i) if !raw[i..].contains(']') => &raw[..i],
+        _ => raw,
+    })
+}
+
+/// Paths with dot segments or encoded separators could escape a route prefix upstream.
+fn path_is_safe(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    let encoded = ["%2f", "%5c", "%2e"].iter().any(|e| lower.contains(e));
+    !encoded && !path.contains('\\') && !path.split('/').any(|seg| seg == "." || seg == "..")
+}
+
+fn tls_version_ok(version: &str, min: TlsVersion) -> bool {
+    match version {
+        "TLSv1.3" => true,
+        "TLSv1.2" => min == TlsVersion::Tls12,
+        _ => false,
+    }
+}
+
+impl Gateway {
+    async fn answer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        err: ApiError,
+    ) -> Result<bool> {
+        write_api_error(session, &ctx.id, &err).await;
+        ctx.error = Some(err);
+        Ok(true)
+    }
+}
+
+async fn write_api_error(session: &mut Session, request_id: &str, err: &ApiError) {
+    let body = err.body();
+    let Ok(mut resp) = ResponseHeader::build(err.status, Some(4)) else {
+        return;
+    };
+    let _ = resp.insert_header(header::CONTENT_TYPE, "application/json");
+    let _ = resp.insert_header(header::CONTENT_LENGTH, body.len());
+    let _ = resp.insert_header("x-request-id", request_id);
+    if let Err(e) = session
+        .as_downstream_mut()
+        .write_error_response(resp, body)
+        .await
+    {
+        log::debug!("could not send error response to the agent: {e}");
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            id: session_log::new_request_id(),
+            route: None,
+            started: Instant::now(),
+            sent_upstream_at: None,
+            ttfb: None,
+            upstream_reused: None,
+            upstream_tls: None,
+            request_body_bytes: 0,
+            response_body_bytes: 0,
+            scrubber: None,
+            error: None,
+        }
+    }
+
+    /// Routes the request and refuses what can be refused from the header alone.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let req = session.req_header();
+        let path = req.uri.path();
+        if !path_is_safe(path) {
+            let e = ApiError::new(
+                400,
+                "invalid_request_error",
+                "invalid_path",
+                "the request path has dot segments or encoded separators; send a normalized path",
+            );
+            return self.answer(session, ctx, e).await;
+        }
+        let Some(route) = self.match_route(request_host(req), path).cloned() else {
+            let e = ApiError::new(
+                404,
+                "invalid_request_error",
+                "route_not_found",
+                format!("no route matches {} {path}", req.method),
+            );
+            return self.answer(session, ctx, e).await;
+        };
+        let declared = req
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.max_body) {
+            ctx.route = Some(route);
+            return self.answer(session, ctx, too_large(self.max_body)).await;
+        }
+        if let Some(set) = &route.secrets {
+            ctx.scrubber = Some(StreamScrubber::new(set.clone()));
+        }
+        ctx.route = Some(route);
+        Ok(false)
+    }
+
+    /// Counts request body bytes and enforces `server.max_body` on bodies without a length.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(b) = body {
+            ctx.request_body_bytes += b.len() as u64;
+            if ctx.request_body_bytes > self.max_body {
+                let e = too_large(self.max_body);
+                ctx.error = Some(e);
+                return Error::e_explain(HTTPStatus(413), "request body over server.max_body");
+            }
+        }
+        Ok(())
+    }
+
+    /// The route's pooled, verified TLS peer.
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let Some(route) = ctx.route.as_ref() else {
+            return Error::e_explain(InternalError, "upstream_peer without a route");
+        };
+        match route.target.peer().await {
+            Ok(p) => Ok(p),
+            Err(e) => {
+                let msg = e.clone();
+                ctx.error = Some(ApiError::new(
+                    502,
+                    "upstream_error",
+                    "upstream_dns_failed",
+                    e,
+                ));
+                Error::e_explain(ConnectNoRoute, msg)
+            }
+        }
+    }
+
+    /// Checks the upstream TLS evidence (version, pins) before any request byte is sent.
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        digest: Option<&Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.upstream_reused = Some(reused);
+        metrics::UPSTREAM_CONNECTIONS
+            .with_label_values(&[if reused { "true" } else { "false" }])
+            .inc();
+        let Some(route) = ctx.route.as_ref() else {
+            return Ok(());
+        };
+        let upstream = &route.route.upstream;
+        if !upstream.tls {
+            return Ok(());
+        }
+        let ssl = digest.and_then(|d| d.ssl_digest.as_ref());
+        let Some(ssl) = ssl else {
+            return self.refuse_upstream_tls(
+                ctx,
+                "the connection has no TLS evidence".into(),
+                reused,
+            );
+        };
+        ctx.upstream_tls = Some((ssl.version.to_string(), ssl.cipher.to_string()));
+        if !tls_version_ok(&ssl.version, upstream.min_tls_version) {
+            let why = format!(
+                "negotiated {} is below the minimum TLS version",
+                ssl.version
+            );
+            return self.refuse_upstream_tls(ctx, why, reused);
+        }
+        let facts = ssl.extension.get::<crate::upstream::PeerCertFacts>();
+        if let Some(ip) = route.target.expected_ip {
+            if !facts.is_some_and(|f| f.ip_matches) {
+                let why = format!(
+                    "the certificate is not valid for {ip} (no matching IP subjectAltName)"
+                );
+                return self.refuse_upstream_tls(ctx, why, reused);
+            }
+        }
+        if !upstream.pins_sha256.is_empty() {
+            let ok = facts
+                .and_then(|f| f.spki_sha256)
+                .is_some_and(|spki| upstream.pins_sha256.contains(&spki));
+            if !ok {
+                let why = "the certificate's public key matches none of pins_sha256".to_string();
+                return self.refuse_upstream_tls(ctx, why, reused);
+            }
+        }
+        Ok(())
+    }
+
+    /// Strips client credentials and hop-by-hop headers, injects the route's credentials.
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(route) = ctx.route.as_ref() else {
+            return Error::e_explain(InternalError, "upstream request without a route");
+        };
+        let named_by_connection: Vec<String> = req
+            .headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|s| s.trim().to_ascii_lowercase())
+            .filter(|s| !s.is_empty())
+            .collect();
+        for name in CLIENT_CREDENTIAL_HEADERS.iter().chain(HOP_BY_HOP) {
+            req.remove_header(*name);
+        }
+        for name in named_by_connection {
+            // Never let `Connection: content-length` strip framing headers.
+            if name != "content-length" && name != "transfer-encoding" {
+                req.remove_header(&name);
+            }
+        }
+        req.insert_header(header::HOST, route.host_header.clone())?;
+        for (name, value) in &route.set_headers {
+            req.insert_header(name.clone(), value.clone())?;
+        }
+        if route.secrets.is_some() {
+            // The response is scanned for echoed credentials, which compressed bodies would hide.
+            req.insert_header(header::ACCEPT_ENCODING, "identity")?;
+        }
+        req.insert_header("x-request-id", ctx.id.as_str())?;
+        let base = &route.route.upstream.base_path;
+        if !base.is_empty() {
+            let pq = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+            let uri: http::Uri = format!("{base}{pq}")
+                .parse()
+                .or_err(InternalError, "joining the upstream base path")?;
+            req.set_uri(uri);
+        }
+        ctx.sent_upstream_at = Some(Instant::now());
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(sent) = ctx.sent_upstream_at {
+            ctx.ttfb = Some(sent.elapsed());
+        }
+        Ok(())
+    }
+
+    /// Tags the response with the request id and keeps credentials out of response headers.
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(upstream_id) = resp.headers.get("x-request-id").cloned() {
+            resp.insert_header("x-upstream-request-id", upstream_id)?;
+        }
+        resp.insert_header("x-request-id", ctx.id.as_str())?;
+        let Some(set) = ctx.route.as_ref().and_then(|r| r.secrets.clone()) else {
+            return Ok(());
+        };
+        if let Some(enc) = resp.headers.get(header::CONTENT_ENCODING) {
+            if !enc.as_bytes().eq_ignore_ascii_case(b"identity") {
+                let route = ctx
+                    .route
+                    .as_ref()
+                    .map(|r| r.route.name.as_str())
+                    .unwrap_or_default();
+                ctx.error = Some(ApiError::new(
+                    502,
+                    "upstream_error",
+                    "upstream_encoding_refused",
+                    format!(
+                        "route `{route}`: the upstream sent a compressed body ({}) although the gateway asked for identity; it cannot be checked for credentials, so it is refused",
+                        String::from_utf8_lossy(enc.as_bytes())
+                    ),
+                ));
+                return Error::e_explain(HTTPStatus(502), "compressed upstream response refused");
+            }
+        }
+        let tainted: Vec<HeaderName> = resp
+            .headers
+            .iter()
+            .filter(|(_, v)| set.contains_secret(v.as_bytes()))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for name in tainted {
+            let values: Vec<HeaderValue> = resp
+                .headers
+                .get_all(&name)
+                .iter()
+                .map(|v| {
+                    let mut bytes = v.as_bytes().to_vec();
+                    set.mask_in_place(&mut bytes);
+                    HeaderValue::from_bytes(&bytes)
+                        .unwrap_or(HeaderValue::from_static("[redacted]"))
+                })
+                .collect();
+            resp.remove_header(&name);
+            for v in values {
+                resp.append_header(name.clone(), v)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Masks echoed credentials chunk by chunk, holding back only a possible secret prefix.
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if let Some(scrubber) = ctx.scrubber.as_mut() {
+            *body = scrubber.push(body.take(), end_of_stream);
+        }
+        if let Some(b) = body {
+            ctx.response_body_bytes += b.len() as u64;
+        }
+        Ok(None)
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        _ctx: &mut RequestCtx,
+        e: Box<Error>,
+    ) -> Box<Error> {
+        if matches!(
+            e.etype(),
+            TLSHandshakeFailure
+                | TLSHandshakeTimedout
+                | InvalidCert
+                | TLSWantX509Lookup
+                | HandshakeError
+        ) {
+            metrics::TLS_HANDSHAKE_FAILURES
+                .with_label_values(&["upstream"])
+                .inc();
+        }
+        e
+    }
+
+    /// Every error the gateway answers goes through here, in the OpenAI error shape.
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let err = match ctx.error.clone() {
+            Some(err) => err,
+            None => {
+                let (route, url) = ctx
+                    .route
+                    .as_ref()
+                    .map(|r| (r.route.name.as_str(), r.route.upstream.url.as_str()))
+                    .unwrap_or((metrics::NO_ROUTE, ""));
+                ApiError::from_proxy_error(e, route, url)
+            }
+        };
+        let dead_downstream = matches!(e.esource(), pingora::ErrorSource::Downstream)
+            && matches!(e.etype(), ReadError | WriteError | ConnectionClosed);
+        let code = if dead_downstream {
+            0
+        } else {
+            write_api_error(session, &ctx.id, &err).await;
+            err.status
+        };
+        ctx.error = Some(err);
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// Metrics and the session log line.
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let m = ctx
+            .route
+            .as_ref()
+            .map(|r| &r.metrics)
+            .unwrap_or(&self.unmatched);
+        let elapsed = ctx.started.elapsed();
+        m.count_status(status);
+        m.duration.observe(elapsed.as_secs_f64());
+        if let Some(t) = ctx.ttfb {
+            m.ttfb.observe(t.as_secs_f64());
+        }
+        m.request_bytes.inc_by(ctx.request_body_bytes);
+        m.response_bytes.inc_by(ctx.response_body_bytes);
+        if let Some(err) = &ctx.error {
+            let route = ctx
+                .route
+                .as_ref()
+                .map(|r| r.route.name.as_str())
+                .unwrap_or(metrics::NO_ROUTE);
+            metrics::ERRORS.with_label_values(&[route, err.code]).inc();
+        }
+        if session_log::enabled() {
+            let req = session.req_header();
+            let downstream_tls = session
+                .digest()
+                .and_then(|d| d.ssl_digest.as_ref())
+                .map(|s| (s.version.as_ref(), s.cipher.as_ref()));
+            session_log::emit(&SessionRecord {
+                request_id: &ctx.id,
+                route: ctx.route.as_ref().map(|r| r.route.name.as_str()),
+                method: req.method.as_str(),
+                path: req.uri.path(),
+                status,
+                duration: elapsed,
+                upstream_ttfb: ctx.ttfb,
+                request_bytes: ctx.request_body_bytes,
+                response_bytes: ctx.response_body_bytes,
+                http_version: req.version,
+                downstream_tls,
+                upstream_tls: ctx
+                    .upstream_tls
+                    .as_ref()
+                    .map(|(v, c)| (v.as_str(), c.as_str())),
+                upstream_reused: ctx.upstream_reused,
+                error: ctx.error.as_ref().map(|e| e.code),
+            });
+        }
+    }
+}
+
+impl Gateway {
+    fn refuse_upstream_tls(&self, ctx: &mut RequestCtx, why: String, _reused: bool) -> Result<()> {
+        metrics::TLS_HANDSHAKE_FAILURES
+            .with_label_values(&["upstream"])
+            .inc();
+        let route = ctx
+            .route
+            .as_ref()
+            .map(|r| (r.route.name.clone(), r.route.upstream.url.clone()));
+        let (name, url) = route.unwrap_or_default();
+        let code = if why.contains("pins_sha256") {
+            "upstream_pin_mismatch"
+        } else {
+            "upstream_tls_failed"
+        };
+        ctx.error = Some(ApiError::new(
+            502,
+            "upstream_error",
+            code,
+            format!("route `{name}`: upstream {url} refused: {why}"),
+        ));
+        Error::e_explain(HTTPStatus(502), why)
+    }
+}
+
+fn too_large(max: u64) -> ApiError {
+    ApiError::new(
+        413,
+        "invalid_request_error",
+        "body_too_large",
+        format!("the request body is larger than server.max_body ({max} bytes)"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_safety() {
+        let table = [
+            ("/v1/chat/completions", true),
+            ("/v1/models", true),
+            ("/v1/../admin", false),
+            ("/v1/./x", false),
+            ("/v1/%2e%2e/admin", false),
+            ("/v1%2Fadmin", false),
+            ("/v1\\admin", false),
+            ("/v1/a..b", true),
+        ];
+        for (path, ok) in table {
+            assert_eq!(path_is_safe(path), ok, "{path}");
+        }
+    }
+
+    #[test]
+    fn host_without_port() {
+        let table = [
+            ("example.com:8443", "example.com"),
+            ("example.com", "example.com"),
+            ("[::1]:8443", "[::1]"),
+            ("[::1]", "[::1]"),
+        ];
+        for (raw, want) in table {
+            let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+            req.insert_header("host", raw).unwrap();
+            assert_eq!(request_host(&req), Some(want), "{raw}");
+        }
+    }
+
+    #[test]
+    fn tls_minimums() {
+        assert!(tls_version_ok("TLSv1.3", TlsVersion::Tls13));
+        assert!(tls_version_ok("TLSv1.2", TlsVersion::Tls12));
+        assert!(!tls_version_ok("TLSv1.2", TlsVersion::Tls13));
+        assert!(!tls_version_ok("TLSv1.1", TlsVersion::Tls12));
+        assert!(!tls_version_ok("TLSv1", TlsVersion::Tls12));
+    }
+}

@@ -1,0 +1,125 @@
+//! Assembles the Pingora server from a validated `Config`: the proxy service with its
+//! listeners, and the admin service. `main` stays a table of contents.
+
+use crate::admin::{AdminApp, Readiness};
+use crate::config::{Config, ListenerTls, TlsVersion};
+use crate::proxy::Gateway;
+use crate::tls::{self, ServingCert};
+use pingora::apps::http_app::HttpServer;
+use pingora::listeners::tls::TlsSettings;
+use pingora::server::configuration::ServerConf;
+use pingora::server::Server;
+use pingora::services::listening::Service;
+use pingora::tls::ssl::SslVersion;
+use std::sync::Arc;
+
+/// Builds every service and runs until a signal stops the process.
+pub fn run(config: Config) -> Result<(), String> {
+    crate::metrics::init();
+    std::fs::create_dir_all(&config.server.state_dir).map_err(|e| {
+        format!(
+            "cannot create state_dir {}: {e}",
+            config.server.state_dir.display()
+        )
+    })?;
+    let state = std::fs::canonicalize(&config.server.state_dir)
+        .map_err(|e| format!("state_dir {}: {e}", config.server.state_dir.display()))?;
+
+    let mut conf = ServerConf {
+        threads: config.server.threads,
+        // Stop accepting at once on SIGTERM; in-flight exchanges get the grace period.
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(config.server.grace_period.as_secs()),
+        upstream_keepalive_pool_size: config.server.upstream_keepalive_pool,
+        pid_file: state.join("agentgate.pid").to_string_lossy().into_owned(),
+        upgrade_sock: state.join("upgrade.sock").to_string_lossy().into_owned(),
+        ..ServerConf::default()
+    };
+    // Pingora retries idempotent requests on a reused connection that the upstream closed.
+    conf.max_retries = 1;
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let gateway = Gateway::new(&config)?;
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        gateway,
+        "agentgate proxy",
+    );
+    let mut trust_hint = None;
+    for l in &config.listeners {
+        let addr = l.address.to_string();
+        match &l.tls {
+            Some(t) => {
+                let (settings, ca) = tls_settings(t, &state, &format!("listener `{}`", l.name))?;
+                trust_hint = trust_hint.or(ca);
+                proxy.add_tls_with_settings(&addr, None, settings);
+            }
+            None => proxy.add_tcp(&addr),
+        }
+        log::info!(
+            "listener `{}` on {}://{addr}",
+            l.name,
+            if l.tls.is_some() { "https" } else { "http" }
+        );
+    }
+
+    let ready = Arc::new(Readiness::default());
+    let mut admin = Service::new(
+        "agentgate admin".to_string(),
+        HttpServer::new_app(AdminApp {
+            ready: ready.clone(),
+        }),
+    );
+    let admin_addr = config.admin.address.to_string();
+    match &config.admin.tls {
+        Some(t) => {
+            let (settings, _) = tls_settings(t, &state, "the admin listener")?;
+            admin.add_tls_with_settings(&admin_addr, None, settings);
+        }
+        None => admin.add_tcp(&admin_addr),
+    }
+    log::info!("admin on {admin_addr}: /metrics /healthz /readyz");
+    if let Some(ca) = trust_hint {
+        log::info!(
+            "generated certificate: agents must trust the CA at {} (e.g. SSL_CERT_FILE for the OpenAI Python SDK)",
+            ca.display()
+        );
+    }
+
+    server.add_service(proxy);
+    server.add_service(admin);
+    ready.set(true);
+    server.run_forever();
+}
+
+/// Inbound TLS: Mozilla intermediate settings (TLS >= 1.2), ALPN h2 + http/1.1.
+fn tls_settings(
+    t: &ListenerTls,
+    state: &std::path::Path,
+    what: &str,
+) -> Result<(TlsSettings, Option<std::path::PathBuf>), String> {
+    let cert = match &t.cert_key {
+        Some((c, k)) => ServingCert {
+            cert: c.clone(),
+            key: k.clone(),
+            generated_ca: None,
+        },
+        None => tls::ensure_generated_cert(&state.join("tls"), &t.names)
+            .map_err(|e| format!("{what}: generating a certificate: {e}"))?,
+    };
+    let cert_path = cert.cert.to_string_lossy();
+    let key_path = cert.key.to_string_lossy();
+    let mut settings = TlsSettings::intermediate(&cert_path, &key_path).map_err(|e| {
+        format!("{what}: cannot load certificate {cert_path} / key {key_path}: {e}")
+    })?;
+    let min = match t.min_version {
+        TlsVersion::Tls12 => SslVersion::TLS1_2,
+        TlsVersion::Tls13 => SslVersion::TLS1_3,
+    };
+    settings
+        .set_min_proto_version(Some(min))
+        .map_err(|e| format!("{what}: setting the minimum TLS version: {e}"))?;
+    settings.enable_h2();
+    Ok((settings, cert.generated_ca))
+}

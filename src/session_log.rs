@@ -1,0 +1,206 @@
+//! One JSON line per exchange on stdout (target `agentgate::session`), for the cluster's log
+//! pipeline, and the process logger that writes everything else to stderr.
+//!
+//! Invariant: a session line holds no header values and no bodies, so no credential can reach it.
+
+use crate::metrics;
+use log::{Level, LevelFilter, Log, Metadata, Record};
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub const TARGET: &str = "agentgate::session";
+
+static SESSION_LOG: AtomicBool = AtomicBool::new(true);
+
+pub fn set_enabled(on: bool) {
+    SESSION_LOG.store(on, Ordering::Relaxed);
+}
+
+pub fn enabled() -> bool {
+    SESSION_LOG.load(Ordering::Relaxed)
+}
+
+pub struct SessionRecord<'a> {
+    pub request_id: &'a str,
+    pub route: Option<&'a str>,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub status: u16,
+    pub duration: Duration,
+    pub upstream_ttfb: Option<Duration>,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub http_version: http::Version,
+    pub downstream_tls: Option<(&'a str, &'a str)>,
+    pub upstream_tls: Option<(&'a str, &'a str)>,
+    pub upstream_reused: Option<bool>,
+    pub error: Option<&'a str>,
+}
+
+pub fn emit(r: &SessionRecord<'_>) {
+    let tls =
+        |t: Option<(&str, &str)>| t.map(|(v, c)| serde_json::json!({"version": v, "cipher": c}));
+    let line = serde_json::json!({
+        "ts": rfc3339(SystemTime::now()),
+        "kind": "exchange",
+        "request_id": r.request_id,
+        "route": r.route,
+        "method": r.method,
+        "path": r.path,
+        "status": r.status,
+        "duration_ms": r.duration.as_secs_f64() * 1000.0,
+        "upstream_ttfb_ms": r.upstream_ttfb.map(|d| d.as_secs_f64() * 1000.0),
+        "request_bytes": r.request_bytes,
+        "response_bytes": r.response_bytes,
+        "http_version": format!("{:?}", r.http_version),
+        "downstream_tls": tls(r.downstream_tls),
+        "upstream_tls": tls(r.upstream_tls),
+        "upstream_reused": r.upstream_reused,
+        "error": r.error,
+    });
+    log::info!(target: TARGET, "{line}");
+}
+
+/// 32 hex digits from BoringSSL's CSPRNG.
+pub fn new_request_id() -> String {
+    let mut b = [0u8; 16];
+    if boring::rand::rand_bytes(&mut b).is_err() {
+        // The CSPRNG does not fail in practice; a time-based id still keeps requests apart.
+        let n = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        b = n.to_be_bytes();
+    }
+    let mut s = String::with_capacity(32);
+    for byte in b {
+        s.push(char::from_digit((byte >> 4) as u32, 16).unwrap_or('0'));
+        s.push(char::from_digit((byte & 0xf) as u32, 16).unwrap_or('0'));
+    }
+    s
+}
+
+/// `2026-11-28T23:53:10.123Z` without a date-time dependency (civil-from-days, H. Hinnant).
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+/// Session lines to stdout, the rest to stderr. `AGENTGATE_LOG` = error|warn|info|debug|trace
+/// sets agentgate's level (default info); Pingora's own logs stay at warn unless it is debug or trace.
+pub struct Logger {
+    ours: LevelFilter,
+    theirs: LevelFilter,
+}
+
+impl Logger {
+    pub fn install() {
+        let ours = std::env::var("AGENTGATE_LOG")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(LevelFilter::Info);
+        let theirs = if ours >= LevelFilter::Debug {
+            ours
+        } else {
+            LevelFilter::Warn
+        };
+        let logger = Box::new(Logger { ours, theirs });
+        if log::set_boxed_logger(logger).is_ok() {
+            log::set_max_level(ours.max(theirs).max(LevelFilter::Info));
+        }
+    }
+}
+
+impl Log for Logger {
+    fn enabled(&self, m: &Metadata) -> bool {
+        if m.target() == TARGET {
+            return true;
+        }
+        let limit = if m.target().starts_with("agentgate") {
+            self.ours
+        } else {
+            self.theirs
+        };
+        m.level() <= limit
+    }
+
+    fn log(&self, record: &Record) {
+        if record.target() == TARGET {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{}", record.args());
+            return;
+        }
+        // Pingora reports failed downstream handshakes only as a log line; count them here.
+        if record.level() == Level::Error
+            && record
+                .target()
+                .starts_with("pingora_core::services::listening")
+            && record
+                .args()
+                .to_string()
+                .starts_with("Downstream handshake")
+        {
+            metrics::TLS_HANDSHAKE_FAILURES
+                .with_label_values(&["downstream"])
+                .inc();
+        }
+        if self.enabled(record.metadata()) {
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "{} {:<5} {}: {}",
+                rfc3339(SystemTime::now()),
+                record.level(),
+                record.target(),
+                record.args()
+            );
+        }
+    }
+
+    fn flush(&self) {
+        let _ = std::io::stdout().flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_known_instants() {
+        let table = [
+            (0u64, "1970-01-01T00:00:00.000Z"),
+            (951_782_400, "2000-02-29T00:00:00.000Z"),
+            (1_795_824_000, "2026-11-28T00:00:00.000Z"),
+        ];
+        for (secs, want) in table {
+            assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_secs(secs)), want);
+        }
+    }
+
+    #[test]
+    fn request_ids_are_hex_and_distinct() {
+        let a = new_request_id();
+        let b = new_request_id();
+        assert_eq!(a.len(), 32);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,182 @@
+"""Fixtures: a TLS mock upstream with its own CA (trustme) and the real agentgate binary
+started on loopback with ephemeral ports and a temporary state directory."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+
+import httpx
+import pytest
+import trustme
+
+from mock_upstream import MockServer
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+BINARY = pathlib.Path(os.environ.get("AGENTGATE_BIN", ROOT / "target" / "debug" / "agentgate"))
+ROUTE_KEY = "sk-route-secret-0123456789abcdef"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(fam, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def upstream_ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def upstream_ca_file(upstream_ca, tmp_path_factory) -> pathlib.Path:
+    p = tmp_path_factory.mktemp("upstream-ca") / "ca.pem"
+    upstream_ca.cert_pem.write_to_path(str(p))
+    return p
+
+
+def server_ctx(ca: trustme.CA, *names: str, **kw) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(*(names or ("127.0.0.1", "localhost")), **kw).configure_cert(ctx)
+    return ctx
+
+
+@pytest.fixture
+def mock(upstream_ca):
+    srv = MockServer(server_ctx(upstream_ca)).start()
+    yield srv
+    srv.state.release.set()
+    srv.stop()
+
+
+class Gateway:
+    def __init__(self, config: str, state_dir: pathlib.Path, port: int, admin_port: int) -> None:
+        self.state_dir = state_dir
+        self.port = port
+        self.admin_port = admin_port
+        self.config_path = state_dir / "agentgate.yaml"
+        self.config_path.write_text(config)
+        self.stdout_path = state_dir / "stdout.log"
+        self.stderr_path = state_dir / "stderr.log"
+        env = dict(os.environ, ROUTE_KEY=ROUTE_KEY, AGENTGATE_LOG="info")
+        self.proc = subprocess.Popen(
+            [str(BINARY), "run", "--config", str(self.config_path)],
+            stdout=open(self.stdout_path, "wb"),
+            stderr=open(self.stderr_path, "wb"),
+            env=env,
+            cwd=state_dir,
+        )
+        self._wait_ready()
+
+    @property
+    def base_url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def ca_file(self) -> pathlib.Path:
+        return self.state_dir / "var" / "tls" / "ca.pem"
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"agentgate exited with {self.proc.returncode}: {self.stderr_path.read_text()}")
+            try:
+                r = httpx.get(f"http://127.0.0.1:{self.admin_port}/readyz", timeout=1)
+                if r.status_code == 200:
+                    with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                        return
+            except (httpx.HTTPError, OSError):
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("agentgate did not become ready in 30 s: " + self.stderr_path.read_text())
+
+    def client(self, **kw) -> httpx.Client:
+        ctx = ssl.create_default_context(cafile=str(self.ca_file))
+        return httpx.Client(base_url=self.base_url, verify=ctx, timeout=20, **kw)
+
+    def metrics(self) -> str:
+        return httpx.get(f"http://127.0.0.1:{self.admin_port}/metrics", timeout=5).text
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of the samples of `name` whose labels include `labels`."""
+        total = 0.0
+        for line in self.metrics().splitlines():
+            if not line.startswith(name) or line.startswith("#"):
+                continue
+            head, _, value = line.rpartition(" ")
+            metric_name = head.split("{", 1)[0]
+            if metric_name != name:
+                continue
+            if all(f'{k}="{v}"' in head for k, v in labels.items()):
+                total += float(value)
+        return total
+
+    def session_lines(self) -> list[dict]:
+        import json
+
+        out = []
+        for line in self.stdout_path.read_text().splitlines():
+            if line.startswith("{"):
+                out.append(json.loads(line))
+        return out
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def route_yaml(name: str, prefix: str, url: str, ca_file: pathlib.Path | None, extra: str = "", key_header: bool = True) -> str:
+    lines = [
+        f"  - name: {name}",
+        f"    match: {{ path_prefix: {prefix} }}",
+        "    upstream:",
+        f"      url: {url}",
+    ]
+    if ca_file:
+        lines.append(f"      ca_file: {ca_file}")
+    lines += [f"      {l}" for l in extra.splitlines() if l.strip()]
+    if key_header:
+        lines += ["    credentials:", "      set_headers:", '        Authorization: "Bearer ${env:ROUTE_KEY}"']
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def start_gateway(tmp_path):
+    started: list[Gateway] = []
+
+    def start(routes: str, server_extra: str = "") -> Gateway:
+        port, admin_port = free_port(), free_port()
+        state = tmp_path / f"gw{len(started)}"
+        state.mkdir()
+        config = (
+            f"server: {{ state_dir: ./var, threads: 2, grace_period: 5s{server_extra} }}\n"
+            f"listeners:\n  - {{ name: agents, address: \"127.0.0.1:{port}\", tls: {{}} }}\n"
+            f"admin: {{ address: \"127.0.0.1:{admin_port}\" }}\n"
+            f"routes:\n{routes}"
+        )
+        gw = Gateway(config, state, port, admin_port)
+        started.append(gw)
+        return gw
+
+    yield start
+    for gw in started:
+        gw.stop()
+
+
+@pytest.fixture
+def gateway(start_gateway, mock, upstream_ca_file) -> Gateway:
+    """A gateway with one route, `/v1/` -> the mock, injecting ROUTE_KEY."""
+    return start_gateway(route_yaml("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file))

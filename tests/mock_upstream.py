@@ -1,0 +1,314 @@
+"""A small OpenAI-compatible TLS upstream for tests: JSON and SSE for /v1/chat/completions,
+/v1/responses and /v1/models, plus probes (/v1/echo, /v1/slow, /v1/big).
+
+It is the far side of the gateway, not the thing under test: it records what it received
+(headers, TLS handshakes) so tests can assert what the gateway sent.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class MockState:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.handshakes = 0
+        self.requests: list[dict] = []
+        # Set by a test to let a held SSE stream continue (see `hold_after_first`).
+        self.release = threading.Event()
+        self.released_by_timeout = False
+        self.hold_after_first = False
+
+    def record(self, handler: "Handler", body: bytes) -> None:
+        with self.lock:
+            self.requests.append(
+                {
+                    "method": handler.command,
+                    "path": handler.path,
+                    "headers": {k.lower(): v for k, v in handler.headers.items()},
+                    "header_list": [(k.lower(), v) for k, v in handler.headers.items()],
+                    "body": body,
+                }
+            )
+
+    @property
+    def last(self) -> dict:
+        with self.lock:
+            return self.requests[-1]
+
+
+def chat_completion(content: str | None, tool_calls: list | None = None) -> dict:
+    message: dict = {"role": "assistant", "content": content}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    return {
+        "id": "chatcmpl-mock",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": "mock-model",
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "finish_reason": "tool_calls" if tool_calls else "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10},
+    }
+
+
+def chunk(delta: dict, finish: str | None = None) -> dict:
+    return {
+        "id": "chatcmpl-mock",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": "mock-model",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+
+
+def response_object(output: list, status: str = "completed") -> dict:
+    return {
+        "id": "resp_mock",
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": status,
+        "model": "mock-model",
+        "output": output,
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "usage": {
+            "input_tokens": 5,
+            "output_tokens": 5,
+            "total_tokens": 10,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens_details": {"reasoning_tokens": 0},
+        },
+    }
+
+
+def message_item(text: str, status: str = "completed") -> dict:
+    return {
+        "id": "msg_mock",
+        "type": "message",
+        "role": "assistant",
+        "status": status,
+        "content": [{"type": "output_text", "text": text, "annotations": []}] if text else [],
+    }
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: "MockServer"
+
+    def log_message(self, *args) -> None:  # keep test output quiet
+        pass
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.state.lock:
+            self.server.state.handshakes += 1
+
+    def _body(self) -> bytes:
+        n = int(self.headers.get("content-length") or 0)
+        return self.rfile.read(n) if n else b""
+
+    def _json(self, status: int, obj: dict, extra: dict | None = None) -> None:
+        data = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.send_header("x-request-id", "req_upstream_mock")
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+        self.wfile.flush()
+
+    def _sse_start(self) -> None:
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("cache-control", "no-cache")
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+
+    def _sse_send(self, data: str, event: str | None = None) -> None:
+        payload = (f"event: {event}\n" if event else "") + f"data: {data}\n\n"
+        raw = payload.encode()
+        self.wfile.write(f"{len(raw):x}\r\n".encode() + raw + b"\r\n")
+        self.wfile.flush()
+
+    def _sse_end(self) -> None:
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+    def _maybe_hold(self) -> None:
+        st = self.server.state
+        if st.hold_after_first:
+            if not st.release.wait(timeout=10):
+                st.released_by_timeout = True
+
+    def do_GET(self) -> None:
+        body = self._body()
+        self.server.state.record(self, body)
+        if self.path.startswith("/v1/models"):
+            self._json(200, {"object": "list", "data": [{"id": "mock-model", "object": "model", "created": 0, "owned_by": "mock"}]})
+        elif self.path.startswith("/v1/echo"):
+            # Echoes what it received, including credentials: the gateway must scrub them.
+            self._json(
+                200,
+                {"headers": dict(self.server.state.last["headers"])},
+                {"x-echo-authorization": self.headers.get("authorization", "")},
+            )
+        elif self.path.startswith("/v1/slow"):
+            time.sleep(float(self.headers.get("x-mock-sleep", "3")))
+            self._json(200, {"slow": True})
+        elif self.path.startswith("/v1/big"):
+            n = int(self.path.rsplit("/", 1)[-1])
+            data = b"x" * n
+            self.send_response(200)
+            self.send_header("content-type", "application/octet-stream")
+            self.send_header("content-length", str(n))
+            self.end_headers()
+            self.wfile.write(data)
+        else:
+            self._json(404, {"error": {"message": f"mock has no {self.path}", "type": "invalid_request_error", "code": None}})
+
+    def do_POST(self) -> None:
+        body = self._body()
+        self.server.state.record(self, body)
+        try:
+            req = json.loads(body or b"{}")
+        except json.JSONDecodeError:
+            self._json(400, {"error": {"message": "bad json", "type": "invalid_request_error", "code": None}})
+            return
+        if self.path.startswith("/v1/chat/completions"):
+            self._chat(req)
+        elif self.path.startswith("/v1/responses"):
+            self._responses(req)
+        elif self.path.startswith("/v1/echo"):
+            self._json(200, {"headers": self.server.state.last["headers"], "body_len": len(body)})
+        else:
+            self._json(404, {"error": {"message": f"mock has no {self.path}", "type": "invalid_request_error", "code": None}})
+
+    # --- chat completions -------------------------------------------------
+    def _chat(self, req: dict) -> None:
+        messages = req.get("messages", [])
+        tool_results = [m for m in messages if m.get("role") == "tool"]
+        tools = req.get("tools") or []
+        if tools and not tool_results:
+            name = tools[0]["function"]["name"]
+            call = {"id": "call_1", "type": "function", "function": {"name": name, "arguments": json.dumps({"city": "Paris"})}}
+            self._json(200, chat_completion(None, [call]))
+            return
+        text = "The tool said: " + tool_results[-1]["content"] if tool_results else "Hello from the mock upstream."
+        if not req.get("stream"):
+            self._json(200, chat_completion(text))
+            return
+        self._sse_start()
+        words = text.split(" ")
+        self._sse_send(json.dumps(chunk({"role": "assistant", "content": ""})))
+        for i, w in enumerate(words):
+            self._sse_send(json.dumps(chunk({"content": (" " if i else "") + w})))
+            if i == 0:
+                self._maybe_hold()
+        self._sse_send(json.dumps(chunk({}, "stop")))
+        self._sse_send("[DONE]")
+        self._sse_end()
+
+    # --- responses API ----------------------------------------------------
+    def _responses(self, req: dict) -> None:
+        items = req.get("input")
+        items = items if isinstance(items, list) else [{"role": "user", "content": items}]
+        outputs = [i for i in items if isinstance(i, dict) and i.get("type") == "function_call_output"]
+        tools = [t for t in (req.get("tools") or []) if t.get("type") == "function"]
+        if tools and not outputs:
+            call = {
+                "id": "fc_mock",
+                "type": "function_call",
+                "call_id": "call_1",
+                "name": tools[0]["name"],
+                "arguments": json.dumps({"city": "Paris"}),
+                "status": "completed",
+            }
+            if req.get("stream"):
+                self._responses_stream([call], "")
+            else:
+                self._json(200, response_object([call]))
+            return
+        text = "The tool said: " + outputs[-1]["output"] if outputs else "Hello from the mock upstream."
+        if req.get("stream"):
+            self._responses_stream([], text)
+        else:
+            self._json(200, response_object([message_item(text)]))
+
+    def _responses_stream(self, calls: list, text: str) -> None:
+        self._sse_start()
+        seq = 0
+
+        def send(ev: dict) -> None:
+            nonlocal seq
+            ev["sequence_number"] = seq
+            seq += 1
+            self._sse_send(json.dumps(ev), ev["type"])
+
+        send({"type": "response.created", "response": response_object([], "in_progress")})
+        if calls:
+            for i, c in enumerate(calls):
+                send({"type": "response.output_item.added", "output_index": i, "item": c})
+                send({"type": "response.output_item.done", "output_index": i, "item": c})
+            send({"type": "response.completed", "response": response_object(calls)})
+            self._sse_end()
+            return
+        send({"type": "response.output_item.added", "output_index": 0, "item": message_item("", "in_progress")})
+        part = {"type": "output_text", "text": "", "annotations": []}
+        send({"type": "response.content_part.added", "item_id": "msg_mock", "output_index": 0, "content_index": 0, "part": part})
+        for i, w in enumerate(text.split(" ")):
+            send({"type": "response.output_text.delta", "item_id": "msg_mock", "output_index": 0, "content_index": 0, "delta": (" " if i else "") + w, "logprobs": []})
+            if i == 0:
+                self._maybe_hold()
+        send({"type": "response.output_text.done", "item_id": "msg_mock", "output_index": 0, "content_index": 0, "text": text, "logprobs": []})
+        send({"type": "response.content_part.done", "item_id": "msg_mock", "output_index": 0, "content_index": 0, "part": {**part, "text": text}})
+        send({"type": "response.output_item.done", "output_index": 0, "item": message_item(text)})
+        send({"type": "response.completed", "response": response_object([message_item(text)])})
+        self._sse_end()
+
+
+class MockServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, ssl_ctx: ssl.SSLContext | None, host: str = "127.0.0.1") -> None:
+        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        super().__init__((host, 0), Handler)
+        self.state = MockState()
+        self.ssl_ctx = ssl_ctx
+
+    def get_request(self):
+        sock, addr = self.socket.accept()
+        if self.ssl_ctx is not None:
+            # The handshake runs in the handler thread (do_handshake_on_connect on first I/O).
+            sock = self.ssl_ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=True)
+        return sock, addr
+
+    def handle_error(self, request, client_address) -> None:  # handshake refusals are expected in tests
+        pass
+
+    @property
+    def port(self) -> int:
+        return self.server_address[1]
+
+    def start(self) -> "MockServer":
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
