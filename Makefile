@@ -1,0 +1,62 @@
+# agentgate — two commands do all the set-up on a fresh Debian machine with the Rust toolchain:
+#   make run    build and start the gateway on conf/agentgate.yaml
+#   make test   the whole test suite (unit, config checks, integration with real TLS and SDKs)
+
+SHELL := /bin/bash
+CARGO ?= cargo
+VENV := .venv
+PY := $(VENV)/bin/python
+BIN := target/debug/agentgate
+CONFIG ?= conf/agentgate.yaml
+
+.PHONY: run test build deps venv unit check-conf integration fmt lint clean-state
+
+## Install the Debian packages BoringSSL's build and the test suite need, when missing.
+deps:
+	@need=""; \
+	command -v cmake >/dev/null || need="$$need cmake"; \
+	command -v clang >/dev/null || need="$$need clang"; \
+	ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need="$$need libclang-dev"; \
+	python3 -m venv --help >/dev/null 2>&1 || need="$$need python3 python3-venv"; \
+	if [ -n "$$need" ]; then \
+	  echo "installing Debian packages:$$need"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$need >/dev/null; \
+	fi
+
+$(VENV)/.installed: tests/requirements.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+build: deps
+	$(CARGO) build --locked
+
+run: build
+	@if [ -z "$$OPENAI_API_KEY" ]; then \
+	  echo "note: OPENAI_API_KEY is not set; using a placeholder (upstream calls will answer 401)."; \
+	fi
+	OPENAI_API_KEY="$${OPENAI_API_KEY:-sk-placeholder-set-OPENAI_API_KEY}" ./$(BIN) run --config $(CONFIG)
+
+unit: deps
+	$(CARGO) test --locked
+
+check-conf: build
+	@for f in conf/*.yaml; do ./$(BIN) check --skip-secrets --config $$f || exit 1; done
+
+integration: build venv
+	cd tests && ../$(PY) -m pytest -q
+
+test: unit check-conf integration
+
+fmt:
+	$(CARGO) fmt
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets --locked -- -D warnings
+
+clean-state:
+	rm -rf var
