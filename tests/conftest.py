@@ -102,6 +102,28 @@ class Gateway:
         ctx = ssl.create_default_context(cafile=str(self.ca_file))
         return httpx.Client(base_url=self.base_url, verify=ctx, timeout=20, **kw)
 
+    def raw(self, request: bytes, timeout: float = 10) -> bytes:
+        """Sends bytes as they are over verified TLS and returns all bytes until the server closes."""
+        ctx = ssl.create_default_context(cafile=str(self.ca_file))
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
+            with ctx.wrap_socket(sock, server_hostname="127.0.0.1") as tls:
+                tls.sendall(request)
+                out = b""
+                while True:
+                    try:
+                        data = tls.recv(65536)
+                    except (ssl.SSLError, ConnectionResetError):
+                        break
+                    if not data:
+                        break
+                    out += data
+                    if b"\r\n\r\n" in out and b"connection: close" not in out.lower():
+                        head, _, body = out.partition(b"\r\n\r\n")
+                        for line in head.split(b"\r\n"):
+                            if line.lower().startswith(b"content-length:") and len(body) >= int(line.split(b":")[1]):
+                                return out
+                return out
+
     def metrics(self) -> str:
         return httpx.get(f"http://127.0.0.1:{self.admin_port}/metrics", timeout=5).text
 
