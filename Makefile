@@ -32,7 +32,7 @@ $(VENV)/.installed: tests/requirements.txt
 venv: $(VENV)/.installed
 
 build: deps
-	$(CARGO) build --locked
+	$(CARGO) build --locked --bins --examples
 
 run: build
 	@if [ -z "$$OPENAI_API_KEY" ]; then \

@@ -153,3 +153,31 @@ def test_metrics_and_probes(gateway, mock):
         assert name in text, name
     assert gateway.metric("agentgate_requests_total", route="mock", status_class="2xx") >= 1
     assert gateway.metric("agentgate_requests_total", route="none", status_class="4xx") == 1
+
+
+def test_downstream_handshake_failures_are_counted_and_old_tls_refused(gateway):
+    import socket
+    import ssl
+
+    before = gateway.metric("agentgate_tls_handshake_failures_total", leg="downstream")
+    # Plaintext HTTP on the TLS port.
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as s:
+        s.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.recv(100)
+    # TLS 1.1 is below the minimum.
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(str(gateway.ca_file))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+    ctx.set_ciphers("DEFAULT@SECLEVEL=0")
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as s:
+        with pytest.raises(ssl.SSLError):
+            ctx.wrap_socket(s, server_hostname="127.0.0.1")
+    import time
+
+    deadline = time.monotonic() + 5
+    while gateway.metric("agentgate_tls_handshake_failures_total", leg="downstream") < before + 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gateway.metric("agentgate_tls_handshake_failures_total", leg="downstream") == before + 2
+    with gateway.client() as c:
+        assert c.get("/v1/models").status_code == 200
