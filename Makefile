@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 BIN := target/debug/agentgate
 CONFIG ?= conf/agentgate.yaml
 
-.PHONY: run test build deps venv unit check-conf integration fmt lint clean-state
+.PHONY: run test build deps venv unit check-conf integration fmt lint clean-state bench bench-smoke bench-deps
 
 ## Install the Debian packages BoringSSL's build and the test suite need, when missing.
 deps:
@@ -31,6 +31,22 @@ $(VENV)/.installed: tests/requirements.txt
 
 venv: $(VENV)/.installed
 
+$(VENV)/.bench: $(VENV)/.installed bench/requirements.txt
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r bench/requirements.txt
+	touch $@
+
+## The load generators and the reference proxy, from Debian.
+bench-deps:
+	@need=""; \
+	command -v wrk >/dev/null || need="$$need wrk"; \
+	command -v h2load >/dev/null || need="$$need nghttp2-client"; \
+	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need="$$need nginx-light"; \
+	if [ -n "$$need" ]; then \
+	  echo "installing Debian packages:$$need"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$need >/dev/null; \
+	fi
+
 build: deps
 	$(CARGO) build --locked --bins --examples
 
@@ -49,7 +65,16 @@ check-conf: build
 integration: build venv
 	cd tests && ../$(PY) -m pytest -q
 
-test: unit check-conf integration
+## Side-by-side benchmark (release build): writes bench/results/<date>.md and .png.
+bench: deps bench-deps $(VENV)/.bench
+	$(CARGO) build --release --locked --bins --examples
+	$(PY) bench/run.py
+
+## The same harness for seconds, on the debug build, so it cannot rot (part of make test).
+bench-smoke: build bench-deps $(VENV)/.bench
+	$(PY) bench/run.py --smoke --profile debug --out bench/work/smoke
+
+test: unit check-conf integration bench-smoke
 
 fmt:
 	$(CARGO) fmt

@@ -70,9 +70,22 @@ fn chat_json(len: usize) -> Bytes {
     )
 }
 
+/// CLOCK_MONOTONIC in nanoseconds: shared by all processes on the machine, so a client can
+/// compute each event's transit time (Python's `time.monotonic_ns()` reads the same clock).
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 fn sse_event(i: usize) -> Bytes {
     Bytes::from(format!(
-        "data: {{\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"mock-model\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tok{i} \"}},\"finish_reason\":null}}]}}\n\n"
+        "data: {{\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"mock-model\",\"t\":{},\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tok{i} \"}},\"finish_reason\":null}}]}}\n\n",
+        monotonic_ns()
     ))
 }
 
@@ -88,7 +101,21 @@ impl Mock {
         if !self.settings.latency.is_zero() {
             tokio::time::sleep(self.settings.latency).await;
         }
-        let stream = memchr_stream(&body);
+        let stream = wants_stream(&body);
+        // Per-request overrides, so one mock serves every benchmark phase.
+        let header_num = |name: &str, default: u64| {
+            http.req_header()
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(default)
+        };
+        let events = header_num("x-mock-events", self.settings.sse_events as u64) as usize;
+        let interval = Duration::from_millis(header_num(
+            "x-mock-interval-ms",
+            self.settings.sse_interval.as_millis() as u64,
+        ));
         let (status, content_type, payload): (u16, &str, Option<Bytes>) = match path.as_str() {
             "/__mock/stats" => (
                 200,
@@ -130,9 +157,9 @@ impl Mock {
                     resp.insert_header("transfer-encoding", "chunked")?;
                 }
                 http.write_response_header(Box::new(resp)).await?;
-                for i in 0..self.settings.sse_events {
-                    if i > 0 && !self.settings.sse_interval.is_zero() {
-                        tokio::time::sleep(self.settings.sse_interval).await;
+                for i in 0..events {
+                    if i > 0 && !interval.is_zero() {
+                        tokio::time::sleep(interval).await;
                     }
                     http.write_response_body(sse_event(i), false).await?;
                 }
@@ -145,7 +172,7 @@ impl Mock {
 }
 
 /// Whether a JSON request body asks for a stream (`"stream":true`, with or without a space).
-fn memchr_stream(body: &[u8]) -> bool {
+fn wants_stream(body: &[u8]) -> bool {
     let s = String::from_utf8_lossy(body);
     s.contains("\"stream\":true") || s.contains("\"stream\": true")
 }

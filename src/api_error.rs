@@ -73,6 +73,16 @@ impl ApiError {
                 "gateway_error",
                 format!("route `{route}`: {cause}"),
             ),
+            ReadError | WriteError | ConnectionClosed
+                if e.esource() == &ErrorSource::Downstream =>
+            {
+                ApiError::new(
+                    499,
+                    "client_error",
+                    "client_disconnected",
+                    format!("route `{route}`: the agent closed the connection: {cause}"),
+                )
+            }
             _ => match e.esource() {
                 ErrorSource::Upstream => up(502, "upstream_protocol_error", "bad response from"),
                 ErrorSource::Downstream => ApiError::new(

@@ -521,9 +521,7 @@ impl ProxyHttp for Gateway {
                 ApiError::from_proxy_error(e, route, url)
             }
         };
-        let dead_downstream = matches!(e.esource(), pingora::ErrorSource::Downstream)
-            && matches!(e.etype(), ReadError | WriteError | ConnectionClosed);
-        let code = if dead_downstream {
+        let code = if err.code == "client_disconnected" {
             0
         } else {
             write_api_error(session, &ctx.id, &err).await;
