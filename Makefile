@@ -74,7 +74,7 @@ bench: deps bench-deps $(VENV)/.bench
 bench-smoke: build bench-deps $(VENV)/.bench
 	$(PY) bench/run.py --smoke --profile debug --out bench/work/smoke
 
-test: unit check-conf integration bench-smoke
+test: unit check-conf bench-smoke integration
 
 fmt:
 	$(CARGO) fmt

@@ -2,6 +2,7 @@
 //! Engines (`config`, `scrub`, `tls`) are pure; `proxy` and `server` are glue.
 
 pub mod admin;
+pub mod alloc;
 pub mod api_error;
 pub mod cli;
 pub mod config;

@@ -4,6 +4,7 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    agentgate::alloc::tune();
     let cli = Cli::parse();
     agentgate::session_log::Logger::install();
     match cli.command {

@@ -5,7 +5,7 @@ use crate::api_error::ApiError;
 use crate::config::{Config, Route, TlsVersion};
 use crate::metrics::{self, RouteMetrics};
 use crate::scrub::{SecretSet, StreamScrubber};
-use crate::session_log::{self, SessionRecord};
+use crate::session_log::{self, SessionRecord, Tls};
 use crate::upstream::UpstreamTarget;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -14,6 +14,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora_prometheus::prometheus;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,6 +49,8 @@ pub struct RouteRuntime {
 
 pub struct Gateway {
     routes: Vec<Arc<RouteRuntime>>,
+    /// `agentgate_upstream_connections_total{reused="false"|"true"}`, resolved once.
+    connections: [prometheus::IntCounter; 2],
     max_body: u64,
     unmatched: RouteMetrics,
 }
@@ -94,6 +97,10 @@ impl Gateway {
         }
         Ok(Gateway {
             routes,
+            connections: [
+                metrics::UPSTREAM_CONNECTIONS.with_label_values(&["false"]),
+                metrics::UPSTREAM_CONNECTIONS.with_label_values(&["true"]),
+            ],
             max_body: config.server.max_body,
             unmatched: RouteMetrics::new(metrics::NO_ROUTE),
         })
@@ -297,9 +304,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.upstream_reused = Some(reused);
-        metrics::UPSTREAM_CONNECTIONS
-            .with_label_values(&[if reused { "true" } else { "false" }])
-            .inc();
+        self.connections[usize::from(reused)].inc();
         let Some(route) = ctx.route.as_ref() else {
             return Ok(());
         };
@@ -563,23 +568,28 @@ impl ProxyHttp for Gateway {
             let downstream_tls = session
                 .digest()
                 .and_then(|d| d.ssl_digest.as_ref())
-                .map(|s| (s.version.as_ref(), s.cipher.as_ref()));
+                .map(|s| Tls {
+                    version: s.version.as_ref(),
+                    cipher: s.cipher.as_ref(),
+                });
             session_log::emit(&SessionRecord {
+                ts: session_log::rfc3339(std::time::SystemTime::now()),
+                kind: "exchange",
                 request_id: &ctx.id,
                 route: ctx.route.as_ref().map(|r| r.route.name.as_str()),
                 method: req.method.as_str(),
                 path: req.uri.path(),
                 status,
-                duration: elapsed,
-                upstream_ttfb: ctx.ttfb,
+                duration_ms: session_log::millis(elapsed),
+                upstream_ttfb_ms: ctx.ttfb.map(session_log::millis),
                 request_bytes: ctx.request_body_bytes,
                 response_bytes: ctx.response_body_bytes,
-                http_version: req.version,
+                http_version: session_log::version_str(req.version),
                 downstream_tls,
-                upstream_tls: ctx
-                    .upstream_tls
-                    .as_ref()
-                    .map(|(v, c)| (v.as_str(), c.as_str())),
+                upstream_tls: ctx.upstream_tls.as_ref().map(|(v, c)| Tls {
+                    version: v,
+                    cipher: c,
+                }),
                 upstream_reused: ctx.upstream_reused,
                 error: ctx.error.as_ref().map(|e| e.code),
             });

@@ -7,11 +7,19 @@ use crate::proxy::Gateway;
 use crate::tls::{self, ServingCert};
 use pingora::apps::http_app::HttpServer;
 use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::listening::Service;
 use pingora::tls::ssl::SslVersion;
 use std::sync::Arc;
+
+/// Socket read buffer per agent connection. Pingora's default is 64 KiB; one TLS record is at
+/// most ~16 KiB, and with 1,000 open streams the default alone pins ~64 MiB (bench/README.md).
+const AGENT_L4_BUFFER: L4BufferSettings = L4BufferSettings {
+    read: Some(16 * 1024),
+    write: None,
+};
 
 /// Builds every service and runs until a signal stops the process.
 pub fn run(config: Config) -> Result<(), String> {
@@ -53,9 +61,13 @@ pub fn run(config: Config) -> Result<(), String> {
             Some(t) => {
                 let (settings, ca) = tls_settings(t, &state, &format!("listener `{}`", l.name))?;
                 trust_hint = trust_hint.or(ca);
-                proxy.add_tls_with_settings(&addr, None, settings);
+                proxy.add_listener(
+                    ListenerConfig::tcp(&addr)
+                        .tls(settings)
+                        .l4_buffer(AGENT_L4_BUFFER),
+                );
             }
-            None => proxy.add_tcp(&addr),
+            None => proxy.add_listener(ListenerConfig::tcp(&addr).l4_buffer(AGENT_L4_BUFFER)),
         }
         log::info!(
             "listener `{}` on {}://{addr}",

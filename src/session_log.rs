@@ -5,6 +5,7 @@
 
 use crate::metrics;
 use log::{Level, LevelFilter, Log, Metadata, Record};
+use std::fmt::Write as _;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,45 +22,53 @@ pub fn enabled() -> bool {
     SESSION_LOG.load(Ordering::Relaxed)
 }
 
+#[derive(serde::Serialize)]
+pub struct Tls<'a> {
+    pub version: &'a str,
+    pub cipher: &'a str,
+}
+
+/// One exchange. Serialized straight from borrowed fields: no intermediate JSON tree.
+#[derive(serde::Serialize)]
 pub struct SessionRecord<'a> {
+    pub ts: String,
+    pub kind: &'static str,
     pub request_id: &'a str,
     pub route: Option<&'a str>,
     pub method: &'a str,
     pub path: &'a str,
     pub status: u16,
-    pub duration: Duration,
-    pub upstream_ttfb: Option<Duration>,
+    pub duration_ms: f64,
+    pub upstream_ttfb_ms: Option<f64>,
     pub request_bytes: u64,
     pub response_bytes: u64,
-    pub http_version: http::Version,
-    pub downstream_tls: Option<(&'a str, &'a str)>,
-    pub upstream_tls: Option<(&'a str, &'a str)>,
+    pub http_version: &'static str,
+    pub downstream_tls: Option<Tls<'a>>,
+    pub upstream_tls: Option<Tls<'a>>,
     pub upstream_reused: Option<bool>,
     pub error: Option<&'a str>,
 }
 
+pub fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+pub fn version_str(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_11 => "HTTP/1.1",
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_3 => "HTTP/3",
+        _ => "unknown",
+    }
+}
+
 pub fn emit(r: &SessionRecord<'_>) {
-    let tls =
-        |t: Option<(&str, &str)>| t.map(|(v, c)| serde_json::json!({"version": v, "cipher": c}));
-    let line = serde_json::json!({
-        "ts": rfc3339(SystemTime::now()),
-        "kind": "exchange",
-        "request_id": r.request_id,
-        "route": r.route,
-        "method": r.method,
-        "path": r.path,
-        "status": r.status,
-        "duration_ms": r.duration.as_secs_f64() * 1000.0,
-        "upstream_ttfb_ms": r.upstream_ttfb.map(|d| d.as_secs_f64() * 1000.0),
-        "request_bytes": r.request_bytes,
-        "response_bytes": r.response_bytes,
-        "http_version": format!("{:?}", r.http_version),
-        "downstream_tls": tls(r.downstream_tls),
-        "upstream_tls": tls(r.upstream_tls),
-        "upstream_reused": r.upstream_reused,
-        "error": r.error,
-    });
-    log::info!(target: TARGET, "{line}");
+    // Serializing a struct of plain fields cannot fail.
+    if let Ok(line) = serde_json::to_string(r) {
+        log::info!(target: TARGET, "{line}");
+    }
 }
 
 /// 32 hex digits from BoringSSL's CSPRNG.
@@ -81,10 +90,28 @@ pub fn new_request_id() -> String {
     s
 }
 
-/// `2026-11-28T23:53:10.123Z` without a date-time dependency (civil-from-days, H. Hinnant).
+thread_local! {
+    /// The formatted date-time of the last second seen on this thread: one format per second.
+    static LAST_SECOND: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+}
+
+/// `2026-11-28T23:53:10.123Z` without a date-time dependency.
 pub fn rfc3339(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs() as i64;
+    LAST_SECOND.with(|cell| {
+        let mut last = cell.borrow_mut();
+        if last.0 != d.as_secs() {
+            *last = (d.as_secs(), format_seconds(d.as_secs() as i64));
+        }
+        let mut s = String::with_capacity(24);
+        s.push_str(&last.1);
+        let _ = write!(s, ".{:03}Z", d.subsec_millis());
+        s
+    })
+}
+
+/// `2026-11-28T23:53:10` (civil-from-days, H. Hinnant).
+fn format_seconds(secs: i64) -> String {
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
@@ -96,11 +123,10 @@ pub fn rfc3339(t: SystemTime) -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
         rem / 3600,
         rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis()
+        rem % 60
     )
 }
 
