@@ -331,7 +331,7 @@ def main() -> int:
     ap.add_argument("--smoke", action="store_true", help="seconds, not minutes: checks the harness works")
     ap.add_argument("--profile", default="release")
     ap.add_argument("--duration", type=float, default=5)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--streams", type=int, default=1000)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args()
@@ -416,7 +416,8 @@ def render(args, systems, runs, h2, sse, streams, peak) -> str:
         "- agentgate: passthrough route (credential injection, response scrubbing, metrics, JSON session log to a file), "
         "upstream trusted through the system roots (`SSL_CERT_FILE` = the bench CA); "
         "the full-policy target (auth, masking, recording) is not measured: those features are not built yet",
-        "- nginx and vanilla Pingora trust the bench CA directly; all use mimalloc-free (nginx) or mimalloc (Pingora builds) allocators as shipped",
+        "- nginx and vanilla Pingora trust the bench CA directly; vanilla Pingora uses agentgate's allocator setup "
+        "(mimalloc, no transparent huge pages) so the difference is agentgate's own code",
         "",
         "## HTTP/1.1 throughput and latency",
         "",

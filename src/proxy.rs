@@ -19,23 +19,27 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Client headers that carry credentials: removed before the route's own are set.
-const CLIENT_CREDENTIAL_HEADERS: &[&str] = &[
-    "authorization",
-    "x-api-key",
-    "api-key",
-    "cookie",
-    "proxy-authorization",
+/// (Pre-parsed names: a `&str` name is parsed again on every call.)
+const CLIENT_CREDENTIAL_HEADERS: [HeaderName; 5] = [
+    header::AUTHORIZATION,
+    HeaderName::from_static("x-api-key"),
+    HeaderName::from_static("api-key"),
+    header::COOKIE,
+    header::PROXY_AUTHORIZATION,
 ];
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) that must not be forwarded.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
 ];
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_UPSTREAM_REQUEST_ID: HeaderName = HeaderName::from_static("x-upstream-request-id");
 
 /// Everything the gateway knows about one route at run time.
 pub struct RouteRuntime {
@@ -181,7 +185,7 @@ async fn write_api_error(session: &mut Session, request_id: &str, err: &ApiError
     };
     let _ = resp.insert_header(header::CONTENT_TYPE, "application/json");
     let _ = resp.insert_header(header::CONTENT_LENGTH, body.len());
-    let _ = resp.insert_header("x-request-id", request_id);
+    let _ = resp.insert_header(X_REQUEST_ID, request_id);
     if let Err(e) = session
         .as_downstream_mut()
         .write_error_response(resp, body)
@@ -368,8 +372,8 @@ impl ProxyHttp for Gateway {
             .map(|s| s.trim().to_ascii_lowercase())
             .filter(|s| !s.is_empty())
             .collect();
-        for name in CLIENT_CREDENTIAL_HEADERS.iter().chain(HOP_BY_HOP) {
-            req.remove_header(*name);
+        for name in CLIENT_CREDENTIAL_HEADERS.iter().chain(HOP_BY_HOP.iter()) {
+            req.remove_header(name);
         }
         for name in named_by_connection {
             // Never let `Connection: content-length` strip framing headers.
@@ -385,7 +389,7 @@ impl ProxyHttp for Gateway {
             // The response is scanned for echoed credentials, which compressed bodies would hide.
             req.insert_header(header::ACCEPT_ENCODING, "identity")?;
         }
-        req.insert_header("x-request-id", ctx.id.as_str())?;
+        req.insert_header(X_REQUEST_ID, ctx.id.as_str())?;
         let base = &route.route.upstream.base_path;
         if !base.is_empty() {
             let pq = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
@@ -417,10 +421,10 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(upstream_id) = resp.headers.get("x-request-id").cloned() {
-            resp.insert_header("x-upstream-request-id", upstream_id)?;
+        if let Some(upstream_id) = resp.headers.get(&X_REQUEST_ID).cloned() {
+            resp.insert_header(X_UPSTREAM_REQUEST_ID, upstream_id)?;
         }
-        resp.insert_header("x-request-id", ctx.id.as_str())?;
+        resp.insert_header(X_REQUEST_ID, ctx.id.as_str())?;
         let Some(set) = ctx.route.as_ref().and_then(|r| r.secrets.clone()) else {
             return Ok(());
         };
