@@ -181,3 +181,25 @@ def test_downstream_handshake_failures_are_counted_and_old_tls_refused(gateway):
     assert gateway.metric("agentgate_tls_handshake_failures_total", leg="downstream") == before + 2
     with gateway.client() as c:
         assert c.get("/v1/models").status_code == 200
+
+
+def test_generated_ca_path_is_printed_and_reused_across_restarts(start_gateway, mock, upstream_ca_file):
+    from conftest import route_yaml
+
+    gw = start_gateway(route_yaml("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file))
+    ca = gw.ca_file
+    assert str(ca) in gw.stderr_path.read_text(), "the CA to trust must be printed"
+    first = ca.read_bytes()
+    leaf = (ca.parent / "server.pem").read_bytes()
+    gw.stop()
+    # Same state directory, fresh process: the same CA and leaf serve again.
+    from conftest import Gateway
+
+    again = Gateway(gw.config_path.read_text(), gw.state_dir, gw.port, gw.admin_port)
+    try:
+        assert ca.read_bytes() == first
+        assert (ca.parent / "server.pem").read_bytes() == leaf
+        with again.client() as c:
+            assert c.get("/v1/models").status_code == 200
+    finally:
+        again.stop()
