@@ -65,8 +65,13 @@ check-conf: build
 integration: build venv
 	cd tests && ../$(PY) -m pytest -q
 
+## Portkey's gateway from npm, for the side-by-side (the bench skips it if npm is missing).
+bench/portkey/node_modules/.installed: bench/portkey/package.json bench/portkey/package-lock.json
+	@if command -v npm >/dev/null; then npm ci --silent --prefix bench/portkey && touch $@; \
+	 else echo "npm not found: the benchmark will skip Portkey"; fi
+
 ## Side-by-side benchmark (release build): writes bench/results/<date>.md and .png.
-bench: deps bench-deps $(VENV)/.bench
+bench: deps bench-deps $(VENV)/.bench bench/portkey/node_modules/.installed
 	$(CARGO) build --release --locked --bins --examples
 	$(PY) bench/run.py
 

@@ -90,8 +90,13 @@ def rss_kb(pid: int, field: str = "VmRSS") -> int:
 
 
 class System:
-    def __init__(self, name: str, port: int, proc: subprocess.Popen | None, h2: bool = True) -> None:
+    def __init__(self, name: str, port: int, proc: subprocess.Popen | None, h2: bool = True,
+                 scheme: str = "https", headers: dict | None = None) -> None:
         self.name, self.port, self.proc, self.h2 = name, port, proc, h2
+        self.scheme, self.headers = scheme, headers or {}
+
+    def url(self, path: str) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}{path}"
 
     @property
     def pid(self) -> int:
@@ -225,12 +230,28 @@ routes:
         wait_port(port, p, "agentgate")
         return System("agentgate", port, p)
 
+    def start_portkey(self, upstream: int) -> System | None:
+        """Portkey's open-source gateway (Node.js), offline. It has no TLS listener: agents reach
+        it over plain HTTP, which favours it on the inbound leg."""
+        pkg = ROOT / "bench" / "portkey"
+        server = pkg / "node_modules" / "@portkey-ai" / "gateway" / "build" / "start-server.js"
+        if not server.exists() or not shutil.which("node"):
+            print("portkey: not installed (npm ci --prefix bench/portkey); skipped", flush=True)
+            return None
+        port = free_port()
+        env = dict(os.environ, NODE_EXTRA_CA_CERTS=str(self.ca_file))
+        p = self.spawn(["node", "--import", str(pkg / "loopback.mjs"), str(server), f"--port={port}"], "portkey", env=env)
+        wait_port(port, p, "portkey")
+        headers = {"x-portkey-provider": "openai", "x-portkey-custom-host": f"https://127.0.0.1:{upstream}/v1"}
+        return System("portkey", port, p, h2=False, scheme="http", headers=headers)
+
     # --- measurements -----------------------------------------------------
     def wrk(self, system: System, conns: int, duration: float) -> dict:
-        url = f"https://127.0.0.1:{system.port}/v1/chat/completions"
+        url = system.url("/v1/chat/completions")
         cpu0 = cpu_seconds(system.pid)
+        extra = [a for k, v in system.headers.items() for a in ("-H", f"{k}: {v}")]
         out = subprocess.run(
-            ["wrk", "-t1", f"-c{conns}", f"-d{max(1, round(duration))}s", "--latency", "-s", str(ROOT / "bench" / "wrk_post.lua"), url],
+            ["wrk", "-t1", f"-c{conns}", f"-d{max(1, round(duration))}s", "--latency", "-s", str(ROOT / "bench" / "wrk_post.lua"), *extra, url],
             capture_output=True, text=True, timeout=duration + 60,
         )
         cpu = cpu_seconds(system.pid) - cpu0
@@ -258,15 +279,18 @@ routes:
                 return float(line.split(",")[1].split()[0])
         return None
 
-    def sse_probe(self, system: System, requests: int) -> dict:
+    def sse_probe(self, system: System, requests: int) -> dict | None:
         """TTFB and per-event transit (mock send -> client receive, same monotonic clock)."""
         ttfb, transit = [], []
         with httpx.Client(verify=self.client_ctx, timeout=30) as c:
             for _ in range(requests):
                 t0 = time.monotonic_ns()
                 first = None
-                with c.stream("POST", f"https://127.0.0.1:{system.port}/v1/chat/completions", json={"stream": True},
-                              headers={"x-mock-events": "20", "x-mock-interval-ms": "2"}) as r:
+                with c.stream("POST", system.url("/v1/chat/completions"), json={"stream": True},
+                              headers={"x-mock-events": "20", "x-mock-interval-ms": "2", **system.headers}) as r:
+                    if r.status_code != 200:
+                        print(f"{system.name}: SSE request answered {r.status_code}; SSE not measured", flush=True)
+                        return None
                     for line in r.iter_lines():
                         now = time.monotonic_ns()
                         if not line.startswith("data: {"):
@@ -293,8 +317,8 @@ routes:
 
                 async def one() -> None:
                     nonlocal ready
-                    async with c.stream("POST", f"https://127.0.0.1:{system.port}/v1/chat/completions", json={"stream": True},
-                                        headers={"x-mock-events": "3", "x-mock-interval-ms": "30000"}) as r:
+                    async with c.stream("POST", system.url("/v1/chat/completions"), json={"stream": True},
+                                        headers={"x-mock-events": "3", "x-mock-interval-ms": "30000", **system.headers}) as r:
                         async for _ in r.aiter_lines():
                             ready += 1
                             if ready == n:
@@ -341,7 +365,7 @@ def main() -> int:
     try:
         mock = b.start_mock()
         systems = [mock]
-        for start in (b.start_nginx, b.start_vanilla, b.start_agentgate):
+        for start in (b.start_nginx, b.start_vanilla, b.start_agentgate, b.start_portkey):
             s = start(mock.port)
             if s is not None:
                 systems.append(s)
@@ -363,6 +387,8 @@ def main() -> int:
         sse = {s.name: b.sse_probe(s, 10 if args.smoke else 100) for s in systems}
         streams = {}
         for s in systems[1:]:
+            if sse[s.name] is None:
+                continue  # a system that cannot stream is not held to the open-streams test
             streams[s.name] = b.open_streams(s, args.streams)
             print(f"{s.name}: {args.streams} open streams, RSS {streams[s.name] / 1024:.1f} MiB", flush=True)
         peak = {s.name: rss_kb(s.pid, "VmHWM") for s in systems}
@@ -416,6 +442,8 @@ def render(args, systems, runs, h2, sse, streams, peak) -> str:
         "- agentgate: passthrough route (credential injection, response scrubbing, metrics, JSON session log to a file), "
         "upstream trusted through the system roots (`SSL_CERT_FILE` = the bench CA); "
         "the full-policy target (auth, masking, recording) is not measured: those features are not built yet",
+        "- portkey: `@portkey-ai/gateway` (Node.js) runs offline; it has no TLS listener, so its inbound leg is plain HTTP "
+        "(a head start over the others), and it has no HTTP/2",
         "- nginx and vanilla Pingora trust the bench CA directly; vanilla Pingora uses agentgate's allocator setup "
         "(mimalloc, no transparent huge pages) so the difference is agentgate's own code",
         "",
@@ -449,6 +477,9 @@ def render(args, systems, runs, h2, sse, streams, peak) -> str:
     ]
     for n in names:
         s = sse[n]
+        if s is None:
+            out.append(f"| {n} | failed | – | – | – | – |")
+            continue
         out.append(
             f"| {n} | {s['ttfb_ms']:.3f} | {s['ttfb_ms'] - d['ttfb_ms']:+.3f} | {s['transit_p50_ms']:.3f} | {s['transit_p99_ms']:.3f} | "
             f"{s['transit_p50_ms'] - d['transit_p50_ms']:+.3f} |"
@@ -456,7 +487,7 @@ def render(args, systems, runs, h2, sse, streams, peak) -> str:
     out += ["", f"## Memory", "", f"| system | RSS with {args.streams} open streams MiB | peak RSS over the run MiB |", "| --- | ---: | ---: |"]
     for n in names:
         v = streams.get(n)
-        open_rss = f"{v / 1024:.1f}" if v else "– (the mock)"
+        open_rss = f"{v / 1024:.1f}" if v else ("– (the mock)" if n == "direct" else "– (could not stream)")
         out.append(f"| {n} | {open_rss} | {peak[n] / 1024:.1f} |")
     ag, va, ng = (agg(runs[(n, 64)])["rps"] if (n, 64) in runs else None for n in ("agentgate", "vanilla-pingora", "nginx"))
     added1 = (agg(runs[("agentgate", 1)])["p99"] - agg(runs[("direct", 1)])["p99"]) / 1000

@@ -155,6 +155,7 @@ def test_metrics_and_probes(gateway, mock):
     assert gateway.metric("agentgate_requests_total", route="none", status_class="4xx") == 1
 
 
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion:DeprecationWarning")
 def test_downstream_handshake_failures_are_counted_and_old_tls_refused(gateway):
     import socket
     import ssl
