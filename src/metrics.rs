@@ -62,6 +62,14 @@ lazy!(ERRORS: IntCounterVec = register_int_counter_vec!(
     &["route", "kind"]
 ));
 
+pub static SESSION_LOG_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
+    prometheus::register_int_counter!(
+        "agentgate_session_log_dropped_total",
+        "Session log lines dropped because stdout could not keep up (queue of 16384 full)"
+    )
+    .expect("metric registers once")
+});
+
 /// The label used for requests that matched no route.
 pub const NO_ROUTE: &str = "none";
 
@@ -111,6 +119,7 @@ pub fn init() {
         UPSTREAM_CONNECTIONS.with_label_values(&[reused]);
     }
     LazyLock::force(&ERRORS);
+    LazyLock::force(&SESSION_LOG_DROPPED);
 }
 
 pub fn render() -> (Vec<u8>, String) {

@@ -24,6 +24,7 @@ const AGENT_L4_BUFFER: L4BufferSettings = L4BufferSettings {
 /// Builds every service and runs until a signal stops the process.
 pub fn run(config: Config) -> Result<(), String> {
     crate::metrics::init();
+    crate::session_log::start_writer();
     std::fs::create_dir_all(&config.server.state_dir).map_err(|e| {
         format!(
             "cannot create state_dir {}: {e}",
@@ -102,7 +103,9 @@ pub fn run(config: Config) -> Result<(), String> {
     server.add_service(proxy);
     server.add_service(admin);
     ready.set(true);
-    server.run_forever();
+    server.run(pingora::server::RunArgs::default());
+    crate::session_log::drain(std::time::Duration::from_secs(5));
+    Ok(())
 }
 
 /// Inbound TLS: Mozilla intermediate settings (TLS >= 1.2), ALPN h2 + http/1.1.

@@ -64,10 +64,86 @@ pub fn version_str(v: http::Version) -> &'static str {
     }
 }
 
+/// Lines waiting for the writer thread; past this, lines are dropped and counted rather than
+/// making a request wait on stdout.
+const QUEUE: usize = 16 * 1024;
+
+enum Msg {
+    Line(String),
+    /// Flush everything before this and acknowledge (shutdown).
+    Flush(std::sync::mpsc::SyncSender<()>),
+}
+
+static SINK: std::sync::OnceLock<std::sync::mpsc::SyncSender<Msg>> = std::sync::OnceLock::new();
+
+/// Starts the thread that writes session lines to stdout in batches (one `write` per batch
+/// instead of one per request, off the request path).
+pub fn start_writer() {
+    SINK.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Msg>(QUEUE);
+        let spawned = std::thread::Builder::new()
+            .name("agentgate session log".into())
+            .spawn(move || {
+                let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout());
+                let write = |msg: Msg, out: &mut std::io::BufWriter<std::io::Stdout>| match msg {
+                    Msg::Line(line) => {
+                        let _ = writeln!(out, "{line}");
+                    }
+                    Msg::Flush(ack) => {
+                        let _ = out.flush();
+                        let _ = ack.send(());
+                    }
+                };
+                while let Ok(msg) = rx.recv() {
+                    write(msg, &mut out);
+                    // Drain what is already queued, then flush once.
+                    while let Ok(msg) = rx.try_recv() {
+                        write(msg, &mut out);
+                    }
+                    let _ = out.flush();
+                }
+            });
+        if let Err(e) = spawned {
+            log::error!("cannot start the session log writer: {e}");
+        }
+        tx
+    });
+}
+
+/// Waits (up to `timeout`) until every line emitted so far is written: call before exiting.
+pub fn drain(timeout: Duration) {
+    let Some(tx) = SINK.get() else {
+        return;
+    };
+    let deadline = std::time::Instant::now() + timeout;
+    let (ack_tx, ack_rx) = std::sync::mpsc::sync_channel(1);
+    let mut msg = Msg::Flush(ack_tx);
+    // `SyncSender` has no send with a deadline: retry while the queue is full.
+    loop {
+        match tx.try_send(msg) {
+            Ok(()) => break,
+            Err(std::sync::mpsc::TrySendError::Full(m)) if std::time::Instant::now() < deadline => {
+                msg = m;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(_) => return,
+        }
+    }
+    let _ = ack_rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()));
+}
+
 pub fn emit(r: &SessionRecord<'_>) {
     // Serializing a struct of plain fields cannot fail.
-    if let Ok(line) = serde_json::to_string(r) {
-        log::info!(target: TARGET, "{line}");
+    let Ok(line) = serde_json::to_string(r) else {
+        return;
+    };
+    match SINK.get() {
+        Some(tx) => {
+            if tx.try_send(Msg::Line(line)).is_err() {
+                metrics::SESSION_LOG_DROPPED.inc();
+            }
+        }
+        None => log::info!(target: TARGET, "{line}"),
     }
 }
 

@@ -123,6 +123,9 @@ def test_session_log_line_per_exchange(gateway, mock):
     with gateway.client() as c:
         r = c.get("/v1/models")
     rid = r.headers["x-request-id"]
+    # Lines are written off the request path; a graceful stop (SIGTERM) must flush them all.
+    gateway.stop()
+    assert gateway.proc.returncode == 0, gateway.stderr_path.read_text()
     lines = [l for l in gateway.session_lines() if l.get("request_id") == rid]
     assert len(lines) == 1, gateway.session_lines()
     rec = lines[0]
