@@ -65,7 +65,7 @@ lazy!(ERRORS: IntCounterVec = register_int_counter_vec!(
 pub static SESSION_LOG_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
     prometheus::register_int_counter!(
         "agentgate_session_log_dropped_total",
-        "Session log lines dropped because stdout could not keep up (queue of 16384 full)"
+        "Session log lines dropped because stdout could not keep up (8 MiB pending)"
     )
     .expect("metric registers once")
 });

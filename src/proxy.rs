@@ -318,11 +318,8 @@ impl ProxyHttp for Gateway {
         }
         let ssl = digest.and_then(|d| d.ssl_digest.as_ref());
         let Some(ssl) = ssl else {
-            return self.refuse_upstream_tls(
-                ctx,
-                "the connection has no TLS evidence".into(),
-                reused,
-            );
+            let why = "the connection has no TLS evidence".to_string();
+            return refuse_upstream_tls(ctx, "upstream_tls_failed", why);
         };
         ctx.upstream_tls = Some((ssl.version.to_string(), ssl.cipher.to_string()));
         if !tls_version_ok(&ssl.version, upstream.min_tls_version) {
@@ -330,7 +327,7 @@ impl ProxyHttp for Gateway {
                 "negotiated {} is below the minimum TLS version",
                 ssl.version
             );
-            return self.refuse_upstream_tls(ctx, why, reused);
+            return refuse_upstream_tls(ctx, "upstream_tls_failed", why);
         }
         let facts = ssl.extension.get::<crate::upstream::PeerCertFacts>();
         if let Some(ip) = route.target.expected_ip {
@@ -338,7 +335,7 @@ impl ProxyHttp for Gateway {
                 let why = format!(
                     "the certificate is not valid for {ip} (no matching IP subjectAltName)"
                 );
-                return self.refuse_upstream_tls(ctx, why, reused);
+                return refuse_upstream_tls(ctx, "upstream_tls_failed", why);
             }
         }
         if !upstream.pins_sha256.is_empty() {
@@ -347,7 +344,7 @@ impl ProxyHttp for Gateway {
                 .is_some_and(|spki| upstream.pins_sha256.contains(&spki));
             if !ok {
                 let why = "the certificate's public key matches none of pins_sha256".to_string();
-                return self.refuse_upstream_tls(ctx, why, reused);
+                return refuse_upstream_tls(ctx, "upstream_pin_mismatch", why);
             }
         }
         Ok(())
@@ -601,29 +598,23 @@ impl ProxyHttp for Gateway {
     }
 }
 
-impl Gateway {
-    fn refuse_upstream_tls(&self, ctx: &mut RequestCtx, why: String, _reused: bool) -> Result<()> {
-        metrics::TLS_HANDSHAKE_FAILURES
-            .with_label_values(&["upstream"])
-            .inc();
-        let route = ctx
-            .route
-            .as_ref()
-            .map(|r| (r.route.name.clone(), r.route.upstream.url.clone()));
-        let (name, url) = route.unwrap_or_default();
-        let code = if why.contains("pins_sha256") {
-            "upstream_pin_mismatch"
-        } else {
-            "upstream_tls_failed"
-        };
-        ctx.error = Some(ApiError::new(
-            502,
-            "upstream_error",
-            code,
-            format!("route `{name}`: upstream {url} refused: {why}"),
-        ));
-        Error::e_explain(HTTPStatus(502), why)
-    }
+/// Refuses a connected upstream whose TLS evidence fails a check; no request byte was sent.
+fn refuse_upstream_tls(ctx: &mut RequestCtx, code: &'static str, why: String) -> Result<()> {
+    metrics::TLS_HANDSHAKE_FAILURES
+        .with_label_values(&["upstream"])
+        .inc();
+    let route = ctx
+        .route
+        .as_ref()
+        .map(|r| (r.route.name.clone(), r.route.upstream.url.clone()));
+    let (name, url) = route.unwrap_or_default();
+    ctx.error = Some(ApiError::new(
+        502,
+        "upstream_error",
+        code,
+        format!("route `{name}`: upstream {url} refused: {why}"),
+    ));
+    Error::e_explain(HTTPStatus(502), why)
 }
 
 fn too_large(max: u64) -> ApiError {

@@ -104,7 +104,7 @@ pub fn run(config: Config) -> Result<(), String> {
     server.add_service(admin);
     ready.set(true);
     server.run(pingora::server::RunArgs::default());
-    crate::session_log::drain(std::time::Duration::from_secs(5));
+    crate::session_log::flush();
     Ok(())
 }
 

@@ -64,72 +64,41 @@ pub fn version_str(v: http::Version) -> &'static str {
     }
 }
 
-/// Lines waiting for the writer thread; past this, lines are dropped and counted rather than
-/// making a request wait on stdout.
-const QUEUE: usize = 16 * 1024;
+/// Bytes of session lines held between flushes; past this (stdout stalled), lines are dropped
+/// and counted rather than making a request wait on stdout or memory grow without bound.
+const MAX_PENDING: usize = 8 << 20;
+/// How often the writer thread flushes pending lines: requests never wake it.
+const FLUSH_EVERY: Duration = Duration::from_millis(50);
 
-enum Msg {
-    Line(String),
-    /// Flush everything before this and acknowledge (shutdown).
-    Flush(std::sync::mpsc::SyncSender<()>),
-}
+/// Lines appended by request threads (a memcpy under an uncontended lock), written in one `write`
+/// per flush by the writer thread.
+static PENDING: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+static WRITER: std::sync::OnceLock<()> = std::sync::OnceLock::new();
 
-static SINK: std::sync::OnceLock<std::sync::mpsc::SyncSender<Msg>> = std::sync::OnceLock::new();
-
-/// Starts the thread that writes session lines to stdout in batches (one `write` per batch
-/// instead of one per request, off the request path).
+/// Starts the thread that writes pending session lines to stdout every `FLUSH_EVERY`.
 pub fn start_writer() {
-    SINK.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Msg>(QUEUE);
+    WRITER.get_or_init(|| {
         let spawned = std::thread::Builder::new()
             .name("agentgate session log".into())
-            .spawn(move || {
-                let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout());
-                let write = |msg: Msg, out: &mut std::io::BufWriter<std::io::Stdout>| match msg {
-                    Msg::Line(line) => {
-                        let _ = writeln!(out, "{line}");
-                    }
-                    Msg::Flush(ack) => {
-                        let _ = out.flush();
-                        let _ = ack.send(());
-                    }
-                };
-                while let Ok(msg) = rx.recv() {
-                    write(msg, &mut out);
-                    // Drain what is already queued, then flush once.
-                    while let Ok(msg) = rx.try_recv() {
-                        write(msg, &mut out);
-                    }
-                    let _ = out.flush();
-                }
+            .spawn(|| loop {
+                std::thread::sleep(FLUSH_EVERY);
+                flush();
             });
         if let Err(e) = spawned {
             log::error!("cannot start the session log writer: {e}");
         }
-        tx
     });
 }
 
-/// Waits (up to `timeout`) until every line emitted so far is written: call before exiting.
-pub fn drain(timeout: Duration) {
-    let Some(tx) = SINK.get() else {
-        return;
+/// Writes every pending line to stdout: the writer's tick, and once more before exit.
+pub fn flush() {
+    let batch = match PENDING.lock() {
+        Ok(mut pending) if !pending.is_empty() => std::mem::take(&mut *pending),
+        _ => return,
     };
-    let deadline = std::time::Instant::now() + timeout;
-    let (ack_tx, ack_rx) = std::sync::mpsc::sync_channel(1);
-    let mut msg = Msg::Flush(ack_tx);
-    // `SyncSender` has no send with a deadline: retry while the queue is full.
-    loop {
-        match tx.try_send(msg) {
-            Ok(()) => break,
-            Err(std::sync::mpsc::TrySendError::Full(m)) if std::time::Instant::now() < deadline => {
-                msg = m;
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err(_) => return,
-        }
-    }
-    let _ = ack_rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()));
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(&batch);
+    let _ = out.flush();
 }
 
 pub fn emit(r: &SessionRecord<'_>) {
@@ -137,13 +106,16 @@ pub fn emit(r: &SessionRecord<'_>) {
     let Ok(line) = serde_json::to_string(r) else {
         return;
     };
-    match SINK.get() {
-        Some(tx) => {
-            if tx.try_send(Msg::Line(line)).is_err() {
-                metrics::SESSION_LOG_DROPPED.inc();
-            }
+    if WRITER.get().is_none() {
+        log::info!(target: TARGET, "{line}");
+        return;
+    }
+    match PENDING.lock() {
+        Ok(mut pending) if pending.len() + line.len() < MAX_PENDING => {
+            pending.extend_from_slice(line.as_bytes());
+            pending.push(b'\n');
         }
-        None => log::info!(target: TARGET, "{line}"),
+        _ => metrics::SESSION_LOG_DROPPED.inc(),
     }
 }
 
