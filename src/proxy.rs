@@ -564,37 +564,35 @@ impl ProxyHttp for Gateway {
                 .unwrap_or(metrics::NO_ROUTE);
             metrics::ERRORS.with_label_values(&[route, err.code]).inc();
         }
-        if session_log::enabled() {
-            let req = session.req_header();
-            let downstream_tls = session
-                .digest()
-                .and_then(|d| d.ssl_digest.as_ref())
-                .map(|s| Tls {
-                    version: s.version.as_ref(),
-                    cipher: s.cipher.as_ref(),
-                });
-            session_log::emit(&SessionRecord {
-                ts: session_log::rfc3339(std::time::SystemTime::now()),
-                kind: "exchange",
-                request_id: &ctx.id,
-                route: ctx.route.as_ref().map(|r| r.route.name.as_str()),
-                method: req.method.as_str(),
-                path: req.uri.path(),
-                status,
-                duration_ms: session_log::millis(elapsed),
-                upstream_ttfb_ms: ctx.ttfb.map(session_log::millis),
-                request_bytes: ctx.request_body_bytes,
-                response_bytes: ctx.response_body_bytes,
-                http_version: session_log::version_str(req.version),
-                downstream_tls,
-                upstream_tls: ctx.upstream_tls.as_ref().map(|(v, c)| Tls {
-                    version: v,
-                    cipher: c,
-                }),
-                upstream_reused: ctx.upstream_reused,
-                error: ctx.error.as_ref().map(|e| e.code),
+        let req = session.req_header();
+        let downstream_tls = session
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .map(|s| Tls {
+                version: s.version.as_ref(),
+                cipher: s.cipher.as_ref(),
             });
-        }
+        session_log::emit(&SessionRecord {
+            ts: session_log::rfc3339(std::time::SystemTime::now()),
+            kind: "exchange",
+            request_id: &ctx.id,
+            route: ctx.route.as_ref().map(|r| r.route.name.as_str()),
+            method: req.method.as_str(),
+            path: req.uri.path(),
+            status,
+            duration_ms: session_log::millis(elapsed),
+            upstream_ttfb_ms: ctx.ttfb.map(session_log::millis),
+            request_bytes: ctx.request_body_bytes,
+            response_bytes: ctx.response_body_bytes,
+            http_version: session_log::version_str(req.version),
+            downstream_tls,
+            upstream_tls: ctx.upstream_tls.as_ref().map(|(v, c)| Tls {
+                version: v,
+                cipher: c,
+            }),
+            upstream_reused: ctx.upstream_reused,
+            error: ctx.error.as_ref().map(|e| e.code),
+        });
     }
 }
 

@@ -7,20 +7,9 @@ use crate::metrics;
 use log::{Level, LevelFilter, Log, Metadata, Record};
 use std::fmt::Write as _;
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub const TARGET: &str = "agentgate::session";
-
-static SESSION_LOG: AtomicBool = AtomicBool::new(true);
-
-pub fn set_enabled(on: bool) {
-    SESSION_LOG.store(on, Ordering::Relaxed);
-}
-
-pub fn enabled() -> bool {
-    SESSION_LOG.load(Ordering::Relaxed)
-}
 
 #[derive(serde::Serialize)]
 pub struct Tls<'a> {
@@ -73,7 +62,8 @@ const FLUSH_EVERY: Duration = Duration::from_millis(50);
 /// Lines appended by request threads (a memcpy under an uncontended lock), written in one `write`
 /// per flush by the writer thread.
 static PENDING: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
-static WRITER: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+/// Whether the writer thread runs; without it, lines go out synchronously through the logger.
+static WRITER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
 
 /// Starts the thread that writes pending session lines to stdout every `FLUSH_EVERY`.
 pub fn start_writer() {
@@ -84,8 +74,14 @@ pub fn start_writer() {
                 std::thread::sleep(FLUSH_EVERY);
                 flush();
             });
-        if let Err(e) = spawned {
-            log::error!("cannot start the session log writer: {e}");
+        match spawned {
+            Ok(_) => true,
+            Err(e) => {
+                log::error!(
+                    "cannot start the session log writer; writing lines synchronously: {e}"
+                );
+                false
+            }
         }
     });
 }
@@ -106,7 +102,7 @@ pub fn emit(r: &SessionRecord<'_>) {
     let Ok(line) = serde_json::to_string(r) else {
         return;
     };
-    if WRITER.get().is_none() {
+    if WRITER.get() != Some(&true) {
         log::info!(target: TARGET, "{line}");
         return;
     }
