@@ -69,7 +69,8 @@ impl Gateway {
                     .set_headers
                     .iter()
                     .flat_map(|(_, s)| s.sensitive_parts().iter().cloned()),
-            );
+            )
+            .map_err(|e| format!("route `{}`: {e}", route.name))?;
             let host_header = HeaderValue::from_str(&route.upstream.authority()).map_err(|_| {
                 format!(
                     "route `{}`: upstream host is not a valid Host header",

@@ -19,8 +19,11 @@ pub struct SecretSet {
 }
 
 impl SecretSet {
-    /// `None` when there is nothing to scrub (a route without credentials).
-    pub fn new<I: IntoIterator<Item = String>>(values: I) -> Option<Arc<SecretSet>> {
+    /// `Ok(None)` when there is nothing to scrub (a route without credentials). An automaton that
+    /// cannot be built is an error, never a silent "no scrubbing".
+    pub fn new<I: IntoIterator<Item = String>>(
+        values: I,
+    ) -> Result<Option<Arc<SecretSet>>, String> {
         let mut secrets: Vec<Vec<u8>> = values
             .into_iter()
             .filter(|s| !s.is_empty())
@@ -29,13 +32,13 @@ impl SecretSet {
         secrets.sort();
         secrets.dedup();
         if secrets.is_empty() {
-            return None;
+            return Ok(None);
         }
         let matcher = AhoCorasick::builder()
             .match_kind(aho_corasick::MatchKind::LeftmostLongest)
             .build(&secrets)
-            .ok()?;
-        Some(Arc::new(SecretSet { matcher, secrets }))
+            .map_err(|e| format!("cannot build the credential scrubber: {e}"))?;
+        Ok(Some(Arc::new(SecretSet { matcher, secrets })))
     }
 
     pub fn contains_secret(&self, haystack: &[u8]) -> bool {
@@ -116,7 +119,9 @@ mod tests {
     const KEY: &str = "sk-live-0123456789abcdef";
 
     fn run(chunks: &[&[u8]]) -> Vec<u8> {
-        let set = SecretSet::new([KEY.to_string(), "tok-2".to_string()]).unwrap();
+        let set = SecretSet::new([KEY.to_string(), "tok-2".to_string()])
+            .unwrap()
+            .unwrap();
         let mut s = StreamScrubber::new(set);
         let mut out = Vec::new();
         for (i, c) in chunks.iter().enumerate() {
@@ -153,7 +158,7 @@ mod tests {
         let bytes = text.as_bytes();
         let key_at = text.find(KEY).unwrap();
         for cut in 0..=bytes.len() {
-            let set = SecretSet::new([KEY.to_string()]).unwrap();
+            let set = SecretSet::new([KEY.to_string()]).unwrap().unwrap();
             let mut s = StreamScrubber::new(set);
             let first = s
                 .push(Some(Bytes::copy_from_slice(&bytes[..cut])), false)
@@ -184,7 +189,7 @@ mod tests {
 
     #[test]
     fn unrelated_tail_is_not_held() {
-        let set = SecretSet::new([KEY.to_string()]).unwrap();
+        let set = SecretSet::new([KEY.to_string()]).unwrap().unwrap();
         let mut s = StreamScrubber::new(set);
         let out = s
             .push(Some(Bytes::from_static(b"data: hello\n\n")), false)
@@ -194,7 +199,7 @@ mod tests {
 
     #[test]
     fn held_prefix_that_does_not_continue_is_released() {
-        let set = SecretSet::new([KEY.to_string()]).unwrap();
+        let set = SecretSet::new([KEY.to_string()]).unwrap().unwrap();
         let mut s = StreamScrubber::new(set);
         assert_eq!(
             s.push(Some(Bytes::from_static(b"abc sk-li")), false)
@@ -210,7 +215,7 @@ mod tests {
 
     #[test]
     fn empty_set_means_no_scrubber() {
-        assert!(SecretSet::new(Vec::<String>::new()).is_none());
-        assert!(SecretSet::new([String::new()]).is_none());
+        assert!(SecretSet::new(Vec::<String>::new()).unwrap().is_none());
+        assert!(SecretSet::new([String::new()]).unwrap().is_none());
     }
 }
