@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
+use pingora::protocols::tls::SslDigest;
 use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora_prometheus::prometheus;
@@ -48,7 +49,6 @@ pub struct RouteRuntime {
     secrets: Option<Arc<SecretSet>>,
     metrics: RouteMetrics,
     host_header: HeaderValue,
-    set_headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 pub struct Gateway {
@@ -68,7 +68,7 @@ impl Gateway {
                 route
                     .set_headers
                     .iter()
-                    .flat_map(|(_, s)| s.sensitive_parts().iter().cloned()),
+                    .flat_map(|h| h.secret.sensitive_parts().iter().cloned()),
             )
             .map_err(|e| format!("route `{}`: {e}", route.name))?;
             let host_header = HeaderValue::from_str(&route.upstream.authority()).map_err(|_| {
@@ -77,27 +77,12 @@ impl Gateway {
                     route.name
                 )
             })?;
-            let set_headers = route
-                .set_headers
-                .iter()
-                .map(|(name, value)| {
-                    let mut v = HeaderValue::from_str(value.expose()).map_err(|_| {
-                        format!(
-                            "route `{}`: header `{name}` has an invalid value",
-                            route.name
-                        )
-                    })?;
-                    v.set_sensitive(true);
-                    Ok((name.clone(), v))
-                })
-                .collect::<Result<Vec<_>, String>>()?;
             routes.push(Arc::new(RouteRuntime {
                 metrics: RouteMetrics::new(&route.name),
                 route: route.clone(),
                 target,
                 secrets,
                 host_header,
-                set_headers,
             }));
         }
         Ok(Gateway {
@@ -131,7 +116,8 @@ pub struct RequestCtx {
     sent_upstream_at: Option<Instant>,
     ttfb: Option<Duration>,
     upstream_reused: Option<bool>,
-    upstream_tls: Option<(String, String)>,
+    /// The upstream leg's TLS evidence (shared with the connection, no copy per request).
+    upstream_tls: Option<Arc<SslDigest>>,
     request_body_bytes: u64,
     response_body_bytes: u64,
     scrubber: Option<StreamScrubber>,
@@ -322,7 +308,7 @@ impl ProxyHttp for Gateway {
             let why = "the connection has no TLS evidence".to_string();
             return refuse_upstream_tls(ctx, "upstream_tls_failed", why);
         };
-        ctx.upstream_tls = Some((ssl.version.to_string(), ssl.cipher.to_string()));
+        ctx.upstream_tls = Some(ssl.clone());
         if !tls_version_ok(&ssl.version, upstream.min_tls_version) {
             let why = format!(
                 "negotiated {} is below the minimum TLS version",
@@ -380,8 +366,8 @@ impl ProxyHttp for Gateway {
             }
         }
         req.insert_header(header::HOST, route.host_header.clone())?;
-        for (name, value) in &route.set_headers {
-            req.insert_header(name.clone(), value.clone())?;
+        for h in &route.route.set_headers {
+            req.insert_header(h.name.clone(), h.value.clone())?;
         }
         if route.secrets.is_some() {
             // The response is scanned for echoed credentials, which compressed bodies would hide.
@@ -569,10 +555,7 @@ impl ProxyHttp for Gateway {
         let downstream_tls = session
             .digest()
             .and_then(|d| d.ssl_digest.as_ref())
-            .map(|s| Tls {
-                version: s.version.as_ref(),
-                cipher: s.cipher.as_ref(),
-            });
+            .map(|s| tls_evidence(s));
         session_log::emit(&SessionRecord {
             ts: session_log::rfc3339(std::time::SystemTime::now()),
             kind: "exchange",
@@ -587,13 +570,18 @@ impl ProxyHttp for Gateway {
             response_bytes: ctx.response_body_bytes,
             http_version: session_log::version_str(req.version),
             downstream_tls,
-            upstream_tls: ctx.upstream_tls.as_ref().map(|(v, c)| Tls {
-                version: v,
-                cipher: c,
-            }),
+            upstream_tls: ctx.upstream_tls.as_deref().map(tls_evidence),
             upstream_reused: ctx.upstream_reused,
             error: ctx.error.as_ref().map(|e| e.code),
         });
+    }
+}
+
+/// The version and cipher of one TLS leg, as the session line records them.
+fn tls_evidence(s: &SslDigest) -> Tls<'_> {
+    Tls {
+        version: s.version.as_ref(),
+        cipher: s.cipher.as_ref(),
     }
 }
 

@@ -34,18 +34,18 @@ pub fn run(config: Config) -> Result<(), String> {
     let state = std::fs::canonicalize(&config.server.state_dir)
         .map_err(|e| format!("state_dir {}: {e}", config.server.state_dir.display()))?;
 
-    let mut conf = ServerConf {
+    let conf = ServerConf {
         threads: config.server.threads,
         // Stop accepting at once on SIGTERM; in-flight exchanges get the grace period.
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(config.server.grace_period.as_secs()),
         upstream_keepalive_pool_size: config.server.upstream_keepalive_pool,
         pid_file: state.join("agentgate.pid").to_string_lossy().into_owned(),
+        // Pingora retries idempotent requests on a reused connection that the upstream closed.
+        max_retries: 1,
         upgrade_sock: state.join("upgrade.sock").to_string_lossy().into_owned(),
         ..ServerConf::default()
     };
-    // Pingora retries idempotent requests on a reused connection that the upstream closed.
-    conf.max_retries = 1;
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 

@@ -76,7 +76,17 @@ pub struct Route {
     pub host: Option<String>,
     pub upstream: Upstream,
     /// Headers the gateway sets on every upstream request (credentials), in file order.
-    pub set_headers: Vec<(http::HeaderName, Secret)>,
+    pub set_headers: Vec<InjectedHeader>,
+}
+
+/// One `credentials.set_headers` entry: the header ready to send, and the secret it came from
+/// (whose resolved parts the response scrubber looks for).
+#[derive(Debug, Clone)]
+pub struct InjectedHeader {
+    pub name: http::HeaderName,
+    /// Marked sensitive, so `Debug` and HPACK never expose it.
+    pub value: http::HeaderValue,
+    pub secret: Secret,
 }
 
 #[derive(Debug, Clone, serde::Deserialize)]

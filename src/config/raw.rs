@@ -389,10 +389,15 @@ impl TryFrom<RawRoute> for Route {
                     format!("route `{}`, header `{name}`: {e}", r.name),
                 )
             })?;
-            http::HeaderValue::from_str(value.expose()).map_err(|_| {
+            let mut header_value = http::HeaderValue::from_str(value.expose()).map_err(|_| {
                 at_field(&field(&name), format!("route `{}`, header `{name}`: the value has characters not allowed in a header", r.name))
             })?;
-            set_headers.push((header, value));
+            header_value.set_sensitive(true);
+            set_headers.push(InjectedHeader {
+                name: header,
+                value: header_value,
+                secret: value,
+            });
         }
         Ok(Route {
             name: r.name,

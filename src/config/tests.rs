@@ -34,7 +34,8 @@ fn base_config_parses_with_defaults() {
         ("api.openai.com", 443)
     );
     assert_eq!(r.upstream.authority(), "api.openai.com");
-    assert_eq!(r.set_headers[0].1.expose(), "Bearer sk-test-123");
+    assert_eq!(r.set_headers[0].secret.expose(), "Bearer sk-test-123");
+    assert_eq!(r.set_headers[0].value, "Bearer sk-test-123");
     assert!(c.listeners[0].tls.as_ref().unwrap().cert_key.is_none());
     assert!(
         !format!("{c:?}").contains("sk-test-123"),
