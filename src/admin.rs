@@ -1,5 +1,6 @@
 //! The admin listener: `/metrics` (Prometheus text), `/healthz` (process is up) and
-//! `/readyz` (routes loaded and listeners started; 503 while shutting down).
+//! `/readyz` (routes loaded, listeners started, every OIDC issuer's keys loaded once;
+//! 503 otherwise, with the reason).
 
 use async_trait::async_trait;
 use http::Response;
@@ -22,6 +23,8 @@ impl Readiness {
 
 pub struct AdminApp {
     pub ready: Arc<Readiness>,
+    /// Not ready until every OIDC issuer's keys were loaded once.
+    pub auth: Arc<crate::identity::Authenticator>,
 }
 
 fn text(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -44,8 +47,11 @@ impl ServeHttp for AdminApp {
                 text(200, &content_type, body)
             }
             "/healthz" => text(200, plain, b"ok\n".to_vec()),
-            "/readyz" if self.ready.get() => text(200, plain, b"ready\n".to_vec()),
-            "/readyz" => text(503, plain, b"not ready\n".to_vec()),
+            "/readyz" if !self.ready.get() => text(503, plain, b"not ready\n".to_vec()),
+            "/readyz" => match self.auth.readiness() {
+                Ok(()) => text(200, plain, b"ready\n".to_vec()),
+                Err(why) => text(503, plain, format!("not ready: {why}\n").into_bytes()),
+            },
             _ => text(
                 404,
                 plain,

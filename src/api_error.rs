@@ -14,6 +14,8 @@ pub struct ApiError {
     /// A stable machine-readable code; also the `kind` label of `agentgate_errors_total`.
     pub code: &'static str,
     pub message: String,
+    /// `WWW-Authenticate` value of a 401.
+    pub challenge: Option<String>,
 }
 
 impl ApiError {
@@ -28,7 +30,21 @@ impl ApiError {
             kind,
             code,
             message: message.into(),
+            challenge: None,
         }
+    }
+
+    /// The answer to a request that identity checks refused (401, 403 or 503).
+    pub fn from_auth(e: &crate::identity::AuthError) -> ApiError {
+        let status = e.reason.status();
+        let kind = match status {
+            401 => "authentication_error",
+            403 => "permission_error",
+            _ => "service_unavailable_error",
+        };
+        let mut err = ApiError::new(status, kind, e.reason.as_str(), e.description.clone());
+        err.challenge = e.challenge();
+        err
     }
 
     pub fn body(&self) -> Bytes {

@@ -30,6 +30,11 @@ pub enum Command {
         #[arg(long)]
         skip_secrets: bool,
     },
+    /// Service-account tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Certificate helpers.
     Cert {
         #[command(subcommand)]
@@ -41,4 +46,22 @@ pub enum Command {
 pub enum CertCommand {
     /// Print the `pins_sha256` value (base64 SHA-256 of the public key) of a PEM certificate.
     Pin { file: PathBuf },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Create a random service-account token: prints it once, and the YAML line that lets it
+    /// in (only its SHA-256 goes in the config).
+    Create {
+        /// The account name (the `subject` in logs and records).
+        #[arg(long)]
+        name: String,
+        /// Comma-separated groups, matched by routes' `access.groups`.
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        /// Also write the token to FILE (mode 0600) and its SHA-256 to FILE.sha256, instead of
+        /// printing the token.
+        #[arg(long, value_name = "FILE")]
+        write: Option<PathBuf>,
+    },
 }

@@ -6,6 +6,7 @@ pub mod alloc;
 pub mod api_error;
 pub mod cli;
 pub mod config;
+pub mod identity;
 pub mod metrics;
 pub mod proxy;
 pub mod scrub;

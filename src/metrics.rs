@@ -62,6 +62,17 @@ lazy!(ERRORS: IntCounterVec = register_int_counter_vec!(
     &["route", "kind"]
 ));
 
+lazy!(AUTH_FAILURES: IntCounterVec = register_int_counter_vec!(
+    "agentgate_auth_failures_total",
+    "Requests refused by identity checks, by reason (expired, bad_signature, missing_group...)",
+    &["reason"]
+));
+lazy!(JWKS_REFRESH: IntCounterVec = register_int_counter_vec!(
+    "agentgate_jwks_refresh_total",
+    "Fetches of an OIDC issuer's signing keys, by issuer and result (ok, error)",
+    &["issuer", "result"]
+));
+
 pub static SESSION_LOG_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
     prometheus::register_int_counter!(
         "agentgate_session_log_dropped_total",

@@ -2,7 +2,9 @@
 //! Each phase does one job; see DESIGN.md's request-flow table.
 
 use crate::api_error::ApiError;
-use crate::config::{Config, Route, TlsVersion};
+use crate::config::{Config, Route};
+use crate::identity::{self, Authenticator, Identity};
+use crate::tls::CertNames;
 use crate::metrics::{self, RouteMetrics};
 use crate::scrub::{SecretSet, StreamScrubber};
 use crate::session_log::{self, SessionRecord, Tls};
@@ -53,6 +55,7 @@ pub struct RouteRuntime {
 
 pub struct Gateway {
     routes: Vec<Arc<RouteRuntime>>,
+    auth: Arc<Authenticator>,
     /// `agentgate_upstream_connections_total{reused="false"|"true"}`, resolved once.
     connections: [prometheus::IntCounter; 2],
     max_body: u64,
@@ -60,7 +63,7 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(config: &Config) -> Result<Gateway, String> {
+    pub fn new(config: &Config, auth: Arc<Authenticator>) -> Result<Gateway, String> {
         let mut routes = Vec::with_capacity(config.routes.len());
         for route in &config.routes {
             let target = UpstreamTarget::new(&route.name, &route.upstream)?;
@@ -87,6 +90,7 @@ impl Gateway {
         }
         Ok(Gateway {
             routes,
+            auth,
             connections: [
                 metrics::UPSTREAM_CONNECTIONS.with_label_values(&["false"]),
                 metrics::UPSTREAM_CONNECTIONS.with_label_values(&["true"]),
@@ -112,6 +116,7 @@ impl Gateway {
 pub struct RequestCtx {
     pub id: String,
     route: Option<Arc<RouteRuntime>>,
+    identity: Option<Arc<Identity>>,
     started: Instant,
     sent_upstream_at: Option<Instant>,
     ttfb: Option<Duration>,
@@ -144,14 +149,6 @@ fn path_is_safe(path: &str) -> bool {
     !encoded && !path.contains('\\') && !path.split('/').any(|seg| seg == "." || seg == "..")
 }
 
-fn tls_version_ok(version: &str, min: TlsVersion) -> bool {
-    match version {
-        "TLSv1.3" => true,
-        "TLSv1.2" => min == TlsVersion::Tls12,
-        _ => false,
-    }
-}
-
 impl Gateway {
     async fn answer(
         &self,
@@ -173,6 +170,9 @@ async fn write_api_error(session: &mut Session, request_id: &str, err: &ApiError
     let _ = resp.insert_header(header::CONTENT_TYPE, "application/json");
     let _ = resp.insert_header(header::CONTENT_LENGTH, body.len());
     let _ = resp.insert_header(X_REQUEST_ID, request_id);
+    if let Some(c) = &err.challenge {
+        let _ = resp.insert_header(header::WWW_AUTHENTICATE, c.as_str());
+    }
     if let Err(e) = session
         .as_downstream_mut()
         .write_error_response(resp, body)
@@ -190,6 +190,7 @@ impl ProxyHttp for Gateway {
         RequestCtx {
             id: session_log::new_request_id(),
             route: None,
+            identity: None,
             started: Instant::now(),
             sent_upstream_at: None,
             ttfb: None,
@@ -202,11 +203,10 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    /// Routes the request and refuses what can be refused from the header alone.
+    /// Authenticates, routes and authorizes the request, and refuses what can be refused from
+    /// the header alone.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let req = session.req_header();
-        let path = req.uri.path();
-        if !path_is_safe(path) {
+        if !path_is_safe(session.req_header().uri.path()) {
             let e = ApiError::new(
                 400,
                 "invalid_request_error",
@@ -215,6 +215,21 @@ impl ProxyHttp for Gateway {
             );
             return self.answer(session, ctx, e).await;
         }
+        let cert = session
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .and_then(|s| s.extension.get::<CertNames>());
+        let who = match self
+            .auth
+            .authenticate(&session.req_header().headers, cert)
+            .await
+        {
+            Ok(id) => id,
+            Err(e) => return self.answer(session, ctx, ApiError::from_auth(&e)).await,
+        };
+        ctx.identity = Some(who.clone());
+        let req = session.req_header();
+        let path = req.uri.path();
         let Some(route) = self.match_route(request_host(req), path).cloned() else {
             let e = ApiError::new(
                 404,
@@ -224,6 +239,11 @@ impl ProxyHttp for Gateway {
             );
             return self.answer(session, ctx, e).await;
         };
+        if let Err(e) = identity::authorize(&route.route.access, &who, &route.route.name) {
+            identity::count_failure(e.reason);
+            ctx.route = Some(route);
+            return self.answer(session, ctx, ApiError::from_auth(&e)).await;
+        }
         let declared = req
             .headers
             .get(header::CONTENT_LENGTH)
@@ -309,30 +329,8 @@ impl ProxyHttp for Gateway {
             return refuse_upstream_tls(ctx, "upstream_tls_failed", why);
         };
         ctx.upstream_tls = Some(ssl.clone());
-        if !tls_version_ok(&ssl.version, upstream.min_tls_version) {
-            let why = format!(
-                "negotiated {} is below the minimum TLS version",
-                ssl.version
-            );
-            return refuse_upstream_tls(ctx, "upstream_tls_failed", why);
-        }
-        let facts = ssl.extension.get::<crate::upstream::PeerCertFacts>();
-        if let Some(ip) = route.target.expected_ip {
-            if !facts.is_some_and(|f| f.ip_matches) {
-                let why = format!(
-                    "the certificate is not valid for {ip} (no matching IP subjectAltName)"
-                );
-                return refuse_upstream_tls(ctx, "upstream_tls_failed", why);
-            }
-        }
-        if !upstream.pins_sha256.is_empty() {
-            let ok = facts
-                .and_then(|f| f.spki_sha256)
-                .is_some_and(|spki| upstream.pins_sha256.contains(&spki));
-            if !ok {
-                let why = "the certificate's public key matches none of pins_sha256".to_string();
-                return refuse_upstream_tls(ctx, "upstream_pin_mismatch", why);
-            }
+        if let Err((code, why)) = route.target.check_evidence(upstream, ssl) {
+            return refuse_upstream_tls(ctx, code, why);
         }
         Ok(())
     }
@@ -572,6 +570,7 @@ impl ProxyHttp for Gateway {
             downstream_tls,
             upstream_tls: ctx.upstream_tls.as_deref().map(tls_evidence),
             upstream_reused: ctx.upstream_reused,
+            identity: ctx.identity.as_deref(),
             error: ctx.error.as_ref().map(|e| e.code),
         });
     }
@@ -649,12 +648,4 @@ mod tests {
         }
     }
 
-    #[test]
-    fn tls_minimums() {
-        assert!(tls_version_ok("TLSv1.3", TlsVersion::Tls13));
-        assert!(tls_version_ok("TLSv1.2", TlsVersion::Tls12));
-        assert!(!tls_version_ok("TLSv1.2", TlsVersion::Tls13));
-        assert!(!tls_version_ok("TLSv1.1", TlsVersion::Tls12));
-        assert!(!tls_version_ok("TLSv1", TlsVersion::Tls12));
-    }
 }

@@ -3,6 +3,7 @@
 
 use crate::admin::{AdminApp, Readiness};
 use crate::config::{Config, ListenerTls, TlsVersion};
+use crate::identity::{Authenticator, KeyRefresher};
 use crate::proxy::Gateway;
 use crate::tls::{self, ServingCert};
 use pingora::apps::http_app::HttpServer;
@@ -11,7 +12,8 @@ use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::listening::Service;
-use pingora::tls::ssl::SslVersion;
+use crate::identity::client_cert::RecordClientCert;
+use pingora::tls::ssl::{SslFiletype, SslVerifyMode, SslVersion};
 use std::sync::Arc;
 
 /// Socket read buffer per agent connection. Pingora's default is 64 KiB; one TLS record is at
@@ -49,7 +51,8 @@ pub fn run(config: Config) -> Result<(), String> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let gateway = Gateway::new(&config)?;
+    let auth = Arc::new(Authenticator::new(&config.identity)?);
+    let gateway = Gateway::new(&config, auth.clone())?;
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
         gateway,
@@ -82,6 +85,7 @@ pub fn run(config: Config) -> Result<(), String> {
         "agentgate admin".to_string(),
         HttpServer::new_app(AdminApp {
             ready: ready.clone(),
+            auth: auth.clone(),
         }),
     );
     let admin_addr = config.admin.address.to_string();
@@ -100,6 +104,12 @@ pub fn run(config: Config) -> Result<(), String> {
         );
     }
 
+    if !auth.issuers().is_empty() {
+        server.add_service(pingora::services::background::background_service(
+            "oidc keys",
+            KeyRefresher(auth.clone()),
+        ));
+    }
     server.add_service(proxy);
     server.add_service(admin);
     ready.set(true);
@@ -125,9 +135,34 @@ fn tls_settings(
     };
     let cert_path = cert.cert.to_string_lossy();
     let key_path = cert.key.to_string_lossy();
-    let mut settings = TlsSettings::intermediate(&cert_path, &key_path).map_err(|e| {
+    let load_err = |e: &dyn std::fmt::Display| {
         format!("{what}: cannot load certificate {cert_path} / key {key_path}: {e}")
-    })?;
+    };
+    let mut settings = match &t.client_ca {
+        None => TlsSettings::intermediate(&cert_path, &key_path).map_err(|e| load_err(&e))?,
+        Some(ca) => {
+            // Mutual TLS: the handshake verifies a client certificate against `client_ca` and
+            // the callback keeps its names for the identity check.
+            let mut s = TlsSettings::with_callbacks(Box::new(RecordClientCert))
+                .map_err(|e| load_err(&e))?;
+            s.set_certificate_chain_file(&*cert_path)
+                .map_err(|e| load_err(&e))?;
+            s.set_private_key_file(&*key_path, SslFiletype::PEM)
+                .map_err(|e| load_err(&e))?;
+            s.check_private_key().map_err(|e| load_err(&e))?;
+            s.set_ca_file(ca)
+                .map_err(|e| format!("{what}: client_ca {}: {e}", ca.display()))?;
+            let names = boring::x509::X509Name::load_client_ca_file(ca)
+                .map_err(|e| format!("{what}: client_ca {}: {e}", ca.display()))?;
+            s.set_client_ca_list(names);
+            let mut mode = SslVerifyMode::PEER;
+            if t.client_cert_required {
+                mode |= SslVerifyMode::FAIL_IF_NO_PEER_CERT;
+            }
+            s.set_verify(mode);
+            s
+        }
+    };
     let min = match t.min_version {
         TlsVersion::Tls12 => SslVersion::TLS1_2,
         TlsVersion::Tls13 => SslVersion::TLS1_3,

@@ -35,6 +35,8 @@ pub struct SessionRecord<'a> {
     pub downstream_tls: Option<Tls<'a>>,
     pub upstream_tls: Option<Tls<'a>>,
     pub upstream_reused: Option<bool>,
+    /// Who called: subject, issuer, auth method, groups.
+    pub identity: Option<&'a crate::identity::Identity>,
     pub error: Option<&'a str>,
 }
 

@@ -297,25 +297,60 @@ const SYSTEM_BUNDLES: &[&str] = &[
     "/etc/ssl/cert.pem",
 ];
 
+/// The certificates of a PEM bundle; an unreadable file or one without a certificate is an error.
+pub fn read_pem_certs(p: &Path) -> Result<Vec<X509>, String> {
+    let pem = fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+    let certs = X509::stack_from_pem(&pem)
+        .map_err(|e| format!("{} is not a PEM certificate bundle: {e}", p.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no certificate", p.display()));
+    }
+    Ok(certs)
+}
+
+/// The names a client certificate can be mapped by (`identity.client_certs`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CertNames {
+    pub subject_cn: Option<String>,
+    pub san_dns: Vec<String>,
+    pub san_uri: Vec<String>,
+    pub san_email: Vec<String>,
+}
+
+pub fn cert_names(cert: &boring::x509::X509Ref) -> CertNames {
+    let subject_cn = cert
+        .subject_name()
+        .entries_by_nid(boring::nid::Nid::COMMONNAME)
+        .next()
+        .and_then(|e| e.data().as_utf8().ok())
+        .map(|s| s.to_string());
+    let mut names = CertNames {
+        subject_cn,
+        ..CertNames::default()
+    };
+    for g in cert.subject_alt_names().iter().flatten() {
+        if let Some(d) = g.dnsname() {
+            names.san_dns.push(d.to_string());
+        } else if let Some(u) = g.uri() {
+            names.san_uri.push(u.to_string());
+        } else if let Some(e) = g.email() {
+            names.san_email.push(e.to_string());
+        }
+    }
+    names
+}
+
 /// System roots plus the certificates in `extra`, for an upstream with its own CA.
 /// (A peer's CA list replaces the verifier's whole store, so the system roots must be in it too.)
 pub fn trust_store_with(extra: &Path) -> Result<Vec<X509>, String> {
-    let read = |p: &Path| -> Result<Vec<X509>, String> {
-        let pem = fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
-        X509::stack_from_pem(&pem)
-            .map_err(|e| format!("{} is not a PEM certificate bundle: {e}", p.display()))
-    };
-    let mut certs = read(extra)?;
-    if certs.is_empty() {
-        return Err(format!("{} holds no certificate", extra.display()));
-    }
+    let mut certs = read_pem_certs(extra)?;
     let system = std::env::var_os("SSL_CERT_FILE")
         .map(PathBuf::from)
         .into_iter()
         .chain(SYSTEM_BUNDLES.iter().map(PathBuf::from))
         .find(|p| p.is_file());
     if let Some(system) = system {
-        certs.extend(read(&system)?);
+        certs.extend(read_pem_certs(&system)?);
     }
     Ok(certs)
 }

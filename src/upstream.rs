@@ -1,7 +1,8 @@
 //! The upstream side of a route: a template `HttpPeer` (SNI, trust, ALPN, timeouts, pin
 //! evidence hook) and a small DNS cache, so a request only clones the template.
 
-use crate::config::Upstream;
+use crate::config::{TlsVersion, Upstream};
+use pingora::protocols::tls::SslDigest;
 use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
 use pingora::protocols::ALPN;
 use pingora::upstreams::peer::HttpPeer;
@@ -80,6 +81,37 @@ impl UpstreamTarget {
         })
     }
 
+    /// Checks a connected upstream's TLS evidence (version, IP SAN, pins) before any request
+    /// byte: `Err((code, why))`, where `code` is the error code the agent sees.
+    pub fn check_evidence(
+        &self,
+        up: &Upstream,
+        ssl: &SslDigest,
+    ) -> Result<(), (&'static str, String)> {
+        if !tls_version_ok(&ssl.version, up.min_tls_version) {
+            let why = format!("negotiated {} is below the minimum TLS version", ssl.version);
+            return Err(("upstream_tls_failed", why));
+        }
+        let facts = ssl.extension.get::<PeerCertFacts>();
+        if let Some(ip) = self.expected_ip {
+            if !facts.is_some_and(|f| f.ip_matches) {
+                let why =
+                    format!("the certificate is not valid for {ip} (no matching IP subjectAltName)");
+                return Err(("upstream_tls_failed", why));
+            }
+        }
+        if !up.pins_sha256.is_empty() {
+            let ok = facts
+                .and_then(|f| f.spki_sha256)
+                .is_some_and(|spki| up.pins_sha256.contains(&spki));
+            if !ok {
+                let why = "the certificate's public key matches none of pins_sha256".to_string();
+                return Err(("upstream_pin_mismatch", why));
+            }
+        }
+        Ok(())
+    }
+
     pub async fn peer(&self) -> Result<Box<HttpPeer>, String> {
         let addr = match self.fixed {
             Some(a) => a,
@@ -110,8 +142,30 @@ impl UpstreamTarget {
     }
 }
 
+pub fn tls_version_ok(version: &str, min: TlsVersion) -> bool {
+    match version {
+        "TLSv1.3" => true,
+        "TLSv1.2" => min == TlsVersion::Tls12,
+        _ => false,
+    }
+}
+
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
         (h ^ *b as u64).wrapping_mul(0x100000001b3)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_minimums() {
+        assert!(tls_version_ok("TLSv1.3", TlsVersion::Tls13));
+        assert!(tls_version_ok("TLSv1.2", TlsVersion::Tls12));
+        assert!(!tls_version_ok("TLSv1.2", TlsVersion::Tls13));
+        assert!(!tls_version_ok("TLSv1.1", TlsVersion::Tls12));
+        assert!(!tls_version_ok("TLSv1", TlsVersion::Tls12));
+    }
 }

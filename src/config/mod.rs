@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use raw::JWS_ALGORITHMS;
 pub use secret::Secret;
 
 /// A validated configuration file. Relative paths in it are relative to the working directory.
@@ -22,7 +23,80 @@ pub struct Config {
     pub server: ServerSettings,
     pub listeners: Vec<Listener>,
     pub admin: Admin,
+    pub identity: IdentityConfig,
     pub routes: Vec<Route>,
+}
+
+/// Who may call: OIDC issuers, service-account tokens and client-certificate mappings.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(try_from = "raw::RawIdentity")]
+pub struct IdentityConfig {
+    pub oidc: Vec<OidcIssuer>,
+    pub service_accounts: Vec<ServiceAccount>,
+    pub client_certs: Vec<ClientCertRule>,
+}
+
+impl IdentityConfig {
+    pub fn is_empty(&self) -> bool {
+        self.oidc.is_empty() && self.service_accounts.is_empty() && self.client_certs.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(try_from = "raw::RawOidcIssuer")]
+pub struct OidcIssuer {
+    /// Exactly as the tokens' `iss` claim and the discovery document say it.
+    pub issuer: String,
+    /// A token must name at least one of these in `aud`.
+    pub audiences: Vec<String>,
+    /// Claim holding the caller's groups; a literal claim name or a dotted path.
+    pub groups_claim: String,
+    /// Claim naming the caller (`sub`; `client_id`/`azp` are used when it is absent).
+    pub subject_claim: String,
+    pub leeway: Duration,
+    /// Accepted JWS algorithms (asymmetric only).
+    pub algorithms: Vec<String>,
+    /// Extra CA for the IdP's TLS certificate (system roots are always trusted).
+    pub ca_file: Option<PathBuf>,
+    /// Skip discovery and fetch keys from this URL.
+    pub jwks_uri: Option<String>,
+    /// How often keys are fetched again in the background.
+    pub refresh_interval: Duration,
+    /// A token with an unknown `kid` fetches keys again at most this often.
+    pub min_refetch_interval: Duration,
+    pub fetch_timeout: Duration,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(try_from = "raw::RawServiceAccount")]
+pub struct ServiceAccount {
+    pub name: String,
+    pub token_sha256: [u8; 32],
+    pub groups: Vec<String>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(try_from = "raw::RawClientCertRule")]
+pub struct ClientCertRule {
+    pub matcher: CertMatcher,
+    pub groups: Vec<String>,
+}
+
+/// Which part of a verified client certificate names the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertMatcher {
+    SubjectCn(String),
+    SanDns(String),
+    SanUri(String),
+    SanEmail(String),
+}
+
+/// Who may use a route. Every route has one; there is no implicit default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    AnyAuthenticated,
+    /// The caller needs at least one of these groups.
+    Groups(Vec<String>),
 }
 
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -53,6 +127,10 @@ pub struct ListenerTls {
     /// Extra DNS names / IPs for a generated certificate (localhost, 127.0.0.1 and ::1 are always in).
     pub names: Vec<String>,
     pub min_version: TlsVersion,
+    /// CA bundle that verifies client certificates (mutual TLS); `None` asks for none.
+    pub client_ca: Option<PathBuf>,
+    /// With `client_ca`: whether a connection without a client certificate is refused.
+    pub client_cert_required: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -75,6 +153,7 @@ pub struct Route {
     pub path_prefix: String,
     pub host: Option<String>,
     pub upstream: Upstream,
+    pub access: Access,
     /// Headers the gateway sets on every upstream request (credentials), in file order.
     pub set_headers: Vec<InjectedHeader>,
 }

@@ -63,6 +63,11 @@ pub fn with_placeholders<T>(f: impl FnOnce() -> T) -> T {
     out
 }
 
+/// Whether references currently resolve to placeholders (`check --skip-secrets`).
+pub fn placeholders_active() -> bool {
+    SKIP.with(|s| s.get())
+}
+
 /// The source deserialization uses: the process, or placeholders inside `with_placeholders`.
 pub fn current_source() -> &'static dyn SecretSource {
     if SKIP.with(|s| s.get()) {

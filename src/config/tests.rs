@@ -12,6 +12,10 @@ routes:
       url: https://api.openai.com
     credentials:
       set_headers: { Authorization: "Bearer ${env:AGENTGATE_TEST_KEY}" }
+    access: { groups: [agents] }
+identity:
+  service_accounts:
+    - { name: ci, token_sha256: 52429752765c16a4897560e0f4b0a373ee9dfab7da0c8ca37a09c9e62cccd576, groups: [agents] }
 "#;
 
 fn parse(text: &str) -> Result<Config, ConfigError> {
@@ -190,8 +194,9 @@ fn refused_configs() {
 
 #[test]
 fn duplicate_route_names_are_refused() {
-    let text = format!(
-        "{BASE}  - name: openai\n    match: {{ path_prefix: /x/ }}\n    upstream: {{ url: https://example.com }}\n"
+    let text = BASE.replace(
+        "identity:",
+        "  - name: openai\n    match: { path_prefix: /x/ }\n    upstream: { url: https://example.com }\n    access: { any_authenticated: true }\nidentity:",
     );
     let err = parse(&text).unwrap_err().to_string();
     assert!(err.contains("route name `openai` is used twice"), "{err}");
@@ -220,4 +225,63 @@ fn loopback_plaintext_upstream_and_listener_are_allowed_when_asked() {
 fn malformed_yaml_points_to_the_line() {
     let err = parse("listeners:\n  - { name: a\nroutes: []\n").unwrap_err();
     assert!(err.line.is_some(), "{err}");
+}
+
+/// Identity and access: each case edits BASE and expects a message fragment.
+#[test]
+fn refused_identity_configs() {
+    let sa = "    - { name: ci, token_sha256: 52429752765c16a4897560e0f4b0a373ee9dfab7da0c8ca37a09c9e62cccd576, groups: [agents] }\n";
+    let oidc = |extra: &str| {
+        format!("identity:\n  oidc:\n    - issuer: https://idp.example.com\n{extra}")
+    };
+    let table: Vec<(String, String, &str)> = vec![
+        ("    access: { groups: [agents] }\n".into(), "".into(), "has no `access` rule"),
+        ("access: { groups: [agents] }".into(), "access: { groups: [] }".into(), "exactly one of"),
+        ("access: { groups: [agents] }".into(), "access: { groups: [a], any_authenticated: true }".into(), "exactly one of"),
+        ("access: { groups: [agents] }".into(), "access: { any_authenticated: false }".into(), "exactly one of"),
+        (format!("identity:\n  service_accounts:\n{sa}"), "".into(), "no identity source"),
+        ("token_sha256: 5242".into(), "token_sha256: agt_5242".into(), "64 hex digits"),
+        (sa.into(), format!("{sa}{sa}"), "defined twice"),
+        (format!("identity:\n  service_accounts:\n{sa}"), oidc("      audiences: [agentgate]\n      algorithms: [HS256]\n"), "algorithm `HS256` is not accepted"),
+        (format!("identity:\n  service_accounts:\n{sa}"), oidc("      audiences: []\n"), "`audiences` must list"),
+        (format!("identity:\n  service_accounts:\n{sa}"), oidc("      audiences: [a]\n      jwks_uri: http://idp.example.com/keys\n"), "must be an https:// URL"),
+        (format!("identity:\n  service_accounts:\n{sa}"), "identity:\n  oidc:\n    - { issuer: http://idp.example.com, audiences: [a] }\n".into(), "must be an https:// URL"),
+        (format!("identity:\n  service_accounts:\n{sa}"), oidc("      audiences: [a]\n      leeway: 1h\n"), "leeway above 5m"),
+        (format!("identity:\n  service_accounts:\n{sa}"), "identity:\n  client_certs:\n    - { subject_cn: bot, groups: [agents] }\n".into(), "needs a listener with `tls.client_ca`"),
+        (format!("identity:\n  service_accounts:\n{sa}"), "identity:\n  client_certs:\n    - { subject_cn: bot, san_dns: bot.corp, groups: [agents] }\n".into(), "exactly one of subject_cn"),
+        ("tls: {} }".into(), "tls: { client_auth: required } }".into(), "needs `client_ca`"),
+        ("tls: {} }".into(), "tls: { client_ca: /nonexistent/ca.pem } }".into(), "cannot read"),
+    ];
+    for (from, to, fragment) in table {
+        assert!(BASE.contains(&from), "case {from:?} does not apply");
+        let text = BASE.replacen(&from, &to, 1);
+        let err = match parse(&text) {
+            Ok(_) => panic!("accepted: {to}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(fragment), "{to}: got `{err}`");
+        assert!(err.starts_with("test.yaml:"), "{err}");
+    }
+}
+
+#[test]
+fn identity_config_parses() {
+    let text = BASE.replace(
+        "identity:\n",
+        "identity:\n  oidc:\n    - { issuer: https://idp.example.com, audiences: [agentgate], groups_claim: realm_access.roles }\n",
+    );
+    let c = parse(&text).unwrap();
+    let i = &c.identity.oidc[0];
+    assert_eq!(i.groups_claim, "realm_access.roles");
+    assert_eq!(i.leeway, Duration::from_secs(30));
+    assert!(i.algorithms.iter().any(|a| a == "ES256") && !i.algorithms.iter().any(|a| a.starts_with("HS")));
+    assert_eq!(c.identity.service_accounts[0].groups, vec!["agents"]);
+    assert_eq!(c.routes[0].access, Access::Groups(vec!["agents".into()]));
+    // `check --skip-secrets` accepts a token_sha256 that comes from a secret reference.
+    let by_ref = BASE.replace(
+        "token_sha256: 52429752765c16a4897560e0f4b0a373ee9dfab7da0c8ca37a09c9e62cccd576",
+        "token_sha256: \"${file:/nonexistent/dev-token.sha256}\"",
+    );
+    assert!(parse(&by_ref).is_err());
+    assert!(secret::with_placeholders(|| parse(&by_ref)).is_ok());
 }

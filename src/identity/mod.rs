@@ -1,0 +1,475 @@
+//! Who is calling, and may they use this route. Three sources of identity:
+//! - an OIDC access token (JWT) from a configured issuer, checked against its published keys;
+//! - a gateway-issued service-account token, compared by SHA-256 in constant time;
+//! - a client certificate verified by the listener's `client_ca`, mapped by CN or SAN.
+//!
+//! A bearer token comes from `Authorization: Bearer` (what the OpenAI SDK sends for its
+//! `api_key`), else `x-api-key` (Anthropic SDK), else `api-key` (Azure OpenAI). When a request
+//! carries both a token and a client certificate, the token decides.
+//!
+//! Verified JWTs are cached until they expire, so the hot path does one hash lookup.
+
+pub mod client_cert;
+pub mod fetch;
+pub mod jwks;
+pub mod jwt;
+pub mod service_account;
+
+use crate::config::{Access, ClientCertRule, IdentityConfig, ServiceAccount};
+use crate::metrics;
+use crate::tls::CertNames;
+use http::header::{HeaderMap, AUTHORIZATION};
+use jwks::Issuer;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethod {
+    Oidc,
+    ServiceAccount,
+    ClientCert,
+}
+
+/// A verified caller.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Identity {
+    pub subject: String,
+    /// The OIDC issuer, `service-account`, or `client-cert`.
+    pub issuer: String,
+    pub method: AuthMethod,
+    pub groups: Vec<String>,
+}
+
+/// Why a request was not let in; `as_str` is the `reason` label of `agentgate_auth_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    MissingToken,
+    Malformed,
+    UnsupportedAlg,
+    UnknownIssuer,
+    UnknownKey,
+    BadSignature,
+    Expired,
+    NotYetValid,
+    WrongAudience,
+    InvalidClaims,
+    UnknownServiceAccount,
+    ClientCertUnmapped,
+    KeysUnavailable,
+    MissingGroup,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 14] = [
+        Reason::MissingToken,
+        Reason::Malformed,
+        Reason::UnsupportedAlg,
+        Reason::UnknownIssuer,
+        Reason::UnknownKey,
+        Reason::BadSignature,
+        Reason::Expired,
+        Reason::NotYetValid,
+        Reason::WrongAudience,
+        Reason::InvalidClaims,
+        Reason::UnknownServiceAccount,
+        Reason::ClientCertUnmapped,
+        Reason::KeysUnavailable,
+        Reason::MissingGroup,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::MissingToken => "missing_token",
+            Reason::Malformed => "malformed_token",
+            Reason::UnsupportedAlg => "unsupported_alg",
+            Reason::UnknownIssuer => "unknown_issuer",
+            Reason::UnknownKey => "unknown_key",
+            Reason::BadSignature => "bad_signature",
+            Reason::Expired => "expired",
+            Reason::NotYetValid => "not_yet_valid",
+            Reason::WrongAudience => "wrong_audience",
+            Reason::InvalidClaims => "invalid_claims",
+            Reason::UnknownServiceAccount => "unknown_service_account",
+            Reason::ClientCertUnmapped => "client_cert_unmapped",
+            Reason::KeysUnavailable => "keys_unavailable",
+            Reason::MissingGroup => "missing_group",
+        }
+    }
+
+    /// 401 for a caller who is not authenticated, 403 for one who is but may not use the
+    /// route, 503 when the gateway cannot check (no issuer keys loaded).
+    pub fn status(self) -> u16 {
+        match self {
+            Reason::MissingGroup => 403,
+            Reason::KeysUnavailable => 503,
+            _ => 401,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthError {
+    pub reason: Reason,
+    /// Safe to show the caller: never contains the token.
+    pub description: String,
+}
+
+impl AuthError {
+    pub fn new(reason: Reason, description: impl Into<String>) -> Self {
+        AuthError {
+            reason,
+            description: description.into(),
+        }
+    }
+
+    /// The `WWW-Authenticate` challenge for a 401 (RFC 6750 §3).
+    pub fn challenge(&self) -> Option<String> {
+        match self.reason {
+            Reason::MissingToken => Some(r#"Bearer realm="agentgate""#.to_string()),
+            r if r.status() == 401 => Some(format!(
+                r#"Bearer realm="agentgate", error="invalid_token", error_description="{}""#,
+                self.description.replace(['"', '\\'], "'")
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// The bearer token of a request, if it carries one.
+pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
+    if let Some(v) = headers.get(AUTHORIZATION) {
+        let v = v
+            .to_str()
+            .map_err(|_| AuthError::new(Reason::Malformed, "the Authorization header is not ASCII"))?;
+        let v = v.trim();
+        let (scheme, token) = v.split_once(' ').unwrap_or((v, ""));
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(AuthError::new(
+                Reason::Malformed,
+                "the Authorization header must use the Bearer scheme",
+            ));
+        }
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(AuthError::new(Reason::MissingToken, "the Bearer token is empty"));
+        }
+        return Ok(Some(token));
+    }
+    for name in ["x-api-key", "api-key"] {
+        if let Some(v) = headers.get(name) {
+            let t = v.to_str().map_err(|_| {
+                AuthError::new(Reason::Malformed, format!("the {name} header is not ASCII"))
+            })?;
+            if !t.trim().is_empty() {
+                return Ok(Some(t.trim()));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Whether `id` may use a route with `access`.
+pub fn authorize(access: &Access, id: &Identity, route: &str) -> Result<(), AuthError> {
+    match access {
+        Access::AnyAuthenticated => Ok(()),
+        Access::Groups(want) if want.iter().any(|g| id.groups.contains(g)) => Ok(()),
+        Access::Groups(want) => Err(AuthError::new(
+            Reason::MissingGroup,
+            format!(
+                "route `{route}` requires one of the groups [{}]; caller `{}` ({}) is not in any of them",
+                want.join(", "),
+                id.subject,
+                id.issuer
+            ),
+        )),
+    }
+}
+
+struct Cached {
+    identity: Arc<Identity>,
+    /// `exp` plus leeway, seconds since the epoch.
+    valid_until: u64,
+}
+
+/// Verified JWTs until they expire. Bounded: when full, expired entries go, and if that is
+/// not enough the cache starts over (a miss costs one signature check, never a wrong answer).
+struct TokenCache {
+    map: RwLock<HashMap<Box<str>, Cached>>,
+    capacity: usize,
+}
+
+impl TokenCache {
+    fn get(&self, token: &str, now: u64) -> Option<Arc<Identity>> {
+        let map = self.map.read().ok()?;
+        let c = map.get(token)?;
+        (now <= c.valid_until).then(|| c.identity.clone())
+    }
+
+    fn put(&self, token: &str, identity: Arc<Identity>, valid_until: u64, now: u64) {
+        let Ok(mut map) = self.map.write() else {
+            return;
+        };
+        if map.len() >= self.capacity {
+            map.retain(|_, c| c.valid_until >= now);
+            if map.len() >= self.capacity {
+                map.clear();
+            }
+        }
+        map.insert(
+            token.into(),
+            Cached {
+                identity,
+                valid_until,
+            },
+        );
+    }
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub struct Authenticator {
+    issuers: Vec<Arc<Issuer>>,
+    accounts: Vec<ServiceAccount>,
+    cert_rules: Vec<ClientCertRule>,
+    cache: TokenCache,
+}
+
+impl Authenticator {
+    pub fn new(cfg: &IdentityConfig) -> Result<Authenticator, String> {
+        let issuers = cfg
+            .oidc
+            .iter()
+            .map(|i| Issuer::new(i.clone()).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        for r in Reason::ALL {
+            metrics::AUTH_FAILURES.with_label_values(&[r.as_str()]);
+        }
+        Ok(Authenticator {
+            issuers,
+            accounts: cfg.service_accounts.clone(),
+            cert_rules: cfg.client_certs.clone(),
+            cache: TokenCache {
+                map: RwLock::new(HashMap::new()),
+                capacity: 10_000,
+            },
+        })
+    }
+
+    pub fn issuers(&self) -> &[Arc<Issuer>] {
+        &self.issuers
+    }
+
+    /// `Err(message)` while some issuer's keys were never loaded.
+    pub fn readiness(&self) -> Result<(), String> {
+        let waiting: Vec<String> = self
+            .issuers
+            .iter()
+            .filter(|i| i.keys().is_none())
+            .map(|i| match i.last_error() {
+                Some(e) => format!("keys of issuer {} not loaded yet: {e}", i.name()),
+                None => format!("keys of issuer {} not loaded yet", i.name()),
+            })
+            .collect();
+        if waiting.is_empty() {
+            Ok(())
+        } else {
+            Err(waiting.join("\n"))
+        }
+    }
+
+    /// Authenticates a request from its headers and its verified client certificate.
+    /// Failures are counted in `agentgate_auth_failures_total`.
+    pub async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        cert: Option<&CertNames>,
+    ) -> Result<Arc<Identity>, AuthError> {
+        let result = self.authenticate_inner(headers, cert).await;
+        if let Err(e) = &result {
+            count_failure(e.reason);
+        }
+        result
+    }
+
+    async fn authenticate_inner(
+        &self,
+        headers: &HeaderMap,
+        cert: Option<&CertNames>,
+    ) -> Result<Arc<Identity>, AuthError> {
+        let token = match bearer_token(headers) {
+            Ok(Some(t)) => t,
+            Ok(None) => {
+                return match cert {
+                    Some(names) => client_cert::identify(&self.cert_rules, names).map(Arc::new),
+                    None => Err(AuthError::new(
+                        Reason::MissingToken,
+                        "no credentials: send `Authorization: Bearer TOKEN` (the SDK's api_key) or a client certificate",
+                    )),
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        if jwt::looks_like_jwt(token) {
+            self.verify_jwt(token).await
+        } else {
+            service_account::identify(&self.accounts, token).map(Arc::new)
+        }
+    }
+
+    /// Checks an OIDC token; a cached verdict is reused until the token expires.
+    pub async fn verify_jwt(&self, token: &str) -> Result<Arc<Identity>, AuthError> {
+        let now = unix_now();
+        if let Some(id) = self.cache.get(token, now) {
+            return Ok(id);
+        }
+        let parsed = jwt::parse(token)?;
+        let iss = jwt::issuer_of(&parsed.claims).ok_or_else(|| {
+            AuthError::new(Reason::InvalidClaims, "the token has no `iss` claim")
+        })?;
+        let issuer = self
+            .issuers
+            .iter()
+            .find(|i| i.name() == iss)
+            .ok_or_else(|| {
+                AuthError::new(
+                    Reason::UnknownIssuer,
+                    format!("tokens from issuer {} are not accepted", jwt::printable(iss)),
+                )
+            })?;
+        let (identity, valid_until) = issuer.verify(&parsed, now).await?;
+        let identity = Arc::new(identity);
+        self.cache.put(token, identity.clone(), valid_until, now);
+        Ok(identity)
+    }
+}
+
+/// Background service: loads every issuer's keys at start-up (retrying with backoff until it
+/// works) and then refreshes them every `jwks_refresh_interval`.
+pub struct KeyRefresher(pub Arc<Authenticator>);
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for KeyRefresher {
+    async fn start(&self, shutdown: pingora::server::ShutdownWatch) {
+        let tasks: Vec<_> = self
+            .0
+            .issuers
+            .iter()
+            .map(|issuer| {
+                let issuer = issuer.clone();
+                let mut shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    let mut backoff = std::time::Duration::from_millis(500);
+                    loop {
+                        let wait = match issuer.refresh().await {
+                            Ok(_) => {
+                                backoff = std::time::Duration::from_millis(500);
+                                issuer.config().refresh_interval
+                            }
+                            Err(_) => {
+                                backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
+                                backoff.min(issuer.config().refresh_interval)
+                            }
+                        };
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            _ = shutdown.changed() => return,
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+pub fn count_failure(reason: Reason) {
+    metrics::AUTH_FAILURES
+        .with_label_values(&[reason.as_str()])
+        .inc();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn id(groups: &[&str]) -> Identity {
+        Identity {
+            subject: "s".into(),
+            issuer: "i".into(),
+            method: AuthMethod::Oidc,
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn authorize_table() {
+        let agents = Access::Groups(vec!["agents".into(), "ops".into()]);
+        let table = [
+            (&Access::AnyAuthenticated, id(&[]), true),
+            (&agents, id(&["ops"]), true),
+            (&agents, id(&["agents", "x"]), true),
+            (&agents, id(&["x"]), false),
+            (&agents, id(&[]), false),
+        ];
+        for (access, who, ok) in table {
+            let got = authorize(access, &who, "r");
+            assert_eq!(got.is_ok(), ok, "{access:?} {:?}", who.groups);
+            if let Err(e) = got {
+                assert_eq!(e.reason.status(), 403);
+                assert!(e.description.contains("route `r`"));
+            }
+        }
+    }
+
+    #[test]
+    fn bearer_sources() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer_token(&h).unwrap(), None);
+        h.insert("x-api-key", HeaderValue::from_static("k1"));
+        assert_eq!(bearer_token(&h).unwrap(), Some("k1"));
+        h.insert(AUTHORIZATION, HeaderValue::from_static("bearer  t1 "));
+        assert_eq!(bearer_token(&h).unwrap(), Some("t1"));
+        h.insert(AUTHORIZATION, HeaderValue::from_static("Basic dTpw"));
+        assert_eq!(bearer_token(&h).unwrap_err().reason, Reason::Malformed);
+        h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer "));
+        assert_eq!(bearer_token(&h).unwrap_err().reason, Reason::MissingToken);
+    }
+
+    #[test]
+    fn challenge_never_breaks_quoting() {
+        let e = AuthError::new(Reason::Expired, r#"a "quoted" \ thing"#);
+        let c = e.challenge().unwrap();
+        assert!(c.starts_with(r#"Bearer realm="agentgate", error="invalid_token""#));
+        assert_eq!(c.matches('"').count(), 6, "{c}");
+        assert_eq!(
+            AuthError::new(Reason::MissingToken, "x").challenge().unwrap(),
+            r#"Bearer realm="agentgate""#
+        );
+        assert!(AuthError::new(Reason::MissingGroup, "x").challenge().is_none());
+    }
+
+    #[test]
+    fn cache_expires_and_stays_bounded() {
+        let c = TokenCache {
+            map: RwLock::new(HashMap::new()),
+            capacity: 2,
+        };
+        let who = Arc::new(id(&["a"]));
+        c.put("t1", who.clone(), 100, 0);
+        assert!(c.get("t1", 100).is_some());
+        assert!(c.get("t1", 101).is_none());
+        c.put("t2", who.clone(), 50, 0);
+        c.put("t3", who.clone(), 200, 60); // full: t2 expired at 60 and goes
+        assert!(c.get("t1", 60).is_some() && c.get("t3", 60).is_some());
+        assert!(c.map.read().unwrap().len() <= 2);
+    }
+}
