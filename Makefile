@@ -18,6 +18,7 @@ deps:
 	command -v clang >/dev/null || need="$$need clang"; \
 	ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need="$$need libclang-dev"; \
 	python3 -m venv --help >/dev/null 2>&1 || need="$$need python3 python3-venv"; \
+	command -v npm >/dev/null || need="$$need nodejs npm"; \
 	if [ -n "$$need" ]; then \
 	  echo "installing Debian packages:$$need"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -54,6 +55,9 @@ run: build
 	@if [ -z "$$OPENAI_API_KEY" ]; then \
 	  echo "note: OPENAI_API_KEY is not set; using a placeholder (upstream calls will answer 401)."; \
 	fi
+	@mkdir -p var
+	@if [ ! -s var/dev-token.sha256 ]; then ./$(BIN) token create --name local-dev --groups dev --write var/dev-token; fi
+	@echo "agents: OPENAI_BASE_URL=https://127.0.0.1:8443/v1 SSL_CERT_FILE=var/tls/ca.pem OPENAI_API_KEY=\$$(cat var/dev-token)"
 	OPENAI_API_KEY="$${OPENAI_API_KEY:-sk-placeholder-set-OPENAI_API_KEY}" ./$(BIN) run --config $(CONFIG)
 
 unit: deps
@@ -62,7 +66,12 @@ unit: deps
 check-conf: build
 	@for f in conf/*.yaml; do ./$(BIN) check --skip-secrets --config $$f || exit 1; done
 
-integration: build venv
+## A real OpenID provider (oidc-provider from npm) for the end-to-end identity test.
+tests/oidc/node_modules/.installed: tests/oidc/package.json tests/oidc/package-lock.json
+	npm ci --silent --no-audit --no-fund --prefix tests/oidc
+	touch $@
+
+integration: build venv tests/oidc/node_modules/.installed
 	cd tests && ../$(PY) -m pytest -q
 
 ## Portkey's gateway from npm, for the side-by-side (the bench skips it if npm is missing).

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import hashlib
 import json
 import os
 import pathlib
@@ -32,6 +33,9 @@ import httpx
 import trustme
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+# The API key every client sends: agentgate knows it as a service account (the token check is
+# part of what it costs); the other systems ignore or replace it.
+AGENT_KEY = "agent-key-the-gateway-replaces"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CONCURRENCY = [1, 16, 64]
 
@@ -214,9 +218,13 @@ server: {{ state_dir: ./var, threads: 1 }}
 listeners:
   - {{ name: agents, address: "127.0.0.1:{port}", tls: {{ cert: {self.chain}, key: {self.key} }} }}
 admin: {{ address: "127.0.0.1:{admin}" }}
+identity:
+  service_accounts:
+    - {{ name: bench-agent, token_sha256: {hashlib.sha256(AGENT_KEY.encode()).hexdigest()}, groups: [agents] }}
 routes:
   - name: bench
     match: {{ path_prefix: /v1/ }}
+    access: {{ groups: [agents] }}
     upstream: {{ url: "https://127.0.0.1:{upstream}", http2: false }}
     credentials:
       set_headers: {{ Authorization: "Bearer ${{env:BENCH_KEY}}" }}
@@ -270,7 +278,8 @@ routes:
         body.write_text(json.dumps({"model": "mock-model", "messages": [{"role": "user", "content": "x" * 1500}]}))
         out = subprocess.run(
             ["h2load", "-n", str(requests), "-c", str(conns), "-m", "1", "-d", str(body),
-             "-H", "content-type: application/json", f"https://127.0.0.1:{system.port}/v1/chat/completions"],
+             "-H", "content-type: application/json", "-H", f"authorization: Bearer {AGENT_KEY}",
+             f"https://127.0.0.1:{system.port}/v1/chat/completions"],
             capture_output=True, text=True, timeout=300,
         )
         for line in out.stdout.splitlines():
@@ -287,7 +296,7 @@ routes:
                 t0 = time.monotonic_ns()
                 first = None
                 with c.stream("POST", system.url("/v1/chat/completions"), json={"stream": True},
-                              headers={"x-mock-events": "20", "x-mock-interval-ms": "2", **system.headers}) as r:
+                              headers={"x-mock-events": "20", "x-mock-interval-ms": "2", "authorization": f"Bearer {AGENT_KEY}", **system.headers}) as r:
                     if r.status_code != 200:
                         print(f"{system.name}: SSE request answered {r.status_code}; SSE not measured", flush=True)
                         return None
@@ -318,7 +327,7 @@ routes:
                 async def one() -> None:
                     nonlocal ready
                     async with c.stream("POST", system.url("/v1/chat/completions"), json={"stream": True},
-                                        headers={"x-mock-events": "3", "x-mock-interval-ms": "30000", **system.headers}) as r:
+                                        headers={"x-mock-events": "3", "x-mock-interval-ms": "30000", "authorization": f"Bearer {AGENT_KEY}", **system.headers}) as r:
                         async for _ in r.aiter_lines():
                             ready += 1
                             if ready == n:

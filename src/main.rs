@@ -115,7 +115,10 @@ fn create_token(
             let hash_path = format!("{}.sha256", path.display());
             std::fs::write(&hash_path, format!("{hash}\n"))
                 .map_err(|e| format!("{hash_path}: {e}"))?;
-            println!("# token written to {} (mode 0600), its SHA-256 to {hash_path}", path.display());
+            println!(
+                "# token written to {} (mode 0600), its SHA-256 to {hash_path}",
+                path.display()
+            );
         }
         None => {
             println!("# The token for `{name}`, shown once (agentgate keeps only its SHA-256).");

@@ -4,10 +4,10 @@
 use crate::api_error::ApiError;
 use crate::config::{Config, Route};
 use crate::identity::{self, Authenticator, Identity};
-use crate::tls::CertNames;
 use crate::metrics::{self, RouteMetrics};
 use crate::scrub::{SecretSet, StreamScrubber};
 use crate::session_log::{self, SessionRecord, Tls};
+use crate::tls::CertNames;
 use crate::upstream::UpstreamTarget;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -647,5 +647,4 @@ mod tests {
             assert_eq!(request_host(&req), Some(want), "{raw}");
         }
     }
-
 }

@@ -3,6 +3,7 @@
 
 use crate::admin::{AdminApp, Readiness};
 use crate::config::{Config, ListenerTls, TlsVersion};
+use crate::identity::client_cert::RecordClientCert;
 use crate::identity::{Authenticator, KeyRefresher};
 use crate::proxy::Gateway;
 use crate::tls::{self, ServingCert};
@@ -12,7 +13,6 @@ use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::listening::Service;
-use crate::identity::client_cert::RecordClientCert;
 use pingora::tls::ssl::{SslFiletype, SslVerifyMode, SslVersion};
 use std::sync::Arc;
 

@@ -2,8 +2,8 @@
 //! evidence hook) and a small DNS cache, so a request only clones the template.
 
 use crate::config::{TlsVersion, Upstream};
-use pingora::protocols::tls::SslDigest;
 use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
+use pingora::protocols::tls::SslDigest;
 use pingora::protocols::ALPN;
 use pingora::upstreams::peer::HttpPeer;
 use std::net::{IpAddr, SocketAddr};
@@ -89,14 +89,18 @@ impl UpstreamTarget {
         ssl: &SslDigest,
     ) -> Result<(), (&'static str, String)> {
         if !tls_version_ok(&ssl.version, up.min_tls_version) {
-            let why = format!("negotiated {} is below the minimum TLS version", ssl.version);
+            let why = format!(
+                "negotiated {} is below the minimum TLS version",
+                ssl.version
+            );
             return Err(("upstream_tls_failed", why));
         }
         let facts = ssl.extension.get::<PeerCertFacts>();
         if let Some(ip) = self.expected_ip {
             if !facts.is_some_and(|f| f.ip_matches) {
-                let why =
-                    format!("the certificate is not valid for {ip} (no matching IP subjectAltName)");
+                let why = format!(
+                    "the certificate is not valid for {ip} (no matching IP subjectAltName)"
+                );
                 return Err(("upstream_tls_failed", why));
             }
         }

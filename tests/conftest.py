@@ -3,6 +3,7 @@ started on loopback with ephemeral ports and a temporary state directory."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pathlib
 import shutil
@@ -21,6 +22,13 @@ from mock_upstream import MockServer
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BINARY = pathlib.Path(os.environ.get("AGENTGATE_BIN", ROOT / "target" / "debug" / "agentgate"))
 ROUTE_KEY = "sk-route-secret-0123456789abcdef"
+# The service-account token tests use as the agent's API key, and its group.
+AGENT_TOKEN = "agt_test-agent-token-0123456789abcdefghijklmnopq"
+AGENT_TOKEN_SHA256 = hashlib.sha256(AGENT_TOKEN.encode()).hexdigest()
+DEFAULT_IDENTITY = (
+    "identity:\n  service_accounts:\n"
+    f"    - {{ name: test-agent, token_sha256: {AGENT_TOKEN_SHA256}, groups: [agents] }}\n"
+)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -57,7 +65,7 @@ def mock(upstream_ca):
 
 
 class Gateway:
-    def __init__(self, config: str, state_dir: pathlib.Path, port: int, admin_port: int) -> None:
+    def __init__(self, config: str, state_dir: pathlib.Path, port: int, admin_port: int, wait_ready: bool = True) -> None:
         self.state_dir = state_dir
         self.port = port
         self.admin_port = admin_port
@@ -73,7 +81,26 @@ class Gateway:
             env=env,
             cwd=state_dir,
         )
-        self._wait_ready()
+        if wait_ready:
+            self._wait_ready()
+        else:
+            self._wait_listening()
+
+    def _wait_listening(self) -> None:
+        """Waits until the agent listener accepts connections (readiness may still be false)."""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"agentgate exited with {self.proc.returncode}: {self.stderr_path.read_text()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("agentgate did not listen in 30 s: " + self.stderr_path.read_text())
+
+    def readyz(self) -> httpx.Response:
+        return httpx.get(f"http://127.0.0.1:{self.admin_port}/readyz", timeout=5)
 
     @property
     def base_url(self) -> str:
@@ -98,9 +125,13 @@ class Gateway:
             time.sleep(0.05)
         raise RuntimeError("agentgate did not become ready in 30 s: " + self.stderr_path.read_text())
 
-    def client(self, **kw) -> httpx.Client:
+    def client(self, token: str | None = AGENT_TOKEN, **kw) -> httpx.Client:
+        """A verifying client that sends `token` as its API key (None: no credentials)."""
         ctx = ssl.create_default_context(cafile=str(self.ca_file))
-        return httpx.Client(base_url=self.base_url, verify=ctx, timeout=20, **kw)
+        headers = kw.pop("headers", {})
+        if token is not None:
+            headers.setdefault("Authorization", f"Bearer {token}")
+        return httpx.Client(base_url=self.base_url, verify=ctx, timeout=20, headers=headers, **kw)
 
     def raw(self, request: bytes, timeout: float = 10) -> bytes:
         """Sends bytes as they are over verified TLS and returns all bytes until the server closes."""
@@ -160,10 +191,19 @@ class Gateway:
                 self.proc.wait()
 
 
-def route_yaml(name: str, prefix: str, url: str, ca_file: pathlib.Path | None, extra: str = "", key_header: bool = True) -> str:
+def route_yaml(
+    name: str,
+    prefix: str,
+    url: str,
+    ca_file: pathlib.Path | None,
+    extra: str = "",
+    key_header: bool = True,
+    access: str = "{ groups: [agents] }",
+) -> str:
     lines = [
         f"  - name: {name}",
         f"    match: {{ path_prefix: {prefix} }}",
+        f"    access: {access}",
         "    upstream:",
         f"      url: {url}",
     ]
@@ -179,17 +219,24 @@ def route_yaml(name: str, prefix: str, url: str, ca_file: pathlib.Path | None, e
 def start_gateway(tmp_path):
     started: list[Gateway] = []
 
-    def start(routes: str, server_extra: str = "") -> Gateway:
+    def start(
+        routes: str,
+        server_extra: str = "",
+        identity: str = DEFAULT_IDENTITY,
+        listener_tls: str = "{}",
+        wait_ready: bool = True,
+    ) -> Gateway:
         port, admin_port = free_port(), free_port()
         state = tmp_path / f"gw{len(started)}"
         state.mkdir()
         config = (
             f"server: {{ state_dir: ./var, threads: 2, grace_period: 5s{server_extra} }}\n"
-            f"listeners:\n  - {{ name: agents, address: \"127.0.0.1:{port}\", tls: {{}} }}\n"
+            f"listeners:\n  - {{ name: agents, address: \"127.0.0.1:{port}\", tls: {listener_tls} }}\n"
             f"admin: {{ address: \"127.0.0.1:{admin_port}\" }}\n"
+            f"{identity}"
             f"routes:\n{routes}"
         )
-        gw = Gateway(config, state, port, admin_port)
+        gw = Gateway(config, state, port, admin_port, wait_ready=wait_ready)
         started.append(gw)
         return gw
 

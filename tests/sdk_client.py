@@ -64,6 +64,16 @@ def bad_route() -> dict:
     return {"status": 200}
 
 
+def chat_or_error() -> dict:
+    """A chat call whose API error (401/403...) is reported instead of raised."""
+    import openai
+
+    try:
+        return {"status": 200, **chat()}
+    except openai.APIStatusError as e:
+        return {"status": e.status_code, "code": e.code, "message": e.message}
+
+
 def agent() -> dict:
     from agents import Agent, Runner, function_tool
 

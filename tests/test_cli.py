@@ -21,6 +21,10 @@ routes:
     match: { path_prefix: /v1/ }
     upstream:
       url: https://api.openai.com
+    access: { groups: [agents] }
+identity:
+  service_accounts:
+    - { name: ci, token_sha256: 52429752765c16a4897560e0f4b0a373ee9dfab7da0c8ca37a09c9e62cccd576, groups: [agents] }
 """
 
 
@@ -38,6 +42,9 @@ REFUSALS = [
     ('url: https://api.openai.com', "url: https://api.openai.com\n      pins: []", "unknown field `pins`", 10),
     ("match: { path_prefix: /v1/ }", "match: { path_prefix: /v1/, hots: x }", "unknown field `hots`", 7),
     ("routes:", "routez:", "unknown field `routez`", 5),
+    ("    access: { groups: [agents] }\n", "", "has no `access` rule", 6),
+    ("token_sha256: 5242", "token_sha256: x5242", "64 hex digits", 13),
+    ("access: { groups: [agents] }", "access: { groups: [agents], any_authenticated: true }", "exactly one of", 10),
     ("url: https://api.openai.com", "url: https://api.openai.com\n    credentials:\n      set_headers: { Authorization: \"Bearer ${env:AGENTGATE_SURELY_UNSET}\" }", "AGENTGATE_SURELY_UNSET", 11),
 ]
 

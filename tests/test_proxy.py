@@ -8,7 +8,7 @@ import threading
 import httpx
 import pytest
 
-from conftest import ROUTE_KEY
+from conftest import AGENT_TOKEN, ROUTE_KEY
 
 
 def test_models_through_both_tls_legs(gateway, mock):
@@ -26,7 +26,7 @@ def test_credentials_injected_and_client_credentials_stripped(gateway, mock):
             "/v1/chat/completions",
             json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
             headers={
-                "Authorization": "Bearer agent-own-token",
+                "Authorization": f"Bearer {AGENT_TOKEN}",
                 "X-Api-Key": "agent-x-api-key",
                 "api-key": "agent-azure-key",
                 "Cookie": "session=agent-cookie",
@@ -40,6 +40,7 @@ def test_credentials_injected_and_client_credentials_stripped(gateway, mock):
     seen = mock.state.last
     auth = [v for k, v in seen["header_list"] if k == "authorization"]
     assert auth == [f"Bearer {ROUTE_KEY}"], "upstream must see only the route's key"
+    assert AGENT_TOKEN not in json.dumps(seen["header_list"]), "the caller's token reached the upstream"
     for h in ("x-api-key", "api-key", "cookie", "proxy-authorization", "x-hop"):
         assert h not in seen["headers"], f"{h} reached the upstream"
     assert seen["headers"]["x-custom"] == "kept"

@@ -11,18 +11,18 @@ import pathlib
 
 import pytest
 
-from conftest import ROUTE_KEY
+from conftest import AGENT_TOKEN, ROUTE_KEY
 
 HERE = pathlib.Path(__file__).resolve().parent
 
 
-def run_sdk(gateway, scenario: str) -> dict:
+def run_sdk(gateway, scenario: str, api_key: str = AGENT_TOKEN) -> dict:
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SSL_CERT", "REQUESTS_CA", "HTTP", "ALL_PROXY"))
     }
     env.update(
         OPENAI_BASE_URL=f"{gateway.base_url}/v1",
-        OPENAI_API_KEY="agent-side-key-that-must-not-reach-upstream",
+        OPENAI_API_KEY=api_key,
         SSL_CERT_FILE=str(gateway.ca_file),
         OPENAI_AGENTS_DISABLE_TRACING="1",
         NO_PROXY="*",
@@ -35,6 +35,7 @@ def run_sdk(gateway, scenario: str) -> dict:
 def assert_only_route_key(mock):
     for req in mock.state.requests:
         assert req["headers"]["authorization"] == f"Bearer {ROUTE_KEY}"
+        assert AGENT_TOKEN not in json.dumps(req["header_list"])
 
 
 def test_chat_completion(gateway, mock):

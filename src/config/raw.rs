@@ -73,7 +73,10 @@ impl TryFrom<RawConfig> for Config {
             return Err(at_field("routes", "no identity source is configured, so no request could be let in: \
                 add `identity.service_accounts` (see `agentgate token create`), `identity.oidc` or `identity.client_certs`".into()));
         }
-        let mtls = raw.listeners.iter().any(|l| l.tls.as_ref().is_some_and(|t| t.client_ca.is_some()));
+        let mtls = raw
+            .listeners
+            .iter()
+            .any(|l| l.tls.as_ref().is_some_and(|t| t.client_ca.is_some()));
         if !raw.identity.client_certs.is_empty() && !mtls {
             return Err(at_field("client_certs", "identity.client_certs needs a listener with `tls.client_ca` to verify client certificates".into()));
         }
@@ -633,14 +636,20 @@ impl TryFrom<RawIdentity> for IdentityConfig {
         let mut issuers = HashSet::new();
         for i in &r.oidc {
             if !issuers.insert(i.issuer.as_str()) {
-                return Err(at_field("issuer", format!("issuer `{}` is configured twice", i.issuer)));
+                return Err(at_field(
+                    "issuer",
+                    format!("issuer `{}` is configured twice", i.issuer),
+                ));
             }
         }
         let mut names = HashSet::new();
         let mut hashes = HashSet::new();
         for a in &r.service_accounts {
             if !names.insert(a.name.as_str()) {
-                return Err(at_field("service_accounts", format!("service account `{}` is defined twice", a.name)));
+                return Err(at_field(
+                    "service_accounts",
+                    format!("service account `{}` is defined twice", a.name),
+                ));
             }
             if a.token_sha256 != [0; 32] && !hashes.insert(a.token_sha256) {
                 return Err(at_field("service_accounts", format!("service account `{}` has the same token_sha256 as another; create a token per account", a.name)));
@@ -736,11 +745,14 @@ impl TryFrom<RawOidcIssuer> for OidcIssuer {
             Some(list) => {
                 for a in &list {
                     if !JWS_ALGORITHMS.contains(&a.as_str()) {
-                        return Err(at_field("algorithms", format!(
+                        return Err(at_field(
+                            "algorithms",
+                            format!(
                             "issuer `{}`: algorithm `{a}` is not accepted; use asymmetric ones: {}",
                             r.issuer,
                             JWS_ALGORITHMS.join(", ")
-                        )));
+                        ),
+                        ));
                     }
                 }
                 if list.is_empty() {
@@ -750,14 +762,24 @@ impl TryFrom<RawOidcIssuer> for OidcIssuer {
             }
         };
         if r.groups_claim.is_empty() || r.subject_claim.is_empty() {
-            return Err(at_field("groups_claim", "claim names must not be empty".into()));
+            return Err(at_field(
+                "groups_claim",
+                "claim names must not be empty".into(),
+            ));
         }
         if let Some(ca) = &r.ca_file {
-            crate::tls::read_pem_certs(ca)
-                .map_err(|e| at_field("ca_file", format!("issuer `{}`: ca_file `{}`: {e}", r.issuer, ca.display())))?;
+            crate::tls::read_pem_certs(ca).map_err(|e| {
+                at_field(
+                    "ca_file",
+                    format!("issuer `{}`: ca_file `{}`: {e}", r.issuer, ca.display()),
+                )
+            })?;
         }
         if r.leeway.0 > Duration::from_secs(300) {
-            return Err(at_field("leeway", "leeway above 5m would accept long-expired tokens".into()));
+            return Err(at_field(
+                "leeway",
+                "leeway above 5m would accept long-expired tokens".into(),
+            ));
         }
         Ok(OidcIssuer {
             issuer: r.issuer,

@@ -231,9 +231,8 @@ fn malformed_yaml_points_to_the_line() {
 #[test]
 fn refused_identity_configs() {
     let sa = "    - { name: ci, token_sha256: 52429752765c16a4897560e0f4b0a373ee9dfab7da0c8ca37a09c9e62cccd576, groups: [agents] }\n";
-    let oidc = |extra: &str| {
-        format!("identity:\n  oidc:\n    - issuer: https://idp.example.com\n{extra}")
-    };
+    let oidc =
+        |extra: &str| format!("identity:\n  oidc:\n    - issuer: https://idp.example.com\n{extra}");
     let table: Vec<(String, String, &str)> = vec![
         ("    access: { groups: [agents] }\n".into(), "".into(), "has no `access` rule"),
         ("access: { groups: [agents] }".into(), "access: { groups: [] }".into(), "exactly one of"),
@@ -274,7 +273,10 @@ fn identity_config_parses() {
     let i = &c.identity.oidc[0];
     assert_eq!(i.groups_claim, "realm_access.roles");
     assert_eq!(i.leeway, Duration::from_secs(30));
-    assert!(i.algorithms.iter().any(|a| a == "ES256") && !i.algorithms.iter().any(|a| a.starts_with("HS")));
+    assert!(
+        i.algorithms.iter().any(|a| a == "ES256")
+            && !i.algorithms.iter().any(|a| a.starts_with("HS"))
+    );
     assert_eq!(c.identity.service_accounts[0].groups, vec!["agents"]);
     assert_eq!(c.routes[0].access, Access::Groups(vec!["agents".into()]));
     // `check --skip-secrets` accepts a token_sha256 that comes from a secret reference.

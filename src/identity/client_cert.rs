@@ -16,7 +16,10 @@ pub struct RecordClientCert;
 
 #[async_trait]
 impl TlsAccept for RecordClientCert {
-    async fn handshake_complete_callback(&self, ssl: &TlsRef) -> Option<Arc<dyn Any + Send + Sync>> {
+    async fn handshake_complete_callback(
+        &self,
+        ssl: &TlsRef,
+    ) -> Option<Arc<dyn Any + Send + Sync>> {
         // With `client_ca` the handshake fails unless a presented certificate verifies, so a
         // certificate present here is a verified one.
         let cert = ssl.peer_certificate()?;
@@ -84,7 +87,10 @@ mod tests {
     fn mapping_table() {
         let rules = vec![
             rule(CertMatcher::SubjectCn("build-bot".into()), &["agents"]),
-            rule(CertMatcher::SanUri("spiffe://corp/agent/a".into()), &["spiffe"]),
+            rule(
+                CertMatcher::SanUri("spiffe://corp/agent/a".into()),
+                &["spiffe"],
+            ),
             rule(CertMatcher::SanDns("bot.corp".into()), &["agents", "dns"]),
             rule(CertMatcher::SanEmail("ops@corp".into()), &["ops"]),
         ];
@@ -95,10 +101,19 @@ mod tests {
             san_email: email.iter().map(|s| s.to_string()).collect(),
         };
         let table: Vec<(CertNames, Option<Vec<&str>>)> = vec![
-            (names(Some("build-bot"), &[], &[], &[]), Some(vec!["agents"])),
+            (
+                names(Some("build-bot"), &[], &[], &[]),
+                Some(vec!["agents"]),
+            ),
             (names(Some("build-bot2"), &[], &[], &[]), None),
-            (names(None, &[], &["spiffe://corp/agent/a"], &[]), Some(vec!["spiffe"])),
-            (names(Some("build-bot"), &["BOT.corp"], &[], &[]), Some(vec!["agents", "dns"])),
+            (
+                names(None, &[], &["spiffe://corp/agent/a"], &[]),
+                Some(vec!["spiffe"]),
+            ),
+            (
+                names(Some("build-bot"), &["BOT.corp"], &[], &[]),
+                Some(vec!["agents", "dns"]),
+            ),
             (names(None, &[], &[], &["OPS@corp"]), Some(vec!["ops"])),
             (names(None, &[], &["spiffe://corp/agent/ab"], &[]), None),
         ];

@@ -87,17 +87,26 @@ impl Fetcher {
             .check_evidence(&up, &ssl)
             .map_err(|(_, why)| format!("TLS refused: {why}"))?;
         let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let mut head = RequestHeader::build("GET", pq.as_bytes(), None).map_err(|e| e.to_string())?;
+        let mut head =
+            RequestHeader::build("GET", pq.as_bytes(), None).map_err(|e| e.to_string())?;
         let set = |h: &mut RequestHeader, k: &'static str, v: &str| {
             h.insert_header(k, v).map_err(|e| e.to_string())
         };
         set(&mut head, "host", &up.authority())?;
         for (k, v) in req.headers() {
             if k == http::header::ACCEPT {
-                set(&mut head, "accept", v.to_str().unwrap_or("application/json"))?;
+                set(
+                    &mut head,
+                    "accept",
+                    v.to_str().unwrap_or("application/json"),
+                )?;
             }
         }
-        set(&mut head, "user-agent", concat!("agentgate/", env!("CARGO_PKG_VERSION")))?;
+        set(
+            &mut head,
+            "user-agent",
+            concat!("agentgate/", env!("CARGO_PKG_VERSION")),
+        )?;
         set(&mut head, "connection", "close")?;
         session
             .write_request_header(Box::new(head))

@@ -77,9 +77,8 @@ impl Issuer {
             ),
             None => None,
         };
-        let counter = |result| {
-            metrics::JWKS_REFRESH.with_label_values(&[cfg.issuer.as_str(), result])
-        };
+        let counter =
+            |result| metrics::JWKS_REFRESH.with_label_values(&[cfg.issuer.as_str(), result]);
         Ok(Issuer {
             fetcher: Fetcher::new(cfg.ca_file.clone(), cfg.fetch_timeout),
             refresh_ok: counter("ok"),
@@ -106,6 +105,19 @@ impl Issuer {
 
     pub fn last_error(&self) -> Option<String> {
         self.last_error.lock().ok()?.clone()
+    }
+
+    /// Installs keys from a JWKS document without fetching (benchmarks and tests).
+    #[doc(hidden)]
+    pub fn install_keys(&self, jwks_json: &str) -> Result<usize, String> {
+        let set: CoreJsonWebKeySet = serde_json::from_str(jwks_json).map_err(|e| e.to_string())?;
+        let n = set.keys().len();
+        if let Ok(mut k) = self.keys.write() {
+            *k = Some(Arc::new(KeySet {
+                keys: set.keys().clone(),
+            }));
+        }
+        Ok(n)
     }
 
     /// Fetches the keys now (the background refresher); keeps the old ones on failure.
@@ -191,11 +203,7 @@ impl Issuer {
 
     /// Verifies a token of this issuer: signature with a published key, then the claims.
     /// Returns the identity and until when (seconds) the verdict holds.
-    pub async fn verify(
-        &self,
-        t: &Unverified<'_>,
-        now: u64,
-    ) -> Result<(Identity, u64), AuthError> {
+    pub async fn verify(&self, t: &Unverified<'_>, now: u64) -> Result<(Identity, u64), AuthError> {
         let alg = jwt::algorithm(&t.alg, &self.cfg.algorithms)?;
         let kid = t.kid.as_deref();
         let mut keys = self.keys();
@@ -214,7 +222,8 @@ impl Issuer {
                 format!(
                     "the signing keys of issuer {} could not be loaded ({}); try again later",
                     self.cfg.issuer,
-                    self.last_error().unwrap_or_else(|| "not fetched yet".into())
+                    self.last_error()
+                        .unwrap_or_else(|| "not fetched yet".into())
                 ),
             ));
         };

@@ -45,13 +45,18 @@ pub fn parse(token: &str) -> Result<Unverified<'_>, AuthError> {
         return Err(malformed("longer than 16 KiB"));
     }
     let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err(malformed("not three dot-separated parts (JWE tokens are not supported)"));
+        return Err(malformed(
+            "not three dot-separated parts (JWE tokens are not supported)",
+        ));
     };
     let header = decode_json(h, "header")?;
     if header.contains_key("crit") {
-        return Err(malformed("the header has `crit` extensions, which are not supported"));
+        return Err(malformed(
+            "the header has `crit` extensions, which are not supported",
+        ));
     }
     let alg = match header.get("alg") {
         Some(Value::String(a)) => a.clone(),
@@ -70,7 +75,7 @@ pub fn parse(token: &str) -> Result<Unverified<'_>, AuthError> {
         alg,
         kid,
         claims,
-        signing_input: token[..h.len() + 1 + p.len()].as_bytes(),
+        signing_input: &token.as_bytes()[..h.len() + 1 + p.len()],
         signature,
     })
 }
@@ -150,7 +155,12 @@ fn numeric(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, AuthE
             .as_f64()
             .filter(|f| *f >= 0.0)
             .map(|f| Some(f as u64))
-            .ok_or_else(|| AuthError::new(Reason::InvalidClaims, format!("`{name}` is not a valid time"))),
+            .ok_or_else(|| {
+                AuthError::new(
+                    Reason::InvalidClaims,
+                    format!("`{name}` is not a valid time"),
+                )
+            }),
         Some(_) => Err(AuthError::new(
             Reason::InvalidClaims,
             format!("`{name}` is not a number"),
@@ -219,7 +229,10 @@ pub fn check_claims(
         .ok_or_else(|| {
             AuthError::new(
                 Reason::InvalidClaims,
-                format!("the token has no `{}` claim naming the caller", rules.subject_claim),
+                format!(
+                    "the token has no `{}` claim naming the caller",
+                    rules.subject_claim
+                ),
             )
         })?
         .to_string();
@@ -263,17 +276,13 @@ pub fn claim<'a>(claims: &'a Map<String, Value>, name: &str) -> Option<&'a Value
 }
 
 /// The token's `iss` for choosing the issuer, before any check (never trusted on its own).
-pub fn issuer_of<'a>(claims: &'a Map<String, Value>) -> Option<&'a str> {
+pub fn issuer_of(claims: &Map<String, Value>) -> Option<&str> {
     claims.get("iss").and_then(Value::as_str)
 }
 
 /// A value from an untrusted token, safe to put in a message: short and printable.
 pub fn printable(s: &str) -> String {
-    let clean: String = s
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(64)
-        .collect();
+    let clean: String = s.chars().filter(|c| !c.is_control()).take(64).collect();
     format!("`{clean}`")
 }
 
@@ -307,21 +316,61 @@ mod tests {
         assert_eq!(checked.subject, "a");
         assert_eq!(checked.groups, vec!["agents", "x"]);
         let table: Vec<(&str, Value, Option<Reason>)> = vec![
-            ("expired beyond leeway", json!({"exp": now - 31}), Some(Reason::Expired)),
+            (
+                "expired beyond leeway",
+                json!({"exp": now - 31}),
+                Some(Reason::Expired),
+            ),
             ("expired within leeway", json!({"exp": now - 29}), None),
             ("no exp", json!({"exp": null}), Some(Reason::InvalidClaims)),
-            ("exp string", json!({"exp": "soon"}), Some(Reason::InvalidClaims)),
-            ("nbf future", json!({"nbf": now + 31}), Some(Reason::NotYetValid)),
+            (
+                "exp string",
+                json!({"exp": "soon"}),
+                Some(Reason::InvalidClaims),
+            ),
+            (
+                "nbf future",
+                json!({"nbf": now + 31}),
+                Some(Reason::NotYetValid),
+            ),
             ("nbf within leeway", json!({"nbf": now + 29}), None),
-            ("iat future", json!({"iat": now + 120}), Some(Reason::NotYetValid)),
-            ("wrong aud", json!({"aud": "other"}), Some(Reason::WrongAudience)),
+            (
+                "iat future",
+                json!({"iat": now + 120}),
+                Some(Reason::NotYetValid),
+            ),
+            (
+                "wrong aud",
+                json!({"aud": "other"}),
+                Some(Reason::WrongAudience),
+            ),
             ("aud list", json!({"aud": ["other", "agentgate"]}), None),
-            ("aud list without", json!({"aud": ["other"]}), Some(Reason::WrongAudience)),
+            (
+                "aud list without",
+                json!({"aud": ["other"]}),
+                Some(Reason::WrongAudience),
+            ),
             ("no aud", json!({"aud": null}), Some(Reason::WrongAudience)),
-            ("wrong iss", json!({"iss": "https://evil.example"}), Some(Reason::UnknownIssuer)),
-            ("no sub, client_id", json!({"sub": null, "client_id": "c"}), None),
-            ("no subject at all", json!({"sub": null}), Some(Reason::InvalidClaims)),
-            ("groups not list", json!({"realm_access": {"roles": 5}}), Some(Reason::InvalidClaims)),
+            (
+                "wrong iss",
+                json!({"iss": "https://evil.example"}),
+                Some(Reason::UnknownIssuer),
+            ),
+            (
+                "no sub, client_id",
+                json!({"sub": null, "client_id": "c"}),
+                None,
+            ),
+            (
+                "no subject at all",
+                json!({"sub": null}),
+                Some(Reason::InvalidClaims),
+            ),
+            (
+                "groups not list",
+                json!({"realm_access": {"roles": 5}}),
+                Some(Reason::InvalidClaims),
+            ),
         ];
         for (name, patch, want) in table {
             let mut c = base.clone();
@@ -339,15 +388,22 @@ mod tests {
 
     #[test]
     fn groups_from_literal_name_string_and_missing() {
-        let c = claims(json!({"https://ex.com/groups": ["a"], "scope": "read write", "g": {"h": ["z"]}}));
+        let c = claims(
+            json!({"https://ex.com/groups": ["a"], "scope": "read write", "g": {"h": ["z"]}}),
+        );
         assert_eq!(claim(&c, "https://ex.com/groups"), Some(&json!(["a"])));
         assert_eq!(claim(&c, "g.h"), Some(&json!(["z"])));
         assert_eq!(claim(&c, "g.missing"), None);
         let aud = vec!["x".to_string()];
         let mut r = rules(&aud);
         r.groups_claim = "scope";
-        let full = claims(json!({"iss": "https://idp.example", "aud": "x", "exp": 10, "sub": "s", "scope": "read write"}));
-        assert_eq!(check_claims(&full, &r, 0).unwrap().groups, vec!["read", "write"]);
+        let full = claims(
+            json!({"iss": "https://idp.example", "aud": "x", "exp": 10, "sub": "s", "scope": "read write"}),
+        );
+        assert_eq!(
+            check_claims(&full, &r, 0).unwrap().groups,
+            vec!["read", "write"]
+        );
         r.groups_claim = "absent";
         assert!(check_claims(&full, &r, 0).unwrap().groups.is_empty());
     }
@@ -373,13 +429,20 @@ mod tests {
             format!("{h}.{p}.{}", "A".repeat(MAX_TOKEN_LEN)),
         ];
         for b in bad {
-            assert_eq!(parse(&b).err().map(|e| e.reason), Some(Reason::Malformed), "{b:.60}");
+            assert_eq!(
+                parse(&b).err().map(|e| e.reason),
+                Some(Reason::Malformed),
+                "{b:.60}"
+            );
         }
     }
 
     #[test]
     fn algorithms_refused() {
-        let allowed: Vec<String> = crate::config::JWS_ALGORITHMS.iter().map(|s| s.to_string()).collect();
+        let allowed: Vec<String> = crate::config::JWS_ALGORITHMS
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         assert!(algorithm("RS256", &allowed).is_ok());
         assert!(algorithm("ES256", &allowed).is_ok());
         for bad in ["none", "NONE", "HS256", "HS512", "RS1", ""] {

@@ -139,9 +139,9 @@ impl AuthError {
 /// The bearer token of a request, if it carries one.
 pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
     if let Some(v) = headers.get(AUTHORIZATION) {
-        let v = v
-            .to_str()
-            .map_err(|_| AuthError::new(Reason::Malformed, "the Authorization header is not ASCII"))?;
+        let v = v.to_str().map_err(|_| {
+            AuthError::new(Reason::Malformed, "the Authorization header is not ASCII")
+        })?;
         let v = v.trim();
         let (scheme, token) = v.split_once(' ').unwrap_or((v, ""));
         if !scheme.eq_ignore_ascii_case("bearer") {
@@ -152,7 +152,10 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
         }
         let token = token.trim();
         if token.is_empty() {
-            return Err(AuthError::new(Reason::MissingToken, "the Bearer token is empty"));
+            return Err(AuthError::new(
+                Reason::MissingToken,
+                "the Bearer token is empty",
+            ));
         }
         return Ok(Some(token));
     }
@@ -329,9 +332,8 @@ impl Authenticator {
             return Ok(id);
         }
         let parsed = jwt::parse(token)?;
-        let iss = jwt::issuer_of(&parsed.claims).ok_or_else(|| {
-            AuthError::new(Reason::InvalidClaims, "the token has no `iss` claim")
-        })?;
+        let iss = jwt::issuer_of(&parsed.claims)
+            .ok_or_else(|| AuthError::new(Reason::InvalidClaims, "the token has no `iss` claim"))?;
         let issuer = self
             .issuers
             .iter()
@@ -339,7 +341,10 @@ impl Authenticator {
             .ok_or_else(|| {
                 AuthError::new(
                     Reason::UnknownIssuer,
-                    format!("tokens from issuer {} are not accepted", jwt::printable(iss)),
+                    format!(
+                        "tokens from issuer {} are not accepted",
+                        jwt::printable(iss)
+                    ),
                 )
             })?;
         let (identity, valid_until) = issuer.verify(&parsed, now).await?;
@@ -451,10 +456,14 @@ mod tests {
         assert!(c.starts_with(r#"Bearer realm="agentgate", error="invalid_token""#));
         assert_eq!(c.matches('"').count(), 6, "{c}");
         assert_eq!(
-            AuthError::new(Reason::MissingToken, "x").challenge().unwrap(),
+            AuthError::new(Reason::MissingToken, "x")
+                .challenge()
+                .unwrap(),
             r#"Bearer realm="agentgate""#
         );
-        assert!(AuthError::new(Reason::MissingGroup, "x").challenge().is_none());
+        assert!(AuthError::new(Reason::MissingGroup, "x")
+            .challenge()
+            .is_none());
     }
 
     #[test]

@@ -79,7 +79,10 @@ mod tests {
         assert!(find(&accounts, "agt_wrong").is_none());
         assert!(find(&accounts, &t1[..t1.len() - 1]).is_none());
         let id = identify(&accounts, &t1).unwrap();
-        assert_eq!((id.subject.as_str(), id.method), ("a", AuthMethod::ServiceAccount));
+        assert_eq!(
+            (id.subject.as_str(), id.method),
+            ("a", AuthMethod::ServiceAccount)
+        );
         assert_eq!(
             identify(&accounts, "nope").unwrap_err().reason,
             Reason::UnknownServiceAccount
