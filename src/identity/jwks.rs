@@ -2,6 +2,7 @@
 //! fetched again (rate-limited) when a token names a key the gateway has not seen, and kept
 //! when the IdP is unreachable.
 
+use super::boring_key::BoringKey;
 use super::fetch::Fetcher;
 use super::jwt::{self, ClaimRules, Unverified};
 use super::{AuthError, AuthMethod, Identity, Reason};
@@ -14,10 +15,20 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 pub struct KeySet {
-    keys: Vec<CoreJsonWebKey>,
+    /// Each key as published, and its BoringSSL form when it has one.
+    keys: Vec<(CoreJsonWebKey, Option<BoringKey>)>,
 }
 
 impl KeySet {
+    fn new(keys: &[CoreJsonWebKey]) -> KeySet {
+        KeySet {
+            keys: keys
+                .iter()
+                .map(|k| (k.clone(), BoringKey::from_jwk(k)))
+                .collect(),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.keys.len()
     }
@@ -31,8 +42,8 @@ impl KeySet {
         &'a self,
         kid: Option<&'a str>,
         alg: &'a openidconnect::core::CoreJwsSigningAlgorithm,
-    ) -> impl Iterator<Item = &'a CoreJsonWebKey> + 'a {
-        self.keys.iter().filter(move |k| {
+    ) -> impl Iterator<Item = &'a (CoreJsonWebKey, Option<BoringKey>)> + 'a {
+        self.keys.iter().filter(move |(k, _)| {
             let kid_ok = match kid {
                 Some(want) => k.key_id().is_some_and(|id| id.as_str() == want),
                 None => true,
@@ -113,9 +124,7 @@ impl Issuer {
         let set: CoreJsonWebKeySet = serde_json::from_str(jwks_json).map_err(|e| e.to_string())?;
         let n = set.keys().len();
         if let Ok(mut k) = self.keys.write() {
-            *k = Some(Arc::new(KeySet {
-                keys: set.keys().clone(),
-            }));
+            *k = Some(Arc::new(KeySet::new(set.keys())));
         }
         Ok(n)
     }
@@ -144,9 +153,7 @@ impl Issuer {
             Ok(set) => {
                 let n = set.keys().len();
                 if let Ok(mut k) = self.keys.write() {
-                    *k = Some(Arc::new(KeySet {
-                        keys: set.keys().clone(),
-                    }));
+                    *k = Some(Arc::new(KeySet::new(set.keys())));
                 }
                 if let Ok(mut e) = self.last_error.lock() {
                     *e = None;
@@ -242,7 +249,7 @@ impl Issuer {
                 },
             ));
         }
-        if !candidates.any(|k| jwt::verify_signature(k, &alg, t).is_ok()) {
+        if !candidates.any(|(k, fast)| jwt::verify_signature(k, fast.as_ref(), &alg, t).is_ok()) {
             return Err(AuthError::new(
                 Reason::BadSignature,
                 "the token's signature does not verify with the issuer's key",

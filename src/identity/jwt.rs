@@ -1,6 +1,7 @@
 //! JWT checks (JWS compact serialization, RFC 7515/7519), pure: bytes and a clock in, a verdict
 //! out. Signatures are checked with `openidconnect`'s JSON Web Key implementation.
 
+use super::boring_key::BoringKey;
 use super::{AuthError, Reason};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -115,19 +116,28 @@ pub fn key_fits(key: &CoreJsonWebKey, alg: &CoreJwsSigningAlgorithm) -> bool {
     use_ok && alg_ok
 }
 
+/// Checks the signature with BoringSSL when the key has a BoringSSL form (RSA, P-256, P-384),
+/// else with `openidconnect` (EdDSA).
 pub fn verify_signature(
     key: &CoreJsonWebKey,
+    fast: Option<&BoringKey>,
     alg: &CoreJwsSigningAlgorithm,
     token: &Unverified<'_>,
 ) -> Result<(), AuthError> {
+    let refused = || AuthError::new(Reason::BadSignature, "signature verification failed");
     if !key_fits(key, alg) {
         return Err(AuthError::new(
             Reason::BadSignature,
             "the token's key cannot verify its algorithm",
         ));
     }
-    key.verify_signature(alg, token.signing_input, &token.signature)
-        .map_err(|_| AuthError::new(Reason::BadSignature, "signature verification failed"))
+    match fast {
+        Some(k) if k.verify(alg, token.signing_input, &token.signature) => Ok(()),
+        Some(_) => Err(refused()),
+        None => key
+            .verify_signature(alg, token.signing_input, &token.signature)
+            .map_err(|_| refused()),
+    }
 }
 
 /// What an issuer requires of a token's claims.
@@ -473,6 +483,8 @@ mod tests {
             signing_input: b"a.b",
             signature: vec![0; 32],
         };
-        assert!(verify_signature(&jwk, &hs256, &t).is_err());
+        assert!(verify_signature(&jwk, None, &hs256, &t).is_err());
+        let fast = BoringKey::from_jwk(&jwk).expect("an RSA JWK has a BoringSSL form");
+        assert!(verify_signature(&jwk, Some(&fast), &hs256, &t).is_err());
     }
 }

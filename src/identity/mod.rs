@@ -9,6 +9,7 @@
 //!
 //! Verified JWTs are cached until they expire, so the hot path does one hash lookup.
 
+pub mod boring_key;
 pub mod client_cert;
 pub mod fetch;
 pub mod jwks;
