@@ -7,6 +7,7 @@ pub mod api_error;
 pub mod cli;
 pub mod config;
 pub mod identity;
+pub mod mask;
 pub mod metrics;
 pub mod proxy;
 pub mod scrub;

@@ -1,0 +1,374 @@
+use super::*;
+use std::sync::Arc;
+
+fn engine() -> Arc<Engine> {
+    let custom = vec![
+        CustomDetector {
+            name: "employee_id".into(),
+            regex: Some("EMP-[0-9]{6}".into()),
+            words: vec![],
+        },
+        CustomDetector {
+            name: "deny".into(),
+            regex: None,
+            words: vec!["rm -rf /".into(), "Project Bluebird".into()],
+        },
+    ];
+    Arc::new(Engine::new(&custom, [7; 32]).unwrap())
+}
+
+fn redact_all() -> Rules {
+    Rules {
+        secrets: Action::Redact,
+        pii: Action::Redact,
+        custom: Action::Redact,
+        detectors: BTreeMap::new(),
+    }
+}
+
+/// (detector, value) positives, checksum-valid where a checksum applies.
+pub const POSITIVES: &[(&str, &str)] = &[
+    ("private_key", "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6ffAt0gun\nVTLw7onLRnrq0/IzW7yWR7QkrmBL7jTKEn5u+qKhbwKfBstIs+bMY2Zkp18gnTxK\n-----END RSA PRIVATE KEY-----"),
+    ("private_key", "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW\n-----END OPENSSH PRIVATE KEY-----"),
+    ("anthropic_key", "sk-ant-api03-Xa7Kd93LmQp2Rz8TvWb4Nc6Yh1Jf5Gs0Ue9Io3Pk7Ll2Mm4Nn6Oo8Pp1Qq3Rr5Ss7Tt9Uu2Vv4Ww6Xx8Yy0Zz-AbCdEfAA"),
+    ("openai_key", "sk-proj-Ab3dE5gH7jK9mN1pQ3sT5vX7zA9cE1gI3kM5oQ7sU9wY1aC3eG5iK7mO9qS1uW3yA5"),
+    ("openai_key", "sk-Zq8Xw2Ec4Rv6Tb8Yn0Um2Ik4Ol6Pa8Sd0Fg2Hj4Kl6Zx8Cv"),
+    ("openai_key", "sk-svcacct-Rt5Yu7Io9Pa1Sd3Fg5Hj7Kl9Zx1Cv3Bn5Mq7Wl9Ek2Rj4Tk6Yl8Um0Io"),
+    ("aws_access_key_id", "AKIAIOSFODNN7EXAMPLE"),
+    ("github_token", "ghp_a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8"),
+    ("github_token", "github_pat_11ABCDEFG0123456789abc_abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456"),
+    ("slack_token", "xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx"),
+    ("google_api_key", "AIzaSyA1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q"),
+    ("stripe_key", "sk_live_51Hx7aBcDeFgHiJkLmNoPqRsTu"),
+    ("jwt", "eyJhbGciOiJSUzI1NiIsImtpZCI6InJzYS0xIn0.eyJpc3MiOiJodHRwczovL2lkcC5leGFtcGxlIiwic3ViIjoiYWdlbnQtMSJ9.c2lnbmF0dXJlLWJ5dGVzLWhlcmUtMDEyMzQ1"),
+    ("email", "jane.doe@example.com"),
+    ("email", "j.smith+agents@mail.corp.example.co.uk"),
+    ("credit_card", "4111 1111 1111 1111"),
+    ("credit_card", "5500-0000-0000-0004"),
+    ("credit_card", "378282246310005"),
+    ("iban", "DE89 3704 0044 0532 0130 00"),
+    ("iban", "GB82WEST12345698765432"),
+    ("us_ssn", "536-22-1234"),
+    ("phone", "+1 415 555 2671"),
+    ("phone", "(415) 555-2671"),
+    ("phone", "+442071838750"),
+    ("phone", "030 1234 5678"),
+    ("ipv4", "203.0.113.7"),
+    ("ipv6", "2001:db8::8a2e:370:7334"),
+    ("employee_id", "EMP-004217"),
+    ("deny", "Project Bluebird"),
+];
+
+/// Values found only with their context: (detector, text, value).
+const IN_CONTEXT: &[(&str, &str, &str)] = &[
+    (
+        "aws_secret_key",
+        "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+    ),
+    (
+        "bearer_token",
+        "curl -H 'Authorization: Bearer 8f3kD9sLq2mZx7Vb1NcR4tYw' https://api",
+        "8f3kD9sLq2mZx7Vb1NcR4tYw",
+    ),
+    (
+        "generic_secret",
+        "DB_PASSWORD=Zx9qR2mK7vB3nW",
+        "Zx9qR2mK7vB3nW",
+    ),
+    (
+        "generic_secret",
+        r#"{"client_secret": "a8Kd92jLq0ZmX7cV"}"#,
+        "a8Kd92jLq0ZmX7cV",
+    ),
+];
+
+/// Texts that must produce no finding: near misses and everyday agent traffic.
+const NEGATIVES: &[&str] = &[
+    "4111 1111 1111 1112",
+    "DE89370400440532013001",
+    "000-12-3456 666-12-3456 123-45-6789",
+    "sk-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+    "AKIA123 ghp_short sk-learn scikit-learn",
+    "127.0.0.1 0.0.0.0 1.2.3 v1.99.9 10.0.19041.1",
+    "jane.doe@localhost user@ host",
+    "password=changeme password: ${DB_PASSWORD} api_key=<your-key-here>",
+    "::1 a::b std::fmt::Display crate::mask::Engine",
+    "550e8400-e29b-41d4-a716-446655440000 12345678-1234-5678-1234-567812345678",
+    "commit 9669995a1b2c3d4e5f60718293a4b5c6d7e8f901 sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+    "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==",
+    "fn main() { let x: Vec<u32> = vec![1, 2, 3]; println!(\"{x:?}\"); }",
+    "2026-11-29T02:18:42.123Z INFO request_id=9f1c2e status=200 duration_ms=412.3 port=8443",
+    "The quick brown fox jumps over the lazy dog; tokens: 1234567890, total 98765.",
+    "00:1a:2b:3c:4d:5e 12:30:45 <p>hello</p> a@b",
+];
+
+fn findings(e: &Engine, text: &str) -> Vec<(String, String)> {
+    e.scan(text.as_bytes())
+        .iter()
+        .filter(|f| f.valid)
+        .map(|f| {
+            let name = e
+                .detectors()
+                .get(f.detector)
+                .map_or("placeholder".to_string(), |d| d.name.clone());
+            (name, text[f.start..f.end].to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn every_detector_finds_its_values_in_prose() {
+    let e = engine();
+    for (det, value) in POSITIVES {
+        let text = format!("Please note: {value} is what we use.");
+        assert_eq!(
+            findings(&e, &text),
+            vec![(det.to_string(), value.to_string())],
+            "{det}: {value}"
+        );
+    }
+    for (det, text, value) in IN_CONTEXT {
+        assert_eq!(
+            findings(&e, text),
+            vec![(det.to_string(), value.to_string())],
+            "{det}: {text}"
+        );
+    }
+    let covered: std::collections::BTreeSet<&str> = POSITIVES
+        .iter()
+        .map(|p| p.0)
+        .chain(IN_CONTEXT.iter().map(|p| p.0))
+        .collect();
+    for d in e.detectors() {
+        assert!(
+            covered.contains(d.name.as_str()),
+            "detector {} has no positive test",
+            d.name
+        );
+    }
+}
+
+#[test]
+fn near_misses_and_negatives_find_nothing() {
+    let e = engine();
+    for text in NEGATIVES {
+        assert_eq!(findings(&e, text), vec![], "{text}");
+    }
+}
+
+#[test]
+fn actions() {
+    let e = engine();
+    let vault = Vault::default();
+    let mut rules = redact_all();
+    rules.detectors.insert("email".into(), Action::Pseudonymize);
+    rules.detectors.insert("phone".into(), Action::Hash);
+    rules.detectors.insert("ipv4".into(), Action::Allow);
+    let text = "mail jane.doe@example.com or bob@example.org, call +14155552671, key AKIAIOSFODNN7EXAMPLE, host 203.0.113.7, again jane.doe@example.com";
+    let (out, tally) = e.mask(text, &rules, Some(&vault), false);
+    let hash = e.keyed_hash("+14155552671");
+    assert_eq!(
+        out,
+        format!("mail <EMAIL_1> or <EMAIL_2>, call [PHONE:{hash}], key [REDACTED:AWS_ACCESS_KEY_ID], host 203.0.113.7, again <EMAIL_1>")
+    );
+    assert_eq!(hash.len(), 12);
+    assert_eq!(tally.counts[&("email".to_string(), "pseudonymize")], 3);
+    assert_eq!(tally.blocked, None);
+    // The answer restores this conversation's placeholders and masks what the upstream adds.
+    let answer = "I wrote to <EMAIL_1> and <EMAIL_2>; also try admin@corp.example, not <EMAIL_9>.";
+    let resp = Rules {
+        pii: Action::Redact,
+        ..redact_all()
+    };
+    let (back, t) = e.mask(answer, &resp, Some(&vault), true);
+    assert_eq!(back, "I wrote to jane.doe@example.com and bob@example.org; also try [REDACTED:EMAIL], not <EMAIL_9>.");
+    assert_eq!(t.restored, 2);
+    // Block names the detector.
+    rules.detectors.insert("private_key".into(), Action::Block);
+    let (_, t) = e.mask(POSITIVES[0].1, &rules, None, false);
+    assert_eq!(t.blocked.as_deref(), Some("private_key"));
+}
+
+fn stream_all(
+    e: &Arc<Engine>,
+    parts: &[&str],
+    rules: &Arc<Rules>,
+    vault: Option<Arc<Vault>>,
+    restore: bool,
+) -> (Vec<String>, String) {
+    let mut m = stream::StreamMasker::new(e.clone(), rules.clone(), vault, restore);
+    let mut outs: Vec<String> = parts.iter().map(|p| m.push(p)).collect();
+    outs.push(m.finish());
+    let joined = outs.concat();
+    (outs, joined)
+}
+
+/// Every value, cut at every offset into 2 pieces and at every pair of offsets into 3: the
+/// released text equals whole-text masking and never contains the value or a prefix of it
+/// longer than what the surrounding text itself has.
+#[test]
+fn split_at_every_offset_equals_whole_text() {
+    let e = engine();
+    let rules = Arc::new(redact_all());
+    // (what is embedded in the text, the secret part of it)
+    let values: Vec<(&str, &str)> = POSITIVES
+        .iter()
+        .map(|p| (p.1, p.1))
+        .chain(IN_CONTEXT.iter().map(|p| (p.1, p.2)))
+        .collect();
+    for (embedded, secret) in values {
+        let text = format!("Sure, here it is: {embedded} — keep it safe.");
+        let (whole, _) = e.mask(&text, &rules, None, false);
+        assert!(
+            !whole.contains(secret),
+            "{secret} not masked whole: {whole}"
+        );
+        let value = secret;
+        let bytes: Vec<usize> = (1..text.len())
+            .filter(|&i| text.is_char_boundary(i))
+            .collect();
+        for &i in &bytes {
+            let (_, got) = stream_all(&e, &[&text[..i], &text[i..]], &rules, None, false);
+            assert_eq!(got, whole, "{value} split at {i}");
+        }
+        // Three pieces: every pair of cuts (the value's own span, to keep the test fast).
+        let vstart = text.find(secret).unwrap();
+        let span: Vec<usize> = bytes
+            .iter()
+            .copied()
+            .filter(|&i| i >= vstart.saturating_sub(2) && i <= vstart + value.len() + 2)
+            .collect();
+        let step = if span.len() > 120 { span.len() / 60 } else { 1 };
+        for (a, &i) in span.iter().enumerate().step_by(step) {
+            for &j in span[a + 1..].iter().step_by(step) {
+                let (outs, got) = stream_all(
+                    &e,
+                    &[&text[..i], &text[i..j], &text[j..]],
+                    &rules,
+                    None,
+                    false,
+                );
+                assert_eq!(got, whole, "{value} split at {i},{j}");
+                // Nothing released before the value was complete contains its start.
+                let head = value.get(..value.len().min(8)).unwrap_or(value);
+                assert!(
+                    !outs[0].contains(head) && !outs[1].contains(head),
+                    "{value}: prefix released early"
+                );
+            }
+        }
+    }
+}
+
+/// Byte-at-a-time (one TCP byte per chunk, the worst case) equals whole-text masking.
+#[test]
+fn byte_at_a_time() {
+    let e = engine();
+    let rules = Arc::new(redact_all());
+    let mut text = String::from("Contact jane.doe@example.com, card 4111 1111 1111 1111, ");
+    for (_, v) in POSITIVES {
+        text.push_str(v);
+        text.push_str(" and then ");
+    }
+    let (whole, _) = e.mask(&text, &rules, None, false);
+    let pieces: Vec<String> = text.chars().map(String::from).collect();
+    let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
+    let (_, got) = stream_all(&e, &refs, &rules, None, false);
+    assert_eq!(got, whole);
+}
+
+#[test]
+fn placeholders_restored_when_cut_at_every_offset() {
+    let e = engine();
+    let vault = Arc::new(Vault::default());
+    let p = vault.placeholder_for("EMAIL", "jane.doe@example.com");
+    let rules = Arc::new(redact_all());
+    let text = format!("Dear {p}, your order shipped to {p}.");
+    let want = "Dear jane.doe@example.com, your order shipped to jane.doe@example.com.";
+    for i in (1..text.len()).filter(|&i| text.is_char_boundary(i)) {
+        let (_, got) = stream_all(
+            &e,
+            &[&text[..i], &text[i..]],
+            &rules,
+            Some(vault.clone()),
+            true,
+        );
+        assert_eq!(got, want, "cut at {i}");
+    }
+}
+
+#[test]
+fn holdback_is_only_what_could_still_match() {
+    let e = engine();
+    let rules = Arc::new(redact_all());
+    let mut m = stream::StreamMasker::new(e.clone(), rules, None, false);
+    assert_eq!(m.push("The answer is "), "The answer is ");
+    assert_eq!(m.held(), 0);
+    let out = m.push("sk-proj-Ab3dE5");
+    assert_eq!(out, "", "a possible key is held");
+    assert_eq!(m.held(), "sk-proj-Ab3dE5".len());
+    let out = m.push("gH7jK9mN1pQ3sT5vX7zA9cE1gI3kM5oQ7sU9wY1aC3eG5iK7mO9qS1uW3yA5 done.");
+    // `done.` could still be the start of an e-mail address (done.x@example.com).
+    assert_eq!(out, "[REDACTED:OPENAI_KEY] ");
+    // Prose is released up to the last word, which could still start an e-mail address.
+    let out = m.push(" Hello world");
+    assert_eq!(out, "done. Hello ");
+    assert_eq!(m.finish(), "world");
+}
+
+#[test]
+fn json_only_string_values_change() {
+    let e = engine();
+    let rules = redact_all();
+    let body = br#"{"model":"gpt","messages":[{"role":"user","content":"mail jane.doe@example.com\nplease"}],"jane.doe@example.com":1, "n": 4111111111111111, "s":"a\u0040b x\u0040example.com"}"#;
+    let (out, tally) = json::mask_json(&e, body, &rules, None, false).unwrap();
+    let out = String::from_utf8(out).unwrap();
+    assert_eq!(
+        out,
+        r#"{"model":"gpt","messages":[{"role":"user","content":"mail [REDACTED:EMAIL]\nplease"}],"jane.doe@example.com":1, "n": 4111111111111111, "s":"a@b [REDACTED:EMAIL]"}"#
+    );
+    serde_json::from_str::<serde_json::Value>(&out).unwrap();
+    assert_eq!(tally.counts.values().sum::<u64>(), 2);
+    assert!(json::mask_json(&e, b"{\"a\": ", &rules, None, false).is_err());
+    let deep = "[".repeat(10_000) + &"]".repeat(10_000);
+    assert!(
+        json::mask_json(&e, deep.as_bytes(), &rules, None, false).is_err(),
+        "nesting is bounded"
+    );
+}
+
+#[test]
+fn unbounded_custom_patterns_are_refused() {
+    let bad = [CustomDetector {
+        name: "x".into(),
+        regex: Some("EMP-[0-9]+".into()),
+        words: vec![],
+    }];
+    let err = Engine::new(&bad, [0; 32]).err().unwrap();
+    assert!(err.contains("unbounded"), "{err}");
+    let empty = [CustomDetector {
+        name: "y".into(),
+        regex: Some("a{0,3}".into()),
+        words: vec![],
+    }];
+    assert!(Engine::new(&empty, [0; 32]).is_err());
+}
+
+/// At least 1 MiB of everyday agent traffic yields no finding at all.
+#[test]
+fn negative_corpus_has_no_false_positives() {
+    let e = engine();
+    let mut total = 0;
+    for seed in 1..=4 {
+        let body = corpus::chat_json(300 * 1024, seed);
+        total += body.len();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        for m in v["messages"].as_array().unwrap() {
+            let text = m["content"].as_str().unwrap();
+            let found = findings(&e, text);
+            assert!(found.is_empty(), "false positives {found:?} in {text}");
+        }
+    }
+    assert!(total >= 1 << 20, "{total} bytes");
+}
