@@ -11,6 +11,7 @@
 pub mod corpus;
 pub mod detectors;
 pub mod json;
+pub mod sse;
 pub mod stream;
 pub mod validate;
 pub mod vault;

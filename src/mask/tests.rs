@@ -372,3 +372,188 @@ fn negative_corpus_has_no_false_positives() {
     }
     assert!(total >= 1 << 20, "{total} bytes");
 }
+
+fn chat_event(text: &str) -> String {
+    let v = serde_json::json!({"id": "c1", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": null}]});
+    format!("data: {v}\n\n")
+}
+
+/// Parses an SSE byte stream into the concatenated content deltas (Chat Completions), checking
+/// that every event is valid JSON or `[DONE]`.
+fn chat_content(sse: &[u8]) -> (String, bool) {
+    let text = std::str::from_utf8(sse).unwrap();
+    let mut content = String::new();
+    let mut done = false;
+    for ev in text.split("\n\n").filter(|e| !e.is_empty()) {
+        let data = ev
+            .strip_prefix("data: ")
+            .unwrap_or_else(|| panic!("bad event {ev:?}"));
+        if data == "[DONE]" {
+            done = true;
+            continue;
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(data).unwrap_or_else(|e| panic!("{e}: {data}"));
+        if let Some(t) = v
+            .pointer("/choices/0/delta/content")
+            .and_then(|t| t.as_str())
+        {
+            content.push_str(t);
+        }
+    }
+    (content, done)
+}
+
+fn sse_through(
+    e: &Arc<Engine>,
+    rules: &Arc<Rules>,
+    vault: Option<Arc<Vault>>,
+    chunks: &[&[u8]],
+) -> (Vec<Vec<u8>>, Vec<u8>) {
+    let mut m = sse::SseMasker::new(e.clone(), rules.clone(), vault, true);
+    let mut outs: Vec<Vec<u8>> = chunks.iter().map(|c| m.push(c).unwrap()).collect();
+    outs.push(m.finish());
+    let all = outs.concat();
+    (outs, all)
+}
+
+/// A secret the model emits, split across 2 and 3 SSE events at every offset, and the whole
+/// stream cut into TCP chunks at every offset: the client never gets the value or a prefix of
+/// it, the content equals whole-text masking, events stay valid, `[DONE]` is kept.
+#[test]
+fn sse_value_split_across_events_and_chunks() {
+    let e = engine();
+    let rules = Arc::new(redact_all());
+    for (_, value) in POSITIVES.iter().filter(|p| {
+        [
+            "openai_key",
+            "email",
+            "credit_card",
+            "jwt",
+            "github_token",
+            "iban",
+        ]
+        .contains(&p.0)
+    }) {
+        let text = format!("Your key is {value}. Keep it.");
+        let (whole, _) = e.mask(&text, &rules, None, false);
+        let head = &value[..8];
+        let vstart = text.find(value).unwrap();
+        let cuts: Vec<usize> = (vstart.saturating_sub(1)..=vstart + value.len())
+            .filter(|&i| text.is_char_boundary(i))
+            .collect();
+        for &i in &cuts {
+            for &j in cuts.iter().filter(|&&j| j > i).step_by(3) {
+                let stream = format!(
+                    "{}{}{}{}data: [DONE]\n\n",
+                    chat_event(&text[..i]),
+                    chat_event(&text[i..j]),
+                    chat_event(&text[j..]),
+                    chat_event("")
+                );
+                let (outs, all) = sse_through(&e, &rules, None, &[stream.as_bytes()]);
+                let (content, done) = chat_content(&all);
+                assert_eq!(content, whole, "{value} cut at {i},{j}");
+                assert!(done);
+                assert!(
+                    !String::from_utf8_lossy(&outs.concat()).contains(head),
+                    "{value} leaked at {i},{j}"
+                );
+            }
+        }
+        // The same stream in TCP chunks cut at every byte offset (two chunks).
+        let stream = format!(
+            "{}{}data: [DONE]\n\n",
+            chat_event(&text[..vstart + 5]),
+            chat_event(&text[vstart + 5..])
+        );
+        for k in 1..stream.len() {
+            let (outs, all) = sse_through(
+                &e,
+                &rules,
+                None,
+                &[&stream.as_bytes()[..k], &stream.as_bytes()[k..]],
+            );
+            assert_eq!(chat_content(&all).0, whole, "{value} tcp cut at {k}");
+            assert!(!String::from_utf8_lossy(&outs[0]).contains(head));
+        }
+    }
+}
+
+#[test]
+fn sse_restores_placeholders_split_across_events() {
+    let e = engine();
+    let vault = Arc::new(Vault::default());
+    let p = vault.placeholder_for("EMAIL", "jane.doe@example.com");
+    let rules = Arc::new(redact_all());
+    let text = format!("I will write to {p} today.");
+    for i in 1..text.len() {
+        let stream = format!(
+            "{}{}data: [DONE]\n\n",
+            chat_event(&text[..i]),
+            chat_event(&text[i..])
+        );
+        let (_, all) = sse_through(&e, &rules, Some(vault.clone()), &[stream.as_bytes()]);
+        assert_eq!(
+            chat_content(&all).0,
+            "I will write to jane.doe@example.com today.",
+            "cut at {i}"
+        );
+    }
+}
+
+#[test]
+fn sse_responses_and_anthropic_formats() {
+    let e = engine();
+    let rules = Arc::new(redact_all());
+    let key = POSITIVES.iter().find(|p| p.0 == "openai_key").unwrap().1;
+    let (a, b) = key.split_at(12);
+    let responses = format!(
+        "event: response.output_text.delta\ndata: {}\n\nevent: response.output_text.delta\ndata: {}\n\nevent: response.output_text.done\ndata: {}\n\n",
+        serde_json::json!({"type": "response.output_text.delta", "output_index": 0, "content_index": 0, "delta": format!("key {a}")}),
+        serde_json::json!({"type": "response.output_text.delta", "output_index": 0, "content_index": 0, "delta": format!("{b} ok")}),
+        serde_json::json!({"type": "response.output_text.done", "output_index": 0, "content_index": 0, "text": format!("key {key} ok")}),
+    );
+    let (_, all) = sse_through(&e, &rules, None, &[responses.as_bytes()]);
+    let out = String::from_utf8(all).unwrap();
+    assert!(!out.contains(&key[..8]), "{out}");
+    assert!(out.contains("event: response.output_text.done"));
+    let deltas: String = out
+        .split("\n\n")
+        .filter_map(|ev| ev.lines().find_map(|l| l.strip_prefix("data: ")))
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter(|v| v["type"] == "response.output_text.delta")
+        .map(|v| v["delta"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(deltas, "key [REDACTED:OPENAI_KEY] ok");
+    assert!(
+        out.contains(r#""text":"key [REDACTED:OPENAI_KEY] ok""#),
+        "{out}"
+    );
+
+    let anthropic = format!(
+        "event: content_block_delta\ndata: {}\n\nevent: content_block_delta\ndata: {}\n\nevent: content_block_stop\ndata: {}\n\n",
+        serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": format!("key {a}")}}),
+        serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": b}}),
+        serde_json::json!({"type": "content_block_stop", "index": 0}),
+    );
+    let (_, all) = sse_through(&e, &rules, None, &[anthropic.as_bytes()]);
+    let out = String::from_utf8(all).unwrap();
+    assert!(!out.contains(&key[..8]), "{out}");
+    let text: String = out
+        .split("\n\n")
+        .filter_map(|ev| ev.lines().find_map(|l| l.strip_prefix("data: ")))
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter_map(|v| {
+            v.pointer("/delta/text")
+                .and_then(|t| t.as_str())
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(text, "key [REDACTED:OPENAI_KEY]");
+    assert!(
+        out.trim_end()
+            .ends_with(r#"{"index":0,"type":"content_block_stop"}"#)
+            || out.contains("content_block_stop")
+    );
+}
