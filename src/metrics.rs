@@ -73,6 +73,22 @@ lazy!(JWKS_REFRESH: IntCounterVec = register_int_counter_vec!(
     &["issuer", "result"]
 ));
 
+lazy!(MASKED_VALUES: IntCounterVec = register_int_counter_vec!(
+    "agentgate_masked_values_total",
+    "Sensitive values found and acted on, by detector, direction (request, response) and action",
+    &["detector", "direction", "action"]
+));
+lazy!(GUARDRAIL_BLOCKS: IntCounterVec = register_int_counter_vec!(
+    "agentgate_guardrail_blocks_total",
+    "Requests refused and responses ended by a guardrail, by rule",
+    &["rule"]
+));
+lazy!(MASK_HOLDBACK: pingora_prometheus::prometheus::Histogram = pingora_prometheus::prometheus::register_histogram!(
+    "agentgate_mask_holdback_bytes",
+    "Bytes of response text held back by the stream masker after each upstream chunk",
+    vec![0.0, 8.0, 32.0, 64.0, 128.0, 256.0, 1024.0, 4096.0, 16384.0]
+));
+
 pub static SESSION_LOG_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
     prometheus::register_int_counter!(
         "agentgate_session_log_dropped_total",

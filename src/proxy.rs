@@ -3,7 +3,13 @@
 
 use crate::api_error::ApiError;
 use crate::config::{Config, Route};
+use crate::hold::{self, Forwarded, Handoff, ReadBody};
 use crate::identity::{self, Authenticator, Identity};
+use crate::mask::sse::SseMasker;
+use crate::mask::stream::StreamMasker;
+use crate::mask::vault::VaultStore;
+use crate::mask::{Tally, Vault};
+use crate::masking::RouteMasking;
 use crate::metrics::{self, RouteMetrics};
 use crate::scrub::{SecretSet, StreamScrubber};
 use crate::session_log::{self, SessionRecord, Tls};
@@ -51,6 +57,8 @@ pub struct RouteRuntime {
     secrets: Option<Arc<SecretSet>>,
     metrics: RouteMetrics,
     host_header: HeaderValue,
+    /// Masking and guardrails, when the route has a policy or guardrails.
+    masking: Option<Arc<RouteMasking>>,
 }
 
 pub struct Gateway {
@@ -60,11 +68,13 @@ pub struct Gateway {
     connections: [prometheus::IntCounter; 2],
     max_body: u64,
     unmatched: RouteMetrics,
+    vaults: VaultStore,
 }
 
 impl Gateway {
     pub fn new(config: &Config, auth: Arc<Authenticator>) -> Result<Gateway, String> {
         let mut routes = Vec::with_capacity(config.routes.len());
+        let mut masking = crate::masking::build(config)?;
         for route in &config.routes {
             let target = UpstreamTarget::new(&route.name, &route.upstream)?;
             let secrets = SecretSet::new(
@@ -86,6 +96,7 @@ impl Gateway {
                 target,
                 secrets,
                 host_header,
+                masking: masking.remove(&route.name),
             }));
         }
         Ok(Gateway {
@@ -97,6 +108,8 @@ impl Gateway {
             ],
             max_body: config.server.max_body,
             unmatched: RouteMetrics::new(metrics::NO_ROUTE),
+            // Pseudonyms live for an idle hour per conversation, 100,000 conversations at most.
+            vaults: VaultStore::new(Duration::from_secs(3600), 100_000),
         })
     }
 
@@ -127,6 +140,20 @@ pub struct RequestCtx {
     response_body_bytes: u64,
     scrubber: Option<StreamScrubber>,
     error: Option<ApiError>,
+    /// The main session handed the exchange to a subrequest, which logs it.
+    delegated: bool,
+    /// This session is a subrequest: the body length it forwards.
+    body_len: Option<usize>,
+    /// The agent leg's TLS version and cipher (a subrequest has no TLS of its own).
+    downstream_tls: Option<(String, String)>,
+    vault: Option<Arc<Vault>>,
+    sse: Option<SseMasker>,
+    text_masker: Option<StreamMasker>,
+    json_buf: Option<Vec<u8>>,
+    request_tally: Tally,
+    response_tally: Tally,
+    /// A response guardrail ended the stream; later chunks are dropped.
+    response_blocked: bool,
 }
 
 fn request_host(req: &RequestHeader) -> Option<&str> {
@@ -200,12 +227,38 @@ impl ProxyHttp for Gateway {
             response_body_bytes: 0,
             scrubber: None,
             error: None,
+            delegated: false,
+            body_len: None,
+            downstream_tls: None,
+            vault: None,
+            sse: None,
+            text_masker: None,
+            json_buf: None,
+            request_tally: Tally::default(),
+            response_tally: Tally::default(),
+            response_blocked: false,
         }
     }
 
     /// Authenticates, routes and authorizes the request, and refuses what can be refused from
     /// the header alone.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if let Some(h) = hold::handoff(session) {
+            // A subrequest forwarding a decided body: authenticated and routed already.
+            ctx.id = h.id;
+            ctx.started = h.started;
+            ctx.identity = Some(h.identity);
+            ctx.vault = h.vault;
+            ctx.body_len = Some(h.body_len);
+            ctx.request_body_bytes = h.request_bytes;
+            ctx.downstream_tls = h.downstream_tls;
+            ctx.request_tally = h.request_tally;
+            if let Some(set) = &h.route.secrets {
+                ctx.scrubber = Some(StreamScrubber::new(set.clone()));
+            }
+            ctx.route = Some(h.route);
+            return Ok(false);
+        }
         if !path_is_safe(session.req_header().uri.path()) {
             let e = ApiError::new(
                 400,
@@ -256,8 +309,22 @@ impl ProxyHttp for Gateway {
         if let Some(set) = &route.secrets {
             ctx.scrubber = Some(StreamScrubber::new(set.clone()));
         }
-        ctx.route = Some(route);
-        Ok(false)
+        ctx.route = Some(route.clone());
+        let Some(masking) = route.masking.clone() else {
+            return Ok(false);
+        };
+        ctx.vault = Some(
+            self.vaults
+                .get(&conversation_key(&who, session.req_header())),
+        );
+        if session.is_body_empty() {
+            return Ok(false);
+        }
+        self.decide_body(session, ctx, route, who, masking).await
+    }
+
+    fn allow_spawning_subrequest(&self, _session: &Session, _ctx: &RequestCtx) -> bool {
+        true
     }
 
     /// Counts request body bytes and enforces `server.max_body` on bodies without a length.
@@ -367,9 +434,14 @@ impl ProxyHttp for Gateway {
         for h in &route.route.set_headers {
             req.insert_header(h.name.clone(), h.value.clone())?;
         }
-        if route.secrets.is_some() {
-            // The response is scanned for echoed credentials, which compressed bodies would hide.
+        if route.secrets.is_some() || route.masking.is_some() {
+            // The response is scanned (credentials, masking), which compressed bodies would hide.
             req.insert_header(header::ACCEPT_ENCODING, "identity")?;
+        }
+        if let Some(n) = ctx.body_len {
+            // The decided (masked) body replaces the agent's: its length is the new one.
+            req.remove_header(&header::TRANSFER_ENCODING);
+            req.insert_header(header::CONTENT_LENGTH, n)?;
         }
         req.insert_header(X_REQUEST_ID, ctx.id.as_str())?;
         let base = &route.route.upstream.base_path;
@@ -407,9 +479,12 @@ impl ProxyHttp for Gateway {
             resp.insert_header(X_UPSTREAM_REQUEST_ID, upstream_id)?;
         }
         resp.insert_header(X_REQUEST_ID, ctx.id.as_str())?;
-        let Some(set) = ctx.route.as_ref().and_then(|r| r.secrets.clone()) else {
+        let Some(route) = ctx.route.clone() else {
             return Ok(());
         };
+        if route.secrets.is_none() && route.masking.is_none() {
+            return Ok(());
+        }
         if let Some(enc) = resp.headers.get(header::CONTENT_ENCODING) {
             if !enc.as_bytes().eq_ignore_ascii_case(b"identity") {
                 let route = ctx
@@ -422,13 +497,19 @@ impl ProxyHttp for Gateway {
                     "upstream_error",
                     "upstream_encoding_refused",
                     format!(
-                        "route `{route}`: the upstream sent a compressed body ({}) although the gateway asked for identity; it cannot be checked for credentials, so it is refused",
+                        "route `{route}`: the upstream sent a compressed body ({}) although the gateway asked for identity; it cannot be checked for credentials or masked, so it is refused",
                         String::from_utf8_lossy(enc.as_bytes())
                     ),
                 ));
                 return Error::e_explain(HTTPStatus(502), "compressed upstream response refused");
             }
         }
+        if let Some(m) = &route.masking {
+            start_response_masking(resp, ctx, m)?;
+        }
+        let Some(set) = route.secrets.clone() else {
+            return Ok(());
+        };
         let tainted: Vec<HeaderName> = resp
             .headers
             .iter()
@@ -463,6 +544,11 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
+        if ctx.response_blocked {
+            *body = None;
+            return Ok(None);
+        }
+        mask_response_chunk(body, end_of_stream, ctx);
         if let Some(scrubber) = ctx.scrubber.as_mut() {
             *body = scrubber.push(body.take(), end_of_stream);
         }
@@ -527,6 +613,12 @@ impl ProxyHttp for Gateway {
 
     /// Metrics and the session log line.
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        if ctx.delegated {
+            // The subrequest that carried the decided body logged this exchange.
+            return;
+        }
+        crate::masking::count(&ctx.request_tally, "request");
+        crate::masking::count(&ctx.response_tally, "response");
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let m = ctx
             .route
@@ -550,10 +642,17 @@ impl ProxyHttp for Gateway {
             metrics::ERRORS.with_label_values(&[route, err.code]).inc();
         }
         let req = session.req_header();
-        let downstream_tls = session
-            .digest()
-            .and_then(|d| d.ssl_digest.as_ref())
-            .map(|s| tls_evidence(s));
+        let downstream_tls = match &ctx.downstream_tls {
+            Some((version, cipher)) => Some(Tls {
+                version: version.as_str(),
+                cipher: cipher.as_str(),
+            }),
+            None => session
+                .digest()
+                .and_then(|d| d.ssl_digest.as_ref())
+                .map(|s| tls_evidence(s)),
+        };
+        let masked = masked_summary(&ctx.request_tally, &ctx.response_tally);
         session_log::emit(&SessionRecord {
             ts: session_log::rfc3339(std::time::SystemTime::now()),
             kind: "exchange",
@@ -571,6 +670,7 @@ impl ProxyHttp for Gateway {
             upstream_tls: ctx.upstream_tls.as_deref().map(tls_evidence),
             upstream_reused: ctx.upstream_reused,
             identity: ctx.identity.as_deref(),
+            masked: masked.as_ref(),
             error: ctx.error.as_ref().map(|e| e.code),
         });
     }
@@ -610,6 +710,301 @@ fn too_large(max: u64) -> ApiError {
         "body_too_large",
         format!("the request body is larger than server.max_body ({max} bytes)"),
     )
+}
+
+/// The conversation whose pseudonyms a request shares: the caller, plus `x-agentgate-session`
+/// when the agent names one (a caller never reaches another caller's pseudonyms).
+fn conversation_key(who: &Identity, req: &RequestHeader) -> String {
+    let session = req
+        .headers
+        .get("x-agentgate-session")
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| s.len() <= 128)
+        .unwrap_or("");
+    format!("{}\u{1f}{}\u{1f}{session}", who.issuer, who.subject)
+}
+
+/// Sets up response masking from the response header: SSE event by event, JSON whole, other
+/// text as a stream; binary bodies pass. The length changes, so `Content-Length` goes.
+fn start_response_masking(
+    resp: &mut ResponseHeader,
+    ctx: &mut RequestCtx,
+    m: &RouteMasking,
+) -> Result<()> {
+    let ct = resp
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let vault = ctx.vault.clone();
+    if ct.starts_with("text/event-stream") {
+        ctx.sse = Some(SseMasker::new(
+            m.engine.clone(),
+            m.response.clone(),
+            vault,
+            m.restore,
+        ));
+    } else if ct.contains("json") {
+        ctx.json_buf = Some(Vec::new());
+    } else if ct.starts_with("text/") || ct.is_empty() {
+        ctx.text_masker = Some(StreamMasker::new(
+            m.engine.clone(),
+            m.response.clone(),
+            vault,
+            m.restore,
+        ));
+    } else {
+        return Ok(());
+    }
+    resp.remove_header(&header::CONTENT_LENGTH);
+    if resp.version != http::Version::HTTP_2 {
+        resp.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+    }
+    Ok(())
+}
+
+/// The SSE error event that ends a stream a response guardrail stopped.
+fn blocked_event(message: &str) -> Vec<u8> {
+    let v = serde_json::json!({"error": {"message": message, "type": "guardrail_error", "code": "guardrail_blocked"}});
+    format!("event: error\ndata: {v}\n\n").into_bytes()
+}
+
+/// Masks one chunk of the response body (see `start_response_masking`).
+fn mask_response_chunk(body: &mut Option<Bytes>, end: bool, ctx: &mut RequestCtx) {
+    let Some(masking) = ctx.route.as_ref().and_then(|r| r.masking.clone()) else {
+        return;
+    };
+    let out: Option<Vec<u8>> = if let Some(sse) = ctx.sse.as_mut() {
+        let mut out = match body.as_ref().map(|b| sse.push(b)) {
+            Some(Ok(o)) => o,
+            Some(Err(e)) => {
+                ctx.response_blocked = true;
+                blocked_event(&format!("the stream was ended: {e}"))
+            }
+            None => Vec::new(),
+        };
+        if end && !ctx.response_blocked {
+            out.extend(sse.finish());
+        }
+        metrics::MASK_HOLDBACK.observe(sse.held() as f64);
+        if let Some(d) = sse.tally.blocked.clone() {
+            let (msg, rule) = masking.block_message(&d);
+            if let Some(r) = rule {
+                metrics::GUARDRAIL_BLOCKS.with_label_values(&[&r]).inc();
+            }
+            ctx.response_blocked = true;
+            out = blocked_event(&msg);
+        }
+        if end || ctx.response_blocked {
+            ctx.response_tally.merge(std::mem::take(&mut sse.tally));
+        }
+        Some(out)
+    } else if let Some(buf) = ctx.json_buf.as_mut() {
+        if let Some(b) = body.as_ref() {
+            buf.extend_from_slice(b);
+        }
+        if end {
+            let whole = std::mem::take(buf);
+            let vault = ctx.vault.as_deref();
+            let (out, t) = match crate::mask::json::mask_json(
+                &masking.engine,
+                &whole,
+                &masking.response,
+                vault,
+                masking.restore,
+            ) {
+                Ok(x) => x,
+                Err(_) => {
+                    let text = String::from_utf8_lossy(&whole);
+                    let (m, t) =
+                        masking
+                            .engine
+                            .mask(&text, &masking.response, vault, masking.restore);
+                    (m.into_bytes(), t)
+                }
+            };
+            let out = match t.blocked.clone() {
+                Some(d) => {
+                    let (msg, rule) = masking.block_message(&d);
+                    if let Some(r) = rule {
+                        metrics::GUARDRAIL_BLOCKS.with_label_values(&[&r]).inc();
+                    }
+                    ApiError::new(502, "guardrail_error", "guardrail_blocked", msg)
+                        .body()
+                        .to_vec()
+                }
+                None => out,
+            };
+            ctx.response_tally.merge(t);
+            Some(out)
+        } else {
+            Some(Vec::new())
+        }
+    } else if let Some(tm) = ctx.text_masker.as_mut() {
+        let text = body
+            .as_ref()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .unwrap_or_default();
+        let mut out = tm.push(&text);
+        if end {
+            out.push_str(&tm.finish());
+            ctx.response_tally.merge(std::mem::take(&mut tm.tally));
+        }
+        metrics::MASK_HOLDBACK.observe(tm.held() as f64);
+        Some(out.into_bytes())
+    } else {
+        None
+    };
+    if let Some(o) = out {
+        *body = Some(Bytes::from(o));
+    }
+}
+
+/// `{"email/pseudonymize": 2, ...}` per direction for the session line, or nothing.
+fn masked_summary(req: &Tally, resp: &Tally) -> Option<serde_json::Value> {
+    if req.is_empty() && resp.is_empty() {
+        return None;
+    }
+    let side = |t: &Tally| {
+        let mut m = serde_json::Map::new();
+        for ((d, a), n) in &t.counts {
+            m.insert(format!("{d}/{a}"), serde_json::json!(n));
+        }
+        if t.restored > 0 {
+            m.insert("restored".into(), serde_json::json!(t.restored));
+        }
+        serde_json::Value::Object(m)
+    };
+    Some(serde_json::json!({"request": side(req), "response": side(resp)}))
+}
+
+impl Gateway {
+    /// Reads the request body, masks it and applies guardrails, then forwards the decided body
+    /// through a subrequest. Nothing reaches the upstream before the decision, and nothing at
+    /// all when the request is refused.
+    async fn decide_body(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        route: Arc<RouteRuntime>,
+        who: Arc<Identity>,
+        m: Arc<RouteMasking>,
+    ) -> Result<bool> {
+        let body = match hold::read_body(session, self.max_body).await? {
+            ReadBody::Body(b) => b,
+            ReadBody::TooLarge => return self.answer(session, ctx, too_large(self.max_body)).await,
+        };
+        ctx.request_body_bytes = body.len() as u64;
+        let req = session.req_header();
+        if let Some(enc) = req.headers.get(header::CONTENT_ENCODING) {
+            if !enc.as_bytes().eq_ignore_ascii_case(b"identity") {
+                let e = ApiError::new(
+                    415,
+                    "invalid_request_error",
+                    "compressed_body_refused",
+                    format!(
+                        "route `{}` inspects request bodies; send them uncompressed (Content-Encoding: {} is refused)",
+                        route.route.name,
+                        String::from_utf8_lossy(enc.as_bytes())
+                    ),
+                );
+                return self.answer(session, ctx, e).await;
+            }
+        }
+        let ct = req
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let vault = ctx.vault.clone();
+        let json_like = ct.contains("json")
+            || (ct.is_empty()
+                && body
+                    .iter()
+                    .find(|b| !b.is_ascii_whitespace())
+                    .is_some_and(|b| *b == b'{' || *b == b'['));
+        let masked = if json_like {
+            match crate::mask::json::mask_json(
+                &m.engine,
+                &body,
+                &m.request,
+                vault.as_deref(),
+                false,
+            ) {
+                Ok(x) => Some(x),
+                Err(e) if m.refuse_invalid_json => {
+                    let e = ApiError::new(
+                        400,
+                        "invalid_request_error",
+                        "invalid_json",
+                        format!("{e}; this route refuses bodies that are not valid JSON"),
+                    );
+                    return self.answer(session, ctx, e).await;
+                }
+                Err(_) => None,
+            }
+        } else {
+            None
+        };
+        let (masked, tally) = match masked {
+            Some(x) => x,
+            None => match std::str::from_utf8(&body) {
+                Ok(text) => {
+                    let (t, tally) = m.engine.mask(text, &m.request, vault.as_deref(), false);
+                    (t.into_bytes(), tally)
+                }
+                Err(_) => {
+                    let e = ApiError::new(
+                        415,
+                        "invalid_request_error",
+                        "uninspectable_body",
+                        format!("route `{}` inspects request bodies, and this one is neither JSON nor UTF-8 text", route.route.name),
+                    );
+                    return self.answer(session, ctx, e).await;
+                }
+            },
+        };
+        if let Some(d) = tally.blocked.clone() {
+            crate::masking::count(&tally, "request");
+            let (msg, rule) = m.block_message(&d);
+            if let Some(r) = rule {
+                metrics::GUARDRAIL_BLOCKS.with_label_values(&[&r]).inc();
+            }
+            let e = ApiError::new(400, "invalid_request_error", "request_blocked", msg);
+            return self.answer(session, ctx, e).await;
+        }
+        let downstream_tls = session
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .map(|s| (s.version.to_string(), s.cipher.to_string()));
+        let handoff = Handoff {
+            id: ctx.id.clone(),
+            route,
+            identity: who,
+            vault,
+            body_len: masked.len(),
+            started: ctx.started,
+            request_bytes: ctx.request_body_bytes,
+            downstream_tls,
+            request_tally: tally,
+        };
+        ctx.delegated = true;
+        match hold::forward(session, handoff, masked).await? {
+            Forwarded::Answered => Ok(true),
+            Forwarded::Failed(e) => {
+                ctx.delegated = false;
+                let (name, url) = ctx
+                    .route
+                    .as_ref()
+                    .map(|r| (r.route.name.clone(), r.route.upstream.url.clone()))
+                    .unwrap_or_default();
+                let err = ApiError::from_proxy_error(&e, &name, &url);
+                self.answer(session, ctx, err).await
+            }
+        }
+    }
 }
 
 #[cfg(test)]

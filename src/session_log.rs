@@ -37,6 +37,8 @@ pub struct SessionRecord<'a> {
     pub upstream_reused: Option<bool>,
     /// Who called: subject, issuer, auth method, groups.
     pub identity: Option<&'a crate::identity::Identity>,
+    /// What masking did, per direction (`detector/action` -> count).
+    pub masked: Option<&'a serde_json::Value>,
     pub error: Option<&'a str>,
 }
 

@@ -209,19 +209,34 @@ class Handler(BaseHTTPRequestHandler):
             self._json(200, chat_completion(None, [call]))
             return
         text = "The tool said: " + tool_results[-1]["content"] if tool_results else "Hello from the mock upstream."
+        users = [m for m in messages if m.get("role") == "user" and isinstance(m.get("content"), str)]
+        text = self._scripted(text, users[-1]["content"] if users else "")
         if not req.get("stream"):
             self._json(200, chat_completion(text))
             return
         self._sse_start()
-        words = text.split(" ")
         self._sse_send(json.dumps(chunk({"role": "assistant", "content": ""})))
-        for i, w in enumerate(words):
-            self._sse_send(json.dumps(chunk({"content": (" " if i else "") + w})))
+        for i, w in enumerate(self._pieces(text)):
+            self._sse_send(json.dumps(chunk({"content": w})))
             if i == 0:
                 self._maybe_hold()
         self._sse_send(json.dumps(chunk({}, "stop")))
         self._sse_send("[DONE]")
         self._sse_end()
+
+    def _scripted(self, default: str, prompt: str) -> str:
+        """`x-mock-echo: 1` answers with the prompt; `x-mock-say: TEXT` answers TEXT."""
+        if self.headers.get("x-mock-echo"):
+            return "You said: " + prompt
+        return self.headers.get("x-mock-say") or default
+
+    def _pieces(self, text: str) -> list[str]:
+        """Stream pieces: `x-mock-split: N` cuts every N characters, else word by word."""
+        n = int(self.headers.get("x-mock-split", "0"))
+        if n > 0:
+            return [text[i : i + n] for i in range(0, len(text), n)]
+        words = text.split(" ")
+        return [(" " if i else "") + w for i, w in enumerate(words)]
 
     # --- responses API ----------------------------------------------------
     def _responses(self, req: dict) -> None:
@@ -244,6 +259,8 @@ class Handler(BaseHTTPRequestHandler):
                 self._json(200, response_object([call]))
             return
         text = "The tool said: " + outputs[-1]["output"] if outputs else "Hello from the mock upstream."
+        prompts = [i.get("content") for i in items if isinstance(i, dict) and i.get("role") == "user" and isinstance(i.get("content"), str)]
+        text = self._scripted(text, prompts[-1] if prompts else "")
         if req.get("stream"):
             self._responses_stream([], text)
         else:
@@ -270,8 +287,8 @@ class Handler(BaseHTTPRequestHandler):
         send({"type": "response.output_item.added", "output_index": 0, "item": message_item("", "in_progress")})
         part = {"type": "output_text", "text": "", "annotations": []}
         send({"type": "response.content_part.added", "item_id": "msg_mock", "output_index": 0, "content_index": 0, "part": part})
-        for i, w in enumerate(text.split(" ")):
-            send({"type": "response.output_text.delta", "item_id": "msg_mock", "output_index": 0, "content_index": 0, "delta": (" " if i else "") + w, "logprobs": []})
+        for i, w in enumerate(self._pieces(text)):
+            send({"type": "response.output_text.delta", "item_id": "msg_mock", "output_index": 0, "content_index": 0, "delta": w, "logprobs": []})
             if i == 0:
                 self._maybe_hold()
         send({"type": "response.output_text.done", "item_id": "msg_mock", "output_index": 0, "content_index": 0, "text": text, "logprobs": []})

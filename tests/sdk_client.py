@@ -74,6 +74,60 @@ def chat_or_error() -> dict:
         return {"status": e.status_code, "code": e.code, "message": e.message}
 
 
+def _prompt_and_headers() -> tuple[str, dict]:
+    import os
+
+    headers = json.loads(os.environ.get("SDK_EXTRA_HEADERS", "{}"))
+    return os.environ.get("SDK_PROMPT", "hi"), headers
+
+
+def masked_chat() -> dict:
+    """Chat with SDK_PROMPT and SDK_EXTRA_HEADERS, streaming when SDK_STREAM=1; errors reported."""
+    import os
+
+    import openai
+    from openai import OpenAI
+
+    prompt, headers = _prompt_and_headers()
+    client = OpenAI()
+    try:
+        parts: list[str] = []
+        if os.environ.get("SDK_STREAM") == "1":
+            with client.chat.completions.create(model="mock-model", messages=[{"role": "user", "content": prompt}], stream=True, extra_headers=headers) as s:
+                for ev in s:
+                    if ev.choices and ev.choices[0].delta.content:
+                        parts.append(ev.choices[0].delta.content)
+            return {"status": 200, "text": "".join(parts), "chunks": len(parts)}
+        r = client.chat.completions.create(model="mock-model", messages=[{"role": "user", "content": prompt}], extra_headers=headers)
+        return {"status": 200, "text": r.choices[0].message.content}
+    except openai.APIStatusError as e:
+        return {"status": e.status_code, "code": e.code, "message": e.message}
+    except openai.APIError as e:
+        # An error event inside a stream (the HTTP status was 200).
+        return {"status": "stream_error", "message": e.message, "partial": "".join(parts)}
+
+
+def masked_responses() -> dict:
+    """The Responses API with SDK_PROMPT, streaming when SDK_STREAM=1."""
+    import os
+
+    from openai import OpenAI
+
+    prompt, headers = _prompt_and_headers()
+    client = OpenAI()
+    if os.environ.get("SDK_STREAM") == "1":
+        deltas, final = [], None
+        with client.responses.create(model="mock-model", input=prompt, stream=True, extra_headers=headers) as s:
+            for ev in s:
+                if ev.type == "response.output_text.delta":
+                    deltas.append(ev.delta)
+                if ev.type == "response.completed":
+                    final = ev.response.output_text
+        return {"status": 200, "text": "".join(deltas), "final": final}
+    r = client.responses.create(model="mock-model", input=prompt, extra_headers=headers)
+    return {"status": 200, "text": r.output_text}
+
+
 def agent() -> dict:
     from agents import Agent, Runner, function_tool
 

@@ -16,7 +16,7 @@ from conftest import AGENT_TOKEN, ROUTE_KEY
 HERE = pathlib.Path(__file__).resolve().parent
 
 
-def run_sdk(gateway, scenario: str, api_key: str = AGENT_TOKEN) -> dict:
+def run_sdk(gateway, scenario: str, api_key: str = AGENT_TOKEN, env_extra: dict | None = None) -> dict:
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SSL_CERT", "REQUESTS_CA", "HTTP", "ALL_PROXY"))
     }
@@ -27,6 +27,7 @@ def run_sdk(gateway, scenario: str, api_key: str = AGENT_TOKEN) -> dict:
         OPENAI_AGENTS_DISABLE_TRACING="1",
         NO_PROXY="*",
     )
+    env.update(env_extra or {})
     out = subprocess.run([sys.executable, str(HERE / "sdk_client.py"), scenario], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])

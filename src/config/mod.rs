@@ -24,7 +24,54 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     pub admin: Admin,
     pub identity: IdentityConfig,
+    pub masking: MaskingConfig,
+    pub guardrails: Vec<Guardrail>,
     pub routes: Vec<Route>,
+}
+
+/// Masking policies and custom detectors (`masking:`).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(try_from = "raw::RawMasking")]
+pub struct MaskingConfig {
+    /// Key of the `hash` action (HMAC-SHA256); random per process when not configured.
+    pub hash_key: Option<Secret>,
+    pub policies: std::collections::BTreeMap<String, MaskPolicy>,
+    pub custom_detectors: Vec<crate::mask::CustomDetector>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(try_from = "raw::RawMaskPolicy")]
+pub struct MaskPolicy {
+    pub request: crate::mask::Rules,
+    pub response: crate::mask::Rules,
+    /// Put pseudonyms back in responses to the same conversation.
+    pub restore_pseudonyms: bool,
+    /// A request body that should be JSON but is not: masked as text (default) or refused.
+    pub refuse_invalid_json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Request,
+    Response,
+}
+
+/// A rule that refuses a request (or ends a response) when its detectors or words appear.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(try_from = "raw::RawGuardrail")]
+pub struct Guardrail {
+    pub name: String,
+    pub direction: Direction,
+    pub detectors: Vec<String>,
+    pub deny_words: Vec<String>,
+    pub message: Option<String>,
+}
+
+impl Guardrail {
+    /// The detector that carries this rule's deny words.
+    pub fn words_detector(&self) -> String {
+        format!("guardrail_{}", self.name.replace('-', "_"))
+    }
 }
 
 /// Who may call: OIDC issuers, service-account tokens and client-certificate mappings.
@@ -154,6 +201,10 @@ pub struct Route {
     pub host: Option<String>,
     pub upstream: Upstream,
     pub access: Access,
+    /// The masking policy (a name under `masking.policies`), if any.
+    pub masking: Option<String>,
+    /// Guardrails (names under `guardrails`) this route applies.
+    pub guardrails: Vec<String>,
     /// Headers the gateway sets on every upstream request (credentials), in file order.
     pub set_headers: Vec<InjectedHeader>,
 }

@@ -1,0 +1,124 @@
+//! Requests whose body must be decided on before anything goes upstream (masking, guardrails):
+//! the body is read whole in `request_filter` (no upstream connection exists yet), decided on,
+//! and the decided body is sent through a Pingora subrequest that runs the same `ProxyHttp`
+//! phases (DESIGN.md, "Request flow"). Pingora marks subrequests alpha, so everything that
+//! touches them is here.
+
+use crate::identity::Identity;
+use crate::mask::{Tally, Vault};
+use crate::proxy::RouteRuntime;
+use bytes::Bytes;
+use pingora::prelude::*;
+use pingora::proxy::subrequest::pipe::{pipe_subrequest, InputBody, InputBodyType};
+use pingora::proxy::subrequest::{BodyMode, Ctx as SubrequestCtx};
+use pingora::proxy::Session;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What the main session hands to the subrequest that forwards its decided body.
+pub struct Handoff {
+    pub id: String,
+    pub route: Arc<RouteRuntime>,
+    pub identity: Arc<Identity>,
+    pub vault: Option<Arc<Vault>>,
+    pub body_len: usize,
+    pub started: Instant,
+    pub request_bytes: u64,
+    pub downstream_tls: Option<(String, String)>,
+    pub request_tally: Tally,
+}
+
+pub enum ReadBody {
+    Body(Vec<u8>),
+    TooLarge,
+}
+
+/// Reads the whole request body from the agent, at most `max` bytes.
+pub async fn read_body(session: &mut Session, max: u64) -> Result<ReadBody> {
+    let mut body = Vec::new();
+    while let Some(chunk) = session.downstream_session.read_request_body().await? {
+        if body.len() as u64 + chunk.len() as u64 > max {
+            return Ok(ReadBody::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(ReadBody::Body(body))
+}
+
+/// The subrequest's handoff, when this session is one. The subrequest's request header is a
+/// copy of the agent's as received: its framing becomes the decided body's before the body is
+/// read.
+pub fn handoff(session: &mut Session) -> Option<Handoff> {
+    let sub = session.subrequest_ctx.as_mut()?;
+    let user = sub.user_ctx_mut()?;
+    let h = user.downcast_mut::<Option<Handoff>>()?.take()?;
+    let req = session.req_header_mut();
+    req.remove_header(&http::header::TRANSFER_ENCODING);
+    if req
+        .insert_header(http::header::CONTENT_LENGTH, h.body_len)
+        .is_err()
+    {
+        return None;
+    }
+    Some(h)
+}
+
+/// How a forwarded request ended, for the main session.
+pub enum Forwarded {
+    /// The subrequest answered the agent (a response or its own error).
+    Answered,
+    /// It failed before any response header: the main session must answer with this error.
+    Failed(Box<Error>),
+}
+
+/// Sends `body` upstream through a subrequest of this session and pipes its response back.
+pub async fn forward(session: &mut Session, handoff: Handoff, body: Vec<u8>) -> Result<Forwarded> {
+    if session.subrequest_spawner.is_none() {
+        return Error::e_explain(
+            InternalError,
+            "subrequests are not enabled for this session",
+        );
+    }
+    let ctx = SubrequestCtx::builder()
+        .body_mode(BodyMode::ExpectBody)
+        .user_ctx(Box::new(Some(handoff)))
+        .build();
+    let Some(spawner) = session.subrequest_spawner.as_ref() else {
+        return Error::e_explain(
+            InternalError,
+            "subrequests are not enabled for this session",
+        );
+    };
+    let (sub, handle) = spawner.create_subrequest(&session.downstream_session, ctx);
+    let input = if body.is_empty() {
+        InputBody::NoBody
+    } else {
+        InputBody::Bytes(vec![Bytes::from(body)])
+    };
+    match pipe_subrequest(
+        session,
+        sub,
+        handle,
+        |t| Ok(Some(t)),
+        InputBodyType::Preset(input),
+    )
+    .await
+    {
+        Ok(mut state) => {
+            if let Some(j) = state.join_handle.take() {
+                let _ = j.await;
+            }
+            Ok(Forwarded::Answered)
+        }
+        Err(mut e) => {
+            if let Some(j) = e.state.join_handle.take() {
+                let _ = j.await;
+            }
+            if e.state.header_received {
+                Ok(Forwarded::Answered)
+            } else {
+                Ok(Forwarded::Failed(e.error))
+            }
+        }
+    }
+}

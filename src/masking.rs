@@ -1,0 +1,142 @@
+//! From the config to what a route's requests and responses go through: one masking `Engine`
+//! for the whole config (built-in + custom detectors + guardrail deny words), and per route the
+//! rules of each direction, with its guardrails turned into `block` actions.
+
+use crate::config::{Config, Direction, Guardrail};
+use crate::mask::{Action, CustomDetector, Engine, Rules};
+use crate::metrics;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+pub struct RouteMasking {
+    pub engine: Arc<Engine>,
+    pub request: Arc<Rules>,
+    pub response: Arc<Rules>,
+    pub restore: bool,
+    pub refuse_invalid_json: bool,
+    /// detector -> (guardrail, its message) for the detectors a guardrail of this route blocks.
+    pub guardrail_of: HashMap<String, (String, Option<String>)>,
+}
+
+impl RouteMasking {
+    /// The answer for a request a guardrail or `block` action refused: names the rule or the
+    /// detector, never the value.
+    pub fn block_message(&self, detector: &str) -> (String, Option<String>) {
+        match self.guardrail_of.get(detector) {
+            Some((rule, msg)) => (
+                format!(
+                    "blocked by guardrail `{rule}` (detector `{detector}`){}",
+                    msg.as_ref().map(|m| format!(": {m}")).unwrap_or_default()
+                ),
+                Some(rule.clone()),
+            ),
+            None => (
+                format!("blocked: the request contains a value of detector `{detector}`, which this route's masking policy blocks"),
+                None,
+            ),
+        }
+    }
+}
+
+fn allow_all() -> Rules {
+    Rules {
+        secrets: Action::Allow,
+        pii: Action::Allow,
+        custom: Action::Allow,
+        detectors: BTreeMap::new(),
+    }
+}
+
+/// The masking of every route that has a policy or guardrails, by route name.
+pub fn build(config: &Config) -> Result<HashMap<String, Arc<RouteMasking>>, String> {
+    let mut custom: Vec<CustomDetector> = config.masking.custom_detectors.clone();
+    for g in &config.guardrails {
+        if !g.deny_words.is_empty() {
+            custom.push(CustomDetector {
+                name: g.words_detector(),
+                regex: None,
+                words: g.deny_words.clone(),
+            });
+        }
+    }
+    let key = match &config.masking.hash_key {
+        Some(s) => boring::sha::sha256(s.expose().as_bytes()),
+        None => {
+            let mut k = [0u8; 32];
+            boring::rand::rand_bytes(&mut k).map_err(|e| format!("no randomness: {e}"))?;
+            k
+        }
+    };
+    let engine = Arc::new(Engine::new(&custom, key)?);
+    for d in engine.detectors() {
+        for dir in ["request", "response"] {
+            for a in ["redact", "hash", "pseudonymize", "block"] {
+                metrics::MASKED_VALUES.with_label_values(&[&d.name, dir, a]);
+            }
+        }
+    }
+    let by_name: HashMap<&str, &Guardrail> = config
+        .guardrails
+        .iter()
+        .map(|g| (g.name.as_str(), g))
+        .collect();
+    let mut out = HashMap::new();
+    for route in &config.routes {
+        if route.masking.is_none() && route.guardrails.is_empty() {
+            continue;
+        }
+        let policy = route
+            .masking
+            .as_ref()
+            .and_then(|m| config.masking.policies.get(m));
+        let (mut request, mut response) = match policy {
+            Some(p) => (p.request.clone(), p.response.clone()),
+            None => (allow_all(), allow_all()),
+        };
+        // Deny words of guardrails this route does not use are not masked here.
+        for g in &config.guardrails {
+            if !g.deny_words.is_empty() {
+                request.detectors.insert(g.words_detector(), Action::Allow);
+                response.detectors.insert(g.words_detector(), Action::Allow);
+            }
+        }
+        let mut guardrail_of = HashMap::new();
+        for name in &route.guardrails {
+            let g = by_name[name.as_str()];
+            metrics::GUARDRAIL_BLOCKS.with_label_values(&[&g.name]);
+            let rules = match g.direction {
+                Direction::Request => &mut request,
+                Direction::Response => &mut response,
+            };
+            let mut dets = g.detectors.clone();
+            if !g.deny_words.is_empty() {
+                dets.push(g.words_detector());
+            }
+            for d in dets {
+                rules.detectors.insert(d.clone(), Action::Block);
+                guardrail_of.insert(d, (g.name.clone(), g.message.clone()));
+            }
+        }
+        out.insert(
+            route.name.clone(),
+            Arc::new(RouteMasking {
+                engine: engine.clone(),
+                request: Arc::new(request),
+                response: Arc::new(response),
+                restore: policy.is_none_or(|p| p.restore_pseudonyms),
+                refuse_invalid_json: policy.is_some_and(|p| p.refuse_invalid_json),
+                guardrail_of,
+            }),
+        );
+    }
+    Ok(out)
+}
+
+/// Counts a masking pass in `agentgate_masked_values_total`.
+pub fn count(tally: &crate::mask::Tally, direction: &str) {
+    for ((detector, action), n) in &tally.counts {
+        metrics::MASKED_VALUES
+            .with_label_values(&[detector, direction, action])
+            .inc_by(*n);
+    }
+}
