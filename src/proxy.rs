@@ -548,7 +548,7 @@ impl ProxyHttp for Gateway {
             *body = None;
             return Ok(None);
         }
-        mask_response_chunk(body, end_of_stream, ctx);
+        mask_response_chunk(body, end_of_stream, ctx, self.max_body);
         if let Some(scrubber) = ctx.scrubber.as_mut() {
             *body = scrubber.push(body.take(), end_of_stream);
         }
@@ -771,7 +771,7 @@ fn blocked_event(message: &str) -> Vec<u8> {
 }
 
 /// Masks one chunk of the response body (see `start_response_masking`).
-fn mask_response_chunk(body: &mut Option<Bytes>, end: bool, ctx: &mut RequestCtx) {
+fn mask_response_chunk(body: &mut Option<Bytes>, end: bool, ctx: &mut RequestCtx, max: u64) {
     let Some(masking) = ctx.route.as_ref().and_then(|r| r.masking.clone()) else {
         return;
     };
@@ -803,6 +803,14 @@ fn mask_response_chunk(body: &mut Option<Bytes>, end: bool, ctx: &mut RequestCtx
     } else if let Some(buf) = ctx.json_buf.as_mut() {
         if let Some(b) = body.as_ref() {
             buf.extend_from_slice(b);
+        }
+        if buf.len() as u64 > max {
+            // A JSON answer is masked whole; one larger than server.max_body is not forwarded.
+            ctx.json_buf = None;
+            ctx.response_blocked = true;
+            let msg = format!("the upstream's JSON response is larger than server.max_body ({max} bytes) and cannot be masked");
+            *body = Some(ApiError::new(502, "upstream_error", "response_too_large", msg).body());
+            return;
         }
         if end {
             let whole = std::mem::take(buf);

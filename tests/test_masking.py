@@ -108,3 +108,29 @@ def test_large_body_goes_through_intact(masked_gateway, mock):
     assert r.status_code == 200, r.text
     sent = json.loads(mock.state.last["body"])
     assert sent["messages"][0]["content"] == big + "<EMAIL_1>"
+
+
+def test_invalid_json_is_masked_as_text_never_forwarded_raw(masked_gateway, mock):
+    with masked_gateway.client() as c:
+        r = c.post("/v1/chat/completions", content=f'{{"broken": "{EMAIL}'.encode(), headers={"content-type": "application/json"})
+    assert mock.state.requests, r.text
+    assert EMAIL not in upstream_bodies(mock)
+    assert "<EMAIL_1>" in upstream_bodies(mock)
+
+
+def test_compressed_request_bodies_are_refused(masked_gateway, mock):
+    import gzip
+
+    with masked_gateway.client() as c:
+        r = c.post("/v1/chat/completions", content=gzip.compress(EMAIL.encode()), headers={"content-type": "application/json", "content-encoding": "gzip"})
+    assert r.status_code == 415, r.text
+    assert r.json()["error"]["code"] == "compressed_body_refused"
+    assert mock.state.requests == []
+
+
+def test_routes_without_masking_stream_bodies_unchanged(start_gateway, mock, upstream_ca_file):
+    gw = start_gateway(route_yaml("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file))
+    with gw.client() as c:
+        r = c.post("/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": EMAIL}]})
+    assert r.status_code == 200
+    assert EMAIL in upstream_bodies(mock)

@@ -287,3 +287,83 @@ fn identity_config_parses() {
     assert!(parse(&by_ref).is_err());
     assert!(secret::with_placeholders(|| parse(&by_ref)).is_ok());
 }
+
+#[test]
+fn masking_config() {
+    let with = |extra: &str, route_extra: &str| {
+        BASE.replace(
+            "    access: { groups: [agents] }\n",
+            &format!("    access: {{ groups: [agents] }}\n{route_extra}"),
+        ) + extra
+    };
+    let good = with(
+        "masking:\n  policies:\n    default:\n      request: { secrets: redact, pii: pseudonymize, detectors: { email: hash } }\n      response: { pii: redact, restore_pseudonyms: true }\n  custom_detectors:\n    - { name: employee_id, regex: \"EMP-[0-9]{6}\" }\nguardrails:\n  - { name: no-keys, direction: request, detectors: [private_key, employee_id] }\n",
+        "    masking: default\n    guardrails: [no-keys]\n",
+    );
+    let c = parse(&good).unwrap();
+    let p = &c.masking.policies["default"];
+    assert_eq!(p.request.detectors["email"], crate::mask::Action::Hash);
+    assert_eq!(p.response.pii, crate::mask::Action::Redact);
+    assert!(p.restore_pseudonyms);
+    assert_eq!(c.routes[0].guardrails, vec!["no-keys"]);
+    let refused: &[(&str, &str, &str)] = &[
+        (
+            "",
+            "    masking: nope\n",
+            "masking policy `nope` is not defined",
+        ),
+        (
+            "",
+            "    guardrails: [nope]\n",
+            "guardrail `nope` is not defined",
+        ),
+        (
+            "masking:\n  custom_detectors:\n    - { name: x, regex: \"EMP-[0-9]+\" }\n",
+            "",
+            "unbounded",
+        ),
+        (
+            "masking:\n  custom_detectors:\n    - { name: Bad-Name, words: [a] }\n",
+            "",
+            "lowercase",
+        ),
+        (
+            "masking:\n  custom_detectors:\n    - { name: email, words: [a] }\n",
+            "",
+            "already used",
+        ),
+        (
+            "masking:\n  policies:\n    p:\n      response: { pii: pseudonymize }\n",
+            "",
+            "pseudonymize applies to requests",
+        ),
+        (
+            "masking:\n  policies:\n    p:\n      request: { secrets: shred }\n",
+            "",
+            "unknown action `shred`",
+        ),
+        (
+            "guardrails:\n  - { name: g, direction: sideways, deny_words: [x] }\n",
+            "",
+            "must be request or response",
+        ),
+        (
+            "guardrails:\n  - { name: g, direction: request, detectors: [nope] }\n",
+            "",
+            "unknown detector `nope`",
+        ),
+        (
+            "guardrails:\n  - { name: g, direction: request }\n",
+            "",
+            "needs `detectors` or `deny_words`",
+        ),
+    ];
+    for (extra, route_extra, fragment) in refused {
+        let err = match parse(&with(extra, route_extra)) {
+            Ok(_) => panic!("accepted: {extra}{route_extra}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(fragment), "{extra}{route_extra}: {err}");
+        assert!(err.starts_with("test.yaml:"), "{err}");
+    }
+}
