@@ -65,10 +65,11 @@ def test_pii_pseudonymized_upstream_and_restored_for_the_sdk(masked_gateway, moc
 
 @pytest.mark.parametrize("stream", ["0", "1"])
 def test_responses_api_restores_pseudonyms(masked_gateway, mock, stream):
-    r = run_sdk(masked_gateway, "masked_responses", env_extra={"SDK_PROMPT": f"reach me at {EMAIL}", "SDK_STREAM": stream, "SDK_EXTRA_HEADERS": json.dumps({"x-mock-echo": "1", "x-mock-split": "3"})})
+    r = run_sdk(masked_gateway, "masked_responses", env_extra={"SDK_PROMPT": f"reach me at {EMAIL}, card {CARD}", "SDK_STREAM": stream, "SDK_EXTRA_HEADERS": json.dumps({"x-mock-echo": "1", "x-mock-split": "3"})})
     assert r["status"] == 200, r
-    assert EMAIL not in upstream_bodies(mock)
-    assert r["text"] == f"You said: reach me at {EMAIL}", r
+    sent = upstream_bodies(mock)
+    assert EMAIL not in sent and CARD not in sent and "<EMAIL_1>" in sent and "<CREDIT_CARD_1>" in sent, sent
+    assert r["text"] == f"You said: reach me at {EMAIL}, card {CARD}", r
     if stream == "1":
         assert r["final"] == r["text"]
 
