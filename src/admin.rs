@@ -25,6 +25,61 @@ pub struct AdminApp {
     pub ready: Arc<Readiness>,
     /// Not ready until every OIDC issuer's keys were loaded once.
     pub auth: Arc<crate::identity::Authenticator>,
+    /// The record store, for `GET /v1/sessions[/{id}]`.
+    pub records: Option<std::path::PathBuf>,
+}
+
+fn query_param<'a>(q: Option<&'a str>, key: &str) -> Option<&'a str> {
+    q?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == key).then_some(v)
+    })
+}
+
+impl AdminApp {
+    fn sessions(&self, path: &str, query: Option<&str>) -> Response<Vec<u8>> {
+        let json = "application/json";
+        let Some(dir) = &self.records else {
+            return text(404, json, br#"{"error":"recording is off"}"#.to_vec());
+        };
+        use crate::record::store;
+        if let Some(id) = path.strip_prefix("/v1/sessions/") {
+            let entry = store::read_index(dir)
+                .into_iter()
+                .rev()
+                .find(|e| e.id == id);
+            return match entry.map(|e| store::read_record(dir, &e)) {
+                Some(Ok(r)) => text(200, json, r.to_string().into_bytes()),
+                Some(Err(e)) => text(
+                    500,
+                    json,
+                    serde_json::json!({"error": e.to_string()})
+                        .to_string()
+                        .into_bytes(),
+                ),
+                None => text(404, json, br#"{"error":"no such session"}"#.to_vec()),
+            };
+        }
+        let limit: usize = query_param(query, "limit")
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(100);
+        let route = query_param(query, "route");
+        let who = query_param(query, "identity");
+        let conv = query_param(query, "conversation");
+        let since: u64 = query_param(query, "since_ms")
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(0);
+        let list: Vec<_> = store::read_index(dir)
+            .into_iter()
+            .rev()
+            .filter(|e| e.ts_ms >= since)
+            .filter(|e| route.is_none_or(|r| e.route.as_deref() == Some(r)))
+            .filter(|e| who.is_none_or(|w| e.subject.as_deref() == Some(w)))
+            .filter(|e| conv.is_none_or(|c| e.conversation == c))
+            .take(limit)
+            .collect();
+        text(200, json, serde_json::to_vec(&list).unwrap_or_default())
+    }
 }
 
 fn text(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -41,6 +96,10 @@ fn text(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let plain = "text/plain; charset=utf-8";
+        let uri = session.req_header().uri.clone();
+        if uri.path() == "/v1/sessions" || uri.path().starts_with("/v1/sessions/") {
+            return self.sessions(uri.path(), uri.query());
+        }
         match session.req_header().uri.path() {
             "/metrics" => {
                 let (body, content_type) = crate::metrics::render();
@@ -55,7 +114,7 @@ impl ServeHttp for AdminApp {
             _ => text(
                 404,
                 plain,
-                b"not found: try /metrics, /healthz or /readyz\n".to_vec(),
+                b"not found: try /metrics, /healthz, /readyz or /v1/sessions\n".to_vec(),
             ),
         }
     }

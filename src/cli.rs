@@ -35,6 +35,16 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// The tamper-evident record store.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Recorded exchanges: list, show, replay.
+    Sessions {
+        #[command(subcommand)]
+        command: SessionsCommand,
+    },
     /// Certificate helpers.
     Cert {
         #[command(subcommand)]
@@ -63,5 +73,64 @@ pub enum TokenCommand {
         /// printing the token.
         #[arg(long, value_name = "FILE")]
         write: Option<PathBuf>,
+    },
+}
+
+/// Where the record store is: from the config (`recording.dir`, else `state_dir/records`) or
+/// given directly.
+#[derive(clap::Args, Debug)]
+pub struct StoreArgs {
+    #[arg(long, short, env = "AGENTGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The records directory itself.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Check the hash chain of every record; report the first record that was modified,
+    /// removed, inserted or reordered (exit 1), or that all is intact (exit 0).
+    Verify {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SessionsCommand {
+    /// Recorded exchanges, newest first.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Only exchanges of the last DURATION (e.g. 30m, 24h).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        route: Option<String>,
+        /// The caller's subject.
+        #[arg(long)]
+        identity: Option<String>,
+        #[arg(long)]
+        conversation: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// One exchange, readable (or the record itself with --json).
+    Show {
+        id: String,
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-emit a recorded SSE stream on stdout with its original timing.
+    Replay {
+        id: String,
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Play N times faster.
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
     },
 }

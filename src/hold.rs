@@ -26,6 +26,7 @@ pub struct Handoff {
     pub request_bytes: u64,
     pub downstream_tls: Option<(String, String)>,
     pub request_tally: Tally,
+    pub capture: Option<crate::record::Capture>,
 }
 
 pub enum ReadBody {

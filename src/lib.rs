@@ -12,6 +12,7 @@ pub mod mask;
 pub mod masking;
 pub mod metrics;
 pub mod proxy;
+pub mod record;
 pub mod scrub;
 pub mod server;
 pub mod session_log;

@@ -1,4 +1,6 @@
-use agentgate::cli::{CertCommand, Cli, Command, TokenCommand};
+use agentgate::cli::{
+    AuditCommand, CertCommand, Cli, Command, SessionsCommand, StoreArgs, TokenCommand,
+};
 use agentgate::config::Config;
 use clap::Parser;
 use std::process::ExitCode;
@@ -57,6 +59,42 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("agentgate token create: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Audit {
+            command: AuditCommand::Verify { store },
+        } => match records_dir(&store)
+            .and_then(|d| agentgate::record::verify::verify(&d).map(|r| (d, r)))
+        {
+            Ok((dir, r)) => match r.problem {
+                None => {
+                    println!(
+                        "{}: intact: {} records in {} segment(s)",
+                        dir.display(),
+                        r.verified,
+                        r.segments
+                    );
+                    ExitCode::SUCCESS
+                }
+                Some(p) => {
+                    println!(
+                        "{}: TAMPERED or DAMAGED after {} intact records: {p}",
+                        dir.display(),
+                        r.verified
+                    );
+                    ExitCode::FAILURE
+                }
+            },
+            Err(e) => {
+                eprintln!("agentgate audit verify: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Sessions { command } => match sessions(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("agentgate sessions: {e}");
                 ExitCode::FAILURE
             }
         },
@@ -129,4 +167,110 @@ fn create_token(
     println!("# Add under identity.service_accounts:");
     println!("{line}");
     Ok(())
+}
+
+fn records_dir(store: &StoreArgs) -> Result<std::path::PathBuf, String> {
+    if let Some(d) = &store.dir {
+        return Ok(d.clone());
+    }
+    let Some(path) = &store.config else {
+        return Err("give --config FILE (or AGENTGATE_CONFIG) or --dir RECORDS_DIR".into());
+    };
+    let c = Config::load_without_secrets(path).map_err(|e| e.to_string())?;
+    Ok(c.recording
+        .dir
+        .clone()
+        .unwrap_or_else(|| c.server.state_dir.join("records")))
+}
+
+fn find(dir: &std::path::Path, id: &str) -> Result<serde_json::Value, String> {
+    let entry = agentgate::record::store::read_index(dir)
+        .into_iter()
+        .rev()
+        .find(|e| e.id == id || (id.len() >= 8 && e.id.starts_with(id)))
+        .ok_or_else(|| format!("no recorded exchange {id} in {}", dir.display()))?;
+    agentgate::record::store::read_record(dir, &entry).map_err(|e| e.to_string())
+}
+
+fn sessions(cmd: SessionsCommand) -> Result<(), String> {
+    use agentgate::record::{render, store};
+    match cmd {
+        SessionsCommand::List {
+            store: s,
+            since,
+            route,
+            identity,
+            conversation,
+            limit,
+        } => {
+            let dir = records_dir(&s)?;
+            let after = match since {
+                Some(d) => {
+                    let d = agentgate::config::units::parse_duration(&d)?;
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default();
+                    now.saturating_sub(d).as_millis() as u64
+                }
+                None => 0,
+            };
+            println!(
+                "{:<32}  {:<24}  {:<12}  {:<20}  {:>6}  REQUEST",
+                "ID", "TIME", "ROUTE", "IDENTITY", "STATUS"
+            );
+            let entries = store::read_index(&dir);
+            for e in entries
+                .iter()
+                .rev()
+                .filter(|e| e.ts_ms >= after)
+                .filter(|e| route.as_ref().is_none_or(|r| e.route.as_ref() == Some(r)))
+                .filter(|e| {
+                    identity
+                        .as_ref()
+                        .is_none_or(|i| e.subject.as_ref() == Some(i))
+                })
+                .filter(|e| conversation.as_ref().is_none_or(|c| &e.conversation == c))
+                .take(limit)
+            {
+                let ts = agentgate::session_log::rfc3339(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.ts_ms),
+                );
+                println!(
+                    "{:<32}  {:<24}  {:<12}  {:<20}  {:>6}  {} {}",
+                    e.id,
+                    ts,
+                    e.route.as_deref().unwrap_or("-"),
+                    e.subject.as_deref().unwrap_or("-"),
+                    e.status,
+                    e.method,
+                    e.path
+                );
+            }
+            Ok(())
+        }
+        SessionsCommand::Show { id, store: s, json } => {
+            let r = find(&records_dir(&s)?, &id)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            } else {
+                print!("{}", render::show(&r));
+            }
+            Ok(())
+        }
+        SessionsCommand::Replay {
+            id,
+            store: s,
+            speed,
+        } => {
+            let r = find(&records_dir(&s)?, &id)?;
+            let mut out = std::io::stdout().lock();
+            let n = render::replay(&r, speed, &mut out).map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err(format!(
+                    "exchange {id} has no recorded stream (not SSE, or recorded as metadata)"
+                ));
+            }
+            Ok(())
+        }
+    }
 }

@@ -47,8 +47,8 @@ fn allow_all() -> Rules {
     }
 }
 
-/// The masking of every route that has a policy or guardrails, by route name.
-pub fn build(config: &Config) -> Result<HashMap<String, Arc<RouteMasking>>, String> {
+/// The engine for a config: built-in detectors, custom ones and guardrail deny words.
+pub fn engine(config: &Config) -> Result<Arc<Engine>, String> {
     let mut custom: Vec<CustomDetector> = config.masking.custom_detectors.clone();
     for g in &config.guardrails {
         if !g.deny_words.is_empty() {
@@ -67,7 +67,12 @@ pub fn build(config: &Config) -> Result<HashMap<String, Arc<RouteMasking>>, Stri
             k
         }
     };
-    let engine = Arc::new(Engine::new(&custom, key)?);
+    Ok(Arc::new(Engine::new(&custom, key)?))
+}
+
+/// The masking of every route that has a policy or guardrails, by route name.
+pub fn build(config: &Config) -> Result<HashMap<String, Arc<RouteMasking>>, String> {
+    let engine = engine(config)?;
     for d in engine.detectors() {
         for dir in ["request", "response"] {
             for a in ["redact", "hash", "pseudonymize", "block"] {

@@ -89,6 +89,33 @@ lazy!(MASK_HOLDBACK: pingora_prometheus::prometheus::Histogram = pingora_prometh
     vec![0.0, 8.0, 32.0, 64.0, 128.0, 256.0, 1024.0, 4096.0, 16384.0]
 ));
 
+pub static RECORDS_WRITTEN: LazyLock<IntCounter> = LazyLock::new(|| {
+    prometheus::register_int_counter!(
+        "agentgate_records_written_total",
+        "Exchange records appended to the store"
+    )
+    .expect("metric registers once")
+});
+pub static RECORD_QUEUE_DEPTH: LazyLock<prometheus::IntGauge> = LazyLock::new(|| {
+    prometheus::register_int_gauge!(
+        "agentgate_record_queue_depth",
+        "Records waiting for the recorder thread"
+    )
+    .expect("metric registers once")
+});
+pub static RECORD_STORE_BYTES: LazyLock<prometheus::IntGauge> = LazyLock::new(|| {
+    prometheus::register_int_gauge!(
+        "agentgate_record_store_bytes",
+        "Bytes in the record store's segments"
+    )
+    .expect("metric registers once")
+});
+lazy!(RECORD_FAILURES: IntCounterVec = register_int_counter_vec!(
+    "agentgate_record_failures_total",
+    "Records that could not be queued or written, by reason (queue_full, disk_full, io)",
+    &["reason"]
+));
+
 pub static SESSION_LOG_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
     prometheus::register_int_counter!(
         "agentgate_session_log_dropped_total",

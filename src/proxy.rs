@@ -69,10 +69,16 @@ pub struct Gateway {
     max_body: u64,
     unmatched: RouteMetrics,
     vaults: VaultStore,
+    recorder: Option<Arc<crate::record::Recorder>>,
+    record_max_body: usize,
 }
 
 impl Gateway {
-    pub fn new(config: &Config, auth: Arc<Authenticator>) -> Result<Gateway, String> {
+    pub fn new(
+        config: &Config,
+        auth: Arc<Authenticator>,
+        recorder: Option<Arc<crate::record::Recorder>>,
+    ) -> Result<Gateway, String> {
         let mut routes = Vec::with_capacity(config.routes.len());
         let mut masking = crate::masking::build(config)?;
         for route in &config.routes {
@@ -110,6 +116,8 @@ impl Gateway {
             unmatched: RouteMetrics::new(metrics::NO_ROUTE),
             // Pseudonyms live for an idle hour per conversation, 100,000 conversations at most.
             vaults: VaultStore::new(Duration::from_secs(3600), 100_000),
+            recorder,
+            record_max_body: config.recording.max_body as usize,
         })
     }
 
@@ -154,6 +162,8 @@ pub struct RequestCtx {
     response_tally: Tally,
     /// A response guardrail ended the stream; later chunks are dropped.
     response_blocked: bool,
+    /// What the record of this exchange will hold.
+    capture: Option<crate::record::Capture>,
 }
 
 fn request_host(req: &RequestHeader) -> Option<&str> {
@@ -237,6 +247,7 @@ impl ProxyHttp for Gateway {
             request_tally: Tally::default(),
             response_tally: Tally::default(),
             response_blocked: false,
+            capture: None,
         }
     }
 
@@ -253,6 +264,7 @@ impl ProxyHttp for Gateway {
             ctx.request_body_bytes = h.request_bytes;
             ctx.downstream_tls = h.downstream_tls;
             ctx.request_tally = h.request_tally;
+            ctx.capture = h.capture;
             if let Some(set) = &h.route.secrets {
                 ctx.scrubber = Some(StreamScrubber::new(set.clone()));
             }
@@ -310,6 +322,26 @@ impl ProxyHttp for Gateway {
             ctx.scrubber = Some(StreamScrubber::new(set.clone()));
         }
         ctx.route = Some(route.clone());
+        if let Some(rec) = &self.recorder {
+            if route.route.recording != crate::record::Mode::Off {
+                if !rec.accepting() {
+                    let e = ApiError::new(
+                        503,
+                        "service_unavailable_error",
+                        "recording_unavailable",
+                        "exchanges on this route must be recorded and the record store cannot take more right now (disk full or writer behind); retry shortly",
+                    );
+                    return self.answer(session, ctx, e).await;
+                }
+                let mut c = crate::record::Capture::new(
+                    route.route.recording,
+                    self.record_max_body,
+                    conversation_id(&who, session.req_header()),
+                );
+                c.request_headers = recordable_headers(&session.req_header().headers);
+                ctx.capture = Some(c);
+            }
+        }
         let Some(masking) = route.masking.clone() else {
             return Ok(false);
         };
@@ -336,6 +368,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Some(b) = body {
+            if let Some(c) = ctx.capture.as_mut() {
+                c.request_chunk(b);
+            }
             ctx.request_body_bytes += b.len() as u64;
             if ctx.request_body_bytes > self.max_body {
                 let e = too_large(self.max_body);
@@ -479,6 +514,14 @@ impl ProxyHttp for Gateway {
             resp.insert_header(X_UPSTREAM_REQUEST_ID, upstream_id)?;
         }
         resp.insert_header(X_REQUEST_ID, ctx.id.as_str())?;
+        if let Some(c) = ctx.capture.as_mut() {
+            c.status = resp.status.as_u16();
+            c.response_headers = recordable_headers(&resp.headers);
+            c.sse = resp
+                .headers
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        }
         let Some(route) = ctx.route.clone() else {
             return Ok(());
         };
@@ -554,6 +597,9 @@ impl ProxyHttp for Gateway {
         }
         if let Some(b) = body {
             ctx.response_body_bytes += b.len() as u64;
+            if let Some(c) = ctx.capture.as_mut() {
+                c.response_chunk(b, session_log::millis(ctx.started.elapsed()));
+            }
         }
         Ok(None)
     }
@@ -653,6 +699,9 @@ impl ProxyHttp for Gateway {
                 .map(|s| tls_evidence(s)),
         };
         let masked = masked_summary(&ctx.request_tally, &ctx.response_tally);
+        let dtls_owned: Option<(String, String)> = downstream_tls
+            .as_ref()
+            .map(|t| (t.version.to_string(), t.cipher.to_string()));
         session_log::emit(&SessionRecord {
             ts: session_log::rfc3339(std::time::SystemTime::now()),
             kind: "exchange",
@@ -673,6 +722,53 @@ impl ProxyHttp for Gateway {
             masked: masked.as_ref(),
             error: ctx.error.as_ref().map(|e| e.code),
         });
+        if let (Some(rec), Some(c)) = (&self.recorder, ctx.capture.take()) {
+            let now = std::time::SystemTime::now();
+            let guardrail = ctx
+                .request_tally
+                .blocked
+                .clone()
+                .or_else(|| ctx.response_tally.blocked.clone());
+            rec.submit(crate::record::Draft {
+                id: ctx.id.clone(),
+                ts: session_log::rfc3339(now - elapsed),
+                ts_ms: now
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .saturating_sub(elapsed)
+                    .as_millis() as u64,
+                conversation: c.conversation.clone(),
+                identity: ctx.identity.as_deref().cloned(),
+                route: ctx.route.as_ref().map(|r| r.route.name.clone()),
+                mode: c.mode,
+                method: req.method.to_string(),
+                path: req
+                    .uri
+                    .path_and_query()
+                    .map(|p| p.to_string())
+                    .unwrap_or_default(),
+                request_headers: c.request_headers,
+                request_body: Some(c.request_body),
+                request_bytes: ctx.request_body_bytes,
+                request_truncated: c.request_truncated,
+                status: if status != 0 { status } else { c.status },
+                response_headers: c.response_headers,
+                response_body: Some(c.response_body),
+                response_bytes: ctx.response_body_bytes,
+                response_truncated: c.response_truncated,
+                events: c.sse.then_some(c.events),
+                masked: masked.clone(),
+                guardrail,
+                error: ctx.error.as_ref().map(|e| e.code.to_string()),
+                downstream_tls: dtls_owned,
+                upstream_tls: ctx
+                    .upstream_tls
+                    .as_deref()
+                    .map(|t| (t.version.to_string(), t.cipher.to_string())),
+                duration_ms: session_log::millis(elapsed),
+                ttfb_ms: ctx.ttfb.map(session_log::millis),
+            });
+        }
     }
 }
 
@@ -987,6 +1083,10 @@ impl Gateway {
             .digest()
             .and_then(|d| d.ssl_digest.as_ref())
             .map(|s| (s.version.to_string(), s.cipher.to_string()));
+        let mut capture = ctx.capture.take();
+        if let Some(c) = capture.as_mut() {
+            c.request_chunk(&masked);
+        }
         let handoff = Handoff {
             id: ctx.id.clone(),
             route,
@@ -997,6 +1097,7 @@ impl Gateway {
             request_bytes: ctx.request_body_bytes,
             downstream_tls,
             request_tally: tally,
+            capture,
         };
         ctx.delegated = true;
         match hold::forward(session, handoff, masked).await? {
@@ -1013,6 +1114,33 @@ impl Gateway {
             }
         }
     }
+}
+
+/// The readable conversation id a record is filed under: `x-agentgate-session` when the agent
+/// sends one, else the caller.
+fn conversation_id(who: &Identity, req: &RequestHeader) -> String {
+    match req
+        .headers
+        .get("x-agentgate-session")
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty() && s.len() <= 128)
+    {
+        Some(s) => s.to_string(),
+        None => format!("{}@{}", who.subject, who.issuer),
+    }
+}
+
+/// Header names and values for a record, without credentials (values are masked on write).
+fn recordable_headers(h: &http::HeaderMap) -> Vec<(String, String)> {
+    h.iter()
+        .filter(|(k, _)| !CLIENT_CREDENTIAL_HEADERS.contains(k) && *k != header::SET_COOKIE)
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -25,6 +25,11 @@ const AGENT_L4_BUFFER: L4BufferSettings = L4BufferSettings {
 
 /// Builds every service and runs until a signal stops the process.
 pub fn run(config: Config) -> Result<(), String> {
+    // Writing past a file size limit must fail with EFBIG (counted as disk full), not kill us.
+    // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     crate::metrics::init();
     crate::session_log::start_writer();
     std::fs::create_dir_all(&config.server.state_dir).map_err(|e| {
@@ -52,7 +57,31 @@ pub fn run(config: Config) -> Result<(), String> {
     server.bootstrap();
 
     let auth = Arc::new(Authenticator::new(&config.identity)?);
-    let gateway = Gateway::new(&config, auth.clone())?;
+    let recorder = if config
+        .routes
+        .iter()
+        .any(|r| r.recording != crate::record::Mode::Off)
+    {
+        let r = &config.recording;
+        let settings = crate::record::Settings {
+            dir: r.dir.clone().unwrap_or_else(|| state.join("records")),
+            segment_size: r.segment_size,
+            max_age: r.max_age,
+            max_size: r.max_size,
+            queue: r.queue,
+            reject_on_failure: r.reject_on_failure,
+            stdout: r.stdout,
+            max_body: r.max_body as usize,
+        };
+        log::info!("recording exchanges under {}", settings.dir.display());
+        Some(crate::record::Recorder::start(
+            settings,
+            crate::masking::engine(&config)?,
+        )?)
+    } else {
+        None
+    };
+    let gateway = Gateway::new(&config, auth.clone(), recorder.clone())?;
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
         gateway,
@@ -86,6 +115,13 @@ pub fn run(config: Config) -> Result<(), String> {
         HttpServer::new_app(AdminApp {
             ready: ready.clone(),
             auth: auth.clone(),
+            records: recorder.as_ref().map(|_| {
+                config
+                    .recording
+                    .dir
+                    .clone()
+                    .unwrap_or_else(|| state.join("records"))
+            }),
         }),
     );
     let admin_addr = config.admin.address.to_string();
@@ -114,6 +150,9 @@ pub fn run(config: Config) -> Result<(), String> {
     server.add_service(admin);
     ready.set(true);
     server.run(pingora::server::RunArgs::default());
+    if let Some(r) = &recorder {
+        r.flush(std::time::Duration::from_secs(10));
+    }
     crate::session_log::flush();
     Ok(())
 }

@@ -106,6 +106,11 @@ pub fn emit(r: &SessionRecord<'_>) {
     let Ok(line) = serde_json::to_string(r) else {
         return;
     };
+    emit_line(line);
+}
+
+/// Queues one JSON line for stdout (session lines, streamed records).
+pub fn emit_line(line: String) {
     if WRITER.get() != Some(&true) {
         log::info!(target: TARGET, "{line}");
         return;

@@ -65,7 +65,7 @@ def mock(upstream_ca):
 
 
 class Gateway:
-    def __init__(self, config: str, state_dir: pathlib.Path, port: int, admin_port: int, wait_ready: bool = True) -> None:
+    def __init__(self, config: str, state_dir: pathlib.Path, port: int, admin_port: int, wait_ready: bool = True, preexec=None) -> None:
         self.state_dir = state_dir
         self.port = port
         self.admin_port = admin_port
@@ -80,6 +80,7 @@ class Gateway:
             stderr=open(self.stderr_path, "wb"),
             env=env,
             cwd=state_dir,
+            preexec_fn=preexec,
         )
         if wait_ready:
             self._wait_ready()
@@ -225,6 +226,8 @@ def start_gateway(tmp_path):
         identity: str = DEFAULT_IDENTITY,
         listener_tls: str = "{}",
         wait_ready: bool = True,
+        extra: str = "",
+        preexec=None,
     ) -> Gateway:
         port, admin_port = free_port(), free_port()
         state = tmp_path / f"gw{len(started)}"
@@ -234,9 +237,10 @@ def start_gateway(tmp_path):
             f"listeners:\n  - {{ name: agents, address: \"127.0.0.1:{port}\", tls: {listener_tls} }}\n"
             f"admin: {{ address: \"127.0.0.1:{admin_port}\" }}\n"
             f"{identity}"
+            f"{extra}"
             f"routes:\n{routes}"
         )
-        gw = Gateway(config, state, port, admin_port, wait_ready=wait_ready)
+        gw = Gateway(config, state, port, admin_port, wait_ready=wait_ready, preexec=preexec)
         started.append(gw)
         return gw
 

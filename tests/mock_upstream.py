@@ -216,7 +216,10 @@ class Handler(BaseHTTPRequestHandler):
             return
         self._sse_start()
         self._sse_send(json.dumps(chunk({"role": "assistant", "content": ""})))
+        delay = float(self.headers.get("x-mock-delay-ms", "0")) / 1000
         for i, w in enumerate(self._pieces(text)):
+            if delay and i:
+                time.sleep(delay)
             self._sse_send(json.dumps(chunk({"content": w})))
             if i == 0:
                 self._maybe_hold()

@@ -26,7 +26,23 @@ pub struct Config {
     pub identity: IdentityConfig,
     pub masking: MaskingConfig,
     pub guardrails: Vec<Guardrail>,
+    pub recording: RecordingConfig,
     pub routes: Vec<Route>,
+}
+
+/// `recording:`: where and how exchange records are kept.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(try_from = "raw::RawRecording")]
+pub struct RecordingConfig {
+    /// Default: `state_dir/records`.
+    pub dir: Option<PathBuf>,
+    pub segment_size: u64,
+    pub max_age: Duration,
+    pub max_size: u64,
+    pub queue: usize,
+    pub reject_on_failure: bool,
+    pub stdout: bool,
+    pub max_body: u64,
 }
 
 /// Masking policies and custom detectors (`masking:`).
@@ -205,6 +221,8 @@ pub struct Route {
     pub masking: Option<String>,
     /// Guardrails (names under `guardrails`) this route applies.
     pub guardrails: Vec<String>,
+    /// What is recorded of this route's exchanges.
+    pub recording: crate::record::Mode,
     /// Headers the gateway sets on every upstream request (credentials), in file order.
     pub set_headers: Vec<InjectedHeader>,
 }

@@ -24,7 +24,7 @@ use jwks::Issuer;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AuthMethod {
     Oidc,
@@ -33,7 +33,7 @@ pub enum AuthMethod {
 }
 
 /// A verified caller.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Identity {
     pub subject: String,
     /// The OIDC issuer, `service-account`, or `client-cert`.

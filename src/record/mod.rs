@@ -1,0 +1,461 @@
+//! Recording every exchange (masked) for audit and replay: the proxy hands a `Draft` to a
+//! bounded queue; one writer thread masks it (every body, header value and path goes through the
+//! masking engine with all detectors set to redact, so the store never holds a secret or
+//! personal value, whatever the route's own policy) and appends it to the hash-chained store.
+
+pub mod render;
+pub mod store;
+pub mod verify;
+
+use crate::identity::Identity;
+use crate::mask::{Action, Engine, Rules};
+use crate::metrics;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use store::{IndexEntry, Store};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Headers, bodies and SSE events (masked).
+    #[default]
+    Full,
+    /// Everything but bodies and events.
+    Metadata,
+    Off,
+}
+
+impl Mode {
+    pub fn parse(s: &str) -> Option<Mode> {
+        Some(match s {
+            "full" => Mode::Full,
+            "metadata" => Mode::Metadata,
+            "off" => Mode::Off,
+            _ => return None,
+        })
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Full => "full",
+            Mode::Metadata => "metadata",
+            Mode::Off => "off",
+        }
+    }
+}
+
+/// `recording:` settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub dir: PathBuf,
+    pub segment_size: u64,
+    pub max_age: Duration,
+    pub max_size: u64,
+    pub queue: usize,
+    /// `on_failure: reject` (503 to new requests while records cannot be written) or continue.
+    pub reject_on_failure: bool,
+    /// Also print every record as a JSON line on stdout.
+    pub stdout: bool,
+    /// Body bytes kept per direction in a record.
+    pub max_body: usize,
+}
+
+/// One exchange as the proxy saw it (bodies not masked yet).
+#[derive(Debug, Default)]
+pub struct Draft {
+    pub id: String,
+    pub ts: String,
+    pub ts_ms: u64,
+    pub conversation: String,
+    pub identity: Option<Identity>,
+    pub route: Option<String>,
+    pub mode: Mode,
+    pub method: String,
+    pub path: String,
+    pub request_headers: Vec<(String, String)>,
+    pub request_body: Option<Vec<u8>>,
+    pub request_bytes: u64,
+    pub request_truncated: bool,
+    pub status: u16,
+    pub response_headers: Vec<(String, String)>,
+    pub response_body: Option<Vec<u8>>,
+    pub response_bytes: u64,
+    pub response_truncated: bool,
+    /// SSE events sent to the agent: (milliseconds since the request began, data).
+    pub events: Option<Vec<(f64, String)>>,
+    pub masked: Option<serde_json::Value>,
+    pub guardrail: Option<String>,
+    pub error: Option<String>,
+    pub downstream_tls: Option<(String, String)>,
+    pub upstream_tls: Option<(String, String)>,
+    pub duration_ms: f64,
+    pub ttfb_ms: Option<f64>,
+}
+
+/// What the proxy collects of an exchange while it runs (bounded by `max` bytes per body).
+#[derive(Debug, Default)]
+pub struct Capture {
+    pub mode: Mode,
+    pub max: usize,
+    pub conversation: String,
+    pub request_headers: Vec<(String, String)>,
+    pub request_body: Vec<u8>,
+    pub request_truncated: bool,
+    pub status: u16,
+    pub response_headers: Vec<(String, String)>,
+    pub response_body: Vec<u8>,
+    pub response_truncated: bool,
+    pub sse: bool,
+    sse_pending: Vec<u8>,
+    pub events: Vec<(f64, String)>,
+}
+
+impl Capture {
+    pub fn new(mode: Mode, max: usize, conversation: String) -> Capture {
+        Capture {
+            mode,
+            max,
+            conversation,
+            ..Capture::default()
+        }
+    }
+
+    pub fn request_chunk(&mut self, b: &[u8]) {
+        if self.mode != Mode::Full {
+            return;
+        }
+        let room = self.max.saturating_sub(self.request_body.len());
+        self.request_body.extend_from_slice(&b[..b.len().min(room)]);
+        self.request_truncated |= b.len() > room;
+    }
+
+    /// A chunk of the response as the agent got it; SSE is kept as events with their time.
+    pub fn response_chunk(&mut self, b: &[u8], t_ms: f64) {
+        if self.mode != Mode::Full {
+            return;
+        }
+        if !self.sse {
+            let room = self.max.saturating_sub(self.response_body.len());
+            self.response_body
+                .extend_from_slice(&b[..b.len().min(room)]);
+            self.response_truncated |= b.len() > room;
+            return;
+        }
+        self.sse_pending.extend_from_slice(b);
+        while let Some(end) = self.sse_pending.windows(2).position(|w| w == b"\n\n") {
+            let raw: Vec<u8> = self.sse_pending.drain(..end + 2).collect();
+            let text = String::from_utf8_lossy(&raw);
+            let data: Vec<&str> = text
+                .lines()
+                .filter_map(|l| {
+                    l.strip_prefix("data:")
+                        .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                })
+                .collect();
+            if data.is_empty() {
+                continue;
+            }
+            let size: usize = self.events.iter().map(|e| e.1.len()).sum();
+            if size > self.max {
+                self.response_truncated = true;
+                continue;
+            }
+            self.events.push((t_ms, data.join("\n")));
+        }
+    }
+}
+
+enum Msg {
+    Record(Box<Draft>),
+    Flush(Sender<()>),
+}
+
+pub struct Recorder {
+    tx: SyncSender<Msg>,
+    healthy: Arc<AtomicBool>,
+    depth: Arc<AtomicUsize>,
+    capacity: usize,
+    reject: bool,
+}
+
+fn redact_all() -> Rules {
+    Rules {
+        secrets: Action::Redact,
+        pii: Action::Redact,
+        custom: Action::Redact,
+        detectors: BTreeMap::new(),
+    }
+}
+
+impl Recorder {
+    /// Opens the store and starts the writer thread.
+    pub fn start(settings: Settings, engine: Arc<Engine>) -> Result<Arc<Recorder>, String> {
+        let store = Store::open(&settings.dir, settings.segment_size)
+            .map_err(|e| format!("recording store {}: {e}", settings.dir.display()))?;
+        let (tx, rx) = sync_channel(settings.queue);
+        let healthy = Arc::new(AtomicBool::new(true));
+        let depth = Arc::new(AtomicUsize::new(0));
+        for r in ["queue_full", "disk_full", "io"] {
+            metrics::RECORD_FAILURES.with_label_values(&[r]);
+        }
+        metrics::RECORD_STORE_BYTES.set(store.total_bytes() as i64);
+        let writer = Writer {
+            store,
+            engine,
+            rules: redact_all(),
+            settings: settings.clone(),
+            healthy: healthy.clone(),
+            depth: depth.clone(),
+            writes_since_retention: 0,
+            last_retention: Instant::now(),
+        };
+        std::thread::Builder::new()
+            .name("agentgate recorder".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| format!("starting the recorder: {e}"))?;
+        Ok(Arc::new(Recorder {
+            tx,
+            healthy,
+            depth,
+            capacity: settings.queue,
+            reject: settings.reject_on_failure,
+        }))
+    }
+
+    /// Whether new requests on recorded routes may proceed (`on_failure: reject` refuses them
+    /// while records cannot be written or the queue is 80% full).
+    pub fn accepting(&self) -> bool {
+        !self.reject
+            || (self.healthy.load(Ordering::Relaxed)
+                && self.depth.load(Ordering::Relaxed) * 5 < self.capacity * 4)
+    }
+
+    /// Queues a record; never blocks the request.
+    pub fn submit(&self, draft: Draft) {
+        self.depth.fetch_add(1, Ordering::Relaxed);
+        metrics::RECORD_QUEUE_DEPTH.inc();
+        match self.tx.try_send(Msg::Record(Box::new(draft))) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.depth.fetch_sub(1, Ordering::Relaxed);
+                metrics::RECORD_QUEUE_DEPTH.dec();
+                metrics::RECORD_FAILURES
+                    .with_label_values(&["queue_full"])
+                    .inc();
+                if self.reject {
+                    self.healthy.store(false, Ordering::Relaxed);
+                }
+                log::error!("recording queue full: a record was lost");
+            }
+        }
+    }
+
+    /// Waits (up to `timeout`) until every queued record is written.
+    pub fn flush(&self, timeout: Duration) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        if self.tx.send(Msg::Flush(tx)).is_ok() {
+            let _ = rx.recv_timeout(timeout);
+        }
+    }
+}
+
+struct Writer {
+    store: Store,
+    engine: Arc<Engine>,
+    rules: Rules,
+    settings: Settings,
+    healthy: Arc<AtomicBool>,
+    depth: Arc<AtomicUsize>,
+    writes_since_retention: usize,
+    last_retention: Instant,
+}
+
+fn io_reason(e: &std::io::Error) -> &'static str {
+    // ENOSPC, EDQUOT, EFBIG: the disk (or the file size limit) is full.
+    match e.raw_os_error() {
+        Some(28) | Some(122) | Some(27) => "disk_full",
+        _ => "io",
+    }
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<Msg>) {
+        loop {
+            match rx.recv_timeout(Duration::from_secs(5)) {
+                Ok(Msg::Record(d)) => {
+                    self.write(*d);
+                    self.depth.fetch_sub(1, Ordering::Relaxed);
+                    metrics::RECORD_QUEUE_DEPTH.dec();
+                }
+                Ok(Msg::Flush(done)) => {
+                    let _ = done.send(());
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            if self.writes_since_retention >= 10
+                || self.last_retention.elapsed() > Duration::from_secs(5)
+            {
+                self.retention();
+            }
+        }
+    }
+
+    fn retention(&mut self) {
+        self.writes_since_retention = 0;
+        self.last_retention = Instant::now();
+        match self
+            .store
+            .retain(self.settings.max_age, self.settings.max_size)
+        {
+            Ok(n) if n > 0 => log::info!("recording retention removed {n} segment(s)"),
+            Ok(_) => {}
+            Err(e) => log::warn!("recording retention: {e}"),
+        }
+        metrics::RECORD_STORE_BYTES.set(self.store.total_bytes() as i64);
+    }
+
+    fn write(&mut self, d: Draft) {
+        let (body, entry) = self.render(d);
+        loop {
+            match self.store.append(&body, entry.clone()) {
+                Ok(()) => {
+                    metrics::RECORDS_WRITTEN.inc();
+                    self.writes_since_retention += 1;
+                    if self.settings.stdout {
+                        crate::session_log::emit_line(serde_json::Value::Object(body).to_string());
+                    }
+                    self.healthy.store(true, Ordering::Relaxed);
+                    return;
+                }
+                Err(e) => {
+                    let reason = io_reason(&e);
+                    metrics::RECORD_FAILURES.with_label_values(&[reason]).inc();
+                    if !self.settings.reject_on_failure {
+                        log::error!("recording: cannot write a record ({e}); it is lost (on_failure: continue)");
+                        return;
+                    }
+                    // reject: refuse new requests and keep this record until it can be written.
+                    if self.healthy.swap(false, Ordering::Relaxed) {
+                        log::error!("recording: cannot write ({e}); refusing new requests until records can be written again");
+                    }
+                    self.retention();
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
+        }
+    }
+
+    fn mask_text(&self, s: &str) -> String {
+        self.engine.mask(s, &self.rules, None, false).0
+    }
+
+    fn mask_body(&self, b: &[u8]) -> serde_json::Value {
+        if let Ok((m, _)) = crate::mask::json::mask_json(&self.engine, b, &self.rules, None, false)
+        {
+            return serde_json::Value::String(String::from_utf8_lossy(&m).into_owned());
+        }
+        match std::str::from_utf8(b) {
+            Ok(t) => serde_json::Value::String(self.mask_text(t)),
+            Err(_) => serde_json::json!({"binary_bytes": b.len()}),
+        }
+    }
+
+    fn headers(&self, h: &[(String, String)]) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        for (k, v) in h {
+            m.insert(k.clone(), serde_json::Value::String(self.mask_text(v)));
+        }
+        serde_json::Value::Object(m)
+    }
+
+    fn render(&self, d: Draft) -> (serde_json::Map<String, serde_json::Value>, IndexEntry) {
+        use serde_json::json;
+        let full = d.mode == Mode::Full;
+        let path = self.mask_text(&d.path);
+        let tls = |t: &Option<(String, String)>| {
+            t.as_ref().map(|(v, c)| json!({"version": v, "cipher": c}))
+        };
+        let events = if full {
+            d.events.as_ref().map(|ev| {
+                ev.iter()
+                    .map(|(t, data)| json!({"t_ms": (t * 1000.0).round() / 1000.0, "data": self.mask_body(data.as_bytes())}))
+                    .collect::<Vec<_>>()
+            })
+        } else {
+            None
+        };
+        let v = json!({
+            "kind": "exchange",
+            "id": d.id,
+            "ts": d.ts,
+            "conversation": d.conversation,
+            "identity": d.identity,
+            "route": d.route,
+            "recording": d.mode.as_str(),
+            "method": d.method,
+            "path": path,
+            "request": {
+                "headers": self.headers(&d.request_headers),
+                "body": if full { d.request_body.as_deref().map(|b| self.mask_body(b)) } else { None },
+                "bytes": d.request_bytes,
+                "truncated": d.request_truncated,
+            },
+            "response": {
+                "status": d.status,
+                "headers": self.headers(&d.response_headers),
+                "body": if full && events.is_none() { d.response_body.as_deref().map(|b| self.mask_body(b)) } else { None },
+                "events": events,
+                "bytes": d.response_bytes,
+                "truncated": d.response_truncated,
+            },
+            "decisions": {"masked": d.masked, "guardrail": d.guardrail, "approval": null, "error": d.error},
+            "tls": {"downstream": tls(&d.downstream_tls), "upstream": tls(&d.upstream_tls)},
+            "duration_ms": d.duration_ms,
+            "upstream_ttfb_ms": d.ttfb_ms,
+        });
+        let entry = IndexEntry {
+            id: d.id.clone(),
+            seq: 0,
+            ts_ms: d.ts_ms,
+            route: d.route.clone(),
+            subject: d.identity.as_ref().map(|i| i.subject.clone()),
+            conversation: d.conversation.clone(),
+            status: d.status,
+            method: d.method.clone(),
+            path,
+            segment: 0,
+            offset: 0,
+            len: 0,
+        };
+        let serde_json::Value::Object(map) = v else {
+            unreachable!("a json! object literal")
+        };
+        (map, entry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capture_keeps_sse_events_with_their_time_and_bounds_bodies() {
+        let mut c = Capture::new(Mode::Full, 10, "c".into());
+        c.sse = true;
+        c.response_chunk(b"data: {\"a\":1}\n\ndata: [DO", 1.5);
+        c.response_chunk(b"NE]\n\n: keep-alive\n\n", 3.0);
+        assert_eq!(
+            c.events,
+            vec![(1.5, "{\"a\":1}".to_string()), (3.0, "[DONE]".to_string())]
+        );
+        c.request_chunk(b"0123456789abc");
+        assert_eq!(c.request_body, b"0123456789");
+        assert!(c.request_truncated);
+        let mut m = Capture::new(Mode::Metadata, 10, "c".into());
+        m.request_chunk(b"abc");
+        assert!(m.request_body.is_empty());
+    }
+}

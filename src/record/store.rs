@@ -1,0 +1,389 @@
+//! The embedded record store: append-only JSON-lines segments under `state_dir/records`, each
+//! line a record carrying the hash of the previous one (`prev`) and its own (`hash`, the
+//! SHA-256 of the line without it), so a chain runs through every segment. An index file lists
+//! each record's id, time, route, identity and place for listing. Retention deletes whole
+//! segments from the oldest and writes down where the chain now starts (`retention.jsonl`).
+
+use serde::{Deserialize, Serialize};
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Turns a record body (JSON object text, with `seq` and `prev`) into its stored line (no `\n`).
+pub fn seal(body: &str) -> (String, String) {
+    let hash = hex(&boring::sha::sha256(body.as_bytes()));
+    let line = format!("{},\"hash\":\"{hash}\"}}", &body[..body.len() - 1]);
+    (line, hash)
+}
+
+/// The body and the stated hash of a stored line, if it has the sealed shape.
+pub fn unseal(line: &str) -> Option<(String, &str)> {
+    const TAIL: usize = ",\"hash\":\"".len() + 64 + 2;
+    if line.len() < TAIL + 2 || !line.ends_with("\"}") {
+        return None;
+    }
+    let cut = line.len() - TAIL;
+    let tail = &line[cut..];
+    if !tail.starts_with(",\"hash\":\"") {
+        return None;
+    }
+    let hash = &tail[9..9 + 64];
+    Some((format!("{}}}", &line[..cut]), hash))
+}
+
+/// One entry of `index.jsonl`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct IndexEntry {
+    pub id: String,
+    pub seq: u64,
+    pub ts_ms: u64,
+    pub route: Option<String>,
+    pub subject: Option<String>,
+    pub conversation: String,
+    pub status: u16,
+    pub method: String,
+    pub path: String,
+    pub segment: u64,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// Where the chain starts after retention removed older segments.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Anchor {
+    pub first_segment: u64,
+    pub seq: u64,
+    pub hash: String,
+    pub ts: String,
+}
+
+pub struct Store {
+    dir: PathBuf,
+    segment_size: u64,
+    current: u64,
+    file: File,
+    size: u64,
+    index: File,
+    pub next_seq: u64,
+    pub last_hash: String,
+}
+
+pub fn segment_path(dir: &Path, n: u64) -> PathBuf {
+    dir.join(format!("seg-{n:08}.jsonl"))
+}
+
+/// The segment numbers present, ascending.
+pub fn segments(dir: &Path) -> std::io::Result<Vec<u64>> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir)? {
+        let name = e?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(n) = name
+            .strip_prefix("seg-")
+            .and_then(|r| r.strip_suffix(".jsonl"))
+        {
+            if let Ok(n) = n.parse() {
+                out.push(n);
+            }
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+pub fn anchor(dir: &Path) -> Option<Anchor> {
+    let text = fs::read_to_string(dir.join("retention.jsonl")).ok()?;
+    text.lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+}
+
+/// The last intact record of a segment: (seq, hash, byte length of the intact part).
+fn last_intact(path: &Path) -> std::io::Result<Option<(u64, String, u64)>> {
+    let mut f = File::open(path)?;
+    let mut text = Vec::new();
+    f.read_to_end(&mut text)?;
+    let mut last = None;
+    let mut pos = 0u64;
+    for line in text.split_inclusive(|b| *b == b'\n') {
+        if !line.ends_with(b"\n") {
+            break; // a torn last write
+        }
+        let Ok(s) = std::str::from_utf8(&line[..line.len() - 1]) else {
+            break;
+        };
+        let Some((body, hash)) = unseal(s) else { break };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else {
+            break;
+        };
+        let Some(seq) = v.get("seq").and_then(|x| x.as_u64()) else {
+            break;
+        };
+        pos += line.len() as u64;
+        last = Some((seq, hash.to_string(), pos));
+    }
+    Ok(last)
+}
+
+impl Store {
+    /// Opens (or creates) the store. A torn or damaged tail of the last segment (a crash mid
+    /// write) is left as it is, for `audit verify` to report; writing goes on in a new segment
+    /// chained to the last intact record.
+    pub fn open(dir: &Path, segment_size: u64) -> std::io::Result<Store> {
+        fs::create_dir_all(dir)?;
+        let segs = segments(dir)?;
+        let (mut next_seq, mut last_hash) = match anchor(dir) {
+            Some(a) => (a.seq + 1, a.hash),
+            None => (0, GENESIS.to_string()),
+        };
+        let mut current = segs.first().copied().unwrap_or(1);
+        let mut reuse = false;
+        for &n in &segs {
+            let path = segment_path(dir, n);
+            let full = fs::metadata(&path)?.len();
+            match last_intact(&path)? {
+                Some((seq, hash, intact)) => {
+                    next_seq = seq + 1;
+                    last_hash = hash;
+                    reuse = intact == full;
+                }
+                None => reuse = full == 0,
+            }
+            current = n;
+        }
+        if !segs.is_empty() && !reuse {
+            current += 1;
+        }
+        let path = segment_path(dir, current);
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let size = file.metadata()?.len();
+        let index = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("index.jsonl"))?;
+        Ok(Store {
+            dir: dir.to_path_buf(),
+            segment_size,
+            current,
+            file,
+            size,
+            index,
+            next_seq,
+            last_hash,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Appends a record. `body` is its JSON object without `seq`/`prev`/`hash`; `entry` its
+    /// index line (segment, offset and length are filled in here).
+    pub fn append(
+        &mut self,
+        body: &serde_json::Map<String, serde_json::Value>,
+        mut entry: IndexEntry,
+    ) -> std::io::Result<()> {
+        if self.size >= self.segment_size && self.size > 0 {
+            self.current += 1;
+            self.file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(segment_path(&self.dir, self.current))?;
+            self.size = 0;
+        }
+        let mut full = serde_json::Map::new();
+        full.insert("seq".into(), self.next_seq.into());
+        full.insert("prev".into(), self.last_hash.clone().into());
+        for (k, v) in body {
+            full.insert(k.clone(), v.clone());
+        }
+        let text = serde_json::Value::Object(full).to_string();
+        let (mut line, hash) = seal(&text);
+        line.push('\n');
+        // One write call per record: a crash leaves at most one torn line.
+        self.file.write_all(line.as_bytes())?;
+        entry.seq = self.next_seq;
+        entry.segment = self.current;
+        entry.offset = self.size;
+        entry.len = line.len() as u64;
+        let mut idx = serde_json::to_string(&entry).map_err(std::io::Error::other)?;
+        idx.push('\n');
+        self.index.write_all(idx.as_bytes())?;
+        self.size += line.len() as u64;
+        self.next_seq += 1;
+        self.last_hash = hash;
+        Ok(())
+    }
+
+    /// Bytes in all segments.
+    pub fn total_bytes(&self) -> u64 {
+        segments(&self.dir)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|n| fs::metadata(segment_path(&self.dir, *n)).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
+    /// Deletes whole segments, oldest first, while they are older than `max_age` or the store
+    /// is larger than `max_size`; the segment being written is kept. Returns segments deleted.
+    pub fn retain(&mut self, max_age: Duration, max_size: u64) -> std::io::Result<usize> {
+        let segs = segments(&self.dir)?;
+        let mut sizes: Vec<(u64, u64, SystemTime)> = Vec::new();
+        for n in &segs {
+            let m = fs::metadata(segment_path(&self.dir, *n))?;
+            sizes.push((*n, m.len(), m.modified()?));
+        }
+        let mut total: u64 = sizes.iter().map(|s| s.1).sum();
+        let now = SystemTime::now();
+        let mut deleted = 0;
+        for (n, len, modified) in sizes {
+            if n >= self.current {
+                break;
+            }
+            let old = now.duration_since(modified).unwrap_or_default() > max_age;
+            if !old && total <= max_size {
+                break;
+            }
+            let path = segment_path(&self.dir, n);
+            let last = last_intact(&path)?;
+            if let Some((seq, hash, _)) = last {
+                let a = Anchor {
+                    first_segment: n + 1,
+                    seq,
+                    hash,
+                    ts: crate::session_log::rfc3339(now),
+                };
+                let mut f = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.dir.join("retention.jsonl"))?;
+                f.write_all(
+                    format!(
+                        "{}\n",
+                        serde_json::to_string(&a).map_err(std::io::Error::other)?
+                    )
+                    .as_bytes(),
+                )?;
+            }
+            fs::remove_file(&path)?;
+            total -= len;
+            deleted += 1;
+        }
+        if deleted > 0 {
+            self.rewrite_index()?;
+        }
+        Ok(deleted)
+    }
+
+    /// Drops index entries of deleted segments.
+    fn rewrite_index(&mut self) -> std::io::Result<()> {
+        let first = segments(&self.dir)?
+            .first()
+            .copied()
+            .unwrap_or(self.current);
+        let path = self.dir.join("index.jsonl");
+        let kept: Vec<String> = BufReader::new(File::open(&path)?)
+            .lines()
+            .map_while(Result::ok)
+            .filter(|l| serde_json::from_str::<IndexEntry>(l).is_ok_and(|e| e.segment >= first))
+            .collect();
+        let tmp = self.dir.join("index.jsonl.tmp");
+        let mut f = File::create(&tmp)?;
+        for l in &kept {
+            writeln!(f, "{l}")?;
+        }
+        f.sync_all()?;
+        fs::rename(&tmp, &path)?;
+        self.index = OpenOptions::new().append(true).open(&path)?;
+        Ok(())
+    }
+}
+
+/// Index entries, oldest first.
+pub fn read_index(dir: &Path) -> Vec<IndexEntry> {
+    match File::open(dir.join("index.jsonl")) {
+        Ok(f) => BufReader::new(f)
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|l| serde_json::from_str(&l).ok())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// The stored record for an index entry, as JSON (without checking the chain).
+pub fn read_record(dir: &Path, e: &IndexEntry) -> std::io::Result<serde_json::Value> {
+    let mut f = File::open(segment_path(dir, e.segment))?;
+    f.seek(SeekFrom::Start(e.offset))?;
+    let mut buf = vec![0u8; e.len as usize];
+    f.read_exact(&mut buf)?;
+    let line = String::from_utf8_lossy(&buf);
+    serde_json::from_str(line.trim_end()).map_err(std::io::Error::other)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_roundtrip_and_chain() {
+        let (line, hash) = seal(r#"{"a":1,"seq":0}"#);
+        assert_eq!(line, format!(r#"{{"a":1,"seq":0,"hash":"{hash}"}}"#));
+        let (body, stated) = unseal(&line).unwrap();
+        assert_eq!(
+            (body.as_str(), stated),
+            (r#"{"a":1,"seq":0}"#, hash.as_str())
+        );
+        assert!(unseal(r#"{"a":1}"#).is_none());
+        let dir = std::env::temp_dir().join(format!("agentgate-store-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let mut s = Store::open(&dir, 1 << 20).unwrap();
+        let entry = IndexEntry {
+            id: "x".into(),
+            seq: 0,
+            ts_ms: 0,
+            route: None,
+            subject: None,
+            conversation: "c".into(),
+            status: 200,
+            method: "GET".into(),
+            path: "/".into(),
+            segment: 0,
+            offset: 0,
+            len: 0,
+        };
+        for i in 0..3 {
+            let mut m = serde_json::Map::new();
+            m.insert("n".into(), i.into());
+            s.append(
+                &m,
+                IndexEntry {
+                    id: format!("r{i}"),
+                    ..entry.clone()
+                },
+            )
+            .unwrap();
+        }
+        let r = crate::record::verify::verify(&dir).unwrap();
+        assert_eq!((r.verified, r.problem), (3, None));
+        let idx = read_index(&dir);
+        assert_eq!(read_record(&dir, &idx[1]).unwrap()["n"], 1);
+        // Reopening continues the chain in the same (intact) segment.
+        drop(s);
+        let mut s = Store::open(&dir, 1 << 20).unwrap();
+        assert_eq!(s.next_seq, 3);
+        s.append(&serde_json::Map::new(), entry).unwrap();
+        assert_eq!(segments(&dir).unwrap(), vec![1]);
+        assert_eq!(crate::record::verify::verify(&dir).unwrap().verified, 4);
+        let _ = fs::remove_dir_all(&dir);
+    }
+}

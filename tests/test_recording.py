@@ -1,0 +1,260 @@
+"""Recording: exchanges through the real OpenAI SDK are recorded (masked) and `sessions show`
+reconstructs them; `replay` keeps the timing; `audit verify` passes on an intact store and
+catches an edited byte, a deleted record, a swapped pair and a truncated segment; a crash
+mid-write leaves a store that opens and keeps recording; retention by age and size;
+`recording: off` writes nothing; no secret or personal value ever lands in the state
+directory; a full disk follows `on_failure`."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import resource
+import shutil
+import signal
+import subprocess
+import threading
+import time
+
+import httpx
+import pytest
+
+from conftest import BINARY, route_yaml
+from test_sdk import run_sdk
+
+SECRET = "sk-proj-Ab3dE5gH7jK9mN1pQ3sT5vX7zA9cE1gI3kM5oQ7sU9wY1aC3eG5iK7mO9qS1uW3yA5"
+EMAIL = "jane.doe@example.com"
+CARD = "4111 1111 1111 1111"
+
+
+def records(gw) -> pathlib.Path:
+    return gw.state_dir / "var" / "records"
+
+
+def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    out = subprocess.run([str(BINARY), *args], capture_output=True, text=True, timeout=60)
+    if check:
+        assert out.returncode == 0, out.stderr + out.stdout
+    return out
+
+
+def wait_records(gw, n: int, timeout: float = 10) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        idx = records(gw) / "index.jsonl"
+        lines = idx.read_text().splitlines() if idx.exists() else []
+        if len(lines) >= n:
+            return [json.loads(l) for l in lines]
+        time.sleep(0.05)
+    raise AssertionError(f"fewer than {n} records after {timeout} s")
+
+
+@pytest.fixture
+def gw(start_gateway, mock, upstream_ca_file):
+    return start_gateway(route_yaml("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file))
+
+
+def test_sdk_exchanges_recorded_and_shown(gw, mock):
+    assert run_sdk(gw, "chat")["text"] == "Hello from the mock upstream."
+    assert run_sdk(gw, "chat_stream")["chunks"] == 5
+    entries = wait_records(gw, 2)
+    listing = cli("sessions", "list", "--dir", str(records(gw))).stdout
+    for e in entries:
+        assert e["id"] in listing and e["subject"] == "test-agent" and e["route"] == "mock"
+        shown = cli("sessions", "show", e["id"], "--dir", str(records(gw))).stdout
+        assert "[user] hi" in shown, shown
+        assert "[assistant] Hello from the mock upstream." in shown, shown
+        assert "identity test-agent (service_account" in shown and "TLSv1." in shown
+    assert "SSE events" in cli("sessions", "show", entries[1]["id"], "--dir", str(records(gw))).stdout
+    # The admin API lists and returns them too.
+    admin = f"http://127.0.0.1:{gw.admin_port}"
+    listed = httpx.get(f"{admin}/v1/sessions?route=mock", timeout=5).json()
+    assert [x["id"] for x in listed] == [entries[1]["id"], entries[0]["id"]]
+    rec = httpx.get(f"{admin}/v1/sessions/{entries[0]['id']}", timeout=5).json()
+    assert rec["response"]["status"] == 200 and rec["identity"]["subject"] == "test-agent"
+    assert "authorization" not in rec["request"]["headers"]
+    assert httpx.get(f"{admin}/v1/sessions/nope", timeout=5).status_code == 404
+    assert gw.metric("agentgate_records_written_total") == 2
+    assert cli("audit", "verify", "--dir", str(records(gw))).stdout.count("intact") == 1
+
+
+def test_replay_keeps_the_original_timing(gw, mock):
+    r = run_sdk(gw, "masked_chat", env_extra={"SDK_STREAM": "1", "SDK_EXTRA_HEADERS": json.dumps({"x-mock-say": "one two three four five six", "x-mock-delay-ms": "150"})})
+    assert r["status"] == 200
+    entry = wait_records(gw, 1)[0]
+    rec = json.loads(cli("sessions", "show", entry["id"], "--dir", str(records(gw)), "--json").stdout)
+    ts = [e["t_ms"] for e in rec["response"]["events"]]
+    recorded = ts[-1] - ts[0]
+    assert recorded > 700, ts
+    for speed, expect in ((1.0, recorded), (2.0, recorded / 2)):
+        proc = subprocess.Popen([str(BINARY), "sessions", "replay", entry["id"], "--dir", str(records(gw)), "--speed", str(speed)], stdout=subprocess.PIPE, text=True)
+        stamps = []
+        for line in proc.stdout:
+            if line.startswith("data: "):
+                stamps.append(time.monotonic())
+        assert proc.wait(timeout=30) == 0
+        played = (stamps[-1] - stamps[0]) * 1000
+        assert abs(played - expect) <= 0.1 * expect, (speed, played, expect)
+        assert len(stamps) == len(ts)
+
+
+def test_recording_off_writes_nothing(start_gateway, mock, upstream_ca_file):
+    gw = start_gateway(route_yaml("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file) + "    recording: off\n")
+    with gw.client() as c:
+        assert c.get("/v1/models").status_code == 200
+    time.sleep(0.3)
+    assert not records(gw).exists() or not any(records(gw).iterdir())
+
+
+def test_no_secret_or_personal_value_lands_in_the_state_dir(start_gateway, mock, upstream_ca_file):
+    from conftest import DEFAULT_IDENTITY
+
+    masked = route_yaml("masked", "/v1/chat/", f"https://127.0.0.1:{mock.port}", upstream_ca_file) + "    masking: default\n"
+    plain = route_yaml("plain", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file)
+    policy = "masking:\n  policies:\n    default:\n      request: { secrets: redact, pii: pseudonymize }\n"
+    gw = start_gateway(masked + plain, identity=DEFAULT_IDENTITY + policy)
+    prompt = f"my key {SECRET}, mail {EMAIL}, card {CARD}"
+    for path in ("/v1/chat/completions", "/v1/responses"):
+        for stream in (False, True):
+            body = {"model": "m", "stream": stream, "messages": [{"role": "user", "content": prompt}], "input": prompt}
+            with gw.client() as c:
+                r = c.post(path, json=body, headers={"x-mock-echo": "1", "x-note": f"from {EMAIL}"})
+            assert r.status_code == 200, r.text
+    wait_records(gw, 4)
+    time.sleep(0.2)
+    for f in gw.state_dir.rglob("*"):
+        if f.is_file() and f.name not in ("stdout.log", "stderr.log", "agentgate.yaml"):
+            data = f.read_bytes()
+            for value in (SECRET[:20], EMAIL, CARD, "4111111111111111"):
+                assert value.encode() not in data, f"{value} found in {f}"
+    # The plain route (no masking policy; the agent got its values back) still records the
+    # redacted forms.
+    assert prompt in r.text
+    text = (records(gw) / "seg-00000001.jsonl").read_text()
+    assert "[REDACTED:OPENAI_KEY]" in text and "[REDACTED:EMAIL]" in text
+
+
+def _make_store(gw, n: int) -> pathlib.Path:
+    with gw.client() as c:
+        for i in range(n):
+            assert c.get("/v1/models", headers={"x-n": str(i)}).status_code == 200
+    wait_records(gw, n)
+    time.sleep(0.2)
+    return records(gw)
+
+
+def test_audit_verify_catches_tampering(gw, mock, tmp_path):
+    store = _make_store(gw, 6)
+    ok = cli("audit", "verify", "--dir", str(store))
+    assert "intact: 6 records" in ok.stdout
+
+    def variant(name, edit):
+        d = tmp_path / name
+        shutil.copytree(store, d)
+        seg = d / "seg-00000001.jsonl"
+        lines = seg.read_bytes().split(b"\n")[:-1]
+        seg.write_bytes(edit(lines))
+        out = cli("audit", "verify", "--dir", str(d), check=False)
+        assert out.returncode == 1, (name, out.stdout)
+        return out.stdout
+
+    def flip(lines):
+        l = bytearray(lines[2])
+        i = l.index(b'"method":"GET"') + len(b'"method":"')
+        l[i] = ord("P")
+        return b"\n".join(lines[:2] + [bytes(l)] + lines[3:]) + b"\n"
+
+    assert "record seq 2 was modified" in variant("edited", flip)
+    assert "expected record seq 2, found seq 3" in variant("deleted", lambda ls: b"\n".join(ls[:2] + ls[3:]) + b"\n")
+    assert "expected record seq 2, found seq 3" in variant("swapped", lambda ls: b"\n".join(ls[:2] + [ls[3], ls[2]] + ls[4:]) + b"\n")
+    torn = variant("truncated", lambda ls: (b"\n".join(ls) + b"\n")[:-40])
+    assert "ends inside a record" in torn and "up to seq 4" in torn
+    assert "removed from the end" in variant("tail-cut", lambda ls: b"\n".join(ls[:-1]) + b"\n")
+
+
+def test_crash_mid_write_leaves_a_store_that_opens_and_keeps_recording(start_gateway, mock, upstream_ca_file):
+    gw = start_gateway(route_yaml("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file))
+    stop = threading.Event()
+
+    def load():
+        with gw.client() as c:
+            while not stop.is_set():
+                try:
+                    c.post("/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "x" * 2000}]})
+                except httpx.HTTPError:
+                    return
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    wait_records(gw, 20, timeout=30)
+    gw.proc.send_signal(signal.SIGKILL)
+    gw.proc.wait()
+    stop.set()
+    for t in threads:
+        t.join(timeout=10)
+    seg = sorted(records(gw).glob("seg-*.jsonl"))[-1]
+    with open(seg, "ab") as f:  # a torn write, whatever the kill left
+        f.write(b'{"seq":999999,"kind":"exchange","id":"torn')
+    before = len(wait_records(gw, 20))
+    # The same state directory, started again: it opens and records on.
+    again = type(gw)(gw.config_path.read_text(), gw.state_dir, gw.port, gw.admin_port)
+    try:
+        with again.client() as c:
+            assert c.get("/v1/models").status_code == 200
+        assert len(wait_records(again, before + 1)) == before + 1
+        out = cli("audit", "verify", "--dir", str(records(gw)), check=False)
+        assert out.returncode == 1 and "ends inside a record" in out.stdout, out.stdout
+        assert len(list(records(gw).glob("seg-*.jsonl"))) >= 2, "recording went on in a new segment"
+    finally:
+        again.stop()
+
+
+def test_retention_by_size_and_age(start_gateway, mock, upstream_ca_file):
+    extra = "recording: { segment_size: 2KiB, max_size: 12KiB, max_age: 2s }\n"
+    gw = start_gateway(route_yaml("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file), extra=extra)
+    with gw.client() as c:
+        for _ in range(30):
+            assert c.get("/v1/models").status_code == 200
+    wait_records(gw, 1)
+    time.sleep(0.5)
+    segs = sorted(records(gw).glob("seg-*.jsonl"))
+    total = sum(s.stat().st_size for s in segs)
+    assert segs[0].name != "seg-00000001.jsonl", "the oldest segments were not deleted"
+    assert total <= 12 * 1024 + 4096, total
+    assert "intact" in cli("audit", "verify", "--dir", str(records(gw))).stdout
+    first = segs[0].name
+    time.sleep(2.5)
+    with gw.client() as c:
+        for _ in range(12):
+            assert c.get("/v1/models").status_code == 200
+    time.sleep(1)
+    assert all(s.name > first for s in records(gw).glob("seg-*.jsonl")), "segments older than max_age remain"
+    assert "intact" in cli("audit", "verify", "--dir", str(records(gw))).stdout
+
+
+def _limit_files(nbytes: int):
+    def apply():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes))
+    return apply
+
+
+@pytest.mark.parametrize("policy", ["reject", "continue"])
+def test_disk_full_follows_on_failure(start_gateway, mock, upstream_ca_file, policy):
+    extra = f"recording: {{ on_failure: {policy} }}\n"
+    gw = start_gateway(route_yaml("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file), extra=extra, preexec=_limit_files(96 * 1024))
+    statuses = []
+    with gw.client() as c:
+        for _ in range(120):
+            r = c.post("/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "y" * 1500}]})
+            statuses.append(r.status_code)
+            if r.status_code == 503:
+                assert r.json()["error"]["code"] == "recording_unavailable"
+                break
+            time.sleep(0.01)
+    assert gw.metric("agentgate_record_failures_total", reason="disk_full") >= 1
+    if policy == "reject":
+        assert statuses[-1] == 503, statuses
+    else:
+        assert set(statuses) == {200}, statuses
