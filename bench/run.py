@@ -210,11 +210,27 @@ http {{
         wait_port(port, p, "vanilla pingora")
         return System("vanilla-pingora", port, p)
 
-    def start_agentgate(self, upstream: int) -> System:
+    def start_agentgate(self, upstream: int, variant: str = "passthrough") -> System:
+        """`passthrough`: auth by service account, credential injection, no recording;
+        `recorded`: the same with every exchange recorded (full); `full`: plus request and
+        response masking (secrets redacted, personal data pseudonymized and restored) and a
+        guardrail."""
+        name = {"passthrough": "agentgate", "recorded": "agentgate-recorded", "full": "agentgate-full"}[variant]
         port, admin = free_port(), free_port()
-        conf = self.work / "agentgate.yaml"
+        conf = self.work / f"{name}.yaml"
+        route_extra = {
+            "passthrough": "    recording: off\n",
+            "recorded": "    recording: full\n",
+            "full": "    recording: full\n    masking: default\n    guardrails: [no-private-keys]\n",
+        }[variant]
+        policy = (
+            "masking:\n  policies:\n    default:\n"
+            "      request: { secrets: redact, pii: pseudonymize }\n"
+            "      response: { secrets: redact, pii: redact, restore_pseudonyms: true }\n"
+            "guardrails:\n  - { name: no-private-keys, direction: request, detectors: [private_key] }\n"
+        )
         conf.write_text(f"""
-server: {{ state_dir: ./var, threads: 1 }}
+server: {{ state_dir: ./var-{name}, threads: 1 }}
 listeners:
   - {{ name: agents, address: "127.0.0.1:{port}", tls: {{ cert: {self.chain}, key: {self.key} }} }}
 admin: {{ address: "127.0.0.1:{admin}" }}
@@ -228,15 +244,15 @@ routes:
     upstream: {{ url: "https://127.0.0.1:{upstream}", http2: false }}
     credentials:
       set_headers: {{ Authorization: "Bearer ${{env:BENCH_KEY}}" }}
-""")
+{route_extra}{policy}""")
         # The bench CA stands in for the system roots (the usual case: a public API). A route
         # `ca_file` makes Pingora build a per-connection store of system roots + that CA, which
         # costs ~1 ms per new upstream connection; see the report's notes.
         env = dict(os.environ, BENCH_KEY="sk-bench-route-key", AGENTGATE_LOG="warn", SSL_CERT_FILE=str(self.ca_file))
-        out = open(self.work / "agentgate-sessions.jsonl", "wb")
-        p = self.spawn([str(self.bin / "agentgate"), "run", "--config", str(conf)], "agentgate", env=env, stdout=out)
-        wait_port(port, p, "agentgate")
-        return System("agentgate", port, p)
+        out = open(self.work / f"{name}-sessions.jsonl", "wb")
+        p = self.spawn([str(self.bin / "agentgate"), "run", "--config", str(conf)], name, env=env, stdout=out)
+        wait_port(port, p, name)
+        return System(name, port, p)
 
     def start_portkey(self, upstream: int) -> System | None:
         """Portkey's open-source gateway (Node.js), offline. It has no TLS listener: agents reach
@@ -374,7 +390,15 @@ def main() -> int:
     try:
         mock = b.start_mock()
         systems = [mock]
-        for start in (b.start_nginx, b.start_vanilla, b.start_agentgate, b.start_portkey):
+        starts = (
+            b.start_nginx,
+            b.start_vanilla,
+            b.start_agentgate,
+            lambda up: b.start_agentgate(up, "recorded"),
+            lambda up: b.start_agentgate(up, "full"),
+            b.start_portkey,
+        )
+        for start in starts:
             s = start(mock.port)
             if s is not None:
                 systems.append(s)
@@ -413,7 +437,7 @@ def main() -> int:
     print(headline(runs, systems))
     # agentgate failing requests fails a measured run; other systems' errors are only reported.
     # The smoke run (debug build, 1 s) checks the harness; the integration tests check agentgate.
-    errors = sum(r["errors"] + r["status_errors"] for (name, _), rs in runs.items() if name == "agentgate" for r in rs)
+    errors = sum(r["errors"] + r["status_errors"] for (name, _), rs in runs.items() if name.startswith("agentgate") for r in rs)
     if errors and args.smoke:
         print(f"smoke: agentgate had {errors} failed requests on the debug build (reported, not fatal)")
     return 1 if errors and not args.smoke else 0
@@ -452,9 +476,11 @@ def render(args, systems, runs, h2, sse, streams, peak) -> str:
         f"{args.rounds} round(s) alternating the order of systems; medians across rounds",
         "- every system: TLS from the client, TLS to the mock upstream (HTTP/1.1, keep-alive pool), 1 worker/thread; "
         "load generator, proxy and mock share the same 2 cores",
-        "- agentgate: passthrough route (credential injection, response scrubbing, metrics, JSON session log to a file), "
-        "upstream trusted through the system roots (`SSL_CERT_FILE` = the bench CA); "
-        "the full-policy target (auth, masking, recording) is not measured: those features are not built yet",
+        "- agentgate: service-account auth, credential injection, response scrubbing, metrics, JSON session log to a file; "
+        "`agentgate` records nothing, `agentgate-recorded` records every exchange in full (masked, hash-chained), "
+        "`agentgate-full` adds request and response masking (secrets redacted, personal data pseudonymized and restored) "
+        "and a request guardrail; the request body is then read whole and forwarded through a subrequest; "
+        "upstream trusted through the system roots (`SSL_CERT_FILE` = the bench CA)",
         "- portkey: `@portkey-ai/gateway` (Node.js) runs offline; it has no TLS listener, so its inbound leg is plain HTTP "
         "(a head start over the others), and it has no HTTP/2",
         "- nginx and vanilla Pingora trust the bench CA directly; vanilla Pingora uses agentgate's allocator setup "
@@ -512,10 +538,20 @@ def render(args, systems, runs, h2, sse, streams, peak) -> str:
         out.append(f"| passthrough ≥ 0.95 × vanilla Pingora req/s at c=64 | {ag / va:.2f} × | {verdict(ag / va >= 0.95)} |")
     if ng:
         out.append(f"| passthrough ≥ 0.9 × nginx req/s at c=64 | {ag / ng:.2f} × | {verdict(ag / ng >= 0.9)} |")
+    full = agg(runs[("agentgate-full", 64)])["rps"] if ("agentgate-full", 64) in runs else None
+    rec = agg(runs[("agentgate-recorded", 64)])["rps"] if ("agentgate-recorded", 64) in runs else None
+    if full and ng:
+        out.append(f"| full policy (auth, masking, recording) ≥ 0.7 × nginx req/s at c=64 | {full / ng:.2f} × | {verdict(full / ng >= 0.7)} |")
+    if rec and ag:
+        out.append(f"| recording costs ≤ 5% of throughput (recorded vs not, c=64) | {100 * (1 - rec / ag):.1f}% | {verdict(rec / ag >= 0.95)} |")
     out += [
-        "| full policy ≥ 0.7 × nginx | not measured (auth, masking, recording not built yet) | – |",
         f"| added p99 over direct at c=1 ≤ 0.3 ms (passthrough) | {added1:+.3f} ms | {verdict(added1 <= 0.3)} |",
-        f"| SSE TTFB overhead ≤ 1 ms | {ttfb:+.3f} ms (masking not built yet) | {verdict(ttfb <= 1)} |",
+        f"| SSE TTFB overhead ≤ 1 ms (passthrough) | {ttfb:+.3f} ms | {verdict(ttfb <= 1)} |",
+        *(
+            [f"| SSE TTFB overhead ≤ 1 ms (full policy: masking the stream) | {sse['agentgate-full']['ttfb_ms'] - d['ttfb_ms']:+.3f} ms | "
+             f"{verdict(sse['agentgate-full']['ttfb_ms'] - d['ttfb_ms'] <= 1)} |"]
+            if sse.get("agentgate-full") else []
+        ),
         f"| ≤ 64 MB RSS with {args.streams} concurrent streams | {mem:.1f} MiB | {verdict(mem <= 64)} |",
         "",
         "Reproduce: `make bench` (release build, about 10 minutes on 2 cores; `make bench-smoke` for a seconds-long check).",
