@@ -383,6 +383,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--streams", type=int, default=1000)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--only", help="comma-separated systems to run besides direct (e.g. agentgate,agentgate-recorded)")
     args = ap.parse_args()
     if args.smoke:
         args.duration, args.rounds, args.streams = 1, 1, 50
@@ -391,14 +392,17 @@ def main() -> int:
         mock = b.start_mock()
         systems = [mock]
         starts = (
-            b.start_nginx,
-            b.start_vanilla,
-            b.start_agentgate,
-            lambda up: b.start_agentgate(up, "recorded"),
-            lambda up: b.start_agentgate(up, "full"),
-            b.start_portkey,
+            ("nginx", b.start_nginx),
+            ("vanilla-pingora", b.start_vanilla),
+            ("agentgate", b.start_agentgate),
+            ("agentgate-recorded", lambda up: b.start_agentgate(up, "recorded")),
+            ("agentgate-full", lambda up: b.start_agentgate(up, "full")),
+            ("portkey", b.start_portkey),
         )
-        for start in starts:
+        only = set(args.only.split(",")) if args.only else None
+        for name, start in starts:
+            if only and name not in only:
+                continue
             s = start(mock.port)
             if s is not None:
                 systems.append(s)

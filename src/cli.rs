@@ -132,5 +132,15 @@ pub enum SessionsCommand {
         /// Play N times faster.
         #[arg(long, default_value_t = 1.0)]
         speed: f64,
+        /// Instead of replaying, send the recorded (masked) request again to URL (a gateway,
+        /// e.g. https://127.0.0.1:8443) and show how the answer differs.
+        #[arg(long, value_name = "URL")]
+        resend: Option<String>,
+        /// The API key to resend with (e.g. a service-account token).
+        #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
+        token: Option<String>,
+        /// A CA to trust for URL besides the system roots (e.g. var/tls/ca.pem).
+        #[arg(long)]
+        ca: Option<PathBuf>,
     },
 }

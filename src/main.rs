@@ -260,7 +260,19 @@ fn sessions(cmd: SessionsCommand) -> Result<(), String> {
         SessionsCommand::Replay {
             id,
             store: s,
+            resend: Some(url),
+            token,
+            ca,
+            ..
+        } => {
+            let r = find(&records_dir(&s)?, &id)?;
+            resend(&r, &url, token.as_deref(), ca)
+        }
+        SessionsCommand::Replay {
+            id,
+            store: s,
             speed,
+            ..
         } => {
             let r = find(&records_dir(&s)?, &id)?;
             let mut out = std::io::stdout().lock();
@@ -273,4 +285,99 @@ fn sessions(cmd: SessionsCommand) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// Sends a recorded request (its masked body) again and prints the old and new answers.
+fn resend(
+    r: &serde_json::Value,
+    url: &str,
+    token: Option<&str>,
+    ca: Option<std::path::PathBuf>,
+) -> Result<(), String> {
+    use agentgate::record::render;
+    let method = r["method"].as_str().unwrap_or("POST");
+    let path = r["path"].as_str().unwrap_or("/");
+    let body = r
+        .pointer("/request/body")
+        .and_then(|b| b.as_str())
+        .unwrap_or("")
+        .as_bytes()
+        .to_vec();
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(format!("{}{path}", url.trim_end_matches('/')));
+    for (k, v) in r
+        .pointer("/request/headers")
+        .and_then(|h| h.as_object())
+        .into_iter()
+        .flatten()
+    {
+        let keep = ["content-type", "accept", "x-agentgate-session"].contains(&k.as_str())
+            || k.starts_with("openai-")
+            || k.starts_with("anthropic-");
+        if let (true, Some(v)) = (keep, v.as_str()) {
+            req = req.header(k.as_str(), v);
+        }
+    }
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let req = req.body(body).map_err(|e| e.to_string())?;
+    let fetcher = agentgate::identity::fetch::Fetcher::new(ca, std::time::Duration::from_secs(600));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let resp = rt.block_on(fetcher.send(req)).map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let text = String::from_utf8_lossy(resp.body()).into_owned();
+    let sse = resp
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let mut again = serde_json::json!({"response": {"status": status}});
+    if sse {
+        let events: Vec<serde_json::Value> = text
+            .split("\n\n")
+            .filter_map(|ev| {
+                let data: Vec<&str> = ev
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:").map(|d| d.trim_start()))
+                    .collect();
+                (!data.is_empty())
+                    .then(|| serde_json::json!({"t_ms": 0.0, "data": data.join("\n")}))
+            })
+            .collect();
+        again["response"]["events"] = events.into();
+    } else {
+        again["response"]["body"] = text.clone().into();
+    }
+    let (old_text, old_calls) = render::answer(r);
+    let (new_text, new_calls) = render::answer(&again);
+    println!(
+        "recorded: {} -> {}",
+        r["id"].as_str().unwrap_or("?"),
+        r["response"]["status"]
+    );
+    println!("resent:   {method} {url}{path} -> {status}");
+    println!("--- recorded answer ---\n{old_text}");
+    for c in &old_calls {
+        println!("[tool call] {c}");
+    }
+    println!("--- new answer ---\n{new_text}");
+    for c in &new_calls {
+        println!("[tool call] {c}");
+    }
+    if status >= 400 && new_text.is_empty() {
+        println!("{text}");
+    }
+    if old_text == new_text
+        && old_calls == new_calls
+        && Some(status as u64) == r["response"]["status"].as_u64()
+    {
+        println!("=== identical ===");
+    } else {
+        println!("=== different ===");
+    }
+    Ok(())
 }

@@ -258,3 +258,16 @@ def test_disk_full_follows_on_failure(start_gateway, mock, upstream_ca_file, pol
         assert statuses[-1] == 503, statuses
     else:
         assert set(statuses) == {200}, statuses
+
+
+def test_resend_sends_the_recorded_request_again_and_compares(gw, mock):
+    from conftest import AGENT_TOKEN
+
+    assert run_sdk(gw, "chat_stream")["chunks"] == 5
+    entry = wait_records(gw, 1)[0]
+    out = cli("sessions", "replay", entry["id"], "--dir", str(records(gw)), "--resend", gw.base_url, "--token", AGENT_TOKEN, "--ca", str(gw.ca_file)).stdout
+    assert "--- new answer ---\nHello from the mock upstream." in out, out
+    assert "=== identical ===" in out, out
+    assert len(mock.state.requests) == 2, "the request was sent again"
+    sent = json.loads(mock.state.last["body"])
+    assert sent["messages"][0]["content"] == "hi" and sent["stream"] is True

@@ -1,6 +1,7 @@
-//! HTTPS GET for OIDC discovery and JWKS, over pingora's own connector with the same checks as
-//! an upstream: chain and host name verified (system roots plus the issuer's `ca_file`),
-//! TLS >= 1.2, IP SANs for IP-literal hosts. It implements `openidconnect`'s async HTTP client.
+//! HTTPS requests for OIDC discovery and JWKS (and `sessions replay --resend`), over pingora's
+//! own connector with the same checks as an upstream: chain and host name verified (system
+//! roots plus the configured `ca_file`), TLS >= 1.2, IP SANs for IP-literal hosts. It implements
+//! `openidconnect`'s async HTTP client.
 
 use crate::config::{TlsVersion, Upstream};
 use crate::upstream::UpstreamTarget;
@@ -36,11 +37,11 @@ impl Fetcher {
         &self,
         req: http::Request<Vec<u8>>,
     ) -> Result<http::Response<Vec<u8>>, FetchError> {
-        let url = req.uri().to_string();
+        let what = format!("{} {}", req.method(), req.uri());
         match tokio::time::timeout(self.timeout, self.get(&req)).await {
-            Ok(r) => r.map_err(|e| FetchError(format!("GET {url}: {e}"))),
+            Ok(r) => r.map_err(|e| FetchError(format!("{what}: {e}"))),
             Err(_) => Err(FetchError(format!(
-                "GET {url}: no answer within {:?}",
+                "{what}: no answer within {:?}",
                 self.timeout
             ))),
         }
@@ -87,20 +88,20 @@ impl Fetcher {
             .check_evidence(&up, &ssl)
             .map_err(|(_, why)| format!("TLS refused: {why}"))?;
         let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let mut head =
-            RequestHeader::build("GET", pq.as_bytes(), None).map_err(|e| e.to_string())?;
+        let mut head = RequestHeader::build(req.method().as_str(), pq.as_bytes(), None)
+            .map_err(|e| e.to_string())?;
         let set = |h: &mut RequestHeader, k: &'static str, v: &str| {
             h.insert_header(k, v).map_err(|e| e.to_string())
         };
         set(&mut head, "host", &up.authority())?;
         for (k, v) in req.headers() {
-            if k == http::header::ACCEPT {
-                set(
-                    &mut head,
-                    "accept",
-                    v.to_str().unwrap_or("application/json"),
-                )?;
+            if k != http::header::HOST && k != http::header::CONNECTION {
+                head.insert_header(k.clone(), v.clone())
+                    .map_err(|e| e.to_string())?;
             }
+        }
+        if !req.body().is_empty() {
+            set(&mut head, "content-length", &req.body().len().to_string())?;
         }
         set(
             &mut head,
@@ -112,6 +113,12 @@ impl Fetcher {
             .write_request_header(Box::new(head))
             .await
             .map_err(|e| format!("sending the request: {e}"))?;
+        if !req.body().is_empty() {
+            session
+                .write_request_body(bytes::Bytes::from(req.body().clone()), true)
+                .await
+                .map_err(|e| format!("sending the body: {e}"))?;
+        }
         session
             .finish_request_body()
             .await

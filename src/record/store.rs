@@ -188,7 +188,7 @@ impl Store {
     /// index line (segment, offset and length are filled in here).
     pub fn append(
         &mut self,
-        body: &serde_json::Map<String, serde_json::Value>,
+        body: &mut serde_json::Map<String, serde_json::Value>,
         mut entry: IndexEntry,
     ) -> std::io::Result<()> {
         if self.size >= self.segment_size && self.size > 0 {
@@ -199,13 +199,9 @@ impl Store {
                 .open(segment_path(&self.dir, self.current))?;
             self.size = 0;
         }
-        let mut full = serde_json::Map::new();
-        full.insert("seq".into(), self.next_seq.into());
-        full.insert("prev".into(), self.last_hash.clone().into());
-        for (k, v) in body {
-            full.insert(k.clone(), v.clone());
-        }
-        let text = serde_json::Value::Object(full).to_string();
+        body.insert("seq".into(), self.next_seq.into());
+        body.insert("prev".into(), self.last_hash.clone().into());
+        let text = serde_json::to_string(&*body).map_err(std::io::Error::other)?;
         let (mut line, hash) = seal(&text);
         line.push('\n');
         // One write call per record: a crash leaves at most one torn line.
@@ -365,7 +361,7 @@ mod tests {
             let mut m = serde_json::Map::new();
             m.insert("n".into(), i.into());
             s.append(
-                &m,
+                &mut m,
                 IndexEntry {
                     id: format!("r{i}"),
                     ..entry.clone()
@@ -381,7 +377,7 @@ mod tests {
         drop(s);
         let mut s = Store::open(&dir, 1 << 20).unwrap();
         assert_eq!(s.next_seq, 3);
-        s.append(&serde_json::Map::new(), entry).unwrap();
+        s.append(&mut serde_json::Map::new(), entry).unwrap();
         assert_eq!(segments(&dir).unwrap(), vec![1]);
         assert_eq!(crate::record::verify::verify(&dir).unwrap().verified, 4);
         let _ = fs::remove_dir_all(&dir);
