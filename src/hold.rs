@@ -74,11 +74,25 @@ pub enum Forwarded {
 
 /// Sends `body` upstream through a subrequest of this session and pipes its response back.
 pub async fn forward(session: &mut Session, handoff: Handoff, body: Vec<u8>) -> Result<Forwarded> {
-    if session.subrequest_spawner.is_none() {
-        return Error::e_explain(
-            InternalError,
-            "subrequests are not enabled for this session",
-        );
+    if session.req_header().version == http::Version::HTTP_2 {
+        // The subrequest parses this request as HTTP/1.1 text: give it a Host, an origin-form
+        // target and the HTTP/1.1 version (the agent's own connection stays HTTP/2).
+        let req = session.req_header_mut();
+        if req.headers.get(http::header::HOST).is_none() {
+            if let Some(a) = req.uri.authority().map(|a| a.to_string()) {
+                req.insert_header(http::header::HOST, a)?;
+            }
+        }
+        let target = req
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        let uri: http::Uri = target
+            .parse()
+            .or_err(InternalError, "the request target for the subrequest")?;
+        req.set_uri(uri);
+        req.set_version(http::Version::HTTP_11);
     }
     let ctx = SubrequestCtx::builder()
         .body_mode(BodyMode::ExpectBody)

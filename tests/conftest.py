@@ -73,7 +73,7 @@ class Gateway:
         self.config_path.write_text(config)
         self.stdout_path = state_dir / "stdout.log"
         self.stderr_path = state_dir / "stderr.log"
-        env = dict(os.environ, ROUTE_KEY=ROUTE_KEY, AGENTGATE_LOG="info")
+        env = dict(os.environ, ROUTE_KEY=ROUTE_KEY, AGENTGATE_LOG=os.environ.get("AGENTGATE_TEST_LOG", "info"))
         self.proc = subprocess.Popen(
             [str(BINARY), "run", "--config", str(self.config_path)],
             stdout=open(self.stdout_path, "wb"),

@@ -135,3 +135,17 @@ def test_routes_without_masking_stream_bodies_unchanged(start_gateway, mock, ups
         r = c.post("/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": EMAIL}]})
     assert r.status_code == 200
     assert EMAIL in upstream_bodies(mock)
+
+
+def test_masking_over_http2_from_the_agent(masked_gateway, mock):
+    with masked_gateway.client(http2=True) as c:
+        r = c.post("/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": f"to {EMAIL}"}]}, headers={"x-mock-echo": "1"})
+        assert r.http_version == "HTTP/2"
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["message"]["content"] == f"You said: to {EMAIL}"
+        with c.stream("POST", "/v1/chat/completions", json={"model": "m", "stream": True, "messages": [{"role": "user", "content": f"to {EMAIL}"}]},
+                      headers={"x-mock-echo": "1", "x-mock-split": "4"}) as s:
+            body = s.read().decode()
+    assert EMAIL not in upstream_bodies(mock)
+    text = "".join(json.loads(l[6:])["choices"][0]["delta"].get("content", "") for l in body.splitlines() if l.startswith("data: {"))
+    assert text == f"You said: to {EMAIL}", body
