@@ -149,3 +149,19 @@ def test_masking_over_http2_from_the_agent(masked_gateway, mock):
     assert EMAIL not in upstream_bodies(mock)
     text = "".join(json.loads(l[6:])["choices"][0]["delta"].get("content", "") for l in body.splitlines() if l.startswith("data: {"))
     assert text == f"You said: to {EMAIL}", body
+
+
+def test_upstream_down_on_a_masking_route_is_a_clear_502(start_gateway, upstream_ca_file):
+    from conftest import DEFAULT_IDENTITY, free_port
+
+    dead = free_port()
+    route = route_yaml("dead", "/v1/", f"https://127.0.0.1:{dead}", upstream_ca_file) + "    masking: default\n"
+    gw = start_gateway(route, identity=DEFAULT_IDENTITY + MASKING)
+    with gw.client() as c:
+        r = c.post("/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": EMAIL}]})
+    assert r.status_code == 502, r.text
+    err = r.json()["error"]
+    assert err["code"] == "upstream_connect_failed" and f"127.0.0.1:{dead}" in err["message"], err
+    assert EMAIL not in r.text
+    with gw.client() as c:  # and it keeps serving
+        assert c.post("/v1/chat/completions", json={"model": "m", "messages": []}).status_code == 502
