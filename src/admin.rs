@@ -106,7 +106,12 @@ impl ServeHttp for AdminApp {
                 text(200, &content_type, body)
             }
             "/healthz" => text(200, plain, b"ok\n".to_vec()),
-            "/readyz" if !self.ready.get() => text(503, plain, b"not ready\n".to_vec()),
+            "/readyz" if !self.ready.get() || !crate::drain::armed() => {
+                text(503, plain, b"not ready\n".to_vec())
+            }
+            "/readyz" if crate::drain::draining() => {
+                text(503, plain, b"not ready: shutting down\n".to_vec())
+            }
             "/readyz" => match self.auth.readiness() {
                 Ok(()) => text(200, plain, b"ready\n".to_vec()),
                 Err(why) => text(503, plain, format!("not ready: {why}\n").into_bytes()),

@@ -6,6 +6,7 @@ pub mod alloc;
 pub mod api_error;
 pub mod cli;
 pub mod config;
+pub mod drain;
 pub mod hold;
 pub mod identity;
 pub mod mask;

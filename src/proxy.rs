@@ -164,6 +164,8 @@ pub struct RequestCtx {
     response_blocked: bool,
     /// What the record of this exchange will hold.
     capture: Option<crate::record::Capture>,
+    /// Counts this request while it runs (graceful shutdown waits for it).
+    _in_flight: Option<crate::drain::InFlight>,
 }
 
 fn request_host(req: &RequestHeader) -> Option<&str> {
@@ -248,6 +250,7 @@ impl ProxyHttp for Gateway {
             response_tally: Tally::default(),
             response_blocked: false,
             capture: None,
+            _in_flight: None,
         }
     }
 
@@ -271,6 +274,17 @@ impl ProxyHttp for Gateway {
             ctx.route = Some(h.route);
             return Ok(false);
         }
+        if crate::drain::draining() {
+            let e = ApiError::new(
+                503,
+                "service_unavailable_error",
+                "shutting_down",
+                "the gateway is shutting down; retry (another instance will answer)",
+            );
+            session.set_keepalive(None);
+            return self.answer(session, ctx, e).await;
+        }
+        ctx._in_flight = Some(crate::drain::InFlight::enter());
         if !path_is_safe(session.req_header().uri.path()) {
             let e = ApiError::new(
                 400,

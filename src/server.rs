@@ -43,9 +43,10 @@ pub fn run(config: Config) -> Result<(), String> {
 
     let conf = ServerConf {
         threads: config.server.threads,
-        // Stop accepting at once on SIGTERM; in-flight exchanges get the grace period.
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(config.server.grace_period.as_secs()),
+        // SIGTERM: agentgate's drainer refuses new requests and exits once nothing is in flight
+        // (src/drain.rs); Pingora's own shutdown only ends what is left after the grace period.
+        grace_period_seconds: Some(config.server.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(1),
         upstream_keepalive_pool_size: config.server.upstream_keepalive_pool,
         pid_file: state.join("agentgate.pid").to_string_lossy().into_owned(),
         // Pingora retries idempotent requests on a reused connection that the upstream closed.
@@ -146,6 +147,12 @@ pub fn run(config: Config) -> Result<(), String> {
             KeyRefresher(auth.clone()),
         ));
     }
+    server.add_service(pingora::services::background::background_service(
+        "drain",
+        crate::drain::Drainer {
+            recorder: recorder.clone(),
+        },
+    ));
     server.add_service(proxy);
     server.add_service(admin);
     ready.set(true);
