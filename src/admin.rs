@@ -23,8 +23,8 @@ impl Readiness {
 
 pub struct AdminApp {
     pub ready: Arc<Readiness>,
-    /// Not ready until every OIDC issuer's keys were loaded once.
-    pub auth: Arc<crate::identity::Authenticator>,
+    /// Not ready until every OIDC issuer's keys (of the active configuration) were loaded once.
+    pub active: Arc<crate::proxy::ActiveConfig>,
     /// The record store, for `GET /v1/sessions[/{id}]`.
     pub records: Option<std::path::PathBuf>,
 }
@@ -112,7 +112,7 @@ impl ServeHttp for AdminApp {
             "/readyz" if crate::drain::draining() => {
                 text(503, plain, b"not ready: shutting down\n".to_vec())
             }
-            "/readyz" => match self.auth.readiness() {
+            "/readyz" => match self.active.get().auth.readiness() {
                 Ok(()) => text(200, plain, b"ready\n".to_vec()),
                 Err(why) => text(503, plain, format!("not ready: {why}\n").into_bytes()),
             },

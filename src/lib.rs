@@ -14,6 +14,7 @@ pub mod masking;
 pub mod metrics;
 pub mod proxy;
 pub mod record;
+pub mod reload;
 pub mod scrub;
 pub mod server;
 pub mod session_log;

@@ -40,7 +40,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match agentgate::server::run(cfg) {
+            match agentgate::server::run(cfg, config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("agentgate: {e}");

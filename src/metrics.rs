@@ -116,6 +116,12 @@ lazy!(RECORD_FAILURES: IntCounterVec = register_int_counter_vec!(
     &["reason"]
 ));
 
+lazy!(CONFIG_RELOADS: IntCounterVec = register_int_counter_vec!(
+    "agentgate_config_reloads_total",
+    "Configuration reloads (SIGHUP or file change), by result: ok, invalid (the file does not validate), error",
+    &["result"]
+));
+
 pub static SESSION_LOG_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
     prometheus::register_int_counter!(
         "agentgate_session_log_dropped_total",

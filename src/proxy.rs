@@ -61,9 +61,82 @@ pub struct RouteRuntime {
     masking: Option<Arc<RouteMasking>>,
 }
 
+/// What a configuration reload swaps: the routes (with their upstreams, masking, recording mode)
+/// and the identity sources. A request keeps the `Active` it started with until it ends.
+pub struct Active {
+    pub routes: Vec<Arc<RouteRuntime>>,
+    pub auth: Arc<Authenticator>,
+}
+
+impl Active {
+    /// First route in file order whose host (if any) and path prefix match.
+    fn match_route(&self, host: Option<&str>, path: &str) -> Option<&Arc<RouteRuntime>> {
+        self.routes.iter().find(|r| {
+            path.starts_with(&r.route.path_prefix)
+                && r.route
+                    .host
+                    .as_deref()
+                    .is_none_or(|want| host.is_some_and(|h| h.eq_ignore_ascii_case(want)))
+        })
+    }
+}
+
+/// The `Active` configuration, swapped atomically by a reload.
+pub struct ActiveConfig(std::sync::RwLock<Arc<Active>>);
+
+impl ActiveConfig {
+    pub fn new(a: Active) -> Arc<ActiveConfig> {
+        Arc::new(ActiveConfig(std::sync::RwLock::new(Arc::new(a))))
+    }
+
+    pub fn get(&self) -> Arc<Active> {
+        match self.0.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    pub fn swap(&self, a: Active) {
+        match self.0.write() {
+            Ok(mut g) => *g = Arc::new(a),
+            Err(p) => *p.into_inner() = Arc::new(a),
+        }
+    }
+}
+
+/// The run-time form of every route of `config`.
+pub fn build_routes(config: &Config) -> Result<Vec<Arc<RouteRuntime>>, String> {
+    let mut routes = Vec::with_capacity(config.routes.len());
+    let mut masking = crate::masking::build(config)?;
+    for route in &config.routes {
+        let target = UpstreamTarget::new(&route.name, &route.upstream)?;
+        let secrets = SecretSet::new(
+            route
+                .set_headers
+                .iter()
+                .flat_map(|h| h.secret.sensitive_parts().iter().cloned()),
+        )
+        .map_err(|e| format!("route `{}`: {e}", route.name))?;
+        let host_header = HeaderValue::from_str(&route.upstream.authority()).map_err(|_| {
+            format!(
+                "route `{}`: upstream host is not a valid Host header",
+                route.name
+            )
+        })?;
+        routes.push(Arc::new(RouteRuntime {
+            metrics: RouteMetrics::new(&route.name),
+            route: route.clone(),
+            target,
+            secrets,
+            host_header,
+            masking: masking.remove(&route.name),
+        }));
+    }
+    Ok(routes)
+}
+
 pub struct Gateway {
-    routes: Vec<Arc<RouteRuntime>>,
-    auth: Arc<Authenticator>,
+    active: Arc<ActiveConfig>,
     /// `agentgate_upstream_connections_total{reused="false"|"true"}`, resolved once.
     connections: [prometheus::IntCounter; 2],
     max_body: u64,
@@ -76,38 +149,11 @@ pub struct Gateway {
 impl Gateway {
     pub fn new(
         config: &Config,
-        auth: Arc<Authenticator>,
+        active: Arc<ActiveConfig>,
         recorder: Option<Arc<crate::record::Recorder>>,
     ) -> Result<Gateway, String> {
-        let mut routes = Vec::with_capacity(config.routes.len());
-        let mut masking = crate::masking::build(config)?;
-        for route in &config.routes {
-            let target = UpstreamTarget::new(&route.name, &route.upstream)?;
-            let secrets = SecretSet::new(
-                route
-                    .set_headers
-                    .iter()
-                    .flat_map(|h| h.secret.sensitive_parts().iter().cloned()),
-            )
-            .map_err(|e| format!("route `{}`: {e}", route.name))?;
-            let host_header = HeaderValue::from_str(&route.upstream.authority()).map_err(|_| {
-                format!(
-                    "route `{}`: upstream host is not a valid Host header",
-                    route.name
-                )
-            })?;
-            routes.push(Arc::new(RouteRuntime {
-                metrics: RouteMetrics::new(&route.name),
-                route: route.clone(),
-                target,
-                secrets,
-                host_header,
-                masking: masking.remove(&route.name),
-            }));
-        }
         Ok(Gateway {
-            routes,
-            auth,
+            active,
             connections: [
                 metrics::UPSTREAM_CONNECTIONS.with_label_values(&["false"]),
                 metrics::UPSTREAM_CONNECTIONS.with_label_values(&["true"]),
@@ -118,17 +164,6 @@ impl Gateway {
             vaults: VaultStore::new(Duration::from_secs(3600), 100_000),
             recorder,
             record_max_body: config.recording.max_body as usize,
-        })
-    }
-
-    /// First route in file order whose host (if any) and path prefix match.
-    fn match_route(&self, host: Option<&str>, path: &str) -> Option<&Arc<RouteRuntime>> {
-        self.routes.iter().find(|r| {
-            path.starts_with(&r.route.path_prefix)
-                && r.route
-                    .host
-                    .as_deref()
-                    .is_none_or(|want| host.is_some_and(|h| h.eq_ignore_ascii_case(want)))
         })
     }
 }
@@ -298,7 +333,8 @@ impl ProxyHttp for Gateway {
             .digest()
             .and_then(|d| d.ssl_digest.as_ref())
             .and_then(|s| s.extension.get::<CertNames>());
-        let who = match self
+        let active = self.active.get();
+        let who = match active
             .auth
             .authenticate(&session.req_header().headers, cert)
             .await
@@ -309,7 +345,7 @@ impl ProxyHttp for Gateway {
         ctx.identity = Some(who.clone());
         let req = session.req_header();
         let path = req.uri.path();
-        let Some(route) = self.match_route(request_host(req), path).cloned() else {
+        let Some(route) = active.match_route(request_host(req), path).cloned() else {
             let e = ApiError::new(
                 404,
                 "invalid_request_error",

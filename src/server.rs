@@ -5,7 +5,7 @@ use crate::admin::{AdminApp, Readiness};
 use crate::config::{Config, ListenerTls, TlsVersion};
 use crate::identity::client_cert::RecordClientCert;
 use crate::identity::{Authenticator, KeyRefresher};
-use crate::proxy::Gateway;
+use crate::proxy::{Active, ActiveConfig, Gateway};
 use crate::tls::{self, ServingCert};
 use pingora::apps::http_app::HttpServer;
 use pingora::listeners::tls::TlsSettings;
@@ -24,7 +24,7 @@ const AGENT_L4_BUFFER: L4BufferSettings = L4BufferSettings {
 };
 
 /// Builds every service and runs until a signal stops the process.
-pub fn run(config: Config) -> Result<(), String> {
+pub fn run(config: Config, path: std::path::PathBuf) -> Result<(), String> {
     // Writing past a file size limit must fail with EFBIG (counted as disk full), not kill us.
     // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
     unsafe {
@@ -82,7 +82,11 @@ pub fn run(config: Config) -> Result<(), String> {
     } else {
         None
     };
-    let gateway = Gateway::new(&config, auth.clone(), recorder.clone())?;
+    let active = ActiveConfig::new(Active {
+        routes: crate::proxy::build_routes(&config)?,
+        auth: auth.clone(),
+    });
+    let gateway = Gateway::new(&config, active.clone(), recorder.clone())?;
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
         gateway,
@@ -115,7 +119,7 @@ pub fn run(config: Config) -> Result<(), String> {
         "agentgate admin".to_string(),
         HttpServer::new_app(AdminApp {
             ready: ready.clone(),
-            auth: auth.clone(),
+            active: active.clone(),
             records: recorder.as_ref().map(|_| {
                 config
                     .recording
@@ -151,6 +155,14 @@ pub fn run(config: Config) -> Result<(), String> {
         "drain",
         crate::drain::Drainer {
             recorder: recorder.clone(),
+        },
+    ));
+    server.add_service(pingora::services::background::background_service(
+        "reload",
+        crate::reload::Reloader {
+            path,
+            active: active.clone(),
+            fixed: crate::reload::fixed_parts(&config),
         },
     ));
     server.add_service(proxy);

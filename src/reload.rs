@@ -1,0 +1,116 @@
+//! Hot reload: on SIGHUP, and when the config file changes (including Kubernetes' ConfigMap
+//! symlink swap), the file is validated; if valid, routes (with their upstreams, masking,
+//! guardrails, recording mode) and identity sources are swapped atomically — requests in flight
+//! keep the configuration they started with — and if not, the running configuration stays, the
+//! error is logged with its line, and `agentgate_config_reloads_total{result}` counts it.
+//! Listeners, the admin listener, `server` and `recording` settings need a restart.
+
+use crate::config::Config;
+use crate::identity::Authenticator;
+use crate::metrics;
+use crate::proxy::{build_routes, Active, ActiveConfig};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+pub struct Reloader {
+    pub path: PathBuf,
+    pub active: Arc<ActiveConfig>,
+    /// The parts that need a restart, as running (Debug text; secrets print redacted).
+    pub fixed: String,
+}
+
+/// What `Reloader` compares to notice a change: follows symlinks, so a ConfigMap's `..data`
+/// swap shows up as a new inode.
+fn stamp(path: &PathBuf) -> Option<(u64, SystemTime, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.ino(), m.modified().ok()?, m.len()))
+}
+
+pub fn fixed_parts(c: &Config) -> String {
+    format!(
+        "{:?}{:?}{:?}{:?}",
+        c.server, c.listeners, c.admin, c.recording
+    )
+}
+
+impl Reloader {
+    fn reload(&self, why: &str) {
+        let config = match Config::load(&self.path) {
+            Ok(c) => c,
+            Err(e) => {
+                metrics::CONFIG_RELOADS
+                    .with_label_values(&["invalid"])
+                    .inc();
+                log::error!("config reload ({why}) refused, the running configuration stays: {e}");
+                return;
+            }
+        };
+        let built = Authenticator::new(&config.identity)
+            .and_then(|auth| Ok((Arc::new(auth), build_routes(&config)?)));
+        let (auth, routes) = match built {
+            Ok(x) => x,
+            Err(e) => {
+                metrics::CONFIG_RELOADS.with_label_values(&["error"]).inc();
+                log::error!("config reload ({why}) failed, the running configuration stays: {e}");
+                return;
+            }
+        };
+        if fixed_parts(&config) != self.fixed {
+            log::warn!("config reload ({why}): changes to server, listeners, admin or recording take effect after a restart");
+        }
+        for issuer in auth.issuers() {
+            let weak = Arc::downgrade(issuer);
+            tokio::spawn(async move {
+                // Refreshes this issuer's keys for as long as a configuration uses it.
+                loop {
+                    let Some(i) = weak.upgrade() else { return };
+                    let wait = match i.refresh().await {
+                        Ok(_) => i.config().refresh_interval,
+                        Err(_) => Duration::from_secs(2).min(i.config().refresh_interval),
+                    };
+                    drop(i);
+                    tokio::time::sleep(wait).await;
+                }
+            });
+        }
+        let n = routes.len();
+        self.active.swap(Active { routes, auth });
+        metrics::CONFIG_RELOADS.with_label_values(&["ok"]).inc();
+        log::info!("configuration reloaded ({why}): {n} route(s)");
+    }
+}
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for Reloader {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        for r in ["ok", "invalid", "error"] {
+            metrics::CONFIG_RELOADS.with_label_values(&[r]);
+        }
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                log::warn!("cannot watch SIGHUP for reloads: {e}");
+                None
+            }
+        };
+        let mut last = stamp(&self.path);
+        loop {
+            tokio::select! {
+                Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    last = stamp(&self.path);
+                    self.reload("SIGHUP");
+                }
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                    let now = stamp(&self.path);
+                    if now.is_some() && now != last {
+                        last = now;
+                        self.reload("file changed");
+                    }
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
