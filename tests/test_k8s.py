@@ -15,22 +15,73 @@ from conftest import BINARY, DEFAULT_IDENTITY, ROOT, route_yaml
 K8S = ROOT / "k8s"
 
 
-def test_manifests_parse():
-    files = sorted(K8S.rglob("*.yaml"))
-    assert files
-    for f in files:
-        docs = [d for d in yaml.safe_load_all(f.read_text()) if d]
-        assert docs, f
-        for d in docs:
-            assert "apiVersion" in d and "kind" in d, f
+def merge(base, patch):
+    """Strategic merge as kustomize applies it to our patches: maps merge, lists of named items
+    merge by name (new ones first, in the patch's order), anything else is replaced."""
+    if isinstance(base, dict) and isinstance(patch, dict):
+        out = dict(base)
+        for k, v in patch.items():
+            out[k] = merge(base[k], v) if k in base else v
+        return out
+    if isinstance(base, list) and isinstance(patch, list) and all(isinstance(i, dict) and "name" in i for i in base + patch):
+        by_name = {i["name"]: i for i in base}
+        out = [merge(by_name[i["name"]], i) if i["name"] in by_name else i for i in patch]
+        return out + [i for i in base if i["name"] not in {p["name"] for p in patch}]
+    return patch
 
 
-def test_configmap_config_is_valid(tmp_path):
-    cm = yaml.safe_load((K8S / "base" / "configmap.yaml").read_text())
-    conf = tmp_path / "agentgate.yaml"
-    conf.write_text(cm["data"]["agentgate.yaml"])
-    out = subprocess.run([str(BINARY), "check", "--skip-secrets", "--config", str(conf)], capture_output=True, text=True, timeout=30)
-    assert out.returncode == 0, out.stderr
+def render(d) -> list[dict]:
+    """A small kustomize: resources (files and directories), configMapGenerator, patches."""
+    k = yaml.safe_load((d / "kustomization.yaml").read_text())
+    docs: list[dict] = []
+    for r in k.get("resources", []):
+        p = (d / r).resolve()
+        docs += render(p) if p.is_dir() else [x for x in yaml.safe_load_all(p.read_text()) if x]
+    for g in k.get("configMapGenerator", []):
+        docs.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": g["name"], "labels": g.get("options", {}).get("labels", {})},
+                     "data": {f: (d / f).read_text() for f in g.get("files", [])}})
+    for p in k.get("patches", []):
+        patch = yaml.safe_load((d / p["path"]).read_text())
+        for i, doc in enumerate(docs):
+            if doc["kind"] == patch["kind"] and doc["metadata"]["name"] == patch["metadata"]["name"]:
+                docs[i] = merge(doc, patch)
+    return docs
+
+
+KUSTOMIZATIONS = sorted(p.parent for p in K8S.rglob("kustomization.yaml"))
+
+
+def test_every_rendered_manifest_validates_against_the_kubernetes_schemas(tmp_path):
+    import kubernetes_validate
+
+    assert {p.name for p in KUSTOMIZATIONS} >= {"base", "egress-lock", "egress-gateway", "monitoring"}
+    for d in KUSTOMIZATIONS:
+        docs = render(d)
+        assert docs, d
+        for doc in docs:
+            if doc["apiVersion"].startswith("monitoring.coreos.com/"):
+                # A Prometheus Operator CRD: no schema in the Kubernetes set.
+                assert doc["kind"] == "PodMonitor" and doc["spec"]["podMetricsEndpoints"][0]["path"] == "/metrics"
+                continue
+            kubernetes_validate.validate(doc, "1.31", strict=True)
+            if doc["kind"] == "ConfigMap" and "agentgate.yaml" in doc.get("data", {}):
+                conf = tmp_path / f"{d.name}-{doc['metadata']['name']}.yaml"
+                conf.write_text(doc["data"]["agentgate.yaml"])
+                out = subprocess.run([str(BINARY), "check", "--skip-secrets", "--config", str(conf)], capture_output=True, text=True, timeout=30)
+                assert out.returncode == 0, (d, out.stderr)
+
+
+def test_sidecar_shape():
+    [dep] = [x for x in render(K8S / "overlays" / "egress-lock") if x["kind"] == "Deployment"]
+    spec = dep["spec"]["template"]["spec"]
+    inits = {c["name"]: c for c in spec["initContainers"]}
+    assert inits["agentgate"]["restartPolicy"] == "Always", "agentgate must be a native sidecar"
+    assert "--uid-owner 10001" in inits["egress-lock"]["args"][0] and spec["securityContext"]["runAsUser"] == 10001
+    assert inits["agentgate"]["securityContext"]["readOnlyRootFilesystem"] is True
+    agent = spec["containers"][0]
+    assert {"name": "OPENAI_BASE_URL", "value": "http://127.0.0.1:8080/v1"} in agent["env"]
+    mounts = {m["name"] for m in agent.get("volumeMounts", [])}
+    assert "gateway-secrets" not in mounts, "the agent must not see the provider key"
 
 
 def test_dashboard_uses_real_metric_names(start_gateway, mock, upstream_ca_file):
