@@ -271,3 +271,21 @@ def test_resend_sends_the_recorded_request_again_and_compares(gw, mock):
     assert len(mock.state.requests) == 2, "the request was sent again"
     sent = json.loads(mock.state.last["body"])
     assert sent["messages"][0]["content"] == "hi" and sent["stream"] is True
+
+
+def test_records_streamed_to_stdout_masked(start_gateway, mock, upstream_ca_file):
+    gw = start_gateway(route_yaml("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file), extra="recording: { stdout: true }\n")
+    with gw.client() as c:
+        r = c.post("/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": f"mail {EMAIL}"}]}, headers={"x-mock-echo": "1"})
+    assert r.status_code == 200 and EMAIL in r.text
+    wait_records(gw, 1)
+    deadline = time.monotonic() + 5
+    records_out = []
+    while time.monotonic() < deadline and not records_out:
+        records_out = [l for l in gw.session_lines() if l.get("kind") == "exchange" and "prev" in l]
+        time.sleep(0.1)
+    assert records_out, "no record on stdout"
+    rec = records_out[-1]
+    assert rec["response"]["status"] == 200 and rec["identity"]["subject"] == "test-agent"
+    line = json.dumps(rec)
+    assert EMAIL not in line and "[REDACTED:EMAIL]" in line
