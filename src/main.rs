@@ -177,10 +177,7 @@ fn records_dir(store: &StoreArgs) -> Result<std::path::PathBuf, String> {
         return Err("give --config FILE (or AGENTGATE_CONFIG) or --dir RECORDS_DIR".into());
     };
     let c = Config::load_without_secrets(path).map_err(|e| e.to_string())?;
-    Ok(c.recording
-        .dir
-        .clone()
-        .unwrap_or_else(|| c.server.state_dir.join("records")))
+    Ok(c.recording.dir_under(&c.server.state_dir))
 }
 
 fn find(dir: &std::path::Path, id: &str) -> Result<serde_json::Value, String> {

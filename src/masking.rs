@@ -5,7 +5,7 @@
 use crate::config::{Config, Direction, Guardrail};
 use crate::mask::{Action, CustomDetector, Engine, Rules};
 use crate::metrics;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 pub struct RouteMasking {
@@ -38,15 +38,6 @@ impl RouteMasking {
     }
 }
 
-fn allow_all() -> Rules {
-    Rules {
-        secrets: Action::Allow,
-        pii: Action::Allow,
-        custom: Action::Allow,
-        detectors: BTreeMap::new(),
-    }
-}
-
 /// The engine for a config: built-in detectors, custom ones and guardrail deny words.
 pub fn engine(config: &Config) -> Result<Arc<Engine>, String> {
     let mut custom: Vec<CustomDetector> = config.masking.custom_detectors.clone();
@@ -71,8 +62,10 @@ pub fn engine(config: &Config) -> Result<Arc<Engine>, String> {
 }
 
 /// The masking of every route that has a policy or guardrails, by route name.
-pub fn build(config: &Config) -> Result<HashMap<String, Arc<RouteMasking>>, String> {
-    let engine = engine(config)?;
+pub fn build(
+    config: &Config,
+    engine: Arc<Engine>,
+) -> Result<HashMap<String, Arc<RouteMasking>>, String> {
     for d in engine.detectors() {
         for dir in ["request", "response"] {
             for a in ["redact", "hash", "pseudonymize", "block"] {
@@ -96,7 +89,7 @@ pub fn build(config: &Config) -> Result<HashMap<String, Arc<RouteMasking>>, Stri
             .and_then(|m| config.masking.policies.get(m));
         let (mut request, mut response) = match policy {
             Some(p) => (p.request.clone(), p.response.clone()),
-            None => (allow_all(), allow_all()),
+            None => (Rules::all(Action::Allow), Rules::all(Action::Allow)),
         };
         // Deny words of guardrails this route does not use are not masked here.
         for g in &config.guardrails {

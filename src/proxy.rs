@@ -104,10 +104,14 @@ impl ActiveConfig {
     }
 }
 
-/// The run-time form of every route of `config`.
-pub fn build_routes(config: &Config) -> Result<Vec<Arc<RouteRuntime>>, String> {
+/// The run-time form of every route of `config`, masking with `engine` (built from the same
+/// config by `masking::engine`).
+pub fn build_routes(
+    config: &Config,
+    engine: Arc<crate::mask::Engine>,
+) -> Result<Vec<Arc<RouteRuntime>>, String> {
     let mut routes = Vec::with_capacity(config.routes.len());
-    let mut masking = crate::masking::build(config)?;
+    let mut masking = crate::masking::build(config, engine)?;
     for route in &config.routes {
         let target = UpstreamTarget::new(&route.name, &route.upstream)?;
         let secrets = SecretSet::new(
@@ -861,13 +865,16 @@ fn too_large(max: u64) -> ApiError {
 /// The conversation whose pseudonyms a request shares: the caller, plus `x-agentgate-session`
 /// when the agent names one (a caller never reaches another caller's pseudonyms).
 fn conversation_key(who: &Identity, req: &RequestHeader) -> String {
-    let session = req
-        .headers
+    let session = session_header(req).unwrap_or("");
+    format!("{}\u{1f}{}\u{1f}{session}", who.issuer, who.subject)
+}
+
+/// The agent's `x-agentgate-session`, when it sends a usable one (at most 128 bytes).
+fn session_header(req: &RequestHeader) -> Option<&str> {
+    req.headers
         .get("x-agentgate-session")
         .and_then(|v| v.to_str().ok())
-        .filter(|s| s.len() <= 128)
-        .unwrap_or("");
-    format!("{}\u{1f}{}\u{1f}{session}", who.issuer, who.subject)
+        .filter(|s| !s.is_empty() && s.len() <= 128)
 }
 
 /// Sets up response masking from the response header: SSE event by event, JSON whole, other
@@ -1169,12 +1176,7 @@ impl Gateway {
 /// The readable conversation id a record is filed under: `x-agentgate-session` when the agent
 /// sends one, else the caller.
 fn conversation_id(who: &Identity, req: &RequestHeader) -> String {
-    match req
-        .headers
-        .get("x-agentgate-session")
-        .and_then(|v| v.to_str().ok())
-        .filter(|s| !s.is_empty() && s.len() <= 128)
-    {
+    match session_header(req) {
         Some(s) => s.to_string(),
         None => format!("{}@{}", who.subject, who.issuer),
     }

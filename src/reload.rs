@@ -47,8 +47,10 @@ impl Reloader {
                 return;
             }
         };
-        let built = Authenticator::new(&config.identity)
-            .and_then(|auth| Ok((Arc::new(auth), build_routes(&config)?)));
+        let built = Authenticator::new(&config.identity).and_then(|auth| {
+            let engine = crate::masking::engine(&config)?;
+            Ok((Arc::new(auth), build_routes(&config, engine)?))
+        });
         let (auth, routes) = match built {
             Ok(x) => x,
             Err(e) => {

@@ -58,32 +58,25 @@ pub fn run(config: Config, path: std::path::PathBuf) -> Result<(), String> {
     server.bootstrap();
 
     let auth = Arc::new(Authenticator::new(&config.identity)?);
+    // One masking engine for the routes and the recorder (compiling it is the slow part).
+    let engine = crate::masking::engine(&config)?;
     let recorder = if config
         .routes
         .iter()
         .any(|r| r.recording != crate::record::Mode::Off)
     {
-        let r = &config.recording;
-        let settings = crate::record::Settings {
-            dir: r.dir.clone().unwrap_or_else(|| state.join("records")),
-            segment_size: r.segment_size,
-            max_age: r.max_age,
-            max_size: r.max_size,
-            queue: r.queue,
-            reject_on_failure: r.reject_on_failure,
-            stdout: r.stdout,
-            max_body: r.max_body as usize,
-        };
-        log::info!("recording exchanges under {}", settings.dir.display());
+        let dir = config.recording.dir_under(&state);
+        log::info!("recording exchanges under {}", dir.display());
         Some(crate::record::Recorder::start(
-            settings,
-            crate::masking::engine(&config)?,
+            dir,
+            config.recording.clone(),
+            engine.clone(),
         )?)
     } else {
         None
     };
     let active = ActiveConfig::new(Active {
-        routes: crate::proxy::build_routes(&config)?,
+        routes: crate::proxy::build_routes(&config, engine)?,
         auth: auth.clone(),
     });
     let gateway = Gateway::new(&config, active.clone(), recorder.clone())?;
@@ -120,13 +113,7 @@ pub fn run(config: Config, path: std::path::PathBuf) -> Result<(), String> {
         HttpServer::new_app(AdminApp {
             ready: ready.clone(),
             active: active.clone(),
-            records: recorder.as_ref().map(|_| {
-                config
-                    .recording
-                    .dir
-                    .clone()
-                    .unwrap_or_else(|| state.join("records"))
-            }),
+            records: recorder.as_ref().map(|r| r.dir().to_path_buf()),
         }),
     );
     let admin_addr = config.admin.address.to_string();

@@ -45,6 +45,15 @@ pub struct RecordingConfig {
     pub max_body: u64,
 }
 
+impl RecordingConfig {
+    /// `dir`, or `records` under the state directory.
+    pub fn dir_under(&self, state_dir: &Path) -> PathBuf {
+        self.dir
+            .clone()
+            .unwrap_or_else(|| state_dir.join("records"))
+    }
+}
+
 /// Masking policies and custom detectors (`masking:`).
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(try_from = "raw::RawMasking")]

@@ -95,6 +95,16 @@ pub struct Rules {
 }
 
 impl Rules {
+    /// The same action for every category and no per-detector override.
+    pub fn all(action: Action) -> Rules {
+        Rules {
+            secrets: action,
+            pii: action,
+            custom: action,
+            detectors: BTreeMap::new(),
+        }
+    }
+
     pub fn action(&self, d: &Detector) -> Action {
         if let Some(a) = self.detectors.get(&d.name) {
             return *a;

@@ -18,12 +18,7 @@ fn engine() -> Arc<Engine> {
 }
 
 fn redact_all() -> Rules {
-    Rules {
-        secrets: Action::Redact,
-        pii: Action::Redact,
-        custom: Action::Redact,
-        detectors: BTreeMap::new(),
-    }
+    Rules::all(Action::Redact)
 }
 
 /// (detector, value) positives, checksum-valid where a checksum applies.

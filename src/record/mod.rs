@@ -7,10 +7,10 @@ pub mod render;
 pub mod store;
 pub mod verify;
 
+use crate::config::RecordingConfig;
 use crate::identity::Identity;
 use crate::mask::{Action, Engine, Rules};
 use crate::metrics;
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, Sender, SyncSender, TryRecvError, TrySendError};
@@ -44,22 +44,6 @@ impl Mode {
             Mode::Off => "off",
         }
     }
-}
-
-/// `recording:` settings.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub dir: PathBuf,
-    pub segment_size: u64,
-    pub max_age: Duration,
-    pub max_size: u64,
-    pub queue: usize,
-    /// `on_failure: reject` (503 to new requests while records cannot be written) or continue.
-    pub reject_on_failure: bool,
-    /// Also print every record as a JSON line on stdout.
-    pub stdout: bool,
-    /// Body bytes kept per direction in a record.
-    pub max_body: usize,
 }
 
 /// One exchange as the proxy saw it (bodies not masked yet).
@@ -173,6 +157,7 @@ enum Msg {
 }
 
 pub struct Recorder {
+    dir: PathBuf,
     tx: SyncSender<Msg>,
     healthy: Arc<AtomicBool>,
     depth: Arc<AtomicUsize>,
@@ -180,20 +165,15 @@ pub struct Recorder {
     reject: bool,
 }
 
-fn redact_all() -> Rules {
-    Rules {
-        secrets: Action::Redact,
-        pii: Action::Redact,
-        custom: Action::Redact,
-        detectors: BTreeMap::new(),
-    }
-}
-
 impl Recorder {
-    /// Opens the store and starts the writer thread.
-    pub fn start(settings: Settings, engine: Arc<Engine>) -> Result<Arc<Recorder>, String> {
-        let store = Store::open(&settings.dir, settings.segment_size)
-            .map_err(|e| format!("recording store {}: {e}", settings.dir.display()))?;
+    /// Opens the store in `dir` (the resolved `recording.dir`) and starts the writer thread.
+    pub fn start(
+        dir: PathBuf,
+        settings: RecordingConfig,
+        engine: Arc<Engine>,
+    ) -> Result<Arc<Recorder>, String> {
+        let store = Store::open(&dir, settings.segment_size)
+            .map_err(|e| format!("recording store {}: {e}", dir.display()))?;
         let (tx, rx) = sync_channel(settings.queue);
         let healthy = Arc::new(AtomicBool::new(true));
         let depth = Arc::new(AtomicUsize::new(0));
@@ -204,7 +184,7 @@ impl Recorder {
         let writer = Writer {
             store,
             engine,
-            rules: redact_all(),
+            rules: Rules::all(Action::Redact),
             settings: settings.clone(),
             healthy: healthy.clone(),
             depth: depth.clone(),
@@ -216,12 +196,18 @@ impl Recorder {
             .spawn(move || writer.run(rx))
             .map_err(|e| format!("starting the recorder: {e}"))?;
         Ok(Arc::new(Recorder {
+            dir,
             tx,
             healthy,
             depth,
             capacity: settings.queue,
             reject: settings.reject_on_failure,
         }))
+    }
+
+    /// The records directory.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
     }
 
     /// Whether new requests on recorded routes may proceed (`on_failure: reject` refuses them
@@ -265,7 +251,7 @@ struct Writer {
     store: Store,
     engine: Arc<Engine>,
     rules: Rules,
-    settings: Settings,
+    settings: RecordingConfig,
     healthy: Arc<AtomicBool>,
     depth: Arc<AtomicUsize>,
     writes_since_retention: usize,
