@@ -11,6 +11,7 @@ import socket
 import ssl
 import subprocess
 import tempfile
+import threading
 import time
 
 import httpx
@@ -253,3 +254,29 @@ def start_gateway(tmp_path):
 def gateway(start_gateway, mock, upstream_ca_file) -> Gateway:
     """A gateway with one route, `/v1/` -> the mock, injecting ROUTE_KEY."""
     return start_gateway(route_yaml("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file))
+
+
+class SlowStream:
+    """A streaming chat completion read in a thread: the mock sends `say` word by word,
+    `delay_ms` apart. `got` holds the deltas, `first` is set at the first one, `done` once the
+    stream ended normally."""
+
+    def __init__(self, gw: Gateway, say: str, delay_ms: int) -> None:
+        self.got: list[str] = []
+        self.first = threading.Event()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(gw, say, delay_ms))
+        self.thread.start()
+
+    def _run(self, gw: Gateway, say: str, delay_ms: int) -> None:
+        import json
+
+        body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+        headers = {"x-mock-say": say, "x-mock-delay-ms": str(delay_ms)}
+        with gw.client() as c:
+            with c.stream("POST", "/v1/chat/completions", json=body, headers=headers) as r:
+                for line in r.iter_lines():
+                    if line.startswith("data: {"):
+                        self.got.append(json.loads(line[6:])["choices"][0]["delta"].get("content", ""))
+                        self.first.set()
+        self.done.set()

@@ -4,13 +4,11 @@ running configuration, logs the error with its line, and is counted."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import threading
 import time
 
-from conftest import route_yaml
+from conftest import SlowStream, route_yaml
 
 
 def wait_metric(gw, result: str, n: float, timeout: float = 10) -> None:
@@ -27,21 +25,8 @@ def test_sighup_and_file_changes_swap_routes_without_dropping_a_stream(start_gat
     gw = start_gateway(route_yaml("mock", "/v1/", up, upstream_ca_file))
     original = gw.config_path.read_text()
     # A stream in flight while the configuration changes.
-    got: list[str] = []
-    started = threading.Event()
-
-    def stream():
-        with gw.client() as c:
-            with c.stream("POST", "/v1/chat/completions", json={"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
-                          headers={"x-mock-say": "a b c d e", "x-mock-delay-ms": "250"}) as r:
-                for line in r.iter_lines():
-                    if line.startswith("data: {"):
-                        got.append(json.loads(line[6:])["choices"][0]["delta"].get("content", ""))
-                        started.set()
-
-    t = threading.Thread(target=stream)
-    t.start()
-    assert started.wait(10)
+    s = SlowStream(gw, "a b c d e", 250)
+    assert s.first.wait(10)
     # Add a route, and move /v1/ behind a group the caller lacks; apply with SIGHUP.
     new = original.replace("access: { groups: [agents] }", "access: { groups: [admins] }", 1)
     new = new.replace("routes:\n", "routes:\n" + route_yaml("second", "/v1/models", up, upstream_ca_file, access="{ any_authenticated: true }"), 1)
@@ -53,8 +38,8 @@ def test_sighup_and_file_changes_swap_routes_without_dropping_a_stream(start_gat
         r = c.post("/v1/chat/completions", json={"model": "m", "messages": []})
         assert r.status_code == 403 and "route `mock`" in r.text, r.text
     assert gw.metric("agentgate_requests_total", route="second") == 1
-    t.join(timeout=15)
-    assert "".join(got) == "a b c d e", "the stream in flight was dropped by the reload"
+    s.thread.join(timeout=15)
+    assert "".join(s.got) == "a b c d e", "the stream in flight was dropped by the reload"
     # An invalid file is refused with its line; the running configuration stays.
     gw.config_path.write_text(new + "bogus_key: 1\n")
     wait_metric(gw, "invalid", 1)

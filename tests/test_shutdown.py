@@ -4,35 +4,18 @@ records and session lines, and exits 0 as soon as nothing is in flight."""
 
 from __future__ import annotations
 
-import json
-
-import httpx
 import signal
-import threading
 import time
 
-from conftest import route_yaml
+import httpx
+
+from conftest import SlowStream, route_yaml
 
 
 def test_sigterm_lets_in_flight_streams_finish(start_gateway, mock, upstream_ca_file):
     gw = start_gateway(route_yaml("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file))
-    got: list[str] = []
-    first = threading.Event()
-    done = threading.Event()
-
-    def stream():
-        with gw.client() as c:
-            with c.stream("POST", "/v1/chat/completions", json={"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
-                          headers={"x-mock-say": "one two three four five six", "x-mock-delay-ms": "300"}) as r:
-                for line in r.iter_lines():
-                    if line.startswith("data: {"):
-                        got.append(json.loads(line[6:])["choices"][0]["delta"].get("content", ""))
-                        first.set()
-        done.set()
-
-    t = threading.Thread(target=stream)
-    t.start()
-    assert first.wait(10)
+    s = SlowStream(gw, "one two three four five six", 300)
+    assert s.first.wait(10)
     t0 = time.monotonic()
     gw.proc.send_signal(signal.SIGTERM)
     time.sleep(0.3)
@@ -45,8 +28,8 @@ def test_sigterm_lets_in_flight_streams_finish(start_gateway, mock, upstream_ca_
     except httpx.ConnectError:
         pass
     # ...while the stream in flight runs to its end.
-    assert done.wait(15)
-    assert "".join(got) == "one two three four five six"
+    assert s.done.wait(15)
+    assert "".join(s.got) == "one two three four five six"
     assert gw.proc.wait(timeout=15) == 0
     assert time.monotonic() - t0 < 4, "exited after the grace period (5 s), not when the stream ended"
     time.sleep(0.1)
