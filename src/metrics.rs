@@ -83,33 +83,24 @@ lazy!(GUARDRAIL_BLOCKS: IntCounterVec = register_int_counter_vec!(
     "Requests refused and responses ended by a guardrail, by rule",
     &["rule"]
 ));
-lazy!(MASK_HOLDBACK: pingora_prometheus::prometheus::Histogram = pingora_prometheus::prometheus::register_histogram!(
+lazy!(MASK_HOLDBACK: prometheus::Histogram = prometheus::register_histogram!(
     "agentgate_mask_holdback_bytes",
     "Bytes of response text held back by the stream masker after each upstream chunk",
     vec![0.0, 8.0, 32.0, 64.0, 128.0, 256.0, 1024.0, 4096.0, 16384.0]
 ));
 
-pub static RECORDS_WRITTEN: LazyLock<IntCounter> = LazyLock::new(|| {
-    prometheus::register_int_counter!(
-        "agentgate_records_written_total",
-        "Exchange records appended to the store"
-    )
-    .expect("metric registers once")
-});
-pub static RECORD_QUEUE_DEPTH: LazyLock<prometheus::IntGauge> = LazyLock::new(|| {
-    prometheus::register_int_gauge!(
-        "agentgate_record_queue_depth",
-        "Records waiting for the recorder thread"
-    )
-    .expect("metric registers once")
-});
-pub static RECORD_STORE_BYTES: LazyLock<prometheus::IntGauge> = LazyLock::new(|| {
-    prometheus::register_int_gauge!(
-        "agentgate_record_store_bytes",
-        "Bytes in the record store's segments"
-    )
-    .expect("metric registers once")
-});
+lazy!(RECORDS_WRITTEN: IntCounter = prometheus::register_int_counter!(
+    "agentgate_records_written_total",
+    "Exchange records appended to the store"
+));
+lazy!(RECORD_QUEUE_DEPTH: prometheus::IntGauge = prometheus::register_int_gauge!(
+    "agentgate_record_queue_depth",
+    "Records waiting for the recorder thread"
+));
+lazy!(RECORD_STORE_BYTES: prometheus::IntGauge = prometheus::register_int_gauge!(
+    "agentgate_record_store_bytes",
+    "Bytes in the record store's segments"
+));
 lazy!(RECORD_FAILURES: IntCounterVec = register_int_counter_vec!(
     "agentgate_record_failures_total",
     "Records that could not be queued or written, by reason (queue_full, disk_full, io)",
