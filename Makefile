@@ -19,6 +19,9 @@ deps:
 	ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need="$$need libclang-dev"; \
 	python3 -m venv --help >/dev/null 2>&1 || need="$$need python3 python3-venv"; \
 	command -v npm >/dev/null || need="$$need nodejs npm"; \
+	command -v curl >/dev/null || need="$$need curl"; \
+	command -v ip >/dev/null || [ -x /usr/sbin/ip ] || need="$$need iproute2"; \
+	command -v iptables >/dev/null || [ -x /usr/sbin/iptables ] || need="$$need iptables"; \
 	if [ -n "$$need" ]; then \
 	  echo "installing Debian packages:$$need"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
