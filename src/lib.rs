@@ -12,6 +12,7 @@ pub mod identity;
 pub mod mask;
 pub mod masking;
 pub mod metrics;
+pub mod policy;
 pub mod proxy;
 pub mod record;
 pub mod reload;
