@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod alloc;
 pub mod api_error;
+pub mod approval;
 pub mod cli;
 pub mod config;
 pub mod drain;

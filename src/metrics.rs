@@ -113,6 +113,27 @@ lazy!(CONFIG_RELOADS: IntCounterVec = register_int_counter_vec!(
     &["result"]
 ));
 
+lazy!(APPROVALS_PENDING: prometheus::IntGauge = prometheus::register_int_gauge!(
+    "agentgate_approvals_pending",
+    "Approvals waiting for a decision"
+));
+lazy!(APPROVAL_DECISIONS: IntCounterVec = register_int_counter_vec!(
+    "agentgate_approval_decisions_total",
+    "Approvals that left pending, by rule and outcome (approved, denied, expired, abandoned)",
+    &["rule", "decision"]
+));
+lazy!(APPROVAL_WAIT: HistogramVec = register_histogram_vec!(
+    "agentgate_approval_wait_seconds",
+    "Time from an approval's creation to its outcome",
+    &["rule"],
+    vec![1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0]
+));
+lazy!(APPROVAL_WEBHOOKS: IntCounterVec = register_int_counter_vec!(
+    "agentgate_approval_webhooks_total",
+    "Approval notifications, by result (sent, retry, failed)",
+    &["result"]
+));
+
 pub static SESSION_LOG_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
     prometheus::register_int_counter!(
         "agentgate_session_log_dropped_total",

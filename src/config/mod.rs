@@ -26,6 +26,8 @@ pub struct Config {
     pub identity: IdentityConfig,
     pub masking: MaskingConfig,
     pub guardrails: Vec<Guardrail>,
+    /// `approvals:`: rules that hold requests for a human (routes name the ones they apply).
+    pub approvals: Vec<crate::policy::ApprovalRule>,
     pub recording: RecordingConfig,
     pub routes: Vec<Route>,
 }
@@ -216,6 +218,10 @@ pub enum TlsVersion {
 pub struct Admin {
     pub address: SocketAddr,
     pub tls: Option<ListenerTls>,
+    /// Groups that may read recorded sessions and every approval through the admin API.
+    pub auditors: Vec<String>,
+    /// How people reach the admin listener (links in approval notifications), no trailing `/`.
+    pub public_url: String,
 }
 
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -230,6 +236,8 @@ pub struct Route {
     pub masking: Option<String>,
     /// Guardrails (names under `guardrails`) this route applies.
     pub guardrails: Vec<String>,
+    /// Approval rules (names under `approvals`) this route applies, in order.
+    pub approvals: Vec<String>,
     /// What is recorded of this route's exchanges.
     pub recording: crate::record::Mode,
     /// Headers the gateway sets on every upstream request (credentials), in file order.

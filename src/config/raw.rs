@@ -24,6 +24,8 @@ pub struct RawConfig {
     #[serde(default)]
     guardrails: Vec<Guardrail>,
     #[serde(default)]
+    approvals: Vec<crate::policy::ApprovalRule>,
+    #[serde(default)]
     recording: Option<RecordingConfig>,
     routes: Vec<Route>,
 }
@@ -129,7 +131,38 @@ impl TryFrom<RawConfig> for Config {
                 }
             }
         }
+        let mut approval_names = HashSet::new();
+        for a in &raw.approvals {
+            if !approval_names.insert(a.name.as_str()) {
+                return Err(at_field(
+                    "approvals",
+                    format!("approval rule `{}` is defined twice", a.name),
+                ));
+            }
+            for r in &a.when.routes {
+                if !route_names.contains(r.as_str()) {
+                    return Err(at_field(
+                        "approvals",
+                        format!(
+                            "approval rule `{}`: `when.route` names `{r}`, which is not a route",
+                            a.name
+                        ),
+                    ));
+                }
+            }
+        }
         for r in &raw.routes {
+            for a in &r.approvals {
+                if !approval_names.contains(a.as_str()) {
+                    return Err(at_field(
+                        &format!("name={}.approvals", r.name),
+                        format!(
+                            "route `{}`: approval rule `{a}` is not defined under approvals",
+                            r.name
+                        ),
+                    ));
+                }
+            }
             if let Some(m) = &r.masking {
                 if !raw.masking.policies.contains_key(m) {
                     return Err(at_field(&format!("name={}.masking", r.name), format!(
@@ -156,6 +189,7 @@ impl TryFrom<RawConfig> for Config {
             identity: raw.identity,
             masking: raw.masking,
             guardrails: raw.guardrails,
+            approvals: raw.approvals,
             recording: match raw.recording {
                 Some(r) => r,
                 None => RawRecording::default().try_into()?,
@@ -382,6 +416,10 @@ pub struct RawAdmin {
     address: String,
     #[serde(default)]
     tls: Option<ListenerTls>,
+    #[serde(default)]
+    auditors: Vec<String>,
+    #[serde(default)]
+    public_url: Option<String>,
 }
 
 fn default_admin() -> String {
@@ -393,6 +431,8 @@ impl Default for RawAdmin {
         RawAdmin {
             address: default_admin(),
             tls: None,
+            auditors: Vec::new(),
+            public_url: None,
         }
     }
 }
@@ -405,9 +445,28 @@ impl TryFrom<RawAdmin> for Admin {
         if r.tls.as_ref().is_some_and(|t| t.client_ca.is_some()) {
             return Err(at_field("client_ca", "admin.tls.client_ca is not supported: client certificates identify agents on agent listeners".into()));
         }
+        let public_url = match r.public_url {
+            Some(u) => {
+                if !(u.starts_with("https://") || u.starts_with("http://"))
+                    || u.parse::<http::Uri>().is_err()
+                {
+                    return Err(at_field(
+                        "public_url",
+                        format!("admin.public_url `{u}` is not an http(s) URL"),
+                    ));
+                }
+                u.trim_end_matches('/').to_string()
+            }
+            None => format!(
+                "{}://{address}",
+                if r.tls.is_some() { "https" } else { "http" }
+            ),
+        };
         Ok(Admin {
             address,
             tls: r.tls,
+            auditors: r.auditors,
+            public_url,
         })
     }
 }
@@ -425,6 +484,8 @@ pub struct RawRoute {
     masking: Option<String>,
     #[serde(default)]
     guardrails: Vec<String>,
+    #[serde(default)]
+    approvals: Vec<String>,
     #[serde(default)]
     recording: Option<String>,
     #[serde(default)]
@@ -560,6 +621,7 @@ impl TryFrom<RawRoute> for Route {
             access,
             masking: r.masking,
             guardrails: r.guardrails,
+            approvals: r.approvals,
             recording,
             set_headers,
         })

@@ -1,0 +1,664 @@
+//! Just-in-time approvals at run time: the store of pending and decided approvals, the wait a
+//! held request does, approvers' decisions, window grants, and the notification webhook.
+//!
+//! Persistence is an append-only JSON-lines log under `state_dir/approvals/` (one full snapshot
+//! of an approval per change; the last line for an id wins). An append-only log rather than
+//! SQLite: no C library to build, the same shape as the record store, and every decision is
+//! fsync'd before it is acted on, which is all a restart needs. At start-up the log is compacted
+//! (the latest snapshot of each approval younger than `RETENTION`), approvals that were pending
+//! are marked `interrupted` (the requests that waited on them died with the old process), and
+//! active window grants are rebuilt from the approved ones.
+
+pub mod webhook;
+
+use crate::identity::Identity;
+use crate::policy::{ApprovalRule, Grant, Mode};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+
+/// Decided approvals are kept this long (the session records keep the evidence for longer).
+pub const RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Pending,
+    Approved,
+    Denied,
+    Expired,
+    /// The agent went away while it waited.
+    Abandoned,
+    /// The gateway restarted while it was pending.
+    Interrupted,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Approved => "approved",
+            State::Denied => "denied",
+            State::Expired => "expired",
+            State::Abandoned => "abandoned",
+            State::Interrupted => "interrupted",
+        }
+    }
+    pub fn parse(s: &str) -> Option<State> {
+        [
+            State::Pending,
+            State::Approved,
+            State::Denied,
+            State::Expired,
+            State::Abandoned,
+            State::Interrupted,
+        ]
+        .into_iter()
+        .find(|x| x.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Person {
+    pub subject: String,
+    pub issuer: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+impl Person {
+    pub fn of(who: &Identity) -> Person {
+        Person {
+            subject: who.subject.clone(),
+            issuer: who.issuer.clone(),
+            groups: who.groups.clone(),
+        }
+    }
+    fn same(&self, who: &Identity) -> bool {
+        self.subject == who.subject && self.issuer == who.issuer
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Decision {
+    pub by: Person,
+    /// `approve` or `deny`.
+    pub decision: String,
+    pub reason: String,
+    pub at_ms: u64,
+}
+
+/// One approval: what waits, for whom, and what was decided.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Approval {
+    pub id: String,
+    pub request_id: String,
+    pub rule: String,
+    pub route: String,
+    pub method: String,
+    pub path: String,
+    pub requester: Person,
+    /// Why the rule matched (masked).
+    pub reasons: Vec<String>,
+    /// A masked summary of the body: model, tool names, tool calls with arguments, the last
+    /// user message, and the start of the body.
+    pub summary: serde_json::Value,
+    /// SHA-256 of the request body as sent, hex: a ticket only lets the same request through.
+    pub body_sha256: String,
+    pub mode: String,
+    pub approver_groups: Vec<String>,
+    pub min_approvals: usize,
+    /// `once`, or the window's length in seconds.
+    pub grant_window_s: Option<u64>,
+    pub created_ms: u64,
+    pub expires_ms: u64,
+    pub state: State,
+    #[serde(default)]
+    pub decisions: Vec<Decision>,
+    #[serde(default)]
+    pub decided_ms: Option<u64>,
+    /// A ticket's approved request went through (a `once` ticket lets one retry through).
+    #[serde(default)]
+    pub redeemed: bool,
+}
+
+impl Approval {
+    fn approvals(&self) -> usize {
+        self.decisions
+            .iter()
+            .filter(|d| d.decision == "approve")
+            .count()
+    }
+    /// The evidence a session record carries.
+    pub fn evidence(&self, how: &str) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id,
+            "rule": self.rule,
+            "state": self.state,
+            "how": how,
+            "decisions": self.decisions,
+            "waited_ms": self.decided_ms.map(|d| d.saturating_sub(self.created_ms)),
+        })
+    }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+/// Why an approver's decision was not taken; `status` is the HTTP answer.
+#[derive(Debug)]
+pub struct Refused {
+    pub status: u16,
+    pub message: String,
+}
+
+fn refused(status: u16, message: impl Into<String>) -> Refused {
+    Refused {
+        status,
+        message: message.into(),
+    }
+}
+
+/// What a retry carrying `x-agentgate-approval` gets.
+pub enum Redeem {
+    Proceed(Approval),
+    StillPending(Approval),
+    Refused(u16, String),
+}
+
+struct Entry {
+    approval: Approval,
+    tx: watch::Sender<State>,
+}
+
+struct Inner {
+    entries: HashMap<String, Entry>,
+    /// (issuer|subject, rule) -> (approval id, until ms).
+    grants: HashMap<(String, String), (String, u64)>,
+}
+
+pub struct Approvals {
+    inner: Mutex<Inner>,
+    log: Mutex<std::fs::File>,
+    path: PathBuf,
+}
+
+fn identity_key(issuer: &str, subject: &str) -> String {
+    format!("{issuer}|{subject}")
+}
+
+fn new_id() -> String {
+    let mut b = [0u8; 12];
+    let _ = boring::rand::rand_bytes(&mut b);
+    let mut s = String::from("apr_");
+    for x in b {
+        s.push_str(&format!("{x:02x}"));
+    }
+    s
+}
+
+pub fn sha256_hex(body: &[u8]) -> String {
+    boring::sha::sha256(body)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl Approvals {
+    /// Opens (and compacts) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Arc<Approvals>, String> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let path = dir.join("approvals.jsonl");
+        let mut latest: HashMap<String, Approval> = HashMap::new();
+        let mut order: Vec<String> = Vec::new();
+        if let Ok(f) = std::fs::File::open(&path) {
+            for (n, line) in std::io::BufReader::new(f).lines().enumerate() {
+                let line = line.map_err(|e| format!("{}: {e}", path.display()))?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                match serde_json::from_str::<Approval>(&line) {
+                    Ok(a) => {
+                        if !latest.contains_key(&a.id) {
+                            order.push(a.id.clone());
+                        }
+                        latest.insert(a.id.clone(), a);
+                    }
+                    // A torn last line (crash mid-write) is skipped; anything else is reported.
+                    Err(e) => log::warn!("{}:{}: skipped: {e}", path.display(), n + 1),
+                }
+            }
+        }
+        let now = now_ms();
+        let keep_after = now.saturating_sub(RETENTION.as_millis() as u64);
+        let mut inner = Inner {
+            entries: HashMap::new(),
+            grants: HashMap::new(),
+        };
+        let tmp = dir.join("approvals.jsonl.tmp");
+        let mut out = std::io::BufWriter::new(
+            std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?,
+        );
+        let mut interrupted = 0;
+        for id in order {
+            let mut a = latest.remove(&id).expect("listed");
+            if a.created_ms < keep_after {
+                continue;
+            }
+            if a.state == State::Pending {
+                a.state = State::Interrupted;
+                a.decided_ms = Some(now);
+                interrupted += 1;
+            }
+            if let (State::Approved, Some(w), Some(d)) = (a.state, a.grant_window_s, a.decided_ms) {
+                let until = d + w * 1000;
+                if until > now {
+                    inner.grants.insert(
+                        (
+                            identity_key(&a.requester.issuer, &a.requester.subject),
+                            a.rule.clone(),
+                        ),
+                        (a.id.clone(), until),
+                    );
+                }
+            }
+            let line = serde_json::to_string(&a).map_err(|e| e.to_string())?;
+            writeln!(out, "{line}").map_err(|e| format!("{}: {e}", tmp.display()))?;
+            let (tx, _) = watch::channel(a.state);
+            inner
+                .entries
+                .insert(a.id.clone(), Entry { approval: a, tx });
+        }
+        let f = out
+            .into_inner()
+            .map_err(|e| format!("{}: {e}", tmp.display()))?;
+        f.sync_all()
+            .map_err(|e| format!("{}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if interrupted > 0 {
+            log::warn!("{interrupted} approval(s) were pending when the gateway stopped; marked interrupted");
+        }
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        crate::metrics::APPROVALS_PENDING.set(0);
+        Ok(Arc::new(Approvals {
+            inner: Mutex::new(inner),
+            log: Mutex::new(log),
+            path,
+        }))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends a snapshot; `durable` waits for the disk (decisions).
+    fn persist(&self, a: &Approval, durable: bool) -> Result<(), String> {
+        let mut line = serde_json::to_vec(a).map_err(|e| e.to_string())?;
+        line.push(b'\n');
+        let mut f = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        f.write_all(&line)
+            .map_err(|e| format!("{}: {e}", self.path.display()))?;
+        if durable {
+            f.sync_data()
+                .map_err(|e| format!("{}: {e}", self.path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// A window grant of `rule` for `who` still running: the approval that granted it.
+    pub fn active_grant(&self, who: &Identity, rule: &str) -> Option<Approval> {
+        let key = (identity_key(&who.issuer, &who.subject), rule.to_string());
+        let mut g = self.lock();
+        let (id, until) = g.grants.get(&key).cloned()?;
+        if until <= now_ms() {
+            g.grants.remove(&key);
+            return None;
+        }
+        g.entries.get(&id).map(|e| e.approval.clone())
+    }
+
+    /// Opens a pending approval for a request that matched `rule`.
+    pub fn create(
+        &self,
+        rule: &ApprovalRule,
+        mut a: Approval,
+    ) -> Result<(Approval, watch::Receiver<State>), String> {
+        a.id = new_id();
+        a.created_ms = now_ms();
+        a.expires_ms = a.created_ms + rule.timeout.as_millis() as u64;
+        a.state = State::Pending;
+        a.mode = match rule.mode {
+            Mode::Wait => "wait",
+            Mode::Ticket => "ticket",
+        }
+        .into();
+        a.approver_groups = rule.approver_groups.clone();
+        a.min_approvals = rule.min_approvals;
+        a.grant_window_s = match rule.grant {
+            Grant::Once => None,
+            Grant::Window(d) => Some(d.as_secs().max(1)),
+        };
+        self.persist(&a, false)?;
+        let (tx, rx) = watch::channel(State::Pending);
+        self.lock().entries.insert(
+            a.id.clone(),
+            Entry {
+                approval: a.clone(),
+                tx,
+            },
+        );
+        crate::metrics::APPROVALS_PENDING.inc();
+        Ok((a, rx))
+    }
+
+    /// Moves a pending approval to `state` (expired, abandoned); false if it was decided.
+    fn settle(&self, id: &str, state: State) -> Option<Approval> {
+        let mut g = self.lock();
+        let e = g.entries.get_mut(id)?;
+        if e.approval.state != State::Pending {
+            return Some(e.approval.clone());
+        }
+        e.approval.state = state;
+        e.approval.decided_ms = Some(now_ms());
+        let a = e.approval.clone();
+        let _ = e.tx.send(state);
+        drop(g);
+        if let Err(err) = self.persist(&a, true) {
+            log::error!(
+                "approval {id}: could not persist `{}`: {err}",
+                state.as_str()
+            );
+        }
+        finished(&a);
+        Some(a)
+    }
+
+    /// Waits until `id` is decided or expires; the final approval.
+    pub async fn wait(
+        &self,
+        id: &str,
+        mut rx: watch::Receiver<State>,
+        expires_ms: u64,
+    ) -> Option<Approval> {
+        let left = Duration::from_millis(expires_ms.saturating_sub(now_ms()));
+        let decided = tokio::time::timeout(left, rx.wait_for(|s| *s != State::Pending)).await;
+        match decided {
+            Ok(_) => self.get(id),
+            Err(_) => self.settle(id, State::Expired),
+        }
+    }
+
+    /// The agent went away while waiting.
+    pub fn abandon(&self, id: &str) -> Option<Approval> {
+        self.settle(id, State::Abandoned)
+    }
+
+    /// Marks pending approvals whose time ran out as expired (ticket mode has no waiter).
+    pub fn sweep(&self) {
+        let now = now_ms();
+        let due: Vec<String> = self
+            .lock()
+            .entries
+            .values()
+            .filter(|e| e.approval.state == State::Pending && e.approval.expires_ms <= now)
+            .map(|e| e.approval.id.clone())
+            .collect();
+        for id in due {
+            self.settle(&id, State::Expired);
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<Approval> {
+        self.lock().entries.get(id).map(|e| e.approval.clone())
+    }
+
+    /// Newest first, optionally only in `state`.
+    pub fn list(&self, state: Option<State>, limit: usize) -> Vec<Approval> {
+        self.sweep();
+        let mut v: Vec<Approval> = self
+            .lock()
+            .entries
+            .values()
+            .filter(|e| state.is_none_or(|s| e.approval.state == s))
+            .map(|e| e.approval.clone())
+            .collect();
+        v.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(b.id.cmp(&a.id)));
+        v.truncate(limit);
+        v
+    }
+
+    /// An approver's decision on `id`.
+    pub fn decide(
+        &self,
+        id: &str,
+        who: &Identity,
+        approve: bool,
+        reason: &str,
+    ) -> Result<Approval, Refused> {
+        self.sweep();
+        let reason = reason.trim();
+        if reason.is_empty() {
+            return Err(refused(400, "a decision needs a reason"));
+        }
+        if reason.len() > 2000 {
+            return Err(refused(400, "the reason is longer than 2000 bytes"));
+        }
+        let mut g = self.lock();
+        let Some(e) = g.entries.get_mut(id) else {
+            return Err(refused(404, format!("no approval {id}")));
+        };
+        let a = &mut e.approval;
+        if a.state != State::Pending {
+            return Err(refused(
+                409,
+                format!("approval {id} is already {}", a.state.as_str()),
+            ));
+        }
+        if !who.groups.iter().any(|g| a.approver_groups.contains(g)) {
+            return Err(refused(
+                403,
+                format!(
+                    "{} is not in an approver group of rule `{}` ({})",
+                    who.subject,
+                    a.rule,
+                    a.approver_groups.join(", ")
+                ),
+            ));
+        }
+        if a.requester.same(who) {
+            return Err(refused(
+                403,
+                "a requester cannot decide on their own request",
+            ));
+        }
+        if a.decisions.iter().any(|d| d.by.same(who)) {
+            return Err(refused(
+                409,
+                format!("{} has already decided on approval {id}", who.subject),
+            ));
+        }
+        let now = now_ms();
+        let mut next = a.clone();
+        next.decisions.push(Decision {
+            by: Person::of(who),
+            decision: if approve { "approve" } else { "deny" }.into(),
+            reason: reason.to_string(),
+            at_ms: now,
+        });
+        if !approve {
+            next.state = State::Denied;
+        } else if next.approvals() >= next.min_approvals {
+            next.state = State::Approved;
+        }
+        if next.state != State::Pending {
+            next.decided_ms = Some(now);
+        }
+        // On disk before anyone acts on it.
+        if let Err(err) = self.persist(&next, true) {
+            return Err(refused(
+                503,
+                format!("the decision could not be stored: {err}"),
+            ));
+        }
+        *a = next.clone();
+        let _ = e.tx.send(next.state);
+        if let (State::Approved, Some(w)) = (next.state, next.grant_window_s) {
+            g.grants.insert(
+                (
+                    identity_key(&next.requester.issuer, &next.requester.subject),
+                    next.rule.clone(),
+                ),
+                (next.id.clone(), now + w * 1000),
+            );
+        }
+        drop(g);
+        if next.state != State::Pending {
+            finished(&next);
+        }
+        Ok(next)
+    }
+
+    /// A retry that carries an approval id (ticket mode).
+    pub fn redeem(&self, id: &str, who: &Identity, rule: &str, body_sha256: &str) -> Redeem {
+        self.sweep();
+        let mut g = self.lock();
+        let Some(e) = g.entries.get_mut(id) else {
+            return Redeem::Refused(403, format!("no approval {id}"));
+        };
+        let a = &mut e.approval;
+        if !a.requester.same(who) || a.rule != rule {
+            return Redeem::Refused(403, format!("approval {id} is for another caller or rule"));
+        }
+        if a.body_sha256 != body_sha256 {
+            return Redeem::Refused(403, format!(
+                "approval {id} was given for a different request body; send the request that was approved"
+            ));
+        }
+        match a.state {
+            State::Pending => Redeem::StillPending(a.clone()),
+            State::Approved if a.redeemed && a.grant_window_s.is_none() => {
+                Redeem::Refused(403, format!("approval {id} was already used (grant: once)"))
+            }
+            State::Approved => {
+                a.redeemed = true;
+                let snap = a.clone();
+                drop(g);
+                let _ = self.persist(&snap, false);
+                Redeem::Proceed(snap)
+            }
+            s => Redeem::Refused(403, format!("approval {id} is {}", s.as_str())),
+        }
+    }
+}
+
+/// Metrics for an approval that left `pending`.
+fn finished(a: &Approval) {
+    crate::metrics::APPROVALS_PENDING.dec();
+    crate::metrics::APPROVAL_DECISIONS
+        .with_label_values(&[&a.rule, a.state.as_str()])
+        .inc();
+    if let Some(d) = a.decided_ms {
+        crate::metrics::APPROVAL_WAIT
+            .with_label_values(&[&a.rule])
+            .observe(d.saturating_sub(a.created_ms) as f64 / 1000.0);
+    }
+}
+
+/// The masked summary an approver sees: from the (already masked) body.
+pub fn summarize(masked_body: &[u8]) -> serde_json::Value {
+    const EXCERPT: usize = 1000;
+    let text = String::from_utf8_lossy(masked_body);
+    let start: String = text.chars().take(EXCERPT).collect();
+    let mut out = serde_json::json!({ "body_excerpt": start, "body_bytes": masked_body.len() });
+    let Ok(doc) = serde_json::from_slice::<serde_json::Value>(masked_body) else {
+        return out;
+    };
+    let cut = |s: &str| -> String {
+        if s.chars().count() > 300 {
+            format!("{}…", s.chars().take(300).collect::<String>())
+        } else {
+            s.to_string()
+        }
+    };
+    if let Some(m) = doc.get("model").and_then(|m| m.as_str()) {
+        out["model"] = m.into();
+    }
+    let tools: Vec<String> = doc
+        .get("tools")
+        .and_then(|t| t.as_array())
+        .map(|t| {
+            t.iter()
+                .filter_map(|x| {
+                    x.pointer("/function/name")
+                        .or_else(|| x.get("name"))
+                        .and_then(|n| n.as_str())
+                        .map(String::from)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if !tools.is_empty() {
+        out["tools"] = tools.into();
+    }
+    let mut calls = Vec::new();
+    let mut last_user = None;
+    for m in doc
+        .get("messages")
+        .or_else(|| doc.get("input"))
+        .and_then(|m| m.as_array())
+        .into_iter()
+        .flatten()
+    {
+        for c in m
+            .get("tool_calls")
+            .and_then(|c| c.as_array())
+            .into_iter()
+            .flatten()
+        {
+            calls.push(serde_json::json!({
+                "name": c.pointer("/function/name"),
+                "arguments": c.pointer("/function/arguments").and_then(|a| a.as_str()).map(cut),
+            }));
+        }
+        if m.get("role").and_then(|r| r.as_str()) == Some("user") {
+            let text = match m.get("content") {
+                Some(serde_json::Value::String(s)) => Some(s.clone()),
+                Some(serde_json::Value::Array(parts)) => Some(
+                    parts
+                        .iter()
+                        .filter_map(|p| p.get("text").and_then(|t| t.as_str()))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                ),
+                _ => None,
+            };
+            last_user = text.map(|t| cut(&t));
+        }
+    }
+    if !calls.is_empty() {
+        out["tool_calls"] = calls.into();
+    }
+    if let Some(u) = last_user {
+        out["last_user_message"] = u.into();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,240 @@
+use super::*;
+use crate::identity::AuthMethod;
+
+fn who(subject: &str, groups: &[&str]) -> Identity {
+    Identity {
+        subject: subject.into(),
+        issuer: "service-account".into(),
+        method: AuthMethod::ServiceAccount,
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+    }
+}
+
+fn rule(extra: &str) -> ApprovalRule {
+    serde_yaml::from_str(&format!("name: r\napprovers: {{ groups: [sec] }}\n{extra}")).unwrap()
+}
+
+fn draft(requester: &Identity) -> Approval {
+    Approval {
+        id: String::new(),
+        request_id: "req".into(),
+        rule: "r".into(),
+        route: "openai".into(),
+        method: "POST".into(),
+        path: "/v1/chat/completions".into(),
+        requester: Person::of(requester),
+        reasons: vec![],
+        summary: serde_json::json!({}),
+        body_sha256: sha256_hex(b"{}"),
+        mode: String::new(),
+        approver_groups: vec![],
+        min_approvals: 0,
+        grant_window_s: None,
+        created_ms: 0,
+        expires_ms: 0,
+        state: State::Pending,
+        decisions: vec![],
+        decided_ms: None,
+        redeemed: false,
+    }
+}
+
+fn dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("agentgate-approvals-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+#[test]
+fn decisions_follow_the_rules() {
+    let s = Approvals::open(&dir("rules")).unwrap();
+    let agent = who("agent", &["agents", "sec"]);
+    let r2 = ApprovalRule {
+        min_approvals: 2,
+        ..rule("")
+    };
+    let (a, _rx) = s.create(&r2, draft(&agent)).unwrap();
+    let e = s.decide(&a.id, &agent, true, "mine").unwrap_err();
+    assert_eq!(e.status, 403, "{}", e.message);
+    assert!(e.message.contains("own request"));
+    let e = s
+        .decide(&a.id, &who("eve", &["dev"]), true, "ok")
+        .unwrap_err();
+    assert_eq!(
+        (e.status, e.message.contains("not in an approver group")),
+        (403, true)
+    );
+    assert_eq!(
+        s.decide(&a.id, &who("bob", &["sec"]), true, " ")
+            .unwrap_err()
+            .status,
+        400
+    );
+    let one = s
+        .decide(&a.id, &who("bob", &["sec"]), true, "looks fine")
+        .unwrap();
+    assert_eq!(
+        one.state,
+        State::Pending,
+        "min_approvals 2: one is not enough"
+    );
+    assert_eq!(
+        s.decide(&a.id, &who("bob", &["sec"]), true, "again")
+            .unwrap_err()
+            .status,
+        409
+    );
+    let two = s
+        .decide(&a.id, &who("carol", &["sec"]), true, "agreed")
+        .unwrap();
+    assert_eq!(two.state, State::Approved);
+    assert_eq!(
+        s.decide(&a.id, &who("dan", &["sec"]), false, "late")
+            .unwrap_err()
+            .status,
+        409
+    );
+    assert_eq!(
+        s.decide("apr_nope", &who("dan", &["sec"]), false, "x")
+            .unwrap_err()
+            .status,
+        404
+    );
+
+    let (b, _rx) = s.create(&rule(""), draft(&agent)).unwrap();
+    assert_eq!(
+        s.decide(&b.id, &who("bob", &["sec"]), false, "no")
+            .unwrap()
+            .state,
+        State::Denied
+    );
+}
+
+#[tokio::test]
+async fn waiting_ends_with_the_decision_or_expiry() {
+    let s = Approvals::open(&dir("wait")).unwrap();
+    let agent = who("agent", &["agents"]);
+    let (a, rx) = s.create(&rule("timeout: 1s"), draft(&agent)).unwrap();
+    let s2 = s.clone();
+    let id = a.id.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        s2.decide(&id, &who("bob", &["sec"]), true, "go").unwrap();
+    });
+    assert_eq!(
+        s.wait(&a.id, rx, a.expires_ms).await.unwrap().state,
+        State::Approved
+    );
+    let (b, rx) = s.create(&rule("timeout: 1s"), draft(&agent)).unwrap();
+    assert_eq!(
+        s.wait(&b.id, rx, b.expires_ms).await.unwrap().state,
+        State::Expired
+    );
+    assert_eq!(
+        s.decide(&b.id, &who("bob", &["sec"]), true, "too late")
+            .unwrap_err()
+            .status,
+        409
+    );
+}
+
+#[test]
+fn window_grants_and_tickets() {
+    let s = Approvals::open(&dir("grants")).unwrap();
+    let agent = who("agent", &["agents"]);
+    let (a, _rx) = s
+        .create(
+            &rule("grant: { scope: window, duration: 30m }"),
+            draft(&agent),
+        )
+        .unwrap();
+    assert!(s.active_grant(&agent, "r").is_none());
+    s.decide(&a.id, &who("bob", &["sec"]), true, "for the migration")
+        .unwrap();
+    assert_eq!(s.active_grant(&agent, "r").unwrap().id, a.id);
+    assert!(
+        s.active_grant(&who("other", &["agents"]), "r").is_none(),
+        "grants are per identity"
+    );
+    assert!(
+        s.active_grant(&agent, "other-rule").is_none(),
+        "and per rule"
+    );
+
+    let (t, _rx) = s.create(&rule("mode: ticket"), draft(&agent)).unwrap();
+    let body = sha256_hex(b"{}");
+    assert!(matches!(
+        s.redeem(&t.id, &agent, "r", &body),
+        Redeem::StillPending(_)
+    ));
+    s.decide(&t.id, &who("bob", &["sec"]), true, "ok").unwrap();
+    assert!(
+        matches!(s.redeem(&t.id, &agent, "r", &sha256_hex(b"{\"x\":1}")), Redeem::Refused(403, m) if m.contains("different request body"))
+    );
+    assert!(matches!(
+        s.redeem(&t.id, &who("other", &[]), "r", &body),
+        Redeem::Refused(403, _)
+    ));
+    assert!(matches!(
+        s.redeem(&t.id, &agent, "r", &body),
+        Redeem::Proceed(_)
+    ));
+    assert!(
+        matches!(s.redeem(&t.id, &agent, "r", &body), Redeem::Refused(403, m) if m.contains("already used"))
+    );
+}
+
+#[test]
+fn a_restart_keeps_decisions_and_interrupts_pending_ones() {
+    let d = dir("restart");
+    let agent = who("agent", &["agents"]);
+    let (pending, decided) = {
+        let s = Approvals::open(&d).unwrap();
+        let (p, _rx) = s.create(&rule(""), draft(&agent)).unwrap();
+        let (w, _rx) = s
+            .create(
+                &rule("grant: { scope: window, duration: 1h }"),
+                draft(&agent),
+            )
+            .unwrap();
+        s.decide(&w.id, &who("bob", &["sec"]), true, "yes").unwrap();
+        (p.id, w.id)
+    };
+    // A torn last line (a crash mid-append) is skipped.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(d.join("approvals.jsonl"))
+        .unwrap()
+        .write_all(b"{\"id\":\"apr_torn")
+        .unwrap();
+    let s = Approvals::open(&d).unwrap();
+    assert_eq!(s.get(&pending).unwrap().state, State::Interrupted);
+    let w = s.get(&decided).unwrap();
+    assert_eq!(
+        (
+            w.state,
+            w.decisions[0].by.subject.as_str(),
+            w.decisions[0].reason.as_str()
+        ),
+        (State::Approved, "bob", "yes")
+    );
+    assert_eq!(
+        s.active_grant(&agent, "r").unwrap().id,
+        decided,
+        "window grants survive a restart"
+    );
+    assert_eq!(s.list(Some(State::Pending), 10).len(), 0);
+}
+
+#[test]
+fn summaries_show_tools_calls_and_the_last_user_message() {
+    let body = br#"{"model":"gpt","tools":[{"type":"function","function":{"name":"delete_records"}}],
+      "messages":[{"role":"user","content":"first"},{"role":"assistant","tool_calls":[{"function":{"name":"transfer_funds","arguments":"{\"to\":\"[REDACTED]\"}"}}]},
+      {"role":"user","content":[{"type":"text","text":"now"}]}]}"#;
+    let s = summarize(body);
+    assert_eq!(s["model"], "gpt");
+    assert_eq!(s["tools"], serde_json::json!(["delete_records"]));
+    assert_eq!(s["tool_calls"][0]["name"], "transfer_funds");
+    assert_eq!(s["last_user_message"], "now");
+    assert_eq!(summarize(b"not json")["body_excerpt"], "not json");
+}
