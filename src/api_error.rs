@@ -16,6 +16,8 @@ pub struct ApiError {
     pub message: String,
     /// `WWW-Authenticate` value of a 401.
     pub challenge: Option<String>,
+    /// More detail inside the `error` object (`approval` for approval refusals).
+    pub detail: Option<(&'static str, serde_json::Value)>,
 }
 
 impl ApiError {
@@ -31,6 +33,7 @@ impl ApiError {
             code,
             message: message.into(),
             challenge: None,
+            detail: None,
         }
     }
 
@@ -48,9 +51,12 @@ impl ApiError {
     }
 
     pub fn body(&self) -> Bytes {
-        let v = serde_json::json!({
+        let mut v = serde_json::json!({
             "error": { "message": self.message, "type": self.kind, "code": self.code }
         });
+        if let Some((k, d)) = &self.detail {
+            v["error"][*k] = d.clone();
+        }
         Bytes::from(v.to_string())
     }
 

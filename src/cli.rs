@@ -45,6 +45,13 @@ pub enum Command {
         #[command(subcommand)]
         command: SessionsCommand,
     },
+    /// Approvals, through the admin API: list, show, approve, deny.
+    Approvals {
+        #[command(flatten)]
+        api: AdminApiArgs,
+        #[command(subcommand)]
+        command: ApprovalsCommand,
+    },
     /// Certificate helpers.
     Cert {
         #[command(subcommand)]
@@ -142,5 +149,48 @@ pub enum SessionsCommand {
         /// A CA to trust for URL besides the system roots (e.g. var/tls/ca.pem).
         #[arg(long)]
         ca: Option<PathBuf>,
+    },
+}
+
+/// How to reach the admin API, and as whom.
+#[derive(clap::Args, Debug)]
+pub struct AdminApiArgs {
+    /// The admin listener, e.g. https://agentgate.example:9090 (default: `admin.public_url`
+    /// of --config, else http://127.0.0.1:9090).
+    #[arg(long, env = "AGENTGATE_ADMIN_URL", global = true)]
+    pub admin: Option<String>,
+    #[arg(long, short, env = "AGENTGATE_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Your OIDC access token or service-account token.
+    #[arg(long, env = "AGENTGATE_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// A CA to trust for the admin listener besides the system roots (e.g. var/tls/ca.pem).
+    #[arg(long, global = true)]
+    pub ca: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ApprovalsCommand {
+    /// Approvals you may see, newest first.
+    List {
+        /// pending, approved, denied, expired, abandoned, interrupted or all.
+        #[arg(long, default_value = "pending")]
+        state: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One approval with its masked summary and decisions.
+    Show { id: String },
+    /// Approve (needs a reason; the requester cannot approve their own request).
+    Approve {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Deny (needs a reason).
+    Deny {
+        id: String,
+        #[arg(long)]
+        reason: String,
     },
 }

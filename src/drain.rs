@@ -39,6 +39,21 @@ pub fn draining() -> bool {
     DRAINING.load(Ordering::SeqCst)
 }
 
+static DRAIN_STARTED: std::sync::LazyLock<tokio::sync::Notify> =
+    std::sync::LazyLock::new(tokio::sync::Notify::new);
+
+/// Resolves once draining has started (a request held for approval gives up then).
+pub async fn until_draining() {
+    loop {
+        // Registered before the check, so a start in between is not missed.
+        let started = DRAIN_STARTED.notified();
+        if draining() {
+            return;
+        }
+        started.await;
+    }
+}
+
 pub fn in_flight() -> usize {
     INFLIGHT.load(Ordering::SeqCst)
 }
@@ -60,11 +75,14 @@ impl pingora::services::background::BackgroundService for Drainer {
                 }
             };
         ARMED.store(true, Ordering::SeqCst);
+        // Pingora broadcasts its own graceful shutdown on the same SIGTERM (or SIGQUIT for an
+        // upgrade); whichever is seen first starts the drain.
         tokio::select! {
             _ = term.recv() => {}
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => {}
         }
         DRAINING.store(true, Ordering::SeqCst);
+        DRAIN_STARTED.notify_waiters();
         log::info!(
             "SIGTERM: no new requests; waiting for {} in flight",
             in_flight()

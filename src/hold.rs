@@ -27,6 +27,7 @@ pub struct Handoff {
     pub downstream_tls: Option<(String, String)>,
     pub request_tally: Tally,
     pub capture: Option<crate::record::Capture>,
+    pub approval: Option<serde_json::Value>,
 }
 
 pub enum ReadBody {

@@ -59,6 +59,8 @@ pub struct RouteRuntime {
     host_header: HeaderValue,
     /// Masking and guardrails, when the route has a policy or guardrails.
     masking: Option<Arc<RouteMasking>>,
+    /// Approval rules, in the route's order.
+    approvals: Vec<crate::policy::ApprovalRule>,
 }
 
 /// What a configuration reload swaps: the routes (with their upstreams, masking, recording mode)
@@ -134,6 +136,11 @@ pub fn build_routes(
             secrets,
             host_header,
             masking: masking.remove(&route.name),
+            approvals: route
+                .approvals
+                .iter()
+                .filter_map(|n| config.approvals.iter().find(|a| &a.name == n).cloned())
+                .collect(),
         }));
     }
     Ok(routes)
@@ -148,6 +155,7 @@ pub struct Gateway {
     vaults: VaultStore,
     recorder: Option<Arc<crate::record::Recorder>>,
     record_max_body: usize,
+    approvals: crate::approval::gate::Gate,
 }
 
 impl Gateway {
@@ -155,6 +163,7 @@ impl Gateway {
         config: &Config,
         active: Arc<ActiveConfig>,
         recorder: Option<Arc<crate::record::Recorder>>,
+        approvals: crate::approval::gate::Gate,
     ) -> Result<Gateway, String> {
         Ok(Gateway {
             active,
@@ -168,6 +177,7 @@ impl Gateway {
             vaults: VaultStore::new(Duration::from_secs(3600), 100_000),
             recorder,
             record_max_body: config.recording.max_body as usize,
+            approvals,
         })
     }
 }
@@ -203,6 +213,8 @@ pub struct RequestCtx {
     response_blocked: bool,
     /// What the record of this exchange will hold.
     capture: Option<crate::record::Capture>,
+    /// Approval evidence (one entry per matched rule).
+    approval: Option<serde_json::Value>,
     /// Counts this request while it runs (graceful shutdown waits for it).
     _in_flight: Option<crate::drain::InFlight>,
 }
@@ -289,6 +301,7 @@ impl ProxyHttp for Gateway {
             response_tally: Tally::default(),
             response_blocked: false,
             capture: None,
+            approval: None,
             _in_flight: None,
         }
     }
@@ -307,6 +320,7 @@ impl ProxyHttp for Gateway {
             ctx.downstream_tls = h.downstream_tls;
             ctx.request_tally = h.request_tally;
             ctx.capture = h.capture;
+            ctx.approval = h.approval;
             if let Some(set) = &h.route.secrets {
                 ctx.scrubber = Some(StreamScrubber::new(set.clone()));
             }
@@ -396,17 +410,19 @@ impl ProxyHttp for Gateway {
                 ctx.capture = Some(c);
             }
         }
-        let Some(masking) = route.masking.clone() else {
-            return Ok(false);
-        };
-        ctx.vault = Some(
-            self.vaults
-                .get(&conversation_key(&who, session.req_header())),
-        );
-        if session.is_body_empty() {
+        if route.masking.is_none() && route.approvals.is_empty() {
             return Ok(false);
         }
-        self.decide_body(session, ctx, route, who, masking).await
+        if route.masking.is_some() {
+            ctx.vault = Some(
+                self.vaults
+                    .get(&conversation_key(&who, session.req_header())),
+            );
+            if session.is_body_empty() && route.approvals.is_empty() {
+                return Ok(false);
+            }
+        }
+        self.decide_body(session, ctx, route, who).await
     }
 
     fn allow_spawning_subrequest(&self, _session: &Session, _ctx: &RequestCtx) -> bool {
@@ -774,6 +790,7 @@ impl ProxyHttp for Gateway {
             upstream_reused: ctx.upstream_reused,
             identity: ctx.identity.as_deref(),
             masked: masked.as_ref(),
+            approval: ctx.approval.as_ref(),
             error: ctx.error.as_ref().map(|e| e.code),
         });
         if let (Some(rec), Some(c)) = (&self.recorder, ctx.capture.take()) {
@@ -813,6 +830,7 @@ impl ProxyHttp for Gateway {
                 events: c.sse.then_some(c.events),
                 masked: masked.clone(),
                 guardrail,
+                approval: ctx.approval.take(),
                 error: ctx.error.as_ref().map(|e| e.code.to_string()),
                 downstream_tls: dtls_owned,
                 upstream_tls: ctx
@@ -1050,7 +1068,6 @@ impl Gateway {
         ctx: &mut RequestCtx,
         route: Arc<RouteRuntime>,
         who: Arc<Identity>,
-        m: Arc<RouteMasking>,
     ) -> Result<bool> {
         let body = match hold::read_body(session, self.max_body).await? {
             ReadBody::Body(b) => b,
@@ -1080,61 +1097,51 @@ impl Gateway {
             .unwrap_or("")
             .to_ascii_lowercase();
         let vault = ctx.vault.clone();
-        let json_like = ct.contains("json")
-            || (ct.is_empty()
-                && body
-                    .iter()
-                    .find(|b| !b.is_ascii_whitespace())
-                    .is_some_and(|b| *b == b'{' || *b == b'['));
-        let masked = if json_like {
-            match crate::mask::json::mask_json(
-                &m.engine,
-                &body,
-                &m.request,
-                vault.as_deref(),
-                false,
-            ) {
-                Ok(x) => Some(x),
-                Err(e) if m.refuse_invalid_json => {
-                    let e = ApiError::new(
-                        400,
-                        "invalid_request_error",
-                        "invalid_json",
-                        format!("{e}; this route refuses bodies that are not valid JSON"),
-                    );
-                    return self.answer(session, ctx, e).await;
-                }
-                Err(_) => None,
-            }
-        } else {
-            None
-        };
-        let (masked, tally) = match masked {
-            Some(x) => x,
-            None => match std::str::from_utf8(&body) {
-                Ok(text) => {
-                    let (t, tally) = m.engine.mask(text, &m.request, vault.as_deref(), false);
-                    (t.into_bytes(), tally)
-                }
-                Err(_) => {
-                    let e = ApiError::new(
-                        415,
-                        "invalid_request_error",
-                        "uninspectable_body",
-                        format!("route `{}` inspects request bodies, and this one is neither JSON nor UTF-8 text", route.route.name),
-                    );
-                    return self.answer(session, ctx, e).await;
-                }
+        let (masked, tally) = match route.masking.clone() {
+            Some(m) => match self
+                .mask_request(session, ctx, &route, &m, &body, ct)
+                .await?
+            {
+                Some(x) => x,
+                None => return Ok(true),
             },
+            None => (body.clone(), Tally::default()),
         };
-        if let Some(d) = tally.blocked.clone() {
-            crate::masking::count(&tally, "request");
-            let (msg, rule) = m.block_message(&d);
-            if let Some(r) = rule {
-                metrics::GUARDRAIL_BLOCKS.with_label_values(&[&r]).inc();
+        if !route.approvals.is_empty() {
+            use crate::approval::gate::Outcome;
+            let outcome = self
+                .approvals
+                .check(
+                    session,
+                    &route.approvals,
+                    &route.route.name,
+                    &who,
+                    &ctx.id,
+                    &body,
+                )
+                .await;
+            match outcome {
+                Outcome::Proceed(evidence) => ctx.approval = evidence,
+                Outcome::Refuse(e, evidence) => {
+                    ctx.approval = Some(evidence);
+                    return self.answer(session, ctx, e).await;
+                }
+                Outcome::Ticket(a, evidence) => {
+                    ctx.approval = Some(evidence);
+                    write_ticket(session, &ctx.id, &a).await;
+                    return Ok(true);
+                }
+                Outcome::Abandoned(evidence) => {
+                    ctx.approval = Some(evidence);
+                    ctx.error = Some(ApiError::new(
+                        499,
+                        "invalid_request_error",
+                        "client_gone",
+                        "the agent disconnected while its request waited for approval",
+                    ));
+                    return Ok(true);
+                }
             }
-            let e = ApiError::new(400, "invalid_request_error", "request_blocked", msg);
-            return self.answer(session, ctx, e).await;
         }
         let downstream_tls = session
             .digest()
@@ -1155,6 +1162,7 @@ impl Gateway {
             downstream_tls,
             request_tally: tally,
             capture,
+            approval: ctx.approval.clone(),
         };
         ctx.delegated = true;
         match hold::forward(session, handoff, masked).await? {
@@ -1170,6 +1178,106 @@ impl Gateway {
                 self.answer(session, ctx, err).await
             }
         }
+    }
+
+    /// Masks the request body and applies request guardrails: the masked body and its tally,
+    /// or `None` when the request was refused (answered here).
+    async fn mask_request(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        route: &RouteRuntime,
+        m: &RouteMasking,
+        body: &[u8],
+        ct: String,
+    ) -> Result<Option<(Vec<u8>, Tally)>> {
+        let vault = ctx.vault.clone();
+        let json_like = ct.contains("json")
+            || (ct.is_empty()
+                && body
+                    .iter()
+                    .find(|b| !b.is_ascii_whitespace())
+                    .is_some_and(|b| *b == b'{' || *b == b'['));
+        let masked = if json_like {
+            match crate::mask::json::mask_json(&m.engine, body, &m.request, vault.as_deref(), false)
+            {
+                Ok(x) => Some(x),
+                Err(e) if m.refuse_invalid_json => {
+                    let e = ApiError::new(
+                        400,
+                        "invalid_request_error",
+                        "invalid_json",
+                        format!("{e}; this route refuses bodies that are not valid JSON"),
+                    );
+                    self.answer(session, ctx, e).await?;
+                    return Ok(None);
+                }
+                Err(_) => None,
+            }
+        } else {
+            None
+        };
+        let (masked, tally) = match masked {
+            Some(x) => x,
+            None => match std::str::from_utf8(body) {
+                Ok(text) => {
+                    let (t, tally) = m.engine.mask(text, &m.request, vault.as_deref(), false);
+                    (t.into_bytes(), tally)
+                }
+                Err(_) => {
+                    let e = ApiError::new(
+                        415,
+                        "invalid_request_error",
+                        "uninspectable_body",
+                        format!("route `{}` inspects request bodies, and this one is neither JSON nor UTF-8 text", route.route.name),
+                    );
+                    self.answer(session, ctx, e).await?;
+                    return Ok(None);
+                }
+            },
+        };
+        if let Some(d) = tally.blocked.clone() {
+            crate::masking::count(&tally, "request");
+            let (msg, rule) = m.block_message(&d);
+            if let Some(r) = rule {
+                metrics::GUARDRAIL_BLOCKS.with_label_values(&[&r]).inc();
+            }
+            let e = ApiError::new(400, "invalid_request_error", "request_blocked", msg);
+            self.answer(session, ctx, e).await?;
+            return Ok(None);
+        }
+        Ok(Some((masked, tally)))
+    }
+}
+
+async fn write_ticket(session: &mut Session, request_id: &str, a: &crate::approval::Approval) {
+    let retry = (a.expires_ms.saturating_sub(crate::approval::now_ms()) / 1000).clamp(1, 10);
+    let body = serde_json::json!({
+        "approval": {
+            "id": a.id, "state": a.state, "rule": a.rule,
+            "approvals": a.decisions.len(), "min_approvals": a.min_approvals,
+            "expires_at_ms": a.expires_ms,
+        },
+        "message": format!(
+            "rule `{}` needs an approval; send the same request again with `{}: {}` once it is approved",
+            a.rule, crate::approval::gate::APPROVAL_HEADER, a.id
+        ),
+    })
+    .to_string();
+    let Ok(mut resp) = ResponseHeader::build(202, Some(6)) else {
+        return;
+    };
+    let _ = resp.insert_header(header::CONTENT_TYPE, "application/json");
+    let _ = resp.insert_header(header::CONTENT_LENGTH, body.len());
+    let _ = resp.insert_header(X_REQUEST_ID, request_id);
+    let _ = resp.insert_header(header::RETRY_AFTER, retry.to_string());
+    let _ = resp.insert_header(crate::approval::gate::APPROVAL_HEADER, a.id.as_str());
+    if let Err(e) = session
+        .as_downstream_mut()
+        .write_error_response(resp, Bytes::from(body))
+        .await
+    {
+        log::debug!("could not send the ticket to the agent: {e}");
     }
 }
 

@@ -75,11 +75,17 @@ pub fn run(config: Config, path: std::path::PathBuf) -> Result<(), String> {
     } else {
         None
     };
+    let approvals = crate::approval::Approvals::open(&state.join("approvals"))?;
+    let gate = crate::approval::gate::Gate {
+        store: approvals.clone(),
+        engine: engine.clone(),
+        public_url: config.admin.public_url.clone(),
+    };
     let active = ActiveConfig::new(Active {
         routes: crate::proxy::build_routes(&config, engine)?,
         auth: auth.clone(),
     });
-    let gateway = Gateway::new(&config, active.clone(), recorder.clone())?;
+    let gateway = Gateway::new(&config, active.clone(), recorder.clone(), gate)?;
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
         gateway,
@@ -114,6 +120,8 @@ pub fn run(config: Config, path: std::path::PathBuf) -> Result<(), String> {
             ready: ready.clone(),
             active: active.clone(),
             records: recorder.as_ref().map(|r| r.dir().to_path_buf()),
+            approvals: approvals.clone(),
+            auditors: config.admin.auditors.clone(),
         }),
     );
     let admin_addr = config.admin.address.to_string();
@@ -138,6 +146,10 @@ pub fn run(config: Config, path: std::path::PathBuf) -> Result<(), String> {
             KeyRefresher(auth.clone()),
         ));
     }
+    server.add_service(pingora::services::background::background_service(
+        "approval expiry",
+        crate::approval::Sweeper(approvals.clone()),
+    ));
     server.add_service(pingora::services::background::background_service(
         "drain",
         crate::drain::Drainer {

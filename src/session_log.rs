@@ -39,6 +39,9 @@ pub struct SessionRecord<'a> {
     pub identity: Option<&'a crate::identity::Identity>,
     /// What masking did, per direction (`detector/action` -> count).
     pub masked: Option<&'a serde_json::Value>,
+    /// Approvals this request needed: id, rule, state, decisions, how long it waited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval: Option<&'a serde_json::Value>,
     pub error: Option<&'a str>,
 }
 

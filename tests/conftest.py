@@ -32,6 +32,18 @@ DEFAULT_IDENTITY = (
 )
 
 
+def people_identity(people: dict[str, list[str]]) -> str:
+    """DEFAULT_IDENTITY plus one service account per person (token `agt_person-<name>-...`)."""
+    lines = [DEFAULT_IDENTITY]
+    for name, groups in people.items():
+        lines.append(f"    - {{ name: {name}, token_sha256: {hashlib.sha256(person_token(name).encode()).hexdigest()}, groups: [{', '.join(groups)}] }}\n")
+    return "".join(lines)
+
+
+def person_token(name: str) -> str:
+    return f"agt_person-{name}-0123456789abcdefghijklmnopqrstuv"
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     fam = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(fam, socket.SOCK_STREAM) as s:
@@ -133,7 +145,8 @@ class Gateway:
         headers = kw.pop("headers", {})
         if token is not None:
             headers.setdefault("Authorization", f"Bearer {token}")
-        return httpx.Client(base_url=self.base_url, verify=ctx, timeout=20, headers=headers, **kw)
+        kw.setdefault("timeout", 20)
+        return httpx.Client(base_url=self.base_url, verify=ctx, headers=headers, **kw)
 
     def raw(self, request: bytes, timeout: float = 10) -> bytes:
         """Sends bytes as they are over verified TLS and returns all bytes until the server closes."""
@@ -229,6 +242,7 @@ def start_gateway(tmp_path):
         wait_ready: bool = True,
         extra: str = "",
         preexec=None,
+        admin_extra: str = "",
     ) -> Gateway:
         port, admin_port = free_port(), free_port()
         state = tmp_path / f"gw{len(started)}"
@@ -236,7 +250,7 @@ def start_gateway(tmp_path):
         config = (
             f"server: {{ state_dir: ./var, threads: 2, grace_period: 5s{server_extra} }}\n"
             f"listeners:\n  - {{ name: agents, address: \"127.0.0.1:{port}\", tls: {listener_tls} }}\n"
-            f"admin: {{ address: \"127.0.0.1:{admin_port}\" }}\n"
+            f"admin: {{ address: \"127.0.0.1:{admin_port}\"{admin_extra} }}\n"
             f"{identity}"
             f"{extra}"
             f"routes:\n{routes}"

@@ -128,6 +128,23 @@ def masked_responses() -> dict:
     return {"status": 200, "text": r.output_text}
 
 
+def chat_tools() -> dict:
+    """A chat call offering a destructive tool (what an approval rule holds); errors reported."""
+    import openai
+    from openai import OpenAI
+
+    tools = [{"type": "function", "function": {"name": "delete_records", "description": "Deletes rows",
+                                               "parameters": {"type": "object", "properties": {"table": {"type": "string"}}}}}]
+    try:
+        r = OpenAI(max_retries=0).chat.completions.create(
+            model="mock-model", tools=tools,
+            messages=[{"role": "user", "content": "clean up the users table, then mail ann.lee@example.com"}])
+        calls = [c.function.name for c in r.choices[0].message.tool_calls or []]
+        return {"status": 200, "text": r.choices[0].message.content, "tool_calls": calls}
+    except openai.APIStatusError as e:
+        return {"status": e.status_code, "code": e.code, "message": e.message, "body": e.body}
+
+
 def agent() -> dict:
     from agents import Agent, Runner, function_tool
 

@@ -20,7 +20,7 @@ import time
 import httpx
 import pytest
 
-from conftest import BINARY, route_yaml
+from conftest import AGENT_TOKEN, BINARY, people_identity, person_token, route_yaml
 from test_sdk import run_sdk
 
 SECRET = "sk-proj-Ab3dE5gH7jK9mN1pQ3sT5vX7zA9cE1gI3kM5oQ7sU9wY1aC3eG5iK7mO9qS1uW3yA5"
@@ -52,7 +52,8 @@ def wait_records(gw, n: int, timeout: float = 10) -> list[dict]:
 
 @pytest.fixture
 def gw(start_gateway, mock, upstream_ca_file):
-    return start_gateway(route_yaml("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file))
+    return start_gateway(route_yaml("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file),
+                         identity=people_identity({"audrey": ["auditors"]}), admin_extra=", auditors: [auditors]")
 
 
 def test_sdk_exchanges_recorded_and_shown(gw, mock):
@@ -67,14 +68,18 @@ def test_sdk_exchanges_recorded_and_shown(gw, mock):
         assert "[assistant] Hello from the mock upstream." in shown, shown
         assert "identity test-agent (service_account" in shown and "TLSv1." in shown
     assert "SSE events" in cli("sessions", "show", entries[1]["id"], "--dir", str(records(gw))).stdout
-    # The admin API lists and returns them too.
+    # The admin API lists and returns them too, to auditors only.
     admin = f"http://127.0.0.1:{gw.admin_port}"
-    listed = httpx.get(f"{admin}/v1/sessions?route=mock", timeout=5).json()
+    auditor = {"Authorization": f"Bearer {person_token('audrey')}"}
+    assert httpx.get(f"{admin}/v1/sessions", timeout=5).status_code == 401
+    denied = httpx.get(f"{admin}/v1/sessions", headers={"Authorization": f"Bearer {AGENT_TOKEN}"}, timeout=5)
+    assert denied.status_code == 403 and "not in an auditor group" in denied.text
+    listed = httpx.get(f"{admin}/v1/sessions?route=mock", headers=auditor, timeout=5).json()
     assert [x["id"] for x in listed] == [entries[1]["id"], entries[0]["id"]]
-    rec = httpx.get(f"{admin}/v1/sessions/{entries[0]['id']}", timeout=5).json()
+    rec = httpx.get(f"{admin}/v1/sessions/{entries[0]['id']}", headers=auditor, timeout=5).json()
     assert rec["response"]["status"] == 200 and rec["identity"]["subject"] == "test-agent"
     assert "authorization" not in rec["request"]["headers"]
-    assert httpx.get(f"{admin}/v1/sessions/nope", timeout=5).status_code == 404
+    assert httpx.get(f"{admin}/v1/sessions/nope", headers=auditor, timeout=5).status_code == 404
     assert gw.metric("agentgate_records_written_total") == 2
     assert cli("audit", "verify", "--dir", str(records(gw))).stdout.count("intact") == 1
 

@@ -9,6 +9,7 @@
 //! are marked `interrupted` (the requests that waited on them died with the old process), and
 //! active window grants are rebuilt from the approved ones.
 
+pub mod gate;
 pub mod webhook;
 
 use crate::identity::Identity;
@@ -409,6 +410,11 @@ impl Approvals {
         self.settle(id, State::Abandoned)
     }
 
+    /// The gateway is stopping while `id` waits.
+    pub fn interrupt(&self, id: &str) -> Option<Approval> {
+        self.settle(id, State::Interrupted)
+    }
+
     /// Marks pending approvals whose time ran out as expired (ticket mode has no waiter).
     pub fn sweep(&self) {
         let now = now_ms();
@@ -562,7 +568,27 @@ impl Approvals {
                 let _ = self.persist(&snap, false);
                 Redeem::Proceed(snap)
             }
+            State::Interrupted => Redeem::Refused(503, format!(
+                "the gateway stopped while approval {id} was pending; send the request again without {} to ask anew",
+                gate::APPROVAL_HEADER
+            )),
             s => Redeem::Refused(403, format!("approval {id} is {}", s.as_str())),
+        }
+    }
+}
+
+/// Expires pending tickets nobody waits on (a waiting request expires its own).
+pub struct Sweeper(pub Arc<Approvals>);
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for Sweeper {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.0.sweep(),
+                _ = shutdown.changed() => return,
+            }
         }
     }
 }

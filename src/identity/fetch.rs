@@ -21,6 +21,9 @@ pub struct Fetcher {
     ca_file: Option<PathBuf>,
     timeout: Duration,
     connector: Connector,
+    /// Plain `http://` to a loopback address is allowed (the CLI talking to a local admin
+    /// listener); never for identity providers or webhooks.
+    loopback_http: bool,
 }
 
 impl Fetcher {
@@ -29,7 +32,14 @@ impl Fetcher {
             ca_file,
             timeout,
             connector: Connector::new(None),
+            loopback_http: false,
         }
+    }
+
+    /// Also allows `http://` to 127.0.0.0/8, ::1 and localhost.
+    pub fn with_loopback_http(mut self) -> Fetcher {
+        self.loopback_http = true;
+        self
     }
 
     /// Sends `req` (a GET) and returns the whole response, within the fetch timeout.
@@ -49,19 +59,28 @@ impl Fetcher {
 
     async fn get(&self, req: &http::Request<Vec<u8>>) -> Result<http::Response<Vec<u8>>, String> {
         let uri = req.uri();
-        if uri.scheme_str() != Some("https") {
-            return Err("only https:// URLs are fetched".into());
-        }
         let host = uri
             .host()
             .ok_or("the URL has no host")?
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
+        let loopback = host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        let tls = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") if self.loopback_http && loopback => false,
+            _ if self.loopback_http => {
+                return Err("only https:// URLs, or http:// on loopback, are fetched".into())
+            }
+            _ => return Err("only https:// URLs are fetched".into()),
+        };
         let up = Upstream {
             url: uri.to_string(),
-            tls: true,
-            port: uri.port_u16().unwrap_or(443),
+            tls,
+            port: uri.port_u16().unwrap_or(if tls { 443 } else { 80 }),
             host,
             base_path: String::new(),
             ca_file: self.ca_file.clone(),
@@ -80,13 +99,15 @@ impl Fetcher {
             .get_http_session(&*peer)
             .await
             .map_err(|e| format!("connect: {e}"))?;
-        let ssl = session
-            .digest()
-            .and_then(|d| d.ssl_digest.clone())
-            .ok_or("the connection has no TLS evidence")?;
-        target
-            .check_evidence(&up, &ssl)
-            .map_err(|(_, why)| format!("TLS refused: {why}"))?;
+        if tls {
+            let ssl = session
+                .digest()
+                .and_then(|d| d.ssl_digest.clone())
+                .ok_or("the connection has no TLS evidence")?;
+            target
+                .check_evidence(&up, &ssl)
+                .map_err(|(_, why)| format!("TLS refused: {why}"))?;
+        }
         let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let mut head = RequestHeader::build(req.method().as_str(), pq.as_bytes(), None)
             .map_err(|e| e.to_string())?;

@@ -1,0 +1,242 @@
+//! The request side of approvals: a request whose body was read (nothing has gone upstream,
+//! no upstream connection exists) is checked against its route's rules; a match waits here
+//! for the decision, or gets a ticket.
+
+use super::{summarize, Approval, Approvals, Person, Redeem, State};
+use crate::api_error::ApiError;
+use crate::identity::Identity;
+use crate::mask::{Action, Engine, Rules};
+use crate::policy::{ApprovalRule, Mode, Request};
+use pingora::proxy::Session;
+use std::sync::Arc;
+
+/// The header a ticket-mode retry carries.
+pub const APPROVAL_HEADER: &str = "x-agentgate-approval";
+
+pub enum Outcome {
+    /// Go on (evidence for the record: one entry per matched rule, `None` if none matched).
+    Proceed(Option<serde_json::Value>),
+    /// Answer with this error.
+    Refuse(ApiError, serde_json::Value),
+    /// Ticket mode: answer 202 with this approval.
+    Ticket(Approval, serde_json::Value),
+    /// The agent went away while it waited.
+    Abandoned(serde_json::Value),
+}
+
+pub struct Gate {
+    pub store: Arc<Approvals>,
+    /// Masks what approvers see (everything the detectors find is redacted).
+    pub engine: Arc<Engine>,
+    pub public_url: String,
+}
+
+impl Gate {
+    fn mask(&self, body: &[u8]) -> Vec<u8> {
+        let rules = Rules::all(Action::Redact);
+        if let Ok((m, _)) = crate::mask::json::mask_json(&self.engine, body, &rules, None, false) {
+            return m;
+        }
+        match std::str::from_utf8(body) {
+            Ok(t) => self.engine.mask(t, &rules, None, false).0.into_bytes(),
+            Err(_) => format!("[{} bytes, not text]", body.len()).into_bytes(),
+        }
+    }
+
+    fn mask_text(&self, t: &str) -> String {
+        self.engine
+            .mask(t, &Rules::all(Action::Redact), None, false)
+            .0
+    }
+
+    /// Checks `body` (as the agent sent it) against `rules`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn check(
+        &self,
+        session: &mut Session,
+        rules: &[ApprovalRule],
+        route: &str,
+        who: &Identity,
+        request_id: &str,
+        body: &[u8],
+    ) -> Outcome {
+        let req = session.req_header();
+        let method = req.method.as_str().to_string();
+        let path = req.uri.path().to_string();
+        let ticket = req
+            .headers
+            .get(APPROVAL_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.trim().to_string());
+        let matched = crate::policy::matching(
+            rules,
+            &Request {
+                route,
+                method: &method,
+                path: &path,
+                groups: &who.groups,
+                headers: &req.headers,
+                body,
+            },
+        );
+        if matched.is_empty() {
+            return Outcome::Proceed(None);
+        }
+        let body_sha = super::sha256_hex(body);
+        let mut evidence = Vec::new();
+        let mut summary = None;
+        for (rule, m) in matched {
+            if let Some(g) = self.store.active_grant(who, &rule.name) {
+                evidence.push(g.evidence("window_grant"));
+                continue;
+            }
+            if rule.mode == Mode::Ticket {
+                if let Some(id) = ticket.as_deref().filter(|id| !id.is_empty()) {
+                    match self.store.redeem(id, who, &rule.name, &body_sha) {
+                        Redeem::Proceed(a) => {
+                            evidence.push(a.evidence("ticket"));
+                            continue;
+                        }
+                        Redeem::StillPending(a) => {
+                            evidence.push(a.evidence("ticket"));
+                            return Outcome::Ticket(a, evidence.into());
+                        }
+                        Redeem::Refused(status, why) => {
+                            let e = refusal(status, &rule.name, why, None);
+                            return Outcome::Refuse(e, evidence.into());
+                        }
+                    }
+                }
+            }
+            let summary = summary
+                .get_or_insert_with(|| summarize(&self.mask(body)))
+                .clone();
+            let draft = Approval {
+                id: String::new(),
+                request_id: request_id.to_string(),
+                rule: rule.name.clone(),
+                route: route.to_string(),
+                method: method.clone(),
+                path: path.clone(),
+                requester: Person::of(who),
+                reasons: m.reasons.iter().map(|r| self.mask_text(r)).collect(),
+                summary,
+                body_sha256: body_sha.clone(),
+                mode: String::new(),
+                approver_groups: Vec::new(),
+                min_approvals: 0,
+                grant_window_s: None,
+                created_ms: 0,
+                expires_ms: 0,
+                state: State::Pending,
+                decisions: Vec::new(),
+                decided_ms: None,
+                redeemed: false,
+            };
+            let (a, rx) = match self.store.create(rule, draft) {
+                Ok(x) => x,
+                Err(why) => {
+                    log::error!("approval store: {why}");
+                    let e = ApiError::new(
+                        503,
+                        "service_unavailable_error",
+                        "approval_store_unavailable",
+                        format!("rule `{}` needs an approval and the approval store cannot take it: {why}", rule.name),
+                    );
+                    return Outcome::Refuse(e, evidence.into());
+                }
+            };
+            log::info!(
+                "approval {} opened: rule `{}`, {} {} on route `{route}` by {}",
+                a.id,
+                rule.name,
+                method,
+                path,
+                who.subject
+            );
+            if let Some(hook) = &rule.webhook {
+                super::webhook::notify(
+                    hook.clone(),
+                    a.clone(),
+                    self.public_url.clone(),
+                    self.store.clone(),
+                );
+            }
+            if rule.mode == Mode::Ticket {
+                evidence.push(a.evidence("ticket"));
+                return Outcome::Ticket(a, evidence.into());
+            }
+            let done = tokio::select! {
+                done = self.store.wait(&a.id, rx, a.expires_ms) => done,
+                _ = crate::drain::until_draining() => {
+                    let a = self.store.interrupt(&a.id).unwrap_or(a);
+                    evidence.push(a.evidence("wait"));
+                    if a.state == State::Approved {
+                        continue;
+                    }
+                    let e = refusal(503, &rule.name, "the gateway is shutting down; send the request again (another instance will ask anew)".into(), None);
+                    return Outcome::Refuse(e, evidence.into());
+                }
+                _ = session.downstream_session.read_body_or_idle(true) => {
+                    let a = self.store.abandon(&a.id).unwrap_or(a);
+                    log::info!("approval {}: the agent went away while it waited ({})", a.id, a.state.as_str());
+                    evidence.push(a.evidence("wait"));
+                    return Outcome::Abandoned(evidence.into());
+                }
+            };
+            let a = done.unwrap_or(a);
+            evidence.push(a.evidence("wait"));
+            match a.state {
+                State::Approved => continue,
+                State::Denied => {
+                    let d = a.decisions.iter().rev().find(|d| d.decision == "deny");
+                    let why = match d {
+                        Some(d) => format!("denied by {}: {}", d.by.subject, d.reason),
+                        None => "denied".into(),
+                    };
+                    let e = refusal(403, &rule.name, why, Some(&a));
+                    return Outcome::Refuse(e, evidence.into());
+                }
+                s => {
+                    let why = match s {
+                        State::Expired => format!(
+                            "no decision within {}s (approvals so far: {} of {})",
+                            rule.timeout.as_secs(),
+                            a.decisions.len(),
+                            a.min_approvals
+                        ),
+                        other => format!("the approval is {}", other.as_str()),
+                    };
+                    let e = refusal(403, &rule.name, why, Some(&a));
+                    return Outcome::Refuse(e, evidence.into());
+                }
+            }
+        }
+        Outcome::Proceed(Some(evidence.into()))
+    }
+}
+
+fn refusal(status: u16, rule: &str, why: String, a: Option<&Approval>) -> ApiError {
+    let (code, kind) = match (status, a.map(|a| a.state)) {
+        (_, Some(State::Denied)) => ("approval_denied", "permission_error"),
+        (_, Some(State::Expired)) => ("approval_expired", "permission_error"),
+        (503, _) => ("approval_interrupted", "service_unavailable_error"),
+        _ => ("approval_refused", "permission_error"),
+    };
+    let mut e = ApiError::new(
+        status,
+        kind,
+        code,
+        format!("rule `{rule}` needs an approval: {why}"),
+    );
+    if let Some(a) = a {
+        e.detail = Some((
+            "approval",
+            serde_json::json!({
+                "id": a.id, "rule": a.rule, "decision": a.state,
+                "reason": why, "decisions": a.decisions,
+            }),
+        ));
+    }
+    e
+}
