@@ -86,10 +86,12 @@ bench/portkey/node_modules/.installed: bench/portkey/package.json bench/portkey/
 bench: deps bench-deps $(VENV)/.bench bench/portkey/node_modules/.installed
 	$(CARGO) build --release --locked --bins --examples
 	$(PY) bench/run.py
+	$(PY) bench/approvals.py
 
 ## The same harness for seconds, on the debug build, so it cannot rot (part of make test).
 bench-smoke: build bench-deps $(VENV)/.bench
 	$(PY) bench/run.py --smoke --profile debug --out bench/work/smoke
+	$(PY) bench/approvals.py --smoke --profile debug --out bench/work/smoke
 
 test: unit check-conf bench-smoke integration
 

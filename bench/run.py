@@ -36,6 +36,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 # The API key every client sends: agentgate knows it as a service account (the token check is
 # part of what it costs); the other systems ignore or replace it.
 AGENT_KEY = "agent-key-the-gateway-replaces"
+APPROVER_KEY = "approver-key-for-the-admin-api"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CONCURRENCY = [1, 16, 64]
 
@@ -214,20 +215,25 @@ http {{
         """`passthrough`: auth by service account, credential injection, no recording;
         `recorded`: the same with every exchange recorded (full); `full`: plus request and
         response masking (secrets redacted, personal data pseudonymized and restored) and a
-        guardrail."""
-        name = {"passthrough": "agentgate", "recorded": "agentgate-recorded", "full": "agentgate-full"}[variant]
+        guardrail; `approvals`: passthrough with an approval rule on the route (bench/approvals.py)."""
+        name = {"passthrough": "agentgate", "recorded": "agentgate-recorded", "full": "agentgate-full",
+                "approvals": "agentgate-approvals"}[variant]
         port, admin = free_port(), free_port()
         conf = self.work / f"{name}.yaml"
         route_extra = {
             "passthrough": "    recording: off\n",
             "recorded": "    recording: full\n",
             "full": "    recording: full\n    masking: default\n    guardrails: [no-private-keys]\n",
+            "approvals": "    recording: off\n    approvals: [destructive-tools]\n",
         }[variant]
         policy = (
             "masking:\n  policies:\n    default:\n"
             "      request: { secrets: redact, pii: pseudonymize }\n"
             "      response: { secrets: redact, pii: redact, restore_pseudonyms: true }\n"
             "guardrails:\n  - { name: no-private-keys, direction: request, detectors: [private_key] }\n"
+            "approvals:\n  - name: destructive-tools\n"
+            '    when: { method: POST, json: { "tools[*].function.name": { any_of: [delete_records] } } }\n'
+            "    approvers: { groups: [approvers] }\n    timeout: 1h\n"
         )
         conf.write_text(f"""
 server: {{ state_dir: ./var-{name}, threads: 1 }}
@@ -237,6 +243,7 @@ admin: {{ address: "127.0.0.1:{admin}" }}
 identity:
   service_accounts:
     - {{ name: bench-agent, token_sha256: {hashlib.sha256(AGENT_KEY.encode()).hexdigest()}, groups: [agents] }}
+    - {{ name: bench-approver, token_sha256: {hashlib.sha256(APPROVER_KEY.encode()).hexdigest()}, groups: [approvers] }}
 routes:
   - name: bench
     match: {{ path_prefix: /v1/ }}
@@ -252,7 +259,9 @@ routes:
         out = open(self.work / f"{name}-sessions.jsonl", "wb")
         p = self.spawn([str(self.bin / "agentgate"), "run", "--config", str(conf)], name, env=env, stdout=out)
         wait_port(port, p, name)
-        return System(name, port, p)
+        s = System(name, port, p)
+        s.admin = admin
+        return s
 
     def start_portkey(self, upstream: int) -> System | None:
         """Portkey's open-source gateway (Node.js), offline. It has no TLS listener: agents reach

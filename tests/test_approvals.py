@@ -97,15 +97,19 @@ class Call(threading.Thread):
         super().__init__(daemon=True)
         self.gw, self.body, self.token, self.headers = gw, body, token, headers or {}
         self.response: httpx.Response | None = None
+        self.error: Exception | None = None
         self.start()
 
     def run(self) -> None:
-        with self.gw.client(self.token, timeout=60) as c:
-            self.response = c.post(CHAT, json=self.body, headers=self.headers)
+        try:
+            with self.gw.client(self.token, timeout=60) as c:
+                self.response = c.post(CHAT, json=self.body, headers=self.headers)
+        except httpx.HTTPError as e:  # the gateway went away (the restart test kills it)
+            self.error = e
 
     def result(self) -> httpx.Response:
         self.join(60)
-        assert self.response is not None
+        assert self.response is not None, self.error
         return self.response
 
 
@@ -148,6 +152,13 @@ def test_sdk_call_waits_for_an_approver_and_nothing_reaches_the_upstream_before(
     [ev] = line["approval"]
     assert (ev["id"], ev["state"], ev["how"], line["status"]) == (a["id"], "approved", "wait", 200)
     assert ev["decisions"][0]["by"]["subject"] == "alice" and ev["decisions"][0]["reason"] == "the cleanup is planned (CHG-42)"
+    # ...and the exchange's record, which auditors read.
+    deadline = time.monotonic() + 10
+    while not (listed := admin(gw, "alice", "GET", "/v1/sessions").json()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    rec = admin(gw, "alice", "GET", f"/v1/sessions/{listed[0]['id']}").json()
+    [rev] = rec["decisions"]["approval"]
+    assert (rev["id"], rev["state"], rev["decisions"][0]["by"]["subject"]) == (a["id"], "approved", "alice")
     assert gw.metric("agentgate_approvals_pending") == 0
     assert gw.metric("agentgate_approval_decisions_total", rule="destructive-tools", decision="approved") == 1
     assert gw.metric("agentgate_approval_wait_seconds_count", rule="destructive-tools") == 1
@@ -309,6 +320,7 @@ def test_restart_with_a_pending_approval(approval_gw, mock):
         again.proc.kill()
         again.proc.wait()
         lost.join(10)
+        assert lost.response is None and lost.error is not None
     finally:
         again.stop()
     third = Gateway(gw.config_path.read_text(), gw.state_dir, gw.port, gw.admin_port)

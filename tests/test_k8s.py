@@ -91,13 +91,15 @@ def test_dashboard_uses_real_metric_names(start_gateway, mock, upstream_ca_file)
     policy = (
         "masking:\n  policies:\n    default:\n      request: { pii: pseudonymize }\n"
         "guardrails:\n  - { name: g, direction: request, detectors: [private_key] }\n"
+        "approvals:\n  - { name: hold, when: { headers: { x-hold: { exists: true } } }, approvers: { groups: [sec] }, timeout: 1s }\n"
     )
-    gw = start_gateway(route_yaml("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file) + "    masking: default\n    guardrails: [g]\n",
+    gw = start_gateway(route_yaml("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file) + "    masking: default\n    guardrails: [g]\n    approvals: [hold]\n",
                        identity=DEFAULT_IDENTITY + policy)
     with gw.client() as c:
         c.post("/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "a@b.example.com"}]})
         c.post("/v1/chat/completions", json={"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
         c.get("/nowhere")  # an error the gateway answers itself
+        assert c.post("/v1/chat/completions", json={}, headers={"x-hold": "1"}).status_code == 403  # an approval expires
     import socket
     import time
 

@@ -1,0 +1,132 @@
+"""Holds N concurrent requests pending approval in agentgate and reports the gateway's extra
+memory, and whether unrelated traffic (same route, requests that match no rule) keeps its
+latency meanwhile. Target (issue 5): under 50 MB extra for 1,000 pending approvals.
+
+    .venv/bin/python bench/approvals.py [--pending 1000] [--profile release]
+
+Writes bench/results/<date>-approvals.md (or --out)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import pathlib
+import ssl
+import sys
+import time
+
+import httpx
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from run import AGENT_KEY, APPROVER_KEY, ROOT, Bench, machine, rss_kb  # noqa: E402
+
+HELD = json.dumps({"model": "mock-model", "tools": [{"type": "function", "function": {"name": "delete_records"}}],
+                   "messages": [{"role": "user", "content": "clean up the users table " * 20}]}).encode()
+
+
+def pending(admin: int) -> int:
+    r = httpx.get(f"http://127.0.0.1:{admin}/v1/approvals?state=pending&limit=100000",
+                  headers={"authorization": f"Bearer {APPROVER_KEY}"}, timeout=30)
+    r.raise_for_status()
+    return len(r.json())
+
+
+async def hold(port: int, ctx: ssl.SSLContext, n: int, admin: int, measure) -> dict:
+    """Opens `n` TLS connections, each sending one request that waits for approval; calls
+    `measure()` while all are pending; then closes them (the approvals become abandoned)."""
+    conns = []
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {AGENT_KEY}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(HELD)}\r\n\r\n").encode()
+    sem = asyncio.Semaphore(64)
+
+    async def one() -> None:
+        async with sem:
+            r, w = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="localhost")
+            w.write(head + HELD)
+            await w.drain()
+            conns.append((r, w))
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(one() for _ in range(n)))
+    deadline = time.monotonic() + 120
+    while (p := await asyncio.to_thread(pending, admin)) < n:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {p} of {n} approvals pending after 120 s")
+        await asyncio.sleep(0.2)
+    opened_s = time.monotonic() - t0
+    result = await asyncio.to_thread(measure)
+    for _, w in conns:
+        w.close()
+    await asyncio.gather(*(w.wait_closed() for _, w in conns), return_exceptions=True)
+    result["opened_s"] = opened_s
+    return result
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--pending", type=int, default=1000)
+    ap.add_argument("--profile", default="release")
+    ap.add_argument("--duration", type=float, default=5)
+    ap.add_argument("--smoke", action="store_true", help="50 pending, 1 s loads: checks the harness works")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    args = ap.parse_args()
+    if args.smoke:
+        args.pending, args.duration = 50, 1
+    b = Bench(args)
+    try:
+        mock = b.start_mock()
+        gw = b.start_agentgate(mock.port, "approvals")
+        b.wrk(gw, 4, 1)  # warm up
+        before = b.wrk(gw, 16, args.duration)
+        rss_before = rss_kb(gw.pid)
+        print(f"unrelated traffic before: {before['rps']:.0f} req/s, p50 {before['p50'] / 1000:.3f} ms, p99 {before['p99'] / 1000:.3f} ms; RSS {rss_before / 1024:.1f} MiB", flush=True)
+
+        def measure() -> dict:
+            rss = rss_kb(gw.pid)
+            during = b.wrk(gw, 16, args.duration)
+            return {"rss": rss, "during": during, "pending": pending(gw.admin)}
+
+        held = asyncio.run(hold(gw.port, b.client_ctx, args.pending, gw.admin, measure))
+        during = held["during"]
+        time.sleep(1)
+        left = pending(gw.admin)
+        rss_after = rss_kb(gw.pid)
+    finally:
+        b.stop_all()
+    extra_mib = (held["rss"] - rss_before) / 1024
+    lines = [
+        f"# agentgate: {args.pending} pending approvals ({datetime.date.today().isoformat()})",
+        "",
+        f"Machine: {machine()}. Build: {args.profile}. Gateway: 1 thread; unrelated traffic is wrk "
+        f"-c16 for {args.duration:.0f} s on the same route (requests no rule matches), HTTP/1.1 keep-alive over TLS.",
+        "",
+        "| | value |",
+        "| --- | --- |",
+        f"| approvals pending at once | {held['pending']} (opened in {held['opened_s']:.1f} s) |",
+        f"| gateway RSS before | {rss_before / 1024:.1f} MiB |",
+        f"| gateway RSS with all pending | {held['rss'] / 1024:.1f} MiB |",
+        f"| **extra memory** | **{extra_mib:.1f} MiB** ({extra_mib * 1024 / args.pending:.1f} KiB per pending request, its TLS connection included); target < 50 MB: {'met' if extra_mib * 1.048576 < 50 else 'MISSED'} |",
+        f"| RSS after the agents went away | {rss_after / 1024:.1f} MiB ({left} still pending) |",
+        "",
+        "| unrelated traffic | req/s | p50 ms | p90 ms | p99 ms | errors |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, r in (("before", before), (f"with {args.pending} pending", during)):
+        lines.append(f"| {name} | {r['rps']:.0f} | {r['p50'] / 1000:.3f} | {r['p90'] / 1000:.3f} | {r['p99'] / 1000:.3f} | {r['errors'] + r['status_errors']} |")
+    lines += ["", f"p99 ratio (with pending / before): {during['p99'] / max(before['p99'], 1):.2f}; "
+              f"throughput ratio: {during['rps'] / max(before['rps'], 1):.2f}.", ""]
+    report = "\n".join(lines)
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / (datetime.date.today().isoformat() + ("-approvals-smoke" if args.smoke else "-approvals") + ".md")
+    path.write_text(report)
+    print(report)
+    print(f"report: {path}")
+    ok = held["pending"] == args.pending and left == 0 and before["status_errors"] + during["status_errors"] == 0
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
