@@ -410,7 +410,20 @@ impl ProxyHttp for Gateway {
                 ctx.capture = Some(c);
             }
         }
-        if route.masking.is_none() && route.approvals.is_empty() {
+        // Routes with approval rules read the body only when a rule's method, path, groups
+        // and headers match (the rest pass straight through unless the route masks).
+        let req = session.req_header();
+        let may_hold = route.approvals.iter().any(|r| {
+            r.head_matches(&crate::policy::Request {
+                route: &route.route.name,
+                method: req.method.as_str(),
+                path: req.uri.path(),
+                groups: &who.groups,
+                headers: &req.headers,
+                body: &[],
+            })
+        });
+        if route.masking.is_none() && !may_hold {
             return Ok(false);
         }
         if route.masking.is_some() {
@@ -418,7 +431,7 @@ impl ProxyHttp for Gateway {
                 self.vaults
                     .get(&conversation_key(&who, session.req_header())),
             );
-            if session.is_body_empty() && route.approvals.is_empty() {
+            if session.is_body_empty() && !may_hold {
                 return Ok(false);
             }
         }

@@ -19,7 +19,7 @@ pub enum Outcome {
     /// Answer with this error.
     Refuse(ApiError, serde_json::Value),
     /// Ticket mode: answer 202 with this approval.
-    Ticket(Approval, serde_json::Value),
+    Ticket(Box<Approval>, serde_json::Value),
     /// The agent went away while it waited.
     Abandoned(serde_json::Value),
 }
@@ -99,7 +99,7 @@ impl Gate {
                         }
                         Redeem::StillPending(a) => {
                             evidence.push(a.evidence("ticket"));
-                            return Outcome::Ticket(a, evidence.into());
+                            return Outcome::Ticket(Box::new(a), evidence.into());
                         }
                         Redeem::Refused(status, why) => {
                             let e = refusal(status, &rule.name, why, None);
@@ -164,7 +164,7 @@ impl Gate {
             }
             if rule.mode == Mode::Ticket {
                 evidence.push(a.evidence("ticket"));
-                return Outcome::Ticket(a, evidence.into());
+                return Outcome::Ticket(Box::new(a), evidence.into());
             }
             let done = tokio::select! {
                 done = self.store.wait(&a.id, rx, a.expires_ms) => done,

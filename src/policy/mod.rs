@@ -115,7 +115,7 @@ impl Matcher {
                 v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_)),
             ) => {
                 let s = v.to_string();
-                set.iter().any(|x| *x == s)
+                set.contains(&s)
             }
             (Matcher::Contains(_) | Matcher::Regex(_), _) => {
                 let mut hit = false;
@@ -159,40 +159,10 @@ impl ApprovalRule {
     /// Whether `req` must wait for this rule's approvers, and why. `parsed` is the body as
     /// JSON, parsed once by the caller for all rules (`None`: not JSON).
     pub fn matches(&self, req: &Request, parsed: Option<&serde_json::Value>) -> Option<Match> {
+        if !self.head_matches(req) {
+            return None;
+        }
         let w = &self.when;
-        if !w.routes.is_empty() && !w.routes.iter().any(|r| r == req.route) {
-            return None;
-        }
-        if !w.methods.is_empty() && !w.methods.iter().any(|m| m.eq_ignore_ascii_case(req.method)) {
-            return None;
-        }
-        if w.path.as_deref().is_some_and(|p| p != req.path) {
-            return None;
-        }
-        if w.path_prefix
-            .as_deref()
-            .is_some_and(|p| !req.path.starts_with(p))
-        {
-            return None;
-        }
-        if !w.groups.is_empty() && !w.groups.iter().any(|g| req.groups.contains(g)) {
-            return None;
-        }
-        for (name, m) in &w.headers {
-            let values: Vec<&str> = req
-                .headers
-                .get_all(name.as_str())
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .collect();
-            let ok = match m {
-                Matcher::Exists(want) => values.is_empty() != *want,
-                _ => values.iter().any(|v| m.test_str(v)),
-            };
-            if !ok {
-                return None;
-            }
-        }
         let mut reasons = Vec::new();
         if !w.json.is_empty() {
             let Some(doc) = parsed else {
@@ -228,6 +198,46 @@ impl ApprovalRule {
             rule: self.name.clone(),
             reasons,
         })
+    }
+
+    /// Whether everything but the body matches (`req.body` is not looked at): when no rule's
+    /// head matches, the gateway need not read the body at all.
+    pub fn head_matches(&self, req: &Request) -> bool {
+        let w = &self.when;
+        if !w.routes.is_empty() && !w.routes.iter().any(|r| r == req.route) {
+            return false;
+        }
+        if !w.methods.is_empty() && !w.methods.iter().any(|m| m.eq_ignore_ascii_case(req.method)) {
+            return false;
+        }
+        if w.path.as_deref().is_some_and(|p| p != req.path) {
+            return false;
+        }
+        if w.path_prefix
+            .as_deref()
+            .is_some_and(|p| !req.path.starts_with(p))
+        {
+            return false;
+        }
+        if !w.groups.is_empty() && !w.groups.iter().any(|g| req.groups.contains(g)) {
+            return false;
+        }
+        for (name, m) in &w.headers {
+            let values: Vec<&str> = req
+                .headers
+                .get_all(name.as_str())
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            let ok = match m {
+                Matcher::Exists(want) => values.is_empty() != *want,
+                _ => values.iter().any(|v| m.test_str(v)),
+            };
+            if !ok {
+                return false;
+            }
+        }
+        true
     }
 }
 

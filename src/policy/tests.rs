@@ -268,3 +268,26 @@ fn long_values_are_cut_in_reasons() {
         m.reasons[0]
     );
 }
+
+#[test]
+fn the_head_decides_whether_the_body_is_needed() {
+    let r = rule(
+        r#"name: r
+approvers: { groups: [s] }
+when: { method: POST, path_prefix: /v1/chat, json: { "tools[*].function.name": { equals: x } } }"#,
+    );
+    let h = http::HeaderMap::new();
+    let mut q = req(b"", &h, &[]);
+    assert!(
+        r.head_matches(&q),
+        "POST /v1/chat/completions: the body decides"
+    );
+    q.method = "GET";
+    assert!(
+        !r.head_matches(&q),
+        "a GET can never match: no need to read its body"
+    );
+    q.method = "POST";
+    q.path = "/v1/models";
+    assert!(!r.head_matches(&q));
+}
