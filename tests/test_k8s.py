@@ -54,7 +54,7 @@ KUSTOMIZATIONS = sorted(p.parent for p in K8S.rglob("kustomization.yaml"))
 def test_every_rendered_manifest_validates_against_the_kubernetes_schemas(tmp_path):
     import kubernetes_validate
 
-    assert {p.name for p in KUSTOMIZATIONS} >= {"base", "egress-lock", "egress-gateway", "monitoring"}
+    assert {p.name for p in KUSTOMIZATIONS} >= {"base", "egress-lock", "egress-gateway", "monitoring", "cert-manager"}
     for d in KUSTOMIZATIONS:
         docs = render(d)
         assert docs, d
@@ -62,6 +62,10 @@ def test_every_rendered_manifest_validates_against_the_kubernetes_schemas(tmp_pa
             if doc["apiVersion"].startswith("monitoring.coreos.com/"):
                 # A Prometheus Operator CRD: no schema in the Kubernetes set.
                 assert doc["kind"] == "PodMonitor" and doc["spec"]["podMetricsEndpoints"][0]["path"] == "/metrics"
+                continue
+            if doc["apiVersion"] == "cert-manager.io/v1":
+                # cert-manager CRDs: no schema in the Kubernetes set; checked for shape below.
+                assert doc["kind"] in ("Issuer", "Certificate") and doc["spec"], doc
                 continue
             kubernetes_validate.validate(doc, "1.31", strict=True)
             if doc["kind"] == "ConfigMap" and "agentgate.yaml" in doc.get("data", {}):
@@ -113,3 +117,26 @@ def test_dashboard_uses_real_metric_names(start_gateway, mock, upstream_ca_file)
         assert m in readme, f"{m} is not documented"
         if m != "agentgate_jwks_refresh_total":  # exported once an OIDC issuer is configured
             assert m in exported, f"{m} is not exported"
+
+
+def test_egress_gateway_replicas_share_a_mounted_certificate_cert_manager_can_issue():
+    docs = render(K8S / "overlays" / "cert-manager")
+    [dep] = [d for d in docs if d["kind"] == "Deployment"]
+    pod = dep["spec"]["template"]["spec"]
+    [c] = pod["containers"]
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    [cm] = [d for d in docs if d["kind"] == "ConfigMap" and "agentgate.yaml" in d.get("data", {})]
+    conf = yaml.safe_load(cm["data"]["agentgate.yaml"])
+    tls = conf["listeners"][0]["tls"]
+    # Two replicas each generating a certificate could not be trusted as one: the listener uses
+    # the mounted Secret, and that Secret is what the Certificate writes.
+    assert dep["spec"]["replicas"] >= 2 and "names" not in tls
+    assert tls["cert"].startswith(mounts["tls"] + "/") and tls["key"].startswith(mounts["tls"] + "/")
+    certs = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Certificate"}
+    serving = certs["agentgate-tls"]["spec"]
+    assert serving["secretName"] == secrets["tls"] == "agentgate-tls"
+    [svc] = [d for d in docs if d["kind"] == "Service"]
+    assert svc["metadata"]["name"] in serving["dnsNames"]
+    issuers = {d["metadata"]["name"] for d in docs if d["kind"] == "Issuer"}
+    assert serving["issuerRef"]["name"] in issuers and certs["agentgate-ca"]["spec"]["issuerRef"]["name"] in issuers
