@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 BIN := target/debug/agentgate
 CONFIG ?= conf/agentgate.yaml
 
-.PHONY: run test build deps venv unit check-conf integration fmt lint clean-state bench bench-smoke bench-deps
+.PHONY: run test build deps test-deps venv unit check-conf integration fmt lint clean-state bench bench-smoke bench-deps
 
 ## Install the Debian packages BoringSSL's build and the test suite need, when missing.
 deps:
@@ -19,9 +19,20 @@ deps:
 	ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need="$$need libclang-dev"; \
 	python3 -m venv --help >/dev/null 2>&1 || need="$$need python3 python3-venv"; \
 	command -v npm >/dev/null || need="$$need nodejs npm"; \
+	if [ -n "$$need" ]; then \
+	  echo "installing Debian packages:$$need"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$need >/dev/null; \
+	fi
+
+## What only the tests need: network namespaces and iptables (the egress-lock test), curl, and
+## a browser for the web console test.
+test-deps:
+	@need=""; \
 	command -v curl >/dev/null || need="$$need curl"; \
 	command -v ip >/dev/null || [ -x /usr/sbin/ip ] || need="$$need iproute2"; \
 	command -v iptables >/dev/null || [ -x /usr/sbin/iptables ] || need="$$need iptables"; \
+	[ -x /usr/bin/chromium ] || need="$$need chromium"; \
 	if [ -n "$$need" ]; then \
 	  echo "installing Debian packages:$$need"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -74,7 +85,12 @@ tests/oidc/node_modules/.installed: tests/oidc/package.json tests/oidc/package-l
 	npm ci --silent --no-audit --no-fund --prefix tests/oidc
 	touch $@
 
-integration: build venv tests/oidc/node_modules/.installed
+## playwright-core (npm) drives Debian's chromium for the web console test.
+tests/console/node_modules/.installed: tests/console/package.json tests/console/package-lock.json
+	npm ci --silent --no-audit --no-fund --prefix tests/console
+	touch $@
+
+integration: build venv test-deps tests/oidc/node_modules/.installed tests/console/node_modules/.installed
 	cd tests && ../$(PY) -m pytest -q
 
 ## Portkey's gateway from npm, for the side-by-side (the bench skips it if npm is missing).

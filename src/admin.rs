@@ -34,6 +34,8 @@ pub struct AdminApp {
     pub approvals: Arc<crate::approval::Approvals>,
     /// Groups that may read sessions and every approval.
     pub auditors: Vec<String>,
+    /// The web console (`admin.console`), when configured.
+    pub console: Option<Arc<crate::console::Console>>,
 }
 
 const JSON: &str = "application/json";
@@ -234,16 +236,39 @@ impl ServeHttp for AdminApp {
         let path = uri.path();
         let approvals = path == "/v1/approvals" || path.starts_with("/v1/approvals/");
         let sessions = path == "/v1/sessions" || path.starts_with("/v1/sessions/");
+        if path == "/console" || path.starts_with("/console/") {
+            let Some(console) = &self.console else {
+                return json_error(404, "the web console is not configured (admin.console)");
+            };
+            let req = session.req_header();
+            return console.handle(&req.method, path, uri.query(), &req.headers).await;
+        }
         if approvals || sessions {
-            let auth = self.active.get().auth.clone();
-            let who = match auth.authenticate(&session.req_header().headers, None).await {
-                Ok(w) => w,
-                Err(e) => {
-                    let mut r = json_error(e.reason.status(), &e.description);
-                    if let Some(c) = e.challenge().and_then(|c| c.parse().ok()) {
-                        r.headers_mut().insert(http::header::WWW_AUTHENTICATE, c);
+            let req = session.req_header();
+            // A browser of the console authenticates with its session cookie (and CSRF token);
+            // everyone else with a bearer token.
+            let by_cookie = !req.headers.contains_key(http::header::AUTHORIZATION)
+                && req
+                    .headers
+                    .get(http::header::COOKIE)
+                    .is_some_and(|_| self.console.is_some());
+            let who = if by_cookie {
+                let console = self.console.as_ref().expect("checked");
+                match console.identity(&req.method, &req.headers) {
+                    Ok(w) => w,
+                    Err((status, why)) => return json_error(status, why),
+                }
+            } else {
+                let auth = self.active.get().auth.clone();
+                match auth.authenticate(&req.headers, None).await {
+                    Ok(w) => w,
+                    Err(e) => {
+                        let mut r = json_error(e.reason.status(), &e.description);
+                        if let Some(c) = e.challenge().and_then(|c| c.parse().ok()) {
+                            r.headers_mut().insert(http::header::WWW_AUTHENTICATE, c);
+                        }
+                        return r;
                     }
-                    return r;
                 }
             };
             if approvals {

@@ -7,6 +7,7 @@ pub mod api_error;
 pub mod approval;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod drain;
 pub mod hold;
 pub mod identity;

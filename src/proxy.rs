@@ -454,6 +454,11 @@ impl ProxyHttp for Gateway {
             if let Some(c) = ctx.capture.as_mut() {
                 c.request_chunk(b);
             }
+            if ctx.body_len.is_some() {
+                // A subrequest forwarding a decided body: the agent's bytes were counted when
+                // the main session read them.
+                return Ok(());
+            }
             ctx.request_body_bytes += b.len() as u64;
             if ctx.request_body_bytes > self.max_body {
                 let e = too_large(self.max_body);
@@ -1160,10 +1165,8 @@ impl Gateway {
             .digest()
             .and_then(|d| d.ssl_digest.as_ref())
             .map(|s| (s.version.to_string(), s.cipher.to_string()));
-        let mut capture = ctx.capture.take();
-        if let Some(c) = capture.as_mut() {
-            c.request_chunk(&masked);
-        }
+        // The subrequest's request_body_filter records the body it forwards.
+        let capture = ctx.capture.take();
         let handoff = Handoff {
             id: ctx.id.clone(),
             route,

@@ -122,6 +122,10 @@ pub fn run(config: Config, path: std::path::PathBuf) -> Result<(), String> {
             records: recorder.as_ref().map(|r| r.dir().to_path_buf()),
             approvals: approvals.clone(),
             auditors: config.admin.auditors.clone(),
+            console: config.admin.console.clone().map(|c| {
+                log::info!("web console on {}/console/ (sign-in with {})", config.admin.public_url, c.issuer);
+                Arc::new(crate::console::Console::new(c, &config.admin.public_url))
+            }),
         }),
     );
     let admin_addr = config.admin.address.to_string();

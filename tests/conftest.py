@@ -84,6 +84,8 @@ class Gateway:
         self.admin_port = admin_port
         self.config_path = state_dir / "agentgate.yaml"
         self.config_path.write_text(config)
+        admin_line = next((l for l in config.splitlines() if l.startswith("admin:")), "")
+        self.admin_url = f"{'https' if 'tls:' in admin_line else 'http'}://127.0.0.1:{admin_port}"
         self.stdout_path = state_dir / "stdout.log"
         self.stderr_path = state_dir / "stderr.log"
         env = dict(os.environ, ROUTE_KEY=ROUTE_KEY, AGENTGATE_LOG=os.environ.get("AGENTGATE_TEST_LOG", "info"))
@@ -114,7 +116,7 @@ class Gateway:
         raise RuntimeError("agentgate did not listen in 30 s: " + self.stderr_path.read_text())
 
     def readyz(self) -> httpx.Response:
-        return httpx.get(f"http://127.0.0.1:{self.admin_port}/readyz", timeout=5)
+        return httpx.get(f"{self.admin_url}/readyz", timeout=5, verify=False)
 
     @property
     def base_url(self) -> str:
@@ -130,7 +132,7 @@ class Gateway:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"agentgate exited with {self.proc.returncode}: {self.stderr_path.read_text()}")
             try:
-                r = httpx.get(f"http://127.0.0.1:{self.admin_port}/readyz", timeout=1)
+                r = httpx.get(f"{self.admin_url}/readyz", timeout=1, verify=False)
                 if r.status_code == 200:
                     with socket.create_connection(("127.0.0.1", self.port), timeout=1):
                         return
@@ -171,7 +173,7 @@ class Gateway:
                 return out
 
     def metrics(self) -> str:
-        return httpx.get(f"http://127.0.0.1:{self.admin_port}/metrics", timeout=5).text
+        return httpx.get(f"{self.admin_url}/metrics", timeout=5, verify=False).text
 
     def metric(self, name: str, **labels: str) -> float:
         """Sum of the samples of `name` whose labels include `labels`."""
@@ -243,8 +245,9 @@ def start_gateway(tmp_path):
         extra: str = "",
         preexec=None,
         admin_extra: str = "",
+        admin_port: int | None = None,
     ) -> Gateway:
-        port, admin_port = free_port(), free_port()
+        port, admin_port = free_port(), admin_port or free_port()
         state = tmp_path / f"gw{len(started)}"
         state.mkdir()
         config = (

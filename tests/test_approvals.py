@@ -63,7 +63,7 @@ def approval_gw(start_gateway, mock, upstream_ca_file):
 
 def admin(gw: Gateway, who: str | None, method: str, path: str, body: dict | None = None) -> httpx.Response:
     headers = {} if who is None else {"Authorization": f"Bearer {AGENT_TOKEN if who == 'agent' else person_token(who)}"}
-    return httpx.request(method, f"http://127.0.0.1:{gw.admin_port}{path}", headers=headers, json=body, timeout=10)
+    return httpx.request(method, f"{gw.admin_url}{path}", headers=headers, json=body, timeout=10, verify=False)
 
 
 def decide(gw: Gateway, who: str, aid: str, action: str, reason: str = "checked the ticket") -> httpx.Response:
@@ -158,6 +158,8 @@ def test_sdk_call_waits_for_an_approver_and_nothing_reaches_the_upstream_before(
         time.sleep(0.05)
     rec = admin(gw, "alice", "GET", f"/v1/sessions/{listed[0]['id']}").json()
     [rev] = rec["decisions"]["approval"]
+    assert json.loads(rec["request"]["body"])["tools"][0]["function"]["name"] == "delete_records", "the body, once"
+    assert rec["request"]["bytes"] == len(mock.state.last["body"]), "the agent's bytes, counted once"
     assert (rev["id"], rev["state"], rev["decisions"][0]["by"]["subject"]) == (a["id"], "approved", "alice")
     assert gw.metric("agentgate_approvals_pending") == 0
     assert gw.metric("agentgate_approval_decisions_total", rule="destructive-tools", decision="approved") == 1

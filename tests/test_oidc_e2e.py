@@ -4,7 +4,9 @@ uses it as its api_key through the gateway; a client outside the route's group g
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import pathlib
 import shutil
 import subprocess
@@ -18,8 +20,9 @@ from test_sdk import run_sdk
 OIDC_DIR = pathlib.Path(__file__).resolve().parent / "oidc"
 
 
-@pytest.fixture
-def provider(upstream_ca, tmp_path):
+@contextlib.contextmanager
+def run_provider(upstream_ca, tmp_path, env: dict | None = None, port: int | None = None):
+    """oidc-provider on loopback over TLS (a certificate from `upstream_ca`); yields the issuer."""
     if not (OIDC_DIR / "node_modules" / "oidc-provider").is_dir():
         pytest.fail("oidc-provider is not installed: run `make test` (it runs npm ci in tests/oidc)")
     node = shutil.which("node")
@@ -28,10 +31,10 @@ def provider(upstream_ca, tmp_path):
     cert, key = tmp_path / "idp-cert.pem", tmp_path / "idp-key.pem"
     leaf.cert_chain_pems[0].write_to_path(str(cert))
     leaf.private_key_pem.write_to_path(str(key))
-    port = free_port()
+    port = port or free_port()
     proc = subprocess.Popen(
         [node, str(OIDC_DIR / "provider.mjs"), str(port), str(cert), str(key)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, **(env or {})),
     )
     try:
         line = proc.stdout.readline()
@@ -40,6 +43,12 @@ def provider(upstream_ca, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture
+def provider(upstream_ca, tmp_path):
+    with run_provider(upstream_ca, tmp_path) as issuer:
+        yield issuer
 
 
 def client_credentials_token(issuer: str, ca_file, client: str) -> str:

@@ -222,6 +222,25 @@ pub struct Admin {
     pub auditors: Vec<String>,
     /// How people reach the admin listener (links in approval notifications), no trailing `/`.
     pub public_url: String,
+    /// The web console's sign-in (OpenID Connect authorization code + PKCE); `None`: no console.
+    pub console: Option<ConsoleConfig>,
+}
+
+/// `admin.console`: the OpenID provider people sign in to the web console with.
+#[derive(Debug, Clone)]
+pub struct ConsoleConfig {
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: Option<Secret>,
+    /// Registered with the provider; `public_url` + `/console/callback` by default.
+    pub redirect_url: String,
+    pub scopes: Vec<String>,
+    /// Where the ID token carries groups (a claim name or dotted path), as in `identity.oidc`.
+    pub groups_claim: String,
+    pub ca_file: Option<PathBuf>,
+    pub session_ttl: Duration,
+    /// Cookies carry `Secure` (the admin listener has TLS).
+    pub secure_cookies: bool,
 }
 
 #[derive(Debug, Clone, serde::Deserialize)]

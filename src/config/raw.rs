@@ -420,6 +420,27 @@ pub struct RawAdmin {
     auditors: Vec<String>,
     #[serde(default)]
     public_url: Option<String>,
+    #[serde(default)]
+    console: Option<RawConsole>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConsole {
+    issuer: String,
+    client_id: String,
+    #[serde(default)]
+    client_secret: Option<String>,
+    #[serde(default)]
+    redirect_url: Option<String>,
+    #[serde(default)]
+    scopes: Option<Vec<String>>,
+    #[serde(default)]
+    groups_claim: Option<String>,
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    session_ttl: Option<HumanDuration>,
 }
 
 fn default_admin() -> String {
@@ -433,6 +454,7 @@ impl Default for RawAdmin {
             tls: None,
             auditors: Vec::new(),
             public_url: None,
+            console: None,
         }
     }
 }
@@ -462,11 +484,55 @@ impl TryFrom<RawAdmin> for Admin {
                 if r.tls.is_some() { "https" } else { "http" }
             ),
         };
+        let console = match r.console {
+            None => None,
+            Some(c) => {
+                let issuer = c.issuer.trim_end_matches('/').to_string();
+                if !issuer.starts_with("https://") {
+                    return Err(at_field("issuer", format!("admin.console.issuer `{issuer}` must be https://")));
+                }
+                let redirect_url = c
+                    .redirect_url
+                    .unwrap_or_else(|| format!("{public_url}/console/callback"));
+                if !redirect_url.ends_with("/console/callback") {
+                    return Err(at_field("redirect_url", format!(
+                        "admin.console.redirect_url `{redirect_url}` must end with /console/callback (register it with the provider)"
+                    )));
+                }
+                let client_secret = match c.client_secret {
+                    Some(t) => Some(
+                        secret::resolve(&t, secret::current_source())
+                            .map_err(|e| at_field("client_secret", format!("admin.console.client_secret: {e}")))?,
+                    ),
+                    None => None,
+                };
+                let mut scopes = c.scopes.unwrap_or_else(|| vec!["openid".into(), "profile".into(), "email".into(), "groups".into()]);
+                if !scopes.iter().any(|s| s == "openid") {
+                    scopes.insert(0, "openid".into());
+                }
+                let session_ttl = c.session_ttl.map(|d| d.0).unwrap_or(Duration::from_secs(8 * 3600));
+                if session_ttl.is_zero() || session_ttl > Duration::from_secs(7 * 24 * 3600) {
+                    return Err(at_field("session_ttl", "admin.console.session_ttl must be between 1s and 7d".into()));
+                }
+                Some(ConsoleConfig {
+                    issuer,
+                    client_id: c.client_id,
+                    client_secret,
+                    redirect_url,
+                    scopes,
+                    groups_claim: c.groups_claim.unwrap_or_else(|| "groups".into()),
+                    ca_file: c.ca_file,
+                    session_ttl,
+                    secure_cookies: r.tls.is_some(),
+                })
+            }
+        };
         Ok(Admin {
             address,
             tls: r.tls,
             auditors: r.auditors,
             public_url,
+            console,
         })
     }
 }

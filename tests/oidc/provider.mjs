@@ -2,6 +2,11 @@
 // identity test. Clients use the client-credentials grant and get JWT access tokens for the
 // audience `agentgate`, with a `groups` claim per client.
 //
+// With CONSOLE_REDIRECT set (the web console's callback URL), it also serves people: a client
+// `agentgate-console` (authorization code + PKCE) and the provider's development login pages,
+// where any password signs in the account named; CONSOLE_ACCOUNTS (JSON: name -> groups) gives
+// each account's `groups` claim, which the ID token carries.
+//
 // usage: node provider.mjs PORT CERT.pem KEY.pem   (prints "ready ISSUER" when listening)
 import { generateKeyPairSync } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -22,17 +27,48 @@ const client = (id) => ({
   id_token_signed_response_alg: 'ES256',
 });
 
+const consoleRedirect = process.env.CONSOLE_REDIRECT;
+const accounts = JSON.parse(process.env.CONSOLE_ACCOUNTS || '{}');
+const clients = Object.keys(GROUPS).map(client);
+if (consoleRedirect) {
+  clients.push({
+    client_id: 'agentgate-console',
+    client_secret: 'agentgate-console-secret-0123456789',
+    grant_types: ['authorization_code'],
+    response_types: ['code'],
+    redirect_uris: [consoleRedirect],
+    token_endpoint_auth_method: 'client_secret_basic',
+    id_token_signed_response_alg: 'ES256',
+  });
+}
+
 const signing = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ format: 'jwk' });
 
 const provider = new Provider(issuer, {
-  clients: Object.keys(GROUPS).map(client),
+  clients,
+  claims: { openid: ['sub'], profile: ['name'], groups: ['groups'] },
+  conformIdTokenClaims: false,
+  findAccount: async (ctx, id) => ({
+    accountId: id,
+    claims: async () => ({ sub: id, name: id, groups: accounts[id] ?? [] }),
+  }),
+  // The console's sign-in: consent is implied for this first-party client.
+  loadExistingGrant: async (ctx) => {
+    if (ctx.oidc.client?.clientId !== 'agentgate-console' || !ctx.oidc.session?.accountId) return undefined;
+    const grant = new ctx.oidc.provider.Grant({ clientId: 'agentgate-console', accountId: ctx.oidc.session.accountId });
+    grant.addOIDCScope('openid profile groups');
+    grant.addOIDCClaims(['sub', 'name', 'groups']);
+    await grant.save();
+    return grant;
+  },
   jwks: { keys: [{ ...signing, kid: 'es256-1', alg: 'ES256', use: 'sig' }] },
   features: {
-    devInteractions: { enabled: false },
+    devInteractions: { enabled: Boolean(consoleRedirect) },
     clientCredentials: { enabled: true },
     resourceIndicators: {
       enabled: true,
-      defaultResource: () => 'urn:agentgate',
+      // People signing in to the console get an ID token (and an opaque token), no API token.
+      defaultResource: (ctx, client) => (client?.clientId === 'agentgate-console' ? undefined : 'urn:agentgate'),
       useGrantedResource: () => true,
       getResourceServerInfo: () => ({
         scope: 'api',

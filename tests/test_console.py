@@ -1,0 +1,84 @@
+"""The web console end to end in a real browser (Debian's chromium, headless, driven by
+playwright-core) with a real OpenID provider (oidc-provider) on loopback: an approver signs in
+(authorization code + PKCE), sees a request the OpenAI SDK sent held, approves it with a reason,
+the SDK call completes, the exchange shows up with its decision trail and a recorded stream
+replays; a non-approver sees a pending approval read-only; requests without a session and POSTs
+without the CSRF token are refused. Screenshots of each page land in tests/output/console/."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import time
+
+import httpx
+import pytest
+
+from conftest import ROOT, free_port, people_identity, person_token, route_yaml
+from test_approvals import PEOPLE, TOOLS_BODY, Call, rules_yaml, run_sdk_async, sdk_result, wait_pending
+from test_oidc_e2e import run_provider
+from test_sdk import run_sdk
+
+CONSOLE_DIR = ROOT / "tests" / "console"
+OUT = ROOT / "tests" / "output" / "console"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+
+
+def test_console_sign_in_approve_and_replay(start_gateway, mock, upstream_ca, upstream_ca_file, tmp_path):
+    if not (CONSOLE_DIR / "node_modules" / "playwright-core").is_dir():
+        pytest.fail("playwright-core is not installed: run `make test` (it runs npm ci in tests/console)")
+    assert os.path.exists(CHROMIUM), "chromium is required: `make test` installs Debian's chromium"
+    admin_port = free_port()
+    console = f"https://127.0.0.1:{admin_port}"
+    accounts = {"alice": ["security-oncall"], "eve": ["auditors"]}
+    env = {"CONSOLE_REDIRECT": f"{console}/console/callback", "CONSOLE_ACCOUNTS": json.dumps(accounts)}
+    with run_provider(upstream_ca, tmp_path, env=env) as issuer:
+        admin = (
+            ", tls: {}, auditors: [auditors, security-oncall], "
+            f"public_url: '{console}', console: {{ issuer: '{issuer}', client_id: agentgate-console, "
+            f"client_secret: agentgate-console-secret-0123456789, scopes: [openid, profile, groups], ca_file: {upstream_ca_file} }}"
+        )
+        gw = start_gateway(
+            route_yaml("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file) + "    approvals: [destructive-tools]\n",
+            identity=people_identity(PEOPLE), extra=rules_yaml(timeout="5m"), admin_extra=admin, admin_port=admin_port,
+        )
+        # A recorded stream to replay, then two held requests: A (the SDK) and B.
+        streamed = run_sdk(gw, "chat_stream")
+        auditor = {"Authorization": f"Bearer {person_token('alice')}"}
+        sessions = httpx.get(f"{console}/v1/sessions", headers=auditor, verify=False, timeout=10).json()
+        assert len(sessions) == 1
+        sdk = run_sdk_async(gw, "chat_tools")
+        [a] = wait_pending(gw)
+        b_call = Call(gw, TOOLS_BODY)
+        b = next(x for x in wait_pending(gw, 2) if x["id"] != a["id"])
+        if OUT.exists():
+            shutil.rmtree(OUT)
+        e2e = {
+            "console": console, "issuer": issuer, "out": str(OUT), "approval_a": a["id"], "approval_b": b["id"],
+            "stream_session": sessions[0]["id"], "stream_text": streamed["text"], "min_sessions": 2,
+        }
+        node = shutil.which("node")
+        run = subprocess.run([node, str(CONSOLE_DIR / "e2e.mjs")], capture_output=True, text=True, timeout=300,
+                             env=dict(os.environ, E2E=json.dumps(e2e), CHROMIUM=CHROMIUM))
+        seen = json.loads(run.stdout.strip().splitlines()[-1]) if run.stdout.strip() else {}
+        assert run.returncode == 0 and seen.get("ok"), (seen.get("error"), run.stderr[-3000:])
+        # The SDK call that waited completed with the upstream's answer once approved.
+        assert sdk_result(sdk) == {"status": 200, "text": None, "tool_calls": ["delete_records"]}
+        approved = httpx.get(f"{console}/v1/approvals/{a['id']}", headers=auditor, verify=False, timeout=10).json()
+        assert approved["state"] == "approved" and approved["decisions"][0]["by"]["subject"] == "alice"
+        assert approved["decisions"][0]["by"]["issuer"] == issuer, "the approver is the person from the provider"
+        # The forged cross-site POST and the POST without a token changed nothing.
+        still = httpx.get(f"{console}/v1/approvals/{b['id']}", headers=auditor, verify=False, timeout=10).json()
+        assert still["state"] == "pending" and still["decisions"] == [], still
+        assert seen["post_without_csrf"] == 403 and seen["anonymous_api"] == 401 and seen["after_sign_out"] == 401
+        deny = httpx.post(f"{console}/v1/approvals/{b['id']}/deny", headers={"Authorization": f"Bearer {person_token('bob')}"},
+                          json={"reason": "end of test"}, verify=False, timeout=10)
+        assert deny.status_code == 200
+        assert b_call.result().status_code == 403
+        shots = sorted(p.name for p in OUT.glob("*.png"))
+        assert len(shots) == 9, shots
+        for p in OUT.glob("*.png"):
+            assert p.stat().st_size > 5000, p
