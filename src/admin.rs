@@ -241,7 +241,9 @@ impl ServeHttp for AdminApp {
                 return json_error(404, "the web console is not configured (admin.console)");
             };
             let req = session.req_header();
-            return console.handle(&req.method, path, uri.query(), &req.headers).await;
+            return console
+                .handle(&req.method, path, uri.query(), &req.headers)
+                .await;
         }
         if approvals || sessions {
             let req = session.req_header();

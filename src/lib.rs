@@ -15,6 +15,8 @@ pub mod mask;
 pub mod masking;
 pub mod metrics;
 pub mod policy;
+#[cfg(test)]
+mod props;
 pub mod proxy;
 pub mod record;
 pub mod reload;

@@ -123,7 +123,11 @@ pub fn run(config: Config, path: std::path::PathBuf) -> Result<(), String> {
             approvals: approvals.clone(),
             auditors: config.admin.auditors.clone(),
             console: config.admin.console.clone().map(|c| {
-                log::info!("web console on {}/console/ (sign-in with {})", config.admin.public_url, c.issuer);
+                log::info!(
+                    "web console on {}/console/ (sign-in with {})",
+                    config.admin.public_url,
+                    c.issuer
+                );
                 Arc::new(crate::console::Console::new(c, &config.admin.public_url))
             }),
         }),

@@ -489,7 +489,10 @@ impl TryFrom<RawAdmin> for Admin {
             Some(c) => {
                 let issuer = c.issuer.trim_end_matches('/').to_string();
                 if !issuer.starts_with("https://") {
-                    return Err(at_field("issuer", format!("admin.console.issuer `{issuer}` must be https://")));
+                    return Err(at_field(
+                        "issuer",
+                        format!("admin.console.issuer `{issuer}` must be https://"),
+                    ));
                 }
                 let redirect_url = c
                     .redirect_url
@@ -500,19 +503,33 @@ impl TryFrom<RawAdmin> for Admin {
                     )));
                 }
                 let client_secret = match c.client_secret {
-                    Some(t) => Some(
-                        secret::resolve(&t, secret::current_source())
-                            .map_err(|e| at_field("client_secret", format!("admin.console.client_secret: {e}")))?,
-                    ),
+                    Some(t) => {
+                        Some(secret::resolve(&t, secret::current_source()).map_err(|e| {
+                            at_field("client_secret", format!("admin.console.client_secret: {e}"))
+                        })?)
+                    }
                     None => None,
                 };
-                let mut scopes = c.scopes.unwrap_or_else(|| vec!["openid".into(), "profile".into(), "email".into(), "groups".into()]);
+                let mut scopes = c.scopes.unwrap_or_else(|| {
+                    vec![
+                        "openid".into(),
+                        "profile".into(),
+                        "email".into(),
+                        "groups".into(),
+                    ]
+                });
                 if !scopes.iter().any(|s| s == "openid") {
                     scopes.insert(0, "openid".into());
                 }
-                let session_ttl = c.session_ttl.map(|d| d.0).unwrap_or(Duration::from_secs(8 * 3600));
+                let session_ttl = c
+                    .session_ttl
+                    .map(|d| d.0)
+                    .unwrap_or(Duration::from_secs(8 * 3600));
                 if session_ttl.is_zero() || session_ttl > Duration::from_secs(7 * 24 * 3600) {
-                    return Err(at_field("session_ttl", "admin.console.session_ttl must be between 1s and 7d".into()));
+                    return Err(at_field(
+                        "session_ttl",
+                        "admin.console.session_ttl must be between 1s and 7d".into(),
+                    ));
                 }
                 Some(ConsoleConfig {
                     issuer,

@@ -10,7 +10,9 @@ use crate::config::ConsoleConfig;
 use crate::identity::fetch::Fetcher;
 use crate::identity::{AuthMethod, Identity};
 use http::{HeaderMap, Response};
-use openidconnect::core::{CoreAuthenticationFlow, CoreClient, CoreJwsSigningAlgorithm, CoreProviderMetadata};
+use openidconnect::core::{
+    CoreAuthenticationFlow, CoreClient, CoreJwsSigningAlgorithm, CoreProviderMetadata,
+};
 use openidconnect::{
     AuthorizationCode, ClientId, ClientSecret, CsrfToken, IssuerUrl, Nonce, PkceCodeChallenge,
     PkceCodeVerifier, RedirectUrl, Scope, TokenResponse,
@@ -180,16 +182,23 @@ impl Console {
         }
     }
 
-    async fn client(&self) -> Result<CoreClient<
-        openidconnect::EndpointSet,
-        openidconnect::EndpointNotSet,
-        openidconnect::EndpointNotSet,
-        openidconnect::EndpointNotSet,
-        openidconnect::EndpointMaybeSet,
-        openidconnect::EndpointMaybeSet,
-    >, String> {
+    async fn client(
+        &self,
+    ) -> Result<
+        CoreClient<
+            openidconnect::EndpointSet,
+            openidconnect::EndpointNotSet,
+            openidconnect::EndpointNotSet,
+            openidconnect::EndpointNotSet,
+            openidconnect::EndpointMaybeSet,
+            openidconnect::EndpointMaybeSet,
+        >,
+        String,
+    > {
         let mut m = self.metadata.lock().await;
-        let fresh = m.as_ref().is_some_and(|(_, at)| at.elapsed() < METADATA_TTL);
+        let fresh = m
+            .as_ref()
+            .is_some_and(|(_, at)| at.elapsed() < METADATA_TTL);
         if !fresh {
             let url = IssuerUrl::new(self.cfg.issuer.clone()).map_err(|e| e.to_string())?;
             let meta = CoreProviderMetadata::discover_async(url, &self.fetcher)
@@ -197,8 +206,12 @@ impl Console {
                 .map_err(|e| format!("discovery at {}: {e}", self.cfg.issuer))?;
             *m = Some((meta, Instant::now()));
         }
-        let meta = m.as_ref().map(|(meta, _)| meta.clone()).ok_or("no provider metadata")?;
-        let redirect = RedirectUrl::new(self.cfg.redirect_url.clone()).map_err(|e| e.to_string())?;
+        let meta = m
+            .as_ref()
+            .map(|(meta, _)| meta.clone())
+            .ok_or("no provider metadata")?;
+        let redirect =
+            RedirectUrl::new(self.cfg.redirect_url.clone()).map_err(|e| e.to_string())?;
         Ok(CoreClient::from_provider_metadata(
             meta,
             ClientId::new(self.cfg.client_id.clone()),
@@ -212,10 +225,16 @@ impl Console {
 
     /// The signed-in person for a request carrying the session cookie; POSTs must also carry
     /// the session's CSRF token (and, when the browser says, come from this origin).
-    pub fn identity(&self, method: &http::Method, headers: &HeaderMap) -> Result<Arc<Identity>, (u16, String)> {
+    pub fn identity(
+        &self,
+        method: &http::Method,
+        headers: &HeaderMap,
+    ) -> Result<Arc<Identity>, (u16, String)> {
         let sid = cookie(headers, SESSION_COOKIE).ok_or((401, "sign in first".to_string()))?;
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        let s = sessions.get(sid).ok_or((401, "the session ended; sign in again".to_string()))?;
+        let s = sessions
+            .get(sid)
+            .ok_or((401, "the session ended; sign in again".to_string()))?;
         if s.expires <= Instant::now() {
             sessions.remove(sid);
             return Err((401, "the session expired; sign in again".into()));
@@ -225,7 +244,10 @@ impl Console {
             if token != Some(s.csrf.as_str()) {
                 return Err((403, "missing or wrong CSRF token".into()));
             }
-            if let Some(o) = headers.get(http::header::ORIGIN).and_then(|v| v.to_str().ok()) {
+            if let Some(o) = headers
+                .get(http::header::ORIGIN)
+                .and_then(|v| v.to_str().ok())
+            {
                 if o != self.origin {
                     return Err((403, format!("cross-origin request from {o} refused")));
                 }
@@ -235,14 +257,30 @@ impl Console {
     }
 
     /// Serves `/console...`.
-    pub async fn handle(&self, method: &http::Method, path: &str, query: Option<&str>, headers: &HeaderMap) -> Response<Vec<u8>> {
+    pub async fn handle(
+        &self,
+        method: &http::Method,
+        path: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+    ) -> Response<Vec<u8>> {
         match (method.as_str(), path) {
             ("GET", "/console") | ("GET", "/console/") => match self.identity(method, headers) {
-                Ok(_) => page(200, "text/html; charset=utf-8", INDEX_HTML.as_bytes().to_vec()),
+                Ok(_) => page(
+                    200,
+                    "text/html; charset=utf-8",
+                    INDEX_HTML.as_bytes().to_vec(),
+                ),
                 Err(_) => redirect("/console/login", &[]),
             },
-            ("GET", "/console/app.js") => page(200, "text/javascript; charset=utf-8", APP_JS.as_bytes().to_vec()),
-            ("GET", "/console/app.css") => page(200, "text/css; charset=utf-8", APP_CSS.as_bytes().to_vec()),
+            ("GET", "/console/app.js") => page(
+                200,
+                "text/javascript; charset=utf-8",
+                APP_JS.as_bytes().to_vec(),
+            ),
+            ("GET", "/console/app.css") => {
+                page(200, "text/css; charset=utf-8", APP_CSS.as_bytes().to_vec())
+            }
             ("GET", "/console/login") => self.login().await,
             ("GET", "/console/signed-out") => {
                 let body = "<!doctype html><meta charset=utf-8><meta name=viewport content=\"width=device-width, initial-scale=1\">\
@@ -260,22 +298,40 @@ impl Console {
                     });
                     page(200, "application/json", v.to_string().into_bytes())
                 }
-                Err((status, why)) => page(status, "application/json", serde_json::json!({"error": {"message": why}}).to_string().into_bytes()),
+                Err((status, why)) => page(
+                    status,
+                    "application/json",
+                    serde_json::json!({"error": {"message": why}})
+                        .to_string()
+                        .into_bytes(),
+                ),
             },
             ("POST", "/console/logout") => match self.identity(method, headers) {
                 Ok(who) => {
                     if let Some(sid) = cookie(headers, SESSION_COOKIE) {
-                        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(sid);
+                        self.sessions
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(sid);
                     }
                     log::info!("console: {} signed out", who.subject);
-                    let clear = format!("{SESSION_COOKIE}=; Path=/; Max-Age=0; SameSite=Lax{}", self.cookie_attrs());
+                    let clear = format!(
+                        "{SESSION_COOKIE}=; Path=/; Max-Age=0; SameSite=Lax{}",
+                        self.cookie_attrs()
+                    );
                     let mut r = page(200, "application/json", b"{\"signed_out\":true}".to_vec());
                     if let Ok(v) = clear.parse() {
                         r.headers_mut().insert(http::header::SET_COOKIE, v);
                     }
                     r
                 }
-                Err((status, why)) => page(status, "application/json", serde_json::json!({"error": {"message": why}}).to_string().into_bytes()),
+                Err((status, why)) => page(
+                    status,
+                    "application/json",
+                    serde_json::json!({"error": {"message": why}})
+                        .to_string()
+                        .into_bytes(),
+                ),
             },
             _ => problem(404, "No such page."),
         }
@@ -295,12 +351,19 @@ impl Console {
             Ok(c) => c,
             Err(e) => {
                 log::warn!("console sign-in: {e}");
-                return problem(503, &format!("The identity provider cannot be reached: {e}"));
+                return problem(
+                    503,
+                    &format!("The identity provider cannot be reached: {e}"),
+                );
             }
         };
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
         let mut req = client
-            .authorize_url(CoreAuthenticationFlow::AuthorizationCode, CsrfToken::new_random, Nonce::new_random)
+            .authorize_url(
+                CoreAuthenticationFlow::AuthorizationCode,
+                CsrfToken::new_random,
+                Nonce::new_random,
+            )
             .set_pkce_challenge(challenge);
         for s in self.cfg.scopes.iter().filter(|s| *s != "openid") {
             req = req.add_scope(Scope::new(s.clone()));
@@ -310,7 +373,10 @@ impl Console {
             let mut logins = self.logins.lock().unwrap_or_else(|p| p.into_inner());
             logins.retain(|_, l| l.created.elapsed() < LOGIN_TTL);
             if logins.len() >= MAX_ENTRIES {
-                return problem(503, "Too many sign-ins in progress; try again in a few minutes.");
+                return problem(
+                    503,
+                    "Too many sign-ins in progress; try again in a few minutes.",
+                );
             }
             logins.insert(
                 state.secret().clone(),
@@ -334,15 +400,24 @@ impl Console {
     async fn callback(&self, query: Option<&str>, headers: &HeaderMap) -> Response<Vec<u8>> {
         if let Some(e) = query_param(query, "error") {
             let d = query_param(query, "error_description").unwrap_or_default();
-            return problem(401, &format!("The identity provider refused the sign-in: {e} {d}"));
+            return problem(
+                401,
+                &format!("The identity provider refused the sign-in: {e} {d}"),
+            );
         }
-        let (Some(code), Some(state)) = (query_param(query, "code"), query_param(query, "state")) else {
+        let (Some(code), Some(state)) = (query_param(query, "code"), query_param(query, "state"))
+        else {
             return problem(400, "The sign-in answer has no code or state.");
         };
         if cookie(headers, LOGIN_COOKIE) != Some(state.as_str()) {
             return problem(403, "This sign-in was not started in this browser.");
         }
-        let Some(login) = self.logins.lock().unwrap_or_else(|p| p.into_inner()).remove(&state) else {
+        let Some(login) = self
+            .logins
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&state)
+        else {
             return problem(403, "Unknown or used sign-in; start again.");
         };
         if login.created.elapsed() >= LOGIN_TTL {
@@ -355,14 +430,23 @@ impl Console {
                 return problem(401, &format!("Sign-in failed: {e}"));
             }
         };
-        log::info!("console: {} ({}) signed in, groups {:?}", who.subject, who.issuer, who.groups);
+        log::info!(
+            "console: {} ({}) signed in, groups {:?}",
+            who.subject,
+            who.issuer,
+            who.groups
+        );
         let sid = random_hex(32);
         {
             let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
             let now = Instant::now();
             sessions.retain(|_, s| s.expires > now);
             if sessions.len() >= MAX_ENTRIES {
-                if let Some(oldest) = sessions.iter().min_by_key(|(_, s)| s.expires).map(|(k, _)| k.clone()) {
+                if let Some(oldest) = sessions
+                    .iter()
+                    .min_by_key(|(_, s)| s.expires)
+                    .map(|(k, _)| k.clone())
+                {
                     sessions.remove(&oldest);
                 }
             }
@@ -380,7 +464,10 @@ impl Console {
             self.cfg.session_ttl.as_secs(),
             self.cookie_attrs()
         );
-        let clear = format!("{LOGIN_COOKIE}=; Path=/console; Max-Age=0; SameSite=Lax{}", self.cookie_attrs());
+        let clear = format!(
+            "{LOGIN_COOKIE}=; Path=/console; Max-Age=0; SameSite=Lax{}",
+            self.cookie_attrs()
+        );
         redirect("/console/", &[session, clear])
     }
 
@@ -417,9 +504,13 @@ impl Console {
         let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(payload.trim_end_matches('='))
             .map_err(|e| e.to_string())?;
-        let map: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&json).map_err(|e| e.to_string())?;
+        let map: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&json).map_err(|e| e.to_string())?;
         let groups = match crate::identity::jwt::claim(&map, &self.cfg.groups_claim) {
-            Some(serde_json::Value::Array(a)) => a.iter().filter_map(|g| g.as_str().map(String::from)).collect(),
+            Some(serde_json::Value::Array(a)) => a
+                .iter()
+                .filter_map(|g| g.as_str().map(String::from))
+                .collect(),
             Some(serde_json::Value::String(s)) => s.split_whitespace().map(String::from).collect(),
             _ => Vec::new(),
         };
@@ -439,11 +530,23 @@ mod tests {
     #[test]
     fn cookies_and_query_params_parse() {
         let mut h = HeaderMap::new();
-        h.insert(http::header::COOKIE, "a=1; agentgate_console=abc; b=2".parse().unwrap());
+        h.insert(
+            http::header::COOKIE,
+            "a=1; agentgate_console=abc; b=2".parse().unwrap(),
+        );
         assert_eq!(cookie(&h, SESSION_COOKIE), Some("abc"));
         assert_eq!(cookie(&h, "missing"), None);
-        assert_eq!(query_param(Some("code=a%2Fb+c&state=x"), "code").as_deref(), Some("a/b c"));
-        assert_eq!(query_param(Some("code=%zz%4"), "code").as_deref(), Some("%zz%4"));
-        assert_eq!(html_escape("<b a=\"1\">&"), "&lt;b a=&quot;1&quot;&gt;&amp;");
+        assert_eq!(
+            query_param(Some("code=a%2Fb+c&state=x"), "code").as_deref(),
+            Some("a/b c")
+        );
+        assert_eq!(
+            query_param(Some("code=%zz%4"), "code").as_deref(),
+            Some("%zz%4")
+        );
+        assert_eq!(
+            html_escape("<b a=\"1\">&"),
+            "&lt;b a=&quot;1&quot;&gt;&amp;"
+        );
     }
 }

@@ -376,7 +376,23 @@ impl Engine {
                 }
                 (s, e) = widen(text, s.max(from), e);
                 match det.validate {
-                    Some(v) => std::str::from_utf8(&text[s..e]).is_ok_and(v),
+                    Some(v) => {
+                        let ok = |end: usize| std::str::from_utf8(&text[s..end]).is_ok_and(v);
+                        if ok(e) {
+                            true
+                        } else if let Some(end) = (s + 1..e)
+                            .rev()
+                            .filter(|&i| matches!(text[i], b' ' | b'-'))
+                            .find(|&i| ok(i))
+                        {
+                            // A greedy match ran into what follows the value (a card number
+                            // followed by ` 12/27`): the longest valid value before a separator.
+                            e = end;
+                            true
+                        } else {
+                            false
+                        }
+                    }
                     None => true,
                 }
             };

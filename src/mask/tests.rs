@@ -76,6 +76,23 @@ const IN_CONTEXT: &[(&str, &str, &str)] = &[
         r#"{"client_secret": "a8Kd92jLq0ZmX7cV"}"#,
         "a8Kd92jLq0ZmX7cV",
     ),
+    // A greedy match that runs into what follows (found by src/props.rs): the value is still
+    // found, up to the last separator where it validates.
+    (
+        "credit_card",
+        "card 4111 1111 1111 1111 12/27 cvc",
+        "4111 1111 1111 1111",
+    ),
+    (
+        "credit_card",
+        "4111 1111 1111 1111 0 items",
+        "4111 1111 1111 1111",
+    ),
+    (
+        "iban",
+        "IBAN DE89 3704 0044 0532 0130 00 12 EUR",
+        "DE89 3704 0044 0532 0130 00",
+    ),
 ];
 
 /// Texts that must produce no finding: near misses and everyday agent traffic.
