@@ -224,7 +224,7 @@ http {{
             "passthrough": "    recording: off\n",
             "recorded": "    recording: full\n",
             "full": "    recording: full\n    masking: default\n    guardrails: [no-private-keys]\n",
-            "approvals": "    recording: off\n    approvals: [destructive-tools]\n",
+            "approvals": "    recording: off\n    approvals: [destructive-tools, payment-tickets]\n",
         }[variant]
         policy = (
             "masking:\n  policies:\n    default:\n"
@@ -234,6 +234,9 @@ http {{
             "approvals:\n  - name: destructive-tools\n"
             '    when: { method: POST, json: { "tools[*].function.name": { any_of: [delete_records] } } }\n'
             "    approvers: { groups: [approvers] }\n    timeout: 1h\n"
+            "  - name: payment-tickets\n"
+            '    when: { method: POST, json: { "tools[*].function.name": { any_of: [transfer_funds] } } }\n'
+            "    approvers: { groups: [approvers] }\n    timeout: 1h\n    mode: ticket\n"
         )
         conf.write_text(f"""
 server: {{ state_dir: ./var-{name}, threads: 1 }}

@@ -435,7 +435,9 @@ impl ProxyHttp for Gateway {
                 return Ok(false);
             }
         }
-        self.decide_body(session, ctx, route, who).await
+        // Boxed: its state (several KiB) is allocated only for requests whose body is decided
+        // on, not inlined into every request's task.
+        Box::pin(self.decide_body(session, ctx, route, who)).await
     }
 
     fn allow_spawning_subrequest(&self, _session: &Session, _ctx: &RequestCtx) -> bool {
