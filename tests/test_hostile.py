@@ -1,0 +1,128 @@
+"""Hostile input from an agent: request smuggling attempts must never desynchronise the pooled
+upstream connection, oversized or malformed headers get a clear refusal, bodies the gateway must
+inspect are never passed through unread (compressed, not UTF-8, nested too deep), and after each
+attempt the gateway keeps serving everyone else."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+
+from conftest import AGENT_TOKEN, route_yaml
+
+POLICY = (
+    "masking:\n  policies:\n    default:\n"
+    "      request: { secrets: redact, pii: redact }\n"
+    "      response: { secrets: redact, pii: redact }\n"
+)
+
+
+@pytest.fixture
+def gw(start_gateway, mock, upstream_ca_file):
+    from conftest import DEFAULT_IDENTITY
+
+    # Chat bodies are inspected (read whole, masked); everything else streams through.
+    routes = route_yaml("masked", "/v1/chat/", f"https://127.0.0.1:{mock.port}", upstream_ca_file) + "    masking: default\n"
+    routes += route_yaml("plain", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file)
+    return start_gateway(routes, identity=DEFAULT_IDENTITY + POLICY)
+
+
+def head(method: str, path: str, *extra: str) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", f"Authorization: Bearer {AGENT_TOKEN}", *extra]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def status_of(resp: bytes) -> int:
+    return int(resp.split(b" ", 2)[1]) if resp.startswith(b"HTTP/1.1 ") else 0
+
+
+def still_serving(gw, mock) -> None:
+    with gw.client() as c:
+        r = c.post("/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "Hello from the mock upstream."
+        r = c.post("/v1/responses", json={"model": "m", "input": "hi"})
+        assert r.status_code == 200, r.text
+    paths = [q["path"] for q in mock.state.requests]
+    assert not any("smuggled" in p for p in paths), paths
+
+
+SMUGGLING = {
+    # CL.TE: a front end that believes Content-Length would forward the trailing request.
+    "cl-te": head("POST", "/v1/responses", "Content-Type: application/json", "Content-Length: 6",
+                  "Transfer-Encoding: chunked") + b"0\r\n\r\nGET /v1/smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+    # TE.CL: a back end that believes Content-Length would see the chunk body as a new request.
+    "te-cl": head("POST", "/v1/responses", "Content-Type: application/json", "Content-Length: 4",
+                  "Transfer-Encoding: chunked") + b"2b\r\nGET /v1/smuggled HTTP/1.1\r\nHost: x\r\nX: \r\n0\r\n\r\n",
+    "te-obfuscated": head("POST", "/v1/responses", "Content-Length: 4", "Transfer-Encoding: xchunked")
+    + b"2b\r\nGET /v1/smuggled HTTP/1.1\r\nHost: x\r\nX: \r\n0\r\n\r\n",
+    "te-list": head("POST", "/v1/responses", "Content-Length: 4", "Transfer-Encoding: chunked, identity")
+    + b"2b\r\nGET /v1/smuggled HTTP/1.1\r\nHost: x\r\nX: \r\n0\r\n\r\n",
+    "te-space-before-colon": head("POST", "/v1/responses", "Content-Length: 4", "Transfer-Encoding : chunked")
+    + b"2b\r\nGET /v1/smuggled HTTP/1.1\r\nHost: x\r\nX: \r\n0\r\n\r\n",
+    "double-cl": head("POST", "/v1/responses", "Content-Length: 4", "Content-Length: 50")
+    + b"{}\r\nGET /v1/smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(SMUGGLING))
+def test_smuggling_attempts_never_reach_the_upstream_as_requests(gw, mock, name):
+    # Warm the pool so a desync would hit a reused upstream connection.
+    still_serving(gw, mock)
+    resp = gw.raw(SMUGGLING[name], timeout=10)
+    # Refused outright, or handled as one request whose body is the rest; never two requests.
+    assert status_of(resp) in (0, 200, 400, 413, 501), resp[:300]
+    still_serving(gw, mock)
+    still_serving(gw, mock)
+
+
+def test_oversized_headers_are_refused_and_others_served(gw, mock):
+    resp = gw.raw(head("GET", "/v1/models", "X-Big: " + "a" * 200_000), timeout=10)
+    assert status_of(resp) in (0, 400, 431), resp[:200]
+    resp = gw.raw(head("GET", "/v1/models", *[f"X-H{i}: v" for i in range(2000)]), timeout=10)
+    assert status_of(resp) in (0, 400, 431), resp[:200]
+    still_serving(gw, mock)
+
+
+def test_malformed_header_lines_never_reach_the_upstream_malformed(gw, mock):
+    # A bare LF line end and an obs-fold continuation line: refused, or parsed into well-formed
+    # headers; the upstream never receives a control character in a header, nor a second request.
+    before = len(mock.state.requests)
+    for raw in (
+        b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + AGENT_TOKEN.encode() + b"\r\nX-A: one\nX-Injected: yes\r\n\r\n",
+        b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + AGENT_TOKEN.encode() + b"\r\nX-A: one\r\n X-Injected: yes\r\n\r\n",
+    ):
+        gw.raw(raw, timeout=10)
+    assert len(mock.state.requests) <= before + 2
+    for q in mock.state.requests:
+        for k, v in q["header_list"]:
+            assert not any(ch in k + v for ch in "\r\n\0"), (k, v)
+    still_serving(gw, mock)
+
+
+def test_compressed_bodies_are_refused_on_inspected_routes_never_passed_unread(gw, mock):
+    secret = "sk-proj-Ab3dE5gH7jK9mN1pQ3sT5vX7zA9cE1gI3kM5oQ7sU9wY1aC3eG5iK7mO9qS1uW3yA5"
+    body = gzip.compress(json.dumps({"model": "m", "messages": [{"role": "user", "content": secret}]}).encode())
+    with gw.client() as c:
+        r = c.post("/v1/chat/completions", content=body, headers={"content-type": "application/json", "content-encoding": "gzip"})
+    assert r.status_code == 415 and r.json()["error"]["code"] == "compressed_body_refused"
+    # A decompression bomb is refused the same way, before anything is inflated.
+    bomb = gzip.compress(b"\0" * 50_000_000)
+    with gw.client() as c:
+        r = c.post("/v1/chat/completions", content=bomb, headers={"content-type": "application/json", "content-encoding": "gzip"})
+    assert r.status_code == 415
+    assert mock.state.requests == []
+    still_serving(gw, mock)
+
+
+def test_bodies_that_cannot_be_inspected_are_refused(gw, mock):
+    with gw.client() as c:
+        bad_utf8 = c.post("/v1/chat/completions", content=b"\xff\xfe prompt \xc3\x28", headers={"content-type": "text/plain"})
+        assert bad_utf8.status_code == 415 and bad_utf8.json()["error"]["code"] == "uninspectable_body"
+        deep = "[" * 100_000 + "]" * 100_000
+        r = c.post("/v1/chat/completions", content=deep, headers={"content-type": "application/json"})
+        # Too deep to parse as JSON: masked as text (nothing to find) and forwarded, or refused;
+        # never a crash (the mock upstream's own JSON parser gives up on it: 502 is the mock).
+        assert r.status_code in (200, 400, 502), r.text
+    still_serving(gw, mock)
