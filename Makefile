@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 BIN := target/debug/agentgate
 CONFIG ?= conf/agentgate.yaml
 
-.PHONY: run test build deps test-deps venv unit check-conf integration fmt lint clean-state bench bench-smoke bench-deps
+.PHONY: run test build deps test-deps venv soak unit check-conf integration fmt lint clean-state bench bench-smoke bench-deps
 
 ## Install the Debian packages BoringSSL's build and the test suite need, when missing.
 deps:
@@ -108,6 +108,12 @@ bench: deps bench-deps $(VENV)/.bench bench/portkey/node_modules/.installed
 bench-smoke: build bench-deps $(VENV)/.bench
 	$(PY) bench/run.py --smoke --profile debug --out bench/work/smoke
 	$(PY) bench/approvals.py --smoke --profile debug --out bench/work/smoke
+
+## Load and soak for SOAK_SECONDS (default 10 minutes): mixed traffic, client aborts, upstream
+## resets, reloads; then crashes, file descriptors, memory, accounting and records are checked.
+SOAK_SECONDS ?= 600
+soak: build venv
+	$(PY) tests/soak.py --seconds $(SOAK_SECONDS)
 
 test: unit check-conf bench-smoke integration
 

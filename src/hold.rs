@@ -28,6 +28,12 @@ pub struct Handoff {
     pub request_tally: Tally,
     pub capture: Option<crate::record::Capture>,
     pub approval: Option<serde_json::Value>,
+    /// Set by the subrequest once it has logged (and counted) the exchange, so the main
+    /// session never logs it a second time.
+    pub logged: Arc<std::sync::atomic::AtomicBool>,
+    /// Set by the subrequest when it answered with a whole error response of its own (so a
+    /// proxy error reported afterwards does not mean the agent's response is cut short).
+    pub answered_error: Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub enum ReadBody {
@@ -71,6 +77,9 @@ pub enum Forwarded {
     Answered,
     /// It failed before any response header: the main session must answer with this error.
     Failed(Box<Error>),
+    /// It failed after the response began (the upstream reset mid-stream): the main session
+    /// must not end the response cleanly, so the agent sees a broken response, not a short one.
+    Broken(Box<Error>),
 }
 
 /// Sends `body` upstream through a subrequest of this session and pipes its response back.
@@ -131,7 +140,7 @@ pub async fn forward(session: &mut Session, handoff: Handoff, body: Vec<u8>) -> 
                 let _ = j.await;
             }
             if e.state.header_received {
-                Ok(Forwarded::Answered)
+                Ok(Forwarded::Broken(e.error))
             } else {
                 Ok(Forwarded::Failed(e.error))
             }

@@ -215,6 +215,10 @@ pub struct RequestCtx {
     capture: Option<crate::record::Capture>,
     /// Approval evidence (one entry per matched rule).
     approval: Option<serde_json::Value>,
+    /// A subrequest: tells the main session that this exchange was logged.
+    logged: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// A subrequest: tells the main session that it answered with a whole error response.
+    answered_error: Option<Arc<std::sync::atomic::AtomicBool>>,
     /// Counts this request while it runs (graceful shutdown waits for it).
     _in_flight: Option<crate::drain::InFlight>,
 }
@@ -302,6 +306,8 @@ impl ProxyHttp for Gateway {
             response_blocked: false,
             capture: None,
             approval: None,
+            logged: None,
+            answered_error: None,
             _in_flight: None,
         }
     }
@@ -321,6 +327,8 @@ impl ProxyHttp for Gateway {
             ctx.request_tally = h.request_tally;
             ctx.capture = h.capture;
             ctx.approval = h.approval;
+            ctx.logged = Some(h.logged);
+            ctx.answered_error = Some(h.answered_error);
             if let Some(set) = &h.route.secrets {
                 ctx.scrubber = Some(StreamScrubber::new(set.clone()));
             }
@@ -737,7 +745,11 @@ impl ProxyHttp for Gateway {
         let code = if err.code == "client_disconnected" {
             0
         } else {
+            let fresh = session.response_written().is_none();
             write_api_error(session, &ctx.id, &err).await;
+            if let (true, Some(flag)) = (fresh, &ctx.answered_error) {
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
             err.status
         };
         ctx.error = Some(err);
@@ -752,6 +764,16 @@ impl ProxyHttp for Gateway {
         if ctx.delegated {
             // The subrequest that carried the decided body logged this exchange.
             return;
+        }
+        if ctx.body_len.is_some() && session.response_written().is_none() {
+            // A subrequest that failed before any response: the main session answers the agent
+            // and logs the exchange (counting it here too would count it twice).
+            return;
+        }
+        if let Some(flag) = &ctx.logged {
+            if flag.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
         }
         crate::masking::count(&ctx.request_tally, "request");
         crate::masking::count(&ctx.response_tally, "response");
@@ -1169,6 +1191,8 @@ impl Gateway {
             .map(|s| (s.version.to_string(), s.cipher.to_string()));
         // The subrequest's request_body_filter records the body it forwards.
         let capture = ctx.capture.take();
+        let logged = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let answered_error = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let handoff = Handoff {
             id: ctx.id.clone(),
             route,
@@ -1181,12 +1205,24 @@ impl Gateway {
             request_tally: tally,
             capture,
             approval: ctx.approval.clone(),
+            logged: logged.clone(),
+            answered_error: answered_error.clone(),
         };
         ctx.delegated = true;
         match hold::forward(session, handoff, masked).await? {
             Forwarded::Answered => Ok(true),
+            // The subrequest answered with its own complete error response: done.
+            Forwarded::Broken(_) if answered_error.load(std::sync::atomic::Ordering::SeqCst) => {
+                ctx.delegated = true;
+                Ok(true)
+            }
+            // The subrequest logged it; an error here keeps Pingora from ending the response
+            // as if it were complete (the connection is closed instead).
+            Forwarded::Broken(e) => Err(e),
             Forwarded::Failed(e) => {
-                ctx.delegated = false;
+                // The agent still needs an answer; the exchange is logged once, by whichever
+                // session gets there (the subrequest may have logged its own error already).
+                ctx.delegated = logged.load(std::sync::atomic::Ordering::SeqCst);
                 let (name, url) = ctx
                     .route
                     .as_ref()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
+import struct
 import ssl
 import threading
 import time
@@ -220,6 +221,12 @@ class Handler(BaseHTTPRequestHandler):
         for i, w in enumerate(self._pieces(text)):
             if delay and i:
                 time.sleep(delay)
+            if i == 2 and self.headers.get("x-mock-reset") == "mid-stream":
+                # The upstream dies mid-stream: the TCP connection is reset under the gateway.
+                self.close_connection = True
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.connection.close()
+                return
             self._sse_send(json.dumps(chunk({"content": w})))
             if i == 0:
                 self._maybe_hold()
