@@ -113,9 +113,10 @@ class Call(threading.Thread):
         return self.response
 
 
-def run_sdk_async(gw: Gateway, scenario: str) -> subprocess.Popen:
+def run_sdk_async(gw: Gateway, scenario: str, env_extra: dict | None = None) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SSL_CERT", "HTTP", "ALL_PROXY"))}
     env.update(OPENAI_BASE_URL=f"{gw.base_url}/v1", OPENAI_API_KEY=AGENT_TOKEN, SSL_CERT_FILE=str(gw.ca_file), NO_PROXY="*")
+    env.update(env_extra or {})
     return subprocess.Popen([sys.executable, str(HERE / "sdk_client.py"), scenario], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 

@@ -1,8 +1,8 @@
 """The web console end to end in a real browser (Debian's chromium, headless, driven by
 playwright-core) with a real OpenID provider (oidc-provider) on loopback: an approver signs in
-(authorization code + PKCE), sees a request the OpenAI SDK sent held, approves it with a reason,
-the SDK call completes, the exchange shows up with its decision trail and a recorded stream
-replays; a non-approver sees a pending approval read-only; requests without a session and POSTs
+(authorization code + PKCE), sees a streaming request the OpenAI SDK sent held, approves it with
+a reason, the SDK call completes, the exchange shows up with its decision trail and its recorded
+stream replays; a non-approver sees a pending approval read-only; requests without a session and POSTs
 without the CSRF token are refused. Screenshots of each page land in tests/output/console/."""
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import pytest
 from conftest import ROOT, free_port, people_identity, person_token, route_yaml
 from test_approvals import PEOPLE, TOOLS_BODY, Call, rules_yaml, run_sdk_async, sdk_result, wait_pending
 from test_oidc_e2e import run_provider
-from test_sdk import run_sdk
 
 CONSOLE_DIR = ROOT / "tests" / "console"
 OUT = ROOT / "tests" / "output" / "console"
@@ -41,16 +40,18 @@ def test_console_sign_in_approve_and_replay(start_gateway, mock, upstream_ca, up
             f"public_url: '{console}', console: {{ issuer: '{issuer}', client_id: agentgate-console, "
             f"client_secret: agentgate-console-secret-0123456789, scopes: [openid, profile, groups], ca_file: {upstream_ca_file} }}"
         )
-        gw = start_gateway(
-            route_yaml("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file) + "    approvals: [destructive-tools]\n",
-            identity=people_identity(PEOPLE), extra=rules_yaml(timeout="5m"), admin_extra=admin, admin_port=admin_port,
+        wipe = (
+            "  - name: wipe-data\n"
+            '    when: { json: { "messages[*].content": { contains: wipe } } }\n'
+            "    approvers: { groups: [security-oncall] }\n    timeout: 5m\n"
         )
-        # A recorded stream to replay, then two held requests: A (the SDK) and B.
-        streamed = run_sdk(gw, "chat_stream")
+        gw = start_gateway(
+            route_yaml("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file) + "    approvals: [destructive-tools, wipe-data]\n",
+            identity=people_identity(PEOPLE), extra=rules_yaml(timeout="5m") + wipe, admin_extra=admin, admin_port=admin_port,
+        )
         auditor = {"Authorization": f"Bearer {person_token('alice')}"}
-        sessions = httpx.get(f"{console}/v1/sessions", headers=auditor, verify=False, timeout=10).json()
-        assert len(sessions) == 1
-        sdk = run_sdk_async(gw, "chat_tools")
+        # Two held requests: A, a streaming call from the OpenAI SDK, and B.
+        sdk = run_sdk_async(gw, "masked_chat", {"SDK_STREAM": "1", "SDK_PROMPT": "please wipe the staging table"})
         [a] = wait_pending(gw)
         b_call = Call(gw, TOOLS_BODY)
         b = next(x for x in wait_pending(gw, 2) if x["id"] != a["id"])
@@ -58,7 +59,8 @@ def test_console_sign_in_approve_and_replay(start_gateway, mock, upstream_ca, up
             shutil.rmtree(OUT)
         e2e = {
             "console": console, "issuer": issuer, "out": str(OUT), "approval_a": a["id"], "approval_b": b["id"],
-            "stream_session": sessions[0]["id"], "stream_text": streamed["text"], "min_sessions": 2,
+            "rule_a": "wipe-data", "summary_a": "please wipe the staging table",
+            "stream_text": "Hello from the mock upstream.", "min_sessions": 1,
         }
         node = shutil.which("node")
         run = subprocess.run([node, str(CONSOLE_DIR / "e2e.mjs")], capture_output=True, text=True, timeout=300,
@@ -66,7 +68,8 @@ def test_console_sign_in_approve_and_replay(start_gateway, mock, upstream_ca, up
         seen = json.loads(run.stdout.strip().splitlines()[-1]) if run.stdout.strip() else {}
         assert run.returncode == 0 and seen.get("ok"), (seen.get("error"), run.stderr[-3000:])
         # The SDK call that waited completed with the upstream's answer once approved.
-        assert sdk_result(sdk) == {"status": 200, "text": None, "tool_calls": ["delete_records"]}
+        done = sdk_result(sdk)
+        assert done["status"] == 200 and done["text"] == "Hello from the mock upstream." and done["chunks"] > 1, done
         approved = httpx.get(f"{console}/v1/approvals/{a['id']}", headers=auditor, verify=False, timeout=10).json()
         assert approved["state"] == "approved" and approved["decisions"][0]["by"]["subject"] == "alice"
         assert approved["decisions"][0]["by"]["issuer"] == issuer, "the approver is the person from the provider"
