@@ -164,7 +164,17 @@ def test_downstream_handshake_failures_are_counted_and_old_tls_refused(gateway):
     import socket
     import ssl
 
-    before = gateway.metric("agentgate_tls_handshake_failures_total", leg="downstream")
+    import time
+
+    # The readiness probe's bare TCP connect is itself a failed handshake, counted a moment later:
+    # wait for the count to settle before taking it as the baseline.
+    before = -1.0
+    for _ in range(50):
+        now = gateway.metric("agentgate_tls_handshake_failures_total", leg="downstream")
+        if now == before:
+            break
+        before = now
+        time.sleep(0.1)
     # Plaintext HTTP on the TLS port.
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as s:
         s.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -178,8 +188,6 @@ def test_downstream_handshake_failures_are_counted_and_old_tls_refused(gateway):
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as s:
         with pytest.raises(ssl.SSLError):
             ctx.wrap_socket(s, server_hostname="127.0.0.1")
-    import time
-
     deadline = time.monotonic() + 5
     while gateway.metric("agentgate_tls_handshake_failures_total", leg="downstream") < before + 2 and time.monotonic() < deadline:
         time.sleep(0.05)
