@@ -206,7 +206,9 @@ def check(r: dict) -> list[str]:
         return bad
     if r["problem_count"]:
         bad.append(f"{r['problem_count']} unexpected client-side problems: {r['problems']}")
-    if r["end_fds"] > r["base_fds"] + 8:
+    # Idle pooled upstream connections stay open after the run (up to one or two per agent that
+    # was sending at once); a leak grows with the thousands of requests instead.
+    if r["end_fds"] > r["base_fds"] + 2 * r["workers"] + 4:
         bad.append(f"file descriptors grew from {r['base_fds']} to {r['end_fds']}")
     if r["end_rss_mib"] > max(r["base_rss_mib"] * 1.5, r["base_rss_mib"] + 40):
         bad.append(f"memory did not come back: {r['base_rss_mib']} MiB at the start, {r['end_rss_mib']} MiB at the end")
