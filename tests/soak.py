@@ -59,7 +59,7 @@ def requests_counted(gw: Gateway) -> float:
     return total
 
 
-def run(seconds: float, workers: int, work: pathlib.Path) -> dict:
+def run(seconds: float, workers: int, work: pathlib.Path, idle_wait: float = 0) -> dict:
     ca = trustme.CA()
     ca_file = work / "upstream-ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
@@ -175,6 +175,9 @@ def run(seconds: float, workers: int, work: pathlib.Path) -> dict:
     }
     if alive:
         end_fds, end_rss = fds(gw.proc.pid), rss_kib(gw.proc.pid)
+        if idle_wait:
+            time.sleep(idle_wait)  # past the upstream idle_timeout: pooled connections close
+            result["fds_after_idle"] = fds(gw.proc.pid)
         counted = requests_counted(gw) - base_counted
         reload_ok = float(next((l.rsplit(" ", 1)[1] for l in gw.metrics().splitlines()
                                 if l.startswith('agentgate_config_reloads_total{result="ok"}')), "0"))
@@ -210,6 +213,8 @@ def check(r: dict) -> list[str]:
     # was sending at once); a leak grows with the thousands of requests instead.
     if r["end_fds"] > r["base_fds"] + 2 * r["workers"] + 4:
         bad.append(f"file descriptors grew from {r['base_fds']} to {r['end_fds']}")
+    if "fds_after_idle" in r and r["fds_after_idle"] > r["base_fds"] + 2:
+        bad.append(f"{r['fds_after_idle']} file descriptors once pooled connections idled out (start: {r['base_fds']})")
     if r["end_rss_mib"] > max(r["base_rss_mib"] * 1.5, r["base_rss_mib"] + 40):
         bad.append(f"memory did not come back: {r['base_rss_mib']} MiB at the start, {r['end_rss_mib']} MiB at the end")
     if r["logged_twice"]:
@@ -227,9 +232,11 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=600)
     ap.add_argument("--workers", type=int, default=8)
+    ap.add_argument("--idle-wait", type=float, default=65,
+                    help="then wait this long (past the upstream idle_timeout) and count file descriptors again")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="agentgate-soak-") as d:
-        r = run(args.seconds, args.workers, pathlib.Path(d))
+        r = run(args.seconds, args.workers, pathlib.Path(d), idle_wait=args.idle_wait)
     print(json.dumps(r, indent=2))
     bad = check(r)
     for b in bad:
