@@ -12,6 +12,7 @@ use pingora::prelude::*;
 use pingora::proxy::subrequest::pipe::{pipe_subrequest, InputBody, InputBodyType};
 use pingora::proxy::subrequest::{BodyMode, Ctx as SubrequestCtx};
 use pingora::proxy::Session;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -28,12 +29,29 @@ pub struct Handoff {
     pub request_tally: Tally,
     pub capture: Option<crate::record::Capture>,
     pub approval: Option<serde_json::Value>,
-    /// Set by the subrequest once it has logged (and counted) the exchange, so the main
-    /// session never logs it a second time.
-    pub logged: Arc<std::sync::atomic::AtomicBool>,
-    /// Set by the subrequest when it answered with a whole error response of its own (so a
-    /// proxy error reported afterwards does not mean the agent's response is cut short).
-    pub answered_error: Arc<std::sync::atomic::AtomicBool>,
+    /// Filled in by the subrequest; `forward` reads it to say how the exchange ended.
+    pub report: Arc<SubrequestReport>,
+}
+
+/// What a subrequest tells the main session about itself.
+#[derive(Default)]
+pub struct SubrequestReport {
+    /// It logged (and counted) the exchange, so the main session must not.
+    logged: AtomicBool,
+    /// It answered with a whole error response of its own, so a proxy error reported after
+    /// that does not mean the agent's response was cut short.
+    answered_error: AtomicBool,
+}
+
+impl SubrequestReport {
+    /// Marks the exchange logged; false if it already was.
+    pub fn claim_logging(&self) -> bool {
+        !self.logged.swap(true, Ordering::SeqCst)
+    }
+
+    pub fn answered_with_error(&self) {
+        self.answered_error.store(true, Ordering::SeqCst);
+    }
 }
 
 pub enum ReadBody {
@@ -73,10 +91,11 @@ pub fn handoff(session: &mut Session) -> Option<Handoff> {
 
 /// How a forwarded request ended, for the main session.
 pub enum Forwarded {
-    /// The subrequest answered the agent (a response or its own error).
+    /// The subrequest answered the agent (a response or its own complete error response).
     Answered,
-    /// It failed before any response header: the main session must answer with this error.
-    Failed(Box<Error>),
+    /// It failed before any response header: the main session must answer with this error,
+    /// and log the exchange unless `logged` (the subrequest logged its own error).
+    Failed { error: Box<Error>, logged: bool },
     /// It failed after the response began (the upstream reset mid-stream): the main session
     /// must not end the response cleanly, so the agent sees a broken response, not a short one.
     Broken(Box<Error>),
@@ -104,6 +123,7 @@ pub async fn forward(session: &mut Session, handoff: Handoff, body: Vec<u8>) -> 
         req.set_uri(uri);
         req.set_version(http::Version::HTTP_11);
     }
+    let report = handoff.report.clone();
     let ctx = SubrequestCtx::builder()
         .body_mode(BodyMode::ExpectBody)
         .user_ctx(Box::new(Some(handoff)))
@@ -139,10 +159,17 @@ pub async fn forward(session: &mut Session, handoff: Handoff, body: Vec<u8>) -> 
             if let Some(j) = e.state.join_handle.take() {
                 let _ = j.await;
             }
-            if e.state.header_received {
+            // The subrequest has ended (joined above): its report is final. Its own error
+            // response counts only if it reached the agent (the header went through the pipe).
+            if e.state.header_received && report.answered_error.load(Ordering::SeqCst) {
+                Ok(Forwarded::Answered)
+            } else if e.state.header_received {
                 Ok(Forwarded::Broken(e.error))
             } else {
-                Ok(Forwarded::Failed(e.error))
+                Ok(Forwarded::Failed {
+                    error: e.error,
+                    logged: report.logged.load(Ordering::SeqCst),
+                })
             }
         }
     }

@@ -215,10 +215,8 @@ pub struct RequestCtx {
     capture: Option<crate::record::Capture>,
     /// Approval evidence (one entry per matched rule).
     approval: Option<serde_json::Value>,
-    /// A subrequest: tells the main session that this exchange was logged.
-    logged: Option<Arc<std::sync::atomic::AtomicBool>>,
-    /// A subrequest: tells the main session that it answered with a whole error response.
-    answered_error: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// A subrequest: what it reports back to the main session.
+    report: Option<Arc<hold::SubrequestReport>>,
     /// Counts this request while it runs (graceful shutdown waits for it).
     _in_flight: Option<crate::drain::InFlight>,
 }
@@ -306,8 +304,7 @@ impl ProxyHttp for Gateway {
             response_blocked: false,
             capture: None,
             approval: None,
-            logged: None,
-            answered_error: None,
+            report: None,
             _in_flight: None,
         }
     }
@@ -327,8 +324,7 @@ impl ProxyHttp for Gateway {
             ctx.request_tally = h.request_tally;
             ctx.capture = h.capture;
             ctx.approval = h.approval;
-            ctx.logged = Some(h.logged);
-            ctx.answered_error = Some(h.answered_error);
+            ctx.report = Some(h.report);
             if let Some(set) = &h.route.secrets {
                 ctx.scrubber = Some(StreamScrubber::new(set.clone()));
             }
@@ -747,8 +743,8 @@ impl ProxyHttp for Gateway {
         } else {
             let fresh = session.response_written().is_none();
             write_api_error(session, &ctx.id, &err).await;
-            if let (true, Some(flag)) = (fresh, &ctx.answered_error) {
-                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            if let (true, Some(r)) = (fresh, &ctx.report) {
+                r.answered_with_error();
             }
             err.status
         };
@@ -770,10 +766,8 @@ impl ProxyHttp for Gateway {
             // and logs the exchange (counting it here too would count it twice).
             return;
         }
-        if let Some(flag) = &ctx.logged {
-            if flag.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                return;
-            }
+        if ctx.report.as_ref().is_some_and(|r| !r.claim_logging()) {
+            return;
         }
         crate::masking::count(&ctx.request_tally, "request");
         crate::masking::count(&ctx.response_tally, "response");
@@ -1191,8 +1185,6 @@ impl Gateway {
             .map(|s| (s.version.to_string(), s.cipher.to_string()));
         // The subrequest's request_body_filter records the body it forwards.
         let capture = ctx.capture.take();
-        let logged = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let answered_error = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let handoff = Handoff {
             id: ctx.id.clone(),
             route,
@@ -1205,24 +1197,18 @@ impl Gateway {
             request_tally: tally,
             capture,
             approval: ctx.approval.clone(),
-            logged: logged.clone(),
-            answered_error: answered_error.clone(),
+            report: Arc::default(),
         };
         ctx.delegated = true;
         match hold::forward(session, handoff, masked).await? {
             Forwarded::Answered => Ok(true),
-            // The subrequest answered with its own complete error response: done.
-            Forwarded::Broken(_) if answered_error.load(std::sync::atomic::Ordering::SeqCst) => {
-                ctx.delegated = true;
-                Ok(true)
-            }
             // The subrequest logged it; an error here keeps Pingora from ending the response
             // as if it were complete (the connection is closed instead).
             Forwarded::Broken(e) => Err(e),
-            Forwarded::Failed(e) => {
+            Forwarded::Failed { error: e, logged } => {
                 // The agent still needs an answer; the exchange is logged once, by whichever
                 // session gets there (the subrequest may have logged its own error already).
-                ctx.delegated = logged.load(std::sync::atomic::Ordering::SeqCst);
+                ctx.delegated = logged;
                 let (name, url) = ctx
                     .route
                     .as_ref()
