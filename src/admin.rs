@@ -40,7 +40,7 @@ pub struct AdminApp {
 
 const JSON: &str = "application/json";
 
-fn json_error(status: u16, message: impl std::fmt::Display) -> Response<Vec<u8>> {
+pub fn json_error(status: u16, message: impl std::fmt::Display) -> Response<Vec<u8>> {
     text(
         status,
         JSON,
@@ -53,11 +53,37 @@ fn json_error(status: u16, message: impl std::fmt::Display) -> Response<Vec<u8>>
 /// The largest decision body read (a reason is at most 2000 bytes).
 const MAX_DECISION_BODY: usize = 16 * 1024;
 
-fn query_param<'a>(q: Option<&'a str>, key: &str) -> Option<&'a str> {
+/// A query parameter, percent-decoded (`+` is a space); a key without `=` has the empty value.
+pub fn query_param(q: Option<&str>, key: &str) -> Option<String> {
     q?.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        (k == key).then_some(v)
+        (k == key).then(|| percent_decode(v))
     })
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(x) => {
+                        out.push(x);
+                        i += 3;
+                        continue;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl AdminApp {
@@ -100,7 +126,7 @@ impl AdminApp {
             if method != http::Method::GET {
                 return json_error(405, "use GET /v1/approvals");
             }
-            let state = match query_param(query, "state") {
+            let state = match query_param(query, "state").as_deref() {
                 None | Some("") | Some("all") => None,
                 Some(s) => match State::parse(s) {
                     Some(s) => Some(s),
@@ -209,9 +235,9 @@ impl AdminApp {
             .into_iter()
             .rev()
             .filter(|e| e.ts_ms >= since)
-            .filter(|e| route.is_none_or(|r| e.route.as_deref() == Some(r)))
-            .filter(|e| who.is_none_or(|w| e.subject.as_deref() == Some(w)))
-            .filter(|e| conv.is_none_or(|c| e.conversation == c))
+            .filter(|e| route.as_ref().is_none_or(|r| e.route.as_ref() == Some(r)))
+            .filter(|e| who.as_ref().is_none_or(|w| e.subject.as_ref() == Some(w)))
+            .filter(|e| conv.as_ref().is_none_or(|c| &e.conversation == c))
             .take(limit)
             .collect();
         text(200, json, serde_json::to_vec(&list).unwrap_or_default())

@@ -76,11 +76,11 @@ pub fn run(config: Config, path: std::path::PathBuf) -> Result<(), String> {
         None
     };
     let approvals = crate::approval::Approvals::open(&state.join("approvals"))?;
-    let gate = crate::approval::gate::Gate {
-        store: approvals.clone(),
-        engine: engine.clone(),
-        public_url: config.admin.public_url.clone(),
-    };
+    let gate = crate::approval::gate::Gate::new(
+        approvals.clone(),
+        engine.clone(),
+        config.admin.public_url.clone(),
+    );
     let active = ActiveConfig::new(Active {
         routes: crate::proxy::build_routes(&config, engine)?,
         auth: auth.clone(),

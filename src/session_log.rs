@@ -138,8 +138,20 @@ pub fn new_request_id() -> String {
             .as_nanos();
         b = n.to_be_bytes();
     }
-    let mut s = String::with_capacity(32);
-    for byte in b {
+    hex(&b)
+}
+
+/// `n` random bytes from BoringSSL's CSPRNG, as hex (ids of approvals, console sessions).
+pub fn random_hex(n: usize) -> String {
+    let mut b = vec![0u8; n];
+    let _ = boring::rand::rand_bytes(&mut b);
+    hex(&b)
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
         s.push(char::from_digit((byte >> 4) as u32, 16).unwrap_or('0'));
         s.push(char::from_digit((byte & 0xf) as u32, 16).unwrap_or('0'));
     }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pathlib
+import resource
 import shutil
 import socket
 import ssl
@@ -38,6 +39,14 @@ def people_identity(people: dict[str, list[str]]) -> str:
     for name, groups in people.items():
         lines.append(f"    - {{ name: {name}, token_sha256: {hashlib.sha256(person_token(name).encode()).hexdigest()}, groups: [{', '.join(groups)}] }}\n")
     return "".join(lines)
+
+
+def limit_file_size(nbytes: int):
+    """A `preexec` for the gateway: files may not grow past `nbytes` (writes fail with EFBIG,
+    as on a full disk)."""
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes))
+    return apply
 
 
 def person_token(name: str) -> str:

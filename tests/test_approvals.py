@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from conftest import AGENT_TOKEN, BINARY, Gateway, free_port, people_identity, person_token, route_yaml, server_ctx
-from test_sdk import HERE
+from test_sdk import HERE, sdk_env
 
 PEOPLE = {"alice": ["security-oncall"], "bob": ["security-oncall"], "eve": ["dev"], "olga": ["agents", "security-oncall"]}
 CHAT = "/v1/chat/completions"
@@ -114,9 +114,7 @@ class Call(threading.Thread):
 
 
 def run_sdk_async(gw: Gateway, scenario: str, env_extra: dict | None = None) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SSL_CERT", "HTTP", "ALL_PROXY"))}
-    env.update(OPENAI_BASE_URL=f"{gw.base_url}/v1", OPENAI_API_KEY=AGENT_TOKEN, SSL_CERT_FILE=str(gw.ca_file), NO_PROXY="*")
-    env.update(env_extra or {})
+    env = sdk_env(gw, env_extra=env_extra)
     return subprocess.Popen([sys.executable, str(HERE / "sdk_client.py"), scenario], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 

@@ -5,24 +5,20 @@ middle of sending a body."""
 from __future__ import annotations
 
 import os
-import resource
 import signal
 import socket
 import ssl
 import threading
 import time
 
-from conftest import AGENT_TOKEN, DEFAULT_IDENTITY, people_identity, route_yaml
+from conftest import AGENT_TOKEN, DEFAULT_IDENTITY, limit_file_size, people_identity, route_yaml
 from test_approvals import PEOPLE, TOOLS_BODY, rules_yaml
 
 
 def test_approval_store_that_cannot_write_refuses_instead_of_letting_through(start_gateway, mock, upstream_ca_file):
-    def limit() -> None:  # the approval log may not grow past 2 KiB (EFBIG after that)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))
-
     gw = start_gateway(
         route_yaml("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file) + "    recording: off\n    approvals: [destructive-tools]\n",
-        identity=people_identity(PEOPLE), extra=rules_yaml(mode="ticket"), preexec=limit,
+        identity=people_identity(PEOPLE), extra=rules_yaml(mode="ticket"), preexec=limit_file_size(2048),  # the approval log may not grow past 2 KiB
     )
     codes = []
     with gw.client() as c:

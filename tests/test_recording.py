@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import resource
 import shutil
 import signal
 import subprocess
@@ -20,7 +19,7 @@ import time
 import httpx
 import pytest
 
-from conftest import AGENT_TOKEN, BINARY, people_identity, person_token, route_yaml
+from conftest import AGENT_TOKEN, BINARY, limit_file_size, people_identity, person_token, route_yaml
 from test_sdk import run_sdk
 
 SECRET = "sk-proj-Ab3dE5gH7jK9mN1pQ3sT5vX7zA9cE1gI3kM5oQ7sU9wY1aC3eG5iK7mO9qS1uW3yA5"
@@ -76,6 +75,9 @@ def test_sdk_exchanges_recorded_and_shown(gw, mock):
     assert denied.status_code == 403 and "not in an auditor group" in denied.text
     listed = httpx.get(f"{admin}/v1/sessions?route=mock", headers=auditor, timeout=5).json()
     assert [x["id"] for x in listed] == [entries[1]["id"], entries[0]["id"]]
+    # Parameters are percent-decoded (the console's URLSearchParams encodes them).
+    encoded = httpx.get(f"{admin}/v1/sessions?identity=test%2Dagent&route=m%6Fck", headers=auditor, timeout=5).json()
+    assert [x["id"] for x in encoded] == [x["id"] for x in listed]
     rec = httpx.get(f"{admin}/v1/sessions/{entries[0]['id']}", headers=auditor, timeout=5).json()
     assert rec["response"]["status"] == 200 and rec["identity"]["subject"] == "test-agent"
     assert "authorization" not in rec["request"]["headers"]
@@ -239,16 +241,10 @@ def test_retention_by_size_and_age(start_gateway, mock, upstream_ca_file):
     assert "intact" in cli("audit", "verify", "--dir", str(records(gw))).stdout
 
 
-def _limit_files(nbytes: int):
-    def apply():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes))
-    return apply
-
-
 @pytest.mark.parametrize("policy", ["reject", "continue"])
 def test_disk_full_follows_on_failure(start_gateway, mock, upstream_ca_file, policy):
     extra = f"recording: {{ on_failure: {policy} }}\n"
-    gw = start_gateway(route_yaml("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file), extra=extra, preexec=_limit_files(96 * 1024))
+    gw = start_gateway(route_yaml("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file), extra=extra, preexec=limit_file_size(96 * 1024))
     statuses = []
     with gw.client() as c:
         for _ in range(120):

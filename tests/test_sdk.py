@@ -16,7 +16,8 @@ from conftest import AGENT_TOKEN, ROUTE_KEY
 HERE = pathlib.Path(__file__).resolve().parent
 
 
-def run_sdk(gateway, scenario: str, api_key: str = AGENT_TOKEN, env_extra: dict | None = None) -> dict:
+def sdk_env(gateway, api_key: str = AGENT_TOKEN, env_extra: dict | None = None) -> dict:
+    """The environment an agent gets: the gateway's base URL and CA, its own API key."""
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SSL_CERT", "REQUESTS_CA", "HTTP", "ALL_PROXY"))
     }
@@ -28,6 +29,11 @@ def run_sdk(gateway, scenario: str, api_key: str = AGENT_TOKEN, env_extra: dict 
         NO_PROXY="*",
     )
     env.update(env_extra or {})
+    return env
+
+
+def run_sdk(gateway, scenario: str, api_key: str = AGENT_TOKEN, env_extra: dict | None = None) -> dict:
+    env = sdk_env(gateway, api_key, env_extra)
     out = subprocess.run([sys.executable, str(HERE / "sdk_client.py"), scenario], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])

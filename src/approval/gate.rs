@@ -25,28 +25,31 @@ pub enum Outcome {
 }
 
 pub struct Gate {
-    pub store: Arc<Approvals>,
-    /// Masks what approvers see (everything the detectors find is redacted).
-    pub engine: Arc<Engine>,
-    pub public_url: String,
+    store: Arc<Approvals>,
+    /// Masks what approvers see: every detector redacts (`rules`), whatever the route's policy.
+    engine: Arc<Engine>,
+    rules: Rules,
+    public_url: String,
 }
 
 impl Gate {
-    fn mask(&self, body: &[u8]) -> Vec<u8> {
-        let rules = Rules::all(Action::Redact);
-        if let Ok((m, _)) = crate::mask::json::mask_json(&self.engine, body, &rules, None, false) {
-            return m;
-        }
-        match std::str::from_utf8(body) {
-            Ok(t) => self.engine.mask(t, &rules, None, false).0.into_bytes(),
-            Err(_) => format!("[{} bytes, not text]", body.len()).into_bytes(),
+    pub fn new(store: Arc<Approvals>, engine: Arc<Engine>, public_url: String) -> Gate {
+        Gate {
+            store,
+            engine,
+            rules: Rules::all(Action::Redact),
+            public_url,
         }
     }
 
-    fn mask_text(&self, t: &str) -> String {
+    fn mask(&self, body: &[u8]) -> Vec<u8> {
         self.engine
-            .mask(t, &Rules::all(Action::Redact), None, false)
-            .0
+            .mask_body(body, &self.rules)
+            .unwrap_or_else(|| format!("[{} bytes, not text]", body.len()).into_bytes())
+    }
+
+    fn mask_text(&self, t: &str) -> String {
+        self.engine.mask(t, &self.rules, None, false).0
     }
 
     /// Checks `body` (as the agent sent it) against `rules`.

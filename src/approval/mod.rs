@@ -197,21 +197,10 @@ fn identity_key(issuer: &str, subject: &str) -> String {
 }
 
 fn new_id() -> String {
-    let mut b = [0u8; 12];
-    let _ = boring::rand::rand_bytes(&mut b);
-    let mut s = String::from("apr_");
-    for x in b {
-        s.push_str(&format!("{x:02x}"));
-    }
-    s
+    format!("apr_{}", crate::session_log::random_hex(12))
 }
 
-pub fn sha256_hex(body: &[u8]) -> String {
-    boring::sha::sha256(body)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+pub use crate::identity::service_account::sha256_hex;
 
 impl Approvals {
     /// Opens (and compacts) the store in `dir`.

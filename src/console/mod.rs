@@ -6,6 +6,7 @@
 //! Sessions live in memory (a restart signs everyone out). The page itself calls the same admin
 //! API as the CLI (`/v1/approvals`, `/v1/sessions`), authenticated by the session cookie.
 
+use crate::admin::{json_error, query_param};
 use crate::config::ConsoleConfig;
 use crate::identity::fetch::Fetcher;
 use crate::identity::{AuthMethod, Identity};
@@ -58,12 +59,6 @@ pub struct Console {
 
 /// How long discovery (and the provider's keys) are trusted before they are fetched again.
 const METADATA_TTL: Duration = Duration::from_secs(3600);
-
-fn random_hex(bytes: usize) -> String {
-    let mut b = vec![0u8; bytes];
-    let _ = boring::rand::rand_bytes(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
 
 pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
@@ -120,38 +115,6 @@ fn html_escape(s: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
-}
-
-fn query_param(q: Option<&str>, key: &str) -> Option<String> {
-    q?.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=')?;
-        (k == key).then(|| percent_decode(v))
-    })
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => {
-                let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz");
-                match u8::from_str_radix(hex, 16) {
-                    Ok(x) => {
-                        out.push(x);
-                        i += 3;
-                        continue;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            b'+' => out.push(b' '),
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl Console {
@@ -298,13 +261,7 @@ impl Console {
                     });
                     page(200, "application/json", v.to_string().into_bytes())
                 }
-                Err((status, why)) => page(
-                    status,
-                    "application/json",
-                    serde_json::json!({"error": {"message": why}})
-                        .to_string()
-                        .into_bytes(),
-                ),
+                Err((status, why)) => json_error(status, why),
             },
             ("POST", "/console/logout") => match self.identity(method, headers) {
                 Ok(who) => {
@@ -325,13 +282,7 @@ impl Console {
                     }
                     r
                 }
-                Err((status, why)) => page(
-                    status,
-                    "application/json",
-                    serde_json::json!({"error": {"message": why}})
-                        .to_string()
-                        .into_bytes(),
-                ),
+                Err((status, why)) => json_error(status, why),
             },
             _ => problem(404, "No such page."),
         }
@@ -436,7 +387,7 @@ impl Console {
             who.issuer,
             who.groups
         );
-        let sid = random_hex(32);
+        let sid = crate::session_log::random_hex(32);
         {
             let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
             let now = Instant::now();
@@ -454,7 +405,7 @@ impl Console {
                 sid.clone(),
                 Session {
                     identity: Arc::new(who),
-                    csrf: random_hex(32),
+                    csrf: crate::session_log::random_hex(32),
                     expires: now + self.cfg.session_ttl,
                 },
             );

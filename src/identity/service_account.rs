@@ -16,11 +16,9 @@ pub fn generate_token() -> Result<String, String> {
     Ok(format!("{TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes)))
 }
 
-pub fn sha256_hex(token: &str) -> String {
-    boring::sha::sha256(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+/// SHA-256 of a token (or any bytes, e.g. a request body an approval is bound to), as hex.
+pub fn sha256_hex(data: impl AsRef<[u8]>) -> String {
+    crate::session_log::hex(&boring::sha::sha256(data.as_ref()))
 }
 
 /// The account whose token this is. Every account is compared, in constant time, whatever

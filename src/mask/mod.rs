@@ -514,6 +514,16 @@ impl Engine {
         self.apply(text, &findings, rules, vault, restore)
     }
 
+    /// A body masked by `rules` for storage or display: as JSON when it parses (string values
+    /// only), else as UTF-8 text; `None` when it is neither.
+    pub fn mask_body(&self, body: &[u8], rules: &Rules) -> Option<Vec<u8>> {
+        if let Ok((m, _)) = json::mask_json(self, body, rules, None, false) {
+            return Some(m);
+        }
+        let text = std::str::from_utf8(body).ok()?;
+        Some(self.mask(text, rules, None, false).0.into_bytes())
+    }
+
     /// First 12 hex digits of HMAC-SHA256(key, value): stable for a key, useless without it.
     fn keyed_hash(&self, value: &str) -> String {
         match boring::hash::hmac_sha256(&self.hash_key, value.as_bytes()) {

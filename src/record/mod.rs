@@ -349,13 +349,12 @@ impl Writer {
     }
 
     fn mask_body(&self, b: &[u8]) -> serde_json::Value {
-        if let Ok((m, _)) = crate::mask::json::mask_json(&self.engine, b, &self.rules, None, false)
-        {
-            return serde_json::Value::String(String::from_utf8_lossy(&m).into_owned());
-        }
-        match std::str::from_utf8(b) {
-            Ok(t) => serde_json::Value::String(self.mask_text(t)),
-            Err(_) => serde_json::json!({"binary_bytes": b.len()}),
+        match self.engine.mask_body(b, &self.rules) {
+            Some(m) => serde_json::Value::String(
+                String::from_utf8(m)
+                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+            ),
+            None => serde_json::json!({"binary_bytes": b.len()}),
         }
     }
 
