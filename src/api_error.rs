@@ -95,6 +95,14 @@ impl ApiError {
                 "gateway_error",
                 format!("route `{route}`: {cause}"),
             ),
+            // Upstream timeouts were matched above; reading the agent's body ourselves (inspected
+            // routes) leaves the source unset.
+            ReadTimedout => ApiError::new(
+                408,
+                "invalid_request_error",
+                "client_timeout",
+                format!("route `{route}`: the agent sent the request too slowly: {cause}"),
+            ),
             ReadError | WriteError | ConnectionClosed
                 if e.esource() == &ErrorSource::Downstream =>
             {

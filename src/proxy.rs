@@ -151,6 +151,7 @@ pub struct Gateway {
     /// `agentgate_upstream_connections_total{reused="false"|"true"}`, resolved once.
     connections: [prometheus::IntCounter; 2],
     max_body: u64,
+    client_timeout: Duration,
     unmatched: RouteMetrics,
     vaults: VaultStore,
     recorder: Option<Arc<crate::record::Recorder>>,
@@ -172,6 +173,7 @@ impl Gateway {
                 metrics::UPSTREAM_CONNECTIONS.with_label_values(&["true"]),
             ],
             max_body: config.server.max_body,
+            client_timeout: config.server.client_timeout,
             unmatched: RouteMetrics::new(metrics::NO_ROUTE),
             // Pseudonyms live for an idle hour per conversation, 100,000 conversations at most.
             vaults: VaultStore::new(Duration::from_secs(3600), 100_000),
@@ -342,6 +344,8 @@ impl ProxyHttp for Gateway {
             return self.answer(session, ctx, e).await;
         }
         ctx._in_flight = Some(crate::drain::InFlight::enter());
+        // Slow agents (slowloris): each read of the body is bounded.
+        session.set_read_timeout(Some(self.client_timeout));
         if !path_is_safe(session.req_header().uri.path()) {
             let e = ApiError::new(
                 400,
@@ -757,6 +761,11 @@ impl ProxyHttp for Gateway {
 
     /// Metrics and the session log line.
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        // A kept-alive agent connection may idle (and take its time over the next header) for
+        // `client_timeout`, not forever (Pingora's HTTP/1.1 default).
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(self.client_timeout.as_secs().max(1)));
+        }
         if ctx.delegated {
             // The subrequest that carried the decided body logged this exchange.
             return;

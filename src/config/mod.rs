@@ -182,6 +182,10 @@ pub struct ServerSettings {
     pub max_body: u64,
     /// Idle upstream connections kept per worker thread.
     pub upstream_keepalive_pool: usize,
+    /// How long an agent may keep the gateway waiting: each read of a request body or of a
+    /// later request's header on a kept-alive connection, and a kept-alive connection's idle
+    /// time between requests. (The first request's header is bounded by Pingora at 60 s per read.)
+    pub client_timeout: Duration,
 }
 
 #[derive(Debug, Clone, serde::Deserialize)]

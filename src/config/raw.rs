@@ -212,6 +212,8 @@ pub struct RawServer {
     max_body: ByteSize,
     #[serde(default = "default_pool")]
     upstream_keepalive_pool: usize,
+    #[serde(default = "default_client_timeout")]
+    client_timeout: HumanDuration,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -229,6 +231,9 @@ fn default_max_body() -> ByteSize {
 fn default_pool() -> usize {
     128
 }
+fn default_client_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
 
 impl Default for RawServer {
     fn default() -> Self {
@@ -238,6 +243,7 @@ impl Default for RawServer {
             grace_period: default_grace(),
             max_body: default_max_body(),
             upstream_keepalive_pool: default_pool(),
+            client_timeout: default_client_timeout(),
         }
     }
 }
@@ -260,7 +266,18 @@ impl TryFrom<RawServer> for ServerSettings {
                 "server.max_body must be greater than 0".into(),
             ));
         }
+        let client_timeout = r.client_timeout.0;
+        if client_timeout < Duration::from_secs(1) || client_timeout > Duration::from_secs(3600) {
+            return Err(at_field(
+                "server.client_timeout",
+                format!(
+                    "server.client_timeout must be between 1s and 1h, got {}s",
+                    client_timeout.as_secs_f64()
+                ),
+            ));
+        }
         Ok(ServerSettings {
+            client_timeout,
             state_dir: r.state_dir,
             threads: r.threads,
             grace_period: r.grace_period.0,
