@@ -230,6 +230,9 @@ class Handler(BaseHTTPRequestHandler):
             self._sse_send(json.dumps(chunk({"content": w})))
             if i == 0:
                 self._maybe_hold()
+                if self.headers.get("x-mock-big-event"):
+                    # One huge event (`x-mock-big-event: BYTES` of content in a single data line).
+                    self._sse_send(json.dumps(chunk({"content": "A" * int(self.headers["x-mock-big-event"])})))
         self._sse_send(json.dumps(chunk({}, "stop")))
         self._sse_send("[DONE]")
         self._sse_end()

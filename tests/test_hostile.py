@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import time
 
 import pytest
 
@@ -126,3 +127,63 @@ def test_bodies_that_cannot_be_inspected_are_refused(gw, mock):
         # never a crash (the mock upstream's own JSON parser gives up on it: 502 is the mock).
         assert r.status_code in (200, 400, 502), r.text
     still_serving(gw, mock)
+
+
+def rss_kib(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def test_a_huge_sse_event_is_bounded_on_masked_routes_and_intact_on_plain_ones(start_gateway, mock, upstream_ca_file):
+    from conftest import DEFAULT_IDENTITY
+
+    upstream = f"https://127.0.0.1:{mock.port}"
+    masked = start_gateway(route_yaml("masked", "/v1/", upstream, upstream_ca_file) + "    masking: default\n    recording: full\n",
+                           identity=DEFAULT_IDENTITY + POLICY)
+    plain = start_gateway(route_yaml("plain", "/v1/", upstream, upstream_ca_file) + "    recording: full\n")
+    big = 3 << 20  # one 3 MiB event: over the masker's 1 MiB bound for one event
+    body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    for gw in (masked, plain):
+        rss0 = rss_kib(gw.proc.pid)
+        for _ in range(3):
+            with gw.client(timeout=30) as c:
+                with c.stream("POST", "/v1/chat/completions", json=body, headers={"x-mock-big-event": str(big)}) as r:
+                    assert r.status_code == 200
+                    text = b"".join(r.iter_bytes()).decode()
+            if gw is masked:
+                # The stream ends with an error event; not one byte of the oversized event leaks
+                # (it is held until it ends, and it never ends within the bound).
+                assert "event: error" in text and "larger than 1048576 bytes" in text, text[-300:]
+                assert "AAAAAAAAAA" not in text
+                assert "[DONE]" not in text
+            else:
+                # Nothing to inspect: the event goes through whole and the stream completes.
+                assert text.count("A" * 1000) >= big // 1000 - 1 and "[DONE]" in text
+        # Memory stays bounded (no copy per event kept around): well under the 9 MiB sent.
+        assert rss_kib(gw.proc.pid) - rss0 < 24 * 1024, (rss0, rss_kib(gw.proc.pid))
+        still_serving_chat(gw)
+    # Each record keeps at most recording.max_body (1 MiB) of events and says it was truncated;
+    # the masked route's record holds none of the event either.
+    for gw in (masked, plain):
+        seg = gw.state_dir / "var" / "records" / "seg-00000001.jsonl"
+        deadline = time.monotonic() + 10
+        while (not seg.exists() or seg.read_text().count('"/v1/chat/completions"') < 4) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        recs = [json.loads(l) for l in seg.read_text().splitlines()]
+        streamed = [r for r in recs if r["path"] == "/v1/chat/completions" and r["response"]["events"] is not None]
+        assert len(streamed) == 3, [r["path"] for r in recs]
+        for r in streamed:
+            kept = sum(len(json.dumps(e["data"])) for e in r["response"]["events"])
+            assert kept < (1 << 20) + 4096, kept
+            if gw is plain:
+                assert r["response"]["truncated"] is True
+            else:
+                assert "AAAAAAAAAA" not in json.dumps(r)
+
+
+def still_serving_chat(gw) -> None:
+    with gw.client() as c:
+        r = c.post("/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 200, r.text

@@ -94,6 +94,11 @@ pub struct Capture {
     pub response_truncated: bool,
     pub sse: bool,
     sse_pending: Vec<u8>,
+    /// How much of `sse_pending` was searched for an event's end already.
+    sse_scanned: usize,
+    /// Dropping the rest of an event larger than `max`.
+    sse_skipping: bool,
+    events_bytes: usize,
     pub events: Vec<(f64, String)>,
 }
 
@@ -129,8 +134,24 @@ impl Capture {
             return;
         }
         self.sse_pending.extend_from_slice(b);
-        while let Some(end) = self.sse_pending.windows(2).position(|w| w == b"\n\n") {
-            let raw: Vec<u8> = self.sse_pending.drain(..end + 2).collect();
+        loop {
+            // Only the bytes not searched yet (one back, for a "\n\n" split across chunks).
+            let from = self.sse_scanned.saturating_sub(1);
+            let Some(at) = self.sse_pending[from..]
+                .windows(2)
+                .position(|w| w == b"\n\n")
+            else {
+                self.sse_scanned = self.sse_pending.len();
+                break;
+            };
+            let end = from + at + 2;
+            self.sse_scanned = 0;
+            if std::mem::take(&mut self.sse_skipping) {
+                // The rest of an event too large to keep.
+                self.sse_pending.drain(..end);
+                continue;
+            }
+            let raw: Vec<u8> = self.sse_pending.drain(..end).collect();
             let text = String::from_utf8_lossy(&raw);
             let data: Vec<&str> = text
                 .lines()
@@ -142,12 +163,23 @@ impl Capture {
             if data.is_empty() {
                 continue;
             }
-            let size: usize = self.events.iter().map(|e| e.1.len()).sum();
-            if size > self.max {
+            let data = data.join("\n");
+            if self.events_bytes + data.len() > self.max {
                 self.response_truncated = true;
                 continue;
             }
-            self.events.push((t_ms, data.join("\n")));
+            self.events_bytes += data.len();
+            self.events.push((t_ms, data));
+        }
+        if self.sse_pending.len() > self.max {
+            // An event larger than a record keeps (a hostile upstream may never end one): drop
+            // what came so far and skip to its end, holding one byte to find a split "\n\n".
+            let last = self.sse_pending.pop();
+            self.sse_pending.clear();
+            self.sse_pending.extend(last);
+            self.sse_scanned = self.sse_pending.len();
+            self.sse_skipping = true;
+            self.response_truncated = true;
         }
     }
 }
@@ -445,7 +477,7 @@ mod tests {
 
     #[test]
     fn capture_keeps_sse_events_with_their_time_and_bounds_bodies() {
-        let mut c = Capture::new(Mode::Full, 10, "c".into());
+        let mut c = Capture::new(Mode::Full, 13, "c".into());
         c.sse = true;
         c.response_chunk(b"data: {\"a\":1}\n\ndata: [DO", 1.5);
         c.response_chunk(b"NE]\n\n: keep-alive\n\n", 3.0);
@@ -453,9 +485,35 @@ mod tests {
             c.events,
             vec![(1.5, "{\"a\":1}".to_string()), (3.0, "[DONE]".to_string())]
         );
-        c.request_chunk(b"0123456789abc");
-        assert_eq!(c.request_body, b"0123456789");
+        assert!(!c.response_truncated);
+        c.request_chunk(b"0123456789abcdef");
+        assert_eq!(c.request_body, b"0123456789abc");
         assert!(c.request_truncated);
+        // An event larger than the bound is dropped (the record says truncated), also when it
+        // arrives in pieces and never ends; events after it are kept; memory stays bounded.
+        let mut c = Capture::new(Mode::Full, 64, "c".into());
+        c.sse = true;
+        c.response_chunk(b"data: first\n", 1.0);
+        c.response_chunk(b"\ndata: ", 2.0);
+        for _ in 0..100 {
+            c.response_chunk(&[b'A'; 50], 3.0);
+            assert!(c.sse_pending.len() <= 64 + 50);
+        }
+        assert!(c.response_truncated);
+        c.response_chunk(b"AAA\n", 4.0);
+        c.response_chunk(b"\ndata: after\n\n", 5.0);
+        assert_eq!(
+            c.events,
+            vec![(2.0, "first".to_string()), (5.0, "after".to_string())]
+        );
+        // The total kept is bounded too.
+        let mut c = Capture::new(Mode::Full, 10, "c".into());
+        c.sse = true;
+        c.response_chunk(b"data: 123456\n\ndata: 7890ab\n\ndata: c\n\n", 1.0);
+        assert_eq!(
+            c.events,
+            vec![(1.0, "123456".to_string()), (1.0, "c".to_string())]
+        );
         let mut m = Capture::new(Mode::Metadata, 10, "c".into());
         m.request_chunk(b"abc");
         assert!(m.request_body.is_empty());
