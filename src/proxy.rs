@@ -702,6 +702,36 @@ impl ProxyHttp for Gateway {
         Ok(None)
     }
 
+    /// Pingora retries only idempotent methods; an HTTP/2 stream the upstream says it never
+    /// processed (above GOAWAY's last stream id, or REFUSED_STREAM) is safe to send again on a
+    /// new connection whatever the method (RFC 9113 §8.7), and agents mostly POST.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        _ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let unprocessed = e.retry()
+            && e.root_cause()
+                .downcast_ref::<h2::Error>()
+                .is_some_and(|h| {
+                    h.is_remote()
+                        && ((h.is_go_away() && h.reason() == Some(h2::Reason::NO_ERROR))
+                            || (h.is_reset() && h.reason() == Some(h2::Reason::REFUSED_STREAM)))
+                });
+        if session.as_ref().retry_buffer_truncated()
+            || !(unprocessed || session.req_header().method.is_idempotent())
+        {
+            e.set_retry(false);
+        } else if !unprocessed {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
     fn fail_to_connect(
         &self,
         _session: &mut Session,

@@ -49,8 +49,10 @@ pub fn run(config: Config, path: std::path::PathBuf) -> Result<(), String> {
         graceful_shutdown_timeout_seconds: Some(1),
         upstream_keepalive_pool_size: config.server.upstream_keepalive_pool,
         pid_file: state.join("agentgate.pid").to_string_lossy().into_owned(),
-        // Pingora retries idempotent requests on a reused connection that the upstream closed.
-        max_retries: 1,
+        // Two tries: Pingora sends a request again after an error it marks retryable (an
+        // idempotent request on a reused connection the upstream closed; see
+        // `Gateway::error_while_proxy` for HTTP/2 streams the upstream never processed).
+        max_retries: 2,
         upgrade_sock: state.join("upgrade.sock").to_string_lossy().into_owned(),
         ..ServerConf::default()
     };
