@@ -714,14 +714,13 @@ impl ProxyHttp for Gateway {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
-        let unprocessed = e.retry()
-            && e.root_cause()
-                .downcast_ref::<h2::Error>()
-                .is_some_and(|h| {
-                    h.is_remote()
-                        && ((h.is_go_away() && h.reason() == Some(h2::Reason::NO_ERROR))
-                            || (h.is_reset() && h.reason() == Some(h2::Reason::REFUSED_STREAM)))
-                });
+        // (`Error::retry()` panics while the decision is still "reused only".)
+        let unprocessed = matches!(e.retry, pingora::RetryType::Decided(true))
+            && e.root_cause().downcast_ref::<h2::Error>().is_some_and(|h| {
+                h.is_remote()
+                    && ((h.is_go_away() && h.reason() == Some(h2::Reason::NO_ERROR))
+                        || (h.is_reset() && h.reason() == Some(h2::Reason::REFUSED_STREAM)))
+            });
         if session.as_ref().retry_buffer_truncated()
             || !(unprocessed || session.req_header().method.is_idempotent())
         {

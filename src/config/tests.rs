@@ -30,6 +30,7 @@ fn base_config_parses_with_defaults() {
     assert_eq!(c.server.threads, 2);
     assert_eq!(c.server.grace_period, Duration::from_secs(30));
     assert_eq!(c.server.max_body, 32 << 20);
+    assert_eq!(c.server.client_timeout, Duration::from_secs(60));
     let r = &c.routes[0];
     assert_eq!(r.path_prefix, "/v1/");
     assert!(r.upstream.tls);
@@ -53,6 +54,12 @@ fn base_config_parses_with_defaults() {
 fn refused_configs() {
     let table: &[(&str, &str, &str, usize)] = &[
         // (original, replacement, expected fragment, expected line)
+        (
+            "grace_period: 30s }",
+            "grace_period: 30s, client_timeout: 0s }",
+            "server.client_timeout must be between 1s and 1h",
+            2,
+        ),
         (
             "url: https://api.openai.com",
             "url: http://api.openai.com",
