@@ -213,7 +213,7 @@ impl Recorder {
         for r in ["queue_full", "disk_full", "io"] {
             metrics::RECORD_FAILURES.with_label_values(&[r]);
         }
-        metrics::RECORD_STORE_BYTES.set(store.total_bytes() as i64);
+        metrics::RECORD_STORE_BYTES.set(store.total() as i64);
         let writer = Writer {
             store,
             engine,
@@ -221,7 +221,7 @@ impl Recorder {
             settings: settings.clone(),
             healthy: healthy.clone(),
             depth: depth.clone(),
-            writes_since_retention: 0,
+            retained_at_segment: 0,
             last_retention: Instant::now(),
         };
         std::thread::Builder::new()
@@ -287,7 +287,8 @@ struct Writer {
     settings: RecordingConfig,
     healthy: Arc<AtomicBool>,
     depth: Arc<AtomicUsize>,
-    writes_since_retention: usize,
+    /// The segment being written when retention last ran.
+    retained_at_segment: u64,
     last_retention: Instant,
 }
 
@@ -320,9 +321,11 @@ impl Writer {
                     Err(TryRecvError::Disconnected) => return,
                 }
             }
-            if self.writes_since_retention >= 10
-                || self.last_retention.elapsed() > Duration::from_secs(5)
-            {
+            // By size as soon as a closed segment could go (retention never deletes the segment
+            // being written); by age every few seconds. Not per record: it lists the directory.
+            let over = self.store.total() > self.settings.max_size
+                && self.store.current_segment() != self.retained_at_segment;
+            if over || self.last_retention.elapsed() > Duration::from_secs(5) {
                 self.retention();
             }
             if handled == 0 {
@@ -332,7 +335,7 @@ impl Writer {
     }
 
     fn retention(&mut self) {
-        self.writes_since_retention = 0;
+        self.retained_at_segment = self.store.current_segment();
         self.last_retention = Instant::now();
         match self
             .store
@@ -342,18 +345,27 @@ impl Writer {
             Ok(_) => {}
             Err(e) => log::warn!("recording retention: {e}"),
         }
-        metrics::RECORD_STORE_BYTES.set(self.store.total_bytes() as i64);
+        metrics::RECORD_STORE_BYTES.set(self.store.total() as i64);
     }
 
     fn write(&mut self, d: Draft) {
-        let (mut body, entry) = self.render(d);
+        let (mut record, entry) = self.render(d);
         loop {
-            match self.store.append(&mut body, entry.clone()) {
-                Ok(()) => {
+            let rendered = self.store.append_with(
+                |seq, prev| {
+                    record.seq = seq;
+                    record.prev.clear();
+                    record.prev.push_str(prev);
+                    serde_json::to_string(&record)
+                },
+                entry.clone(),
+            );
+            match rendered {
+                Ok(text) => {
                     metrics::RECORDS_WRITTEN.inc();
-                    self.writes_since_retention += 1;
+                    metrics::RECORD_STORE_BYTES.set(self.store.total() as i64);
                     if self.settings.stdout {
-                        crate::session_log::emit_line(serde_json::Value::Object(body).to_string());
+                        crate::session_log::emit_line(text);
                     }
                     self.healthy.store(true, Ordering::Relaxed);
                     return;
@@ -391,7 +403,7 @@ impl Writer {
     }
 
     /// Header values masked in one pass (joined by NUL, which no detector matches across).
-    fn headers(&self, h: &[(String, String)]) -> serde_json::Value {
+    fn headers(&self, h: &[(String, String)]) -> serde_json::Map<String, serde_json::Value> {
         let joined: String = h
             .iter()
             .map(|(_, v)| v.replace('\0', " "))
@@ -402,54 +414,27 @@ impl Writer {
         for ((k, _), v) in h.iter().zip(masked.split('\0')) {
             m.insert(k.clone(), serde_json::Value::String(v.to_string()));
         }
-        serde_json::Value::Object(m)
+        m
     }
 
-    fn render(&self, d: Draft) -> (serde_json::Map<String, serde_json::Value>, IndexEntry) {
-        use serde_json::json;
+    /// The record (masked) and its index line. Serialized straight from these structs: no
+    /// JSON tree is built per record.
+    fn render(&self, d: Draft) -> (Record, IndexEntry) {
         let full = d.mode == Mode::Full;
         let path = self.mask_text(&d.path);
-        let tls = |t: &Option<(String, String)>| {
-            t.as_ref().map(|(v, c)| json!({"version": v, "cipher": c}))
-        };
+        let tls = |t: Option<(String, String)>| t.map(|(version, cipher)| Tls { version, cipher });
         let events = if full {
             d.events.as_ref().map(|ev| {
                 ev.iter()
-                    .map(|(t, data)| json!({"t_ms": (t * 1000.0).round() / 1000.0, "data": self.mask_body(data.as_bytes())}))
+                    .map(|(t, data)| Event {
+                        t_ms: (t * 1000.0).round() / 1000.0,
+                        data: self.mask_body(data.as_bytes()),
+                    })
                     .collect::<Vec<_>>()
             })
         } else {
             None
         };
-        let v = json!({
-            "kind": "exchange",
-            "id": d.id,
-            "ts": d.ts,
-            "conversation": d.conversation,
-            "identity": d.identity,
-            "route": d.route,
-            "recording": d.mode.as_str(),
-            "method": d.method,
-            "path": path,
-            "request": {
-                "headers": self.headers(&d.request_headers),
-                "body": if full { d.request_body.as_deref().map(|b| self.mask_body(b)) } else { None },
-                "bytes": d.request_bytes,
-                "truncated": d.request_truncated,
-            },
-            "response": {
-                "status": d.status,
-                "headers": self.headers(&d.response_headers),
-                "body": if full && events.is_none() { d.response_body.as_deref().map(|b| self.mask_body(b)) } else { None },
-                "events": events,
-                "bytes": d.response_bytes,
-                "truncated": d.response_truncated,
-            },
-            "decisions": {"masked": d.masked, "guardrail": d.guardrail, "approval": d.approval, "error": d.error},
-            "tls": {"downstream": tls(&d.downstream_tls), "upstream": tls(&d.upstream_tls)},
-            "duration_ms": d.duration_ms,
-            "upstream_ttfb_ms": d.ttfb_ms,
-        });
         let entry = IndexEntry {
             id: d.id.clone(),
             seq: 0,
@@ -459,16 +444,126 @@ impl Writer {
             conversation: d.conversation.clone(),
             status: d.status,
             method: d.method.clone(),
-            path,
+            path: path.clone(),
             segment: 0,
             offset: 0,
             len: 0,
         };
-        let serde_json::Value::Object(map) = v else {
-            unreachable!("a json! object literal")
+        let record = Record {
+            kind: "exchange",
+            id: d.id,
+            ts: d.ts,
+            conversation: d.conversation,
+            identity: d.identity,
+            route: d.route,
+            recording: d.mode.as_str(),
+            method: d.method,
+            path,
+            request: Request {
+                headers: self.headers(&d.request_headers),
+                body: if full {
+                    d.request_body.as_deref().map(|b| self.mask_body(b))
+                } else {
+                    None
+                },
+                bytes: d.request_bytes,
+                truncated: d.request_truncated,
+            },
+            response: Response {
+                status: d.status,
+                headers: self.headers(&d.response_headers),
+                body: if full && events.is_none() {
+                    d.response_body.as_deref().map(|b| self.mask_body(b))
+                } else {
+                    None
+                },
+                events,
+                bytes: d.response_bytes,
+                truncated: d.response_truncated,
+            },
+            decisions: Decisions {
+                masked: d.masked,
+                guardrail: d.guardrail,
+                approval: d.approval,
+                error: d.error,
+            },
+            tls: TlsLegs {
+                downstream: tls(d.downstream_tls),
+                upstream: tls(d.upstream_tls),
+            },
+            duration_ms: d.duration_ms,
+            upstream_ttfb_ms: d.ttfb_ms,
+            seq: 0,
+            prev: String::new(),
         };
-        (map, entry)
+        (record, entry)
     }
+}
+
+/// One stored exchange, as written (then sealed with its `hash`). Readers parse it as JSON.
+#[derive(serde::Serialize)]
+struct Record {
+    kind: &'static str,
+    id: String,
+    ts: String,
+    conversation: String,
+    identity: Option<Identity>,
+    route: Option<String>,
+    recording: &'static str,
+    method: String,
+    path: String,
+    request: Request,
+    response: Response,
+    decisions: Decisions,
+    tls: TlsLegs,
+    duration_ms: f64,
+    upstream_ttfb_ms: Option<f64>,
+    seq: u64,
+    prev: String,
+}
+
+#[derive(serde::Serialize)]
+struct Request {
+    headers: serde_json::Map<String, serde_json::Value>,
+    body: Option<serde_json::Value>,
+    bytes: u64,
+    truncated: bool,
+}
+
+#[derive(serde::Serialize)]
+struct Response {
+    status: u16,
+    headers: serde_json::Map<String, serde_json::Value>,
+    body: Option<serde_json::Value>,
+    events: Option<Vec<Event>>,
+    bytes: u64,
+    truncated: bool,
+}
+
+#[derive(serde::Serialize)]
+struct Event {
+    t_ms: f64,
+    data: serde_json::Value,
+}
+
+#[derive(serde::Serialize)]
+struct Decisions {
+    masked: Option<serde_json::Value>,
+    guardrail: Option<String>,
+    approval: Option<serde_json::Value>,
+    error: Option<String>,
+}
+
+#[derive(serde::Serialize)]
+struct TlsLegs {
+    downstream: Option<Tls>,
+    upstream: Option<Tls>,
+}
+
+#[derive(serde::Serialize)]
+struct Tls {
+    version: String,
+    cipher: String,
 }
 
 #[cfg(test)]

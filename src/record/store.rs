@@ -66,6 +66,8 @@ pub struct Anchor {
 
 pub struct Store {
     dir: PathBuf,
+    /// Bytes in all segments.
+    total: u64,
     segment_size: u64,
     current: u64,
     file: File,
@@ -168,8 +170,9 @@ impl Store {
             .create(true)
             .append(true)
             .open(dir.join("index.jsonl"))?;
-        Ok(Store {
+        let mut store = Store {
             dir: dir.to_path_buf(),
+            total: 0,
             segment_size,
             current,
             file,
@@ -177,7 +180,9 @@ impl Store {
             index,
             next_seq,
             last_hash,
-        })
+        };
+        store.total = store.total_bytes();
+        Ok(store)
     }
 
     pub fn dir(&self) -> &Path {
@@ -189,8 +194,26 @@ impl Store {
     pub fn append(
         &mut self,
         body: &mut serde_json::Map<String, serde_json::Value>,
-        mut entry: IndexEntry,
+        entry: IndexEntry,
     ) -> std::io::Result<()> {
+        self.append_with(
+            |seq, prev| {
+                body.insert("seq".into(), seq.into());
+                body.insert("prev".into(), prev.into());
+                serde_json::to_string(&*body)
+            },
+            entry,
+        )
+        .map(|_| ())
+    }
+
+    /// Appends a record rendered by `render(seq, prev)` as one JSON object (without `hash`).
+    /// Returns the rendered text.
+    pub fn append_with(
+        &mut self,
+        render: impl FnOnce(u64, &str) -> serde_json::Result<String>,
+        mut entry: IndexEntry,
+    ) -> std::io::Result<String> {
         if self.size >= self.segment_size && self.size > 0 {
             self.current += 1;
             self.file = OpenOptions::new()
@@ -199,9 +222,7 @@ impl Store {
                 .open(segment_path(&self.dir, self.current))?;
             self.size = 0;
         }
-        body.insert("seq".into(), self.next_seq.into());
-        body.insert("prev".into(), self.last_hash.clone().into());
-        let text = serde_json::to_string(&*body).map_err(std::io::Error::other)?;
+        let text = render(self.next_seq, &self.last_hash).map_err(std::io::Error::other)?;
         let (mut line, hash) = seal(&text);
         line.push('\n');
         // One write call per record: a crash leaves at most one torn line.
@@ -214,12 +235,24 @@ impl Store {
         idx.push('\n');
         self.index.write_all(idx.as_bytes())?;
         self.size += line.len() as u64;
+        self.total += line.len() as u64;
         self.next_seq += 1;
         self.last_hash = hash;
-        Ok(())
+        Ok(text)
     }
 
-    /// Bytes in all segments.
+    /// Bytes in all segments, as of the last write (kept as records are appended; counted
+    /// from the files at open and after retention).
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// The segment being written.
+    pub fn current_segment(&self) -> u64 {
+        self.current
+    }
+
+    /// Bytes in all segments, counted from the files.
     pub fn total_bytes(&self) -> u64 {
         segments(&self.dir)
             .unwrap_or_default()
@@ -277,6 +310,7 @@ impl Store {
         if deleted > 0 {
             self.rewrite_index()?;
         }
+        self.total = self.total_bytes();
         Ok(deleted)
     }
 
