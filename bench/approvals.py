@@ -141,6 +141,11 @@ def main() -> int:
         time.sleep(1)
         left = pending(gw.admin) - pending_tickets
         rss_after = rss_kb(gw.pid)
+        # The floor: the same idle TLS connections on a vanilla Pingora proxy (same crates).
+        vanilla = b.start_vanilla(mock.port)
+        b.wrk(vanilla, 4, 1)
+        rss_vanilla0 = rss_kb(vanilla.pid)
+        rss_vanilla = asyncio.run(idle(vanilla.port, b.client_ctx, args.pending, lambda: rss_kb(vanilla.pid)))
     finally:
         b.stop_all()
     extra_mib = (held["rss"] - rss_before) / 1024
@@ -157,9 +162,11 @@ def main() -> int:
         f"| gateway RSS after warm-up | {rss_first / 1024:.1f} MiB |",
         f"| **ticket mode**: {pending_tickets} approvals pending ({issued} answered 202), no request held | {rss_tickets / 1024:.1f} MiB: **{(rss_tickets - rss_first) / 1024:.1f} MiB** more ({(rss_tickets - rss_first) / max(pending_tickets, 1):.1f} KiB each); target < 50 MB: {'met' if (rss_tickets - rss_first) / 1024 * 1.048576 < 50 else 'MISSED'} |",
         f"| then {args.pending} idle TLS connections (no request) | {rss_idle / 1024:.1f} MiB: **{idle_mib:.1f} MiB** for the connections alone ({idle_mib * 1024 / args.pending:.1f} KiB each) |",
+        f"| the same {args.pending} idle TLS connections on vanilla Pingora (the framework's floor) | **{(rss_vanilla - rss_vanilla0) / 1024:.1f} MiB** ({(rss_vanilla - rss_vanilla0) / args.pending:.1f} KiB each) |",
         f"| RSS before the pending requests (the allocator kept those pages) | {rss_before / 1024:.1f} MiB |",
         f"| gateway RSS with all pending | {held['rss'] / 1024:.1f} MiB |",
         f"| **wait mode: extra memory for {args.pending} pending approvals** (the tickets above still pending) | **{(held['rss'] - rss_first) / 1024:.1f} MiB** over the warm-up RSS ({(held['rss'] - rss_first) / args.pending:.1f} KiB per pending request, its TLS connection included); target < 50 MB: {'met' if (held['rss'] - rss_first) / 1024 * 1.048576 < 50 else 'MISSED'} |",
+        f"| of which beyond vanilla Pingora's idle connections | {((held['rss'] - rss_first) - (rss_vanilla - rss_vanilla0)) / 1024:.1f} MiB ({((held['rss'] - rss_first) - (rss_vanilla - rss_vanilla0)) / args.pending:.1f} KiB per pending request: the request held in Pingora and the approval) |",
         f"| RSS after the agents went away | {rss_after / 1024:.1f} MiB ({left} still pending) |",
         "",
         "| unrelated traffic | req/s | p50 ms | p90 ms | p99 ms | errors |",

@@ -299,7 +299,9 @@ routes:
         r["cpu_per_10k"] = cpu / max(r["requests"], 1) * 10_000
         return r
 
-    def h2load(self, system: System, conns: int, requests: int) -> float | None:
+    def h2load(self, system: System, conns: int, requests: int) -> float | str | None:
+        """req/s, or what went wrong when not every request was answered 2xx (h2load's own
+        req/s counts every finished request, errors included)."""
         if not system.h2 or not shutil.which("h2load"):
             return None
         body = self.work / "body.json"
@@ -310,11 +312,18 @@ routes:
              f"https://127.0.0.1:{system.port}/v1/chat/completions"],
             capture_output=True, text=True, timeout=300,
         )
+        rps, ok2xx = None, 0
         for line in out.stdout.splitlines():
             if line.startswith("finished in"):
                 # finished in 1.23s, 8123.45 req/s, 12.3MB/s
-                return float(line.split(",")[1].split()[0])
-        return None
+                rps = float(line.split(",")[1].split()[0])
+            elif line.startswith("status codes:"):
+                # status codes: 12000 2xx, 0 3xx, 0 4xx, 0 5xx
+                ok2xx = int(line.split(":")[1].split()[0])
+        if rps is not None and ok2xx < requests:
+            codes = next((l for l in out.stdout.splitlines() if l.startswith("status codes:")), "no status line")
+            return f"failed: {requests - ok2xx} of {requests} not 2xx ({codes.split(':', 1)[1].strip()})"
+        return rps
 
     def sse_probe(self, system: System, requests: int) -> dict | None:
         """TTFB and per-event transit (mock send -> client receive, same monotonic clock)."""
@@ -523,7 +532,7 @@ def render(args, systems, runs, h2, sse, streams, peak) -> str:
             )
     out += ["", "## HTTP/2 (h2load, one stream per connection at a time)", "", "| system | c=16 req/s | c=64 req/s |", "| --- | ---: | ---: |"]
     for n in names:
-        f = lambda v: f"{v:.0f}" if v else "–"
+        f = lambda v: v if isinstance(v, str) else f"{v:.0f}" if v else "–"
         out.append(f"| {n} | {f(h2.get((n, 16)))} | {f(h2.get((n, 64)))} |")
     d = sse["direct"]
     out += [

@@ -145,20 +145,25 @@ impl Store {
             Some(a) => (a.seq + 1, a.hash),
             None => (0, GENESIS.to_string()),
         };
-        let mut current = segs.first().copied().unwrap_or(1);
+        let mut current = segs.last().copied().unwrap_or(1);
         let mut reuse = false;
-        for &n in &segs {
+        // The chain goes on from the newest intact record: read segments from the newest back
+        // until one has one (not every segment: opening a large store stays quick).
+        for &n in segs.iter().rev() {
             let path = segment_path(dir, n);
             let full = fs::metadata(&path)?.len();
-            match last_intact(&path)? {
-                Some((seq, hash, intact)) => {
-                    next_seq = seq + 1;
-                    last_hash = hash;
-                    reuse = intact == full;
-                }
-                None => reuse = full == 0,
+            let last = last_intact(&path)?;
+            if n == current {
+                reuse = match &last {
+                    Some((_, _, intact)) => *intact == full,
+                    None => full == 0,
+                };
             }
-            current = n;
+            if let Some((seq, hash, _)) = last {
+                next_seq = seq + 1;
+                last_hash = hash;
+                break;
+            }
         }
         if !segs.is_empty() && !reuse {
             current += 1;
