@@ -303,7 +303,9 @@ fn io_reason(e: &std::io::Error) -> &'static str {
 impl Writer {
     fn run(mut self, rx: Receiver<Msg>) {
         // Poll rather than block: a sender then never has to wake this thread per record (on a
-        // 2-core machine a wake-up per request costs more than writing the record).
+        // 2-core machine a wake-up per request costs more than writing the record). Every 1 ms,
+        // not longer: a longer nap makes a burst of records (5 ms of traffic took ~1 ms of CPU
+        // at once) that the requests sharing the cores wait behind (p99 at c=1: 1.6 ms).
         loop {
             let mut handled = 0;
             loop {
@@ -329,7 +331,7 @@ impl Writer {
                 self.retention();
             }
             if handled == 0 {
-                std::thread::sleep(Duration::from_millis(5));
+                std::thread::sleep(Duration::from_millis(1));
             }
         }
     }
