@@ -130,8 +130,20 @@ class Handler(BaseHTTPRequestHandler):
         for k, v in (extra or {}).items():
             self.send_header(k, v)
         self.end_headers()
+        if self.headers.get("x-mock-reset") == "mid-response":
+            # The upstream dies half-way through a JSON answer: part of the body, then a reset.
+            self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+            self._reset()
+            return
         self.wfile.write(data)
         self.wfile.flush()
+
+    def _reset(self) -> None:
+        """Resets the TCP connection under the gateway (RST, not a clean close)."""
+        self.close_connection = True
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.connection.close()
 
     def _sse_start(self) -> None:
         self.send_response(200)
@@ -223,9 +235,7 @@ class Handler(BaseHTTPRequestHandler):
                 time.sleep(delay)
             if i == 2 and self.headers.get("x-mock-reset") == "mid-stream":
                 # The upstream dies mid-stream: the TCP connection is reset under the gateway.
-                self.close_connection = True
-                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                self.connection.close()
+                self._reset()
                 return
             self._sse_send(json.dumps(chunk({"content": w})))
             if i == 0:

@@ -96,3 +96,54 @@ def test_agents_that_go_away_mid_upload(start_gateway, mock, upstream_ca_file):
     while len(os.listdir(f"/proc/{gw.proc.pid}/fd")) > fds_before + 4 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert len(os.listdir(f"/proc/{gw.proc.pid}/fd")) <= fds_before + 4
+
+
+MASKING = (
+    "masking:\n  policies:\n    default:\n"
+    "      request: { secrets: redact, pii: redact }\n"
+    "      response: { secrets: redact, pii: redact }\n"
+)
+
+
+def test_upstream_reset_mid_response_and_mid_stream(start_gateway, mock, upstream_ca_file):
+    import httpx
+
+    upstream = f"https://127.0.0.1:{mock.port}"
+    plain = start_gateway(route_yaml("up", "/v1/", upstream, upstream_ca_file))
+    masked = start_gateway(route_yaml("up", "/v1/", upstream, upstream_ca_file) + "    masking: default\n", identity=DEFAULT_IDENTITY + MASKING)
+    chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    for gw in (plain, masked):
+        errors = gw.metric("agentgate_errors_total", route="up")
+        # A JSON answer cut half-way by a reset.
+        with gw.client() as c:
+            try:
+                r = c.post("/v1/chat/completions", json=chat, headers={"x-mock-reset": "mid-response"})
+                outcome = (r.status_code, r.json())
+            except (httpx.RemoteProtocolError, httpx.ReadError) as e:
+                outcome = ("cut", str(e))
+        if gw is masked:
+            # Read whole to be masked: nothing reached the agent yet, so a clear 502.
+            assert outcome[0] == 502 and outcome[1]["error"]["type"] == "upstream_error", outcome
+        else:
+            # Streamed through: the header went out already, so the agent's connection is cut;
+            # half a body is never presented as a complete answer.
+            assert outcome[0] == "cut", outcome
+        # A stream reset after two events.
+        with gw.client() as c:
+            with c.stream("POST", "/v1/chat/completions", json=dict(chat, stream=True), headers={"x-mock-reset": "mid-stream"}) as r:
+                assert r.status_code == 200
+                got = b""
+                try:
+                    for b in r.iter_bytes():
+                        got += b
+                    cut = False
+                except (httpx.RemoteProtocolError, httpx.ReadError):
+                    cut = True
+        assert cut, got[-200:]  # the agent sees a broken stream, not a clean end
+        assert b"[DONE]" not in got
+        # Both counted as upstream errors on the route.
+        assert gw.metric("agentgate_errors_total", route="up") == errors + 2, gw.metrics()
+        # And everyone else is still served.
+        with gw.client() as c:
+            r = c.post("/v1/chat/completions", json=chat)
+            assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "Hello from the mock upstream."
