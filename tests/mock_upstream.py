@@ -125,6 +125,12 @@ class Handler(BaseHTTPRequestHandler):
         data = json.dumps(obj).encode()
         self.send_response(status)
         self.send_header("content-type", "application/json")
+        if self.headers.get("x-mock-gzip"):
+            # A hostile upstream: compressed whatever the gateway asked for.
+            import gzip
+
+            data = gzip.compress(data)
+            self.send_header("content-encoding", "gzip")
         self.send_header("content-length", str(len(data)))
         self.send_header("x-request-id", "req_upstream_mock")
         for k, v in (extra or {}).items():

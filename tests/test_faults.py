@@ -4,6 +4,7 @@ middle of sending a body."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -115,22 +116,29 @@ def test_upstream_reset_mid_response_and_mid_stream(start_gateway, mock, upstrea
     for gw in (plain, masked):
         errors = gw.metric("agentgate_errors_total", route="up")
         # A JSON answer cut half-way by a reset.
-        with gw.client() as c:
-            try:
-                r = c.post("/v1/chat/completions", json=chat, headers={"x-mock-reset": "mid-response"})
-                outcome = (r.status_code, r.json())
-            except (httpx.RemoteProtocolError, httpx.ReadError) as e:
-                outcome = ("cut", str(e))
+        req = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {AGENT_TOKEN}\r\n"
+               f"Content-Type: application/json\r\nx-mock-reset: mid-response\r\nContent-Length: {len(json.dumps(chat))}\r\n\r\n{json.dumps(chat)}").encode()
+        resp = gw.raw(req)
+        head, _, rest = resp.partition(b"\r\n\r\n")
         if gw is masked:
-            # Read whole to be masked: nothing reached the agent yet, so a clear 502.
-            assert outcome[0] == 502 and outcome[1]["error"]["type"] == "upstream_error", outcome
+            # Read whole to be masked: not one byte of the half answer reaches the agent — a
+            # clear 502 when the reset comes before the header went out, else a cut connection.
+            if head.startswith(b"HTTP/1.1 502 "):
+                assert json.loads(rest)["error"]["type"] == "upstream_error", rest
+            else:
+                assert head.startswith(b"HTTP/1.1 200 ") and b"choices" not in rest and b"Hello" not in rest, resp
+                assert not rest.endswith(b"0\r\n\r\n"), rest  # never a clean end
         else:
-            # Streamed through: the header went out already, so the agent's connection is cut;
-            # half a body is never presented as a complete answer.
-            assert outcome[0] == "cut", outcome
-        # A stream reset after two events.
+            # Streamed through: the header went out already, so the agent gets at most part of the
+            # body and a cut connection: fewer bytes than the Content-Length it was promised.
+            assert head.startswith(b"HTTP/1.1 200 "), head
+            length = int(next(l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")).split(b":")[1])
+            assert len(rest) < length, (len(rest), length)
+        # A stream reset after two events (100 ms apart, so the gateway has passed the header and
+        # the first events on before the reset; a reset discards what the gateway had not read).
         with gw.client() as c:
-            with c.stream("POST", "/v1/chat/completions", json=dict(chat, stream=True), headers={"x-mock-reset": "mid-stream"}) as r:
+            with c.stream("POST", "/v1/chat/completions", json=dict(chat, stream=True),
+                          headers={"x-mock-reset": "mid-stream", "x-mock-delay-ms": "100"}) as r:
                 assert r.status_code == 200
                 got = b""
                 try:
@@ -147,3 +155,41 @@ def test_upstream_reset_mid_response_and_mid_stream(start_gateway, mock, upstrea
         with gw.client() as c:
             r = c.post("/v1/chat/completions", json=chat)
             assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "Hello from the mock upstream."
+
+
+def test_agents_that_go_away_mid_stream(start_gateway, mock, upstream_ca_file):
+    upstream = f"https://127.0.0.1:{mock.port}"
+    plain = start_gateway(route_yaml("up", "/v1/", upstream, upstream_ca_file))
+    masked = start_gateway(route_yaml("up", "/v1/", upstream, upstream_ca_file) + "    masking: default\n", identity=DEFAULT_IDENTITY + MASKING)
+    body = json.dumps({"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}).encode()
+    for gw in (plain, masked):
+        ctx = ssl.create_default_context(cafile=str(gw.ca_file))
+        with gw.client() as c:
+            assert c.post("/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}]}).status_code == 200
+        time.sleep(0.3)
+        pid = gw.proc.pid
+        fds_before = len(os.listdir(f"/proc/{pid}/fd"))
+        gone0 = gw.metric("agentgate_errors_total", route="up", kind="client_disconnected")
+        socks = []
+        for _ in range(30):
+            s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", gw.port), timeout=10), server_hostname="127.0.0.1")
+            s.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {AGENT_TOKEN}\r\n"
+                      f"Content-Type: application/json\r\nx-mock-delay-ms: 100\r\nx-mock-say: {'word ' * 40}\r\n"
+                      f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            socks.append(s)
+        for s in socks:
+            got = b""
+            while b"data:" not in got:  # the stream has begun
+                got += s.recv(65536)
+            s.close()  # the agent goes away mid-stream (the upstream would go on for ~4 s)
+        # Each one is logged as the agent going away; nothing is left behind once the upstream
+        # streams they abandoned are over; everyone else is served meanwhile.
+        with gw.client() as c:
+            r = c.post("/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+            assert r.status_code == 200
+        deadline = time.monotonic() + 15
+        while (len(os.listdir(f"/proc/{pid}/fd")) > fds_before + 4
+               or gw.metric("agentgate_errors_total", route="up", kind="client_disconnected") < gone0 + 30) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert gw.metric("agentgate_errors_total", route="up", kind="client_disconnected") == gone0 + 30
+        assert len(os.listdir(f"/proc/{pid}/fd")) <= fds_before + 4, (fds_before, len(os.listdir(f"/proc/{pid}/fd")))

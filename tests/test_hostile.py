@@ -187,3 +187,31 @@ def still_serving_chat(gw) -> None:
     with gw.client() as c:
         r = c.post("/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
         assert r.status_code == 200, r.text
+
+
+def test_compressed_upstream_responses_are_refused_where_they_would_be_inspected(start_gateway, mock, upstream_ca_file):
+    from conftest import DEFAULT_IDENTITY
+
+    upstream = f"https://127.0.0.1:{mock.port}"
+    masked = start_gateway(route_yaml("up", "/v1/", upstream, upstream_ca_file) + "    masking: default\n", identity=DEFAULT_IDENTITY + POLICY)
+    keyed = start_gateway(route_yaml("up", "/v1/", upstream, upstream_ca_file))  # injects a key: answers are scrubbed for it
+    bare = start_gateway(route_yaml("up", "/v1/", upstream, upstream_ca_file, key_header=False))
+    chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    for gw in (masked, keyed):
+        seen = len(mock.state.requests)
+        with gw.client() as c:
+            r = c.post("/v1/chat/completions", json=chat, headers={"x-mock-gzip": "1"})
+        # The gateway asked for an uncompressed answer; the upstream compressed it anyway: it
+        # cannot be masked or checked for the route's key, so it is refused, never passed on.
+        assert mock.state.requests[seen]["headers"].get("accept-encoding") == "identity"
+        assert r.status_code == 502, r.text
+        err = r.json()["error"]
+        assert err["code"] == "upstream_encoding_refused" and "gzip" in err["message"], err
+        assert r.headers.get("content-encoding") is None
+        assert gw.metric("agentgate_errors_total", route="up", kind="upstream_encoding_refused") == 1
+        still_serving_chat(gw)
+    # A route that neither masks nor injects a key has nothing to inspect: the answer passes as sent.
+    with bare.client() as c:
+        r = c.post("/v1/chat/completions", json=chat, headers={"x-mock-gzip": "1"})
+    assert r.status_code == 200 and r.headers["content-encoding"] == "gzip"
+    assert r.json()["choices"][0]["message"]["content"] == "Hello from the mock upstream."
