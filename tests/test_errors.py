@@ -82,35 +82,30 @@ def test_upstream_refusing_connections_is_502(start_gateway, upstream_ca_file, m
     assert gw.metric("agentgate_requests_total", route="dead", status_class="5xx") == 1
 
 
-def test_upstream_with_untrusted_certificate_is_502(start_gateway, upstream_ca_file, other_mock):
-    stranger = other_mock(server_ctx(trustme.CA()))
-    gw = start_gateway(route_yaml("untrusted", "/v1/", f"https://127.0.0.1:{stranger.port}", upstream_ca_file))
-    with gw.client() as c:
-        r = c.get("/v1/models")
-    assert_api_error(r, 502, "upstream_tls_failed", "TLS handshake failed")
-    assert stranger.state.requests == [], "no request may reach an unverified upstream"
-    assert gw.metric("agentgate_tls_handshake_failures_total", leg="upstream") >= 1
-
-
-def test_upstream_certificate_for_another_host_is_502(start_gateway, upstream_ca, upstream_ca_file, other_mock):
-    wrong = other_mock(server_ctx(upstream_ca, "wrong.example"))
-    gw = start_gateway(route_yaml("wronghost", "/v1/", f"https://127.0.0.1:{wrong.port}", upstream_ca_file))
-    with gw.client() as c:
-        r = c.get("/v1/models")
-    assert_api_error(r, 502, "upstream_tls_failed", "not valid for 127.0.0.1")
-    assert wrong.state.requests == []
-
-
-def test_expired_upstream_certificate_is_502(start_gateway, upstream_ca, upstream_ca_file, other_mock):
+@pytest.mark.parametrize("kind", ["self-signed", "another-host", "expired"])
+def test_upstream_certificates_that_must_not_be_trusted_are_502(start_gateway, upstream_ca, upstream_ca_file, other_mock, mock, kind):
     import datetime
 
     past = datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)
-    expired = other_mock(server_ctx(upstream_ca, "127.0.0.1", not_before=past, not_after=past + datetime.timedelta(days=1)))
-    gw = start_gateway(route_yaml("expired", "/v1/", f"https://127.0.0.1:{expired.port}", upstream_ca_file))
+    ctx, says = {
+        # A CA the route does not trust (a self-signed chain of its own).
+        "self-signed": (lambda: server_ctx(trustme.CA()), "TLS handshake failed"),
+        "another-host": (lambda: server_ctx(upstream_ca, "wrong.example"), "not valid for 127.0.0.1"),
+        "expired": (lambda: server_ctx(upstream_ca, "127.0.0.1", not_before=past, not_after=past + datetime.timedelta(days=1)), "TLS handshake failed"),
+    }[kind]
+    bad = other_mock(ctx())
+    gw = start_gateway(
+        route_yaml("bad", "/v1/models", f"https://127.0.0.1:{bad.port}", upstream_ca_file)
+        + route_yaml("good", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file)
+    )
     with gw.client() as c:
         r = c.get("/v1/models")
-    assert_api_error(r, 502, "upstream_tls_failed", "TLS handshake failed")
-    assert expired.state.requests == []
+        assert_api_error(r, 502, "upstream_tls_failed", says)
+        # Never a plaintext or unverified fallback; other routes are served meanwhile.
+        assert c.post("/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}]}).status_code == 200
+    assert bad.state.requests == [], "no request may reach an unverified upstream"
+    assert gw.metric("agentgate_errors_total", route="bad", kind="upstream_tls_failed") == 1
+    assert gw.metric("agentgate_tls_handshake_failures_total", leg="upstream") >= 1
 
 
 def test_pins(start_gateway, upstream_ca, upstream_ca_file, other_mock):
