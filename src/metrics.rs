@@ -113,6 +113,10 @@ lazy!(CONFIG_RELOADS: IntCounterVec = register_int_counter_vec!(
     &["result"]
 ));
 
+lazy!(REQUESTS_IN_FLIGHT: prometheus::IntGauge = prometheus::register_int_gauge!(
+    "agentgate_requests_in_flight",
+    "Requests being handled now (read at scrape time; one that never finishes shows up here)"
+));
 lazy!(APPROVALS_PENDING: prometheus::IntGauge = prometheus::register_int_gauge!(
     "agentgate_approvals_pending",
     "Approvals waiting for a decision"
@@ -192,12 +196,14 @@ pub fn init() {
     }
     LazyLock::force(&ERRORS);
     LazyLock::force(&SESSION_LOG_DROPPED);
+    LazyLock::force(&REQUESTS_IN_FLIGHT);
 }
 
 pub fn render() -> (Vec<u8>, String) {
     use prometheus::Encoder;
     let encoder = prometheus::TextEncoder::new();
     let mut buf = Vec::new();
+    REQUESTS_IN_FLIGHT.set(crate::drain::in_flight() as i64);
     // Encoding into a Vec cannot fail for well-formed families.
     let _ = encoder.encode(&prometheus::gather(), &mut buf);
     (buf, encoder.format_type().to_string())

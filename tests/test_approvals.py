@@ -295,6 +295,11 @@ def test_agent_disconnect_abandons_the_approval(approval_gw, mock):
     assert decide(gw, "alice", a["id"], "approve").status_code == 409
     assert mock.state.requests == []
     assert gw.metric("agentgate_approval_decisions_total", rule="destructive-tools", decision="abandoned") == 1
+    # The request it held is over too (no task left waiting on the gate).
+    deadline = time.monotonic() + 5
+    while gw.metric("agentgate_requests_in_flight") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert gw.metric("agentgate_requests_in_flight") == 0
 
 
 def test_restart_with_a_pending_approval(approval_gw, mock):

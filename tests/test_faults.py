@@ -97,6 +97,7 @@ def test_agents_that_go_away_mid_upload(start_gateway, mock, upstream_ca_file):
     while len(os.listdir(f"/proc/{gw.proc.pid}/fd")) > fds_before + 4 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert len(os.listdir(f"/proc/{gw.proc.pid}/fd")) <= fds_before + 4
+    assert gw.metric("agentgate_requests_in_flight") == 0  # no request task left behind
 
 
 MASKING = (
@@ -193,3 +194,4 @@ def test_agents_that_go_away_mid_stream(start_gateway, mock, upstream_ca_file):
             time.sleep(0.2)
         assert gw.metric("agentgate_errors_total", route="up", kind="client_disconnected") == gone0 + 30
         assert len(os.listdir(f"/proc/{pid}/fd")) <= fds_before + 4, (fds_before, len(os.listdir(f"/proc/{pid}/fd")))
+        assert gw.metric("agentgate_requests_in_flight") == 0  # no request task left behind

@@ -153,8 +153,10 @@ def test_metrics_and_probes(gateway, mock):
         "agentgate_response_bytes_total",
         "agentgate_upstream_connections_total",
         "agentgate_tls_handshake_failures_total",
+        "agentgate_requests_in_flight",
     ):
         assert name in text, name
+    assert gateway.metric("agentgate_requests_in_flight") == 0  # all answered
     assert gateway.metric("agentgate_requests_total", route="mock", status_class="2xx") >= 1
     assert gateway.metric("agentgate_requests_total", route="none", status_class="4xx") == 1
 
