@@ -41,6 +41,9 @@ pub struct SubrequestReport {
     /// It answered with a whole error response of its own, so a proxy error reported after
     /// that does not mean the agent's response was cut short.
     answered_error: AtomicBool,
+    /// The error it decided on (e.g. a compressed upstream answer refused), so the main session
+    /// answers with that, not a generic one, when the subrequest's own answer never left.
+    error: std::sync::Mutex<Option<crate::api_error::ApiError>>,
 }
 
 impl SubrequestReport {
@@ -51,6 +54,16 @@ impl SubrequestReport {
 
     pub fn answered_with_error(&self) {
         self.answered_error.store(true, Ordering::SeqCst);
+    }
+
+    pub fn set_error(&self, e: crate::api_error::ApiError) {
+        if let Ok(mut slot) = self.error.lock() {
+            *slot = Some(e);
+        }
+    }
+
+    fn take_error(&self) -> Option<crate::api_error::ApiError> {
+        self.error.lock().ok().and_then(|mut slot| slot.take())
     }
 }
 
@@ -93,9 +106,14 @@ pub fn handoff(session: &mut Session) -> Option<Handoff> {
 pub enum Forwarded {
     /// The subrequest answered the agent (a response or its own complete error response).
     Answered,
-    /// It failed before any response header: the main session must answer with this error,
-    /// and log the exchange unless `logged` (the subrequest logged its own error).
-    Failed { error: Box<Error>, logged: bool },
+    /// It failed before any response header: the main session must answer with this error
+    /// (`api_error` when the subrequest decided on one), and log the exchange unless `logged`
+    /// (the subrequest logged its own error).
+    Failed {
+        error: Box<Error>,
+        api_error: Option<crate::api_error::ApiError>,
+        logged: bool,
+    },
     /// It failed after the response began (the upstream reset mid-stream): the main session
     /// must not end the response cleanly, so the agent sees a broken response, not a short one.
     Broken(Box<Error>),
@@ -168,6 +186,7 @@ pub async fn forward(session: &mut Session, handoff: Handoff, body: Vec<u8>) -> 
             } else {
                 Ok(Forwarded::Failed {
                     error: e.error,
+                    api_error: report.take_error(),
                     logged: report.logged.load(Ordering::SeqCst),
                 })
             }

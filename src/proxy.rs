@@ -771,6 +771,9 @@ impl ProxyHttp for Gateway {
                 ApiError::from_proxy_error(e, route, url)
             }
         };
+        if let Some(r) = &ctx.report {
+            r.set_error(err.clone());
+        }
         let code = if err.code == "client_disconnected" {
             0
         } else {
@@ -1243,16 +1246,22 @@ impl Gateway {
             // The subrequest logged it; an error here keeps Pingora from ending the response
             // as if it were complete (the connection is closed instead).
             Forwarded::Broken(e) => Err(e),
-            Forwarded::Failed { error: e, logged } => {
+            Forwarded::Failed {
+                error: e,
+                api_error,
+                logged,
+            } => {
                 // The agent still needs an answer; the exchange is logged once, by whichever
                 // session gets there (the subrequest may have logged its own error already).
                 ctx.delegated = logged;
-                let (name, url) = ctx
-                    .route
-                    .as_ref()
-                    .map(|r| (r.route.name.clone(), r.route.upstream.url.clone()))
-                    .unwrap_or_default();
-                let err = ApiError::from_proxy_error(&e, &name, &url);
+                let err = api_error.unwrap_or_else(|| {
+                    let (name, url) = ctx
+                        .route
+                        .as_ref()
+                        .map(|r| (r.route.name.as_str(), r.route.upstream.url.as_str()))
+                        .unwrap_or_default();
+                    ApiError::from_proxy_error(&e, name, url)
+                });
                 self.answer(session, ctx, err).await
             }
         }
