@@ -587,7 +587,7 @@ def render(args, systems, runs, h2, sse, streams, peak) -> str:
         ),
         f"| ≤ 64 MB RSS with {args.streams} concurrent streams | {mem:.1f} MiB | {verdict(mem <= 64)} |",
         "",
-        "Reproduce: `make bench` (release build, about 10 minutes on 2 cores; `make bench-smoke` for a seconds-long check).",
+        "Reproduce: `make bench` (release build; the measurements take about 6 minutes on 2 cores; `make bench-smoke` for a seconds-long check).",
         "",
     ]
     return "\n".join(out)
