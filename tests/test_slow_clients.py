@@ -131,7 +131,9 @@ def test_a_crowd_holding_first_headers_open_starves_no_one_and_is_cut(gw):
         for tls in crowd:
             tls.sendall(b"X")
         time.sleep(0.5)
-    assert fds(pid) >= base + 150  # they are all held open by the gateway
+    # They are all held open by the gateway (the base may include a pooled or kept-alive
+    # connection that closes meanwhile: the same slack of 4 as the check below).
+    assert fds(pid) >= base + len(crowd) - 4, (base, fds(pid))
     # Everyone else is served while the crowd holds its connections.
     for _ in range(20):
         still_serving(gw)
