@@ -127,7 +127,7 @@ pub fn emit_line(line: String) {
     }
 }
 
-/// 32 hex digits from BoringSSL's CSPRNG.
+/// 32 hex digits, unique per request: a random per-process base and a counter.
 pub fn new_request_id() -> String {
     // Unique, not secret: 8 random bytes drawn once per process, then a counter (the CSPRNG per
     // request cost about 1% of a proxied request's CPU).

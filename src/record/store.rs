@@ -194,26 +194,9 @@ impl Store {
         &self.dir
     }
 
-    /// Appends a record. `body` is its JSON object without `seq`/`prev`/`hash`; `entry` its
-    /// index line (segment, offset and length are filled in here).
-    pub fn append(
-        &mut self,
-        body: &mut serde_json::Map<String, serde_json::Value>,
-        entry: IndexEntry,
-    ) -> std::io::Result<()> {
-        self.append_with(
-            |seq, prev| {
-                body.insert("seq".into(), seq.into());
-                body.insert("prev".into(), prev.into());
-                serde_json::to_string(&*body)
-            },
-            entry,
-        )
-        .map(|_| ())
-    }
-
-    /// Appends a record rendered by `render(seq, prev)` as one JSON object (without `hash`).
-    /// Returns the rendered text.
+    /// Appends a record rendered by `render(seq, prev)` as one JSON object carrying that `seq`
+    /// and `prev` (the `hash` is added here); `entry` is its index line (segment, offset and
+    /// length are filled in here). Returns the rendered text.
     pub fn append_with(
         &mut self,
         render: impl FnOnce(u64, &str) -> serde_json::Result<String>,
@@ -368,6 +351,7 @@ pub fn read_record(dir: &Path, e: &IndexEntry) -> std::io::Result<serde_json::Va
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn seal_roundtrip_and_chain() {
@@ -397,10 +381,8 @@ mod tests {
             len: 0,
         };
         for i in 0..3 {
-            let mut m = serde_json::Map::new();
-            m.insert("n".into(), i.into());
-            s.append(
-                &mut m,
+            s.append_with(
+                |seq, prev| serde_json::to_string(&json!({"n": i, "seq": seq, "prev": prev})),
                 IndexEntry {
                     id: format!("r{i}"),
                     ..entry.clone()
@@ -416,7 +398,11 @@ mod tests {
         drop(s);
         let mut s = Store::open(&dir, 1 << 20).unwrap();
         assert_eq!(s.next_seq, 3);
-        s.append(&mut serde_json::Map::new(), entry).unwrap();
+        s.append_with(
+            |seq, prev| serde_json::to_string(&json!({"seq": seq, "prev": prev})),
+            entry,
+        )
+        .unwrap();
         assert_eq!(segments(&dir).unwrap(), vec![1]);
         assert_eq!(crate::record::verify::verify(&dir).unwrap().verified, 4);
         let _ = fs::remove_dir_all(&dir);
