@@ -33,6 +33,53 @@ DEFAULT_IDENTITY = (
 )
 
 
+# A masking policy `default` that redacts secrets and personal data in both directions.
+REDACT_POLICY = (
+    "masking:\n  policies:\n    default:\n"
+    "      request: { secrets: redact, pii: redact }\n"
+    "      response: { secrets: redact, pii: redact }\n"
+)
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def request_head(method: str, path: str, *extra: str) -> bytes:
+    """An HTTP/1.1 request head with the agent's credentials and `extra` header lines."""
+    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", f"Authorization: Bearer {AGENT_TOKEN}", *extra]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def read_until_closed(tls: ssl.SSLSocket, whole_response: bool = False) -> bytes:
+    """Every byte until the server closes; with `whole_response`, stops once one response with
+    a Content-Length (and no `connection: close`) is complete."""
+    out = b""
+    while True:
+        try:
+            data = tls.recv(65536)
+        except (ssl.SSLError, ConnectionResetError):
+            break
+        if not data:
+            break
+        out += data
+        if whole_response and b"\r\n\r\n" in out and b"connection: close" not in out.lower():
+            head, _, body = out.partition(b"\r\n\r\n")
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:") and len(body) >= int(line.split(b":")[1]):
+                    return out
+    return out
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def assert_chat_served(gw: "Gateway") -> None:
+    """A plain chat completion goes through and gets the mock upstream's answer."""
+    with gw.client() as c:
+        r = c.post("/v1/chat/completions", json=CHAT)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == "Hello from the mock upstream."
+
+
 def people_identity(people: dict[str, list[str]]) -> str:
     """DEFAULT_IDENTITY plus one service account per person (token `agt_person-<name>-...`)."""
     lines = [DEFAULT_IDENTITY]
@@ -159,27 +206,18 @@ class Gateway:
         kw.setdefault("timeout", 20)
         return httpx.Client(base_url=self.base_url, verify=ctx, headers=headers, **kw)
 
-    def raw(self, request: bytes, timeout: float = 10) -> bytes:
-        """Sends bytes as they are over verified TLS and returns all bytes until the server closes."""
+    def connect(self, timeout: float = 10) -> ssl.SSLSocket:
+        """A TLS connection to the agent listener, verifying the gateway's certificate."""
         ctx = ssl.create_default_context(cafile=str(self.ca_file))
-        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
-            with ctx.wrap_socket(sock, server_hostname="127.0.0.1") as tls:
-                tls.sendall(request)
-                out = b""
-                while True:
-                    try:
-                        data = tls.recv(65536)
-                    except (ssl.SSLError, ConnectionResetError):
-                        break
-                    if not data:
-                        break
-                    out += data
-                    if b"\r\n\r\n" in out and b"connection: close" not in out.lower():
-                        head, _, body = out.partition(b"\r\n\r\n")
-                        for line in head.split(b"\r\n"):
-                            if line.lower().startswith(b"content-length:") and len(body) >= int(line.split(b":")[1]):
-                                return out
-                return out
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+        return ctx.wrap_socket(sock, server_hostname="127.0.0.1")
+
+    def raw(self, request: bytes, timeout: float = 10) -> bytes:
+        """Sends bytes as they are over verified TLS and returns the response: all bytes until
+        the server closes, or one whole response with a Content-Length."""
+        with self.connect(timeout) as tls:
+            tls.sendall(request)
+            return read_until_closed(tls, whole_response=True)
 
     def metrics(self) -> str:
         return httpx.get(f"{self.admin_url}/metrics", timeout=5, verify=False).text
@@ -239,6 +277,22 @@ def route_yaml(
     if key_header:
         lines += ["    credentials:", "      set_headers:", '        Authorization: "Bearer ${env:ROUTE_KEY}"']
     return "\n".join(lines) + "\n"
+
+
+def masked_chat_routes(mock_port: int, ca_file: pathlib.Path) -> str:
+    """Two routes to the mock: `masked` (/v1/chat/, bodies read whole and masked with the
+    `default` policy) and `plain` (the rest of /v1/, streamed through)."""
+    url = f"https://127.0.0.1:{mock_port}"
+    return route_yaml("masked", "/v1/chat/", url, ca_file) + "    masking: default\n" + route_yaml("plain", "/v1/", url, ca_file)
+
+
+def plain_and_masked(start_gateway, mock_port: int, ca_file: pathlib.Path, route_extra: str = "") -> tuple["Gateway", "Gateway"]:
+    """Two gateways with one route `up` (/v1/ -> the mock): one streams bodies through, the
+    other masks them with REDACT_POLICY."""
+    route = route_yaml("up", "/v1/", f"https://127.0.0.1:{mock_port}", ca_file)
+    plain = start_gateway(route + route_extra)
+    masked = start_gateway(route + "    masking: default\n" + route_extra, identity=DEFAULT_IDENTITY + REDACT_POLICY)
+    return plain, masked
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from conftest import ROUTE_KEY, free_port, route_yaml, server_ctx
+from conftest import CHAT, ROUTE_KEY, free_port, route_yaml, server_ctx
 from mock_upstream import MockServer
 
 
@@ -102,7 +102,7 @@ def test_upstream_certificates_that_must_not_be_trusted_are_502(start_gateway, u
         r = c.get("/v1/models")
         assert_api_error(r, 502, "upstream_tls_failed", says)
         # Never a plaintext or unverified fallback; other routes are served meanwhile.
-        assert c.post("/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}]}).status_code == 200
+        assert c.post("/v1/chat/completions", json=CHAT).status_code == 200
     assert bad.state.requests == [], "no request may reach an unverified upstream"
     assert gw.metric("agentgate_errors_total", route="bad", kind="upstream_tls_failed") == 1
     assert gw.metric("agentgate_tls_handshake_failures_total", leg="upstream") >= 1

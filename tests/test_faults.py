@@ -1,18 +1,16 @@
 """Faults the gateway must ride out: the approval store cannot write (no request is let through
-unapproved), a storm of configuration reloads while traffic flows, and agents that go away in the
-middle of sending a body."""
+unapproved), a storm of configuration reloads while traffic flows, agents that go away in the
+middle of sending a body or of a stream, and an upstream that resets mid-response."""
 
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
-import ssl
 import threading
 import time
 
-from conftest import AGENT_TOKEN, DEFAULT_IDENTITY, limit_file_size, people_identity, route_yaml
+from conftest import (CHAT, DEFAULT_IDENTITY, assert_chat_served, limit_file_size, masked_chat_routes, open_fds,
+                      people_identity, plain_and_masked, request_head, route_yaml)
 from test_approvals import PEOPLE, TOOLS_BODY, rules_yaml
 
 
@@ -72,19 +70,15 @@ def test_reload_storm_while_serving(start_gateway, mock, upstream_ca_file):
 def test_agents_that_go_away_mid_upload(start_gateway, mock, upstream_ca_file):
     policy = "masking:\n  policies:\n    default:\n      request: { pii: redact }\n"
 
-    routes = route_yaml("masked", "/v1/chat/", f"https://127.0.0.1:{mock.port}", upstream_ca_file) + "    masking: default\n"
-    routes += route_yaml("plain", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file)
-    gw = start_gateway(routes, identity=DEFAULT_IDENTITY + policy)
-    ctx = ssl.create_default_context(cafile=str(gw.ca_file))
+    gw = start_gateway(masked_chat_routes(mock.port, upstream_ca_file), identity=DEFAULT_IDENTITY + policy)
     with gw.client() as c:  # the upstream pool holds a connection already
         assert c.post("/v1/responses", json={"model": "m", "input": "hi"}).status_code == 200
     time.sleep(0.3)
-    fds_before = len(os.listdir(f"/proc/{gw.proc.pid}/fd"))
+    fds_before = open_fds(gw.proc.pid)
     for path in ("/v1/chat/completions", "/v1/responses"):
         for _ in range(20):
-            s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", gw.port)), server_hostname="127.0.0.1")
-            s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {AGENT_TOKEN}\r\n"
-                      f"Content-Type: application/json\r\nContent-Length: 1000000\r\n\r\n".encode() + b'{"model":"m","input":"' + b"x" * 30000)
+            s = gw.connect()
+            s.sendall(request_head("POST", path, "Content-Type: application/json", "Content-Length: 1000000") + b'{"model":"m","input":"' + b"x" * 30000)
             s.close()
     time.sleep(1)
     # The masked route never forwards a body it has not read whole; the gateway keeps serving.
@@ -94,32 +88,22 @@ def test_agents_that_go_away_mid_upload(start_gateway, mock, upstream_ca_file):
         assert c.post("/v1/responses", json={"model": "m", "input": "hi"}).status_code == 200
     # No connection or task is left behind by the 40 abandoned uploads.
     deadline = time.monotonic() + 10
-    while len(os.listdir(f"/proc/{gw.proc.pid}/fd")) > fds_before + 4 and time.monotonic() < deadline:
+    while open_fds(gw.proc.pid) > fds_before + 4 and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert len(os.listdir(f"/proc/{gw.proc.pid}/fd")) <= fds_before + 4
+    assert open_fds(gw.proc.pid) <= fds_before + 4
     assert gw.metric("agentgate_requests_in_flight") == 0  # no request task left behind
-
-
-MASKING = (
-    "masking:\n  policies:\n    default:\n"
-    "      request: { secrets: redact, pii: redact }\n"
-    "      response: { secrets: redact, pii: redact }\n"
-)
 
 
 def test_upstream_reset_mid_response_and_mid_stream(start_gateway, mock, upstream_ca_file):
     import httpx
 
-    upstream = f"https://127.0.0.1:{mock.port}"
-    plain = start_gateway(route_yaml("up", "/v1/", upstream, upstream_ca_file))
-    masked = start_gateway(route_yaml("up", "/v1/", upstream, upstream_ca_file) + "    masking: default\n", identity=DEFAULT_IDENTITY + MASKING)
-    chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    plain, masked = plain_and_masked(start_gateway, mock.port, upstream_ca_file)
     for gw in (plain, masked):
         errors = gw.metric("agentgate_errors_total", route="up")
         # A JSON answer cut half-way by a reset.
-        req = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {AGENT_TOKEN}\r\n"
-               f"Content-Type: application/json\r\nx-mock-reset: mid-response\r\nContent-Length: {len(json.dumps(chat))}\r\n\r\n{json.dumps(chat)}").encode()
-        resp = gw.raw(req)
+        body = json.dumps(CHAT).encode()
+        resp = gw.raw(request_head("POST", "/v1/chat/completions", "Content-Type: application/json",
+                                   "x-mock-reset: mid-response", f"Content-Length: {len(body)}") + body)
         head, _, rest = resp.partition(b"\r\n\r\n")
         if gw is masked:
             # Read whole to be masked: not one byte of the half answer reaches the agent — a
@@ -138,7 +122,7 @@ def test_upstream_reset_mid_response_and_mid_stream(start_gateway, mock, upstrea
         # A stream reset after two events (100 ms apart, so the gateway has passed the header and
         # the first events on before the reset; a reset discards what the gateway had not read).
         with gw.client() as c:
-            with c.stream("POST", "/v1/chat/completions", json=dict(chat, stream=True),
+            with c.stream("POST", "/v1/chat/completions", json=dict(CHAT, stream=True),
                           headers={"x-mock-reset": "mid-stream", "x-mock-delay-ms": "100"}) as r:
                 assert r.status_code == 200
                 got = b""
@@ -153,30 +137,23 @@ def test_upstream_reset_mid_response_and_mid_stream(start_gateway, mock, upstrea
         # Both counted as upstream errors on the route.
         assert gw.metric("agentgate_errors_total", route="up") == errors + 2, gw.metrics()
         # And everyone else is still served.
-        with gw.client() as c:
-            r = c.post("/v1/chat/completions", json=chat)
-            assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "Hello from the mock upstream."
+        assert_chat_served(gw)
 
 
 def test_agents_that_go_away_mid_stream(start_gateway, mock, upstream_ca_file):
-    upstream = f"https://127.0.0.1:{mock.port}"
-    plain = start_gateway(route_yaml("up", "/v1/", upstream, upstream_ca_file))
-    masked = start_gateway(route_yaml("up", "/v1/", upstream, upstream_ca_file) + "    masking: default\n", identity=DEFAULT_IDENTITY + MASKING)
-    body = json.dumps({"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}).encode()
+    plain, masked = plain_and_masked(start_gateway, mock.port, upstream_ca_file)
+    body = json.dumps(dict(CHAT, stream=True)).encode()
     for gw in (plain, masked):
-        ctx = ssl.create_default_context(cafile=str(gw.ca_file))
-        with gw.client() as c:
-            assert c.post("/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}]}).status_code == 200
+        assert_chat_served(gw)
         time.sleep(0.3)
         pid = gw.proc.pid
-        fds_before = len(os.listdir(f"/proc/{pid}/fd"))
+        fds_before = open_fds(pid)
         gone0 = gw.metric("agentgate_errors_total", route="up", kind="client_disconnected")
         socks = []
         for _ in range(30):
-            s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", gw.port), timeout=10), server_hostname="127.0.0.1")
-            s.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {AGENT_TOKEN}\r\n"
-                      f"Content-Type: application/json\r\nx-mock-delay-ms: 100\r\nx-mock-say: {'word ' * 40}\r\n"
-                      f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            s = gw.connect()
+            s.sendall(request_head("POST", "/v1/chat/completions", "Content-Type: application/json", "x-mock-delay-ms: 100",
+                                   f"x-mock-say: {'word ' * 40}", f"Content-Length: {len(body)}") + body)
             socks.append(s)
         for s in socks:
             got = b""
@@ -185,13 +162,11 @@ def test_agents_that_go_away_mid_stream(start_gateway, mock, upstream_ca_file):
             s.close()  # the agent goes away mid-stream (the upstream would go on for ~4 s)
         # Each one is logged as the agent going away; nothing is left behind once the upstream
         # streams they abandoned are over; everyone else is served meanwhile.
-        with gw.client() as c:
-            r = c.post("/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
-            assert r.status_code == 200
+        assert_chat_served(gw)
         deadline = time.monotonic() + 15
-        while (len(os.listdir(f"/proc/{pid}/fd")) > fds_before + 4
+        while (open_fds(pid) > fds_before + 4
                or gw.metric("agentgate_errors_total", route="up", kind="client_disconnected") < gone0 + 30) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert gw.metric("agentgate_errors_total", route="up", kind="client_disconnected") == gone0 + 30
-        assert len(os.listdir(f"/proc/{pid}/fd")) <= fds_before + 4, (fds_before, len(os.listdir(f"/proc/{pid}/fd")))
+        assert open_fds(pid) <= fds_before + 4, (fds_before, open_fds(pid))
         assert gw.metric("agentgate_requests_in_flight") == 0  # no request task left behind

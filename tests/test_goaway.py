@@ -15,7 +15,7 @@ import h2.connection
 import h2.events
 import pytest
 
-from conftest import route_yaml, server_ctx
+from conftest import CHAT, DEFAULT_IDENTITY, REDACT_POLICY, route_yaml, server_ctx
 
 
 class GoawayUpstream:
@@ -126,7 +126,7 @@ def upstream(upstream_ca, request):
 
 
 def chat(c) -> tuple[int, dict]:
-    r = c.post("/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    r = c.post("/v1/chat/completions", json=CHAT)
     return r.status_code, r.json()
 
 
@@ -156,11 +156,8 @@ def test_graceful_goaway_moves_to_a_new_connection_without_failing_anyone(start_
 @pytest.mark.parametrize("upstream", [("refuse",)], indirect=True, ids=["refused-stream"])
 @pytest.mark.parametrize("inspected", [False, True], ids=["streamed-body", "inspected-body"])
 def test_a_stream_the_upstream_never_processed_is_sent_again(start_gateway, upstream, upstream_ca_file, inspected):
-    policy = "masking:\n  policies:\n    default:\n      request: { secrets: redact, pii: redact }\n      response: { secrets: redact, pii: redact }\n"
-    from conftest import DEFAULT_IDENTITY
-
     route = route_yaml("h2", "/v1/", f"https://127.0.0.1:{upstream.port}", upstream_ca_file)
-    gw = start_gateway(route + ("    masking: default\n" if inspected else ""), identity=DEFAULT_IDENTITY + (policy if inspected else ""))
+    gw = start_gateway(route + ("    masking: default\n" if inspected else ""), identity=DEFAULT_IDENTITY + (REDACT_POLICY if inspected else ""))
     with gw.client() as c:
         outcomes = [chat(c) for _ in range(10)]
     # Every second stream on a connection is refused (GOAWAY below it): the agents' POSTs are

@@ -11,28 +11,14 @@ import time
 
 import pytest
 
-from conftest import AGENT_TOKEN, route_yaml
-
-POLICY = (
-    "masking:\n  policies:\n    default:\n"
-    "      request: { secrets: redact, pii: redact }\n"
-    "      response: { secrets: redact, pii: redact }\n"
-)
+from conftest import AGENT_TOKEN, CHAT, DEFAULT_IDENTITY, REDACT_POLICY, assert_chat_served, masked_chat_routes, plain_and_masked, route_yaml
+from conftest import request_head as head
 
 
 @pytest.fixture
 def gw(start_gateway, mock, upstream_ca_file):
-    from conftest import DEFAULT_IDENTITY
-
     # Chat bodies are inspected (read whole, masked); everything else streams through.
-    routes = route_yaml("masked", "/v1/chat/", f"https://127.0.0.1:{mock.port}", upstream_ca_file) + "    masking: default\n"
-    routes += route_yaml("plain", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file)
-    return start_gateway(routes, identity=DEFAULT_IDENTITY + POLICY)
-
-
-def head(method: str, path: str, *extra: str) -> bytes:
-    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", f"Authorization: Bearer {AGENT_TOKEN}", *extra]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+    return start_gateway(masked_chat_routes(mock.port, upstream_ca_file), identity=DEFAULT_IDENTITY + REDACT_POLICY)
 
 
 def status_of(resp: bytes) -> int:
@@ -40,9 +26,8 @@ def status_of(resp: bytes) -> int:
 
 
 def still_serving(gw, mock) -> None:
+    assert_chat_served(gw)
     with gw.client() as c:
-        r = c.post("/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
-        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "Hello from the mock upstream."
         r = c.post("/v1/responses", json={"model": "m", "input": "hi"})
         assert r.status_code == 200, r.text
     paths = [q["path"] for q in mock.state.requests]
@@ -137,14 +122,9 @@ def rss_kib(pid: int) -> int:
 
 
 def test_a_huge_sse_event_is_bounded_on_masked_routes_and_intact_on_plain_ones(start_gateway, mock, upstream_ca_file):
-    from conftest import DEFAULT_IDENTITY
-
-    upstream = f"https://127.0.0.1:{mock.port}"
-    masked = start_gateway(route_yaml("masked", "/v1/", upstream, upstream_ca_file) + "    masking: default\n    recording: full\n",
-                           identity=DEFAULT_IDENTITY + POLICY)
-    plain = start_gateway(route_yaml("plain", "/v1/", upstream, upstream_ca_file) + "    recording: full\n")
+    plain, masked = plain_and_masked(start_gateway, mock.port, upstream_ca_file, route_extra="    recording: full\n")
     big = 3 << 20  # one 3 MiB event: over the masker's 1 MiB bound for one event
-    body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    body = dict(CHAT, stream=True)
     for gw in (masked, plain):
         rss0 = rss_kib(gw.proc.pid)
         for _ in range(3):
@@ -163,7 +143,7 @@ def test_a_huge_sse_event_is_bounded_on_masked_routes_and_intact_on_plain_ones(s
                 assert text.count("A" * 1000) >= big // 1000 - 1 and "[DONE]" in text
         # Memory stays bounded (no copy per event kept around): well under the 9 MiB sent.
         assert rss_kib(gw.proc.pid) - rss0 < 24 * 1024, (rss0, rss_kib(gw.proc.pid))
-        still_serving_chat(gw)
+        assert_chat_served(gw)
     # Each record keeps at most recording.max_body (1 MiB) of events and says it was truncated;
     # the masked route's record holds none of the event either.
     for gw in (masked, plain):
@@ -183,24 +163,14 @@ def test_a_huge_sse_event_is_bounded_on_masked_routes_and_intact_on_plain_ones(s
                 assert "AAAAAAAAAA" not in json.dumps(r)
 
 
-def still_serving_chat(gw) -> None:
-    with gw.client() as c:
-        r = c.post("/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
-        assert r.status_code == 200, r.text
-
-
 def test_compressed_upstream_responses_are_refused_where_they_would_be_inspected(start_gateway, mock, upstream_ca_file):
-    from conftest import DEFAULT_IDENTITY
-
-    upstream = f"https://127.0.0.1:{mock.port}"
-    masked = start_gateway(route_yaml("up", "/v1/", upstream, upstream_ca_file) + "    masking: default\n", identity=DEFAULT_IDENTITY + POLICY)
-    keyed = start_gateway(route_yaml("up", "/v1/", upstream, upstream_ca_file))  # injects a key: answers are scrubbed for it
-    bare = start_gateway(route_yaml("up", "/v1/", upstream, upstream_ca_file, key_header=False))
-    chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    # `keyed` injects a key (answers are scrubbed for it); `bare` neither masks nor injects.
+    keyed, masked = plain_and_masked(start_gateway, mock.port, upstream_ca_file)
+    bare = start_gateway(route_yaml("up", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file, key_header=False))
     for gw in (masked, keyed):
         seen = len(mock.state.requests)
         with gw.client() as c:
-            r = c.post("/v1/chat/completions", json=chat, headers={"x-mock-gzip": "1"})
+            r = c.post("/v1/chat/completions", json=CHAT, headers={"x-mock-gzip": "1"})
         # The gateway asked for an uncompressed answer; the upstream compressed it anyway: it
         # cannot be masked or checked for the route's key, so it is refused, never passed on.
         assert mock.state.requests[seen]["headers"].get("accept-encoding") == "identity"
@@ -209,9 +179,9 @@ def test_compressed_upstream_responses_are_refused_where_they_would_be_inspected
         assert err["code"] == "upstream_encoding_refused" and "gzip" in err["message"], err
         assert r.headers.get("content-encoding") is None
         assert gw.metric("agentgate_errors_total", route="up", kind="upstream_encoding_refused") == 1
-        still_serving_chat(gw)
+        assert_chat_served(gw)
     # A route that neither masks nor injects a key has nothing to inspect: the answer passes as sent.
     with bare.client() as c:
-        r = c.post("/v1/chat/completions", json=chat, headers={"x-mock-gzip": "1"})
+        r = c.post("/v1/chat/completions", json=CHAT, headers={"x-mock-gzip": "1"})
     assert r.status_code == 200 and r.headers["content-encoding"] == "gzip"
     assert r.json()["choices"][0]["message"]["content"] == "Hello from the mock upstream."
