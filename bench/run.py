@@ -211,13 +211,13 @@ http {{
         wait_port(port, p, "vanilla pingora")
         return System("vanilla-pingora", port, p)
 
-    def start_agentgate(self, upstream: int, variant: str = "passthrough") -> System:
+    def start_agentgate(self, upstream: int, variant: str = "passthrough", name: str | None = None) -> System:
         """`passthrough`: auth by service account, credential injection, no recording;
         `recorded`: the same with every exchange recorded (full); `full`: plus request and
         response masking (secrets redacted, personal data pseudonymized and restored) and a
         guardrail; `approvals`: passthrough with an approval rule on the route (bench/approvals.py)."""
-        name = {"passthrough": "agentgate", "recorded": "agentgate-recorded", "full": "agentgate-full",
-                "approvals": "agentgate-approvals"}[variant]
+        name = name or {"passthrough": "agentgate", "recorded": "agentgate-recorded", "full": "agentgate-full",
+                        "approvals": "agentgate-approvals"}[variant]
         port, admin = free_port(), free_port()
         conf = self.work / f"{name}.yaml"
         route_extra = {

@@ -250,7 +250,9 @@ impl Gateway {
         ctx: &mut RequestCtx,
         err: ApiError,
     ) -> Result<bool> {
-        write_api_error(session, &ctx.id, &err).await;
+        // Boxed: an inlined write future would sit in the state of every caller's future,
+        // i.e. in every request (and every one waiting for approval), used or not.
+        Box::pin(write_api_error(session, &ctx.id, &err)).await;
         ctx.error = Some(err);
         Ok(true)
     }
@@ -278,10 +280,10 @@ async fn write_api_error(session: &mut Session, request_id: &str, err: &ApiError
 
 #[async_trait]
 impl ProxyHttp for Gateway {
-    type CTX = RequestCtx;
+    type CTX = Box<RequestCtx>;
 
-    fn new_ctx(&self) -> RequestCtx {
-        RequestCtx {
+    fn new_ctx(&self) -> Box<RequestCtx> {
+        Box::new(RequestCtx {
             id: session_log::new_request_id(),
             route: None,
             identity: None,
@@ -308,12 +310,16 @@ impl ProxyHttp for Gateway {
             approval: None,
             report: None,
             _in_flight: None,
-        }
+        })
     }
 
     /// Authenticates, routes and authorizes the request, and refuses what can be refused from
     /// the header alone.
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut Box<RequestCtx>,
+    ) -> Result<bool> {
         if let Some(h) = hold::handoff(session) {
             // A subrequest forwarding a decided body: authenticated and routed already.
             ctx.id = h.id;
@@ -448,7 +454,7 @@ impl ProxyHttp for Gateway {
         Box::pin(self.decide_body(session, ctx, route, who)).await
     }
 
-    fn allow_spawning_subrequest(&self, _session: &Session, _ctx: &RequestCtx) -> bool {
+    fn allow_spawning_subrequest(&self, _session: &Session, _ctx: &Box<RequestCtx>) -> bool {
         true
     }
 
@@ -458,7 +464,7 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         body: &mut Option<Bytes>,
         _end_of_stream: bool,
-        ctx: &mut RequestCtx,
+        ctx: &mut Box<RequestCtx>,
     ) -> Result<()> {
         if let Some(b) = body {
             if let Some(c) = ctx.capture.as_mut() {
@@ -483,7 +489,7 @@ impl ProxyHttp for Gateway {
     async fn upstream_peer(
         &self,
         _session: &mut Session,
-        ctx: &mut RequestCtx,
+        ctx: &mut Box<RequestCtx>,
     ) -> Result<Box<HttpPeer>> {
         let Some(route) = ctx.route.as_ref() else {
             return Error::e_explain(InternalError, "upstream_peer without a route");
@@ -512,7 +518,7 @@ impl ProxyHttp for Gateway {
         #[cfg(unix)] _fd: std::os::unix::io::RawFd,
         #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
         digest: Option<&Digest>,
-        ctx: &mut RequestCtx,
+        ctx: &mut Box<RequestCtx>,
     ) -> Result<()> {
         ctx.upstream_reused = Some(reused);
         self.connections[usize::from(reused)].inc();
@@ -540,7 +546,7 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         req: &mut RequestHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut Box<RequestCtx>,
     ) -> Result<()> {
         let Some(route) = ctx.route.as_ref() else {
             return Error::e_explain(InternalError, "upstream request without a route");
@@ -593,7 +599,7 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         _resp: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut Box<RequestCtx>,
     ) -> Result<()> {
         if let Some(sent) = ctx.sent_upstream_at {
             ctx.ttfb = Some(sent.elapsed());
@@ -606,7 +612,7 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         resp: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut Box<RequestCtx>,
     ) -> Result<()> {
         if let Some(upstream_id) = resp.headers.get(&X_REQUEST_ID).cloned() {
             resp.insert_header(X_UPSTREAM_REQUEST_ID, upstream_id)?;
@@ -683,7 +689,7 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
-        ctx: &mut RequestCtx,
+        ctx: &mut Box<RequestCtx>,
     ) -> Result<Option<Duration>> {
         if ctx.response_blocked {
             *body = None;
@@ -710,7 +716,7 @@ impl ProxyHttp for Gateway {
         peer: &HttpPeer,
         session: &mut Session,
         e: Box<Error>,
-        _ctx: &mut RequestCtx,
+        _ctx: &mut Box<RequestCtx>,
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
@@ -735,7 +741,7 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         _peer: &HttpPeer,
-        _ctx: &mut RequestCtx,
+        _ctx: &mut Box<RequestCtx>,
         e: Box<Error>,
     ) -> Box<Error> {
         if matches!(
@@ -758,7 +764,7 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         e: &Error,
-        ctx: &mut RequestCtx,
+        ctx: &mut Box<RequestCtx>,
     ) -> FailToProxy {
         let err = match ctx.error.clone() {
             Some(err) => err,
@@ -792,7 +798,7 @@ impl ProxyHttp for Gateway {
     }
 
     /// Metrics and the session log line.
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Box<RequestCtx>) {
         // A kept-alive agent connection may idle (and take its time over the next header) for
         // `client_timeout`, not forever (Pingora's HTTP/1.1 default).
         if session.get_keepalive().is_some() {
@@ -1174,29 +1180,29 @@ impl Gateway {
             .unwrap_or("")
             .to_ascii_lowercase();
         let vault = ctx.vault.clone();
-        let (masked, tally) = match route.masking.clone() {
-            Some(m) => match self
-                .mask_request(session, ctx, &route, &m, &body, ct)
-                .await?
-            {
-                Some(x) => x,
-                None => return Ok(true),
-            },
-            None => (body.clone(), Tally::default()),
+        // `None`: the body goes on as read (no copy of it waits beside the original).
+        let masked = match route.masking.clone() {
+            Some(m) => {
+                match Box::pin(self.mask_request(session, ctx, &route, &m, &body, ct)).await? {
+                    Some(x) => Some(x),
+                    None => return Ok(true),
+                }
+            }
+            None => None,
         };
         if !route.approvals.is_empty() {
             use crate::approval::gate::Outcome;
-            let outcome = self
-                .approvals
-                .check(
-                    session,
-                    &route.approvals,
-                    &route.route.name,
-                    &who,
-                    &ctx.id,
-                    &body,
-                )
-                .await;
+            // Each phase's future is boxed on its own: a request waiting for approval (1,000 may
+            // wait at once) holds only the wait's state, not the forwarding's beside it.
+            let outcome = Box::pin(self.approvals.check(
+                session,
+                &route.approvals,
+                &route.route.name,
+                &who,
+                &ctx.id,
+                &body,
+            ))
+            .await;
             match outcome {
                 Outcome::Proceed(evidence) => ctx.approval = evidence,
                 Outcome::Refuse(e, evidence) => {
@@ -1205,7 +1211,7 @@ impl Gateway {
                 }
                 Outcome::Ticket(a, evidence) => {
                     ctx.approval = Some(evidence);
-                    write_ticket(session, &ctx.id, &a).await;
+                    Box::pin(write_ticket(session, &ctx.id, &a)).await;
                     return Ok(true);
                 }
                 Outcome::Abandoned(evidence) => {
@@ -1220,6 +1226,7 @@ impl Gateway {
                 }
             }
         }
+        let (masked, tally) = masked.unwrap_or_else(|| (body, Tally::default()));
         let downstream_tls = session
             .digest()
             .and_then(|d| d.ssl_digest.as_ref())
@@ -1241,7 +1248,7 @@ impl Gateway {
             report: Arc::default(),
         };
         ctx.delegated = true;
-        match hold::forward(session, handoff, masked).await? {
+        match Box::pin(hold::forward(session, handoff, masked)).await? {
             Forwarded::Answered => Ok(true),
             // The subrequest logged it; an error here keeps Pingora from ending the response
             // as if it were complete (the connection is closed instead).

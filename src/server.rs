@@ -16,10 +16,12 @@ use pingora::services::listening::Service;
 use pingora::tls::ssl::{SslFiletype, SslVerifyMode, SslVersion};
 use std::sync::Arc;
 
-/// Socket read buffer per agent connection. Pingora's default is 64 KiB; one TLS record is at
-/// most ~16 KiB, and with 1,000 open streams the default alone pins ~64 MiB (bench/README.md).
+/// Socket read buffer per agent connection. Pingora's default is 64 KiB, zero-filled, kept for
+/// the connection's life: with 1,000 open streams or pending approvals it alone pinned tens of
+/// MiB (bench/README.md). Agent requests are mostly a few KiB: 4 KiB reads one in a syscall;
+/// a full 16 KiB TLS record takes two reads instead of one.
 const AGENT_L4_BUFFER: L4BufferSettings = L4BufferSettings {
-    read: Some(16 * 1024),
+    read: Some(4 * 1024),
     write: None,
 };
 
@@ -238,5 +240,23 @@ fn tls_settings(
         .set_min_proto_version(Some(min))
         .map_err(|e| format!("{what}: setting the minimum TLS version: {e}"))?;
     settings.enable_h2();
+    settings.set_info_callback(shed_handshake_config);
     Ok((settings, cert.generated_ca))
+}
+
+/// Lets BoringSSL free a connection's copy of the handshake configuration (credentials,
+/// cipher and verify settings, ~1.2 KiB) once its handshake is done: an open connection,
+/// idle or holding a request that waits for approval, then keeps only its session state.
+/// What is read later (version, cipher, peer certificate, SNI, ALPN) lives in the session.
+fn shed_handshake_config(
+    ssl: &pingora::tls::ssl::SslRef,
+    mode: pingora::tls::ssl::SslInfoCallbackMode,
+    _: pingora::tls::ssl::SslInfoCallbackValue,
+) {
+    use foreign_types::ForeignTypeRef;
+    if mode == pingora::tls::ssl::SslInfoCallbackMode::HANDSHAKE_START {
+        // SAFETY: `ssl` is the live connection this callback runs for; the call only sets a
+        // flag BoringSSL acts on when the handshake completes (servers never renegotiate).
+        unsafe { boring_sys::SSL_set_shed_handshake_config(ssl.as_ptr(), 1) };
+    }
 }

@@ -111,9 +111,11 @@ impl Gate {
                     }
                 }
             }
+            // Computed once per request; a second matching rule (rare) computes it again
+            // rather than every request keeping a spare copy while it waits.
             let summary = summary
-                .get_or_insert_with(|| summarize(&self.mask(body)))
-                .clone();
+                .take()
+                .unwrap_or_else(|| summarize(&self.mask(body)));
             let draft = Approval {
                 id: String::new(),
                 request_id: request_id.to_string(),
@@ -169,6 +171,11 @@ impl Gate {
                 evidence.push(a.evidence("ticket"));
                 return Outcome::Ticket(Box::new(a), evidence.into());
             }
+            // The store keeps the approval while it waits (1,000 may wait at once); this copy
+            // is only the fallback should the store no longer have it, so it drops the bulk.
+            let mut a = a;
+            a.summary = serde_json::Value::Null;
+            a.reasons = Vec::new();
             let done = tokio::select! {
                 done = self.store.wait(&a.id, rx, a.expires_ms) => done,
                 _ = crate::drain::until_draining() => {
@@ -180,7 +187,8 @@ impl Gate {
                     let e = refusal(503, &rule.name, "the gateway is shutting down; send the request again (another instance will ask anew)".into(), None);
                     return Outcome::Refuse(e, evidence.into());
                 }
-                _ = session.downstream_session.read_body_or_idle(true) => {
+                // Boxed, as the wait's future is held by every request waiting for approval.
+                _ = Box::pin(session.downstream_session.read_body_or_idle(true)) => {
                     let a = self.store.abandon(&a.id).unwrap_or(a);
                     log::info!("approval {}: the agent went away while it waited ({})", a.id, a.state.as_str());
                     evidence.push(a.evidence("wait"));

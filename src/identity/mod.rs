@@ -320,7 +320,9 @@ impl Authenticator {
             Err(e) => return Err(e),
         };
         if jwt::looks_like_jwt(token) {
-            self.verify_jwt(token).await
+            // Boxed: its state (a key fetch included) would otherwise be inlined into every
+            // request's filter future, service-account requests and held ones too.
+            Box::pin(self.verify_jwt(token)).await
         } else {
             service_account::identify(&self.accounts, token).map(Arc::new)
         }

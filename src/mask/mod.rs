@@ -191,6 +191,9 @@ pub struct Engine {
     detectors: Vec<Detector>,
     /// The longest text any pattern can match: a stream never holds back more.
     max_len: usize,
+    /// No pattern uses a `^`/`$` anchor (only a custom one could): then text in which no
+    /// pattern finds a candidate has none in any part of it either (see `mask_body`).
+    unanchored: bool,
     hash_key: [u8; 32],
 }
 
@@ -237,9 +240,11 @@ impl Engine {
         }
         patterns.push(PLACEHOLDER.to_string());
         let mut max_len = 0;
+        let mut unanchored = true;
         for (i, p) in patterns.iter().enumerate() {
             let hir = regex_automata::util::syntax::parse_with(p, &syntax_config())
                 .map_err(|e| format!("detector `{}`: {e}", name_of(&detectors, i)))?;
+            unanchored &= !hir.properties().look_set().contains_anchor();
             let Some(n) = hir.properties().maximum_len() else {
                 return Err(format!(
                     "detector `{}`: the pattern can match text of unbounded length; bound every repetition (e.g. [0-9]{{6,12}} instead of [0-9]+) so streams know how much to hold back",
@@ -288,6 +293,7 @@ impl Engine {
             dfa_caches: Mutex::new(Vec::new()),
             detectors,
             max_len,
+            unanchored,
             hash_key,
         })
     }
@@ -306,6 +312,13 @@ impl Engine {
 
     /// Every finding in `text`, in order, non-overlapping (leftmost-first; a pattern hit that
     /// fails its validator lets the search go on from the next byte).
+    /// Whether any pattern finds a candidate anywhere in `text` (before validation).
+    pub fn any_candidate(&self, text: &[u8]) -> bool {
+        self.parts
+            .iter()
+            .any(|p| p.regex.is_match(Input::new(text)))
+    }
+
     pub fn scan(&self, text: &[u8]) -> Vec<Finding> {
         self.scan_from(text, 0)
     }
@@ -318,11 +331,8 @@ impl Engine {
         // The next match of each part at or after `at` (start, end, local pattern id).
         let mut next: Vec<Option<(usize, usize, usize)>> = vec![None; n];
         let mut done = vec![false; n];
-        let mut caps: Vec<_> = self
-            .parts
-            .iter()
-            .map(|p| p.regex.create_captures())
-            .collect();
+        // Created when a detector needs a group (most scans find nothing at all).
+        let mut caps: Vec<Option<regex_automata::util::captures::Captures>> = vec![None; n];
         while at < text.len() {
             for k in 0..n {
                 if done[k] || next[k].is_some_and(|m| m.0 >= at) {
@@ -350,8 +360,9 @@ impl Engine {
                 let det = &self.detectors[pid];
                 if det.group > 0 {
                     let input = Input::new(text).range(m_start..m_end);
-                    self.parts[k].regex.search_captures(&input, &mut caps[k]);
-                    match caps[k].get_group(det.group) {
+                    let c = caps[k].get_or_insert_with(|| self.parts[k].regex.create_captures());
+                    self.parts[k].regex.search_captures(&input, c);
+                    match c.get_group(det.group) {
                         Some(g) => {
                             s = g.start;
                             e = g.end;
@@ -517,6 +528,19 @@ impl Engine {
     /// A body masked by `rules` for storage or display: as JSON when it parses (string values
     /// only), else as UTF-8 text; `None` when it is neither.
     pub fn mask_body(&self, body: &[u8], rules: &Rules) -> Option<Vec<u8>> {
+        // Most bodies hold nothing to mask: one pass over the raw bytes shows it. Without a
+        // backslash every JSON string value is a substring of the body as it stands, and with
+        // no anchor in any pattern (word boundaries see the same non-word `"` around a value as
+        // the edge of the value alone), no candidate in the body means none in any value, so
+        // the body would come back byte for byte; the per-value walk is skipped.
+        if self.unanchored && !body.contains(&b'\\') && !self.any_candidate(body) {
+            return std::str::from_utf8(body).ok().map(|_| body.to_vec());
+        }
+        self.mask_body_walk(body, rules)
+    }
+
+    /// `mask_body` without the shortcut: each JSON string value (or the text) scanned.
+    fn mask_body_walk(&self, body: &[u8], rules: &Rules) -> Option<Vec<u8>> {
         if let Ok((m, _)) = json::mask_json(self, body, rules, None, false) {
             return Some(m);
         }

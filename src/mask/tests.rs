@@ -568,3 +568,68 @@ fn sse_responses_and_anthropic_formats() {
             || out.contains("content_block_stop")
     );
 }
+
+/// `mask_body`'s shortcut (one pass over the raw body, skipped walk) gives exactly what the
+/// walk over every value gives: clean bodies, findings, JSON escapes that hide or form a
+/// value, text and binary bodies, and a custom pattern anchored to a whole value (which only
+/// the per-value walk can see, so the shortcut must be off).
+#[test]
+fn mask_body_shortcut_equals_the_walk() {
+    let anchored = Arc::new(
+        Engine::new(
+            &[CustomDetector {
+                name: "ticket".into(),
+                regex: Some("^ACME-[0-9]{4}$".into()),
+                words: vec![],
+            }],
+            [7; 32],
+        )
+        .unwrap(),
+    );
+    assert!(engine().unanchored);
+    assert!(!anchored.unanchored);
+    let mut bodies: Vec<Vec<u8>> = vec![
+        br#"{"model":"m","messages":[{"role":"user","content":"hello there"}]}"#.to_vec(),
+        br#"{"content":"ACME-1234"}"#.to_vec(),
+        br#"{"content":"line one\nline two \"quoted\" \u0041KIAIOSFODNN7EXAMPLE"}"#.to_vec(),
+        br#"{"content":"AKIA\u0049OSFODNN7EXAMPLE"}"#.to_vec(),
+        br#"{"content":"4111 1111\n1111 1111"}"#.to_vec(),
+        b"plain text with jane.doe@example.com in it".to_vec(),
+        b"plain text with nothing".to_vec(),
+        vec![0xff, 0xfe, b'{', b'}'],
+        br#"{"a":"EMP-123456","b":"Project Bluebird"}"#.to_vec(),
+        corpus::chat_json(8 * 1024, 3).into_bytes(),
+    ];
+    for (_, value) in POSITIVES {
+        let v = serde_json::to_string(value).unwrap();
+        bodies.push(format!(r#"{{"messages":[{{"content":{v}}}]}}"#).into_bytes());
+        bodies.push(format!("text {value} text").into_bytes());
+    }
+    for e in [engine(), anchored] {
+        for rules in [redact_all(), Rules::all(Action::Hash)] {
+            for body in &bodies {
+                assert_eq!(
+                    e.mask_body(body, &rules),
+                    e.mask_body_walk(body, &rules),
+                    "{}",
+                    String::from_utf8_lossy(body)
+                );
+            }
+        }
+    }
+    // The anchored pattern is still applied to the whole value.
+    let anchored_out = Engine::new(
+        &[CustomDetector {
+            name: "ticket".into(),
+            regex: Some("^ACME-[0-9]{4}$".into()),
+            words: vec![],
+        }],
+        [7; 32],
+    )
+    .unwrap()
+    .mask_body(br#"{"content":"ACME-1234"}"#, &redact_all())
+    .unwrap();
+    assert!(!String::from_utf8(anchored_out)
+        .unwrap()
+        .contains("ACME-1234"));
+}
