@@ -354,21 +354,21 @@ impl Writer {
         let (mut record, entry) = self.render(d);
         loop {
             let rendered = self.store.append_with(
-                |seq, prev| {
+                |seq, prev, buf| {
                     record.seq = seq;
                     record.prev.clear();
                     record.prev.push_str(prev);
-                    serde_json::to_string(&record)
+                    serde_json::to_writer(buf, &record)
                 },
                 entry.clone(),
             );
             match rendered {
-                Ok(text) => {
+                Ok(line) => {
+                    if self.settings.stdout {
+                        crate::session_log::emit_line(line.to_string());
+                    }
                     metrics::RECORDS_WRITTEN.inc();
                     metrics::RECORD_STORE_BYTES.set(self.store.total() as i64);
-                    if self.settings.stdout {
-                        crate::session_log::emit_line(text);
-                    }
                     self.healthy.store(true, Ordering::Relaxed);
                     return;
                 }

@@ -13,14 +13,36 @@ use std::time::{Duration, SystemTime};
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    let mut out = String::with_capacity(bytes.len() * 2);
+    push_hex(&mut out, bytes);
+    out
+}
+
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(DIGITS[(b >> 4) as usize] as char);
+        out.push(DIGITS[(b & 15) as usize] as char);
+    }
 }
 
 /// Turns a record body (JSON object text, with `seq` and `prev`) into its stored line (no `\n`).
 pub fn seal(body: &str) -> (String, String) {
-    let hash = hex(&boring::sha::sha256(body.as_bytes()));
-    let line = format!("{},\"hash\":\"{hash}\"}}", &body[..body.len() - 1]);
-    (line, hash)
+    let mut line = body.as_bytes().to_vec();
+    let mut hash = String::new();
+    seal_in_place(&mut line, &mut hash);
+    (String::from_utf8(line).expect("JSON text"), hash)
+}
+
+/// `seal` without copies: `buf` holds the body (a JSON object) and becomes the line; `hash`
+/// receives the body's hash.
+fn seal_in_place(buf: &mut Vec<u8>, hash: &mut String) {
+    hash.clear();
+    push_hex(hash, &boring::sha::sha256(buf));
+    buf.pop(); // the closing brace
+    buf.extend_from_slice(b",\"hash\":\"");
+    buf.extend_from_slice(hash.as_bytes());
+    buf.extend_from_slice(b"\"}");
 }
 
 /// The body and the stated hash of a stored line, if it has the sealed shape.
@@ -75,6 +97,11 @@ pub struct Store {
     index: File,
     pub next_seq: u64,
     pub last_hash: String,
+    /// The line and index line being written, kept between records (no allocation and no
+    /// fresh pages per record).
+    line: Vec<u8>,
+    idx: Vec<u8>,
+    hash: String,
 }
 
 pub fn segment_path(dir: &Path, n: u64) -> PathBuf {
@@ -185,6 +212,9 @@ impl Store {
             index,
             next_seq,
             last_hash,
+            line: Vec::new(),
+            idx: Vec::new(),
+            hash: String::new(),
         };
         store.total = store.total_bytes();
         Ok(store)
@@ -194,14 +224,14 @@ impl Store {
         &self.dir
     }
 
-    /// Appends a record rendered by `render(seq, prev)` as one JSON object carrying that `seq`
-    /// and `prev` (the `hash` is added here); `entry` is its index line (segment, offset and
-    /// length are filled in here). Returns the rendered text.
+    /// Appends a record that `render(seq, prev, buf)` writes into `buf` as one JSON object
+    /// carrying that `seq` and `prev` (the `hash` is added here); `entry` is its index line
+    /// (segment, offset and length are filled in here). Returns the stored line (no `\n`).
     pub fn append_with(
         &mut self,
-        render: impl FnOnce(u64, &str) -> serde_json::Result<String>,
+        render: impl FnOnce(u64, &str, &mut Vec<u8>) -> serde_json::Result<()>,
         mut entry: IndexEntry,
-    ) -> std::io::Result<String> {
+    ) -> std::io::Result<&str> {
         if self.size >= self.segment_size && self.size > 0 {
             self.current += 1;
             self.file = OpenOptions::new()
@@ -210,23 +240,30 @@ impl Store {
                 .open(segment_path(&self.dir, self.current))?;
             self.size = 0;
         }
-        let text = render(self.next_seq, &self.last_hash).map_err(std::io::Error::other)?;
-        let (mut line, hash) = seal(&text);
-        line.push('\n');
+        self.line.clear();
+        render(self.next_seq, &self.last_hash, &mut self.line).map_err(std::io::Error::other)?;
+        if self.line.last() != Some(&b'}') {
+            return Err(std::io::Error::other("a record must be a JSON object"));
+        }
+        seal_in_place(&mut self.line, &mut self.hash);
+        self.line.push(b'\n');
         // One write call per record: a crash leaves at most one torn line.
-        self.file.write_all(line.as_bytes())?;
+        self.file.write_all(&self.line)?;
+        let len = self.line.len() as u64;
         entry.seq = self.next_seq;
         entry.segment = self.current;
         entry.offset = self.size;
-        entry.len = line.len() as u64;
-        let mut idx = serde_json::to_string(&entry).map_err(std::io::Error::other)?;
-        idx.push('\n');
-        self.index.write_all(idx.as_bytes())?;
-        self.size += line.len() as u64;
-        self.total += line.len() as u64;
+        entry.len = len;
+        self.idx.clear();
+        serde_json::to_writer(&mut self.idx, &entry).map_err(std::io::Error::other)?;
+        self.idx.push(b'\n');
+        self.index.write_all(&self.idx)?;
+        self.size += len;
+        self.total += len;
         self.next_seq += 1;
-        self.last_hash = hash;
-        Ok(text)
+        std::mem::swap(&mut self.last_hash, &mut self.hash);
+        let line = &self.line[..self.line.len() - 1];
+        Ok(std::str::from_utf8(line).expect("serde_json writes UTF-8"))
     }
 
     /// Bytes in all segments, as of the last write (kept as records are appended; counted
@@ -382,7 +419,7 @@ mod tests {
         };
         for i in 0..3 {
             s.append_with(
-                |seq, prev| serde_json::to_string(&json!({"n": i, "seq": seq, "prev": prev})),
+                |seq, prev, buf| serde_json::to_writer(buf, &json!({"n": i, "seq": seq, "prev": prev})),
                 IndexEntry {
                     id: format!("r{i}"),
                     ..entry.clone()
@@ -399,7 +436,7 @@ mod tests {
         let mut s = Store::open(&dir, 1 << 20).unwrap();
         assert_eq!(s.next_seq, 3);
         s.append_with(
-            |seq, prev| serde_json::to_string(&json!({"seq": seq, "prev": prev})),
+            |seq, prev, buf| serde_json::to_writer(buf, &json!({"seq": seq, "prev": prev})),
             entry,
         )
         .unwrap();
