@@ -404,16 +404,23 @@ impl Approvals {
         self.settle(id, State::Interrupted)
     }
 
-    /// Marks pending approvals whose time ran out as expired (ticket mode has no waiter).
+    /// Marks pending approvals whose time ran out as expired (ticket mode has no waiter), and
+    /// lets decided ones older than `RETENTION` go from memory, as a restart drops them from
+    /// the log: a gateway that runs for months does not keep every approval it ever saw.
     pub fn sweep(&self) {
         let now = now_ms();
-        let due: Vec<String> = self
-            .lock()
+        let keep_after = now.saturating_sub(RETENTION.as_millis() as u64);
+        let mut g = self.lock();
+        g.entries.retain(|_, e| {
+            e.approval.state == State::Pending || e.approval.created_ms >= keep_after
+        });
+        let due: Vec<String> = g
             .entries
             .values()
             .filter(|e| e.approval.state == State::Pending && e.approval.expires_ms <= now)
             .map(|e| e.approval.id.clone())
             .collect();
+        drop(g);
         for id in due {
             self.settle(&id, State::Expired);
         }

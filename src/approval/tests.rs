@@ -238,3 +238,36 @@ fn summaries_show_tools_calls_and_the_last_user_message() {
     assert_eq!(s["last_user_message"], "now");
     assert_eq!(summarize(b"not json")["body_excerpt"], "not json");
 }
+
+/// Decided approvals older than the retention leave memory at the next sweep (a restart drops
+/// them from the log); pending ones and younger ones stay.
+#[test]
+fn sweep_forgets_decided_approvals_past_retention() {
+    let s = Approvals::open(&dir("sweep")).unwrap();
+    let agent = who("agent", &["agents"]);
+    let approver = who("approver", &["sec"]);
+    let r = rule("timeout: 1h");
+    let (old, _rx1) = s.create(&r, draft(&agent)).unwrap();
+    let (young, _rx2) = s.create(&r, draft(&agent)).unwrap();
+    let (pending, _rx3) = s.create(&r, draft(&agent)).unwrap();
+    s.decide(&old.id, &approver, true, "ok").unwrap();
+    s.decide(&young.id, &approver, false, "no").unwrap();
+    let long_ago = now_ms() - RETENTION.as_millis() as u64 - 1000;
+    for id in [&old.id, &pending.id] {
+        s.lock().entries.get_mut(id).unwrap().approval.created_ms = long_ago;
+    }
+    s.lock()
+        .entries
+        .get_mut(&pending.id)
+        .unwrap()
+        .approval
+        .expires_ms = now_ms() + 60_000;
+    s.sweep();
+    assert!(s.get(&old.id).is_none(), "decided and past retention");
+    assert_eq!(s.get(&young.id).unwrap().state, State::Denied);
+    assert_eq!(
+        s.get(&pending.id).unwrap().state,
+        State::Pending,
+        "pending is never dropped"
+    );
+}

@@ -419,7 +419,9 @@ mod tests {
         };
         for i in 0..3 {
             s.append_with(
-                |seq, prev, buf| serde_json::to_writer(buf, &json!({"n": i, "seq": seq, "prev": prev})),
+                |seq, prev, buf| {
+                    serde_json::to_writer(buf, &json!({"n": i, "seq": seq, "prev": prev}))
+                },
                 IndexEntry {
                     id: format!("r{i}"),
                     ..entry.clone()
