@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import h2.config
 import h2.connection
 import h2.events
+import hpack
 import pytest
 
-from conftest import CHAT, DEFAULT_IDENTITY, REDACT_POLICY, route_yaml, server_ctx
+from conftest import AGENT_TOKEN, CHAT, DEFAULT_IDENTITY, REDACT_POLICY, route_yaml, server_ctx
 
 
 class GoawayUpstream:
@@ -35,6 +37,7 @@ class GoawayUpstream:
         self.port = self.sock.getsockname()[1]
         self.lock = threading.Lock()
         self.connections = self.answered = self.refused = 0
+        self.request_headers: list[list] = []  # as h2 decoded them (HeaderTuple or NeverIndexedHeaderTuple)
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._accept, daemon=True)
         self.thread.start()
@@ -71,6 +74,9 @@ class GoawayUpstream:
                 if not data:
                     return
                 for ev in conn.receive_data(data):
+                    if isinstance(ev, h2.events.RequestReceived):
+                        with self.lock:
+                            self.request_headers.append(list(ev.headers))
                     if isinstance(ev, h2.events.DataReceived):
                         conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
                     elif isinstance(ev, h2.events.StreamEnded):
@@ -168,3 +174,57 @@ def test_a_stream_the_upstream_never_processed_is_sent_again(start_gateway, upst
     assert upstream.answered == 10
     assert gw.metric("agentgate_errors_total", route="h2") == 0
     assert gw.metric("agentgate_requests_total", route="h2", status_class="2xx") == 10
+
+
+def h2_exchange(gw, path: str, body: bytes) -> list:
+    """One POST over HTTP/2 to the agent listener with the h2 library as client; the response
+    headers as h2 decoded them (HeaderTuple or NeverIndexedHeaderTuple)."""
+    ctx = ssl.create_default_context(cafile=str(gw.ca_file))
+    ctx.set_alpn_protocols(["h2"])
+    with ctx.wrap_socket(socket.create_connection(("127.0.0.1", gw.port), timeout=10), server_hostname="127.0.0.1") as tls:
+        assert tls.selected_alpn_protocol() == "h2"
+        conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        conn.send_headers(1, [(":method", "POST"), (":scheme", "https"), (":authority", "127.0.0.1"), (":path", path),
+                              ("authorization", f"Bearer {AGENT_TOKEN}"), ("content-type", "application/json"),
+                              ("content-length", str(len(body)))])
+        conn.send_data(1, body, end_stream=True)
+        tls.sendall(conn.data_to_send())
+        headers, ended = None, False
+        for _ in range(200):
+            data = tls.recv(65535)
+            if not data:
+                break
+            for ev in conn.receive_data(data):
+                if isinstance(ev, h2.events.ResponseReceived):
+                    headers = list(ev.headers)
+                elif isinstance(ev, h2.events.DataReceived):
+                    conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                elif isinstance(ev, h2.events.StreamEnded):
+                    ended = True
+            tls.sendall(conn.data_to_send())
+            if ended:
+                break
+        assert headers is not None and ended, "no whole response"
+        return headers
+
+
+@pytest.mark.parametrize("upstream", [("graceful", 1000)], indirect=True, ids=["h2-upstream"])
+def test_per_request_ids_and_keys_are_never_indexed_in_hpack(start_gateway, upstream, upstream_ca_file):
+    """RFC 7541 §7.1.3: the injected key must never enter an HPACK dynamic table (compression
+    side channels), and a value unique to each request (x-request-id) would only churn it. Both
+    legs: the agent's HTTP/2 response and the gateway's HTTP/2 request upstream."""
+    gw = start_gateway(route_yaml("h2", "/v1/", f"https://127.0.0.1:{upstream.port}", upstream_ca_file))
+    body = json.dumps(CHAT).encode()
+    for _ in range(3):
+        got = h2_exchange(gw, "/v1/chat/completions", body)
+        by_name = {h[0]: h for h in got}
+        assert by_name[b":status"][1] == b"200", got
+        assert isinstance(by_name[b"x-request-id"], hpack.NeverIndexedHeaderTuple), got
+        assert not isinstance(by_name[b"content-type"], hpack.NeverIndexedHeaderTuple), "ordinary headers stay indexable"
+    assert len(upstream.request_headers) == 3
+    for sent in upstream.request_headers:
+        by_name = {h[0]: h for h in sent}
+        assert isinstance(by_name[b"x-request-id"], hpack.NeverIndexedHeaderTuple), sent
+        assert isinstance(by_name[b"authorization"], hpack.NeverIndexedHeaderTuple), sent
+        assert by_name[b"authorization"][1] != f"Bearer {AGENT_TOKEN}".encode(), "the route key replaced the agent's"
