@@ -190,7 +190,14 @@ pub struct Approvals {
     inner: Mutex<Inner>,
     log: Mutex<std::fs::File>,
     path: PathBuf,
+    /// Snapshots appended since the log was last compacted.
+    appended: std::sync::atomic::AtomicUsize,
 }
+
+/// The log is rewritten from memory (one line per approval) by the sweep once this many
+/// snapshots were appended and they outnumber the approvals kept twice over: a long-running
+/// gateway's log does not grow until a restart compacts it.
+const COMPACT_AFTER: usize = 10_000;
 
 fn identity_key(issuer: &str, subject: &str) -> String {
     format!("{issuer}|{subject}")
@@ -286,6 +293,7 @@ impl Approvals {
             inner: Mutex::new(inner),
             log: Mutex::new(log),
             path,
+            appended: std::sync::atomic::AtomicUsize::new(0),
         }))
     }
 
@@ -308,6 +316,8 @@ impl Approvals {
             f.sync_data()
                 .map_err(|e| format!("{}: {e}", self.path.display()))?;
         }
+        self.appended
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
@@ -344,9 +354,11 @@ impl Approvals {
             Grant::Once => None,
             Grant::Window(d) => Some(d.as_secs().max(1)),
         };
+        // Logged and kept under one lock, so a compaction of the log never falls between them.
+        let mut g = self.lock();
         self.persist(&a, false)?;
         let (tx, rx) = watch::channel(State::Pending);
-        self.lock().entries.insert(
+        g.entries.insert(
             a.id.clone(),
             Entry {
                 approval: a.clone(),
@@ -414,6 +426,12 @@ impl Approvals {
         g.entries.retain(|_, e| {
             e.approval.state == State::Pending || e.approval.created_ms >= keep_after
         });
+        let appended = self.appended.load(std::sync::atomic::Ordering::Relaxed);
+        if appended > COMPACT_AFTER.max(2 * g.entries.len()) {
+            if let Err(e) = self.compact_log(&g) {
+                log::warn!("approvals: compacting {}: {e}", self.path.display());
+            }
+        }
         let due: Vec<String> = g
             .entries
             .values()
@@ -424,6 +442,33 @@ impl Approvals {
         for id in due {
             self.settle(&id, State::Expired);
         }
+    }
+
+    /// Rewrites the log as the latest snapshot of each approval kept (the caller holds the
+    /// store's lock, so no decision is half logged meanwhile): to a temporary file, synced,
+    /// renamed over the log, then appended to as before.
+    fn compact_log(&self, g: &Inner) -> Result<(), String> {
+        let mut f = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        let tmp = self.path.with_extension("jsonl.tmp");
+        let err = |e: std::io::Error| format!("{}: {e}", tmp.display());
+        let mut all: Vec<&Approval> = g.entries.values().map(|e| &e.approval).collect();
+        all.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(err)?);
+        for a in all {
+            serde_json::to_writer(&mut out, a).map_err(|e| e.to_string())?;
+            out.write_all(b"\n").map_err(err)?;
+        }
+        out.into_inner()
+            .map_err(|e| err(e.into_error()))?
+            .sync_all()
+            .map_err(err)?;
+        std::fs::rename(&tmp, &self.path).map_err(err)?;
+        *f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.path)
+            .map_err(|e| format!("{}: {e}", self.path.display()))?;
+        self.appended.store(0, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     pub fn get(&self, id: &str) -> Option<Approval> {

@@ -271,3 +271,46 @@ fn sweep_forgets_decided_approvals_past_retention() {
         "pending is never dropped"
     );
 }
+
+/// Once enough snapshots piled up, the sweep rewrites the log as one line per approval; what a
+/// restart reads back is the same, and later decisions are appended to the new log.
+#[test]
+fn sweep_compacts_the_log_without_losing_a_decision() {
+    let d = dir("compact");
+    let s = Approvals::open(&d).unwrap();
+    let agent = who("agent", &["agents"]);
+    let approver = who("approver", &["sec"]);
+    let r = rule("timeout: 1h");
+    let ids: Vec<String> = (0..3)
+        .map(|_| s.create(&r, draft(&agent)).unwrap().0.id)
+        .collect();
+    s.decide(&ids[0], &approver, true, "ok").unwrap();
+    s.decide(&ids[1], &approver, false, "no").unwrap();
+    let lines = |p: &std::path::Path| std::fs::read_to_string(p).unwrap().lines().count();
+    assert_eq!(lines(s.path()), 5);
+    s.sweep();
+    assert_eq!(
+        lines(s.path()),
+        5,
+        "below the threshold nothing is rewritten"
+    );
+    s.appended
+        .store(COMPACT_AFTER + 1, std::sync::atomic::Ordering::Relaxed);
+    s.sweep();
+    assert_eq!(lines(s.path()), 3, "one line per approval");
+    s.decide(&ids[2], &approver, true, "later").unwrap();
+    assert_eq!(lines(s.path()), 4, "appended to the compacted log");
+    let states: Vec<State> = ids.iter().map(|id| s.get(id).unwrap().state).collect();
+    drop(s);
+    let reopened = Approvals::open(&d).unwrap();
+    let again: Vec<State> = ids
+        .iter()
+        .map(|id| reopened.get(id).unwrap().state)
+        .collect();
+    assert_eq!(again, states);
+    assert_eq!(
+        states,
+        vec![State::Approved, State::Denied, State::Approved]
+    );
+    assert_eq!(reopened.get(&ids[0]).unwrap().decisions[0].reason, "ok");
+}
