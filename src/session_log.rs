@@ -161,11 +161,16 @@ pub fn random_hex(n: usize) -> String {
 /// Lower-case hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     let mut s = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        s.push(char::from_digit((byte >> 4) as u32, 16).unwrap_or('0'));
-        s.push(char::from_digit((byte & 0xf) as u32, 16).unwrap_or('0'));
-    }
+    push_hex(&mut s, bytes);
     s
+}
+
+/// `hex` appended to `out` (no allocation of its own).
+pub fn push_hex(out: &mut String, bytes: &[u8]) {
+    for byte in bytes {
+        out.push(char::from_digit((byte >> 4) as u32, 16).unwrap_or('0'));
+        out.push(char::from_digit((byte & 0xf) as u32, 16).unwrap_or('0'));
+    }
 }
 
 thread_local! {

@@ -310,8 +310,6 @@ impl Engine {
         self.max_len
     }
 
-    /// Every finding in `text`, in order, non-overlapping (leftmost-first; a pattern hit that
-    /// fails its validator lets the search go on from the next byte).
     /// Whether any pattern finds a candidate anywhere in `text` (before validation).
     pub fn any_candidate(&self, text: &[u8]) -> bool {
         self.parts
@@ -319,6 +317,8 @@ impl Engine {
             .any(|p| p.regex.is_match(Input::new(text)))
     }
 
+    /// Every finding in `text`, in order, non-overlapping (leftmost-first; a pattern hit that
+    /// fails its validator lets the search go on from the next byte).
     pub fn scan(&self, text: &[u8]) -> Vec<Finding> {
         self.scan_from(text, 0)
     }
@@ -551,7 +551,7 @@ impl Engine {
     /// First 12 hex digits of HMAC-SHA256(key, value): stable for a key, useless without it.
     fn keyed_hash(&self, value: &str) -> String {
         match boring::hash::hmac_sha256(&self.hash_key, value.as_bytes()) {
-            Ok(m) => m[..6].iter().map(|b| format!("{b:02x}")).collect(),
+            Ok(m) => crate::session_log::hex(&m[..6]),
             Err(_) => "unavailable".into(),
         }
     }

@@ -4,6 +4,7 @@
 //! each record's id, time, route, identity and place for listing. Retention deletes whole
 //! segments from the oldest and writes down where the chain now starts (`retention.jsonl`).
 
+use crate::session_log::push_hex;
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
@@ -11,20 +12,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
-
-pub fn hex(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len() * 2);
-    push_hex(&mut out, bytes);
-    out
-}
-
-fn push_hex(out: &mut String, bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.push(DIGITS[(b >> 4) as usize] as char);
-        out.push(DIGITS[(b & 15) as usize] as char);
-    }
-}
 
 /// Turns a record body (JSON object text, with `seq` and `prev`) into its stored line (no `\n`).
 pub fn seal(body: &str) -> (String, String) {
