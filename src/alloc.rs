@@ -18,8 +18,11 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 ///
 /// Freed pages go back to the OS at once (mimalloc 3 waits 1 s, and only checks when the
 /// thread allocates again): with 1,000 approvals pending, RSS was 60 KiB per request with the
-/// delay and 50 KiB without, for the same throughput and CPU per request (bench/README.md).
-/// `MIMALLOC_PURGE_DELAY` in the environment still decides when set.
+/// delay and 50 KiB without (bench/README.md). The price is CPU under load: every freed range
+/// is unmapped and faulted back in, ~10% of passthrough requests/s at c=64 against a 10 ms
+/// delay (which still left 56 KiB per pending request, also with a thread forcing a purge every
+/// 500 ms). `MIMALLOC_PURGE_DELAY` in the environment still decides when set: `10` for a
+/// gateway that wants the throughput more than the memory.
 pub fn tune() {
     #[cfg(feature = "mimalloc")]
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {

@@ -904,7 +904,7 @@ impl ProxyHttp for Gateway {
                     .saturating_sub(elapsed)
                     .as_millis() as u64,
                 conversation: c.conversation.clone(),
-                identity: ctx.identity.as_deref().cloned(),
+                identity: ctx.identity.clone(),
                 route: ctx.route.as_ref().map(|r| r.route.name.clone()),
                 mode: c.mode,
                 method: req.method.to_string(),
@@ -1399,15 +1399,10 @@ fn conversation_id(who: &Identity, req: &RequestHeader) -> String {
 }
 
 /// Header names and values for a record, without credentials (values are masked on write).
-fn recordable_headers(h: &http::HeaderMap) -> Vec<(String, String)> {
+fn recordable_headers(h: &http::HeaderMap) -> crate::record::Headers {
     h.iter()
         .filter(|(k, _)| !CLIENT_CREDENTIAL_HEADERS.contains(k) && *k != header::SET_COOKIE)
-        .map(|(k, v)| {
-            (
-                k.as_str().to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
+        .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }
 

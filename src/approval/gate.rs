@@ -45,6 +45,7 @@ impl Gate {
     fn mask(&self, body: &[u8]) -> Vec<u8> {
         self.engine
             .mask_body(body, &self.rules)
+            .map(|m| m.into_owned().into_bytes())
             .unwrap_or_else(|| format!("[{} bytes, not text]", body.len()).into_bytes())
     }
 

@@ -21,6 +21,7 @@ use regex_automata::hybrid::dfa::{Cache as DfaCache, DFA};
 use regex_automata::meta::Regex;
 use regex_automata::util::syntax;
 use regex_automata::{Anchored, Input};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 pub use vault::Vault;
@@ -526,26 +527,30 @@ impl Engine {
     }
 
     /// A body masked by `rules` for storage or display: as JSON when it parses (string values
-    /// only), else as UTF-8 text; `None` when it is neither.
-    pub fn mask_body(&self, body: &[u8], rules: &Rules) -> Option<Vec<u8>> {
+    /// only), else as UTF-8 text; `None` when it is neither. A body with nothing to mask comes
+    /// back borrowed, not copied.
+    pub fn mask_body<'a>(&self, body: &'a [u8], rules: &Rules) -> Option<Cow<'a, str>> {
         // Most bodies hold nothing to mask: one pass over the raw bytes shows it. Without a
         // backslash every JSON string value is a substring of the body as it stands, and with
         // no anchor in any pattern (word boundaries see the same non-word `"` around a value as
         // the edge of the value alone), no candidate in the body means none in any value, so
         // the body would come back byte for byte; the per-value walk is skipped.
         if self.unanchored && !body.contains(&b'\\') && !self.any_candidate(body) {
-            return std::str::from_utf8(body).ok().map(|_| body.to_vec());
+            return std::str::from_utf8(body).ok().map(Cow::Borrowed);
         }
-        self.mask_body_walk(body, rules)
+        self.mask_body_walk(body, rules).map(Cow::Owned)
     }
 
     /// `mask_body` without the shortcut: each JSON string value (or the text) scanned.
-    fn mask_body_walk(&self, body: &[u8], rules: &Rules) -> Option<Vec<u8>> {
+    fn mask_body_walk(&self, body: &[u8], rules: &Rules) -> Option<String> {
         if let Ok((m, _)) = json::mask_json(self, body, rules, None, false) {
-            return Some(m);
+            return Some(
+                String::from_utf8(m)
+                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+            );
         }
         let text = std::str::from_utf8(body).ok()?;
-        Some(self.mask(text, rules, None, false).0.into_bytes())
+        Some(self.mask(text, rules, None, false).0)
     }
 
     /// First 12 hex digits of HMAC-SHA256(key, value): stable for a key, useless without it.

@@ -590,9 +590,7 @@ fn mask_body_shortcut_equals_the_walk() {
     let anchored_out = anchored
         .mask_body(br#"{"content":"ACME-1234"}"#, &redact_all())
         .unwrap();
-    assert!(!String::from_utf8(anchored_out)
-        .unwrap()
-        .contains("ACME-1234"));
+    assert!(!anchored_out.contains("ACME-1234"));
     assert!(engine().unanchored);
     assert!(!anchored.unanchored);
     let mut bodies: Vec<Vec<u8>> = vec![
@@ -616,8 +614,8 @@ fn mask_body_shortcut_equals_the_walk() {
         for rules in [redact_all(), Rules::all(Action::Hash)] {
             for body in &bodies {
                 assert_eq!(
-                    e.mask_body(body, &rules),
-                    e.mask_body_walk(body, &rules),
+                    e.mask_body(body, &rules).as_deref(),
+                    e.mask_body_walk(body, &rules).as_deref(),
                     "{}",
                     String::from_utf8_lossy(body)
                 );

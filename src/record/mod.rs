@@ -11,6 +11,9 @@ use crate::config::RecordingConfig;
 use crate::identity::Identity;
 use crate::mask::{Action, Engine, Rules};
 use crate::metrics;
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, Sender, SyncSender, TryRecvError, TrySendError};
@@ -46,25 +49,71 @@ impl Mode {
     }
 }
 
-/// One exchange as the proxy saw it (bodies not masked yet).
+/// A body as it passed through: the chunks themselves (shared with the proxy, not copied).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Chunks(pub Vec<Bytes>);
+
+impl Chunks {
+    pub fn len(&self) -> usize {
+        self.0.iter().map(Bytes::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(Bytes::is_empty)
+    }
+
+    /// Keeps what fits under `max` bytes in all; whether some of `b` did not fit.
+    fn push_bounded(&mut self, b: &Bytes, max: usize) -> bool {
+        let room = max.saturating_sub(self.len());
+        if b.len() <= room {
+            self.0.push(b.clone());
+            return false;
+        }
+        if room > 0 {
+            self.0.push(b.slice(..room));
+        }
+        true
+    }
+
+    /// The body as one slice: its only chunk as it is, or the chunks joined.
+    pub fn contiguous(&self) -> Cow<'_, [u8]> {
+        match self.0.as_slice() {
+            [] => Cow::Borrowed(&[]),
+            [one] => Cow::Borrowed(one),
+            many => Cow::Owned(many.concat()),
+        }
+    }
+}
+
+impl From<Vec<u8>> for Chunks {
+    fn from(v: Vec<u8>) -> Chunks {
+        Chunks(vec![Bytes::from(v)])
+    }
+}
+
+/// Header fields as they passed (credentials already left out): shared values, not copies.
+pub type Headers = Vec<(HeaderName, HeaderValue)>;
+
+/// One exchange as the proxy saw it (nothing masked or formatted yet: the writer does it, off
+/// the request's path).
 #[derive(Debug, Default)]
 pub struct Draft {
     pub id: String,
     pub ts: String,
     pub ts_ms: u64,
     pub conversation: String,
-    pub identity: Option<Identity>,
+    pub identity: Option<std::sync::Arc<Identity>>,
     pub route: Option<String>,
     pub mode: Mode,
     pub method: String,
     pub path: String,
-    pub request_headers: Vec<(String, String)>,
-    pub request_body: Option<Vec<u8>>,
+    pub request_headers: Headers,
+    pub request_body: Option<Chunks>,
     pub request_bytes: u64,
     pub request_truncated: bool,
     pub status: u16,
-    pub response_headers: Vec<(String, String)>,
-    pub response_body: Option<Vec<u8>>,
+    pub response_headers: Headers,
+    pub response_body: Option<Chunks>,
     pub response_bytes: u64,
     pub response_truncated: bool,
     /// SSE events sent to the agent: (milliseconds since the request began, data).
@@ -85,12 +134,12 @@ pub struct Capture {
     pub mode: Mode,
     pub max: usize,
     pub conversation: String,
-    pub request_headers: Vec<(String, String)>,
-    pub request_body: Vec<u8>,
+    pub request_headers: Headers,
+    pub request_body: Chunks,
     pub request_truncated: bool,
     pub status: u16,
-    pub response_headers: Vec<(String, String)>,
-    pub response_body: Vec<u8>,
+    pub response_headers: Headers,
+    pub response_body: Chunks,
     pub response_truncated: bool,
     pub sse: bool,
     sse_pending: Vec<u8>,
@@ -112,25 +161,20 @@ impl Capture {
         }
     }
 
-    pub fn request_chunk(&mut self, b: &[u8]) {
+    pub fn request_chunk(&mut self, b: &Bytes) {
         if self.mode != Mode::Full {
             return;
         }
-        let room = self.max.saturating_sub(self.request_body.len());
-        self.request_body.extend_from_slice(&b[..b.len().min(room)]);
-        self.request_truncated |= b.len() > room;
+        self.request_truncated |= self.request_body.push_bounded(b, self.max);
     }
 
     /// A chunk of the response as the agent got it; SSE is kept as events with their time.
-    pub fn response_chunk(&mut self, b: &[u8], t_ms: f64) {
+    pub fn response_chunk(&mut self, b: &Bytes, t_ms: f64) {
         if self.mode != Mode::Full {
             return;
         }
         if !self.sse {
-            let room = self.max.saturating_sub(self.response_body.len());
-            self.response_body
-                .extend_from_slice(&b[..b.len().min(room)]);
-            self.response_truncated |= b.len() > room;
+            self.response_truncated |= self.response_body.push_bounded(b, self.max);
             return;
         }
         self.sse_pending.extend_from_slice(b);
@@ -351,7 +395,7 @@ impl Writer {
     }
 
     fn write(&mut self, d: Draft) {
-        let (mut record, entry) = self.render(d);
+        let (mut record, entry) = self.render(&d);
         loop {
             let rendered = self.store.append_with(
                 |seq, prev, buf| {
@@ -365,7 +409,7 @@ impl Writer {
             match rendered {
                 Ok(line) => {
                     if self.settings.stdout {
-                        crate::session_log::emit_line(line.to_string());
+                        crate::session_log::emit_line(String::from_utf8_lossy(line).into_owned());
                     }
                     metrics::RECORDS_WRITTEN.inc();
                     metrics::RECORD_STORE_BYTES.set(self.store.total() as i64);
@@ -394,37 +438,59 @@ impl Writer {
         self.engine.mask(s, &self.rules, None, false).0
     }
 
-    fn mask_body(&self, b: &[u8]) -> serde_json::Value {
+    fn mask_body<'a>(&self, b: &'a [u8]) -> Body<'a> {
         match self.engine.mask_body(b, &self.rules) {
-            Some(m) => serde_json::Value::String(
-                String::from_utf8(m)
-                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
-            ),
-            None => serde_json::json!({"binary_bytes": b.len()}),
+            Some(m) => Body::Text(m),
+            None => Body::Binary(b.len()),
         }
     }
 
-    /// Header values masked in one pass (joined by NUL, which no detector matches across).
-    fn headers(&self, h: &[(String, String)]) -> serde_json::Map<String, serde_json::Value> {
-        let joined: String = h
-            .iter()
-            .map(|(_, v)| v.replace('\0', " "))
-            .collect::<Vec<_>>()
-            .join("\0");
+    fn mask_chunks<'a>(&self, c: &'a Chunks) -> Body<'a> {
+        match c.contiguous() {
+            Cow::Borrowed(b) => self.mask_body(b),
+            Cow::Owned(joined) => match self.mask_body(&joined) {
+                Body::Text(m) => Body::Text(Cow::Owned(m.into_owned())),
+                Body::Binary(n) => Body::Binary(n),
+            },
+        }
+    }
+
+    /// Header values masked in one pass (joined by NUL, which no detector matches across);
+    /// one field per name, the last one sent winning, sorted by name.
+    fn headers<'a>(&self, h: &'a Headers) -> HeaderFields<'a> {
+        let mut joined = String::new();
+        for (i, (_, v)) in h.iter().enumerate() {
+            if i > 0 {
+                joined.push('\0');
+            }
+            joined.push_str(&String::from_utf8_lossy(v.as_bytes()).replace('\0', " "));
+        }
         let masked = self.mask_text(&joined);
-        let mut m = serde_json::Map::new();
-        for ((k, _), v) in h.iter().zip(masked.split('\0')) {
-            m.insert(k.clone(), serde_json::Value::String(v.to_string()));
+        let mut fields: Vec<(&str, String)> = h
+            .iter()
+            .zip(masked.split('\0'))
+            .map(|((k, _), v)| (k.as_str(), v.to_string()))
+            .collect();
+        // Stable: of fields with one name, the last sent stays last.
+        fields.sort_by(|a, b| a.0.cmp(b.0));
+        let mut out: Vec<(&str, String)> = Vec::with_capacity(fields.len());
+        for f in fields {
+            match out.last_mut() {
+                Some(last) if last.0 == f.0 => *last = f,
+                _ => out.push(f),
+            }
         }
-        m
+        HeaderFields(out)
     }
 
-    /// The record (masked) and its index line. Serialized straight from these structs: no
-    /// JSON tree is built per record.
-    fn render(&self, d: Draft) -> (Record, IndexEntry) {
+    /// The record (masked) and its index line. Serialized straight from these structs, most
+    /// fields borrowed from the draft: no JSON tree is built per record.
+    fn render<'a>(&self, d: &'a Draft) -> (Record<'a>, IndexEntry) {
         let full = d.mode == Mode::Full;
         let path = self.mask_text(&d.path);
-        let tls = |t: Option<(String, String)>| t.map(|(version, cipher)| Tls { version, cipher });
+        let tls = |t: &'a Option<(String, String)>| {
+            t.as_ref().map(|(version, cipher)| Tls { version, cipher })
+        };
         let events = if full {
             d.events.as_ref().map(|ev| {
                 ev.iter()
@@ -453,18 +519,18 @@ impl Writer {
         };
         let record = Record {
             kind: "exchange",
-            id: d.id,
-            ts: d.ts,
-            conversation: d.conversation,
-            identity: d.identity,
-            route: d.route,
+            id: &d.id,
+            ts: &d.ts,
+            conversation: &d.conversation,
+            identity: d.identity.as_deref(),
+            route: d.route.as_deref(),
             recording: d.mode.as_str(),
-            method: d.method,
+            method: &d.method,
             path,
             request: Request {
                 headers: self.headers(&d.request_headers),
                 body: if full {
-                    d.request_body.as_deref().map(|b| self.mask_body(b))
+                    d.request_body.as_ref().map(|b| self.mask_chunks(b))
                 } else {
                     None
                 },
@@ -475,7 +541,7 @@ impl Writer {
                 status: d.status,
                 headers: self.headers(&d.response_headers),
                 body: if full && events.is_none() {
-                    d.response_body.as_deref().map(|b| self.mask_body(b))
+                    d.response_body.as_ref().map(|b| self.mask_chunks(b))
                 } else {
                     None
                 },
@@ -484,14 +550,14 @@ impl Writer {
                 truncated: d.response_truncated,
             },
             decisions: Decisions {
-                masked: d.masked,
-                guardrail: d.guardrail,
-                approval: d.approval,
-                error: d.error,
+                masked: d.masked.as_ref(),
+                guardrail: d.guardrail.as_deref(),
+                approval: d.approval.as_ref(),
+                error: d.error.as_deref(),
             },
             tls: TlsLegs {
-                downstream: tls(d.downstream_tls),
-                upstream: tls(d.upstream_tls),
+                downstream: tls(&d.downstream_tls),
+                upstream: tls(&d.upstream_tls),
             },
             duration_ms: d.duration_ms,
             upstream_ttfb_ms: d.ttfb_ms,
@@ -504,101 +570,134 @@ impl Writer {
 
 /// One stored exchange, as written (then sealed with its `hash`). Readers parse it as JSON.
 #[derive(serde::Serialize)]
-struct Record {
+struct Record<'a> {
     kind: &'static str,
-    id: String,
-    ts: String,
-    conversation: String,
-    identity: Option<Identity>,
-    route: Option<String>,
+    id: &'a str,
+    ts: &'a str,
+    conversation: &'a str,
+    identity: Option<&'a Identity>,
+    route: Option<&'a str>,
     recording: &'static str,
-    method: String,
+    method: &'a str,
     path: String,
-    request: Request,
-    response: Response,
-    decisions: Decisions,
-    tls: TlsLegs,
+    request: Request<'a>,
+    response: Response<'a>,
+    decisions: Decisions<'a>,
+    tls: TlsLegs<'a>,
     duration_ms: f64,
     upstream_ttfb_ms: Option<f64>,
     seq: u64,
     prev: String,
 }
 
+/// A masked body: its text (as a JSON string), or `{"binary_bytes": N}` when it is not text.
+enum Body<'a> {
+    Text(Cow<'a, str>),
+    Binary(usize),
+}
+
+impl serde::Serialize for Body<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self {
+            Body::Text(t) => s.serialize_str(t),
+            Body::Binary(n) => {
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("binary_bytes", n)?;
+                m.end()
+            }
+        }
+    }
+}
+
+/// Header fields (masked) as one JSON object.
+struct HeaderFields<'a>(Vec<(&'a str, String)>);
+
+impl serde::Serialize for HeaderFields<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
+}
+
 #[derive(serde::Serialize)]
-struct Request {
-    headers: serde_json::Map<String, serde_json::Value>,
-    body: Option<serde_json::Value>,
+struct Request<'a> {
+    headers: HeaderFields<'a>,
+    body: Option<Body<'a>>,
     bytes: u64,
     truncated: bool,
 }
 
 #[derive(serde::Serialize)]
-struct Response {
+struct Response<'a> {
     status: u16,
-    headers: serde_json::Map<String, serde_json::Value>,
-    body: Option<serde_json::Value>,
-    events: Option<Vec<Event>>,
+    headers: HeaderFields<'a>,
+    body: Option<Body<'a>>,
+    events: Option<Vec<Event<'a>>>,
     bytes: u64,
     truncated: bool,
 }
 
 #[derive(serde::Serialize)]
-struct Event {
+struct Event<'a> {
     t_ms: f64,
-    data: serde_json::Value,
+    data: Body<'a>,
 }
 
 #[derive(serde::Serialize)]
-struct Decisions {
-    masked: Option<serde_json::Value>,
-    guardrail: Option<String>,
-    approval: Option<serde_json::Value>,
-    error: Option<String>,
+struct Decisions<'a> {
+    masked: Option<&'a serde_json::Value>,
+    guardrail: Option<&'a str>,
+    approval: Option<&'a serde_json::Value>,
+    error: Option<&'a str>,
 }
 
 #[derive(serde::Serialize)]
-struct TlsLegs {
-    downstream: Option<Tls>,
-    upstream: Option<Tls>,
+struct TlsLegs<'a> {
+    downstream: Option<Tls<'a>>,
+    upstream: Option<Tls<'a>>,
 }
 
 #[derive(serde::Serialize)]
-struct Tls {
-    version: String,
-    cipher: String,
+struct Tls<'a> {
+    version: &'a str,
+    cipher: &'a str,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn by(b: &[u8]) -> Bytes {
+        Bytes::copy_from_slice(b)
+    }
+
     #[test]
     fn capture_keeps_sse_events_with_their_time_and_bounds_bodies() {
         let mut c = Capture::new(Mode::Full, 13, "c".into());
         c.sse = true;
-        c.response_chunk(b"data: {\"a\":1}\n\ndata: [DO", 1.5);
-        c.response_chunk(b"NE]\n\n: keep-alive\n\n", 3.0);
+        c.response_chunk(&by(b"data: {\"a\":1}\n\ndata: [DO"), 1.5);
+        c.response_chunk(&by(b"NE]\n\n: keep-alive\n\n"), 3.0);
         assert_eq!(
             c.events,
             vec![(1.5, "{\"a\":1}".to_string()), (3.0, "[DONE]".to_string())]
         );
         assert!(!c.response_truncated);
-        c.request_chunk(b"0123456789abcdef");
-        assert_eq!(c.request_body, b"0123456789abc");
+        c.request_chunk(&by(b"0123456789abcdef"));
+        assert_eq!(c.request_body.contiguous(), &b"0123456789abc"[..]);
         assert!(c.request_truncated);
         // An event larger than the bound is dropped (the record says truncated), also when it
         // arrives in pieces and never ends; events after it are kept; memory stays bounded.
         let mut c = Capture::new(Mode::Full, 64, "c".into());
         c.sse = true;
-        c.response_chunk(b"data: first\n", 1.0);
-        c.response_chunk(b"\ndata: ", 2.0);
+        c.response_chunk(&by(b"data: first\n"), 1.0);
+        c.response_chunk(&by(b"\ndata: "), 2.0);
         for _ in 0..100 {
-            c.response_chunk(&[b'A'; 50], 3.0);
+            c.response_chunk(&by(&[b'A'; 50]), 3.0);
             assert!(c.sse_pending.len() <= 64 + 50);
         }
         assert!(c.response_truncated);
-        c.response_chunk(b"AAA\n", 4.0);
-        c.response_chunk(b"\ndata: after\n\n", 5.0);
+        c.response_chunk(&by(b"AAA\n"), 4.0);
+        c.response_chunk(&by(b"\ndata: after\n\n"), 5.0);
         assert_eq!(
             c.events,
             vec![(2.0, "first".to_string()), (5.0, "after".to_string())]
@@ -606,13 +705,13 @@ mod tests {
         // The total kept is bounded too.
         let mut c = Capture::new(Mode::Full, 10, "c".into());
         c.sse = true;
-        c.response_chunk(b"data: 123456\n\ndata: 7890ab\n\ndata: c\n\n", 1.0);
+        c.response_chunk(&by(b"data: 123456\n\ndata: 7890ab\n\ndata: c\n\n"), 1.0);
         assert_eq!(
             c.events,
             vec![(1.0, "123456".to_string()), (1.0, "c".to_string())]
         );
         let mut m = Capture::new(Mode::Metadata, 10, "c".into());
-        m.request_chunk(b"abc");
+        m.request_chunk(&by(b"abc"));
         assert!(m.request_body.is_empty());
     }
 }

@@ -218,7 +218,7 @@ impl Store {
         &mut self,
         render: impl FnOnce(u64, &str, &mut Vec<u8>) -> serde_json::Result<()>,
         mut entry: IndexEntry,
-    ) -> std::io::Result<&str> {
+    ) -> std::io::Result<&[u8]> {
         if self.size >= self.segment_size && self.size > 0 {
             self.current += 1;
             self.file = OpenOptions::new()
@@ -249,8 +249,7 @@ impl Store {
         self.total += len;
         self.next_seq += 1;
         std::mem::swap(&mut self.last_hash, &mut self.hash);
-        let line = &self.line[..self.line.len() - 1];
-        Ok(std::str::from_utf8(line).expect("serde_json writes UTF-8"))
+        Ok(&self.line[..self.line.len() - 1])
     }
 
     /// Bytes in all segments, as of the last write (kept as records are appended; counted

@@ -1,0 +1,126 @@
+//! The recorder's cost per exchange (`cargo bench --bench record`): the writer thread masks,
+//! renders, hash-chains and appends records shaped like `make bench`'s exchange (a 1.6 KB
+//! chat-completion request, a 2 KB JSON answer, the usual headers). Prints the process CPU per
+//! record (the writer thread does nearly all of it; the main thread waits) and records/s.
+//!
+//! The side-by-side throughput cost is `make bench`'s `agentgate-recorded` row; this isolates
+//! the writer so a change to it can be measured in seconds.
+
+use agentgate::config::RecordingConfig;
+use agentgate::identity::{AuthMethod, Identity};
+use agentgate::mask::Engine;
+use agentgate::record::{Draft, Headers, Mode, Recorder};
+use http::{HeaderName, HeaderValue};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn cpu_seconds() -> f64 {
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+fn draft(i: usize) -> Draft {
+    let msg = "The quick brown fox jumps over the lazy dog. ".repeat(32);
+    let request =
+        format!(r#"{{"model":"mock-model","messages":[{{"role":"user","content":"{msg}"}}]}}"#);
+    let filler = "lorem ipsum ".repeat(2048 / 12 + 1);
+    let response = serde_json::json!({
+        "id": "chatcmpl-mock", "object": "chat.completion", "created": 0, "model": "mock-model",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": &filler[..2048 - 260]}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10}
+    })
+    .to_string();
+    let h = |v: &[(&'static str, &'static str)]| -> Headers {
+        v.iter()
+            .map(|(k, v)| (HeaderName::from_static(k), HeaderValue::from_static(v)))
+            .collect()
+    };
+    Draft {
+        id: format!("0196a4c2-7f00-7000-8000-{i:012x}"),
+        ts: "2026-11-29T13:00:00.000Z".into(),
+        ts_ms: 1_795_000_000_000 + i as u64,
+        conversation: "conv-1".into(),
+        identity: Some(Arc::new(Identity {
+            subject: "bench-agent".into(),
+            issuer: "service-account".into(),
+            method: AuthMethod::ServiceAccount,
+            groups: vec!["agents".into()],
+        })),
+        route: Some("openai".into()),
+        mode: Mode::Full,
+        method: "POST".into(),
+        path: "/v1/chat/completions".into(),
+        request_headers: h(&[
+            ("host", "127.0.0.1:8443"),
+            ("content-type", "application/json"),
+            ("content-length", "1564"),
+            ("user-agent", "wrk"),
+        ]),
+        request_bytes: request.len() as u64,
+        request_body: Some(request.into_bytes().into()),
+        status: 200,
+        response_headers: h(&[
+            ("content-type", "application/json"),
+            ("content-length", "2048"),
+            ("date", "Sun, 29 Nov 2026 13:00:00 GMT"),
+            ("x-request-id", "0196a4c2-7f00-7000-8000-000000000001"),
+        ]),
+        response_bytes: response.len() as u64,
+        response_body: Some(response.into_bytes().into()),
+        downstream_tls: Some(("TLSv1.3".into(), "TLS_AES_128_GCM_SHA256".into())),
+        upstream_tls: Some(("TLSv1.3".into(), "TLS_AES_128_GCM_SHA256".into())),
+        duration_ms: 0.412,
+        ttfb_ms: Some(0.201),
+        ..Draft::default()
+    }
+}
+
+fn main() {
+    let dir = std::env::temp_dir().join(format!("agentgate-bench-record-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let settings: RecordingConfig = serde_json::from_str("{}").unwrap();
+    let engine = Arc::new(Engine::new(&[], [1; 32]).unwrap());
+    let rec = Recorder::start(dir.clone(), settings, engine).unwrap();
+    let n = 20_000;
+    let batch = 5_000; // under the queue's 10,000
+    println!(
+        "recorder writer ({} build), {n} exchanges of {} + {} body bytes",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+        draft(0).request_bytes,
+        draft(0).response_bytes
+    );
+    let mut results = Vec::new();
+    for round in 0..5 {
+        let drafts: Vec<Vec<Draft>> = (0..n / batch)
+            .map(|b| {
+                (0..batch)
+                    .map(|i| draft(round * n + b * batch + i))
+                    .collect()
+            })
+            .collect();
+        let cpu = cpu_seconds();
+        let t = Instant::now();
+        for b in drafts {
+            for d in b {
+                rec.submit(d);
+            }
+            rec.flush(Duration::from_secs(60));
+        }
+        let wall = t.elapsed().as_secs_f64();
+        let used = cpu_seconds() - cpu;
+        results.push((used / n as f64 * 1e6, n as f64 / wall));
+    }
+    results.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (us, rps) = results[results.len() / 2];
+    println!(
+        "{:<52} {us:>8.1} us CPU/record  {rps:>8.0} records/s (median of 5)",
+        "masked, rendered, chained, appended"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
