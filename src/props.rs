@@ -129,6 +129,28 @@ proptest! {
     }
 
     #[test]
+    fn candidate_lanes_agree_with_one_pass(filler in "[a-f0-9 ,.;:=_-]{1000,3000}", secret in proptest::option::of(proptest::sample::select(SECRETS)), at in 0usize..3000) {
+        let e = engine();
+        let mut t = filler;
+        if let Some(v) = secret {
+            t.insert_str(at.min(t.len()), &format!(" {v} "));
+        }
+        prop_assert_eq!(e.any_candidate(t.as_bytes()), e.any_candidate_one_pass(t.as_bytes()));
+    }
+
+    #[test]
+    fn record_strings_are_escaped_as_serde_json_does(s in "(?s).{0,80}", ctl in proptest::collection::vec(0u8..0x20, 0..4)) {
+        let mut s = s;
+        for c in ctl {
+            let at = (s.len() / 2..=s.len()).find(|&i| s.is_char_boundary(i)).expect("the end is a boundary");
+            s.insert(at, c as char);
+        }
+        let mut out = Vec::new();
+        crate::record::json::push_str(&mut out, &s);
+        prop_assert_eq!(String::from_utf8(out).expect("UTF-8"), serde_json::to_string(&s).expect("serializes"));
+    }
+
+    #[test]
     fn json_rewriting_keeps_json_valid(v in json_value()) {
         let e = engine();
         let rules = Rules::all(Action::Redact);

@@ -623,3 +623,63 @@ fn mask_body_shortcut_equals_the_walk() {
         }
     }
 }
+
+/// `any_candidate` searches long texts in two lanes that meet in the middle: a value anywhere,
+/// across the middle, at either end or at a lane's end, is found as a one-pass search finds it,
+/// and a clean text is clean.
+#[test]
+fn two_lane_candidate_search_misses_nothing() {
+    let e = engine();
+    assert!(
+        e.lane_overlap >= 60 && e.lane_overlap < 1000,
+        "{}",
+        e.lane_overlap
+    );
+    let filler = "lorem ipsum, dolor sit amet; ".repeat(80);
+    for len in [LANES_FROM - 1, LANES_FROM, 1501, filler.len()] {
+        let clean = &filler.as_bytes()[..len];
+        assert!(!e.any_candidate(clean) && !e.any_candidate_one_pass(clean));
+    }
+    let values: Vec<String> = POSITIVES
+        .iter()
+        .map(|p| p.1)
+        .chain(IN_CONTEXT.iter().map(|p| p.1))
+        .map(|v| format!(" {v} "))
+        .collect();
+    let mut checked = 0;
+    for v in values {
+        for len in [LANES_FROM, 1501, filler.len()] {
+            let mid = len / 2;
+            let lane_end = (mid + e.lane_overlap).min(len);
+            let near = |at: usize, edge: usize| at + v.len() + 2 >= edge && at <= edge + 2;
+            for at in 0..=len - v.len() {
+                if !(at % 41 == 0 || near(at, mid) || near(at, lane_end) || at + v.len() == len) {
+                    continue;
+                }
+                let text = format!("{}{v}{}", &filler[..at], &filler[at..len - v.len()]);
+                let v = v.trim();
+                assert_eq!(text.len(), len);
+                let one_pass = e.any_candidate_one_pass(text.as_bytes());
+                assert!(one_pass, "{v:?} at {at} of {len}");
+                assert_eq!(
+                    e.any_candidate(text.as_bytes()),
+                    one_pass,
+                    "{v:?} at {at} of {len}"
+                );
+                checked += 1;
+            }
+            // Flush with the end of the text: found only at its end.
+            let v = v.trim();
+            let text = format!("{} {v}", &filler[..len - v.len() - 1]);
+            assert!(
+                e.any_candidate_one_pass(text.as_bytes()),
+                "{v:?} at the end of {len}"
+            );
+            assert!(
+                e.any_candidate(text.as_bytes()),
+                "{v:?} at the end of {len}"
+            );
+        }
+    }
+    assert!(checked > 1000, "{checked}");
+}

@@ -3,6 +3,7 @@
 //! masking engine with all detectors set to redact, so the store never holds a secret or
 //! personal value, whatever the route's own policy) and appends it to the hash-chained store.
 
+pub mod json;
 pub mod render;
 pub mod store;
 pub mod verify;
@@ -402,7 +403,7 @@ impl Writer {
                     record.seq = seq;
                     record.prev.clear();
                     record.prev.push_str(prev);
-                    serde_json::to_writer(buf, &record)
+                    record.write_json(buf)
                 },
                 entry.clone(),
             );
@@ -569,7 +570,6 @@ impl Writer {
 }
 
 /// One stored exchange, as written (then sealed with its `hash`). Readers parse it as JSON.
-#[derive(serde::Serialize)]
 struct Record<'a> {
     kind: &'static str,
     id: &'a str,
@@ -596,30 +596,9 @@ enum Body<'a> {
     Binary(usize),
 }
 
-impl serde::Serialize for Body<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        match self {
-            Body::Text(t) => s.serialize_str(t),
-            Body::Binary(n) => {
-                let mut m = s.serialize_map(Some(1))?;
-                m.serialize_entry("binary_bytes", n)?;
-                m.end()
-            }
-        }
-    }
-}
-
-/// Header fields (masked) as one JSON object.
+/// Header fields (masked), one per name.
 struct HeaderFields<'a>(Vec<(&'a str, String)>);
 
-impl serde::Serialize for HeaderFields<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
-    }
-}
-
-#[derive(serde::Serialize)]
 struct Request<'a> {
     headers: HeaderFields<'a>,
     body: Option<Body<'a>>,
@@ -627,7 +606,6 @@ struct Request<'a> {
     truncated: bool,
 }
 
-#[derive(serde::Serialize)]
 struct Response<'a> {
     status: u16,
     headers: HeaderFields<'a>,
@@ -637,13 +615,11 @@ struct Response<'a> {
     truncated: bool,
 }
 
-#[derive(serde::Serialize)]
 struct Event<'a> {
     t_ms: f64,
     data: Body<'a>,
 }
 
-#[derive(serde::Serialize)]
 struct Decisions<'a> {
     masked: Option<&'a serde_json::Value>,
     guardrail: Option<&'a str>,
@@ -651,16 +627,161 @@ struct Decisions<'a> {
     error: Option<&'a str>,
 }
 
-#[derive(serde::Serialize)]
 struct TlsLegs<'a> {
     downstream: Option<Tls<'a>>,
     upstream: Option<Tls<'a>>,
 }
 
-#[derive(serde::Serialize)]
 struct Tls<'a> {
     version: &'a str,
     cipher: &'a str,
+}
+
+impl Record<'_> {
+    /// The record as one JSON object (no newline).
+    fn write_json(&self, o: &mut Vec<u8>) -> serde_json::Result<()> {
+        use json::{key, push_opt_str, push_str, push_value};
+        o.push(b'{');
+        key(o, "kind", true);
+        push_str(o, self.kind);
+        key(o, "id", false);
+        push_str(o, self.id);
+        key(o, "ts", false);
+        push_str(o, self.ts);
+        key(o, "conversation", false);
+        push_str(o, self.conversation);
+        key(o, "identity", false);
+        push_value(o, &self.identity)?;
+        key(o, "route", false);
+        push_opt_str(o, self.route);
+        key(o, "recording", false);
+        push_str(o, self.recording);
+        key(o, "method", false);
+        push_str(o, self.method);
+        key(o, "path", false);
+        push_str(o, &self.path);
+
+        key(o, "request", false);
+        o.push(b'{');
+        key(o, "headers", true);
+        self.request.headers.write_json(o);
+        key(o, "body", false);
+        write_body(o, self.request.body.as_ref());
+        key(o, "bytes", false);
+        push_value(o, &self.request.bytes)?;
+        key(o, "truncated", false);
+        push_value(o, &self.request.truncated)?;
+        o.push(b'}');
+
+        let r = &self.response;
+        key(o, "response", false);
+        o.push(b'{');
+        key(o, "status", true);
+        push_value(o, &r.status)?;
+        key(o, "headers", false);
+        r.headers.write_json(o);
+        key(o, "body", false);
+        write_body(o, r.body.as_ref());
+        key(o, "events", false);
+        match &r.events {
+            None => o.extend_from_slice(b"null"),
+            Some(events) => {
+                o.push(b'[');
+                for (i, e) in events.iter().enumerate() {
+                    if i > 0 {
+                        o.push(b',');
+                    }
+                    o.push(b'{');
+                    key(o, "t_ms", true);
+                    push_value(o, &e.t_ms)?;
+                    key(o, "data", false);
+                    write_body(o, Some(&e.data));
+                    o.push(b'}');
+                }
+                o.push(b']');
+            }
+        }
+        key(o, "bytes", false);
+        push_value(o, &r.bytes)?;
+        key(o, "truncated", false);
+        push_value(o, &r.truncated)?;
+        o.push(b'}');
+
+        let d = &self.decisions;
+        key(o, "decisions", false);
+        o.push(b'{');
+        key(o, "masked", true);
+        push_value(o, &d.masked)?;
+        key(o, "guardrail", false);
+        push_opt_str(o, d.guardrail);
+        key(o, "approval", false);
+        push_value(o, &d.approval)?;
+        key(o, "error", false);
+        push_opt_str(o, d.error);
+        o.push(b'}');
+
+        key(o, "tls", false);
+        o.push(b'{');
+        for (i, (name, leg)) in [
+            ("downstream", &self.tls.downstream),
+            ("upstream", &self.tls.upstream),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            key(o, name, i == 0);
+            match leg {
+                None => o.extend_from_slice(b"null"),
+                Some(t) => {
+                    o.push(b'{');
+                    key(o, "version", true);
+                    push_str(o, t.version);
+                    key(o, "cipher", false);
+                    push_str(o, t.cipher);
+                    o.push(b'}');
+                }
+            }
+        }
+        o.push(b'}');
+
+        key(o, "duration_ms", false);
+        push_value(o, &self.duration_ms)?;
+        key(o, "upstream_ttfb_ms", false);
+        push_value(o, &self.upstream_ttfb_ms)?;
+        key(o, "seq", false);
+        push_value(o, &self.seq)?;
+        key(o, "prev", false);
+        push_str(o, &self.prev);
+        o.push(b'}');
+        Ok(())
+    }
+}
+
+fn write_body(o: &mut Vec<u8>, b: Option<&Body<'_>>) {
+    match b {
+        None => o.extend_from_slice(b"null"),
+        Some(Body::Text(t)) => json::push_str(o, t),
+        Some(Body::Binary(n)) => {
+            o.extend_from_slice(b"{\"binary_bytes\":");
+            o.extend_from_slice(n.to_string().as_bytes());
+            o.push(b'}');
+        }
+    }
+}
+
+impl HeaderFields<'_> {
+    fn write_json(&self, o: &mut Vec<u8>) {
+        o.push(b'{');
+        for (i, (k, v)) in self.0.iter().enumerate() {
+            if i > 0 {
+                o.push(b',');
+            }
+            json::push_str(o, k);
+            o.push(b':');
+            json::push_str(o, v);
+        }
+        o.push(b'}');
+    }
 }
 
 #[cfg(test)]
@@ -669,6 +790,121 @@ mod tests {
 
     fn by(b: &[u8]) -> Bytes {
         Bytes::copy_from_slice(b)
+    }
+
+    /// A record as written: every field, masked, in the layout readers parse (the writer
+    /// builds the JSON by hand, so this pins it down).
+    #[test]
+    fn a_record_has_every_field_masked() {
+        let dir = std::env::temp_dir().join(format!("agentgate-record-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let settings: RecordingConfig = serde_json::from_str("{}").unwrap();
+        let engine = Arc::new(Engine::new(&[], [1; 32]).unwrap());
+        let rec = Recorder::start(dir.clone(), settings, engine).unwrap();
+        let h = |v: &[(&'static str, &'static str)]| -> Headers {
+            v.iter()
+                .map(|(k, v)| (HeaderName::from_static(k), HeaderValue::from_static(v)))
+                .collect()
+        };
+        let email = "jane.doe@example.com";
+        let key = "sk-proj-abcdefghijklmnopqrstuvwxyz0123";
+        let request = format!(r#"{{"messages":[{{"content":"mail {email} \"q\"\n"}}]}}"#);
+        let base = Draft {
+            id: "r-1".into(),
+            ts: "2026-11-29T13:00:00.000Z".into(),
+            ts_ms: 1,
+            conversation: "c\"1".into(),
+            identity: Some(Arc::new(Identity {
+                subject: "agent".into(),
+                issuer: "service-account".into(),
+                method: crate::identity::AuthMethod::ServiceAccount,
+                groups: vec!["a".into(), "b".into()],
+            })),
+            route: Some("openai".into()),
+            mode: Mode::Full,
+            method: "POST".into(),
+            path: format!("/v1/x?to={email}"),
+            request_headers: h(&[
+                ("x-b", "2"),
+                ("x-a", "1"),
+                ("x-a", "last"),
+                ("x-tab", "a\tb"),
+            ]),
+            request_body: Some(Chunks(vec![
+                Bytes::copy_from_slice(&request.as_bytes()[..10]),
+                Bytes::copy_from_slice(&request.as_bytes()[10..]),
+            ])),
+            request_bytes: request.len() as u64,
+            status: 200,
+            response_headers: h(&[("content-type", "application/octet-stream")]),
+            response_body: Some(Chunks::from(vec![0xff, 0xfe, 0])),
+            response_bytes: 3,
+            response_truncated: true,
+            masked: Some(serde_json::json!({"request": {"email": 1}})),
+            guardrail: Some("no-keys".into()),
+            approval: Some(serde_json::json!({"id": "ap-1", "decision": "approved"})),
+            error: Some("upstream_timeout".into()),
+            downstream_tls: Some(("TLSv1.3".into(), "TLS_AES_128_GCM_SHA256".into())),
+            upstream_tls: None,
+            duration_ms: 1.25,
+            ttfb_ms: None,
+            ..Draft::default()
+        };
+        rec.submit(base);
+        rec.submit(Draft {
+            id: "r-2".into(),
+            mode: Mode::Full,
+            events: Some(vec![
+                (0.5, format!("{{\"t\":\"{key}\"}}")),
+                (1.0, "[DONE]".into()),
+            ]),
+            ..Draft::default()
+        });
+        rec.flush(Duration::from_secs(10));
+        let segment = store::segments(&dir).unwrap()[0];
+        let text = std::fs::read_to_string(store::segment_path(&dir, segment)).unwrap();
+        assert!(!text.contains(email) && !text.contains(key), "{text}");
+        let idx = store::read_index(&dir);
+        let mut r = store::read_record(&dir, &idx[0]).unwrap();
+        for k in ["seq", "prev", "hash"] {
+            assert!(r.as_object_mut().unwrap().remove(k).is_some(), "{k}");
+        }
+        let body = r["request"]["body"].as_str().unwrap().to_string();
+        assert_eq!(body, request.replace(email, "[REDACTED:EMAIL]"));
+        let masked_path = r["path"].as_str().unwrap().to_string();
+        assert!(masked_path.starts_with("/v1/x?to=") && !masked_path.contains(email));
+        assert_eq!(
+            r,
+            serde_json::json!({
+                "kind": "exchange", "id": "r-1", "ts": "2026-11-29T13:00:00.000Z",
+                "conversation": "c\"1",
+                "identity": {"subject": "agent", "issuer": "service-account", "method": "service_account", "groups": ["a", "b"]},
+                "route": "openai", "recording": "full", "method": "POST", "path": masked_path,
+                "request": {
+                    "headers": {"x-a": "last", "x-b": "2", "x-tab": "a\tb"},
+                    "body": body, "bytes": request.len(), "truncated": false
+                },
+                "response": {
+                    "status": 200, "headers": {"content-type": "application/octet-stream"},
+                    "body": {"binary_bytes": 3}, "events": null, "bytes": 3, "truncated": true
+                },
+                "decisions": {
+                    "masked": {"request": {"email": 1}}, "guardrail": "no-keys",
+                    "approval": {"id": "ap-1", "decision": "approved"}, "error": "upstream_timeout"
+                },
+                "tls": {"downstream": {"version": "TLSv1.3", "cipher": "TLS_AES_128_GCM_SHA256"}, "upstream": null},
+                "duration_ms": 1.25, "upstream_ttfb_ms": null
+            })
+        );
+        let sse = store::read_record(&dir, &idx[1]).unwrap();
+        assert_eq!(sse["response"]["body"], serde_json::Value::Null);
+        let events = sse["response"]["events"].as_array().unwrap();
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0]["t_ms"], 0.5);
+        assert!(!events[0]["data"].as_str().unwrap().contains(key));
+        assert_eq!(events[1]["data"], "[DONE]");
+        assert_eq!(crate::record::verify::verify(&dir).unwrap().verified, 2);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
