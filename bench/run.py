@@ -142,6 +142,13 @@ class Bench:
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 p.kill()
+                p.wait()
+        # What the gateways wrote (record stores, session lines) runs to gigabytes per run.
+        if not getattr(self.args, "keep_work", False):
+            for d in self.work.glob("var-*"):
+                shutil.rmtree(d, ignore_errors=True)
+            for f in self.work.glob("*-sessions.jsonl"):
+                f.unlink(missing_ok=True)
 
     # --- systems ----------------------------------------------------------
     def start_mock(self) -> System:
@@ -404,6 +411,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--streams", type=int, default=1000)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--keep-work", action="store_true", help="keep the gateways' record stores and session lines under bench/work")
     ap.add_argument("--only", help="comma-separated systems to run besides direct (e.g. agentgate,agentgate-recorded)")
     args = ap.parse_args()
     if args.smoke:

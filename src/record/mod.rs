@@ -51,6 +51,8 @@ impl Mode {
 }
 
 /// A body as it passed through: the chunks themselves (shared with the proxy, not copied).
+/// HTTP/1.1 chunks are Pingora's own exact-size copies; an HTTP/2 DATA frame may share its
+/// connection's read buffer, which then stays allocated until the record is written.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Chunks(pub Vec<Bytes>);
 
