@@ -203,6 +203,27 @@ fn identity_key(issuer: &str, subject: &str) -> String {
     format!("{issuer}|{subject}")
 }
 
+/// Writes `approvals` (one line each) to a temporary file, syncs it, renames it over the log
+/// at `path`, and opens the log for appending. Used at start-up and by the sweep's compaction.
+fn rewrite_log(path: &Path, approvals: Vec<&Approval>) -> Result<std::fs::File, String> {
+    let tmp = path.with_extension("jsonl.tmp");
+    let err = |e: std::io::Error| format!("{}: {e}", tmp.display());
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(err)?);
+    for a in approvals {
+        serde_json::to_writer(&mut out, a).map_err(|e| e.to_string())?;
+        out.write_all(b"\n").map_err(err)?;
+    }
+    out.into_inner()
+        .map_err(|e| err(e.into_error()))?
+        .sync_all()
+        .map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))?;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
 fn new_id() -> String {
     format!("apr_{}", crate::session_log::random_hex(12))
 }
@@ -241,10 +262,7 @@ impl Approvals {
             entries: HashMap::new(),
             grants: HashMap::new(),
         };
-        let tmp = dir.join("approvals.jsonl.tmp");
-        let mut out = std::io::BufWriter::new(
-            std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?,
-        );
+        let mut kept = Vec::new();
         let mut interrupted = 0;
         for id in order {
             let mut a = latest.remove(&id).expect("listed");
@@ -268,26 +286,19 @@ impl Approvals {
                     );
                 }
             }
-            let line = serde_json::to_string(&a).map_err(|e| e.to_string())?;
-            writeln!(out, "{line}").map_err(|e| format!("{}: {e}", tmp.display()))?;
+            kept.push(a.id.clone());
             let (tx, _) = watch::channel(a.state);
             inner
                 .entries
                 .insert(a.id.clone(), Entry { approval: a, tx });
         }
-        let f = out
-            .into_inner()
-            .map_err(|e| format!("{}: {e}", tmp.display()))?;
-        f.sync_all()
-            .map_err(|e| format!("{}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let log = rewrite_log(
+            &path,
+            kept.iter().map(|id| &inner.entries[id].approval).collect(),
+        )?;
         if interrupted > 0 {
             log::warn!("{interrupted} approval(s) were pending when the gateway stopped; marked interrupted");
         }
-        let log = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
         crate::metrics::APPROVALS_PENDING.set(0);
         Ok(Arc::new(Approvals {
             inner: Mutex::new(inner),
@@ -445,28 +456,12 @@ impl Approvals {
     }
 
     /// Rewrites the log as the latest snapshot of each approval kept (the caller holds the
-    /// store's lock, so no decision is half logged meanwhile): to a temporary file, synced,
-    /// renamed over the log, then appended to as before.
+    /// store's lock, so no decision is half logged meanwhile), then appends to it as before.
     fn compact_log(&self, g: &Inner) -> Result<(), String> {
         let mut f = self.log.lock().unwrap_or_else(|p| p.into_inner());
-        let tmp = self.path.with_extension("jsonl.tmp");
-        let err = |e: std::io::Error| format!("{}: {e}", tmp.display());
         let mut all: Vec<&Approval> = g.entries.values().map(|e| &e.approval).collect();
         all.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
-        let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(err)?);
-        for a in all {
-            serde_json::to_writer(&mut out, a).map_err(|e| e.to_string())?;
-            out.write_all(b"\n").map_err(err)?;
-        }
-        out.into_inner()
-            .map_err(|e| err(e.into_error()))?
-            .sync_all()
-            .map_err(err)?;
-        std::fs::rename(&tmp, &self.path).map_err(err)?;
-        *f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&self.path)
-            .map_err(|e| format!("{}: {e}", self.path.display()))?;
+        *f = rewrite_log(&self.path, all)?;
         self.appended.store(0, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
