@@ -251,6 +251,8 @@ impl Engine {
         patterns.push(PLACEHOLDER.to_string());
         let mut max_len = 0;
         let mut unanchored = true;
+        // The longest text each pattern itself (without its extension) can match.
+        let mut longest = Vec::with_capacity(patterns.len());
         for (i, p) in patterns.iter().enumerate() {
             let hir = regex_automata::util::syntax::parse_with(p, &syntax_config())
                 .map_err(|e| format!("detector `{}`: {e}", name_of(&detectors, i)))?;
@@ -272,6 +274,7 @@ impl Engine {
                 .and_then(|d: &Detector| d.extend)
                 .map_or(0, |x| x.max_len());
             max_len = max_len.max(n).max(ext);
+            longest.push(n);
         }
         let solo = |i: usize| {
             detectors
@@ -284,7 +287,7 @@ impl Engine {
             .collect();
         groups.push((0..patterns.len()).filter(|&i| !solo(i)).collect());
         let mut parts = Vec::new();
-        for ids in groups.clone() {
+        for ids in groups {
             let pats: Vec<&str> = ids.iter().map(|&i| patterns[i].as_str()).collect();
             let regex = Regex::builder()
                 .syntax(syntax_config())
@@ -297,18 +300,13 @@ impl Engine {
             .configure(DFA::config().cache_capacity(4 << 20))
             .build_many(&patterns)
             .map_err(|e| format!("building the stream automaton: {e}"))?;
-        let last = &groups[groups.len() - 1];
+        let last = &parts[parts.len() - 1].ids;
         let lane_patterns: Vec<&str> = last.iter().map(|&i| patterns[i].as_str()).collect();
         let lanes = DFA::builder()
             .syntax(syntax_config())
             .build_many(&lane_patterns)
             .map_err(|e| format!("building the detectors: {e}"))?;
-        let mut lane_overlap = 0;
-        for &i in last {
-            let hir = regex_automata::util::syntax::parse_with(&patterns[i], &syntax_config())
-                .map_err(|e| format!("detector `{}`: {e}", name_of(&detectors, i)))?;
-            lane_overlap = lane_overlap.max(hir.properties().maximum_len().unwrap_or(usize::MAX));
-        }
+        let lane_overlap = last.iter().map(|&i| longest[i]).max().unwrap_or(0);
         Ok(Engine {
             parts,
             dfa,
