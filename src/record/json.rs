@@ -3,8 +3,7 @@
 //! serde_json. The output is byte for byte what serde_json writes (unit and property tests).
 
 use serde::Serialize;
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
+use std::io::Write;
 
 /// Whether any of the eight bytes of `w` is a control character, `"` or `\`.
 #[inline]
@@ -50,9 +49,7 @@ pub fn push_str(out: &mut Vec<u8>, s: &str) {
         };
         out.extend_from_slice(&b[start..i]);
         if short.is_empty() {
-            out.extend_from_slice(b"\\u00");
-            out.push(HEX[usize::from(c >> 4)]);
-            out.push(HEX[usize::from(c & 15)]);
+            let _ = write!(out, "\\u{c:04x}");
         } else {
             out.extend_from_slice(short);
         }
@@ -63,27 +60,49 @@ pub fn push_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
-/// `"key":` (keys are ASCII identifiers written here, never escaped).
-pub fn key(out: &mut Vec<u8>, k: &str, first: bool) {
-    if !first {
-        out.push(b',');
-    }
-    out.push(b'"');
-    out.extend_from_slice(k.as_bytes());
-    out.extend_from_slice(b"\":");
+/// A JSON object being written into a buffer: each key brings its own comma.
+pub struct Object<'o> {
+    out: &'o mut Vec<u8>,
+    empty: bool,
 }
 
-/// An optional string: the string, or `null`.
-pub fn push_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
-    match s {
-        Some(s) => push_str(out, s),
-        None => out.extend_from_slice(b"null"),
+impl<'o> Object<'o> {
+    pub fn open(out: &'o mut Vec<u8>) -> Object<'o> {
+        out.push(b'{');
+        Object { out, empty: true }
     }
-}
 
-/// Anything else (numbers, identity, decision trees) as serde_json writes it.
-pub fn push_value<T: Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) -> serde_json::Result<()> {
-    serde_json::to_writer(out, v)
+    /// Writes `"k":` and hands back the buffer for its value.
+    pub fn key(&mut self, k: &str) -> &mut Vec<u8> {
+        if !std::mem::take(&mut self.empty) {
+            self.out.push(b',');
+        }
+        push_str(self.out, k);
+        self.out.push(b':');
+        self.out
+    }
+
+    pub fn str(&mut self, k: &str, v: &str) {
+        let out = self.key(k);
+        push_str(out, v);
+    }
+
+    /// The string, or `null`.
+    pub fn opt_str(&mut self, k: &str, v: Option<&str>) {
+        match v {
+            Some(v) => self.str(k, v),
+            None => self.key(k).extend_from_slice(b"null"),
+        }
+    }
+
+    /// Anything else (numbers, identity, decision trees) as serde_json writes it.
+    pub fn value<T: Serialize + ?Sized>(&mut self, k: &str, v: &T) -> serde_json::Result<()> {
+        serde_json::to_writer(self.key(k), v)
+    }
+
+    pub fn close(self) {
+        self.out.push(b'}');
+    }
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use crate::mask::{Action, Engine, Rules};
 use crate::metrics;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
+use json::Object;
 use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -642,147 +643,106 @@ struct Tls<'a> {
 impl Record<'_> {
     /// The record as one JSON object (no newline).
     fn write_json(&self, o: &mut Vec<u8>) -> serde_json::Result<()> {
-        use json::{key, push_opt_str, push_str, push_value};
-        o.push(b'{');
-        key(o, "kind", true);
-        push_str(o, self.kind);
-        key(o, "id", false);
-        push_str(o, self.id);
-        key(o, "ts", false);
-        push_str(o, self.ts);
-        key(o, "conversation", false);
-        push_str(o, self.conversation);
-        key(o, "identity", false);
-        push_value(o, &self.identity)?;
-        key(o, "route", false);
-        push_opt_str(o, self.route);
-        key(o, "recording", false);
-        push_str(o, self.recording);
-        key(o, "method", false);
-        push_str(o, self.method);
-        key(o, "path", false);
-        push_str(o, &self.path);
+        let mut rec = Object::open(o);
+        rec.str("kind", self.kind);
+        rec.str("id", self.id);
+        rec.str("ts", self.ts);
+        rec.str("conversation", self.conversation);
+        rec.value("identity", &self.identity)?;
+        rec.opt_str("route", self.route);
+        rec.str("recording", self.recording);
+        rec.str("method", self.method);
+        rec.str("path", &self.path);
 
-        key(o, "request", false);
-        o.push(b'{');
-        key(o, "headers", true);
-        self.request.headers.write_json(o);
-        key(o, "body", false);
-        write_body(o, self.request.body.as_ref());
-        key(o, "bytes", false);
-        push_value(o, &self.request.bytes)?;
-        key(o, "truncated", false);
-        push_value(o, &self.request.truncated)?;
-        o.push(b'}');
+        let q = &self.request;
+        let mut req = Object::open(rec.key("request"));
+        q.headers.write_json(req.key("headers"));
+        write_body(req.key("body"), q.body.as_ref())?;
+        req.value("bytes", &q.bytes)?;
+        req.value("truncated", &q.truncated)?;
+        req.close();
 
         let r = &self.response;
-        key(o, "response", false);
-        o.push(b'{');
-        key(o, "status", true);
-        push_value(o, &r.status)?;
-        key(o, "headers", false);
-        r.headers.write_json(o);
-        key(o, "body", false);
-        write_body(o, r.body.as_ref());
-        key(o, "events", false);
+        let mut resp = Object::open(rec.key("response"));
+        resp.value("status", &r.status)?;
+        r.headers.write_json(resp.key("headers"));
+        write_body(resp.key("body"), r.body.as_ref())?;
+        let out = resp.key("events");
         match &r.events {
-            None => o.extend_from_slice(b"null"),
+            None => out.extend_from_slice(b"null"),
             Some(events) => {
-                o.push(b'[');
+                out.push(b'[');
                 for (i, e) in events.iter().enumerate() {
                     if i > 0 {
-                        o.push(b',');
+                        out.push(b',');
                     }
-                    o.push(b'{');
-                    key(o, "t_ms", true);
-                    push_value(o, &e.t_ms)?;
-                    key(o, "data", false);
-                    write_body(o, Some(&e.data));
-                    o.push(b'}');
+                    let mut ev = Object::open(out);
+                    ev.value("t_ms", &e.t_ms)?;
+                    write_body(ev.key("data"), Some(&e.data))?;
+                    ev.close();
                 }
-                o.push(b']');
+                out.push(b']');
             }
         }
-        key(o, "bytes", false);
-        push_value(o, &r.bytes)?;
-        key(o, "truncated", false);
-        push_value(o, &r.truncated)?;
-        o.push(b'}');
+        resp.value("bytes", &r.bytes)?;
+        resp.value("truncated", &r.truncated)?;
+        resp.close();
 
         let d = &self.decisions;
-        key(o, "decisions", false);
-        o.push(b'{');
-        key(o, "masked", true);
-        push_value(o, &d.masked)?;
-        key(o, "guardrail", false);
-        push_opt_str(o, d.guardrail);
-        key(o, "approval", false);
-        push_value(o, &d.approval)?;
-        key(o, "error", false);
-        push_opt_str(o, d.error);
-        o.push(b'}');
+        let mut dec = Object::open(rec.key("decisions"));
+        dec.value("masked", &d.masked)?;
+        dec.opt_str("guardrail", d.guardrail);
+        dec.value("approval", &d.approval)?;
+        dec.opt_str("error", d.error);
+        dec.close();
 
-        key(o, "tls", false);
-        o.push(b'{');
-        for (i, (name, leg)) in [
+        let mut tls = Object::open(rec.key("tls"));
+        for (name, leg) in [
             ("downstream", &self.tls.downstream),
             ("upstream", &self.tls.upstream),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            key(o, name, i == 0);
+        ] {
+            let out = tls.key(name);
             match leg {
-                None => o.extend_from_slice(b"null"),
+                None => out.extend_from_slice(b"null"),
                 Some(t) => {
-                    o.push(b'{');
-                    key(o, "version", true);
-                    push_str(o, t.version);
-                    key(o, "cipher", false);
-                    push_str(o, t.cipher);
-                    o.push(b'}');
+                    let mut l = Object::open(out);
+                    l.str("version", t.version);
+                    l.str("cipher", t.cipher);
+                    l.close();
                 }
             }
         }
-        o.push(b'}');
+        tls.close();
 
-        key(o, "duration_ms", false);
-        push_value(o, &self.duration_ms)?;
-        key(o, "upstream_ttfb_ms", false);
-        push_value(o, &self.upstream_ttfb_ms)?;
-        key(o, "seq", false);
-        push_value(o, &self.seq)?;
-        key(o, "prev", false);
-        push_str(o, &self.prev);
-        o.push(b'}');
+        rec.value("duration_ms", &self.duration_ms)?;
+        rec.value("upstream_ttfb_ms", &self.upstream_ttfb_ms)?;
+        rec.value("seq", &self.seq)?;
+        rec.str("prev", &self.prev);
+        rec.close();
         Ok(())
     }
 }
 
-fn write_body(o: &mut Vec<u8>, b: Option<&Body<'_>>) {
+fn write_body(o: &mut Vec<u8>, b: Option<&Body<'_>>) -> serde_json::Result<()> {
     match b {
         None => o.extend_from_slice(b"null"),
         Some(Body::Text(t)) => json::push_str(o, t),
         Some(Body::Binary(n)) => {
-            o.extend_from_slice(b"{\"binary_bytes\":");
-            o.extend_from_slice(n.to_string().as_bytes());
-            o.push(b'}');
+            let mut bin = Object::open(o);
+            bin.value("binary_bytes", n)?;
+            bin.close();
         }
     }
+    Ok(())
 }
 
 impl HeaderFields<'_> {
     fn write_json(&self, o: &mut Vec<u8>) {
-        o.push(b'{');
-        for (i, (k, v)) in self.0.iter().enumerate() {
-            if i > 0 {
-                o.push(b',');
-            }
-            json::push_str(o, k);
-            o.push(b':');
-            json::push_str(o, v);
+        let mut fields = Object::open(o);
+        for (k, v) in &self.0 {
+            fields.str(k, v);
         }
-        o.push(b'}');
+        fields.close();
     }
 }
 
