@@ -90,9 +90,9 @@ def people_identity(people: dict[str, list[str]]) -> str:
 
 def limit_file_size(nbytes: int):
     """A `preexec` for the gateway: files may not grow past `nbytes` (writes fail with EFBIG,
-    as on a full disk)."""
+    as on a full disk). The hard limit stays unlimited so a test can lift the soft one later."""
     def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, resource.RLIM_INFINITY))
     return apply
 
 

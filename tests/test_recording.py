@@ -8,6 +8,7 @@ directory; a full disk follows `on_failure`."""
 from __future__ import annotations
 
 import json
+import resource
 import os
 import pathlib
 import shutil
@@ -259,6 +260,29 @@ def test_disk_full_follows_on_failure(start_gateway, mock, upstream_ca_file, pol
         assert statuses[-1] == 503, statuses
     else:
         assert set(statuses) == {200}, statuses
+    # Space comes back: recording resumes, and the store holds no torn line where a write
+    # failed half way (the chain verifies, every index entry points at its own record).
+    resource.prlimit(gw.proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    deadline = time.monotonic() + 10
+    with gw.client() as c:
+        while True:
+            r = c.post("/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "after"}]})
+            if r.status_code == 200:
+                break
+            assert r.status_code == 503 and time.monotonic() < deadline, r.text
+            time.sleep(0.1)
+        for _ in range(3):
+            assert c.post("/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "after"}]}).status_code == 200
+    before = len(statuses) - (1 if policy == "reject" else 0)
+    entries = wait_records(gw, 4)
+    out = cli("audit", "verify", "--dir", str(records(gw)), check=False)
+    assert out.returncode == 0 and "intact" in out.stdout, out.stdout + out.stderr
+    for e in entries:
+        shown = cli("sessions", "show", e["id"], "--dir", str(records(gw))).stdout
+        assert e["id"] in shown, shown
+    if policy == "reject":
+        # Nothing was lost: every answered request before the limit, and the four after, are on record.
+        wait_records(gw, before + 4)
 
 
 def test_resend_sends_the_recorded_request_again_and_compares(gw, mock):

@@ -340,6 +340,9 @@ struct Writer {
     last_retention: Instant,
 }
 
+/// Records written with one `write` at most (the queue holds more when the writer is behind).
+const BATCH: usize = 64;
+
 fn io_reason(e: &std::io::Error) -> &'static str {
     // ENOSPC, EDQUOT, EFBIG: the disk (or the file size limit) is full.
     match e.raw_os_error() {
@@ -354,22 +357,32 @@ impl Writer {
         // 2-core machine a wake-up per request costs more than writing the record). Every 1 ms,
         // not longer: a longer nap makes a burst of records (5 ms of traffic took ~1 ms of CPU
         // at once) that the requests sharing the cores wait behind (p99 at c=1: 1.6 ms).
+        let mut batch: Vec<Draft> = Vec::with_capacity(BATCH);
         loop {
             let mut handled = 0;
+            let mut open = true;
             loop {
                 match rx.try_recv() {
                     Ok(Msg::Record(d)) => {
-                        self.write(*d);
-                        self.depth.fetch_sub(1, Ordering::Relaxed);
-                        metrics::RECORD_QUEUE_DEPTH.dec();
-                        handled += 1;
+                        batch.push(*d);
+                        if batch.len() == BATCH {
+                            handled += self.write_batch(&mut batch);
+                        }
                     }
                     Ok(Msg::Flush(done)) => {
+                        handled += self.write_batch(&mut batch);
                         let _ = done.send(());
                     }
                     Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => return,
+                    Err(TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
                 }
+            }
+            handled += self.write_batch(&mut batch);
+            if !open {
+                return;
             }
             // By size as soon as a closed segment could go (retention never deletes the segment
             // being written); by age every few seconds. Not per record: it lists the directory.
@@ -398,36 +411,72 @@ impl Writer {
         metrics::RECORD_STORE_BYTES.set(self.store.total() as i64);
     }
 
-    fn write(&mut self, d: Draft) {
-        let (mut record, entry) = self.render(&d);
-        loop {
-            let rendered = self.store.append_with(
-                |seq, prev, buf| {
-                    record.seq = seq;
-                    record.prev.clear();
-                    record.prev.push_str(prev);
-                    record.write_json(buf)
-                },
-                entry.clone(),
-            );
-            match rendered {
-                Ok(line) => {
-                    if self.settings.stdout {
-                        crate::session_log::emit_line(String::from_utf8_lossy(line).into_owned());
+    /// Writes the records queued since the last batch (and empties `batch`): one `write` to
+    /// the segment and one to the index per batch. A batch whose write fails leaves nothing on
+    /// disk (the store cuts the files back): under `on_failure: continue` its records are lost
+    /// and counted; under `reject` they are kept and written again, in order, once the disk
+    /// takes them, while new requests are refused. Returns the records taken off the queue.
+    fn write_batch(&mut self, batch: &mut Vec<Draft>) -> usize {
+        let n = batch.len();
+        let mut done = 0;
+        while done < n {
+            let mut staged = 0;
+            let mut failed = None;
+            for d in &batch[done..] {
+                if self.store.segment_full() {
+                    break;
+                }
+                let (mut record, entry) = self.render(d);
+                let r = self.store.stage(
+                    |seq, prev, buf| {
+                        record.seq = seq;
+                        record.prev.clear();
+                        record.prev.push_str(prev);
+                        record.write_json(buf)
+                    },
+                    entry,
+                );
+                match r {
+                    Ok(()) => staged += 1,
+                    Err(e) => {
+                        // Rendering does not fail; opening the next segment can. This record
+                        // and those staged before it share the failure.
+                        self.store.discard();
+                        staged += 1;
+                        failed = Some(e);
+                        break;
                     }
-                    metrics::RECORDS_WRITTEN.inc();
+                }
+            }
+            let written = match failed {
+                Some(e) => Err(e),
+                None => self.store.commit(),
+            };
+            match written {
+                Ok(lines) => {
+                    if self.settings.stdout {
+                        for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                            crate::session_log::emit_line(
+                                String::from_utf8_lossy(line).into_owned(),
+                            );
+                        }
+                    }
+                    metrics::RECORDS_WRITTEN.inc_by(staged as u64);
                     metrics::RECORD_STORE_BYTES.set(self.store.total() as i64);
                     self.healthy.store(true, Ordering::Relaxed);
-                    return;
+                    done += staged;
                 }
                 Err(e) => {
                     let reason = io_reason(&e);
-                    metrics::RECORD_FAILURES.with_label_values(&[reason]).inc();
+                    metrics::RECORD_FAILURES
+                        .with_label_values(&[reason])
+                        .inc_by(staged as u64);
                     if !self.settings.reject_on_failure {
-                        log::error!("recording: cannot write a record ({e}); it is lost (on_failure: continue)");
-                        return;
+                        log::error!("recording: cannot write {staged} record(s) ({e}); they are lost (on_failure: continue)");
+                        done += staged;
+                        continue;
                     }
-                    // reject: refuse new requests and keep this record until it can be written.
+                    // reject: refuse new requests and keep these records until they can be written.
                     if self.healthy.swap(false, Ordering::Relaxed) {
                         log::error!("recording: cannot write ({e}); refusing new requests until records can be written again");
                     }
@@ -436,6 +485,10 @@ impl Writer {
                 }
             }
         }
+        batch.clear();
+        self.depth.fetch_sub(n, Ordering::Relaxed);
+        metrics::RECORD_QUEUE_DEPTH.sub(n as i64);
+        n
     }
 
     fn mask_text(&self, s: &str) -> String {

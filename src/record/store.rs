@@ -8,6 +8,7 @@ use crate::session_log::push_hex;
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -17,15 +18,15 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 pub fn seal(body: &str) -> (String, String) {
     let mut line = body.as_bytes().to_vec();
     let mut hash = String::new();
-    seal_in_place(&mut line, &mut hash);
+    seal_in_place(&mut line, 0, &mut hash);
     (String::from_utf8(line).expect("JSON text"), hash)
 }
 
-/// `seal` without copies: `buf` holds the body (a JSON object) and becomes the line; `hash`
-/// receives the body's hash.
-fn seal_in_place(buf: &mut Vec<u8>, hash: &mut String) {
+/// `seal` without copies: `buf[start..]` holds the body (a JSON object) and becomes the line;
+/// `hash` receives the body's hash.
+fn seal_in_place(buf: &mut Vec<u8>, start: usize, hash: &mut String) {
     hash.clear();
-    push_hex(hash, &boring::sha::sha256(buf));
+    push_hex(hash, &boring::sha::sha256(&buf[start..]));
     buf.pop(); // the closing brace
     buf.extend_from_slice(b",\"hash\":\"");
     buf.extend_from_slice(hash.as_bytes());
@@ -80,14 +81,25 @@ pub struct Store {
     segment_size: u64,
     current: u64,
     file: File,
+    /// Bytes of the current segment written.
     size: u64,
     index: File,
+    index_size: u64,
+    /// A failed write could not be cut back from the segment: go on in a new one.
+    segment_torn: bool,
+    /// The index ends in a partial line (a crash, or a failed write not cut back): the next
+    /// write starts on a new line.
+    index_torn: bool,
+    /// Seq and hash of the next record after the last one written.
     pub next_seq: u64,
     pub last_hash: String,
-    /// The line and index line being written, kept between records (no allocation and no
-    /// fresh pages per record).
-    line: Vec<u8>,
-    idx: Vec<u8>,
+    /// Records rendered into `pending` / `pending_idx` and not written yet, and the seq and
+    /// hash after them. Both buffers are kept between batches (no allocation per record).
+    staged: usize,
+    staged_seq: u64,
+    staged_hash: String,
+    pending: Vec<u8>,
+    pending_idx: Vec<u8>,
     hash: String,
 }
 
@@ -187,8 +199,15 @@ impl Store {
         let size = file.metadata()?.len();
         let index = OpenOptions::new()
             .create(true)
+            .read(true)
             .append(true)
             .open(dir.join("index.jsonl"))?;
+        let index_size = index.metadata()?.len();
+        let index_torn = index_size > 0 && {
+            let mut last = [0u8];
+            index.read_exact_at(&mut last, index_size - 1)?;
+            last[0] != b'\n'
+        };
         let mut store = Store {
             dir: dir.to_path_buf(),
             total: 0,
@@ -197,10 +216,16 @@ impl Store {
             file,
             size,
             index,
+            index_size,
+            segment_torn: false,
+            index_torn,
+            staged_seq: next_seq,
+            staged_hash: last_hash.clone(),
             next_seq,
             last_hash,
-            line: Vec::new(),
-            idx: Vec::new(),
+            staged: 0,
+            pending: Vec::new(),
+            pending_idx: Vec::new(),
             hash: String::new(),
         };
         store.total = store.total_bytes();
@@ -211,45 +236,118 @@ impl Store {
         &self.dir
     }
 
-    /// Appends a record that `render(seq, prev, buf)` writes into `buf` as one JSON object
-    /// carrying that `seq` and `prev` (the `hash` is added here); `entry` is its index line
-    /// (segment, offset and length are filled in here). Returns the stored line (no `\n`).
+    /// Appends one record (`stage` and `commit`); returns its stored line (no `\n`).
     pub fn append_with(
         &mut self,
         render: impl FnOnce(u64, &str, &mut Vec<u8>) -> serde_json::Result<()>,
-        mut entry: IndexEntry,
+        entry: IndexEntry,
     ) -> std::io::Result<&[u8]> {
-        if self.size >= self.segment_size && self.size > 0 {
-            self.current += 1;
-            self.file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(segment_path(&self.dir, self.current))?;
-            self.size = 0;
+        self.stage(render, entry)?;
+        let lines = self.commit()?;
+        Ok(&lines[..lines.len() - 1])
+    }
+
+    /// Whether the records staged fill the current segment: commit them before staging more
+    /// (a batch never spans two segments, and a segment ends at most one record past its size).
+    pub fn segment_full(&self) -> bool {
+        self.staged > 0 && self.size + self.pending.len() as u64 >= self.segment_size
+    }
+
+    /// Renders a record for the next `commit`: `render(seq, prev, buf)` appends to `buf` one
+    /// JSON object carrying that `seq` and `prev` (the `hash` is added here); `entry` is its
+    /// index line (seq, segment, offset and length are filled in here). Nothing is written yet.
+    pub fn stage(
+        &mut self,
+        render: impl FnOnce(u64, &str, &mut Vec<u8>) -> serde_json::Result<()>,
+        mut entry: IndexEntry,
+    ) -> std::io::Result<()> {
+        if self.staged == 0 {
+            self.pending.clear();
+            self.pending_idx.clear();
+            if self.segment_torn || (self.size >= self.segment_size && self.size > 0) {
+                self.file = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(segment_path(&self.dir, self.current + 1))?;
+                self.current += 1;
+                self.size = 0;
+                self.segment_torn = false;
+            }
         }
-        self.line.clear();
-        render(self.next_seq, &self.last_hash, &mut self.line).map_err(std::io::Error::other)?;
-        if self.line.last() != Some(&b'}') {
-            return Err(std::io::Error::other("a record must be a JSON object"));
+        let start = self.pending.len();
+        let rendered = render(self.staged_seq, &self.staged_hash, &mut self.pending);
+        if rendered.is_err() || self.pending.last() != Some(&b'}') {
+            self.pending.truncate(start);
+            return Err(rendered
+                .err()
+                .map(std::io::Error::other)
+                .unwrap_or_else(|| std::io::Error::other("a record must be a JSON object")));
         }
-        seal_in_place(&mut self.line, &mut self.hash);
-        self.line.push(b'\n');
-        // One write call per record: a crash leaves at most one torn line.
-        self.file.write_all(&self.line)?;
-        let len = self.line.len() as u64;
-        entry.seq = self.next_seq;
+        seal_in_place(&mut self.pending, start, &mut self.hash);
+        self.pending.push(b'\n');
+        entry.seq = self.staged_seq;
         entry.segment = self.current;
-        entry.offset = self.size;
-        entry.len = len;
-        self.idx.clear();
-        serde_json::to_writer(&mut self.idx, &entry).map_err(std::io::Error::other)?;
-        self.idx.push(b'\n');
-        self.index.write_all(&self.idx)?;
+        entry.offset = self.size + start as u64;
+        entry.len = (self.pending.len() - start) as u64;
+        let idx_start = self.pending_idx.len();
+        if let Err(e) = serde_json::to_writer(&mut self.pending_idx, &entry) {
+            self.pending.truncate(start);
+            self.pending_idx.truncate(idx_start);
+            return Err(std::io::Error::other(e));
+        }
+        self.pending_idx.push(b'\n');
+        self.staged += 1;
+        self.staged_seq += 1;
+        std::mem::swap(&mut self.staged_hash, &mut self.hash);
+        Ok(())
+    }
+
+    /// Writes the staged records: one `write` to the segment and one to the index. Returns
+    /// their lines (each ending in `\n`). When a write fails nothing of the batch stays: both
+    /// files are cut back to where they ended, the chain goes on from the last record written,
+    /// and the caller may stage the same records again.
+    pub fn commit(&mut self) -> std::io::Result<&[u8]> {
+        if self.staged == 0 {
+            return Ok(&[]);
+        }
+        self.staged = 0;
+        let mut written = self.file.write_all(&self.pending);
+        if written.is_ok() && self.index_torn {
+            written = self.index.write_all(b"\n");
+            if written.is_ok() {
+                self.index_torn = false;
+                self.index_size += 1;
+            }
+        }
+        let written = written.and_then(|()| self.index.write_all(&self.pending_idx));
+        if let Err(e) = written {
+            self.staged_seq = self.next_seq;
+            self.staged_hash.clone_from(&self.last_hash);
+            // A partial write (the disk filled up half way) would leave a torn line that the
+            // next record is appended after; cut it off. Shrinking a file frees space, so this
+            // works on a full disk; if it does not, go on in a new segment / on a new line.
+            if self.file.set_len(self.size).is_err() {
+                self.segment_torn = true;
+            }
+            if self.index.set_len(self.index_size).is_err() {
+                self.index_torn = true;
+            }
+            return Err(e);
+        }
+        let len = self.pending.len() as u64;
         self.size += len;
         self.total += len;
-        self.next_seq += 1;
-        std::mem::swap(&mut self.last_hash, &mut self.hash);
-        Ok(&self.line[..self.line.len() - 1])
+        self.index_size += self.pending_idx.len() as u64;
+        self.next_seq = self.staged_seq;
+        self.last_hash.clone_from(&self.staged_hash);
+        Ok(&self.pending)
+    }
+
+    /// Drops the staged records (not written).
+    pub fn discard(&mut self) {
+        self.staged = 0;
+        self.staged_seq = self.next_seq;
+        self.staged_hash.clone_from(&self.last_hash);
     }
 
     /// Bytes in all segments, as of the last write (kept as records are appended; counted
@@ -344,7 +442,9 @@ impl Store {
         }
         f.sync_all()?;
         fs::rename(&tmp, &path)?;
-        self.index = OpenOptions::new().append(true).open(&path)?;
+        self.index = OpenOptions::new().read(true).append(true).open(&path)?;
+        self.index_size = self.index.metadata()?.len();
+        self.index_torn = false;
         Ok(())
     }
 }
@@ -430,6 +530,98 @@ mod tests {
         .unwrap();
         assert_eq!(segments(&dir).unwrap(), vec![1]);
         assert_eq!(crate::record::verify::verify(&dir).unwrap().verified, 4);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    fn entry(id: &str) -> IndexEntry {
+        IndexEntry {
+            id: id.into(),
+            seq: 0,
+            ts_ms: 0,
+            route: None,
+            subject: None,
+            conversation: "c".into(),
+            status: 200,
+            method: "POST".into(),
+            path: "/".into(),
+            segment: 0,
+            offset: 0,
+            len: 0,
+        }
+    }
+
+    fn stage_n(s: &mut Store, ids: std::ops::Range<usize>) -> usize {
+        let mut staged = 0;
+        for i in ids {
+            if s.segment_full() {
+                break;
+            }
+            s.stage(
+                |seq, prev, buf| {
+                    serde_json::to_writer(
+                        buf,
+                        &json!({"n": i, "pad": "x".repeat(100), "seq": seq, "prev": prev}),
+                    )
+                },
+                entry(&format!("r{i}")),
+            )
+            .unwrap();
+            staged += 1;
+        }
+        staged
+    }
+
+    #[test]
+    fn batches_fill_segments_and_a_failed_write_leaves_nothing() {
+        let dir = std::env::temp_dir().join(format!("agentgate-batch-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        // A torn index tail (a crash mid write) is ended before the next entry.
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("index.jsonl"), b"{\"id\":\"torn").unwrap();
+        // Segments of ~1 KB: a batch stops staging when the segment is full.
+        let mut s = Store::open(&dir, 1000).unwrap();
+        let mut n = 0;
+        while n < 20 {
+            let staged = stage_n(&mut s, n..20);
+            assert!((1..=8).contains(&staged), "{staged}");
+            let lines = s.commit().unwrap();
+            assert_eq!(lines.iter().filter(|b| **b == b'\n').count(), staged);
+            n += staged;
+        }
+        assert!(segments(&dir).unwrap().len() >= 3);
+        for n in segments(&dir).unwrap() {
+            let len = fs::metadata(segment_path(&dir, n)).unwrap().len();
+            assert!(len < 1000 + 200, "segment {n}: {len} bytes");
+        }
+        // A write that fails (here: the segment handle cannot write) leaves no byte of the
+        // batch and no index entry; the same records staged again continue the chain.
+        assert_eq!(stage_n(&mut s, 20..22), 2);
+        let path = segment_path(&dir, s.current);
+        let before = fs::read(&path).unwrap();
+        let writable = std::mem::replace(&mut s.file, File::open(&path).unwrap());
+        assert!(s.commit().is_err());
+        assert_eq!(fs::read(&path).unwrap(), before);
+        assert_eq!((s.next_seq, read_index(&dir).len()), (20, 20));
+        s.file = writable;
+        let staged = stage_n(&mut s, 20..22);
+        s.commit().unwrap();
+        // Staged and discarded: nothing written, the chain unchanged.
+        stage_n(&mut s, 100..101);
+        s.discard();
+        let staged2 = stage_n(&mut s, 20 + staged..23);
+        s.commit().unwrap();
+        let idx = read_index(&dir);
+        assert_eq!(idx.len(), 20 + staged + staged2);
+        for (i, e) in idx.iter().enumerate() {
+            let r = read_record(&dir, e).unwrap();
+            assert_eq!(
+                (r["n"].as_u64(), e.seq),
+                (Some(i as u64), i as u64),
+                "{e:?}"
+            );
+        }
+        let r = crate::record::verify::verify(&dir).unwrap();
+        assert_eq!((r.verified, r.problem), (idx.len() as u64, None));
         let _ = fs::remove_dir_all(&dir);
     }
 }
