@@ -624,19 +624,26 @@ fn mask_body_shortcut_equals_the_walk() {
     }
 }
 
-/// `any_candidate` searches long texts in two lanes that meet in the middle: a value anywhere,
-/// across the middle, at either end or at a lane's end, is found as a one-pass search finds it,
-/// and a clean text is clean.
+/// `any_candidate` searches long texts in two or four lanes: a value anywhere, across a seam,
+/// at either end or at a lane's end, is found as a one-pass search finds it, and a clean text is
+/// clean.
 #[test]
-fn two_lane_candidate_search_misses_nothing() {
+fn lane_candidate_search_misses_nothing() {
     let e = engine();
     assert!(
         e.lane_overlap >= 60 && e.lane_overlap < 1000,
         "{}",
         e.lane_overlap
     );
-    let filler = "lorem ipsum, dolor sit amet; ".repeat(80);
-    for len in [LANES_FROM - 1, LANES_FROM, 1501, filler.len()] {
+    let filler = "lorem ipsum, dolor sit amet; ".repeat(110);
+    for len in [
+        LANES_FROM - 1,
+        LANES_FROM,
+        1501,
+        LANES4_FROM - 1,
+        LANES4_FROM,
+        filler.len(),
+    ] {
         let clean = &filler.as_bytes()[..len];
         assert!(!e.any_candidate(clean) && !e.any_candidate_one_pass(clean));
     }
@@ -648,12 +655,22 @@ fn two_lane_candidate_search_misses_nothing() {
         .collect();
     let mut checked = 0;
     for v in values {
-        for len in [LANES_FROM, 1501, filler.len()] {
-            let mid = len / 2;
-            let lane_end = (mid + e.lane_overlap).min(len);
+        for len in [LANES_FROM, 1501, LANES4_FROM - 1, LANES4_FROM, filler.len()] {
+            // Every lane's start and end (with four lanes, or two below LANES4_FROM).
+            let edges: Vec<usize> = if len >= LANES4_FROM {
+                e.lane_spans::<4>(len)
+                    .iter()
+                    .flat_map(|r| [r.start, r.end])
+                    .collect()
+            } else {
+                e.lane_spans::<2>(len)
+                    .iter()
+                    .flat_map(|r| [r.start, r.end])
+                    .collect()
+            };
             let near = |at: usize, edge: usize| at + v.len() + 2 >= edge && at <= edge + 2;
             for at in 0..=len - v.len() {
-                if !(at % 41 == 0 || near(at, mid) || near(at, lane_end) || at + v.len() == len) {
+                if !(at % 41 == 0 || edges.iter().any(|&x| near(at, x)) || at + v.len() == len) {
                     continue;
                 }
                 let text = format!("{}{v}{}", &filler[..at], &filler[at..len - v.len()]);
