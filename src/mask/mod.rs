@@ -202,6 +202,9 @@ pub struct Engine {
     lanes: DFA,
     lane_caches: Mutex<Vec<DfaCache>>,
     lane_overlap: usize,
+    /// The lanes' patterns, for a test that rebuilds the lanes with a tiny cache.
+    #[cfg(test)]
+    lane_patterns: Vec<String>,
     detectors: Vec<Detector>,
     /// The longest text any pattern can match: a stream never holds back more.
     max_len: usize,
@@ -318,6 +321,8 @@ impl Engine {
             lanes,
             lane_caches: Mutex::new(Vec::new()),
             lane_overlap,
+            #[cfg(test)]
+            lane_patterns: lane_patterns.iter().map(|p| p.to_string()).collect(),
             detectors,
             max_len,
             unanchored,
@@ -381,6 +386,23 @@ impl Engine {
             };
             start..end
         })
+    }
+
+    /// The lanes rebuilt with a cache so small that it is cleared every few steps.
+    #[cfg(test)]
+    pub(crate) fn with_tiny_lane_cache(mut self) -> Engine {
+        let pats: Vec<&str> = self.lane_patterns.iter().map(String::as_str).collect();
+        self.lanes = DFA::builder()
+            .syntax(syntax_config())
+            .configure(
+                DFA::config()
+                    .cache_capacity(0)
+                    .skip_cache_capacity_check(true),
+            )
+            .build_many(&pats)
+            .expect("the same patterns build");
+        self.lane_caches = Mutex::new(Vec::new());
+        self
     }
 
     /// Whether the last part matches in any of the `N` lane spans of `text` (the text around
@@ -448,9 +470,10 @@ impl Engine {
             }
             for k in 0..N {
                 s[k] = dfa.next_state(cache, s[k], heads[k][i]).ok()?;
-            }
-            if !valid(cache) {
-                return None;
+                // Before the next lane's (now stale) state is used.
+                if !valid(cache) {
+                    return None;
+                }
             }
             if s.iter().any(|x| x.is_tagged()) {
                 return s.iter().any(|x| x.is_match()).then_some(true);

@@ -700,3 +700,28 @@ fn lane_candidate_search_misses_nothing() {
     }
     assert!(checked > 1000, "{checked}");
 }
+
+/// When the lanes' shared cache is cleared under them (it fills up), their states are gone: the
+/// search falls back to one pass instead of stepping a stale state (a panic or a wrong answer).
+#[test]
+fn lanes_survive_their_cache_being_cleared() {
+    let e = Engine::new(&[], [7; 32]).unwrap().with_tiny_lane_cache();
+    let filler = "lorem ipsum, dolor sit amet; 12 ab: ".repeat(90);
+    for v in [
+        "AKIAIOSFODNN7EXAMPLE",
+        "4111 1111 1111 1111",
+        "203.0.113.7",
+        "",
+    ] {
+        for len in [LANES_FROM, 1501, LANES4_FROM, filler.len()] {
+            for at in (0..len - v.len()).step_by(97) {
+                let text = format!("{}{v}{}", &filler[..at], &filler[at..len - v.len()]);
+                assert_eq!(
+                    e.any_candidate(text.as_bytes()),
+                    e.any_candidate_one_pass(text.as_bytes()),
+                    "{v:?} at {at} of {len}"
+                );
+            }
+        }
+    }
+}
