@@ -491,8 +491,13 @@ impl Writer {
         n
     }
 
-    fn mask_text(&self, s: &str) -> String {
-        self.engine.mask(s, &self.rules, None, false).0
+    /// `s` masked; borrowed when no detector could match in it (most paths and headers).
+    fn mask_text<'a>(&self, s: &'a str) -> Cow<'a, str> {
+        if self.engine.any_candidate(s.as_bytes()) {
+            Cow::Owned(self.engine.mask(s, &self.rules, None, false).0)
+        } else {
+            Cow::Borrowed(s)
+        }
     }
 
     fn mask_body<'a>(&self, b: &'a [u8]) -> Body<'a> {
@@ -513,24 +518,32 @@ impl Writer {
     }
 
     /// Header values masked in one pass (joined by NUL, which no detector matches across);
-    /// one field per name, the last one sent winning, sorted by name.
+    /// one field per name, the last one sent winning, sorted by name. Values with nothing to
+    /// mask are borrowed from the draft.
     fn headers<'a>(&self, h: &'a Headers) -> HeaderFields<'a> {
-        let mut joined = String::new();
-        for (i, (_, v)) in h.iter().enumerate() {
-            if i > 0 {
-                joined.push('\0');
-            }
-            joined.push_str(&String::from_utf8_lossy(v.as_bytes()).replace('\0', " "));
-        }
-        let masked = self.mask_text(&joined);
-        let mut fields: Vec<(&str, String)> = h
+        let values: Vec<Cow<'a, str>> = h
             .iter()
-            .zip(masked.split('\0'))
-            .map(|((k, _), v)| (k.as_str(), v.to_string()))
+            .map(|(_, v)| match std::str::from_utf8(v.as_bytes()) {
+                Ok(s) if !s.contains('\0') => Cow::Borrowed(s),
+                _ => Cow::Owned(String::from_utf8_lossy(v.as_bytes()).replace('\0', " ")),
+            })
+            .collect();
+        let joined = values.join("\0");
+        let values = match self.mask_text(&joined) {
+            Cow::Borrowed(_) => values,
+            Cow::Owned(masked) => masked
+                .split('\0')
+                .map(|v| Cow::Owned(v.to_string()))
+                .collect(),
+        };
+        let mut fields: Vec<(&str, Cow<'a, str>)> = h
+            .iter()
+            .zip(values)
+            .map(|((k, _), v)| (k.as_str(), v))
             .collect();
         // Stable: of fields with one name, the last sent stays last.
         fields.sort_by(|a, b| a.0.cmp(b.0));
-        let mut out: Vec<(&str, String)> = Vec::with_capacity(fields.len());
+        let mut out: Vec<(&str, Cow<'a, str>)> = Vec::with_capacity(fields.len());
         for f in fields {
             match out.last_mut() {
                 Some(last) if last.0 == f.0 => *last = f,
@@ -569,7 +582,7 @@ impl Writer {
             conversation: d.conversation.clone(),
             status: d.status,
             method: d.method.clone(),
-            path: path.clone(),
+            path: path.to_string(),
             segment: 0,
             offset: 0,
             len: 0,
@@ -635,7 +648,7 @@ struct Record<'a> {
     route: Option<&'a str>,
     recording: &'static str,
     method: &'a str,
-    path: String,
+    path: Cow<'a, str>,
     request: Request<'a>,
     response: Response<'a>,
     decisions: Decisions<'a>,
@@ -653,7 +666,7 @@ enum Body<'a> {
 }
 
 /// Header fields (masked), one per name.
-struct HeaderFields<'a>(Vec<(&'a str, String)>);
+struct HeaderFields<'a>(Vec<(&'a str, Cow<'a, str>)>);
 
 struct Request<'a> {
     headers: HeaderFields<'a>,
@@ -851,7 +864,10 @@ mod tests {
             ])),
             request_bytes: request.len() as u64,
             status: 200,
-            response_headers: h(&[("content-type", "application/octet-stream")]),
+            response_headers: h(&[
+                ("content-type", "application/octet-stream"),
+                ("x-note", "key sk-proj-abcdefghijklmnopqrstuvwxyz0123 end"),
+            ]),
             response_body: Some(Chunks::from(vec![0xff, 0xfe, 0])),
             response_bytes: 3,
             response_truncated: true,
@@ -887,6 +903,15 @@ mod tests {
         let body = r["request"]["body"].as_str().unwrap().to_string();
         assert_eq!(body, request.replace(email, "[REDACTED:EMAIL]"));
         let masked_path = r["path"].as_str().unwrap().to_string();
+        // A header value with a key: masked, the other values of the message as they were.
+        let note = r["response"]["headers"]["x-note"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            note.starts_with("key [REDACTED:") && note.ends_with(" end"),
+            "{note}"
+        );
         assert!(masked_path.starts_with("/v1/x?to=") && !masked_path.contains(email));
         assert_eq!(
             r,
@@ -900,7 +925,7 @@ mod tests {
                     "body": body, "bytes": request.len(), "truncated": false
                 },
                 "response": {
-                    "status": 200, "headers": {"content-type": "application/octet-stream"},
+                    "status": 200, "headers": {"content-type": "application/octet-stream", "x-note": note},
                     "body": {"binary_bytes": 3}, "events": null, "bytes": 3, "truncated": true
                 },
                 "decisions": {
