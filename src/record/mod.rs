@@ -340,7 +340,8 @@ struct Writer {
     last_retention: Instant,
 }
 
-/// Records written with one `write` at most (the queue holds more when the writer is behind).
+/// Records written with one `write` at most (the queue holds more when the writer is behind;
+/// the store also ends a batch at 1 MiB).
 const BATCH: usize = 64;
 
 fn io_reason(e: &std::io::Error) -> &'static str {
@@ -423,7 +424,7 @@ impl Writer {
             let mut staged = 0;
             let mut failed = None;
             for d in &batch[done..] {
-                if self.store.segment_full() {
+                if self.store.batch_full() {
                     break;
                 }
                 let (mut record, entry) = self.render(d);

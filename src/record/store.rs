@@ -12,6 +12,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+/// Bytes of records a batch stops at (it holds at least one record, however large).
+const BATCH_BYTES: usize = 1 << 20;
+
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// Turns a record body (JSON object text, with `seq` and `prev`) into its stored line (no `\n`).
@@ -247,10 +250,13 @@ impl Store {
         Ok(&lines[..lines.len() - 1])
     }
 
-    /// Whether the records staged fill the current segment: commit them before staging more
-    /// (a batch never spans two segments, and a segment ends at most one record past its size).
-    pub fn segment_full(&self) -> bool {
-        self.staged > 0 && self.size + self.pending.len() as u64 >= self.segment_size
+    /// Whether the records staged make a batch: they fill the current segment (a batch never
+    /// spans two segments, and a segment ends at most one record past its size) or hold
+    /// `BATCH_BYTES` (large bodies: the buffer stays bounded). Commit them before staging more.
+    pub fn batch_full(&self) -> bool {
+        self.staged > 0
+            && (self.size + self.pending.len() as u64 >= self.segment_size
+                || self.pending.len() >= BATCH_BYTES)
     }
 
     /// Renders a record for the next `commit`: `render(seq, prev, buf)` appends to `buf` one
@@ -264,6 +270,10 @@ impl Store {
         if self.staged == 0 {
             self.pending.clear();
             self.pending_idx.clear();
+            // One very large record does not keep its buffer for good.
+            if self.pending.capacity() > 4 * BATCH_BYTES {
+                self.pending.shrink_to(BATCH_BYTES);
+            }
             if self.segment_torn || (self.size >= self.segment_size && self.size > 0) {
                 self.file = OpenOptions::new()
                     .create(true)
@@ -553,7 +563,7 @@ mod tests {
     fn stage_n(s: &mut Store, ids: std::ops::Range<usize>) -> usize {
         let mut staged = 0;
         for i in ids {
-            if s.segment_full() {
+            if s.batch_full() {
                 break;
             }
             s.stage(
@@ -622,6 +632,29 @@ mod tests {
         }
         let r = crate::record::verify::verify(&dir).unwrap();
         assert_eq!((r.verified, r.problem), (idx.len() as u64, None));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_batch_of_large_records_stops_at_its_byte_bound() {
+        let dir = std::env::temp_dir().join(format!("agentgate-big-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let mut s = Store::open(&dir, 1 << 30).unwrap();
+        let big = "b".repeat(BATCH_BYTES * 6 / 10);
+        let mut staged = 0;
+        while !s.batch_full() {
+            s.stage(
+                |seq, prev, buf| {
+                    serde_json::to_writer(buf, &json!({"big": big, "seq": seq, "prev": prev}))
+                },
+                entry("big"),
+            )
+            .unwrap();
+            staged += 1;
+        }
+        assert_eq!(staged, 2);
+        s.commit().unwrap();
+        assert_eq!(read_index(&dir).len(), 2);
         let _ = fs::remove_dir_all(&dir);
     }
 }
