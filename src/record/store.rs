@@ -96,10 +96,9 @@ pub struct Store {
     /// Seq and hash of the next record after the last one written.
     pub next_seq: u64,
     pub last_hash: String,
-    /// Records rendered into `pending` / `pending_idx` and not written yet, and the seq and
-    /// hash after them. Both buffers are kept between batches (no allocation per record).
+    /// Records rendered into `pending` / `pending_idx` and not written yet, and the hash of
+    /// the last of them. Both buffers are kept between batches (no allocation per record).
     staged: usize,
-    staged_seq: u64,
     staged_hash: String,
     pending: Vec<u8>,
     pending_idx: Vec<u8>,
@@ -222,7 +221,6 @@ impl Store {
             index_size,
             segment_torn: false,
             index_torn,
-            staged_seq: next_seq,
             staged_hash: last_hash.clone(),
             next_seq,
             last_hash,
@@ -270,6 +268,10 @@ impl Store {
         if self.staged == 0 {
             self.pending.clear();
             self.pending_idx.clear();
+            // The index ends in a partial line: this batch's entries start on a new one.
+            if self.index_torn {
+                self.pending_idx.push(b'\n');
+            }
             // One very large record does not keep its buffer for good.
             if self.pending.capacity() > 4 * BATCH_BYTES {
                 self.pending.shrink_to(BATCH_BYTES);
@@ -284,8 +286,9 @@ impl Store {
                 self.segment_torn = false;
             }
         }
+        let seq = self.next_seq + self.staged as u64;
         let start = self.pending.len();
-        let rendered = render(self.staged_seq, &self.staged_hash, &mut self.pending);
+        let rendered = render(seq, &self.staged_hash, &mut self.pending);
         if rendered.is_err() || self.pending.last() != Some(&b'}') {
             self.pending.truncate(start);
             return Err(rendered
@@ -295,7 +298,7 @@ impl Store {
         }
         seal_in_place(&mut self.pending, start, &mut self.hash);
         self.pending.push(b'\n');
-        entry.seq = self.staged_seq;
+        entry.seq = seq;
         entry.segment = self.current;
         entry.offset = self.size + start as u64;
         entry.len = (self.pending.len() - start) as u64;
@@ -307,7 +310,6 @@ impl Store {
         }
         self.pending_idx.push(b'\n');
         self.staged += 1;
-        self.staged_seq += 1;
         std::mem::swap(&mut self.staged_hash, &mut self.hash);
         Ok(())
     }
@@ -320,19 +322,12 @@ impl Store {
         if self.staged == 0 {
             return Ok(&[]);
         }
-        self.staged = 0;
-        let mut written = self.file.write_all(&self.pending);
-        if written.is_ok() && self.index_torn {
-            written = self.index.write_all(b"\n");
-            if written.is_ok() {
-                self.index_torn = false;
-                self.index_size += 1;
-            }
-        }
-        let written = written.and_then(|()| self.index.write_all(&self.pending_idx));
+        let written = self
+            .file
+            .write_all(&self.pending)
+            .and_then(|()| self.index.write_all(&self.pending_idx));
         if let Err(e) = written {
-            self.staged_seq = self.next_seq;
-            self.staged_hash.clone_from(&self.last_hash);
+            self.discard();
             // A partial write (the disk filled up half way) would leave a torn line that the
             // next record is appended after; cut it off. Shrinking a file frees space, so this
             // works on a full disk; if it does not, go on in a new segment / on a new line.
@@ -348,7 +343,9 @@ impl Store {
         self.size += len;
         self.total += len;
         self.index_size += self.pending_idx.len() as u64;
-        self.next_seq = self.staged_seq;
+        self.index_torn = false;
+        self.next_seq += self.staged as u64;
+        self.staged = 0;
         self.last_hash.clone_from(&self.staged_hash);
         Ok(&self.pending)
     }
@@ -356,7 +353,6 @@ impl Store {
     /// Drops the staged records (not written).
     pub fn discard(&mut self) {
         self.staged = 0;
-        self.staged_seq = self.next_seq;
         self.staged_hash.clone_from(&self.last_hash);
     }
 
@@ -499,29 +495,12 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("agentgate-store-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         let mut s = Store::open(&dir, 1 << 20).unwrap();
-        let entry = IndexEntry {
-            id: "x".into(),
-            seq: 0,
-            ts_ms: 0,
-            route: None,
-            subject: None,
-            conversation: "c".into(),
-            status: 200,
-            method: "GET".into(),
-            path: "/".into(),
-            segment: 0,
-            offset: 0,
-            len: 0,
-        };
         for i in 0..3 {
             s.append_with(
                 |seq, prev, buf| {
                     serde_json::to_writer(buf, &json!({"n": i, "seq": seq, "prev": prev}))
                 },
-                IndexEntry {
-                    id: format!("r{i}"),
-                    ..entry.clone()
-                },
+                entry(&format!("r{i}")),
             )
             .unwrap();
         }
@@ -535,7 +514,7 @@ mod tests {
         assert_eq!(s.next_seq, 3);
         s.append_with(
             |seq, prev, buf| serde_json::to_writer(buf, &json!({"seq": seq, "prev": prev})),
-            entry,
+            entry("x"),
         )
         .unwrap();
         assert_eq!(segments(&dir).unwrap(), vec![1]);
