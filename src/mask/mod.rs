@@ -188,6 +188,27 @@ const LANES_FROM: usize = 1024;
 /// body is faster in two, a 2.2 KB one in four; eight spill the walks' state to the stack).
 const LANES4_FROM: usize = 2048;
 
+/// Lazy-DFA caches kept for reuse across calls (a cache is per search, not shareable).
+#[derive(Default)]
+struct CachePool(Mutex<Vec<DfaCache>>);
+
+impl CachePool {
+    /// A cache of `dfa` from the pool, or a new one.
+    fn take(&self, dfa: &DFA) -> DfaCache {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|mut p| p.pop())
+            .unwrap_or_else(|| dfa.create_cache())
+    }
+
+    fn put(&self, cache: DfaCache) {
+        if let Ok(mut p) = self.0.lock() {
+            p.push(cache);
+        }
+    }
+}
+
 /// Detectors scanned by a regex of their own. The e-mail pattern starts at every word, so in a
 /// combined automaton it multiplies the states of every other pattern (1.4 MB/s measured);
 /// alone, the regex engine searches for `@` first and runs at memchr speed.
@@ -196,11 +217,11 @@ const SOLO: &[&str] = &["email"];
 pub struct Engine {
     parts: Vec<Part>,
     dfa: DFA,
-    dfa_caches: Mutex<Vec<DfaCache>>,
+    dfa_caches: CachePool,
     /// The last part's patterns as a lazy DFA of their own, stepped by `any_candidate` over
     /// parts of a text at once (see `lanes`), and the longest text they can match.
     lanes: DFA,
-    lane_caches: Mutex<Vec<DfaCache>>,
+    lane_caches: CachePool,
     lane_overlap: usize,
     /// The lanes' patterns, for a test that rebuilds the lanes with a tiny cache.
     #[cfg(test)]
@@ -317,9 +338,9 @@ impl Engine {
         Ok(Engine {
             parts,
             dfa,
-            dfa_caches: Mutex::new(Vec::new()),
+            dfa_caches: CachePool::default(),
             lanes,
-            lane_caches: Mutex::new(Vec::new()),
+            lane_caches: CachePool::default(),
             lane_overlap,
             #[cfg(test)]
             lane_patterns: lane_patterns.iter().map(|p| p.to_string()).collect(),
@@ -401,7 +422,7 @@ impl Engine {
             )
             .build_many(&pats)
             .expect("the same patterns build");
-        self.lane_caches = Mutex::new(Vec::new());
+        self.lane_caches = CachePool::default();
         self
     }
 
@@ -410,16 +431,9 @@ impl Engine {
     /// lanes walk the same states: one table stays hot). `None` when the lazy DFA gives up or
     /// its cache was cleared under a lane (the caller searches the usual way).
     fn lanes<const N: usize>(&self, text: &[u8]) -> Option<bool> {
-        let mut cache = self
-            .lane_caches
-            .lock()
-            .ok()
-            .and_then(|mut p| p.pop())
-            .unwrap_or_else(|| self.lanes.create_cache());
+        let mut cache = self.lane_caches.take(&self.lanes);
         let found = self.step_lanes(text, self.lane_spans::<N>(text.len()), &mut cache);
-        if let Ok(mut p) = self.lane_caches.lock() {
-            p.push(cache);
-        }
+        self.lane_caches.put(cache);
         found
     }
 
@@ -616,12 +630,7 @@ impl Engine {
     /// beginning of a match (so a stream must hold it back); `text.len()` if there is none.
     pub fn live_suffix(&self, text: &[u8], from: usize) -> usize {
         let from = from.max(text.len().saturating_sub(self.max_len));
-        let mut cache = self
-            .dfa_caches
-            .lock()
-            .ok()
-            .and_then(|mut p| p.pop())
-            .unwrap_or_else(|| self.dfa.create_cache());
+        let mut cache = self.dfa_caches.take(&self.dfa);
         let mut found = text.len();
         'starts: for i in from..text.len() {
             let input = Input::new(text).range(i..).anchored(Anchored::Yes);
@@ -641,9 +650,7 @@ impl Engine {
             found = i;
             break;
         }
-        if let Ok(mut p) = self.dfa_caches.lock() {
-            p.push(cache);
-        }
+        self.dfa_caches.put(cache);
         found
     }
 
