@@ -5,14 +5,17 @@
 use serde::Serialize;
 use std::io::Write;
 
-/// Whether byte `c` must be escaped in a JSON string: a control character, `"` or `\`.
+/// The index of the first byte at or after `i` that must be escaped in a JSON string (a
+/// control character, `"` or `\`), or `b.len()`: one byte at a time.
 #[inline]
-fn special(c: u8) -> bool {
-    c < 0x20 || c == b'"' || c == b'\\'
+fn next_special_bytewise(b: &[u8], i: usize) -> usize {
+    i + b[i..]
+        .iter()
+        .position(|&c| c < 0x20 || c == b'"' || c == b'\\')
+        .unwrap_or(b.len() - i)
 }
 
-/// The index of the first byte at or after `i` that must be escaped (or `b.len()`), sixteen
-/// bytes at a time (SSE2, part of every x86_64 CPU).
+/// `next_special_bytewise` sixteen bytes at a time (SSE2, part of every x86_64 CPU).
 #[cfg(target_arch = "x86_64")]
 #[inline]
 fn next_special(b: &[u8], mut i: usize) -> usize {
@@ -42,20 +45,11 @@ fn next_special(b: &[u8], mut i: usize) -> usize {
             i += 16;
         }
     }
-    i + b[i..]
-        .iter()
-        .position(|&c| special(c))
-        .unwrap_or(b.len() - i)
+    next_special_bytewise(b, i)
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-#[inline]
-fn next_special(b: &[u8], i: usize) -> usize {
-    i + b[i..]
-        .iter()
-        .position(|&c| special(c))
-        .unwrap_or(b.len() - i)
-}
+use next_special_bytewise as next_special;
 
 /// `s` as a JSON string, as serde_json writes it (`\b \t \n \f \r`, `\u00xx` for the other
 /// control characters, nothing else escaped).
