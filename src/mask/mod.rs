@@ -8,6 +8,7 @@
 //! a stream how many trailing bytes could still become a match (`stream.rs`), which is all it
 //! ever holds back.
 
+mod anchors;
 pub mod corpus;
 pub mod detectors;
 pub mod json;
@@ -188,6 +189,9 @@ const LANES_FROM: usize = 1024;
 /// body is faster in two, a 2.2 KB one in four; eight spill the walks' state to the stack).
 const LANES4_FROM: usize = 2048;
 
+/// Texts at least this long are walked only around their anchors when they have few.
+const ANCHORS_FROM: usize = 256;
+
 /// Lazy-DFA caches kept for reuse across calls (a cache is per search, not shareable).
 #[derive(Default)]
 struct CachePool(Mutex<Vec<DfaCache>>);
@@ -223,6 +227,9 @@ pub struct Engine {
     lanes: DFA,
     lane_caches: CachePool,
     lane_overlap: usize,
+    /// Where in a text the lanes' patterns can match (`None` if a custom pattern can match
+    /// anywhere): long texts are walked only there.
+    anchors: Option<anchors::Anchors>,
     /// The lanes' patterns, for a test that rebuilds the lanes with a tiny cache.
     #[cfg(test)]
     lane_patterns: Vec<String>,
@@ -335,6 +342,7 @@ impl Engine {
             .build_many(&lane_patterns)
             .map_err(|e| format!("building the detectors: {e}"))?;
         let lane_overlap = last.iter().map(|&i| longest[i]).max().unwrap_or(0);
+        let anchors = anchors::Anchors::new(&lane_patterns, lane_overlap, syntax_config());
         Ok(Engine {
             parts,
             dfa,
@@ -342,6 +350,7 @@ impl Engine {
             lanes,
             lane_caches: CachePool::default(),
             lane_overlap,
+            anchors,
             #[cfg(test)]
             lane_patterns: lane_patterns.iter().map(|p| p.to_string()).collect(),
             detectors,
@@ -369,6 +378,11 @@ impl Engine {
         if solo.iter().any(|p| p.regex.is_match(Input::new(text))) {
             return true;
         }
+        if self.unanchored && text.len() >= ANCHORS_FROM {
+            if let Some(found) = self.around_anchors(text) {
+                return found;
+            }
+        }
         // Long texts in lanes: one lazy DFA step is a load that waits for the one before, so
         // independent walks over parts of the text take about the time of one.
         if self.unanchored && text.len() >= LANES_FROM {
@@ -382,6 +396,32 @@ impl Engine {
             }
         }
         last.regex.is_match(Input::new(text))
+    }
+
+    /// Whether the last part matches in `text`, walking only the bytes around its anchors
+    /// (`anchors.rs`); `None` when they are too many to gain anything or the lazy DFA gives up.
+    fn around_anchors(&self, text: &[u8]) -> Option<bool> {
+        // One walk steps a byte in about the time four lanes step four (`lanes`).
+        let windows = self.anchors.as_ref()?.windows(text, text.len() / 4)?;
+        let mut cache = self.lane_caches.take(&self.lanes);
+        let mut found = Some(false);
+        for w in windows {
+            // The bytes around the window are look-around context, as in the whole text.
+            let input = Input::new(text).range(w).earliest(true);
+            match self.lanes.try_search_fwd(&mut cache, &input) {
+                Ok(None) => {}
+                Ok(Some(_)) => {
+                    found = Some(true);
+                    break;
+                }
+                Err(_) => {
+                    found = None;
+                    break;
+                }
+            }
+        }
+        self.lane_caches.put(cache);
+        found
     }
 
     /// `any_candidate` in one pass per part (what the lanes must agree with).
@@ -727,7 +767,7 @@ impl Engine {
         // no anchor in any pattern (word boundaries see the same non-word `"` around a value as
         // the edge of the value alone), no candidate in the body means none in any value, so
         // the body would come back byte for byte; the per-value walk is skipped.
-        if self.unanchored && !body.contains(&b'\\') && !self.any_candidate(body) {
+        if self.unanchored && memchr::memchr(b'\\', body).is_none() && !self.any_candidate(body) {
             return std::str::from_utf8(body).ok().map(Cow::Borrowed);
         }
         self.mask_body_walk(body, rules).map(Cow::Owned)

@@ -2,7 +2,12 @@ use super::*;
 use std::sync::Arc;
 
 fn engine() -> Arc<Engine> {
-    let custom = vec![
+    Arc::new(Engine::new(&engine_custom(), [7; 32]).unwrap())
+}
+
+/// The custom detectors of the tests' engine.
+fn engine_custom() -> Vec<CustomDetector> {
+    vec![
         CustomDetector {
             name: "employee_id".into(),
             regex: Some("EMP-[0-9]{6}".into()),
@@ -13,8 +18,7 @@ fn engine() -> Arc<Engine> {
             regex: None,
             words: vec!["rm -rf /".into(), "Project Bluebird".into()],
         },
-    ];
-    Arc::new(Engine::new(&custom, [7; 32]).unwrap())
+    ]
 }
 
 fn redact_all() -> Rules {
@@ -724,4 +728,112 @@ fn lanes_survive_their_cache_being_cleared() {
             }
         }
     }
+}
+
+#[test]
+fn anchors_cover_every_builtin_and_refuse_what_they_cannot() {
+    // Built-ins, and the test engine's custom regex and deny-list words: all covered (the
+    // `Bearer` detector and the words by their leading literals).
+    assert!(Engine::new(&[], [0; 32]).unwrap().anchors.is_some());
+    assert!(engine().anchors.is_some());
+    // A custom pattern that can match with no anchor byte and has no leading literal: the
+    // engine walks every byte instead, and still finds everything.
+    let loose = Engine::new(
+        &[CustomDetector {
+            name: "codename".into(),
+            regex: Some("[a-z]{5}x[a-z]{5}".into()),
+            words: vec![],
+        }],
+        [0; 32],
+    )
+    .unwrap();
+    assert!(loose.anchors.is_none());
+    let mut text = "lorem ipsum, dolor sit amet; ".repeat(20);
+    assert!(!loose.any_candidate(text.as_bytes()));
+    text.push_str(" abcdexfghij ");
+    assert!(loose.any_candidate(text.as_bytes()));
+}
+
+#[test]
+fn the_anchor_search_agrees_with_a_full_walk_on_mixed_texts() {
+    // Texts of 256..4000 bytes put together from prose, JSON, anchor bytes on their own and
+    // pieces of real values (whole, cut short, run together), so that windows start and end
+    // inside values, touch, merge and give up; each is checked against one plain pass. A
+    // custom pattern whose only anchor bytes come 51 bytes into it checks that a window
+    // reaches back far enough.
+    let mut custom = vec![CustomDetector {
+        name: "late".into(),
+        regex: Some("Z[a-z]{50}-[0-9]{3}".into()),
+        words: vec![],
+    }];
+    custom.extend(engine_custom());
+    let e = Engine::new(&custom, [7; 32]).unwrap();
+    let mut pieces: Vec<String> = POSITIVES
+        .iter()
+        .map(|p| p.1)
+        .chain(IN_CONTEXT.iter().map(|p| p.1))
+        .flat_map(|v| {
+            let cut = v.len() / 2;
+            [v.to_string(), v[..cut].to_string(), v[cut..].to_string()]
+        })
+        .collect();
+    for p in [
+        "lorem ipsum dolor sit amet ",
+        "The quick brown fox jumps over the lazy dog. ",
+        r#"{"role":"user","content":"#,
+        "\"},",
+        " A ",
+        "J",
+        "7",
+        "-",
+        "_",
+        "=",
+        ":",
+        "<",
+        "+",
+        " Bearer ",
+        "bearer",
+        "project bluebird",
+        "Zabcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwx-123",
+        "Zabcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwx",
+        "\n",
+    ] {
+        for _ in 0..6 {
+            pieces.push(p.to_string());
+        }
+    }
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = |n: usize| {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        ((seed >> 33) as usize) % n
+    };
+    let (mut found, mut clean) = (0, 0);
+    for _ in 0..3000 {
+        let want = 256 + next(3800);
+        let mut text = String::new();
+        // Mostly prose, so that the anchors are few and the windows are used.
+        while text.len() < want {
+            if next(20) < 18 {
+                text.push_str("lorem ipsum dolor sit amet consectetur adipiscing elit sed do ");
+            } else {
+                text.push_str(&pieces[next(pieces.len())]);
+            }
+        }
+        let one_pass = e.any_candidate_one_pass(text.as_bytes());
+        assert_eq!(e.any_candidate(text.as_bytes()), one_pass, "{text:?}");
+        // The windows answered (rather than leaving it to the lanes): both ways, often.
+        match e.around_anchors(text.as_bytes()) {
+            Some(true) => found += 1,
+            Some(false) => clean += 1,
+            None => {}
+        }
+        if let Some(a) = e.around_anchors(text.as_bytes()) {
+            // (The windows are the last part's: e-mail is searched on its own.)
+            let last = &e.parts.last().unwrap().regex;
+            assert_eq!(a, last.is_match(Input::new(&text)), "{text:?}");
+        }
+    }
+    assert!(found > 300 && clean > 100, "{found} found, {clean} clean");
 }
