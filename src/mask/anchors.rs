@@ -9,9 +9,9 @@
 //! literals instead (`Bearer`, `bearer`), searched with Aho-Corasick.
 //!
 //! Both properties are proved, not assumed, when the engine is built: each pattern's own DFA
-//! is explored over the other 247 bytes and must reach no match (`anchored_by`), or its
-//! prefixes must be a finite set of literals of a few bytes. If one pattern has neither (a
-//! custom regex such as `[a-z]{6}`), the engine does without this and walks every byte.
+//! is explored over every other byte and must reach no match (`anchored_by`), or its prefixes
+//! must be a finite set of literals of a few bytes. If one pattern has neither (a custom regex
+//! such as `[a-z]{6}`), the engine does without this and walks every byte.
 
 use aho_corasick::AhoCorasick;
 use regex_automata::dfa::{dense, Automaton, StartKind};
@@ -27,6 +27,7 @@ const SINGLES: [u8; 7] = [b'=', b'-', b'_', b'+', b'<', b'A', b'J'];
 
 /// Leading literals shorter than this would hit too often to be worth a search.
 const MIN_LITERAL: usize = 3;
+/// Leading literals are cut to this many bytes (a prefix of a prefix is one too).
 const MAX_LITERAL: usize = 6;
 
 /// A pattern's DFA larger than this is not explored (the pattern then needs literals).
@@ -49,7 +50,7 @@ impl Anchors {
     pub(crate) fn new(patterns: &[&str], reach: usize, config: syntax::Config) -> Option<Anchors> {
         let mut literals: Vec<Vec<u8>> = Vec::new();
         for p in patterns {
-            if anchored_by(p, config, is_anchor)? {
+            if anchored_by(p, config, is_anchor) == Some(true) {
                 continue;
             }
             literals.extend(leading_literals(p, config)?);

@@ -6,7 +6,8 @@
 //! their matches are merged leftmost-first. Validators (Luhn,
 //! mod-97, entropy...) turn pattern hits into findings. A lazy DFA over the same patterns tells
 //! a stream how many trailing bytes could still become a match (`stream.rs`), which is all it
-//! ever holds back.
+//! ever holds back. Whether a long text holds any candidate at all is answered by walking only
+//! the bytes near those every match must hold (`anchors.rs`), or in lanes (`any_candidate`).
 
 mod anchors;
 pub mod corpus;
