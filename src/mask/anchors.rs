@@ -8,16 +8,18 @@
 //! match without any of them (`Bearer` tokens, deny-list words) is found by its leading
 //! literals instead (`Bearer`, `bearer`), searched with Aho-Corasick.
 //!
-//! Both properties are proved, not assumed, when the engine is built: each pattern's own DFA
-//! is explored over every other byte and must reach no match (`anchored_by`), or its prefixes
-//! must be a finite set of literals of a few bytes. If one pattern has neither (a custom regex
-//! such as `[a-z]{6}`), the engine does without this and walks every byte.
+//! Both properties are proved, not assumed, when the engine is built: each pattern's syntax
+//! must hold an anchor in every match (a `[:=]` or `sk-` that cannot be skipped), or its own
+//! DFA, explored over every other byte, must reach no match (`anchored_by`), or its prefixes
+//! must be a finite set of literals of a few bytes. If one pattern has none of these (a custom
+//! regex such as `[a-z]{6}`), the engine does without this and walks every byte.
 
 use aho_corasick::AhoCorasick;
-use regex_automata::dfa::{dense, Automaton, StartKind};
+use regex_automata::hybrid::dfa::DFA;
 use regex_automata::util::syntax;
 use regex_automata::{Input, MatchKind};
 use regex_syntax::hir::literal::{ExtractKind, Extractor};
+use regex_syntax::hir::{Class, Hir, HirKind};
 use std::collections::HashSet;
 use std::ops::Range;
 
@@ -30,7 +32,8 @@ const MIN_LITERAL: usize = 3;
 /// Leading literals are cut to this many bytes (a prefix of a prefix is one too).
 const MAX_LITERAL: usize = 6;
 
-/// A pattern's DFA larger than this is not explored (the pattern then needs literals).
+/// A pattern's lazy DFA holding more than this is not explored further (the pattern then
+/// needs literals).
 const DFA_LIMIT: usize = 4 << 20;
 
 pub(crate) fn is_anchor(b: u8) -> bool {
@@ -141,25 +144,49 @@ impl Cover {
 }
 
 /// Whether every match of `pattern` (in any text) holds a byte `anchor` accepts; `None` if its
-/// DFA could not be built within the limit. The pattern's DFA (every match, anchored) is walked
-/// from each kind of look-behind over the bytes that are not anchors: no state so reached may
-/// end a match, on any next byte or at the end of the text.
+/// DFA grew past the limit. Shown by the syntax when it can be (`holds_anchor`); otherwise the
+/// pattern's lazy DFA (every match, anchored) is walked from each kind of look-behind over the
+/// bytes that are not anchors: no state so reached may end a match, on any next byte or at the
+/// end of the text.
 pub(crate) fn anchored_by(
     pattern: &str,
     config: syntax::Config,
     anchor: impl Fn(u8) -> bool,
 ) -> Option<bool> {
-    let dfa = dense::Builder::new()
+    // Most patterns show it in their syntax (`[:=]`, `sk-`, `[0-9]{13}`): no DFA needed.
+    let hir = syntax::parse_with(pattern, &config).ok()?;
+    if holds_anchor(&hir, &anchor) {
+        return Some(true);
+    }
+    explore(pattern, config, anchor)
+}
+
+/// `anchored_by` shown by the pattern's lazy DFA alone.
+fn explore(pattern: &str, config: syntax::Config, anchor: impl Fn(u8) -> bool) -> Option<bool> {
+    // A lazy DFA: only the states reachable over non-anchor bytes are ever computed (building
+    // the whole DFA of a pattern such as `aws_secret_key` took most of a second in a debug
+    // build, and the engine is built again on every reload).
+    let dfa = DFA::builder()
         .syntax(config)
         .configure(
-            dense::Config::new()
+            DFA::config()
                 .match_kind(MatchKind::All)
-                .start_kind(StartKind::Anchored)
-                .dfa_size_limit(Some(DFA_LIMIT))
-                .determinize_size_limit(Some(DFA_LIMIT)),
+                .starts_for_each_pattern(false)
+                .cache_capacity(DFA_LIMIT),
         )
         .build(pattern)
         .ok()?;
+    let mut cache = dfa.create_cache();
+    // Bytes the pattern does not tell apart lead to the same state: one byte of each class is
+    // walked, and a class is walked over if any of its bytes is not an anchor.
+    let classes = dfa.byte_classes();
+    let mut free = vec![false; classes.alphabet_len()];
+    let mut byte_of = vec![0u8; classes.alphabet_len()];
+    for b in 0..=255u8 {
+        let c = classes.get(b) as usize;
+        free[c] |= !anchor(b);
+        byte_of[c] = b;
+    }
     let mut seen = HashSet::new();
     let mut todo = Vec::new();
     // Start of text, after a word byte, a non-word byte, a line feed, a carriage return.
@@ -167,30 +194,57 @@ pub(crate) fn anchored_by(
         let input = Input::new(before)
             .range(before.len()..)
             .anchored(regex_automata::Anchored::Yes);
-        let s = dfa.start_state_forward(&input).ok()?;
+        let s = dfa.start_state_forward(&mut cache, &input).ok()?;
         if seen.insert(s) {
             todo.push(s);
         }
     }
     while let Some(s) = todo.pop() {
         // Match states are entered one byte late: a match of the bytes walked so far.
-        if dfa.is_match_state(dfa.next_eoi_state(s)) {
+        if dfa.next_eoi_state(&mut cache, s).ok()?.is_match() {
             return Some(false);
         }
-        for b in 0..=255u8 {
-            let t = dfa.next_state(s, b);
-            if dfa.is_match_state(t) {
+        for (c, &b) in byte_of.iter().enumerate() {
+            let t = dfa.next_state(&mut cache, s, b).ok()?;
+            if t.is_match() {
                 return Some(false);
             }
-            if dfa.is_quit_state(t) {
+            if t.is_quit() || t.is_unknown() {
                 return None;
             }
-            if !anchor(b) && !dfa.is_dead_state(t) && seen.insert(t) {
+            if free[c] && !t.is_dead() && seen.insert(t) {
                 todo.push(t);
             }
         }
     }
-    Some(true)
+    // State ids stay valid only while the cache was never cleared (it filled up).
+    (cache.clear_count() == 0).then_some(true)
+}
+
+/// Whether every text `hir` matches holds a byte `anchor` accepts, seen from its syntax alone
+/// (`false` may only mean "not shown"): a literal or class of anchors only, at least once, in
+/// sequence with anything or in every alternative.
+fn holds_anchor(hir: &Hir, anchor: &impl Fn(u8) -> bool) -> bool {
+    match hir.kind() {
+        HirKind::Literal(lit) => lit.0.iter().any(|&b| anchor(b)),
+        HirKind::Class(Class::Bytes(c)) => {
+            c.ranges()
+                .iter()
+                .all(|r| (r.start()..=r.end()).all(|b| anchor(b)))
+                && !c.ranges().is_empty()
+        }
+        HirKind::Class(Class::Unicode(c)) => {
+            c.ranges()
+                .iter()
+                .all(|r| (r.start()..=r.end()).all(|ch| u8::try_from(ch).is_ok_and(|b| anchor(b))))
+                && !c.ranges().is_empty()
+        }
+        HirKind::Repetition(r) => r.min >= 1 && holds_anchor(&r.sub, anchor),
+        HirKind::Capture(c) => holds_anchor(&c.sub, anchor),
+        HirKind::Concat(subs) => subs.iter().any(|h| holds_anchor(h, anchor)),
+        HirKind::Alternation(subs) => subs.iter().all(|h| holds_anchor(h, anchor)),
+        HirKind::Empty | HirKind::Look(_) => false,
+    }
 }
 
 /// Literals every match of `pattern` starts with, if they are a finite set of at least
@@ -302,6 +356,9 @@ mod tests {
     #[test]
     fn a_pattern_is_anchored_only_if_every_match_holds_an_anchor() {
         let yes = |p: &str| anchored_by(p, config(), is_anchor) == Some(true);
+        let by_dfa = |p: &str| explore(p, config(), is_anchor) == Some(true);
+        let by_syntax =
+            |p: &str| holds_anchor(&syntax::parse_with(p, &config()).unwrap(), &is_anchor);
         // (pattern, every match holds an anchor byte)
         let table = [
             (r"[0-9]{4}", true),
@@ -315,9 +372,26 @@ mod tests {
             (r"abc\b", false),
             (r"abc(?:-|$)", false),
             (r"A|b", false),
+            (r"A|b7", true),
+            (r"(?:x[0-9]|y)z", false),
+            (r"(?:x[0-9]|y=)z", true),
+            (r"[a-z]{0,3}-?[0-9]{0}", false),
+            (r"(?:[0-9]a|a[0-9])", true),
+            (r"\b(?:ab?)?[0-9]", true),
         ];
         for (p, want) in table {
             assert_eq!(yes(p), want, "{p}");
+            // The DFA decides every case; the syntax may only say yes when it is so.
+            assert_eq!(by_dfa(p), want, "{p} (DFA)");
+            assert!(!by_syntax(p) || want, "{p} (syntax)");
+        }
+        // The syntax shows these; the DFA agrees.
+        for p in [
+            r"(?i:aws).{0,5}[:=]x",
+            r"x(?:[0-9]|[0-9]{2})",
+            r"[0-9]|A|==",
+        ] {
+            assert!(by_syntax(p) && by_dfa(p), "{p}");
         }
     }
 
