@@ -228,15 +228,12 @@ fn holds_anchor(hir: &Hir, anchor: &impl Fn(u8) -> bool) -> bool {
     match hir.kind() {
         HirKind::Literal(lit) => lit.0.iter().any(|&b| anchor(b)),
         HirKind::Class(Class::Bytes(c)) => {
-            c.ranges()
-                .iter()
-                .all(|r| (r.start()..=r.end()).all(|b| anchor(b)))
-                && !c.ranges().is_empty()
+            c.ranges().iter().all(|r| (r.start()..=r.end()).all(anchor)) && !c.ranges().is_empty()
         }
         HirKind::Class(Class::Unicode(c)) => {
             c.ranges()
                 .iter()
-                .all(|r| (r.start()..=r.end()).all(|ch| u8::try_from(ch).is_ok_and(|b| anchor(b))))
+                .all(|r| (r.start()..=r.end()).all(|ch| u8::try_from(ch).is_ok_and(anchor)))
                 && !c.ranges().is_empty()
         }
         HirKind::Repetition(r) => r.min >= 1 && holds_anchor(&r.sub, anchor),
