@@ -36,7 +36,7 @@ const MAX_LITERAL: usize = 6;
 /// needs literals).
 const DFA_LIMIT: usize = 4 << 20;
 
-pub(crate) fn is_anchor(b: u8) -> bool {
+fn is_anchor(b: u8) -> bool {
     (RANGE.0..=RANGE.1).contains(&b) || SINGLES.contains(&b)
 }
 
@@ -148,11 +148,7 @@ impl Cover {
 /// pattern's lazy DFA (every match, anchored) is walked from each kind of look-behind over the
 /// bytes that are not anchors: no state so reached may end a match, on any next byte or at the
 /// end of the text.
-pub(crate) fn anchored_by(
-    pattern: &str,
-    config: syntax::Config,
-    anchor: impl Fn(u8) -> bool,
-) -> Option<bool> {
+fn anchored_by(pattern: &str, config: syntax::Config, anchor: impl Fn(u8) -> bool) -> Option<bool> {
     // Most patterns show it in their syntax (`[:=]`, `sk-`, `[0-9]{13}`): no DFA needed.
     let hir = syntax::parse_with(pattern, &config).ok()?;
     if holds_anchor(&hir, &anchor) {
