@@ -37,8 +37,20 @@ fn draft(i: usize) -> Draft {
             .map(|(k, v)| (HeaderName::from_static(k), HeaderValue::from_static(v)))
             .collect()
     };
+    // agentgate's request ids: 16 random hex digits, then a counter.
+    let id = format!("5f3a9c0e7b1d2a48{i:016x}");
+    let mut response_headers = h(&[
+        ("content-type", "application/json"),
+        ("content-length", "2048"),
+        ("date", "Sun, 29 Nov 2026 13:00:00 GMT"),
+        ("x-upstream-request-id", "req_7f3a9c0e7b1d2a48c1d2e3f4"),
+    ]);
+    response_headers.push((
+        HeaderName::from_static("x-request-id"),
+        HeaderValue::from_str(&id).unwrap(),
+    ));
     Draft {
-        id: format!("0196a4c2-7f00-7000-8000-{i:012x}"),
+        id,
         ts: "2026-11-29T13:00:00.000Z".into(),
         ts_ms: 1_795_000_000_000 + i as u64,
         conversation: "conv-1".into(),
@@ -61,12 +73,7 @@ fn draft(i: usize) -> Draft {
         request_bytes: request.len() as u64,
         request_body: Some(request.into_bytes().into()),
         status: 200,
-        response_headers: h(&[
-            ("content-type", "application/json"),
-            ("content-length", "2048"),
-            ("date", "Sun, 29 Nov 2026 13:00:00 GMT"),
-            ("x-request-id", "0196a4c2-7f00-7000-8000-000000000001"),
-        ]),
+        response_headers,
         response_bytes: response.len() as u64,
         response_body: Some(response.into_bytes().into()),
         downstream_tls: Some(("TLSv1.3".into(), "TLS_AES_128_GCM_SHA256".into())),

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use json::Object;
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, Sender, SyncSender, TryRecvError, TrySendError};
@@ -271,6 +272,7 @@ impl Recorder {
             depth: depth.clone(),
             retained_at_segment: 0,
             last_retention: Instant::now(),
+            memo: Default::default(),
         };
         std::thread::Builder::new()
             .name("agentgate recorder".into())
@@ -328,6 +330,63 @@ impl Recorder {
     }
 }
 
+/// Header values as the writer masked them, by their bytes: most values (host, content type,
+/// user agent, an SDK's own headers) are the same in every record, and looking one up costs a
+/// fraction of masking it (`127.0.0.1:8443` is an IP address, masked anew in every record
+/// before). Bounded: emptied when full, as values that never repeat (dates, upstream request
+/// ids) fill it in time. The engine does not change under it (the writer keeps the one it was
+/// started with).
+#[derive(Default)]
+struct HeaderMemo {
+    /// `None`: nothing to mask, the value is written as it is; else the masked value.
+    seen: HashMap<Box<[u8]>, Option<Box<str>>>,
+}
+
+/// Longer values are masked each time (seldom repeated, and costly to hash and keep).
+const MEMO_VALUE_MAX: usize = 256;
+/// Entries the memo holds before it is emptied (at most ~300 KB).
+const MEMO_ENTRIES: usize = 1024;
+
+impl HeaderMemo {
+    fn mask<'a>(&mut self, engine: &Engine, rules: &Rules, v: &'a [u8]) -> Cow<'a, str> {
+        if v.len() > MEMO_VALUE_MAX {
+            return mask_value(engine, rules, v);
+        }
+        match self.seen.get(v) {
+            Some(None) => {
+                if let Ok(s) = std::str::from_utf8(v) {
+                    return Cow::Borrowed(s);
+                }
+            }
+            Some(Some(masked)) => return Cow::Owned(masked.to_string()),
+            None => {}
+        }
+        let out = mask_value(engine, rules, v);
+        if self.seen.len() >= MEMO_ENTRIES {
+            self.seen.clear();
+        }
+        let kept = match &out {
+            Cow::Owned(m) if m.as_bytes() != v => Some(m.as_str().into()),
+            _ => None,
+        };
+        self.seen.insert(v.into(), kept);
+        out
+    }
+}
+
+/// One header value masked on its own (a value that is not UTF-8 is read lossily first).
+fn mask_value<'a>(engine: &Engine, rules: &Rules, v: &'a [u8]) -> Cow<'a, str> {
+    let s = String::from_utf8_lossy(v);
+    if !engine.any_candidate(s.as_bytes()) {
+        return s;
+    }
+    let masked = engine.mask(&s, rules, None, false).0;
+    match s {
+        Cow::Borrowed(b) if masked == b => Cow::Borrowed(b),
+        _ => Cow::Owned(masked),
+    }
+}
+
 struct Writer {
     store: Store,
     engine: Arc<Engine>,
@@ -338,6 +397,7 @@ struct Writer {
     /// The segment being written when retention last ran.
     retained_at_segment: u64,
     last_retention: Instant,
+    memo: std::cell::RefCell<HeaderMemo>,
 }
 
 /// Records written with one `write` at most (the queue holds more when the writer is behind;
@@ -518,29 +578,25 @@ impl Writer {
         }
     }
 
-    /// Header values masked in one pass (joined by NUL, which no detector matches across);
-    /// one field per name, the last one sent winning, sorted by name. Values with nothing to
-    /// mask are borrowed from the draft.
-    fn headers<'a>(&self, h: &'a Headers) -> HeaderFields<'a> {
-        let values: Vec<Cow<'a, str>> = h
-            .iter()
-            .map(|(_, v)| match std::str::from_utf8(v.as_bytes()) {
-                Ok(s) if !s.contains('\0') => Cow::Borrowed(s),
-                _ => Cow::Owned(String::from_utf8_lossy(v.as_bytes()).replace('\0', " ")),
-            })
-            .collect();
-        let joined = values.join("\0");
-        let values = match self.mask_text(&joined) {
-            Cow::Borrowed(_) => values,
-            Cow::Owned(masked) => masked
-                .split('\0')
-                .map(|v| Cow::Owned(v.to_string()))
-                .collect(),
-        };
+    /// Header values masked one by one (through the memo: most values repeat from record to
+    /// record); one field per name, the last one sent winning, sorted by name. Values with
+    /// nothing to mask are borrowed from the draft. `own_id`, for the response, is this
+    /// exchange's request id: agentgate's own `x-request-id` (32 hex digits, random, then a
+    /// counter whose leading zeros make a digit run the card detector checks and turns down at
+    /// every start) is written as it is, as the record's `id` is.
+    fn headers<'a>(&self, h: &'a Headers, own_id: Option<&'a str>) -> HeaderFields<'a> {
+        let mut memo = self.memo.borrow_mut();
         let mut fields: Vec<(&str, Cow<'a, str>)> = h
             .iter()
-            .zip(values)
-            .map(|((k, _), v)| (k.as_str(), v))
+            .map(|(k, v)| {
+                let value = match own_id {
+                    Some(id) if k.as_str() == "x-request-id" && v.as_bytes() == id.as_bytes() => {
+                        Cow::Borrowed(id)
+                    }
+                    _ => memo.mask(&self.engine, &self.rules, v.as_bytes()),
+                };
+                (k.as_str(), value)
+            })
             .collect();
         // Stable: of fields with one name, the last sent stays last.
         fields.sort_by(|a, b| a.0.cmp(b.0));
@@ -599,7 +655,7 @@ impl Writer {
             method: &d.method,
             path,
             request: Request {
-                headers: self.headers(&d.request_headers),
+                headers: self.headers(&d.request_headers, None),
                 body: if full {
                     d.request_body.as_ref().map(|b| self.mask_chunks(b))
                 } else {
@@ -610,7 +666,7 @@ impl Writer {
             },
             response: Response {
                 status: d.status,
-                headers: self.headers(&d.response_headers),
+                headers: self.headers(&d.response_headers, Some(&d.id)),
                 body: if full && events.is_none() {
                     d.response_body.as_ref().map(|b| self.mask_chunks(b))
                 } else {
@@ -945,6 +1001,110 @@ mod tests {
         assert!(!events[0]["data"].as_str().unwrap().contains(key));
         assert_eq!(events[1]["data"], "[DONE]");
         assert_eq!(crate::record::verify::verify(&dir).unwrap().verified, 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Header values through the memo: the same as masking each value afresh, first time and
+    /// from memory, for values masked, clean, not UTF-8 and too long to keep; the memo stays
+    /// bounded.
+    #[test]
+    fn header_values_are_masked_on_their_own_and_remembered() {
+        let engine = Engine::new(&[], [1; 32]).unwrap();
+        let rules = Rules::all(Action::Redact);
+        let fresh = |v: &[u8]| -> String {
+            let s = String::from_utf8_lossy(v);
+            engine.mask(&s, &rules, None, false).0
+        };
+        let long_key = format!(
+            "x{} sk-proj-abcdefghijklmnopqrstuvwxyz0123",
+            " ".repeat(300)
+        );
+        let table: Vec<(&[u8], bool)> = vec![
+            // Loopback: a candidate the ipv4 detector's check turns down.
+            (b"127.0.0.1:8443", false),
+            (b"10.0.0.7:8443", true),
+            (b"application/json", false),
+            (b"key sk-proj-abcdefghijklmnopqrstuvwxyz0123 end", true),
+            (b"card 4111 1111 1111 1111", true),
+            // 16 digits failing Luhn: a candidate, nothing masked.
+            (b"0000000000000042", false),
+            (b"mail jane.doe@example.com", true),
+            (b"caf\xe9 jane.doe@example.com", true),
+            (long_key.as_bytes(), true),
+            (b"", false),
+        ];
+        let mut memo = HeaderMemo::default();
+        for round in 0..2 {
+            for (v, masked) in &table {
+                let got = memo.mask(&engine, &rules, v);
+                let want = fresh(v);
+                assert_eq!(got, want, "round {round}: {:?}", String::from_utf8_lossy(v));
+                assert_eq!(got.as_bytes() != *v, *masked, "{got}");
+                // Written as it is only when it is the value itself.
+                assert_eq!(matches!(got, Cow::Borrowed(_)), !masked, "{got}");
+            }
+        }
+        assert!(!memo.seen.contains_key(long_key.as_bytes()));
+        for i in 0..3 * MEMO_ENTRIES {
+            let v = format!(
+                "Sun, 29 Nov 2026 13:{:02}:{:02} GMT {i}",
+                i / 60 % 60,
+                i % 60
+            );
+            assert_eq!(
+                memo.mask(&engine, &rules, v.as_bytes()),
+                fresh(v.as_bytes())
+            );
+            assert!(memo.seen.len() <= MEMO_ENTRIES);
+        }
+    }
+
+    /// agentgate's own request id is written as it is in the `x-request-id` response header,
+    /// and only there and only when it is this record's id: the same value in another header or
+    /// in the request, or another value in `x-request-id`, is masked like any.
+    #[test]
+    fn only_the_records_own_request_id_skips_masking() {
+        let dir = std::env::temp_dir().join(format!("agentgate-record-id-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let settings: RecordingConfig = serde_json::from_str("{}").unwrap();
+        let engine = Arc::new(Engine::new(&[], [1; 32]).unwrap());
+        let rec = Recorder::start(dir.clone(), settings, engine).unwrap();
+        // A 16-digit run that passes Luhn: masked anywhere but as the record's own id.
+        let id = "r-4111111111111111";
+        let hv = |s: &str| HeaderValue::from_str(s).unwrap();
+        rec.submit(Draft {
+            id: id.into(),
+            mode: Mode::Full,
+            request_headers: vec![(HeaderName::from_static("x-request-id"), hv(id))],
+            response_headers: vec![
+                (HeaderName::from_static("x-request-id"), hv(id)),
+                (HeaderName::from_static("x-upstream-request-id"), hv(id)),
+            ],
+            ..Draft::default()
+        });
+        rec.submit(Draft {
+            id: "r-2".into(),
+            mode: Mode::Full,
+            response_headers: vec![(HeaderName::from_static("x-request-id"), hv(id))],
+            ..Draft::default()
+        });
+        rec.flush(Duration::from_secs(10));
+        let idx = store::read_index(&dir);
+        let one = store::read_record(&dir, &idx[0]).unwrap();
+        let two = store::read_record(&dir, &idx[1]).unwrap();
+        assert_eq!(one["id"], id);
+        assert_eq!(one["response"]["headers"]["x-request-id"], id);
+        for masked in [
+            &one["request"]["headers"]["x-request-id"],
+            &one["response"]["headers"]["x-upstream-request-id"],
+            &two["response"]["headers"]["x-request-id"],
+        ] {
+            let v = masked.as_str().unwrap();
+            assert!(
+                v.contains("[REDACTED:") && !v.contains("4111111111111111"),
+                "{v}"
+            );
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 
