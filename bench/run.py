@@ -584,7 +584,11 @@ def render(args, systems, runs, h2, sse, streams, peak) -> str:
         pairs = zip(runs[("agentgate-recorded", 64)], runs[("agentgate", 64)])
         per_round = ", ".join(f"{100 * (1 - r['rps'] / a['rps']):.1f}" for r, a in pairs)
         cpu = (agg(runs[("agentgate-recorded", 64)])["cpu_per_10k"] - agg(runs[("agentgate", 64)])["cpu_per_10k"]) * 100
-        out.append(f"| recording costs ≤ 5% of throughput (recorded vs not, c=64) | {100 * (1 - rec / ag):.1f}% (rounds: {per_round}%; gateway CPU {cpu:+.0f} µs per request) | {verdict(rec / ag >= 0.95)} |")
+        # With every core busy, throughput follows CPU: 5% of it is 5% of the machine's CPU time
+        # per passthrough request (all processes), the budget recording must fit in.
+        budget = 0.05 * (os.cpu_count() or 1) / ag * 1e6
+        out.append(f"| recording costs ≤ 5% of throughput (recorded vs not, c=64) | {100 * (1 - rec / ag):.1f}% (rounds: {per_round}%; gateway CPU {cpu:+.0f} µs per request; "
+                   f"5% is {budget:.1f} µs of this machine's CPU per request) | {verdict(rec / ag >= 0.95)} |")
     out += [
         f"| added p99 over direct at c=1 ≤ 0.3 ms (passthrough) | {added1:+.3f} ms | {verdict(added1 <= 0.3)} |",
         *(
