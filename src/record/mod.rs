@@ -16,7 +16,7 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use json::Object;
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, Sender, SyncSender, TryRecvError, TrySendError};
@@ -330,21 +330,20 @@ impl Recorder {
     }
 }
 
-/// Header values as the writer masked them, by their bytes: most values (host, content type,
-/// user agent, an SDK's own headers) are the same in every record, and looking one up costs a
-/// fraction of masking it (`127.0.0.1:8443` is an IP address, masked anew in every record
-/// before). Bounded: emptied when full, as values that never repeat (dates, upstream request
-/// ids) fill it in time. The engine does not change under it (the writer keeps the one it was
-/// started with).
+/// Header values the writer found nothing to mask in, by their bytes: most values (host,
+/// content type, user agent, an SDK's own headers) are the same in every record, and looking
+/// one up costs a fraction of checking it again. Values that were masked are not kept (the memo
+/// would otherwise hold raw secrets for as long as it lives); they are masked each time.
+/// Bounded: emptied when full, as values that never repeat (dates, upstream request ids) fill it
+/// in time. The engine does not change under it (the writer keeps the one it was started with).
 #[derive(Default)]
 struct HeaderMemo {
-    /// `None`: nothing to mask, the value is written as it is; else the masked value.
-    seen: HashMap<Box<[u8]>, Option<Box<str>>>,
+    clean: HashSet<Box<[u8]>>,
 }
 
-/// Longer values are masked each time (seldom repeated, and costly to hash and keep).
+/// Longer values are checked each time (seldom repeated, and costly to hash and keep).
 const MEMO_VALUE_MAX: usize = 256;
-/// Entries the memo holds before it is emptied (at most ~300 KB).
+/// Values the memo holds before it is emptied (at most ~300 KB).
 const MEMO_ENTRIES: usize = 1024;
 
 impl HeaderMemo {
@@ -352,24 +351,19 @@ impl HeaderMemo {
         if v.len() > MEMO_VALUE_MAX {
             return mask_value(engine, rules, v);
         }
-        match self.seen.get(v) {
-            Some(None) => {
-                if let Ok(s) = std::str::from_utf8(v) {
-                    return Cow::Borrowed(s);
-                }
+        if self.clean.contains(v) {
+            // Only values read as UTF-8 whole and left as they were are kept.
+            if let Ok(s) = std::str::from_utf8(v) {
+                return Cow::Borrowed(s);
             }
-            Some(Some(masked)) => return Cow::Owned(masked.to_string()),
-            None => {}
         }
         let out = mask_value(engine, rules, v);
-        if self.seen.len() >= MEMO_ENTRIES {
-            self.seen.clear();
+        if let Cow::Borrowed(_) = out {
+            if self.clean.len() >= MEMO_ENTRIES {
+                self.clean.clear();
+            }
+            self.clean.insert(v.into());
         }
-        let kept = match &out {
-            Cow::Owned(m) if m.as_bytes() != v => Some(m.as_str().into()),
-            _ => None,
-        };
-        self.seen.insert(v.into(), kept);
         out
     }
 }
@@ -1005,8 +999,8 @@ mod tests {
     }
 
     /// Header values through the memo: the same as masking each value afresh, first time and
-    /// from memory, for values masked, clean, not UTF-8 and too long to keep; the memo stays
-    /// bounded.
+    /// from memory, for values masked, clean, not UTF-8 and too long to keep; only clean values
+    /// are kept, and the memo stays bounded.
     #[test]
     fn header_values_are_masked_on_their_own_and_remembered() {
         let engine = Engine::new(&[], [1; 32]).unwrap();
@@ -1044,7 +1038,13 @@ mod tests {
                 assert_eq!(matches!(got, Cow::Borrowed(_)), !masked, "{got}");
             }
         }
-        assert!(!memo.seen.contains_key(long_key.as_bytes()));
+        // Kept: the clean values alone (a raw secret is not held on to; the long one was never
+        // a candidate).
+        let mut kept: Vec<&[u8]> = memo.clean.iter().map(|v| &v[..]).collect();
+        kept.sort();
+        let mut want: Vec<&[u8]> = table.iter().filter(|(_, m)| !m).map(|(v, _)| *v).collect();
+        want.sort();
+        assert_eq!(kept, want);
         for i in 0..3 * MEMO_ENTRIES {
             let v = format!(
                 "Sun, 29 Nov 2026 13:{:02}:{:02} GMT {i}",
@@ -1055,7 +1055,7 @@ mod tests {
                 memo.mask(&engine, &rules, v.as_bytes()),
                 fresh(v.as_bytes())
             );
-            assert!(memo.seen.len() <= MEMO_ENTRIES);
+            assert!(memo.clean.len() <= MEMO_ENTRIES);
         }
     }
 
