@@ -368,7 +368,8 @@ impl HeaderMemo {
     }
 }
 
-/// One header value masked on its own (a value that is not UTF-8 is read lossily first).
+/// A header value or a path masked on its own (bytes that are not UTF-8 are read lossily
+/// first); borrowed when masking leaves it as it is.
 fn mask_value<'a>(engine: &Engine, rules: &Rules, v: &'a [u8]) -> Cow<'a, str> {
     let s = String::from_utf8_lossy(v);
     if !engine.any_candidate(s.as_bytes()) {
@@ -546,13 +547,9 @@ impl Writer {
         n
     }
 
-    /// `s` masked; borrowed when no detector could match in it (most paths and headers).
+    /// `s` masked; borrowed when masking leaves it as it is (most paths).
     fn mask_text<'a>(&self, s: &'a str) -> Cow<'a, str> {
-        if self.engine.any_candidate(s.as_bytes()) {
-            Cow::Owned(self.engine.mask(s, &self.rules, None, false).0)
-        } else {
-            Cow::Borrowed(s)
-        }
+        mask_value(&self.engine, &self.rules, s.as_bytes())
     }
 
     fn mask_body<'a>(&self, b: &'a [u8]) -> Body<'a> {
@@ -871,15 +868,21 @@ mod tests {
         Bytes::copy_from_slice(b)
     }
 
-    /// A record as written: every field, masked, in the layout readers parse (the writer
-    /// builds the JSON by hand, so this pins it down).
-    #[test]
-    fn a_record_has_every_field_masked() {
-        let dir = std::env::temp_dir().join(format!("agentgate-record-{}", std::process::id()));
+    /// A recorder with the built-in detectors writing to a fresh directory named after `name`.
+    fn recorder(name: &str) -> (std::path::PathBuf, Arc<Recorder>) {
+        let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let settings: RecordingConfig = serde_json::from_str("{}").unwrap();
         let engine = Arc::new(Engine::new(&[], [1; 32]).unwrap());
         let rec = Recorder::start(dir.clone(), settings, engine).unwrap();
+        (dir, rec)
+    }
+
+    /// A record as written: every field, masked, in the layout readers parse (the writer
+    /// builds the JSON by hand, so this pins it down).
+    #[test]
+    fn a_record_has_every_field_masked() {
+        let (dir, rec) = recorder("agentgate-record");
         let h = |v: &[(&'static str, &'static str)]| -> Headers {
             v.iter()
                 .map(|(k, v)| (HeaderName::from_static(k), HeaderValue::from_static(v)))
@@ -1064,11 +1067,7 @@ mod tests {
     /// in the request, or another value in `x-request-id`, is masked like any.
     #[test]
     fn only_the_records_own_request_id_skips_masking() {
-        let dir = std::env::temp_dir().join(format!("agentgate-record-id-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let settings: RecordingConfig = serde_json::from_str("{}").unwrap();
-        let engine = Arc::new(Engine::new(&[], [1; 32]).unwrap());
-        let rec = Recorder::start(dir.clone(), settings, engine).unwrap();
+        let (dir, rec) = recorder("agentgate-record-id");
         // A 16-digit run that passes Luhn: masked anywhere but as the record's own id.
         let id = "r-4111111111111111";
         let hv = |s: &str| HeaderValue::from_str(s).unwrap();
