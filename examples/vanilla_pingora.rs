@@ -38,7 +38,7 @@ fn arg(args: &[String], name: &str) -> String {
 fn main() {
     // The same allocator and tuning as agentgate (the lib's global allocator), so the
     // comparison measures what agentgate's code adds.
-    agentgate::alloc::tune();
+    agentgate::server::alloc::tune();
     let args: Vec<String> = std::env::args().collect();
     let threads: usize = arg(&args, "--threads").parse().expect("--threads N");
     let upstream: std::net::SocketAddr = arg(&args, "--upstream")

@@ -320,14 +320,15 @@ impl ServeHttp for AdminApp {
         }
         match session.req_header().uri.path() {
             "/metrics" => {
+                crate::metrics::REQUESTS_IN_FLIGHT.set(crate::shutdown::in_flight() as i64);
                 let (body, content_type) = crate::metrics::render();
                 text(200, &content_type, body)
             }
             "/healthz" => text(200, plain, b"ok\n".to_vec()),
-            "/readyz" if !self.ready.get() || !crate::drain::armed() => {
+            "/readyz" if !self.ready.get() || !crate::shutdown::armed() => {
                 text(503, plain, b"not ready\n".to_vec())
             }
-            "/readyz" if crate::drain::draining() => {
+            "/readyz" if crate::shutdown::draining() => {
                 text(503, plain, b"not ready: shutting down\n".to_vec())
             }
             "/readyz" => match self.active.get().auth.readiness() {

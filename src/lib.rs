@@ -2,26 +2,21 @@
 //! Engines (`config`, `scrub`, `tls`) are pure; `proxy` and `server` are glue.
 
 pub mod admin;
-pub mod alloc;
-pub mod api_error;
 pub mod approval;
 pub mod cli;
 pub mod config;
 pub mod console;
-pub mod drain;
-pub mod hold;
 pub mod identity;
 pub mod mask;
-pub mod masking;
 pub mod metrics;
 pub mod policy;
 #[cfg(test)]
 mod props;
 pub mod proxy;
 pub mod record;
-pub mod reload;
-pub mod scrub;
 pub mod server;
 pub mod session_log;
+pub mod shutdown;
 pub mod tls;
 pub mod upstream;
+pub mod util;

@@ -7,7 +7,7 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    agentgate::alloc::tune();
+    agentgate::server::alloc::tune();
     let cli = Cli::parse();
     agentgate::session_log::Logger::install();
     match cli.command {
@@ -237,7 +237,7 @@ fn sessions(cmd: SessionsCommand) -> Result<(), String> {
                 .filter(|e| conversation.as_ref().is_none_or(|c| &e.conversation == c))
                 .take(limit)
             {
-                let ts = agentgate::session_log::rfc3339(
+                let ts = agentgate::util::time::rfc3339(
                     std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.ts_ms),
                 );
                 println!(
@@ -328,7 +328,8 @@ fn resend(
         req = req.header("authorization", format!("Bearer {t}"));
     }
     let req = req.body(body).map_err(|e| e.to_string())?;
-    let fetcher = agentgate::identity::fetch::Fetcher::new(ca, std::time::Duration::from_secs(600));
+    let fetcher =
+        agentgate::upstream::client::Fetcher::new(ca, std::time::Duration::from_secs(600));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -427,7 +428,7 @@ fn approvals(api: AdminApiArgs, cmd: ApprovalsCommand) -> Result<(), String> {
         .body(body)
         .map_err(|e| e.to_string())?;
     let fetcher =
-        agentgate::identity::fetch::Fetcher::new(api.ca, std::time::Duration::from_secs(30))
+        agentgate::upstream::client::Fetcher::new(api.ca, std::time::Duration::from_secs(30))
             .with_loopback_http();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

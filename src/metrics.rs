@@ -203,7 +203,6 @@ pub fn render() -> (Vec<u8>, String) {
     use prometheus::Encoder;
     let encoder = prometheus::TextEncoder::new();
     let mut buf = Vec::new();
-    REQUESTS_IN_FLIGHT.set(crate::drain::in_flight() as i64);
     // Encoding into a Vec cannot fail for well-formed families.
     let _ = encoder.encode(&prometheus::gather(), &mut buf);
     (buf, encoder.format_type().to_string())

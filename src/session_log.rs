@@ -4,10 +4,10 @@
 //! Invariant: a session line holds no header values and no bodies, so no credential can reach it.
 
 use crate::metrics;
+use crate::util::time::rfc3339;
 use log::{Level, LevelFilter, Log, Metadata, Record};
-use std::fmt::Write as _;
 use std::io::Write;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 pub const TARGET: &str = "agentgate::session";
 
@@ -43,10 +43,6 @@ pub struct SessionRecord<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub approval: Option<&'a serde_json::Value>,
     pub error: Option<&'a str>,
-}
-
-pub fn millis(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 pub fn version_str(v: http::Version) -> &'static str {
@@ -127,92 +123,6 @@ pub fn emit_line(line: String) {
     }
 }
 
-/// 32 hex digits, unique per request: a random per-process base and a counter.
-pub fn new_request_id() -> String {
-    // Unique, not secret: 8 random bytes drawn once per process, then a counter (the CSPRNG per
-    // request cost about 1% of a proxied request's CPU).
-    static BASE: std::sync::OnceLock<[u8; 8]> = std::sync::OnceLock::new();
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let base = BASE.get_or_init(|| {
-        let mut b = [0u8; 8];
-        if boring::rand::rand_bytes(&mut b).is_err() {
-            b = (SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_nanos() as u64)
-                .to_be_bytes();
-        }
-        b
-    });
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut b = [0u8; 16];
-    b[..8].copy_from_slice(base);
-    b[8..].copy_from_slice(&n.to_be_bytes());
-    hex(&b)
-}
-
-/// `n` random bytes from BoringSSL's CSPRNG, as hex (ids of approvals, console sessions).
-pub fn random_hex(n: usize) -> String {
-    let mut b = vec![0u8; n];
-    let _ = boring::rand::rand_bytes(&mut b);
-    hex(&b)
-}
-
-/// Lower-case hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
-    push_hex(&mut s, bytes);
-    s
-}
-
-/// `hex` appended to `out` (no allocation of its own).
-pub fn push_hex(out: &mut String, bytes: &[u8]) {
-    for byte in bytes {
-        out.push(char::from_digit((byte >> 4) as u32, 16).unwrap_or('0'));
-        out.push(char::from_digit((byte & 0xf) as u32, 16).unwrap_or('0'));
-    }
-}
-
-thread_local! {
-    /// The formatted date-time of the last second seen on this thread: one format per second.
-    static LAST_SECOND: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
-}
-
-/// `2026-11-28T23:53:10.123Z` without a date-time dependency.
-pub fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    LAST_SECOND.with(|cell| {
-        let mut last = cell.borrow_mut();
-        if last.0 != d.as_secs() {
-            *last = (d.as_secs(), format_seconds(d.as_secs() as i64));
-        }
-        let mut s = String::with_capacity(24);
-        s.push_str(&last.1);
-        let _ = write!(s, ".{:03}Z", d.subsec_millis());
-        s
-    })
-}
-
-/// `2026-11-28T23:53:10` (civil-from-days, H. Hinnant).
-fn format_seconds(secs: i64) -> String {
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 /// Session lines to stdout, the rest to stderr. `AGENTGATE_LOG` = error|warn|info|debug|trace
 /// sets agentgate's level (default info); Pingora's own logs stay at warn unless it is debug or trace.
 pub struct Logger {
@@ -285,31 +195,5 @@ impl Log for Logger {
 
     fn flush(&self) {
         let _ = std::io::stdout().flush();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rfc3339_known_instants() {
-        let table = [
-            (0u64, "1970-01-01T00:00:00.000Z"),
-            (951_782_400, "2000-02-29T00:00:00.000Z"),
-            (1_795_824_000, "2026-11-28T00:00:00.000Z"),
-        ];
-        for (secs, want) in table {
-            assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_secs(secs)), want);
-        }
-    }
-
-    #[test]
-    fn request_ids_are_hex_and_distinct() {
-        let a = new_request_id();
-        let b = new_request_id();
-        assert_eq!(a.len(), 32);
-        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
-        assert_ne!(a, b);
     }
 }

@@ -173,10 +173,7 @@ fn builder(
 }
 
 fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    crate::util::time::unix_secs() as i64
 }
 
 fn build_ca(key: &PKey<Private>) -> Result<X509, TlsError> {

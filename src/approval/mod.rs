@@ -9,8 +9,10 @@
 //! are marked `interrupted` (the requests that waited on them died with the old process), and
 //! active window grants are rebuilt from the approved ones.
 
-pub mod gate;
 pub mod webhook;
+
+/// The header a ticket-mode retry carries.
+pub const APPROVAL_HEADER: &str = "x-agentgate-approval";
 
 use crate::identity::Identity;
 use crate::policy::{ApprovalRule, Grant, Mode};
@@ -19,7 +21,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::watch;
 
 /// Decided approvals are kept this long (the session records keep the evidence for longer).
@@ -147,12 +149,7 @@ impl Approval {
     }
 }
 
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64
-}
+pub use crate::util::time::unix_ms as now_ms;
 
 /// Why an approver's decision was not taken; `status` is the HTTP answer.
 #[derive(Debug)]
@@ -225,7 +222,7 @@ fn rewrite_log(path: &Path, approvals: Vec<&Approval>) -> Result<std::fs::File, 
 }
 
 fn new_id() -> String {
-    format!("apr_{}", crate::session_log::random_hex(12))
+    format!("apr_{}", crate::util::hex::random_hex(12))
 }
 
 pub use crate::identity::service_account::sha256_hex;
@@ -606,7 +603,7 @@ impl Approvals {
             }
             State::Interrupted => Redeem::Refused(503, format!(
                 "the gateway stopped while approval {id} was pending; send the request again without {} to ask anew",
-                gate::APPROVAL_HEADER
+                APPROVAL_HEADER
             )),
             s => Redeem::Refused(403, format!("approval {id} is {}", s.as_str())),
         }

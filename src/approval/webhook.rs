@@ -3,8 +3,8 @@
 //! failed notification is counted and logged; it never decides anything.
 
 use super::{Approval, State};
-use crate::identity::fetch::Fetcher;
 use crate::policy::Webhook;
+use crate::upstream::client::Fetcher;
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -262,7 +262,7 @@ pub struct Route {
     /// Approval rules (names under `approvals`) this route applies, in order.
     pub approvals: Vec<String>,
     /// What is recorded of this route's exchanges.
-    pub recording: crate::record::Mode,
+    pub recording: RecordingMode,
     /// Headers the gateway sets on every upstream request (credentials), in file order.
     pub set_headers: Vec<InjectedHeader>,
 }
@@ -433,3 +433,32 @@ fn find_field(text: &str, from: usize, path: &str) -> Option<(usize, usize)> {
 
 #[cfg(test)]
 mod tests;
+
+/// What a route's exchanges leave in the record store (`recording:` of a route).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RecordingMode {
+    /// Headers, bodies and SSE events (masked).
+    #[default]
+    Full,
+    /// Everything but bodies and events.
+    Metadata,
+    Off,
+}
+
+impl RecordingMode {
+    pub fn parse(s: &str) -> Option<RecordingMode> {
+        Some(match s {
+            "full" => RecordingMode::Full,
+            "metadata" => RecordingMode::Metadata,
+            "off" => RecordingMode::Off,
+            _ => return None,
+        })
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordingMode::Full => "full",
+            RecordingMode::Metadata => "metadata",
+            RecordingMode::Off => "off",
+        }
+    }
+}

@@ -672,8 +672,8 @@ impl TryFrom<RawRoute> for Route {
             ))),
         };
         let recording = match r.recording.as_deref() {
-            None => crate::record::Mode::Full,
-            Some(m) => crate::record::Mode::parse(m).ok_or_else(|| {
+            None => crate::config::RecordingMode::Full,
+            Some(m) => crate::config::RecordingMode::parse(m).ok_or_else(|| {
                 at_field(
                     &field("recording"),
                     format!(

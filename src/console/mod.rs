@@ -8,8 +8,8 @@
 
 use crate::admin::{json_error, query_param};
 use crate::config::ConsoleConfig;
-use crate::identity::fetch::Fetcher;
 use crate::identity::{AuthMethod, Identity};
+use crate::upstream::client::Fetcher;
 use http::{HeaderMap, Response};
 use openidconnect::core::{
     CoreAuthenticationFlow, CoreClient, CoreJwsSigningAlgorithm, CoreProviderMetadata,
@@ -387,7 +387,7 @@ impl Console {
             who.issuer,
             who.groups
         );
-        let sid = crate::session_log::random_hex(32);
+        let sid = crate::util::hex::random_hex(32);
         {
             let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
             let now = Instant::now();
@@ -405,7 +405,7 @@ impl Console {
                 sid.clone(),
                 Session {
                     identity: Arc::new(who),
-                    csrf: crate::session_log::random_hex(32),
+                    csrf: crate::util::hex::random_hex(32),
                     expires: now + self.cfg.session_ttl,
                 },
             );

@@ -3,11 +3,11 @@
 //! when the IdP is unreachable.
 
 use super::boring_key::BoringKey;
-use super::fetch::Fetcher;
 use super::jwt::{self, ClaimRules, Unverified};
 use super::{AuthError, AuthMethod, Identity, Reason};
 use crate::config::OidcIssuer;
 use crate::metrics;
+use crate::upstream::client::Fetcher;
 use openidconnect::core::{CoreJsonWebKey, CoreJsonWebKeySet, CoreProviderMetadata};
 use openidconnect::{IssuerUrl, JsonWebKey, JsonWebKeySetUrl};
 use pingora_prometheus::prometheus::IntCounter;

@@ -18,7 +18,7 @@ pub fn generate_token() -> Result<String, String> {
 
 /// SHA-256 of a token (or any bytes, e.g. a request body an approval is bound to), as hex.
 pub fn sha256_hex(data: impl AsRef<[u8]>) -> String {
-    crate::session_log::hex(&boring::sha::sha256(data.as_ref()))
+    crate::util::hex::hex(&boring::sha::sha256(data.as_ref()))
 }
 
 /// The account whose token this is. Every account is compared, in constant time, whatever

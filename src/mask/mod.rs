@@ -12,6 +12,7 @@
 mod anchors;
 pub mod corpus;
 pub mod detectors;
+pub mod injected;
 pub mod json;
 pub mod sse;
 pub mod stream;
@@ -218,6 +219,13 @@ impl CachePool {
 /// combined automaton it multiplies the states of every other pattern (1.4 MB/s measured);
 /// alone, the regex engine searches for `@` first and runs at memchr speed.
 const SOLO: &[&str] = &["email"];
+
+/// Debug shows only that it is an engine (its tables are large and say nothing useful).
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Engine")
+    }
+}
 
 pub struct Engine {
     parts: Vec<Part>,
@@ -789,7 +797,7 @@ impl Engine {
     /// First 12 hex digits of HMAC-SHA256(key, value): stable for a key, useless without it.
     fn keyed_hash(&self, value: &str) -> String {
         match boring::hash::hmac_sha256(&self.hash_key, value.as_bytes()) {
-            Ok(m) => crate::session_log::hex(&m[..6]),
+            Ok(m) => crate::util::hex::hex(&m[..6]),
             Err(_) => "unavailable".into(),
         }
     }

@@ -24,33 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use store::{IndexEntry, Store};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Mode {
-    /// Headers, bodies and SSE events (masked).
-    #[default]
-    Full,
-    /// Everything but bodies and events.
-    Metadata,
-    Off,
-}
-
-impl Mode {
-    pub fn parse(s: &str) -> Option<Mode> {
-        Some(match s {
-            "full" => Mode::Full,
-            "metadata" => Mode::Metadata,
-            "off" => Mode::Off,
-            _ => return None,
-        })
-    }
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Full => "full",
-            Mode::Metadata => "metadata",
-            Mode::Off => "off",
-        }
-    }
-}
+pub use crate::config::RecordingMode as Mode;
 
 /// A body as it passed through: the chunks themselves (shared with the proxy, not copied).
 /// HTTP/1.1 chunks are Pingora's own exact-size copies; an HTTP/2 DATA frame may share its
@@ -103,6 +77,10 @@ pub type Headers = Vec<(HeaderName, HeaderValue)>;
 /// the request's path).
 #[derive(Debug, Default)]
 pub struct Draft {
+    /// The masking engine of the configuration the exchange ran under (a reload's custom
+    /// detectors and deny words apply to the records of the requests that started after it);
+    /// `None`: the one the writer has.
+    pub engine: Option<Arc<Engine>>,
     pub id: String,
     pub ts: String,
     pub ts_ms: u64,
@@ -335,7 +313,8 @@ impl Recorder {
 /// one up costs a fraction of checking it again. Values that were masked are not kept (the memo
 /// would otherwise hold raw secrets for as long as it lives); they are masked each time.
 /// Bounded: emptied when full, as values that never repeat (dates, upstream request ids) fill it
-/// in time. The engine does not change under it (the writer keeps the one it was started with).
+/// in time. Emptied too when the engine changes (a reload): a value clean for one engine may hold
+/// another's detector.
 #[derive(Default)]
 struct HeaderMemo {
     clean: HashSet<Box<[u8]>>,
@@ -453,6 +432,15 @@ impl Writer {
         }
     }
 
+    /// Masks with `engine` from now on (the draft's configuration), forgetting what the memo
+    /// found clean under the previous one.
+    fn adopt(&mut self, engine: &Arc<Engine>) {
+        if !Arc::ptr_eq(&self.engine, engine) {
+            self.engine = engine.clone();
+            self.memo.get_mut().clean.clear();
+        }
+    }
+
     fn retention(&mut self) {
         self.retained_at_segment = self.store.current_segment();
         self.last_retention = Instant::now();
@@ -481,6 +469,9 @@ impl Writer {
             for d in &batch[done..] {
                 if self.store.batch_full() {
                     break;
+                }
+                if let Some(e) = &d.engine {
+                    self.adopt(e);
                 }
                 let (mut record, entry) = self.render(d);
                 let r = self.store.stage(

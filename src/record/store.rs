@@ -4,7 +4,7 @@
 //! each record's id, time, route, identity and place for listing. Retention deletes whole
 //! segments from the oldest and writes down where the chain now starts (`retention.jsonl`).
 
-use crate::session_log::push_hex;
+use crate::util::hex::push_hex;
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
@@ -404,7 +404,7 @@ impl Store {
                     first_segment: n + 1,
                     seq,
                     hash,
-                    ts: crate::session_log::rfc3339(now),
+                    ts: crate::util::time::rfc3339(now),
                 };
                 let mut f = OpenOptions::new()
                     .create(true)

@@ -55,7 +55,7 @@ pub fn verify(dir: &Path) -> Result<Report, String> {
                 }
             };
             let seq = v.get("seq").and_then(|s| s.as_u64());
-            let actual = crate::session_log::hex(&boring::sha::sha256(body.as_bytes()));
+            let actual = crate::util::hex::hex(&boring::sha::sha256(body.as_bytes()));
             if actual != stated {
                 report.problem = Some(format!(
                     "{at}: record seq {} was modified (its content does not match its hash)",

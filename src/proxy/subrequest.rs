@@ -43,7 +43,7 @@ pub struct SubrequestReport {
     answered_error: AtomicBool,
     /// The error it decided on (e.g. a compressed upstream answer refused), so the main session
     /// answers with that, not a generic one, when the subrequest's own answer never left.
-    error: std::sync::Mutex<Option<crate::api_error::ApiError>>,
+    error: std::sync::Mutex<Option<crate::proxy::error::ApiError>>,
 }
 
 impl SubrequestReport {
@@ -56,13 +56,13 @@ impl SubrequestReport {
         self.answered_error.store(true, Ordering::SeqCst);
     }
 
-    pub fn set_error(&self, e: crate::api_error::ApiError) {
+    pub fn set_error(&self, e: crate::proxy::error::ApiError) {
         if let Ok(mut slot) = self.error.lock() {
             *slot = Some(e);
         }
     }
 
-    fn take_error(&self) -> Option<crate::api_error::ApiError> {
+    fn take_error(&self) -> Option<crate::proxy::error::ApiError> {
         self.error.lock().ok().and_then(|mut slot| slot.take())
     }
 }
@@ -111,7 +111,7 @@ pub enum Forwarded {
     /// (the subrequest logged its own error).
     Failed {
         error: Box<Error>,
-        api_error: Option<crate::api_error::ApiError>,
+        api_error: Option<crate::proxy::error::ApiError>,
         logged: bool,
     },
     /// It failed after the response began (the upstream reset mid-stream): the main session

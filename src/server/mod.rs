@@ -1,19 +1,21 @@
 //! Assembles the Pingora server from a validated `Config`: the proxy service with its
 //! listeners, and the admin service. `main` stays a table of contents.
 
+pub mod alloc;
+pub mod drain;
+mod listeners;
+pub mod reload;
+pub mod runtime;
+
 use crate::admin::{AdminApp, Readiness};
-use crate::config::{Config, ListenerTls, TlsVersion};
-use crate::identity::client_cert::RecordClientCert;
-use crate::identity::{Authenticator, KeyRefresher};
-use crate::proxy::{Active, ActiveConfig, Gateway};
-use crate::tls::{self, ServingCert};
+use crate::config::Config;
+use crate::identity::KeyRefresher;
+use crate::proxy::{ActiveConfig, Gateway};
 use pingora::apps::http_app::HttpServer;
-use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::listening::Service;
-use pingora::tls::ssl::{SslFiletype, SslVerifyMode, SslVersion};
 use std::sync::Arc;
 
 /// Socket read buffer per agent connection. Pingora's default is 64 KiB, zero-filled, kept for
@@ -61,34 +63,26 @@ pub fn run(config: Config, path: std::path::PathBuf) -> Result<(), String> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let auth = Arc::new(Authenticator::new(&config.identity)?);
-    // One masking engine for the routes and the recorder (compiling it is the slow part).
-    let engine = crate::masking::engine(&config)?;
+    let key = runtime::HashKey::random()?;
+    let active = ActiveConfig::new(runtime::build(&config, &key)?);
     let recorder = if config
         .routes
         .iter()
-        .any(|r| r.recording != crate::record::Mode::Off)
+        .any(|r| r.recording != crate::config::RecordingMode::Off)
     {
         let dir = config.recording.dir_under(&state);
         log::info!("recording exchanges under {}", dir.display());
         Some(crate::record::Recorder::start(
             dir,
             config.recording.clone(),
-            engine.clone(),
+            active.get().engine.clone(),
         )?)
     } else {
         None
     };
     let approvals = crate::approval::Approvals::open(&state.join("approvals"))?;
-    let gate = crate::approval::gate::Gate::new(
-        approvals.clone(),
-        engine.clone(),
-        config.admin.public_url.clone(),
-    );
-    let active = ActiveConfig::new(Active {
-        routes: crate::proxy::build_routes(&config, engine)?,
-        auth: auth.clone(),
-    });
+    let gate =
+        crate::proxy::approval_gate::Gate::new(approvals.clone(), config.admin.public_url.clone());
     let gateway = Gateway::new(&config, active.clone(), recorder.clone(), gate)?;
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
@@ -100,7 +94,8 @@ pub fn run(config: Config, path: std::path::PathBuf) -> Result<(), String> {
         let addr = l.address.to_string();
         match &l.tls {
             Some(t) => {
-                let (settings, ca) = tls_settings(t, &state, &format!("listener `{}`", l.name))?;
+                let (settings, ca) =
+                    listeners::tls_settings(t, &state, &format!("listener `{}`", l.name))?;
                 trust_hint = trust_hint.or(ca);
                 proxy.add_listener(
                     ListenerConfig::tcp(&addr)
@@ -139,7 +134,7 @@ pub fn run(config: Config, path: std::path::PathBuf) -> Result<(), String> {
     let admin_addr = config.admin.address.to_string();
     match &config.admin.tls {
         Some(t) => {
-            let (settings, _) = tls_settings(t, &state, "the admin listener")?;
+            let (settings, _) = listeners::tls_settings(t, &state, "the admin listener")?;
             admin.add_tls_with_settings(&admin_addr, None, settings);
         }
         None => admin.add_tcp(&admin_addr),
@@ -152,111 +147,42 @@ pub fn run(config: Config, path: std::path::PathBuf) -> Result<(), String> {
         );
     }
 
-    if !auth.issuers().is_empty() {
-        server.add_service(pingora::services::background::background_service(
-            "oidc keys",
-            KeyRefresher(auth.clone()),
-        ));
-    }
+    server.add_service(pingora::services::background::background_service(
+        "oidc keys",
+        KeyRefresher::of(&active.get().auth),
+    ));
     server.add_service(pingora::services::background::background_service(
         "approval expiry",
         crate::approval::Sweeper(approvals.clone()),
     ));
     server.add_service(pingora::services::background::background_service(
         "drain",
-        crate::drain::Drainer {
+        drain::Drainer {
             recorder: recorder.clone(),
         },
     ));
     server.add_service(pingora::services::background::background_service(
         "reload",
-        crate::reload::Reloader {
+        reload::Reloader {
             path,
             active: active.clone(),
-            fixed: crate::reload::fixed_parts(&config),
+            fixed: reload::fixed_parts(&config),
+            key,
+        },
+    ));
+    server.add_service(pingora::services::background::background_service(
+        "readiness",
+        listeners::ReadyWhenListening {
+            ports: config.listeners.iter().map(|l| l.address.port()).collect(),
+            ready: ready.clone(),
         },
     ));
     server.add_service(proxy);
     server.add_service(admin);
-    ready.set(true);
     server.run(pingora::server::RunArgs::default());
     if let Some(r) = &recorder {
         r.flush(std::time::Duration::from_secs(10));
     }
     crate::session_log::flush();
     Ok(())
-}
-
-/// Inbound TLS: Mozilla intermediate settings (TLS >= 1.2), ALPN h2 + http/1.1.
-fn tls_settings(
-    t: &ListenerTls,
-    state: &std::path::Path,
-    what: &str,
-) -> Result<(TlsSettings, Option<std::path::PathBuf>), String> {
-    let cert = match &t.cert_key {
-        Some((c, k)) => ServingCert {
-            cert: c.clone(),
-            key: k.clone(),
-            generated_ca: None,
-        },
-        None => tls::ensure_generated_cert(&state.join("tls"), &t.names)
-            .map_err(|e| format!("{what}: generating a certificate: {e}"))?,
-    };
-    let cert_path = cert.cert.to_string_lossy();
-    let key_path = cert.key.to_string_lossy();
-    let load_err = |e: &dyn std::fmt::Display| {
-        format!("{what}: cannot load certificate {cert_path} / key {key_path}: {e}")
-    };
-    let mut settings = match &t.client_ca {
-        None => TlsSettings::intermediate(&cert_path, &key_path).map_err(|e| load_err(&e))?,
-        Some(ca) => {
-            // Mutual TLS: the handshake verifies a client certificate against `client_ca` and
-            // the callback keeps its names for the identity check.
-            let mut s = TlsSettings::with_callbacks(Box::new(RecordClientCert))
-                .map_err(|e| load_err(&e))?;
-            s.set_certificate_chain_file(&*cert_path)
-                .map_err(|e| load_err(&e))?;
-            s.set_private_key_file(&*key_path, SslFiletype::PEM)
-                .map_err(|e| load_err(&e))?;
-            s.check_private_key().map_err(|e| load_err(&e))?;
-            s.set_ca_file(ca)
-                .map_err(|e| format!("{what}: client_ca {}: {e}", ca.display()))?;
-            let names = boring::x509::X509Name::load_client_ca_file(ca)
-                .map_err(|e| format!("{what}: client_ca {}: {e}", ca.display()))?;
-            s.set_client_ca_list(names);
-            let mut mode = SslVerifyMode::PEER;
-            if t.client_cert_required {
-                mode |= SslVerifyMode::FAIL_IF_NO_PEER_CERT;
-            }
-            s.set_verify(mode);
-            s
-        }
-    };
-    let min = match t.min_version {
-        TlsVersion::Tls12 => SslVersion::TLS1_2,
-        TlsVersion::Tls13 => SslVersion::TLS1_3,
-    };
-    settings
-        .set_min_proto_version(Some(min))
-        .map_err(|e| format!("{what}: setting the minimum TLS version: {e}"))?;
-    settings.enable_h2();
-    settings.set_info_callback(shed_handshake_config);
-    Ok((settings, cert.generated_ca))
-}
-
-/// Lets BoringSSL free a connection's copy of the handshake configuration (credentials,
-/// cipher and verify settings, ~1.2 KiB) once its handshake is done: an open connection,
-/// idle or holding a request that waits for approval, then keeps only its session state.
-/// What is read later (version, cipher, peer certificate, SNI, ALPN) lives in the session.
-fn shed_handshake_config(
-    ssl: &pingora::tls::ssl::SslRef,
-    mode: pingora::tls::ssl::SslInfoCallbackMode,
-    _: pingora::tls::ssl::SslInfoCallbackValue,
-) {
-    use foreign_types::ForeignTypeRef;
-    if mode == pingora::tls::ssl::SslInfoCallbackMode::HANDSHAKE_START {
-        // SAFETY: `ssl` is the live connection this callback runs for; the call only sets a
-        // flag BoringSSL acts on when the handshake completes (servers never renegotiate).
-        unsafe { boring_sys::SSL_set_shed_handshake_config(ssl.as_ptr(), 1) };
-    }
 }

@@ -2,16 +2,15 @@
 //! no upstream connection exists) is checked against its route's rules; a match waits here
 //! for the decision, or gets a ticket.
 
-use super::{summarize, Approval, Approvals, Person, Redeem, State};
-use crate::api_error::ApiError;
+use crate::approval::{self, summarize, Approval, Approvals, Person, Redeem, State};
 use crate::identity::Identity;
 use crate::mask::{Action, Engine, Rules};
 use crate::policy::{ApprovalRule, Mode, Request};
+use crate::proxy::error::ApiError;
 use pingora::proxy::Session;
 use std::sync::Arc;
 
-/// The header a ticket-mode retry carries.
-pub const APPROVAL_HEADER: &str = "x-agentgate-approval";
+pub use crate::approval::APPROVAL_HEADER;
 
 pub enum Outcome {
     /// Go on (evidence for the record: one entry per matched rule, `None` if none matched).
@@ -26,34 +25,34 @@ pub enum Outcome {
 
 pub struct Gate {
     store: Arc<Approvals>,
-    /// Masks what approvers see: every detector redacts (`rules`), whatever the route's policy.
-    engine: Arc<Engine>,
+    /// What approvers see is masked with every detector redacting, whatever the route's policy
+    /// (with the engine of the configuration the request runs under).
     rules: Rules,
     public_url: String,
 }
 
 impl Gate {
-    pub fn new(store: Arc<Approvals>, engine: Arc<Engine>, public_url: String) -> Gate {
+    pub fn new(store: Arc<Approvals>, public_url: String) -> Gate {
         Gate {
             store,
-            engine,
             rules: Rules::all(Action::Redact),
             public_url,
         }
     }
 
-    fn mask(&self, body: &[u8]) -> Vec<u8> {
-        self.engine
+    fn mask(&self, engine: &Engine, body: &[u8]) -> Vec<u8> {
+        engine
             .mask_body(body, &self.rules)
             .map(|m| m.into_owned().into_bytes())
             .unwrap_or_else(|| format!("[{} bytes, not text]", body.len()).into_bytes())
     }
 
-    fn mask_text(&self, t: &str) -> String {
-        self.engine.mask(t, &self.rules, None, false).0
+    fn mask_text(&self, engine: &Engine, t: &str) -> String {
+        engine.mask(t, &self.rules, None, false).0
     }
 
-    /// Checks `body` (as the agent sent it) against `rules`.
+    /// Checks `body` (as the agent sent it) against `rules`; what approvers see is masked with
+    /// `engine`.
     #[allow(clippy::too_many_arguments)]
     pub async fn check(
         &self,
@@ -63,6 +62,7 @@ impl Gate {
         who: &Identity,
         request_id: &str,
         body: &[u8],
+        engine: &Engine,
     ) -> Outcome {
         let req = session.req_header();
         let method = req.method.as_str().to_string();
@@ -86,7 +86,7 @@ impl Gate {
         if matched.is_empty() {
             return Outcome::Proceed(None);
         }
-        let body_sha = super::sha256_hex(body);
+        let body_sha = approval::sha256_hex(body);
         let mut evidence = Vec::new();
         let mut summary = None;
         for (rule, m) in matched {
@@ -116,7 +116,7 @@ impl Gate {
             // rather than every request keeping a spare copy while it waits.
             let summary = summary
                 .take()
-                .unwrap_or_else(|| summarize(&self.mask(body)));
+                .unwrap_or_else(|| summarize(&self.mask(engine, body)));
             let draft = Approval {
                 id: String::new(),
                 request_id: request_id.to_string(),
@@ -125,7 +125,11 @@ impl Gate {
                 method: method.clone(),
                 path: path.clone(),
                 requester: Person::of(who),
-                reasons: m.reasons.iter().map(|r| self.mask_text(r)).collect(),
+                reasons: m
+                    .reasons
+                    .iter()
+                    .map(|r| self.mask_text(engine, r))
+                    .collect(),
                 summary,
                 body_sha256: body_sha.clone(),
                 mode: String::new(),
@@ -161,7 +165,7 @@ impl Gate {
                 who.subject
             );
             if let Some(hook) = &rule.webhook {
-                super::webhook::notify(
+                approval::webhook::notify(
                     hook.clone(),
                     a.clone(),
                     self.public_url.clone(),
@@ -179,7 +183,7 @@ impl Gate {
             a.reasons = Vec::new();
             let done = tokio::select! {
                 done = self.store.wait(&a.id, rx, a.expires_ms) => done,
-                _ = crate::drain::until_draining() => {
+                _ = crate::shutdown::until_draining() => {
                     let a = self.store.interrupt(&a.id).unwrap_or(a);
                     evidence.push(a.evidence("wait"));
                     if a.state == State::Approved {

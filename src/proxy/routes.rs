@@ -38,8 +38,10 @@ impl RouteMasking {
     }
 }
 
-/// The engine for a config: built-in detectors, custom ones and guardrail deny words.
-pub fn engine(config: &Config) -> Result<Arc<Engine>, String> {
+/// The engine for a config: built-in detectors, custom ones and guardrail deny words. `hash`
+/// outputs use `masking.hash_key`, else `fallback_key` (the process's own, so that they stay the
+/// same across reloads).
+pub fn engine(config: &Config, fallback_key: &[u8; 32]) -> Result<Arc<Engine>, String> {
     let mut custom: Vec<CustomDetector> = config.masking.custom_detectors.clone();
     for g in &config.guardrails {
         if !g.deny_words.is_empty() {
@@ -52,11 +54,7 @@ pub fn engine(config: &Config) -> Result<Arc<Engine>, String> {
     }
     let key = match &config.masking.hash_key {
         Some(s) => boring::sha::sha256(s.expose().as_bytes()),
-        None => {
-            let mut k = [0u8; 32];
-            boring::rand::rand_bytes(&mut k).map_err(|e| format!("no randomness: {e}"))?;
-            k
-        }
+        None => *fallback_key,
     };
     Ok(Arc::new(Engine::new(&custom, key)?))
 }

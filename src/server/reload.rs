@@ -5,10 +5,10 @@
 //! error is logged with its line, and `agentgate_config_reloads_total{result}` counts it.
 //! Listeners, the admin listener, `server` and `recording` settings need a restart.
 
+use super::runtime::{self, HashKey};
 use crate::config::Config;
-use crate::identity::Authenticator;
 use crate::metrics;
-use crate::proxy::{build_routes, Active, ActiveConfig};
+use crate::proxy::ActiveConfig;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -18,6 +18,8 @@ pub struct Reloader {
     pub active: Arc<ActiveConfig>,
     /// The parts that need a restart, as running (Debug text; secrets print redacted).
     pub fixed: String,
+    /// The process's `hash` key, for configurations without `masking.hash_key`.
+    pub key: HashKey,
 }
 
 /// What `Reloader` compares to notice a change: follows symlinks, so a ConfigMap's `..data`
@@ -47,12 +49,8 @@ impl Reloader {
                 return;
             }
         };
-        let built = Authenticator::new(&config.identity).and_then(|auth| {
-            let engine = crate::masking::engine(&config)?;
-            Ok((Arc::new(auth), build_routes(&config, engine)?))
-        });
-        let (auth, routes) = match built {
-            Ok(x) => x,
+        let active = match runtime::build(&config, &self.key) {
+            Ok(a) => a,
             Err(e) => {
                 metrics::CONFIG_RELOADS.with_label_values(&["error"]).inc();
                 log::error!("config reload ({why}) failed, the running configuration stays: {e}");
@@ -62,23 +60,11 @@ impl Reloader {
         if fixed_parts(&config) != self.fixed {
             log::warn!("config reload ({why}): changes to server, listeners, admin or recording take effect after a restart");
         }
-        for issuer in auth.issuers() {
-            let weak = Arc::downgrade(issuer);
-            tokio::spawn(async move {
-                // Refreshes this issuer's keys for as long as a configuration uses it.
-                loop {
-                    let Some(i) = weak.upgrade() else { return };
-                    let wait = match i.refresh().await {
-                        Ok(_) => i.config().refresh_interval,
-                        Err(_) => Duration::from_secs(2).min(i.config().refresh_interval),
-                    };
-                    drop(i);
-                    tokio::time::sleep(wait).await;
-                }
-            });
-        }
-        let n = routes.len();
-        self.active.swap(Active { routes, auth });
+        // The new issuers' keys are refreshed for as long as a configuration uses them; the
+        // loops of issuers this configuration dropped end with the last request using them.
+        crate::identity::spawn_key_refresh(&active.auth);
+        let n = active.routes.len();
+        self.active.swap(active);
         metrics::CONFIG_RELOADS.with_label_values(&["ok"]).inc();
         log::info!("configuration reloaded ({why}): {n} route(s)");
     }

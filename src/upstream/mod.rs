@@ -1,6 +1,8 @@
 //! The upstream side of a route: a template `HttpPeer` (SNI, trust, ALPN, timeouts, pin
 //! evidence hook) and a small DNS cache, so a request only clones the template.
 
+pub mod client;
+
 use crate::config::{TlsVersion, Upstream};
 use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
 use pingora::protocols::tls::SslDigest;

@@ -1,17 +1,21 @@
 //! The `ProxyHttp` implementation: glue between Pingora's phases and agentgate's engines.
 //! Each phase does one job; see DESIGN.md's request-flow table.
 
-use crate::api_error::ApiError;
+pub mod approval_gate;
+pub mod error;
+pub mod routes;
+pub mod subrequest;
+
 use crate::config::{Config, Route};
-use crate::hold::{self, Forwarded, Handoff, ReadBody};
 use crate::identity::{self, Authenticator, Identity};
+use crate::mask::injected::{SecretSet, StreamScrubber};
 use crate::mask::sse::SseMasker;
 use crate::mask::stream::StreamMasker;
 use crate::mask::vault::VaultStore;
 use crate::mask::{Tally, Vault};
-use crate::masking::RouteMasking;
 use crate::metrics::{self, RouteMetrics};
-use crate::scrub::{SecretSet, StreamScrubber};
+use crate::proxy::error::ApiError;
+use crate::proxy::routes::RouteMasking;
 use crate::session_log::{self, SessionRecord, Tls};
 use crate::tls::CertNames;
 use crate::upstream::UpstreamTarget;
@@ -26,6 +30,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora_prometheus::prometheus;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use subrequest::{Forwarded, Handoff, ReadBody};
 
 /// Client headers that carry credentials: removed before the route's own are set.
 /// (Pre-parsed names: a `&str` name is parsed again on every call.)
@@ -61,6 +66,9 @@ pub struct RouteRuntime {
     masking: Option<Arc<RouteMasking>>,
     /// Approval rules, in the route's order.
     approvals: Vec<crate::policy::ApprovalRule>,
+    /// The configuration's masking engine (records and approval summaries of this route's
+    /// requests are masked with it, whether or not the route masks).
+    engine: Arc<crate::mask::Engine>,
 }
 
 /// What a configuration reload swaps: the routes (with their upstreams, masking, recording mode)
@@ -68,6 +76,8 @@ pub struct RouteRuntime {
 pub struct Active {
     pub routes: Vec<Arc<RouteRuntime>>,
     pub auth: Arc<Authenticator>,
+    /// The configuration's masking engine (every route's `engine`).
+    pub engine: Arc<crate::mask::Engine>,
 }
 
 impl Active {
@@ -113,7 +123,7 @@ pub fn build_routes(
     engine: Arc<crate::mask::Engine>,
 ) -> Result<Vec<Arc<RouteRuntime>>, String> {
     let mut routes = Vec::with_capacity(config.routes.len());
-    let mut masking = crate::masking::build(config, engine)?;
+    let mut masking = crate::proxy::routes::build(config, engine.clone())?;
     for route in &config.routes {
         let target = UpstreamTarget::new(&route.name, &route.upstream)?;
         let secrets = SecretSet::new(
@@ -136,6 +146,7 @@ pub fn build_routes(
             secrets,
             host_header,
             masking: masking.remove(&route.name),
+            engine: engine.clone(),
             approvals: route
                 .approvals
                 .iter()
@@ -156,7 +167,7 @@ pub struct Gateway {
     vaults: VaultStore,
     recorder: Option<Arc<crate::record::Recorder>>,
     record_max_body: usize,
-    approvals: crate::approval::gate::Gate,
+    approvals: crate::proxy::approval_gate::Gate,
 }
 
 impl Gateway {
@@ -164,7 +175,7 @@ impl Gateway {
         config: &Config,
         active: Arc<ActiveConfig>,
         recorder: Option<Arc<crate::record::Recorder>>,
-        approvals: crate::approval::gate::Gate,
+        approvals: crate::proxy::approval_gate::Gate,
     ) -> Result<Gateway, String> {
         Ok(Gateway {
             active,
@@ -218,9 +229,9 @@ pub struct RequestCtx {
     /// Approval evidence (one entry per matched rule).
     approval: Option<serde_json::Value>,
     /// A subrequest: what it reports back to the main session.
-    report: Option<Arc<hold::SubrequestReport>>,
+    report: Option<Arc<subrequest::SubrequestReport>>,
     /// Counts this request while it runs (graceful shutdown waits for it).
-    _in_flight: Option<crate::drain::InFlight>,
+    _in_flight: Option<crate::shutdown::InFlight>,
 }
 
 /// A header value unique to one request (an id), marked never-indexed: HTTP/2's HPACK would
@@ -295,7 +306,7 @@ impl ProxyHttp for Gateway {
 
     fn new_ctx(&self) -> Box<RequestCtx> {
         Box::new(RequestCtx {
-            id: session_log::new_request_id(),
+            id: crate::util::hex::new_request_id(),
             route: None,
             identity: None,
             started: Instant::now(),
@@ -331,7 +342,7 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         ctx: &mut Box<RequestCtx>,
     ) -> Result<bool> {
-        if let Some(h) = hold::handoff(session) {
+        if let Some(h) = subrequest::handoff(session) {
             // A subrequest forwarding a decided body: authenticated and routed already.
             ctx.id = h.id;
             ctx.started = h.started;
@@ -350,7 +361,7 @@ impl ProxyHttp for Gateway {
             ctx.route = Some(h.route);
             return Ok(false);
         }
-        if crate::drain::draining() {
+        if crate::shutdown::draining() {
             let e = ApiError::new(
                 503,
                 "service_unavailable_error",
@@ -360,7 +371,7 @@ impl ProxyHttp for Gateway {
             session.set_keepalive(None);
             return self.answer(session, ctx, e).await;
         }
-        ctx._in_flight = Some(crate::drain::InFlight::enter());
+        ctx._in_flight = Some(crate::shutdown::InFlight::enter());
         // Slow agents (slowloris): each read of the body is bounded.
         session.set_read_timeout(Some(self.client_timeout));
         if !path_is_safe(session.req_header().uri.path()) {
@@ -416,7 +427,7 @@ impl ProxyHttp for Gateway {
         }
         ctx.route = Some(route.clone());
         if let Some(rec) = &self.recorder {
-            if route.route.recording != crate::record::Mode::Off {
+            if route.route.recording != crate::config::RecordingMode::Off {
                 if !rec.accepting() {
                     let e = ApiError::new(
                         503,
@@ -714,7 +725,7 @@ impl ProxyHttp for Gateway {
         if let Some(b) = body {
             ctx.response_body_bytes += b.len() as u64;
             if let Some(c) = ctx.capture.as_mut() {
-                c.response_chunk(b, session_log::millis(ctx.started.elapsed()));
+                c.response_chunk(b, crate::util::time::millis(ctx.started.elapsed()));
             }
         }
         Ok(None)
@@ -828,8 +839,8 @@ impl ProxyHttp for Gateway {
         if ctx.report.as_ref().is_some_and(|r| !r.claim_logging()) {
             return;
         }
-        crate::masking::count(&ctx.request_tally, "request");
-        crate::masking::count(&ctx.response_tally, "response");
+        crate::proxy::routes::count(&ctx.request_tally, "request");
+        crate::proxy::routes::count(&ctx.response_tally, "response");
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let m = ctx
             .route
@@ -868,15 +879,15 @@ impl ProxyHttp for Gateway {
             .as_ref()
             .map(|t| (t.version.to_string(), t.cipher.to_string()));
         session_log::emit(&SessionRecord {
-            ts: session_log::rfc3339(std::time::SystemTime::now()),
+            ts: crate::util::time::rfc3339(std::time::SystemTime::now()),
             kind: "exchange",
             request_id: &ctx.id,
             route: ctx.route.as_ref().map(|r| r.route.name.as_str()),
             method: req.method.as_str(),
             path: req.uri.path(),
             status,
-            duration_ms: session_log::millis(elapsed),
-            upstream_ttfb_ms: ctx.ttfb.map(session_log::millis),
+            duration_ms: crate::util::time::millis(elapsed),
+            upstream_ttfb_ms: ctx.ttfb.map(crate::util::time::millis),
             request_bytes: ctx.request_body_bytes,
             response_bytes: ctx.response_body_bytes,
             http_version: session_log::version_str(req.version),
@@ -896,8 +907,9 @@ impl ProxyHttp for Gateway {
                 .clone()
                 .or_else(|| ctx.response_tally.blocked.clone());
             rec.submit(crate::record::Draft {
+                engine: ctx.route.as_ref().map(|r| r.engine.clone()),
                 id: ctx.id.clone(),
-                ts: session_log::rfc3339(now - elapsed),
+                ts: crate::util::time::rfc3339(now - elapsed),
                 ts_ms: now
                     .duration_since(std::time::UNIX_EPOCH)
                     .unwrap_or_default()
@@ -932,8 +944,8 @@ impl ProxyHttp for Gateway {
                     .upstream_tls
                     .as_deref()
                     .map(|t| (t.version.to_string(), t.cipher.to_string())),
-                duration_ms: session_log::millis(elapsed),
-                ttfb_ms: ctx.ttfb.map(session_log::millis),
+                duration_ms: crate::util::time::millis(elapsed),
+                ttfb_ms: ctx.ttfb.map(crate::util::time::millis),
             });
         }
     }
@@ -1164,7 +1176,7 @@ impl Gateway {
         route: Arc<RouteRuntime>,
         who: Arc<Identity>,
     ) -> Result<bool> {
-        let body = match hold::read_body(session, self.max_body).await? {
+        let body = match subrequest::read_body(session, self.max_body).await? {
             ReadBody::Body(b) => b,
             ReadBody::TooLarge => return self.answer(session, ctx, too_large(self.max_body)).await,
         };
@@ -1203,7 +1215,7 @@ impl Gateway {
             None => None,
         };
         if !route.approvals.is_empty() {
-            use crate::approval::gate::Outcome;
+            use crate::proxy::approval_gate::Outcome;
             // Each phase's future is boxed on its own: a request waiting for approval (1,000 may
             // wait at once) holds only the wait's state, not the forwarding's beside it.
             let outcome = Box::pin(self.approvals.check(
@@ -1213,6 +1225,7 @@ impl Gateway {
                 &who,
                 &ctx.id,
                 &body,
+                &route.engine,
             ))
             .await;
             match outcome {
@@ -1260,7 +1273,7 @@ impl Gateway {
             report: Arc::default(),
         };
         ctx.delegated = true;
-        match Box::pin(hold::forward(session, handoff, masked)).await? {
+        match Box::pin(subrequest::forward(session, handoff, masked)).await? {
             Forwarded::Answered => Ok(true),
             // The subrequest logged it; an error here keeps Pingora from ending the response
             // as if it were complete (the connection is closed instead).
@@ -1343,7 +1356,7 @@ impl Gateway {
             },
         };
         if let Some(d) = tally.blocked.clone() {
-            crate::masking::count(&tally, "request");
+            crate::proxy::routes::count(&tally, "request");
             let (msg, rule) = m.block_message(&d);
             if let Some(r) = rule {
                 metrics::GUARDRAIL_BLOCKS.with_label_values(&[&r]).inc();
@@ -1366,7 +1379,7 @@ async fn write_ticket(session: &mut Session, request_id: &str, a: &crate::approv
         },
         "message": format!(
             "rule `{}` needs an approval; send the same request again with `{}: {}` once it is approved",
-            a.rule, crate::approval::gate::APPROVAL_HEADER, a.id
+            a.rule, crate::proxy::approval_gate::APPROVAL_HEADER, a.id
         ),
     })
     .to_string();
@@ -1379,7 +1392,7 @@ async fn write_ticket(session: &mut Session, request_id: &str, a: &crate::approv
         let _ = resp.insert_header(X_REQUEST_ID, v);
     }
     let _ = resp.insert_header(header::RETRY_AFTER, retry.to_string());
-    let _ = resp.insert_header(crate::approval::gate::APPROVAL_HEADER, a.id.as_str());
+    let _ = resp.insert_header(crate::proxy::approval_gate::APPROVAL_HEADER, a.id.as_str());
     if let Err(e) = session
         .as_downstream_mut()
         .write_error_response(resp, Bytes::from(body))

@@ -1,3 +1,6 @@
+//! Whether the process is draining, and how many requests are in flight: the state graceful
+//! shutdown reads (the proxy, the approval gate and readiness), set by `server::drain`.
+//!
 //! Graceful shutdown. Pingora's own SIGTERM handling waits `grace_period_seconds` while still
 //! accepting, then stops and cancels whatever is in flight. agentgate wants the opposite order:
 //! on SIGTERM stop taking new requests (503 `shutting_down`, `/readyz` 503), let the requests and
@@ -6,8 +9,6 @@
 //! shutdown takes over.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
 
 static INFLIGHT: AtomicUsize = AtomicUsize::new(0);
 static DRAINING: AtomicBool = AtomicBool::new(false);
@@ -58,45 +59,13 @@ pub fn in_flight() -> usize {
     INFLIGHT.load(Ordering::SeqCst)
 }
 
-/// Background service that waits for SIGTERM and then drains.
-pub struct Drainer {
-    pub recorder: Option<Arc<crate::record::Recorder>>,
+/// SIGTERM is now watched (`server::drain`).
+pub fn arm() {
+    ARMED.store(true, Ordering::SeqCst);
 }
 
-#[async_trait::async_trait]
-impl pingora::services::background::BackgroundService for Drainer {
-    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    log::warn!("cannot watch SIGTERM for draining: {e}");
-                    return;
-                }
-            };
-        ARMED.store(true, Ordering::SeqCst);
-        // Pingora broadcasts its own graceful shutdown on the same SIGTERM (or SIGQUIT for an
-        // upgrade); whichever is seen first starts the drain.
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = shutdown.changed() => {}
-        }
-        DRAINING.store(true, Ordering::SeqCst);
-        DRAIN_STARTED.notify_waiters();
-        log::info!(
-            "SIGTERM: no new requests; waiting for {} in flight",
-            in_flight()
-        );
-        loop {
-            if in_flight() == 0 {
-                if let Some(r) = &self.recorder {
-                    r.flush(Duration::from_secs(5));
-                }
-                crate::session_log::flush();
-                log::info!("drained: exiting");
-                std::process::exit(0);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+/// Starts draining: new requests are refused and held ones give up.
+pub fn start_draining() {
+    DRAINING.store(true, Ordering::SeqCst);
+    DRAIN_STARTED.notify_waiters();
 }

@@ -1,0 +1,5 @@
+//! Small helpers every layer uses (hex and ids, time). A leaf: it imports nothing of the crate,
+//! so engines can use it without reaching into glue.
+
+pub mod hex;
+pub mod time;
