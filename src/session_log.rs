@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 pub const TARGET: &str = "agentgate::session";
 
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, Clone, Copy)]
 pub struct Tls<'a> {
     pub version: &'a str,
     pub cipher: &'a str,

@@ -246,13 +246,13 @@ fn refusal(status: u16, rule: &str, why: String, a: Option<&Approval>) -> ApiErr
         format!("rule `{rule}` needs an approval: {why}"),
     );
     if let Some(a) = a {
-        e.detail = Some((
+        e.detail = Some(Box::new((
             "approval",
             serde_json::json!({
                 "id": a.id, "rule": a.rule, "decision": a.state,
                 "reason": why, "decisions": a.decisions,
             }),
-        ));
+        )));
     }
     e
 }

@@ -3,7 +3,11 @@
 //!
 //! Invariant: messages name the route, upstream URL and cause, never a credential.
 
+use super::headers::{per_request_value, X_REQUEST_ID};
 use bytes::Bytes;
+use http::header;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,7 +21,8 @@ pub struct ApiError {
     /// `WWW-Authenticate` value of a 401.
     pub challenge: Option<String>,
     /// More detail inside the `error` object (`approval` for approval refusals).
-    pub detail: Option<(&'static str, serde_json::Value)>,
+    /// (Boxed: rare, and it would double the size of every `Result` that carries an error.)
+    pub detail: Option<Box<(&'static str, serde_json::Value)>>,
 }
 
 impl ApiError {
@@ -54,7 +59,7 @@ impl ApiError {
         let mut v = serde_json::json!({
             "error": { "message": self.message, "type": self.kind, "code": self.code }
         });
-        if let Some((k, d)) = &self.detail {
+        if let Some((k, d)) = self.detail.as_deref() {
             v["error"][*k] = d.clone();
         }
         Bytes::from(v.to_string())
@@ -130,6 +135,74 @@ impl ApiError {
             },
         }
     }
+}
+
+/// Writes `err` to the agent as a whole response (JSON, with the request id and, for a 401,
+/// the challenge).
+pub async fn write_api_error(session: &mut Session, request_id: &str, err: &ApiError) {
+    let body = err.body();
+    let Ok(mut resp) = ResponseHeader::build(err.status, Some(4)) else {
+        return;
+    };
+    let _ = resp.insert_header(header::CONTENT_TYPE, "application/json");
+    let _ = resp.insert_header(header::CONTENT_LENGTH, body.len());
+    if let Ok(v) = per_request_value(request_id) {
+        let _ = resp.insert_header(X_REQUEST_ID, v);
+    }
+    if let Some(c) = &err.challenge {
+        let _ = resp.insert_header(header::WWW_AUTHENTICATE, c.as_str());
+    }
+    if let Err(e) = session
+        .as_downstream_mut()
+        .write_error_response(resp, body)
+        .await
+    {
+        log::debug!("could not send error response to the agent: {e}");
+    }
+}
+
+/// The answer of ticket mode: 202 with the approval to wait for, and when to try again.
+pub async fn write_ticket(session: &mut Session, request_id: &str, a: &crate::approval::Approval) {
+    let retry = (a.expires_ms.saturating_sub(crate::approval::now_ms()) / 1000).clamp(1, 10);
+    let body = serde_json::json!({
+        "approval": {
+            "id": a.id, "state": a.state, "rule": a.rule,
+            "approvals": a.decisions.len(), "min_approvals": a.min_approvals,
+            "expires_at_ms": a.expires_ms,
+        },
+        "message": format!(
+            "rule `{}` needs an approval; send the same request again with `{}: {}` once it is approved",
+            a.rule, crate::proxy::approval_gate::APPROVAL_HEADER, a.id
+        ),
+    })
+    .to_string();
+    let Ok(mut resp) = ResponseHeader::build(202, Some(6)) else {
+        return;
+    };
+    let _ = resp.insert_header(header::CONTENT_TYPE, "application/json");
+    let _ = resp.insert_header(header::CONTENT_LENGTH, body.len());
+    if let Ok(v) = per_request_value(request_id) {
+        let _ = resp.insert_header(X_REQUEST_ID, v);
+    }
+    let _ = resp.insert_header(header::RETRY_AFTER, retry.to_string());
+    let _ = resp.insert_header(crate::proxy::approval_gate::APPROVAL_HEADER, a.id.as_str());
+    if let Err(e) = session
+        .as_downstream_mut()
+        .write_error_response(resp, Bytes::from(body))
+        .await
+    {
+        log::debug!("could not send the ticket to the agent: {e}");
+    }
+}
+
+/// 413 for a body over `server.max_body`.
+pub fn too_large(max: u64) -> ApiError {
+    ApiError::new(
+        413,
+        "invalid_request_error",
+        "body_too_large",
+        format!("the request body is larger than server.max_body ({max} bytes)"),
+    )
 }
 
 #[cfg(test)]

@@ -1,12 +1,121 @@
-//! From the config to what a route's requests and responses go through: one masking `Engine`
-//! for the whole config (built-in + custom detectors + guardrail deny words), and per route the
-//! rules of each direction, with its guardrails turned into `block` actions.
+//! The route table: from the config to what a route's requests and responses go through
+//! (`RouteRuntime`: upstream, credentials, masking, approval rules), the first-match lookup, and
+//! the `Active` table a reload swaps. One masking `Engine` for the whole config (built-in +
+//! custom detectors + guardrail deny words), and per route the rules of each direction, with
+//! its guardrails turned into `block` actions.
 
-use crate::config::{Config, Direction, Guardrail};
+use crate::config::{Config, Direction, Guardrail, Route};
+use crate::identity::Authenticator;
+use crate::mask::injected::SecretSet;
 use crate::mask::{Action, CustomDetector, Engine, Rules};
 use crate::metrics;
+use crate::metrics::RouteMetrics;
+use crate::upstream::UpstreamTarget;
+use http::header::HeaderValue;
 use std::collections::HashMap;
 use std::sync::Arc;
+
+/// Everything the gateway knows about one route at run time.
+pub struct RouteRuntime {
+    pub route: Route,
+    pub target: UpstreamTarget,
+    pub secrets: Option<Arc<SecretSet>>,
+    pub metrics: RouteMetrics,
+    pub host_header: HeaderValue,
+    /// Masking and guardrails, when the route has a policy or guardrails.
+    pub masking: Option<Arc<RouteMasking>>,
+    /// Approval rules, in the route's order.
+    pub approvals: Vec<crate::policy::ApprovalRule>,
+    /// The configuration's masking engine (records and approval summaries of this route's
+    /// requests are masked with it, whether or not the route masks).
+    pub engine: Arc<crate::mask::Engine>,
+}
+
+/// What a configuration reload swaps: the routes (with their upstreams, masking, recording mode)
+/// and the identity sources. A request keeps the `Active` it started with until it ends.
+pub struct Active {
+    pub routes: Vec<Arc<RouteRuntime>>,
+    pub auth: Arc<Authenticator>,
+    /// The configuration's masking engine (every route's `engine`).
+    pub engine: Arc<crate::mask::Engine>,
+}
+
+impl Active {
+    /// First route in file order whose host (if any) and path prefix match.
+    pub fn match_route(&self, host: Option<&str>, path: &str) -> Option<&Arc<RouteRuntime>> {
+        self.routes.iter().find(|r| {
+            path.starts_with(&r.route.path_prefix)
+                && r.route
+                    .host
+                    .as_deref()
+                    .is_none_or(|want| host.is_some_and(|h| h.eq_ignore_ascii_case(want)))
+        })
+    }
+}
+
+/// The `Active` configuration, swapped atomically by a reload.
+pub struct ActiveConfig(std::sync::RwLock<Arc<Active>>);
+
+impl ActiveConfig {
+    pub fn new(a: Active) -> Arc<ActiveConfig> {
+        Arc::new(ActiveConfig(std::sync::RwLock::new(Arc::new(a))))
+    }
+
+    pub fn get(&self) -> Arc<Active> {
+        match self.0.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    pub fn swap(&self, a: Active) {
+        match self.0.write() {
+            Ok(mut g) => *g = Arc::new(a),
+            Err(p) => *p.into_inner() = Arc::new(a),
+        }
+    }
+}
+
+/// The run-time form of every route of `config`, masking with `engine` (built from the same
+/// config by `masking::engine`).
+pub fn build_routes(
+    config: &Config,
+    engine: Arc<crate::mask::Engine>,
+) -> Result<Vec<Arc<RouteRuntime>>, String> {
+    let mut routes = Vec::with_capacity(config.routes.len());
+    let mut masking = build_masking(config, engine.clone())?;
+    for route in &config.routes {
+        let target = UpstreamTarget::new(&route.name, &route.upstream)?;
+        let secrets = SecretSet::new(
+            route
+                .set_headers
+                .iter()
+                .flat_map(|h| h.secret.sensitive_parts().iter().cloned()),
+        )
+        .map_err(|e| format!("route `{}`: {e}", route.name))?;
+        let host_header = HeaderValue::from_str(&route.upstream.authority()).map_err(|_| {
+            format!(
+                "route `{}`: upstream host is not a valid Host header",
+                route.name
+            )
+        })?;
+        routes.push(Arc::new(RouteRuntime {
+            metrics: RouteMetrics::new(&route.name),
+            route: route.clone(),
+            target,
+            secrets,
+            host_header,
+            masking: masking.remove(&route.name),
+            engine: engine.clone(),
+            approvals: route
+                .approvals
+                .iter()
+                .filter_map(|n| config.approvals.iter().find(|a| &a.name == n).cloned())
+                .collect(),
+        }));
+    }
+    Ok(routes)
+}
 
 pub struct RouteMasking {
     pub engine: Arc<Engine>,
@@ -60,7 +169,7 @@ pub fn engine(config: &Config, fallback_key: &[u8; 32]) -> Result<Arc<Engine>, S
 }
 
 /// The masking of every route that has a policy or guardrails, by route name.
-pub fn build(
+pub fn build_masking(
     config: &Config,
     engine: Arc<Engine>,
 ) -> Result<HashMap<String, Arc<RouteMasking>>, String> {

@@ -4,66 +4,54 @@
 //! phases (DESIGN.md, "Request flow"). Pingora marks subrequests alpha, so everything that
 //! touches them is here.
 
-use crate::identity::Identity;
-use crate::mask::{Tally, Vault};
-use crate::proxy::RouteRuntime;
+use super::error::ApiError;
+use super::exchange::{Exchange, Role};
 use bytes::Bytes;
 use pingora::prelude::*;
 use pingora::proxy::subrequest::pipe::{pipe_subrequest, InputBody, InputBodyType};
 use pingora::proxy::subrequest::{BodyMode, Ctx as SubrequestCtx};
 use pingora::proxy::Session;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Instant;
-
-/// What the main session hands to the subrequest that forwards its decided body.
-pub struct Handoff {
-    pub id: String,
-    pub route: Arc<RouteRuntime>,
-    pub identity: Arc<Identity>,
-    pub vault: Option<Arc<Vault>>,
-    pub body_len: usize,
-    pub started: Instant,
-    pub request_bytes: u64,
-    pub downstream_tls: Option<(String, String)>,
-    pub request_tally: Tally,
-    pub capture: Option<crate::record::Capture>,
-    pub approval: Option<serde_json::Value>,
-    /// Filled in by the subrequest; `forward` reads it to say how the exchange ended.
-    pub report: Arc<SubrequestReport>,
-}
+use std::sync::{Arc, Mutex};
 
 /// What a subrequest tells the main session about itself.
 #[derive(Default)]
 pub struct SubrequestReport {
-    /// It logged (and counted) the exchange, so the main session must not.
-    logged: AtomicBool,
     /// It answered with a whole error response of its own, so a proxy error reported after
     /// that does not mean the agent's response was cut short.
     answered_error: AtomicBool,
     /// The error it decided on (e.g. a compressed upstream answer refused), so the main session
     /// answers with that, not a generic one, when the subrequest's own answer never left.
-    error: std::sync::Mutex<Option<crate::proxy::error::ApiError>>,
+    error: Mutex<Option<ApiError>>,
+    /// The exchange, handed back when the subrequest ended before any response: the main
+    /// session answers the agent and logs it.
+    returned: Mutex<Option<Box<Exchange>>>,
 }
 
 impl SubrequestReport {
-    /// Marks the exchange logged; false if it already was.
-    pub fn claim_logging(&self) -> bool {
-        !self.logged.swap(true, Ordering::SeqCst)
-    }
-
     pub fn answered_with_error(&self) {
         self.answered_error.store(true, Ordering::SeqCst);
     }
 
-    pub fn set_error(&self, e: crate::proxy::error::ApiError) {
+    pub fn set_error(&self, e: ApiError) {
         if let Ok(mut slot) = self.error.lock() {
             *slot = Some(e);
         }
     }
 
-    fn take_error(&self) -> Option<crate::proxy::error::ApiError> {
+    /// Hands the exchange back to the main session (the subrequest failed before a response).
+    pub fn give_back(&self, exchange: Box<Exchange>) {
+        if let Ok(mut slot) = self.returned.lock() {
+            *slot = Some(exchange);
+        }
+    }
+
+    fn take_error(&self) -> Option<ApiError> {
         self.error.lock().ok().and_then(|mut slot| slot.take())
+    }
+
+    fn take_exchange(&self) -> Option<Box<Exchange>> {
+        self.returned.lock().ok().and_then(|mut slot| slot.take())
     }
 }
 
@@ -84,22 +72,23 @@ pub async fn read_body(session: &mut Session, max: u64) -> Result<ReadBody> {
     Ok(ReadBody::Body(body))
 }
 
-/// The subrequest's handoff, when this session is one. The subrequest's request header is a
-/// copy of the agent's as received: its framing becomes the decided body's before the body is
-/// read.
-pub fn handoff(session: &mut Session) -> Option<Handoff> {
+/// The exchange handed to this session, when it is a subrequest. The subrequest's request
+/// header is a copy of the agent's as received: its framing becomes the decided body's before
+/// the body is read.
+pub fn handoff(session: &mut Session) -> Option<Box<Exchange>> {
     let sub = session.subrequest_ctx.as_mut()?;
     let user = sub.user_ctx_mut()?;
-    let h = user.downcast_mut::<Option<Handoff>>()?.take()?;
+    let exchange = user.downcast_mut::<Option<Box<Exchange>>>()?.take()?;
+    let len = exchange.forwarded_body_len()?;
     let req = session.req_header_mut();
     req.remove_header(&http::header::TRANSFER_ENCODING);
     if req
-        .insert_header(http::header::CONTENT_LENGTH, h.body_len)
+        .insert_header(http::header::CONTENT_LENGTH, len)
         .is_err()
     {
         return None;
     }
-    Some(h)
+    Some(exchange)
 }
 
 /// How a forwarded request ended, for the main session.
@@ -107,20 +96,25 @@ pub enum Forwarded {
     /// The subrequest answered the agent (a response or its own complete error response).
     Answered,
     /// It failed before any response header: the main session must answer with this error
-    /// (`api_error` when the subrequest decided on one), and log the exchange unless `logged`
-    /// (the subrequest logged its own error).
+    /// (`api_error` when the subrequest decided on one), and log `exchange` when it came back
+    /// (otherwise the subrequest logged it with its own error).
     Failed {
         error: Box<Error>,
-        api_error: Option<crate::proxy::error::ApiError>,
-        logged: bool,
+        api_error: Option<ApiError>,
+        exchange: Option<Box<Exchange>>,
     },
     /// It failed after the response began (the upstream reset mid-stream): the main session
     /// must not end the response cleanly, so the agent sees a broken response, not a short one.
     Broken(Box<Error>),
 }
 
-/// Sends `body` upstream through a subrequest of this session and pipes its response back.
-pub async fn forward(session: &mut Session, handoff: Handoff, body: Vec<u8>) -> Result<Forwarded> {
+/// Sends `body` upstream through a subrequest of this session, which takes `exchange` over,
+/// and pipes its response back.
+pub async fn forward(
+    session: &mut Session,
+    mut exchange: Box<Exchange>,
+    body: Vec<u8>,
+) -> Result<Forwarded> {
     if session.req_header().version == http::Version::HTTP_2 {
         // The subrequest parses this request as HTTP/1.1 text: give it a Host, an origin-form
         // target and the HTTP/1.1 version (the agent's own connection stays HTTP/2).
@@ -141,10 +135,14 @@ pub async fn forward(session: &mut Session, handoff: Handoff, body: Vec<u8>) -> 
         req.set_uri(uri);
         req.set_version(http::Version::HTTP_11);
     }
-    let report = handoff.report.clone();
+    let report = Arc::new(SubrequestReport::default());
+    exchange.role = Role::Subrequest {
+        body_len: body.len(),
+        report: report.clone(),
+    };
     let ctx = SubrequestCtx::builder()
         .body_mode(BodyMode::ExpectBody)
-        .user_ctx(Box::new(Some(handoff)))
+        .user_ctx(Box::new(Some(exchange)))
         .build();
     let Some(spawner) = session.subrequest_spawner.as_ref() else {
         return Error::e_explain(
@@ -187,7 +185,7 @@ pub async fn forward(session: &mut Session, handoff: Handoff, body: Vec<u8>) -> 
                 Ok(Forwarded::Failed {
                     error: e.error,
                     api_error: report.take_error(),
-                    logged: report.logged.load(Ordering::SeqCst),
+                    exchange: report.take_exchange(),
                 })
             }
         }

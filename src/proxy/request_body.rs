@@ -1,0 +1,212 @@
+//! Requests whose body is decided on before anything goes upstream: the body is read whole
+//! (no upstream connection exists yet), masked and checked by the route's guardrails, held for
+//! approval where a rule matches, and the decided body is forwarded through a subrequest that
+//! takes the exchange over (`subrequest.rs`).
+//!
+//! Invariant (DESIGN.md 3, 4): no body byte reaches the upstream before the decision; a
+//! refused, blocked or denied request sends nothing upstream; a body masking cannot read is
+//! refused, never forwarded as it came.
+
+use super::error::{too_large, write_ticket, ApiError};
+use super::exchange::Exchange;
+use super::headers;
+use super::routes::{RouteMasking, RouteRuntime};
+use super::subrequest::{self, Forwarded, ReadBody};
+use super::Gateway;
+use crate::mask::Tally;
+use crate::metrics;
+use crate::proxy::approval_gate::Outcome;
+use pingora::prelude::*;
+use pingora::proxy::Session;
+use std::sync::Arc;
+
+impl Gateway {
+    /// Reads the request body, masks it and applies guardrails and approval rules, then
+    /// forwards the decided body. `Ok(true)`: the request was answered here.
+    pub(super) async fn decide_body(
+        &self,
+        session: &mut Session,
+        ctx: &mut Box<Exchange>,
+        route: Arc<RouteRuntime>,
+    ) -> Result<bool> {
+        let body = match subrequest::read_body(session, self.max_body).await? {
+            ReadBody::Body(b) => b,
+            ReadBody::TooLarge => return self.answer(session, ctx, too_large(self.max_body)).await,
+        };
+        ctx.request_bytes = body.len() as u64;
+        if let Some(enc) = headers::compressed(&session.req_header().headers) {
+            let e = ApiError::new(
+                415,
+                "invalid_request_error",
+                "compressed_body_refused",
+                format!(
+                    "route `{}` inspects request bodies; send them uncompressed (Content-Encoding: {enc} is refused)",
+                    route.route.name
+                ),
+            );
+            return self.answer(session, ctx, e).await;
+        }
+        // `None`: the body goes on as read (no copy of it waits beside the original).
+        let masked = match route.masking.clone() {
+            Some(m) => match mask_request(session, ctx, &route, &m, &body) {
+                Ok(x) => Some(x),
+                Err(e) => return self.answer(session, ctx, e).await,
+            },
+            None => None,
+        };
+        if !route.approvals.is_empty() {
+            // Boxed on its own: a request waiting for approval (1,000 may wait at once) holds
+            // only the wait's state, not the forwarding's beside it.
+            if let Some(answered) = Box::pin(self.hold(session, ctx, &route, &body)).await? {
+                return Ok(answered);
+            }
+        }
+        let (masked, tally) = masked.unwrap_or_else(|| (body, Tally::default()));
+        ctx.request_tally = tally;
+        ctx.downstream_tls = session
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .map(|s| (s.version.to_string(), s.cipher.to_string()));
+        let exchange = Exchange::hand_over(ctx);
+        match Box::pin(subrequest::forward(session, exchange, masked)).await? {
+            Forwarded::Answered => Ok(true),
+            // The subrequest logged it; an error here keeps Pingora from ending the response
+            // as if it were complete (the connection is closed instead).
+            Forwarded::Broken(e) => Err(e),
+            Forwarded::Failed {
+                error,
+                api_error,
+                exchange,
+            } => {
+                // The agent still needs an answer; the exchange is logged by whichever session
+                // holds it (it comes back unless the subrequest logged its own error).
+                if let Some(back) = exchange {
+                    Exchange::take_back(ctx, back);
+                }
+                let err = api_error.unwrap_or_else(|| {
+                    let (name, url) = ctx.route_and_upstream();
+                    ApiError::from_proxy_error(&error, name, url)
+                });
+                self.answer(session, ctx, err).await
+            }
+        }
+    }
+
+    /// Applies the route's approval rules to the body as the agent sent it: `None` to go on,
+    /// `Some(answered)` when the request was answered (refused, ticket, or the agent left).
+    async fn hold(
+        &self,
+        session: &mut Session,
+        ctx: &mut Exchange,
+        route: &RouteRuntime,
+        body: &[u8],
+    ) -> Result<Option<bool>> {
+        let Some(who) = ctx.identity.clone() else {
+            return Error::e_explain(InternalError, "an approval check without an identity");
+        };
+        let outcome = self
+            .approvals
+            .check(
+                session,
+                &route.approvals,
+                &route.route.name,
+                &who,
+                &ctx.id,
+                body,
+                &route.engine,
+            )
+            .await;
+        match outcome {
+            Outcome::Proceed(evidence) => {
+                ctx.approval = evidence;
+                Ok(None)
+            }
+            Outcome::Refuse(e, evidence) => {
+                ctx.approval = Some(evidence);
+                self.answer(session, ctx, e).await.map(Some)
+            }
+            Outcome::Ticket(a, evidence) => {
+                ctx.approval = Some(evidence);
+                Box::pin(write_ticket(session, &ctx.id, &a)).await;
+                Ok(Some(true))
+            }
+            Outcome::Abandoned(evidence) => {
+                ctx.approval = Some(evidence);
+                ctx.error = Some(ApiError::new(
+                    499,
+                    "invalid_request_error",
+                    "client_gone",
+                    "the agent disconnected while its request waited for approval",
+                ));
+                Ok(Some(true))
+            }
+        }
+    }
+}
+
+/// Masks the request body and applies request guardrails: the masked body and its tally, or
+/// the error to answer with (a guardrail block, invalid JSON on a route that refuses it, a
+/// body that is neither JSON nor UTF-8 text).
+fn mask_request(
+    session: &Session,
+    ctx: &Exchange,
+    route: &RouteRuntime,
+    m: &RouteMasking,
+    body: &[u8],
+) -> std::result::Result<(Vec<u8>, Tally), ApiError> {
+    let vault = ctx.vault.as_deref();
+    let ct = headers::content_type(&session.req_header().headers);
+    let json_like = ct.contains("json")
+        || (ct.is_empty()
+            && body
+                .iter()
+                .find(|b| !b.is_ascii_whitespace())
+                .is_some_and(|b| *b == b'{' || *b == b'['));
+    let masked = if json_like {
+        match crate::mask::json::mask_json(&m.engine, body, &m.request, vault, false) {
+            Ok(x) => Some(x),
+            Err(e) if m.refuse_invalid_json => {
+                return Err(ApiError::new(
+                    400,
+                    "invalid_request_error",
+                    "invalid_json",
+                    format!("{e}; this route refuses bodies that are not valid JSON"),
+                ));
+            }
+            Err(_) => None,
+        }
+    } else {
+        None
+    };
+    let (masked, tally) = match masked {
+        Some(x) => x,
+        None => match std::str::from_utf8(body) {
+            Ok(text) => {
+                let (t, tally) = m.engine.mask(text, &m.request, vault, false);
+                (t.into_bytes(), tally)
+            }
+            Err(_) => {
+                return Err(ApiError::new(
+                    415,
+                    "invalid_request_error",
+                    "uninspectable_body",
+                    format!("route `{}` inspects request bodies, and this one is neither JSON nor UTF-8 text", route.route.name),
+                ));
+            }
+        },
+    };
+    if let Some(d) = tally.blocked.clone() {
+        super::routes::count(&tally, "request");
+        let (msg, rule) = m.block_message(&d);
+        if let Some(r) = rule {
+            metrics::GUARDRAIL_BLOCKS.with_label_values(&[&r]).inc();
+        }
+        return Err(ApiError::new(
+            400,
+            "invalid_request_error",
+            "request_blocked",
+            msg,
+        ));
+    }
+    Ok((masked, tally))
+}

@@ -1,0 +1,146 @@
+//! What is decided from the request header alone, in order: admission (draining, slow agents),
+//! a path that cannot escape its route, the caller's identity, the route, the route's access
+//! rule, the declared size, whether the exchange can be recorded; then whether the body must be
+//! read before anything goes upstream (masking, a matching approval rule).
+//!
+//! Invariant: a request refused here sends nothing upstream and no upstream connection is made.
+
+use super::error::{too_large, ApiError};
+use super::exchange::Exchange;
+use super::headers;
+use super::routes::RouteRuntime;
+use super::Gateway;
+use crate::config::RecordingMode;
+use crate::identity::{self, Identity};
+use crate::tls::CertNames;
+use pingora::proxy::Session;
+use std::sync::Arc;
+
+impl Gateway {
+    /// Admits, authenticates, routes and authorizes the request: its route, or the error to
+    /// answer with. Fills in the exchange's route, identity and capture.
+    pub(super) async fn admit(
+        &self,
+        session: &mut Session,
+        ctx: &mut Exchange,
+    ) -> Result<Arc<RouteRuntime>, ApiError> {
+        if crate::shutdown::draining() {
+            session.set_keepalive(None);
+            return Err(ApiError::new(
+                503,
+                "service_unavailable_error",
+                "shutting_down",
+                "the gateway is shutting down; retry (another instance will answer)",
+            ));
+        }
+        ctx.in_flight = Some(crate::shutdown::InFlight::enter());
+        // Slow agents (slowloris): each read of the body is bounded.
+        session.set_read_timeout(Some(self.client_timeout));
+        if !headers::path_is_safe(session.req_header().uri.path()) {
+            return Err(ApiError::new(
+                400,
+                "invalid_request_error",
+                "invalid_path",
+                "the request path has dot segments or encoded separators; send a normalized path",
+            ));
+        }
+        let cert = session
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .and_then(|s| s.extension.get::<CertNames>());
+        let active = self.active.get();
+        let who = active
+            .auth
+            .authenticate(&session.req_header().headers, cert)
+            .await
+            .map_err(|e| ApiError::from_auth(&e))?;
+        ctx.identity = Some(who.clone());
+        let req = session.req_header();
+        let path = req.uri.path();
+        let Some(route) = active
+            .match_route(headers::request_host(req), path)
+            .cloned()
+        else {
+            return Err(ApiError::new(
+                404,
+                "invalid_request_error",
+                "route_not_found",
+                format!("no route matches {} {path}", req.method),
+            ));
+        };
+        ctx.route = Some(route.clone());
+        if let Err(e) = identity::authorize(&route.route.access, &who, &route.route.name) {
+            identity::count_failure(e.reason);
+            return Err(ApiError::from_auth(&e));
+        }
+        if headers::declared_length(req).is_some_and(|n| n > self.max_body) {
+            return Err(too_large(self.max_body));
+        }
+        self.start_capture(session, ctx, &route, &who)?;
+        Ok(route)
+    }
+
+    /// Starts the record of this exchange when the route records; refuses the request when
+    /// the record store cannot take it (a route that must record never goes unrecorded).
+    fn start_capture(
+        &self,
+        session: &Session,
+        ctx: &mut Exchange,
+        route: &RouteRuntime,
+        who: &Identity,
+    ) -> Result<(), ApiError> {
+        let Some(rec) = &self.recorder else {
+            return Ok(());
+        };
+        if route.route.recording == RecordingMode::Off {
+            return Ok(());
+        }
+        if !rec.accepting() {
+            return Err(ApiError::new(
+                503,
+                "service_unavailable_error",
+                "recording_unavailable",
+                "exchanges on this route must be recorded and the record store cannot take more right now (disk full or writer behind); retry shortly",
+            ));
+        }
+        let req = session.req_header();
+        let mut c = crate::record::Capture::new(
+            route.route.recording,
+            self.record_max_body,
+            headers::conversation_id(who, req),
+        );
+        c.request_headers = headers::recordable_headers(&req.headers);
+        ctx.capture = Some(c);
+        Ok(())
+    }
+
+    /// Whether the body must be read and decided on before anything goes upstream: the route
+    /// masks (and there is a body), or an approval rule's method, path, groups and headers
+    /// match. Routes that mask get the conversation's pseudonym vault here.
+    pub(super) fn needs_body(
+        &self,
+        session: &mut Session,
+        ctx: &mut Exchange,
+        route: &RouteRuntime,
+    ) -> bool {
+        let Some(who) = ctx.identity.clone() else {
+            return false;
+        };
+        let req = session.req_header();
+        let may_hold = route.approvals.iter().any(|r| {
+            r.head_matches(&crate::policy::Request {
+                route: &route.route.name,
+                method: req.method.as_str(),
+                path: req.uri.path(),
+                groups: &who.groups,
+                headers: &req.headers,
+                body: &[],
+            })
+        });
+        if route.masking.is_none() {
+            return may_hold;
+        }
+        ctx.vault = Some(self.vaults.get(&headers::conversation_key(&who, req)));
+        may_hold || !session.is_body_empty()
+    }
+}
