@@ -1,6 +1,8 @@
 //! A deterministic corpus of everyday agent traffic with no sensitive value in it: chat
 //! requests with prose, code, logs, identifiers (UUIDs, git SHAs, hashes), base64 data, version
 //! numbers, timestamps, URLs and paths. The negative test and the benchmark use it.
+//! Test data, yet public (hidden from the docs): `benches/mask.rs` is a separate crate that
+//! reaches it only through the library's public API.
 #![doc(hidden)]
 
 struct Rng(u64);
