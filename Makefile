@@ -1,6 +1,7 @@
 # agentgate — two commands do all the set-up on a fresh Debian machine with the Rust toolchain:
 #   make run    build and start the gateway on conf/agentgate.yaml
-#   make test   the whole test suite (unit, config checks, integration with real TLS and SDKs)
+#   make test   the whole test suite (rustfmt and clippy first, then unit, config checks,
+#               integration with real TLS and SDKs)
 
 SHELL := /bin/bash
 CARGO ?= cargo
@@ -115,12 +116,15 @@ SOAK_SECONDS ?= 600
 soak: build venv
 	$(PY) tests/soak.py --seconds $(SOAK_SECONDS)
 
-test: unit check-conf bench-smoke integration
+## Formatting and clippy first: they fail in seconds, before the long suites start (a sub-make,
+## so they come first under `make -j` too).
+test: lint
+	$(MAKE) --no-print-directory unit check-conf bench-smoke integration
 
 fmt:
 	$(CARGO) fmt
 
-lint:
+lint: deps
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets --locked -- -D warnings
 

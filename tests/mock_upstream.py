@@ -16,6 +16,45 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
+def _tcp_address(family: int, host: str, port: int) -> str:
+    """An address as /proc/net/tcp{,6} prints it: the address words in host byte order, in hex."""
+    packed = socket.inet_pton(family, host)
+    words = struct.unpack(f"={len(packed) // 4}I", packed)
+    return "".join(f"{w:08X}" for w in words) + f":{port:04X}"
+
+
+def _tcp_queues(path: str) -> dict[tuple[str, str], tuple[int, int]]:
+    """(local, remote) -> (tx_queue, rx_queue) of every TCP socket in this network namespace:
+    bytes sent but not yet acknowledged by the peer, bytes received but not yet read."""
+    out: dict[tuple[str, str], tuple[int, int]] = {}
+    with open(path) as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            tx, rx = (int(x, 16) for x in fields[4].split(":"))
+            old = out.get((fields[1], fields[2]), (0, 0))
+            out[(fields[1], fields[2])] = (max(tx, old[0]), max(rx, old[1]))
+    return out
+
+
+def wait_until_read(conn: socket.socket, timeout: float = 10) -> bool:
+    """Waits until the peer of `conn` has read every byte sent on it: none left unacknowledged on
+    this side, none left unread in the peer's receive queue (both on this machine, so both are
+    in /proc/net/tcp). False if that did not happen within `timeout`."""
+    family = conn.family
+    me = _tcp_address(family, *conn.getsockname()[:2])
+    peer = _tcp_address(family, *conn.getpeername()[:2])
+    path = "/proc/net/tcp6" if family == socket.AF_INET6 else "/proc/net/tcp"
+    deadline = time.monotonic() + timeout
+    while True:
+        queues = _tcp_queues(path)
+        if queues.get((me, peer), (0, 0))[0] == 0 and queues.get((peer, me), (0, 0))[1] == 0:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.002)
+
+
 class MockState:
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -146,7 +185,11 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
     def _reset(self) -> None:
-        """Resets the TCP connection under the gateway (RST, not a clean close)."""
+        """Resets the TCP connection under the gateway (RST, not a clean close), once the gateway
+        has read every byte sent before it: a reset throws away whatever the peer had not read
+        yet, so resetting at once would race the gateway's reads (a header it never read makes a
+        502, not a response cut short)."""
+        wait_until_read(self.connection)
         self.close_connection = True
         self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.connection.close()

@@ -28,14 +28,21 @@ import httpx
 import trustme
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from conftest import AGENT_TOKEN, BINARY, DEFAULT_IDENTITY, Gateway, free_port, route_yaml, server_ctx  # noqa: E402
+from gateway_driver import BINARY, Gateway, eventually  # noqa: E402
+from gwconfig import AGENT_TOKEN, gateway_config, render, route  # noqa: E402
 from mock_upstream import MockServer  # noqa: E402
+from net import free_port, server_ctx  # noqa: E402
 
-POLICY = (
-    "masking:\n  policies:\n    default:\n"
-    "      request: { secrets: redact, pii: pseudonymize }\n"
-    "      response: { secrets: redact, pii: redact, restore_pseudonyms: true }\n"
-)
+POLICY = {
+    "masking": {
+        "policies": {
+            "default": {
+                "request": {"secrets": "redact", "pii": "pseudonymize"},
+                "response": {"secrets": "redact", "pii": "redact", "restore_pseudonyms": True},
+            }
+        }
+    }
+}
 KINDS = ("chat", "stream", "stream_abort", "upstream_reset", "masked", "models")
 WEIGHTS = (30, 25, 10, 10, 15, 10)
 
@@ -67,17 +74,12 @@ def run(seconds: float, workers: int, work: pathlib.Path, idle_wait: float = 0) 
     state = work / "gw"
     state.mkdir()
     port, admin = free_port(), free_port()
-    routes = route_yaml("chat", "/v1/chat/", f"https://127.0.0.1:{mock.port}", ca_file) + "    masking: default\n"
-    routes += route_yaml("rest", "/v1/", f"https://127.0.0.1:{mock.port}", ca_file)
+    routes = [route("chat", "/v1/chat/", f"https://127.0.0.1:{mock.port}", ca_file, masking="default"),
+              route("rest", "/v1/", f"https://127.0.0.1:{mock.port}", ca_file)]
+    text = render(gateway_config(port, admin, routes, extra=POLICY))
 
     def config(generation: int) -> str:
-        return (
-            f"# generation {generation}\n"
-            f"server: {{ state_dir: ./var, threads: 2, grace_period: 5s }}\n"
-            f"listeners:\n  - {{ name: agents, address: \"127.0.0.1:{port}\", tls: {{}} }}\n"
-            f"admin: {{ address: \"127.0.0.1:{admin}\" }}\n"
-            f"{DEFAULT_IDENTITY}{POLICY}routes:\n{routes}"
-        )
+        return f"# generation {generation}\n{text}"
 
     gw = Gateway(config(0), state, port, admin)
     stop = threading.Event()
@@ -150,7 +152,8 @@ def run(seconds: float, workers: int, work: pathlib.Path, idle_wait: float = 0) 
             c.post("/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
     time.sleep(0.5)
     base_fds, base_rss = fds(gw.proc.pid), rss_kib(gw.proc.pid)
-    base_counted = requests_counted(gw)
+    # The gateway counts a request when it logs it, just after answering: wait for all 20.
+    base_counted = eventually(lambda: requests_counted(gw), lambda n: n >= 20)
     threads = [threading.Thread(target=agent, args=(i,), daemon=True) for i in range(workers)]
     threads.append(threading.Thread(target=reloader, daemon=True))
     t0 = time.monotonic()
@@ -178,9 +181,9 @@ def run(seconds: float, workers: int, work: pathlib.Path, idle_wait: float = 0) 
         if idle_wait:
             time.sleep(idle_wait)  # past the upstream idle_timeout: pooled connections close
             result["fds_after_idle"] = fds(gw.proc.pid)
-        counted = requests_counted(gw) - base_counted
-        reload_ok = float(next((l.rsplit(" ", 1)[1] for l in gw.metrics().splitlines()
-                                if l.startswith('agentgate_config_reloads_total{result="ok"}')), "0"))
+        # Both counted off the agents' path: read them once they add up (or after 10 s).
+        counted = eventually(lambda: requests_counted(gw) - base_counted, lambda n: n >= sent)
+        reload_ok = eventually(lambda: gw.metric("agentgate_config_reloads_total", result="ok"), lambda n: n >= reloads)
         result.update(base_fds=base_fds, end_fds=end_fds, base_rss_mib=round(base_rss / 1024, 1),
                       peak_rss_mib=round(peak_rss / 1024, 1), end_rss_mib=round(end_rss / 1024, 1),
                       counted_by_gateway=counted, reloads_applied=reload_ok)

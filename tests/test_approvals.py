@@ -19,7 +19,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from conftest import AGENT_TOKEN, BINARY, Gateway, free_port, people_identity, person_token, route_yaml, server_ctx
+from gateway_driver import BINARY, Gateway
+from gwconfig import AGENT_TOKEN, people_identity, person_token, route
+from net import server_ctx
 from test_sdk import HERE, sdk_env
 
 PEOPLE = {"alice": ["security-oncall"], "bob": ["security-oncall"], "eve": ["dev"], "olga": ["agents", "security-oncall"]}
@@ -29,34 +31,30 @@ TOOLS_BODY = {"model": "m", "tools": [{"type": "function", "function": {"name": 
 SAFE_BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
 
-def rules_yaml(**over) -> str:
+def rules(timeout: str = "30s", grant: dict | None = None, mode: str = "wait", min: int = 1, **rule_fields) -> dict:
+    """The `approvals:` section with one rule, `destructive-tools` (POSTs to CHAT whose tools
+    include delete_records or transfer_funds); `rule_fields` add to the rule (notify...)."""
     rule = {
-        "timeout": "30s", "grant": "{ scope: once }", "mode": "wait", "min": 1, "extra": "",
+        "name": "destructive-tools",
+        "when": {"method": ["POST"], "path": CHAT,
+                 "json": {"tools[*].function.name": {"any_of": ["delete_records", "transfer_funds"]}}},
+        "approvers": {"groups": ["security-oncall"], "min_approvals": min},
+        "timeout": timeout,
+        "grant": grant if grant is not None else {"scope": "once"},
+        "mode": mode,
+        **rule_fields,
     }
-    rule.update(over)
-    return (
-        "approvals:\n"
-        "  - name: destructive-tools\n"
-        "    when:\n"
-        "      method: [POST]\n"
-        f"      path: {CHAT}\n"
-        '      json: { "tools[*].function.name": { any_of: [delete_records, transfer_funds] } }\n'
-        f"    approvers: {{ groups: [security-oncall], min_approvals: {rule['min']} }}\n"
-        f"    timeout: {rule['timeout']}\n"
-        f"    grant: {rule['grant']}\n"
-        f"    mode: {rule['mode']}\n"
-        f"{rule['extra']}"
-    )
+    return {"approvals": [rule]}
 
 
 @pytest.fixture
 def approval_gw(start_gateway, mock, upstream_ca_file):
     def start(**over) -> Gateway:
         return start_gateway(
-            route_yaml("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file) + "    approvals: [destructive-tools]\n",
+            route("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file, approvals=["destructive-tools"]),
             identity=people_identity(PEOPLE),
-            extra=rules_yaml(**over),
-            admin_extra=", auditors: [security-oncall]",
+            extra=rules(**over),
+            admin={"auditors": ["security-oncall"]},
         )
     return start
 
@@ -147,7 +145,7 @@ def test_sdk_call_waits_for_an_approver_and_nothing_reaches_the_upstream_before(
     assert sdk_result(sdk) == {"status": 200, "text": None, "tool_calls": ["delete_records"]}, "the upstream's answer"
     assert len(mock.state.requests) == 1 and mock.state.last["headers"]["authorization"].startswith("Bearer sk-route")
     # Evidence: the session line and the metrics.
-    [line] = [l for l in gw.session_lines() if l.get("approval")]
+    [line] = gw.wait_session_lines(lambda l: l.get("approval"))
     [ev] = line["approval"]
     assert (ev["id"], ev["state"], ev["how"], line["status"]) == (a["id"], "approved", "wait", 200)
     assert ev["decisions"][0]["by"]["subject"] == "alice" and ev["decisions"][0]["reason"] == "the cleanup is planned (CHG-42)"
@@ -198,7 +196,8 @@ def test_expiry(approval_gw, mock):
     assert r.status_code == 403 and r.json()["error"]["code"] == "approval_expired", r.text
     assert "no decision within 1s" in r.json()["error"]["message"]
     assert mock.state.requests == []
-    assert gw.metric("agentgate_approval_decisions_total", rule="destructive-tools", decision="expired") == 1
+    # Counted once the expiry is on disk, which may be just after the agent got its answer.
+    assert gw.wait_metric("agentgate_approval_decisions_total", 1, rule="destructive-tools", decision="expired") == 1
 
 
 def test_who_may_decide(approval_gw, mock):
@@ -232,21 +231,22 @@ def test_two_approvers_needed(approval_gw, mock):
 
 
 def test_window_grant_is_reused_then_expires(approval_gw, mock):
-    gw = approval_gw(grant="{ scope: window, duration: 3s }")
+    gw = approval_gw(grant={"scope": "window", "duration": "3s"})
     first = Call(gw, TOOLS_BODY)
     [a] = wait_pending(gw)
     decide(gw, "alice", a["id"], "approve", "migration window")
     assert first.result().status_code == 200
     with gw.client() as c:
-        assert c.post(CHAT, json=TOOLS_BODY).status_code == 200, "within the window: no new approval"
+        granted = c.post(CHAT, json=TOOLS_BODY)
+        assert granted.status_code == 200, "within the window: no new approval"
     # Another identity does not share the grant.
     other = Call(gw, TOOLS_BODY, token=person_token("olga"))
     [b] = wait_pending(gw)
     assert b["requester"]["subject"] == "olga"
     decide(gw, "bob", b["id"], "deny", "no")
     assert other.result().status_code == 403
-    lines = [l for l in gw.session_lines() if l.get("approval")]
-    assert lines[1]["approval"][0]["how"] == "window_grant" and lines[1]["approval"][0]["id"] == a["id"]
+    [line] = gw.wait_session_lines(lambda l: l.get("request_id") == granted.headers["x-request-id"])
+    assert line["approval"][0]["how"] == "window_grant" and line["approval"][0]["id"] == a["id"]
     time.sleep(3.2)
     late = Call(gw, TOOLS_BODY)
     [c] = wait_pending(gw)
@@ -278,7 +278,7 @@ def test_ticket_mode(approval_gw, mock):
     with gw2.client() as c:
         aid = c.post(CHAT, json=TOOLS_BODY).json()["approval"]["id"]
     assert wait_state(gw2, aid, "expired")["decided_ms"] is not None
-    assert gw2.metric("agentgate_approvals_pending") == 0
+    assert gw2.wait_metric("agentgate_approvals_pending", 0) == 0  # counted once the expiry is on disk
 
 
 def test_agent_disconnect_abandons_the_approval(approval_gw, mock):
@@ -294,7 +294,7 @@ def test_agent_disconnect_abandons_the_approval(approval_gw, mock):
     assert done["decided_ms"] is not None
     assert decide(gw, "alice", a["id"], "approve").status_code == 409
     assert mock.state.requests == []
-    assert gw.metric("agentgate_approval_decisions_total", rule="destructive-tools", decision="abandoned") == 1
+    assert gw.wait_metric("agentgate_approval_decisions_total", 1, rule="destructive-tools", decision="abandoned") == 1
     # The request it held is over too (no task left waiting on the gate).
     deadline = time.monotonic() + 5
     while gw.metric("agentgate_requests_in_flight") and time.monotonic() < deadline:
@@ -361,8 +361,8 @@ def hook_server(upstream_ca, statuses: list[int]) -> ThreadingHTTPServer:
 
 def test_webhook_is_slack_shaped_retried_and_never_decides(approval_gw, mock, upstream_ca, upstream_ca_file):
     hook = hook_server(upstream_ca, [500, 503])
-    notify = f"    notify: {{ webhook: {{ url: 'https://127.0.0.1:{hook.server_address[1]}/hooks/x', format: slack, ca_file: {upstream_ca_file} }} }}\n"
-    gw = approval_gw(extra=notify, timeout="4s")
+    notify = {"webhook": {"url": f"https://127.0.0.1:{hook.server_address[1]}/hooks/x", "format": "slack", "ca_file": str(upstream_ca_file)}}
+    gw = approval_gw(notify=notify, timeout="4s")
     r = Call(gw, TOOLS_BODY)
     [a] = wait_pending(gw)
     deadline = time.monotonic() + 15
@@ -372,7 +372,8 @@ def test_webhook_is_slack_shaped_retried_and_never_decides(approval_gw, mock, up
     msg = hook.posts[-1]
     assert a["id"] in msg["text"] and "destructive-tools" in msg["text"] and msg["blocks"][0]["type"] == "header"
     assert "sk-proj-" not in json.dumps(msg), "the notification is masked"
-    assert gw.metric("agentgate_approval_webhooks_total", result="sent") == 1
+    # The hook has the third post before the gateway has its answer (and counts it sent).
+    assert gw.wait_metric("agentgate_approval_webhooks_total", 1, result="sent") == 1
     assert gw.metric("agentgate_approval_webhooks_total", result="retry") == 2
     # Notified, not approved: the request still expires.
     assert r.result().json()["error"]["code"] == "approval_expired"

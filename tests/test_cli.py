@@ -9,7 +9,8 @@ import subprocess
 
 import pytest
 
-from conftest import BINARY, ROOT, free_port
+from gateway_driver import BINARY, ROOT
+from net import free_port
 
 GOOD = """\
 server: { state_dir: ./var }

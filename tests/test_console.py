@@ -17,8 +17,10 @@ import time
 import httpx
 import pytest
 
-from conftest import ROOT, free_port, people_identity, person_token, route_yaml
-from test_approvals import PEOPLE, TOOLS_BODY, Call, rules_yaml, run_sdk_async, sdk_result, wait_pending
+from gateway_driver import ROOT
+from gwconfig import people_identity, person_token, route
+from net import free_port
+from test_approvals import PEOPLE, TOOLS_BODY, Call, rules, run_sdk_async, sdk_result, wait_pending
 from test_oidc_e2e import run_provider
 
 CONSOLE_DIR = ROOT / "tests" / "console"
@@ -35,19 +37,19 @@ def test_console_sign_in_approve_and_replay(start_gateway, mock, upstream_ca, up
     accounts = {"alice": ["security-oncall"], "eve": ["auditors"]}
     env = {"CONSOLE_REDIRECT": f"{console}/console/callback", "CONSOLE_ACCOUNTS": json.dumps(accounts)}
     with run_provider(upstream_ca, tmp_path, env=env) as issuer:
-        admin = (
-            ", tls: {}, auditors: [auditors, security-oncall], "
-            f"public_url: '{console}', console: {{ issuer: '{issuer}', client_id: agentgate-console, "
-            f"client_secret: agentgate-console-secret-0123456789, scopes: [openid, profile, groups], ca_file: {upstream_ca_file} }}"
-        )
-        wipe = (
-            "  - name: wipe-data\n"
-            '    when: { json: { "messages[*].content": { contains: wipe } } }\n'
-            "    approvers: { groups: [security-oncall] }\n    timeout: 5m\n"
-        )
+        admin = {
+            "tls": {}, "auditors": ["auditors", "security-oncall"], "public_url": console,
+            "console": {"issuer": issuer, "client_id": "agentgate-console", "client_secret": "agentgate-console-secret-0123456789",
+                        "scopes": ["openid", "profile", "groups"], "ca_file": str(upstream_ca_file)},
+        }
+        approvals = rules(timeout="5m")
+        approvals["approvals"].append({
+            "name": "wipe-data", "when": {"json": {"messages[*].content": {"contains": "wipe"}}},
+            "approvers": {"groups": ["security-oncall"]}, "timeout": "5m",
+        })
         gw = start_gateway(
-            route_yaml("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file) + "    approvals: [destructive-tools, wipe-data]\n",
-            identity=people_identity(PEOPLE), extra=rules_yaml(timeout="5m") + wipe, admin_extra=admin, admin_port=admin_port,
+            route("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file, approvals=["destructive-tools", "wipe-data"]),
+            identity=people_identity(PEOPLE), extra=approvals, admin=admin, admin_port=admin_port,
         )
         auditor = {"Authorization": f"Bearer {person_token('alice')}"}
         # Two held requests: A, a streaming call from the OpenAI SDK, and B.

@@ -18,7 +18,10 @@ import time
 import httpx
 import pytest
 
-from conftest import AGENT_TOKEN, BINARY, DEFAULT_IDENTITY, free_port, route_yaml, server_ctx
+from gateway_driver import BINARY
+from gwconfig import AGENT_TOKEN, gateway_config, route
+from gwconfig import render as render_config
+from net import free_port, server_ctx
 from mock_upstream import MockServer
 from test_k8s import K8S, render
 
@@ -131,13 +134,9 @@ def test_egress_lock_lets_only_the_gateway_leave_the_pod(pod, upstream_ca, upstr
         port, admin = free_port(), free_port()
         binary = work / "agentgate"
         shutil.copy(BINARY, binary)
-        (work / "agentgate.yaml").write_text(
-            "server: { state_dir: ./var, threads: 1 }\n"
-            f"listeners:\n  - {{ name: agents, address: \"127.0.0.1:{port}\", tls: {{}} }}\n"
-            f"admin: {{ address: \"127.0.0.1:{admin}\" }}\n"
-            + DEFAULT_IDENTITY
-            + "routes:\n" + route_yaml("upstream", "/v1/", f"https://{NET_ADDR}:{upstream.port}", work / "upstream-ca.pem")
-        )
+        config = gateway_config(port, admin, route("upstream", "/v1/", f"https://{NET_ADDR}:{upstream.port}", work / "upstream-ca.pem"))
+        config["server"] = {"state_dir": "./var", "threads": 1}
+        (work / "agentgate.yaml").write_text(render_config(config))
         gw = subprocess.Popen(
             ["ip", "netns", "exec", pod_ns, "setpriv", f"--reuid={gw_uid}", f"--regid={gw_uid}", "--clear-groups", "--",
              str(binary), "run", "--config", str(work / "agentgate.yaml")],

@@ -12,7 +12,9 @@ import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from conftest import CHAT, ROUTE_KEY, free_port, route_yaml, server_ctx
+from gateway_driver import CHAT
+from gwconfig import ROUTE_KEY, route
+from net import free_port, server_ctx
 from mock_upstream import MockServer
 
 
@@ -54,7 +56,7 @@ def test_no_route_is_404(gateway):
         r = c.post("/v2/anything", json={})
         assert_api_error(r, 404, "route_not_found", "/v2/anything")
         assert c.get("/v1/models").status_code == 200
-    assert gateway.metric("agentgate_errors_total", route="none", kind="route_not_found") == 1
+    assert gateway.wait_metric("agentgate_errors_total", 1, route="none", kind="route_not_found") == 1
 
 
 def test_path_escaping_the_prefix_is_refused(gateway, mock):
@@ -70,16 +72,16 @@ def test_path_escaping_the_prefix_is_refused(gateway, mock):
 
 def test_upstream_refusing_connections_is_502(start_gateway, upstream_ca_file, mock):
     dead = free_port()
-    gw = start_gateway(
-        route_yaml("dead", "/dead/", f"https://127.0.0.1:{dead}", upstream_ca_file)
-        + route_yaml("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file)
-    )
+    gw = start_gateway([
+        route("dead", "/dead/", f"https://127.0.0.1:{dead}", upstream_ca_file),
+        route("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file),
+    ])
     with gw.client() as c:
         r = c.get("/dead/x")
         assert_api_error(r, 502, "upstream_connect_failed", "route `dead`", f"127.0.0.1:{dead}")
         assert c.get("/v1/models").status_code == 200
-    assert gw.metric("agentgate_errors_total", route="dead", kind="upstream_connect_failed") == 1
-    assert gw.metric("agentgate_requests_total", route="dead", status_class="5xx") == 1
+    assert gw.wait_metric("agentgate_errors_total", 1, route="dead", kind="upstream_connect_failed") == 1
+    assert gw.wait_metric("agentgate_requests_total", 1, route="dead", status_class="5xx") == 1
 
 
 @pytest.mark.parametrize("kind", ["self-signed", "another-host", "expired"])
@@ -94,17 +96,17 @@ def test_upstream_certificates_that_must_not_be_trusted_are_502(start_gateway, u
         "expired": (lambda: server_ctx(upstream_ca, "127.0.0.1", not_before=past, not_after=past + datetime.timedelta(days=1)), "TLS handshake failed"),
     }[kind]
     bad = other_mock(ctx())
-    gw = start_gateway(
-        route_yaml("bad", "/v1/models", f"https://127.0.0.1:{bad.port}", upstream_ca_file)
-        + route_yaml("good", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file)
-    )
+    gw = start_gateway([
+        route("bad", "/v1/models", f"https://127.0.0.1:{bad.port}", upstream_ca_file),
+        route("good", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file),
+    ])
     with gw.client() as c:
         r = c.get("/v1/models")
         assert_api_error(r, 502, "upstream_tls_failed", says)
         # Never a plaintext or unverified fallback; other routes are served meanwhile.
         assert c.post("/v1/chat/completions", json=CHAT).status_code == 200
     assert bad.state.requests == [], "no request may reach an unverified upstream"
-    assert gw.metric("agentgate_errors_total", route="bad", kind="upstream_tls_failed") == 1
+    assert gw.wait_metric("agentgate_errors_total", 1, route="bad", kind="upstream_tls_failed") == 1
     assert gw.metric("agentgate_tls_handshake_failures_total", leg="upstream") >= 1
 
 
@@ -116,10 +118,10 @@ def test_pins(start_gateway, upstream_ca, upstream_ca_file, other_mock):
     good = spki_pin(cert.cert_chain_pems[0].bytes())
     bad = base64.b64encode(hashlib.sha256(b"some other key").digest()).decode()
     url = f"https://127.0.0.1:{pinned.port}"
-    gw = start_gateway(
-        route_yaml("pinned-bad", "/bad/", url, upstream_ca_file, extra=f"pins_sha256: [{bad}]")
-        + route_yaml("pinned-good", "/v1/", url, upstream_ca_file, extra=f"pins_sha256: [{bad}, {good}]")
-    )
+    gw = start_gateway([
+        route("pinned-bad", "/bad/", url, upstream_ca_file, upstream={"pins_sha256": [bad]}),
+        route("pinned-good", "/v1/", url, upstream_ca_file, upstream={"pins_sha256": [bad, good]}),
+    ])
     with gw.client() as c:
         r = c.get("/bad/models")
         assert_api_error(r, 502, "upstream_pin_mismatch", "pins_sha256", "route `pinned-bad`")
@@ -132,7 +134,7 @@ def test_pins(start_gateway, upstream_ca, upstream_ca_file, other_mock):
 def test_agentgate_cert_pin_matches_python(gateway, upstream_ca):
     import subprocess
 
-    from conftest import BINARY
+    from gateway_driver import BINARY
 
     cert = upstream_ca.issue_cert("127.0.0.1")
     pem = cert.cert_chain_pems[0].bytes()
@@ -143,19 +145,19 @@ def test_agentgate_cert_pin_matches_python(gateway, upstream_ca):
 
 
 def test_upstream_timeout_is_504(start_gateway, mock, upstream_ca_file):
-    gw = start_gateway(
-        route_yaml("slow", "/v1/slow", f"https://127.0.0.1:{mock.port}", upstream_ca_file, extra="read_timeout: 1s")
-        + route_yaml("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file)
-    )
+    gw = start_gateway([
+        route("slow", "/v1/slow", f"https://127.0.0.1:{mock.port}", upstream_ca_file, upstream={"read_timeout": "1s"}),
+        route("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file),
+    ])
     with gw.client() as c:
         r = c.get("/v1/slow", headers={"x-mock-sleep": "3"})
         assert_api_error(r, 504, "upstream_timeout", "route `slow`")
         assert c.get("/v1/models").status_code == 200
-    assert gw.metric("agentgate_errors_total", route="slow", kind="upstream_timeout") == 1
+    assert gw.wait_metric("agentgate_errors_total", 1, route="slow", kind="upstream_timeout") == 1
 
 
 def test_body_over_max_body_is_413(start_gateway, mock, upstream_ca_file):
-    gw = start_gateway(route_yaml("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file), server_extra=", max_body: 1KiB")
+    gw = start_gateway(route("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file), server={"max_body": "1KiB"})
     with gw.client() as c:
         r = c.post("/v1/chat/completions", content=b"x" * 2048, headers={"content-type": "application/json"})
         assert_api_error(r, 413, "body_too_large", "1024 bytes")
@@ -170,4 +172,4 @@ def test_body_over_max_body_is_413(start_gateway, mock, upstream_ca_file):
     with gw.client() as c:
         ok = c.post("/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
         assert ok.status_code == 200
-    assert gw.metric("agentgate_errors_total", route="mock", kind="body_too_large") == 2
+    assert gw.wait_metric("agentgate_errors_total", 2, route="mock", kind="body_too_large") == 2

@@ -11,14 +11,15 @@ import time
 
 import pytest
 
-from conftest import AGENT_TOKEN, CHAT, DEFAULT_IDENTITY, REDACT_POLICY, assert_chat_served, masked_chat_routes, plain_and_masked, route_yaml
-from conftest import request_head as head
+from gateway_driver import CHAT, assert_chat_served
+from gwconfig import AGENT_TOKEN, REDACT_POLICY, masked_chat_routes, route
+from net import request_head as head
 
 
 @pytest.fixture
 def gw(start_gateway, mock, upstream_ca_file):
     # Chat bodies are inspected (read whole, masked); everything else streams through.
-    return start_gateway(masked_chat_routes(mock.port, upstream_ca_file), identity=DEFAULT_IDENTITY + REDACT_POLICY)
+    return start_gateway(masked_chat_routes(mock.port, upstream_ca_file), extra=REDACT_POLICY)
 
 
 def status_of(resp: bytes) -> int:
@@ -121,8 +122,8 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def test_a_huge_sse_event_is_bounded_on_masked_routes_and_intact_on_plain_ones(start_gateway, mock, upstream_ca_file):
-    plain, masked = plain_and_masked(start_gateway, mock.port, upstream_ca_file, route_extra="    recording: full\n")
+def test_a_huge_sse_event_is_bounded_on_masked_routes_and_intact_on_plain_ones(plain_and_masked):
+    plain, masked = plain_and_masked(recording="full")
     big = 3 << 20  # one 3 MiB event: over the masker's 1 MiB bound for one event
     body = dict(CHAT, stream=True)
     for gw in (masked, plain):
@@ -163,10 +164,10 @@ def test_a_huge_sse_event_is_bounded_on_masked_routes_and_intact_on_plain_ones(s
                 assert "AAAAAAAAAA" not in json.dumps(r)
 
 
-def test_compressed_upstream_responses_are_refused_where_they_would_be_inspected(start_gateway, mock, upstream_ca_file):
+def test_compressed_upstream_responses_are_refused_where_they_would_be_inspected(start_gateway, plain_and_masked, mock, upstream_ca_file):
     # `keyed` injects a key (answers are scrubbed for it); `bare` neither masks nor injects.
-    keyed, masked = plain_and_masked(start_gateway, mock.port, upstream_ca_file)
-    bare = start_gateway(route_yaml("up", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file, key_header=False))
+    keyed, masked = plain_and_masked()
+    bare = start_gateway(route("up", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file, key_header=False))
     for gw in (masked, keyed):
         seen = len(mock.state.requests)
         with gw.client() as c:
@@ -178,7 +179,7 @@ def test_compressed_upstream_responses_are_refused_where_they_would_be_inspected
         err = r.json()["error"]
         assert err["code"] == "upstream_encoding_refused" and "gzip" in err["message"], err
         assert r.headers.get("content-encoding") is None
-        assert gw.metric("agentgate_errors_total", route="up", kind="upstream_encoding_refused") == 1
+        assert gw.wait_metric("agentgate_errors_total", 1, route="up", kind="upstream_encoding_refused") == 1
         assert_chat_served(gw)
     # A route that neither masks nor injects a key has nothing to inspect: the answer passes as sent.
     with bare.client() as c:

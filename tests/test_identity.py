@@ -13,8 +13,11 @@ import time
 import httpx
 import pytest
 import trustme
+import yaml
 
-from conftest import AGENT_TOKEN, AGENT_TOKEN_SHA256, BINARY, ROUTE_KEY, route_yaml, server_ctx
+from gateway_driver import BINARY
+from gwconfig import AGENT_TOKEN, DEFAULT_IDENTITY, ROUTE_KEY, route
+from net import server_ctx
 from idp import ControlledIdP
 
 
@@ -26,31 +29,24 @@ def idp(upstream_ca):
     srv.stop()
 
 
-def oidc_yaml(*idps: ControlledIdP, ca_file, extra: str = "", groups_claim: tuple[str, ...] = ()) -> str:
-    out = "identity:\n  oidc:\n"
+def oidc_identity(*idps: ControlledIdP, ca_file, extra: dict | None = None, groups_claim: tuple[str, ...] = ()) -> dict:
+    """The identity section: each IdP as an OIDC issuer (with `extra` settings), and the agent's
+    service account."""
+    issuers = []
     for i, p in enumerate(idps):
-        out += (
-            f"    - issuer: {p.issuer}\n"
-            f"      audiences: [{p.audience}]\n"
-            f"      ca_file: {ca_file}\n"
-            f"      leeway: 5s\n"
-        )
+        issuer = {"issuer": p.issuer, "audiences": [p.audience], "ca_file": str(ca_file), "leeway": "5s"}
         if i < len(groups_claim):
-            out += f"      groups_claim: {groups_claim[i]}\n"
-        out += "".join(f"      {l}\n" for l in extra.splitlines() if l.strip())
-    out += (
-        "  service_accounts:\n"
-        f"    - {{ name: test-agent, token_sha256: {AGENT_TOKEN_SHA256}, groups: [agents] }}\n"
-    )
-    return out
+            issuer["groups_claim"] = groups_claim[i]
+        issuers.append({**issuer, **(extra or {})})
+    return {"oidc": issuers, **DEFAULT_IDENTITY}
 
 
 @pytest.fixture
 def oidc_gateway(start_gateway, mock, idp, upstream_ca_file):
     return start_gateway(
-        route_yaml("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file)
-        + route_yaml("admin", "/admin/", f"https://127.0.0.1:{mock.port}", upstream_ca_file, access="{ groups: [admins] }"),
-        identity=oidc_yaml(idp, ca_file=upstream_ca_file, extra="jwks_min_refetch_interval: 0s"),
+        [route("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file),
+         route("admin", "/admin/", f"https://127.0.0.1:{mock.port}", upstream_ca_file, access={"groups": ["admins"]})],
+        identity=oidc_identity(idp, ca_file=upstream_ca_file, extra={"jwks_min_refetch_interval": "0s"}),
     )
 
 
@@ -82,9 +78,8 @@ def test_valid_tokens_rs256_es256_ps256(oidc_gateway, idp, mock):
         assert r.status_code == 200, (kid, r.text)
         assert token not in json.dumps(mock.state.last["header_list"]), "the caller's token went upstream"
         assert mock.state.last["headers"]["authorization"] == f"Bearer {ROUTE_KEY}"
-    time.sleep(0.2)
-    lines = [l for l in oidc_gateway.session_lines() if l.get("identity")]
-    ident = lines[-1]["identity"]
+    [line] = oidc_gateway.wait_session_lines(lambda l: (l.get("identity") or {}).get("subject") == "agent-pss-1")
+    ident = line["identity"]
     assert ident == {"subject": "agent-pss-1", "issuer": idp.issuer, "method": "oidc", "groups": ["agents"]}
 
 
@@ -120,7 +115,7 @@ def test_bad_tokens_are_refused_with_the_reason(oidc_gateway, idp, mock, case, c
     r = call(oidc_gateway, token)
     assert_refused(r, 401, code, fragment, token=token)
     assert mock.state.requests == [], "a refused request reached the upstream"
-    assert oidc_gateway.metric("agentgate_auth_failures_total", reason=code) == before + 1
+    assert oidc_gateway.wait_metric("agentgate_auth_failures_total", before + 1, reason=code) == before + 1
 
 
 def test_missing_credentials_get_a_bare_challenge(oidc_gateway, mock):
@@ -139,7 +134,7 @@ def test_missing_group_is_403_naming_the_route(oidc_gateway, idp, mock):
     assert err["code"] == "missing_group"
     assert "route `admin`" in err["message"] and "admins" in err["message"]
     assert mock.state.requests == []
-    assert oidc_gateway.metric("agentgate_auth_failures_total", reason="missing_group") == 1
+    assert oidc_gateway.wait_metric("agentgate_auth_failures_total", 1, reason="missing_group") == 1
     # The same caller is let in where its group is allowed.
     assert call(oidc_gateway, idp.token("rsa-1"), "/v1/models").status_code == 200
 
@@ -157,8 +152,8 @@ def test_key_rotation_without_restart(oidc_gateway, idp):
 
 def test_unknown_kid_refetch_is_rate_limited(start_gateway, mock, idp, upstream_ca_file):
     gw = start_gateway(
-        route_yaml("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file),
-        identity=oidc_yaml(idp, ca_file=upstream_ca_file, extra="jwks_min_refetch_interval: 1h"),
+        route("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file),
+        identity=oidc_identity(idp, ca_file=upstream_ca_file, extra={"jwks_min_refetch_interval": "1h"}),
     )
     idp.add_key("never-published", "RS256", publish=False)
     fetches = idp.jwks_fetches
@@ -181,8 +176,8 @@ def test_idp_down_with_warm_cache_keeps_validating(oidc_gateway, idp):
 def test_idp_down_cold_is_503_and_not_ready_until_keys_load(start_gateway, mock, idp, upstream_ca_file):
     idp.down = True
     gw = start_gateway(
-        route_yaml("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file),
-        identity=oidc_yaml(idp, ca_file=upstream_ca_file, extra="jwks_min_refetch_interval: 0s\njwks_refresh_interval: 1s"),
+        route("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file),
+        identity=oidc_identity(idp, ca_file=upstream_ca_file, extra={"jwks_min_refetch_interval": "0s", "jwks_refresh_interval": "1s"}),
         wait_ready=False,
     )
     ready = gw.readyz()
@@ -193,7 +188,7 @@ def test_idp_down_cold_is_503_and_not_ready_until_keys_load(start_gateway, mock,
     assert r.json()["error"]["code"] == "keys_unavailable"
     assert idp.issuer in r.json()["error"]["message"]
     assert mock.state.requests == []
-    assert gw.metric("agentgate_jwks_refresh_total", issuer=idp.issuer, result="error") >= 1
+    assert gw.wait_metric("agentgate_jwks_refresh_total", lambda v: v >= 1, issuer=idp.issuer, result="error") >= 1
     # Service accounts do not depend on the IdP.
     assert call(gw, AGENT_TOKEN).status_code == 200
     idp.down = False
@@ -209,8 +204,8 @@ def test_several_issuers_with_their_own_group_claims(start_gateway, mock, idp, u
     try:
         second.add_key("ec-9", "ES256")
         gw = start_gateway(
-            route_yaml("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file),
-            identity=oidc_yaml(idp, second, ca_file=upstream_ca_file, groups_claim=("groups", "realm_access.roles")),
+            route("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file),
+            identity=oidc_identity(idp, second, ca_file=upstream_ca_file, groups_claim=("groups", "realm_access.roles")),
         )
         assert call(gw, idp.token("rsa-1")).status_code == 200
         t2 = second.token("ec-9", groups=None, realm_access={"roles": ["agents"]})
@@ -234,8 +229,8 @@ def test_service_account_tokens(start_gateway, mock, upstream_ca_file):
     line = next(l for l in made if l.startswith("- { name: ci-agent"))
     assert token not in line, "the config line must hold the hash, not the token"
     gw = start_gateway(
-        route_yaml("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file),
-        identity=f"identity:\n  service_accounts:\n    {line}\n",
+        route("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file),
+        identity={"service_accounts": yaml.safe_load(line)},  # the line is a YAML list item
     )
     for header in ("Authorization", "X-Api-Key", "api-key"):
         value = f"Bearer {token}" if header == "Authorization" else token
@@ -245,8 +240,7 @@ def test_service_account_tokens(start_gateway, mock, upstream_ca_file):
         assert token not in json.dumps(mock.state.last["header_list"])
     wrong = token[:-1] + ("A" if token[-1] != "A" else "B")
     assert_refused(call(gw, wrong), 401, "unknown_service_account", token=wrong)
-    time.sleep(0.2)
-    ident = [l["identity"] for l in gw.session_lines() if l.get("status") == 200][-1]
+    ident = [l["identity"] for l in gw.wait_session_lines(lambda l: l.get("status") == 200, n=3)][-1]
     assert ident == {"subject": "ci-agent", "issuer": "service-account", "method": "service_account", "groups": ["agents", "ops"]}
 
 
@@ -266,14 +260,13 @@ def mtls_gateway(start_gateway, mock, upstream_ca_file, client_ca, tmp_path, mod
     ca_path = tmp_path / "client-ca.pem"
     client_ca.cert_pem.write_to_path(str(ca_path))
     return start_gateway(
-        route_yaml("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file),
-        identity=(
-            "identity:\n  client_certs:\n"
-            "    - { subject_cn: build-bot, groups: [agents] }\n"
-            "    - { san_email: bot-b@corp.example, groups: [agents] }\n"
-            "    - { subject_cn: intern-bot, groups: [interns] }\n"
-        ),
-        listener_tls=f"{{ client_ca: {ca_path}, client_auth: {mode} }}",
+        route("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file),
+        identity={"client_certs": [
+            {"subject_cn": "build-bot", "groups": ["agents"]},
+            {"san_email": "bot-b@corp.example", "groups": ["agents"]},
+            {"subject_cn": "intern-bot", "groups": ["interns"]},
+        ]},
+        listener_tls={"client_ca": str(ca_path), "client_auth": mode},
     )
 
 
@@ -281,8 +274,7 @@ def test_client_certificates_accepted_and_refused(start_gateway, mock, upstream_
     gw = mtls_gateway(start_gateway, mock, upstream_ca_file, client_ca, tmp_path, "optional")
     with mtls_client(gw, client_ca.issue_cert("bot.corp", common_name="build-bot")) as c:
         assert c.get("/v1/models").status_code == 200
-    time.sleep(0.2)
-    assert gw.session_lines()[-1]["identity"] == {"subject": "build-bot", "issuer": "client-cert", "method": "client_cert", "groups": ["agents"]}
+    assert gw.wait_session_lines(lambda l: True)[-1]["identity"] == {"subject": "build-bot", "issuer": "client-cert", "method": "client_cert", "groups": ["agents"]}
     with mtls_client(gw, client_ca.issue_cert("bot-b@corp.example", common_name="whatever")) as c:
         assert c.get("/v1/models").status_code == 200
     # Verified but mapped to no identity: 401; mapped to a group the route does not allow: 403.
@@ -307,4 +299,5 @@ def test_client_certificate_required(start_gateway, mock, upstream_ca_file, clie
             c.get("/v1/models")
     with mtls_client(gw, client_ca.issue_cert("bot.corp", common_name="build-bot")) as c:
         assert c.get("/v1/models").status_code == 200
-    assert gw.metric("agentgate_tls_handshake_failures_total", leg="downstream") >= 1
+    # Counted when the gateway logs the failed handshake, after the client saw it fail.
+    assert gw.wait_metric("agentgate_tls_handshake_failures_total", lambda v: v >= 1, leg="downstream") >= 1

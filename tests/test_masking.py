@@ -6,11 +6,11 @@ nothing goes upstream."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
-from conftest import route_yaml
+from gwconfig import route, section
+from net import free_port
 from test_sdk import run_sdk
 
 EMAIL = "jane.doe@example.com"
@@ -18,7 +18,7 @@ CARD = "4111 1111 1111 1111"
 SECRET = "sk-proj-Ab3dE5gH7jK9mN1pQ3sT5vX7zA9cE1gI3kM5oQ7sU9wY1aC3eG5iK7mO9qS1uW3yA5"
 PRIVATE_KEY = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6ffAt0gun\n-----END RSA PRIVATE KEY-----"
 
-MASKING = """
+MASKING = section("""
 masking:
   policies:
     default:
@@ -29,16 +29,13 @@ masking:
 guardrails:
   - { name: no-private-keys, direction: request, detectors: [private_key], message: "never send keys to a model" }
   - { name: no-deploy-words, direction: response, deny_words: ["rm -rf /"] }
-"""
+""")
 
 
 @pytest.fixture
 def masked_gateway(start_gateway, mock, upstream_ca_file):
-    from conftest import DEFAULT_IDENTITY
-
-    route = route_yaml("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file)
-    route += "    masking: default\n    guardrails: [no-private-keys, no-deploy-words]\n"
-    return start_gateway(route, identity=DEFAULT_IDENTITY + MASKING)
+    return start_gateway(route("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file,
+                               masking="default", guardrails=["no-private-keys", "no-deploy-words"]), extra=MASKING)
 
 
 def upstream_bodies(mock) -> str:
@@ -56,11 +53,10 @@ def test_pii_pseudonymized_upstream_and_restored_for_the_sdk(masked_gateway, moc
     # The mock echoes the prompt: the SDK gets the original values back (the custom detector
     # redacts, which is not reversible).
     assert r["text"] == f"You said: Email {EMAIL} about card {CARD} and employee [REDACTED:EMPLOYEE_ID].", r
-    time.sleep(0.2)
-    line = [l for l in masked_gateway.session_lines() if l.get("status") == 200][-1]
+    line = masked_gateway.wait_session_lines(lambda l: l.get("status") == 200)[-1]
     assert line["masked"]["request"]["email/pseudonymize"] == 1
     assert line["masked"]["response"]["restored"] == 2
-    assert masked_gateway.metric("agentgate_masked_values_total", detector="email", direction="request", action="pseudonymize") == 1
+    assert masked_gateway.wait_metric("agentgate_masked_values_total", 1, detector="email", direction="request", action="pseudonymize") == 1
 
 
 @pytest.mark.parametrize("stream", ["0", "1"])
@@ -130,7 +126,7 @@ def test_compressed_request_bodies_are_refused(masked_gateway, mock):
 
 
 def test_routes_without_masking_stream_bodies_unchanged(start_gateway, mock, upstream_ca_file):
-    gw = start_gateway(route_yaml("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file))
+    gw = start_gateway(route("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file))
     with gw.client() as c:
         r = c.post("/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": EMAIL}]})
     assert r.status_code == 200
@@ -152,11 +148,8 @@ def test_masking_over_http2_from_the_agent(masked_gateway, mock):
 
 
 def test_upstream_down_on_a_masking_route_is_a_clear_502(start_gateway, upstream_ca_file):
-    from conftest import DEFAULT_IDENTITY, free_port
-
     dead = free_port()
-    route = route_yaml("dead", "/v1/", f"https://127.0.0.1:{dead}", upstream_ca_file) + "    masking: default\n"
-    gw = start_gateway(route, identity=DEFAULT_IDENTITY + MASKING)
+    gw = start_gateway(route("dead", "/v1/", f"https://127.0.0.1:{dead}", upstream_ca_file, masking="default"), extra=MASKING)
     with gw.client() as c:
         r = c.post("/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": EMAIL}]})
     assert r.status_code == 502, r.text

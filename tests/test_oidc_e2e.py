@@ -14,7 +14,8 @@ import subprocess
 import httpx
 import pytest
 
-from conftest import ROUTE_KEY, free_port, route_yaml
+from gwconfig import ROUTE_KEY, route
+from net import free_port
 from test_sdk import run_sdk
 
 OIDC_DIR = pathlib.Path(__file__).resolve().parent / "oidc"
@@ -69,13 +70,8 @@ def client_credentials_token(issuer: str, ca_file, client: str) -> str:
 
 def test_openai_sdk_with_an_access_token_from_a_real_provider(start_gateway, mock, provider, upstream_ca_file):
     gw = start_gateway(
-        route_yaml("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file),
-        identity=(
-            "identity:\n  oidc:\n"
-            f"    - issuer: {provider}\n"
-            "      audiences: [agentgate]\n"
-            f"      ca_file: {upstream_ca_file}\n"
-        ),
+        route("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file),
+        identity={"oidc": [{"issuer": provider, "audiences": ["agentgate"], "ca_file": str(upstream_ca_file)}]},
     )
     token = client_credentials_token(provider, upstream_ca_file, "agent-a")
     r = run_sdk(gw, "chat_or_error", api_key=token)
@@ -84,10 +80,7 @@ def test_openai_sdk_with_an_access_token_from_a_real_provider(start_gateway, moc
     seen = mock.state.last
     assert seen["headers"]["authorization"] == f"Bearer {ROUTE_KEY}"
     assert token not in json.dumps(seen["header_list"]), "the access token reached the upstream"
-    import time
-
-    time.sleep(0.2)
-    ident = [l["identity"] for l in gw.session_lines() if l.get("status") == 200][-1]
+    ident = [l["identity"] for l in gw.wait_session_lines(lambda l: l.get("status") == 200)][-1]
     assert ident == {"subject": "agent-a", "issuer": provider, "method": "oidc", "groups": ["agents"]}
 
     outsider = client_credentials_token(provider, upstream_ca_file, "outsider")

@@ -20,7 +20,8 @@ import time
 import httpx
 import pytest
 
-from conftest import AGENT_TOKEN, BINARY, limit_file_size, people_identity, person_token, route_yaml
+from gateway_driver import BINARY, eventually, limit_file_size
+from gwconfig import AGENT_TOKEN, people_identity, person_token, route
 from test_sdk import run_sdk
 
 SECRET = "sk-proj-Ab3dE5gH7jK9mN1pQ3sT5vX7zA9cE1gI3kM5oQ7sU9wY1aC3eG5iK7mO9qS1uW3yA5"
@@ -30,6 +31,17 @@ CARD = "4111 1111 1111 1111"
 
 def records(gw) -> pathlib.Path:
     return gw.state_dir / "var" / "records"
+
+
+def segments(gw) -> list[tuple[str, int]]:
+    """(name, size) of each record segment, oldest first (one deleted meanwhile is left out)."""
+    out = []
+    for p in sorted(records(gw).glob("seg-*.jsonl")):
+        try:
+            out.append((p.name, p.stat().st_size))
+        except FileNotFoundError:
+            pass
+    return out
 
 
 def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -52,8 +64,8 @@ def wait_records(gw, n: int, timeout: float = 10) -> list[dict]:
 
 @pytest.fixture
 def gw(start_gateway, mock, upstream_ca_file):
-    return start_gateway(route_yaml("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file),
-                         identity=people_identity({"audrey": ["auditors"]}), admin_extra=", auditors: [auditors]")
+    return start_gateway(route("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file),
+                         identity=people_identity({"audrey": ["auditors"]}), admin={"auditors": ["auditors"]})
 
 
 def test_sdk_exchanges_recorded_and_shown(gw, mock):
@@ -83,7 +95,7 @@ def test_sdk_exchanges_recorded_and_shown(gw, mock):
     assert rec["response"]["status"] == 200 and rec["identity"]["subject"] == "test-agent"
     assert "authorization" not in rec["request"]["headers"]
     assert httpx.get(f"{admin}/v1/sessions/nope", headers=auditor, timeout=5).status_code == 404
-    assert gw.metric("agentgate_records_written_total") == 2
+    assert gw.wait_metric("agentgate_records_written_total", 2) == 2
     assert cli("audit", "verify", "--dir", str(records(gw))).stdout.count("intact") == 1
 
 
@@ -108,7 +120,7 @@ def test_replay_keeps_the_original_timing(gw, mock):
 
 
 def test_recording_off_writes_nothing(start_gateway, mock, upstream_ca_file):
-    gw = start_gateway(route_yaml("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file) + "    recording: off\n")
+    gw = start_gateway(route("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file, recording="off"))
     with gw.client() as c:
         assert c.get("/v1/models").status_code == 200
     time.sleep(0.3)
@@ -116,12 +128,10 @@ def test_recording_off_writes_nothing(start_gateway, mock, upstream_ca_file):
 
 
 def test_no_secret_or_personal_value_lands_in_the_state_dir(start_gateway, mock, upstream_ca_file):
-    from conftest import DEFAULT_IDENTITY
-
-    masked = route_yaml("masked", "/v1/chat/", f"https://127.0.0.1:{mock.port}", upstream_ca_file) + "    masking: default\n"
-    plain = route_yaml("plain", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file)
-    policy = "masking:\n  policies:\n    default:\n      request: { secrets: redact, pii: pseudonymize }\n"
-    gw = start_gateway(masked + plain, identity=DEFAULT_IDENTITY + policy)
+    masked = route("masked", "/v1/chat/", f"https://127.0.0.1:{mock.port}", upstream_ca_file, masking="default")
+    plain = route("plain", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file)
+    policy = {"masking": {"policies": {"default": {"request": {"secrets": "redact", "pii": "pseudonymize"}}}}}
+    gw = start_gateway([masked, plain], extra=policy)
     prompt = f"my key {SECRET}, mail {EMAIL}, card {CARD}"
     for path in ("/v1/chat/completions", "/v1/responses"):
         for stream in (False, True):
@@ -130,7 +140,7 @@ def test_no_secret_or_personal_value_lands_in_the_state_dir(start_gateway, mock,
                 r = c.post(path, json=body, headers={"x-mock-echo": "1", "x-note": f"from {EMAIL}"})
             assert r.status_code == 200, r.text
     wait_records(gw, 4)
-    time.sleep(0.2)
+    gw.wait_metric("agentgate_records_written_total", 4)  # committed: segment and index written whole
     for f in gw.state_dir.rglob("*"):
         if f.is_file() and f.name not in ("stdout.log", "stderr.log", "agentgate.yaml"):
             data = f.read_bytes()
@@ -148,7 +158,7 @@ def _make_store(gw, n: int) -> pathlib.Path:
         for i in range(n):
             assert c.get("/v1/models", headers={"x-n": str(i)}).status_code == 200
     wait_records(gw, n)
-    time.sleep(0.2)
+    gw.wait_metric("agentgate_records_written_total", n)  # committed: segment and index written whole
     return records(gw)
 
 
@@ -182,7 +192,7 @@ def test_audit_verify_catches_tampering(gw, mock, tmp_path):
 
 
 def test_crash_mid_write_leaves_a_store_that_opens_and_keeps_recording(start_gateway, mock, upstream_ca_file):
-    gw = start_gateway(route_yaml("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file))
+    gw = start_gateway(route("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file))
     stop = threading.Event()
 
     def load():
@@ -220,32 +230,34 @@ def test_crash_mid_write_leaves_a_store_that_opens_and_keeps_recording(start_gat
 
 
 def test_retention_by_size_and_age(start_gateway, mock, upstream_ca_file):
-    extra = "recording: { segment_size: 2KiB, max_size: 12KiB, max_age: 2s }\n"
-    gw = start_gateway(route_yaml("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file), extra=extra)
+    extra = {"recording": {"segment_size": "2KiB", "max_size": "12KiB", "max_age": "2s"}}
+    gw = start_gateway(route("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file), extra=extra)
     with gw.client() as c:
         for _ in range(30):
             assert c.get("/v1/models").status_code == 200
-    wait_records(gw, 1)
-    time.sleep(0.5)
-    segs = sorted(records(gw).glob("seg-*.jsonl"))
-    total = sum(s.stat().st_size for s in segs)
-    assert segs[0].name != "seg-00000001.jsonl", "the oldest segments were not deleted"
-    assert total <= 12 * 1024 + 4096, total
+    gw.wait_metric("agentgate_records_written_total", lambda v: v >= 30)
+    # Old segments are deleted off the request path: wait (boundedly) for the store to shrink.
+    bound = 12 * 1024 + 4096
+    segs = eventually(lambda: segments(gw), lambda ss: ss and ss[0][0] != "seg-00000001.jsonl" and sum(n for _, n in ss) <= bound)
+    total = sum(n for _, n in segs)
+    assert segs[0][0] != "seg-00000001.jsonl", "the oldest segments were not deleted"
+    assert total <= bound, total
     assert "intact" in cli("audit", "verify", "--dir", str(records(gw))).stdout
-    first = segs[0].name
-    time.sleep(2.5)
+    first = segs[0][0]
+    time.sleep(2.5)  # the segments so far grow older than max_age
     with gw.client() as c:
         for _ in range(12):
             assert c.get("/v1/models").status_code == 200
-    time.sleep(1)
-    assert all(s.name > first for s in records(gw).glob("seg-*.jsonl")), "segments older than max_age remain"
+    gw.wait_metric("agentgate_records_written_total", lambda v: v >= 42)
+    left = eventually(lambda: segments(gw), lambda ss: all(name > first for name, _ in ss))
+    assert all(name > first for name, _ in left), "segments older than max_age remain"
     assert "intact" in cli("audit", "verify", "--dir", str(records(gw))).stdout
 
 
 @pytest.mark.parametrize("policy", ["reject", "continue"])
 def test_disk_full_follows_on_failure(start_gateway, mock, upstream_ca_file, policy):
-    extra = f"recording: {{ on_failure: {policy} }}\n"
-    gw = start_gateway(route_yaml("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file), extra=extra, preexec=limit_file_size(96 * 1024))
+    extra = {"recording": {"on_failure": policy}}
+    gw = start_gateway(route("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file), extra=extra, preexec=limit_file_size(96 * 1024))
     statuses = []
     with gw.client() as c:
         for _ in range(120):
@@ -255,7 +267,7 @@ def test_disk_full_follows_on_failure(start_gateway, mock, upstream_ca_file, pol
                 assert r.json()["error"]["code"] == "recording_unavailable"
                 break
             time.sleep(0.01)
-    assert gw.metric("agentgate_record_failures_total", reason="disk_full") >= 1
+    assert gw.wait_metric("agentgate_record_failures_total", lambda v: v >= 1, reason="disk_full") >= 1
     if policy == "reject":
         assert statuses[-1] == 503, statuses
     else:
@@ -286,8 +298,6 @@ def test_disk_full_follows_on_failure(start_gateway, mock, upstream_ca_file, pol
 
 
 def test_resend_sends_the_recorded_request_again_and_compares(gw, mock):
-    from conftest import AGENT_TOKEN
-
     assert run_sdk(gw, "chat_stream")["chunks"] == 5
     entry = wait_records(gw, 1)[0]
     out = cli("sessions", "replay", entry["id"], "--dir", str(records(gw)), "--resend", gw.base_url, "--token", AGENT_TOKEN, "--ca", str(gw.ca_file)).stdout
@@ -299,7 +309,7 @@ def test_resend_sends_the_recorded_request_again_and_compares(gw, mock):
 
 
 def test_records_streamed_to_stdout_masked(start_gateway, mock, upstream_ca_file):
-    gw = start_gateway(route_yaml("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file), extra="recording: { stdout: true }\n")
+    gw = start_gateway(route("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file), extra={"recording": {"stdout": True}})
     with gw.client() as c:
         r = c.post("/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": f"mail {EMAIL}"}]}, headers={"x-mock-echo": "1"})
     assert r.status_code == 200 and EMAIL in r.text

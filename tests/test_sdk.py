@@ -11,7 +11,7 @@ import pathlib
 
 import pytest
 
-from conftest import AGENT_TOKEN, ROUTE_KEY
+from gwconfig import AGENT_TOKEN, ROUTE_KEY
 
 HERE = pathlib.Path(__file__).resolve().parent
 

@@ -12,14 +12,15 @@ import time
 
 import pytest
 
-from conftest import DEFAULT_IDENTITY, REDACT_POLICY, assert_chat_served, masked_chat_routes, open_fds, read_until_closed
-from conftest import request_head as head
+from gateway_driver import assert_chat_served, open_fds
+from gwconfig import REDACT_POLICY, masked_chat_routes
+from net import read_until_closed
+from net import request_head as head
 
 
 @pytest.fixture
 def gw(start_gateway, mock, upstream_ca_file):
-    return start_gateway(masked_chat_routes(mock.port, upstream_ca_file), server_extra=", client_timeout: 2s",
-                         identity=DEFAULT_IDENTITY + REDACT_POLICY)
+    return start_gateway(masked_chat_routes(mock.port, upstream_ca_file), server={"client_timeout": "2s"}, extra=REDACT_POLICY)
 
 
 @pytest.mark.parametrize("path,route", [("/v1/chat/completions", "masked"), ("/v1/responses", "plain")])
@@ -39,8 +40,8 @@ def test_a_stalled_body_gets_408_and_no_partial_request_is_answered_upstream(gw,
     assert resp.startswith(b"HTTP/1.1 408 "), resp[:300]
     err = json.loads(resp.partition(b"\r\n\r\n")[2])["error"]
     assert err["code"] == "client_timeout" and "too slowly" in err["message"], err
-    assert gw.metric("agentgate_errors_total", route=route, kind="client_timeout") == errors + 1
-    assert gw.metric("agentgate_requests_total", route=route, status_class="4xx") == answered_4xx + 1
+    assert gw.wait_metric("agentgate_errors_total", errors + 1, route=route, kind="client_timeout") == errors + 1
+    assert gw.wait_metric("agentgate_requests_total", answered_4xx + 1, route=route, status_class="4xx") == answered_4xx + 1
     # The upstream never got a whole request out of it: nothing at all when the body is
     # inspected (read whole before anything is sent), at most an incomplete upload otherwise.
     new = mock.state.requests[seen:]

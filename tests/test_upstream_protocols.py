@@ -10,7 +10,9 @@ import time
 import httpx
 import pytest
 
-from conftest import ROOT, free_port, route_yaml
+from gateway_driver import ROOT
+from gwconfig import route
+from net import free_port
 
 MOCK_BIN = ROOT / "target" / "debug" / "examples" / "mock_upstream"
 
@@ -52,7 +54,7 @@ def rust_mock(upstream_ca, tmp_path):
 @pytest.mark.parametrize("offer_h2,expected", [(True, "HTTP/2.0"), (False, "HTTP/1.1")])
 def test_upstream_protocol_follows_alpn(start_gateway, rust_mock, upstream_ca_file, offer_h2, expected):
     port = rust_mock(*([] if offer_h2 else ["--no-h2"]))
-    gw = start_gateway(route_yaml("rust", "/v1/", f"https://127.0.0.1:{port}", upstream_ca_file))
+    gw = start_gateway(route("rust", "/v1/", f"https://127.0.0.1:{port}", upstream_ca_file))
     with gw.client() as c:
         for _ in range(3):
             r = c.post("/v1/chat/completions", json={"model": "m", "messages": []})
