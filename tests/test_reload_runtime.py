@@ -12,55 +12,41 @@ import re
 import signal
 import time
 
-from conftest import AGENT_TOKEN, DEFAULT_IDENTITY, free_port, people_identity, route_yaml, server_ctx
+from gwconfig import AGENT_TOKEN, DEFAULT_IDENTITY, people_identity, route
 from idp import ControlledIdP
-from test_approvals import PEOPLE, admin, wait_pending
-from test_identity import oidc_yaml
+from net import server_ctx
+from test_approvals import PEOPLE, admin, rules, wait_pending
+from test_identity import oidc_identity
 from test_recording import records, wait_records
 
 EMPLOYEE = "EMP-482913"
 CODENAME = "bluebird"
-ADDED_BY_RELOAD = (
-    "masking:\n"
-    "  custom_detectors:\n"
-    '    - { name: employee_id, regex: "EMP-[0-9]{6}" }\n'
-    "guardrails:\n"
-    f'  - {{ name: no-codenames, direction: response, deny_words: ["{CODENAME}"] }}\n'
-)
-APPROVAL_RULE = (
-    "approvals:\n"
-    "  - name: destructive-tools\n"
-    "    when:\n"
-    "      method: [POST]\n"
-    "      path: /v1/chat/completions\n"
-    '      json: { "tools[*].function.name": { any_of: [delete_records] } }\n'
-    "    approvers: { groups: [security-oncall] }\n"
-    "    timeout: 30s\n"
-)
+# What the reload adds: a custom detector, and a guardrail's deny word (used by no route: every
+# detector redacts in records and in what approvers see).
+ADDED_BY_RELOAD = {
+    "masking": {"custom_detectors": [{"name": "employee_id", "regex": "EMP-[0-9]{6}"}]},
+    "guardrails": [{"name": "no-codenames", "direction": "response", "deny_words": [CODENAME]}],
+}
 
 
-def reload(gw, new_text: str, n: int) -> None:
+def reload(gw, config: dict, n: int) -> None:
     """Writes the config, sends SIGHUP and waits until the `n`th reload is counted as applied."""
-    gw.config_path.write_text(new_text)
+    gw.write_config(config)
     gw.proc.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if gw.metric("agentgate_config_reloads_total", result="ok") >= n:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"reload {n} not applied: {gw.stderr_path.read_text()[-2000:]}")
+    got = gw.wait_metric("agentgate_config_reloads_total", lambda v: v >= n, result="ok")
+    assert got >= n, f"reload {n} not applied: {gw.stderr_path.read_text()[-2000:]}"
 
 
 def reloaded_gateway(start_gateway, mock, upstream_ca_file):
     """A gateway with an approval rule and recording; a reload then adds a custom detector and
     a guardrail's deny word (used by no route: every detector redacts in records and summaries)."""
     gw = start_gateway(
-        route_yaml("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file) + "    approvals: [destructive-tools]\n",
+        route("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file, approvals=["destructive-tools"]),
         identity=people_identity(PEOPLE),
-        extra=APPROVAL_RULE,
-        admin_extra=", auditors: [security-oncall]",
+        extra=rules(),
+        admin={"auditors": ["security-oncall"]},
     )
-    reload(gw, gw.config_path.read_text().replace("approvals:\n", ADDED_BY_RELOAD + "approvals:\n", 1), 1)
+    reload(gw, {**gw.config(), **ADDED_BY_RELOAD}, 1)
     return gw
 
 
@@ -102,9 +88,8 @@ def test_a_reloaded_detector_and_deny_word_mask_approval_summaries(start_gateway
 def test_hash_outputs_are_the_same_before_and_after_a_reload(start_gateway, mock, upstream_ca_file):
     """On main, every reload without `masking.hash_key` drew a new random key: the upstream saw
     [EMAIL:…] with one value before the reload and another after it."""
-    policy = "masking:\n  policies:\n    hashed:\n      request: { pii: hash }\n      response: { pii: allow }\n"
-    route = route_yaml("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file) + "    masking: hashed\n"
-    gw = start_gateway(route, identity=DEFAULT_IDENTITY + policy)
+    policy = {"masking": {"policies": {"hashed": {"request": {"pii": "hash"}, "response": {"pii": "allow"}}}}}
+    gw = start_gateway(route("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file, masking="hashed"), extra=policy)
 
     def hashed() -> str:
         with gw.client() as c:
@@ -118,8 +103,9 @@ def test_hash_outputs_are_the_same_before_and_after_a_reload(start_gateway, mock
 
     before = hashed()
     # Any change that reloads: a second route.
-    second = route_yaml("other", "/other/", f"https://127.0.0.1:{mock.port}", upstream_ca_file)
-    reload(gw, gw.config_path.read_text() + second, 1)
+    config = gw.config()
+    config["routes"].append(route("other", "/other/", f"https://127.0.0.1:{mock.port}", upstream_ca_file))
+    reload(gw, config, 1)
     assert hashed() == before
 
 
@@ -129,15 +115,13 @@ def test_an_issuer_removed_by_reload_is_no_longer_fetched(start_gateway, mock, u
     idp = ControlledIdP(server_ctx(upstream_ca)).start()
     idp.add_key("rsa-1", "RS256")
     try:
-        route = route_yaml("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file)
-        gw = start_gateway(route, identity=oidc_yaml(idp, ca_file=upstream_ca_file, extra="jwks_refresh_interval: 1s"))
+        gw = start_gateway(route("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file),
+                           identity=oidc_identity(idp, ca_file=upstream_ca_file, extra={"jwks_refresh_interval": "1s"}))
         deadline = time.monotonic() + 10
         while idp.jwks_fetches < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert idp.jwks_fetches >= 2, "the issuer's keys were not refreshed at all"
-        text = gw.config_path.read_text()
-        start, end = text.index("identity:\n"), text.index("routes:\n")
-        reload(gw, text[:start] + DEFAULT_IDENTITY + text[end:], 1)
+        reload(gw, {**gw.config(), "identity": DEFAULT_IDENTITY}, 1)
         with gw.client(AGENT_TOKEN) as c:
             assert c.get("/v1/models").status_code == 200  # the new configuration serves
         # A fetch already under way may still finish; after that, none.
