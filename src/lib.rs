@@ -1,5 +1,15 @@
 //! agentgate: a Pingora-based Layer-7 gateway for AI agents.
-//! Engines (`config`, `scrub`, `tls`) are pure; `proxy` and `server` are glue.
+//!
+//! Layers (ARCHITECTURE.md; `tools/import_graph.py --check` enforces them), lowest first:
+//! - leaves: `util` (hex, ids, time), `tls` (certificates, pins; writes the generated cert),
+//!   `metrics`, `shutdown` (drain state);
+//! - engines, pure decisions: `mask` (detectors, JSON/SSE/text masking, pseudonyms, the route's
+//!   own keys), `policy` (approval rules), `identity` (tokens, groups, access), `config` (YAML to
+//!   a validated model), `upstream` (verified peers, the HTTPS client);
+//! - state with files or threads: `approval` (store), `record` (capture, writer, store, verify),
+//!   `session_log` (JSON lines, the logger);
+//! - glue: `proxy` (the `ProxyHttp` phases), `server` (start-up, reload, listeners), `admin`
+//!   (API and console), `cli`.
 
 pub mod admin;
 pub mod approval;
