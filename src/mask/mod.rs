@@ -257,7 +257,56 @@ fn syntax_config() -> syntax::Config {
     syntax::Config::new().unicode(false).utf8(false)
 }
 
+/// A custom detector's pattern: its regex and its words (case-insensitive), as alternatives.
+fn custom_pattern(c: &CustomDetector) -> String {
+    let mut alternatives = Vec::new();
+    if let Some(r) = &c.regex {
+        alternatives.push(format!("(?:{r})"));
+    }
+    if !c.words.is_empty() {
+        let words: Vec<String> = c.words.iter().map(|w| regex_syntax_escape(w)).collect();
+        alternatives.push(format!("(?i:{})", words.join("|")));
+    }
+    alternatives.join("|")
+}
+
+/// Checks one detector's pattern: it parses, matches only bounded text (streams must know how
+/// much to hold back) and never the empty string. Its longest match, and whether it is anchored.
+fn check_pattern(p: &str, name: &str) -> Result<(usize, bool), String> {
+    let hir = regex_automata::util::syntax::parse_with(p, &syntax_config())
+        .map_err(|e| format!("detector `{name}`: {e}"))?;
+    let anchored = hir.properties().look_set().contains_anchor();
+    let Some(n) = hir.properties().maximum_len() else {
+        return Err(format!(
+            "detector `{name}`: the pattern can match text of unbounded length; bound every repetition (e.g. [0-9]{{6,12}} instead of [0-9]+) so streams know how much to hold back"
+        ));
+    };
+    if hir.properties().minimum_len() == Some(0) {
+        return Err(format!(
+            "detector `{name}`: the pattern matches the empty string"
+        ));
+    }
+    Ok((n, anchored))
+}
+
 impl Engine {
+    /// Checks custom detectors as `new` does (each pattern, and that they compile together)
+    /// without building the whole engine: config validation uses it, so a configuration's
+    /// engine is compiled once, by start-up or the reload that applies it.
+    pub fn check_custom(custom: &[CustomDetector]) -> Result<(), String> {
+        let patterns: Vec<String> = custom.iter().map(custom_pattern).collect();
+        for (c, p) in custom.iter().zip(&patterns) {
+            check_pattern(p, &c.name)?;
+        }
+        if !patterns.is_empty() {
+            Regex::builder()
+                .syntax(syntax_config())
+                .build_many(&patterns)
+                .map_err(|e| format!("building the detectors: {e}"))?;
+        }
+        Ok(())
+    }
+
     /// The built-in detectors plus `custom`, with the key that makes `hash` stable.
     pub fn new(custom: &[CustomDetector], hash_key: [u8; 32]) -> Result<Engine, String> {
         let mut patterns: Vec<String> = Vec::new();
@@ -274,15 +323,7 @@ impl Engine {
             });
         }
         for c in custom {
-            let mut alternatives = Vec::new();
-            if let Some(r) = &c.regex {
-                alternatives.push(format!("(?:{r})"));
-            }
-            if !c.words.is_empty() {
-                let words: Vec<String> = c.words.iter().map(|w| regex_syntax_escape(w)).collect();
-                alternatives.push(format!("(?i:{})", words.join("|")));
-            }
-            patterns.push(alternatives.join("|"));
+            patterns.push(custom_pattern(c));
             detectors.push(Detector {
                 name: c.name.clone(),
                 label: c.name.to_ascii_uppercase().replace('-', "_"),
@@ -298,21 +339,8 @@ impl Engine {
         // The longest text each pattern itself (without its extension) can match.
         let mut longest = Vec::with_capacity(patterns.len());
         for (i, p) in patterns.iter().enumerate() {
-            let hir = regex_automata::util::syntax::parse_with(p, &syntax_config())
-                .map_err(|e| format!("detector `{}`: {e}", name_of(&detectors, i)))?;
-            unanchored &= !hir.properties().look_set().contains_anchor();
-            let Some(n) = hir.properties().maximum_len() else {
-                return Err(format!(
-                    "detector `{}`: the pattern can match text of unbounded length; bound every repetition (e.g. [0-9]{{6,12}} instead of [0-9]+) so streams know how much to hold back",
-                    name_of(&detectors, i)
-                ));
-            };
-            if hir.properties().minimum_len() == Some(0) {
-                return Err(format!(
-                    "detector `{}`: the pattern matches the empty string",
-                    name_of(&detectors, i)
-                ));
-            }
+            let (n, anchored) = check_pattern(p, &name_of(&detectors, i))?;
+            unanchored &= !anchored;
             let ext = detectors
                 .get(i)
                 .and_then(|d: &Detector| d.extend)

@@ -80,7 +80,7 @@ impl TryFrom<RawMasking> for MaskingConfig {
             });
         }
         // Compile now so a bad or unbounded regex is a config error with its position.
-        crate::mask::Engine::new(&custom, [0; 32]).map_err(|e| at_field("custom_detectors", e))?;
+        crate::mask::Engine::check_custom(&custom).map_err(|e| at_field("custom_detectors", e))?;
         Ok(MaskingConfig {
             hash_key,
             policies: r.policies,
