@@ -4,6 +4,8 @@
 //! `/v1/sessions` (auditors read records), authenticated with the gateway's own identity
 //! sources (OIDC token or service-account token as `Authorization: Bearer`).
 
+pub mod console;
+
 use crate::approval::{Approval, State};
 use crate::identity::Identity;
 use async_trait::async_trait;
@@ -35,7 +37,7 @@ pub struct AdminApp {
     /// Groups that may read sessions and every approval.
     pub auditors: Vec<String>,
     /// The web console (`admin.console`), when configured.
-    pub console: Option<Arc<crate::console::Console>>,
+    pub console: Option<Arc<console::Console>>,
 }
 
 const JSON: &str = "application/json";
