@@ -4,6 +4,7 @@
 //! personal value, whatever the route's own policy) and appends it to the hash-chained store.
 
 pub mod json;
+pub mod query;
 pub mod render;
 pub mod store;
 pub mod verify;
