@@ -15,7 +15,6 @@ pub mod admin;
 pub mod approval;
 pub mod cli;
 pub mod config;
-pub mod console;
 pub mod identity;
 pub mod mask;
 pub mod metrics;

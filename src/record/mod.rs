@@ -14,6 +14,7 @@
 mod capture;
 mod format;
 pub mod json;
+pub mod query;
 pub mod render;
 pub mod store;
 pub mod verify;

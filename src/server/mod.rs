@@ -127,7 +127,10 @@ pub fn run(config: Config, path: std::path::PathBuf) -> Result<(), String> {
                     config.admin.public_url,
                     c.issuer
                 );
-                Arc::new(crate::console::Console::new(c, &config.admin.public_url))
+                Arc::new(crate::admin::console::Console::new(
+                    c,
+                    &config.admin.public_url,
+                ))
             }),
         }),
     );

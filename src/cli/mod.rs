@@ -1,5 +1,15 @@
-//! Command-line interface.
+//! The command line: its grammar (clap) here, and one file per subcommand family that does
+//! the work. `main` parses, dispatches and turns the outcome into an exit code.
 
+pub mod approvals;
+pub mod audit;
+pub mod cert;
+pub mod run;
+pub mod sessions;
+pub mod token;
+
+use crate::config::Config;
+use crate::upstream::client::Fetcher;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -92,6 +102,20 @@ pub struct StoreArgs {
     /// The records directory itself.
     #[arg(long)]
     pub dir: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    /// The records directory: `--dir`, else the one the configuration names.
+    pub fn records_dir(&self) -> Result<PathBuf, String> {
+        if let Some(d) = &self.dir {
+            return Ok(d.clone());
+        }
+        let Some(path) = &self.config else {
+            return Err("give --config FILE (or AGENTGATE_CONFIG) or --dir RECORDS_DIR".into());
+        };
+        let c = Config::load_without_secrets(path).map_err(|e| e.to_string())?;
+        Ok(c.recording.dir_under(&c.server.state_dir))
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -193,4 +217,13 @@ pub enum ApprovalsCommand {
         #[arg(long)]
         reason: String,
     },
+}
+
+/// Sends one request and waits for the whole answer (a command has no runtime of its own).
+fn send(fetcher: &Fetcher, req: http::Request<Vec<u8>>) -> Result<http::Response<Vec<u8>>, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(fetcher.send(req)).map_err(|e| e.to_string())
 }

@@ -6,7 +6,7 @@
 //! Sessions live in memory (a restart signs everyone out). The page itself calls the same admin
 //! API as the CLI (`/v1/approvals`, `/v1/sessions`), authenticated by the session cookie.
 
-use crate::admin::{json_error, query_param};
+use super::{json_error, query_param, text};
 use crate::config::ConsoleConfig;
 use crate::identity::{AuthMethod, Identity};
 use crate::upstream::client::Fetcher;
@@ -72,21 +72,24 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         })
 }
 
+/// An answer of the console: the admin listener's, and what a browser must not do with it.
 fn page(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
-    Response::builder()
-        .status(status)
-        .header(http::header::CONTENT_TYPE, content_type)
-        .header(http::header::CONTENT_LENGTH, body.len())
-        .header(http::header::CACHE_CONTROL, "no-store")
-        .header(
-            "content-security-policy",
-            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
-        )
-        .header("x-frame-options", "DENY")
-        .header("x-content-type-options", "nosniff")
-        .header("referrer-policy", "no-referrer")
-        .body(body)
-        .unwrap_or_default()
+    let mut r = text(status, content_type, body);
+    let h = r.headers_mut();
+    h.insert(
+        "content-security-policy",
+        http::HeaderValue::from_static("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"),
+    );
+    h.insert("x-frame-options", http::HeaderValue::from_static("DENY"));
+    h.insert(
+        "x-content-type-options",
+        http::HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        "referrer-policy",
+        http::HeaderValue::from_static("no-referrer"),
+    );
+    r
 }
 
 fn redirect(to: &str, cookies: &[String]) -> Response<Vec<u8>> {

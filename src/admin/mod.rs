@@ -1,0 +1,144 @@
+//! The admin listener: `/metrics` (Prometheus text), `/healthz` (process is up) and
+//! `/readyz` (routes loaded, listeners started, every OIDC issuer's keys loaded once;
+//! 503 otherwise, with the reason); and, for people, `/v1/approvals` (approvers decide) and
+//! `/v1/sessions` (auditors read records), authenticated with the gateway's own identity
+//! sources (OIDC token or service-account token as `Authorization: Bearer`) or the web
+//! console's session; and the web console itself under `/console`.
+
+mod api;
+pub mod console;
+
+use async_trait::async_trait;
+use http::Response;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+#[derive(Default)]
+pub struct Readiness(AtomicBool);
+
+impl Readiness {
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::SeqCst);
+    }
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+pub struct AdminApp {
+    pub ready: Arc<Readiness>,
+    /// Not ready until every OIDC issuer's keys (of the active configuration) were loaded once.
+    pub active: Arc<crate::proxy::ActiveConfig>,
+    /// The record store, for `GET /v1/sessions[/{id}]`.
+    pub records: Option<std::path::PathBuf>,
+    pub approvals: Arc<crate::approval::Approvals>,
+    /// Groups that may read sessions and every approval.
+    pub auditors: Vec<String>,
+    /// The web console (`admin.console`), when configured.
+    pub console: Option<Arc<console::Console>>,
+}
+
+const JSON: &str = "application/json";
+
+pub fn json_error(status: u16, message: impl std::fmt::Display) -> Response<Vec<u8>> {
+    text(
+        status,
+        JSON,
+        serde_json::json!({"error": {"message": message.to_string()}})
+            .to_string()
+            .into_bytes(),
+    )
+}
+
+/// A query parameter, percent-decoded (`+` is a space); a key without `=` has the empty value.
+pub fn query_param(q: Option<&str>, key: &str) -> Option<String> {
+    q?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == key).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(x) => {
+                        out.push(x);
+                        i += 3;
+                        continue;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Every answer of the admin listener and the console: never cached.
+fn text(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, content_type)
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .header(http::header::CACHE_CONTROL, "no-store")
+        .body(body)
+        .unwrap_or_default()
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let plain = "text/plain; charset=utf-8";
+        let uri = session.req_header().uri.clone();
+        let path = uri.path();
+        if path == "/console" || path.starts_with("/console/") {
+            let Some(console) = &self.console else {
+                return json_error(404, "the web console is not configured (admin.console)");
+            };
+            let req = session.req_header();
+            return console
+                .handle(&req.method, path, uri.query(), &req.headers)
+                .await;
+        }
+        let approvals = path == "/v1/approvals" || path.starts_with("/v1/approvals/");
+        let sessions = path == "/v1/sessions" || path.starts_with("/v1/sessions/");
+        if approvals || sessions {
+            return self.api(session, path, uri.query()).await;
+        }
+        match session.req_header().uri.path() {
+            "/metrics" => {
+                crate::metrics::REQUESTS_IN_FLIGHT.set(crate::shutdown::in_flight() as i64);
+                let (body, content_type) = crate::metrics::render();
+                text(200, &content_type, body)
+            }
+            "/healthz" => text(200, plain, b"ok\n".to_vec()),
+            "/readyz" if !self.ready.get() || !crate::shutdown::armed() => {
+                text(503, plain, b"not ready\n".to_vec())
+            }
+            "/readyz" if crate::shutdown::draining() => {
+                text(503, plain, b"not ready: shutting down\n".to_vec())
+            }
+            "/readyz" => match self.active.get().auth.readiness() {
+                Ok(()) => text(200, plain, b"ready\n".to_vec()),
+                Err(why) => text(503, plain, format!("not ready: {why}\n").into_bytes()),
+            },
+            _ => text(
+                404,
+                plain,
+                b"not found: try /metrics, /healthz, /readyz, /v1/approvals or /v1/sessions\n"
+                    .to_vec(),
+            ),
+        }
+    }
+}
