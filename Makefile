@@ -116,8 +116,8 @@ SOAK_SECONDS ?= 600
 soak: build venv
 	$(PY) tests/soak.py --seconds $(SOAK_SECONDS)
 
-## Formatting and clippy first: they fail in seconds, before the long suites start (a sub-make,
-## so they come first under `make -j` too).
+## Formatting, clippy and the import graph's layers (ARCHITECTURE.md) first: they fail before
+## the long suites start (a sub-make, so they come first under `make -j` too).
 test: lint
 	$(MAKE) --no-print-directory unit check-conf bench-smoke integration
 
@@ -127,6 +127,7 @@ fmt:
 lint: deps
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets --locked -- -D warnings
+	python3 tools/import_graph.py --check
 
 clean-state:
 	rm -rf var

@@ -143,16 +143,9 @@ fn resend(
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
     let mut again = serde_json::json!({"response": {"status": status}});
     if sse {
-        let events: Vec<serde_json::Value> = text
-            .split("\n\n")
-            .filter_map(|ev| {
-                let data: Vec<&str> = ev
-                    .lines()
-                    .filter_map(|l| l.strip_prefix("data:").map(|d| d.trim_start()))
-                    .collect();
-                (!data.is_empty())
-                    .then(|| serde_json::json!({"t_ms": 0.0, "data": data.join("\n")}))
-            })
+        let events: Vec<serde_json::Value> = crate::util::sse::data_of_stream(&text)
+            .into_iter()
+            .map(|data| serde_json::json!({"t_ms": 0.0, "data": data}))
             .collect();
         again["response"]["events"] = events.into();
     } else {

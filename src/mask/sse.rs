@@ -9,6 +9,7 @@
 
 use super::stream::StreamMasker;
 use super::{json, Engine, Rules, Tally, Vault};
+use crate::util::sse::{event_end, parse as parse_event};
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -113,29 +114,6 @@ fn set_delta(v: &mut Value, channel: &Channel, text: String) {
     }
 }
 
-/// One SSE event: its raw lines split into the `data` payload and the rest (`event:`, `id:`).
-struct Event<'a> {
-    other: Vec<&'a str>,
-    data: String,
-}
-
-fn parse_event(raw: &str) -> Event<'_> {
-    let mut other = Vec::new();
-    let mut data = Vec::new();
-    for line in raw.split('\n') {
-        let line = line.strip_suffix('\r').unwrap_or(line);
-        if let Some(d) = line.strip_prefix("data:") {
-            data.push(d.strip_prefix(' ').unwrap_or(d));
-        } else if !line.is_empty() {
-            other.push(line);
-        }
-    }
-    Event {
-        other,
-        data: data.join("\n"),
-    }
-}
-
 fn render(other: &[&str], data: &str, out: &mut Vec<u8>) {
     for l in other {
         out.extend_from_slice(l.as_bytes());
@@ -147,23 +125,6 @@ fn render(other: &[&str], data: &str, out: &mut Vec<u8>) {
         out.push(b'\n');
     }
     out.push(b'\n');
-}
-
-/// The end of the first event in `buf` (after its blank line), if it is complete.
-fn event_end(buf: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    while i + 1 < buf.len() {
-        if buf[i] == b'\n' {
-            if buf[i + 1] == b'\n' {
-                return Some(i + 2);
-            }
-            if buf[i + 1] == b'\r' && buf.get(i + 2) == Some(&b'\n') {
-                return Some(i + 3);
-            }
-        }
-        i += 1;
-    }
-    None
 }
 
 impl SseMasker {

@@ -7,6 +7,7 @@
 use super::Mode;
 use crate::identity::Identity;
 use crate::mask::Engine;
+use crate::util::sse;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use std::borrow::Cow;
@@ -148,16 +149,13 @@ impl Capture {
         }
         self.sse_pending.extend_from_slice(b);
         loop {
-            // Only the bytes not searched yet (one back, for a "\n\n" split across chunks).
-            let from = self.sse_scanned.saturating_sub(1);
-            let Some(at) = self.sse_pending[from..]
-                .windows(2)
-                .position(|w| w == b"\n\n")
-            else {
+            // Only the bytes not searched yet (and a terminator split across chunks).
+            let from = self.sse_scanned.saturating_sub(sse::TERMINATOR_OVERLAP);
+            let Some(at) = sse::event_end(&self.sse_pending[from..]) else {
                 self.sse_scanned = self.sse_pending.len();
                 break;
             };
-            let end = from + at + 2;
+            let end = from + at;
             self.sse_scanned = 0;
             if std::mem::take(&mut self.sse_skipping) {
                 // The rest of an event too large to keep.
@@ -166,17 +164,11 @@ impl Capture {
             }
             let raw: Vec<u8> = self.sse_pending.drain(..end).collect();
             let text = String::from_utf8_lossy(&raw);
-            let data: Vec<&str> = text
-                .lines()
-                .filter_map(|l| {
-                    l.strip_prefix("data:")
-                        .map(|d| d.strip_prefix(' ').unwrap_or(d))
-                })
-                .collect();
-            if data.is_empty() {
+            let event = sse::parse(&text);
+            if event.data_lines == 0 {
                 continue;
             }
-            let data = data.join("\n");
+            let data = event.data;
             if self.events_bytes + data.len() > self.max {
                 self.response_truncated = true;
                 continue;
@@ -186,10 +178,13 @@ impl Capture {
         }
         if self.sse_pending.len() > self.max {
             // An event larger than a record keeps (a hostile upstream may never end one): drop
-            // what came so far and skip to its end, holding one byte to find a split "\n\n".
-            let last = self.sse_pending.pop();
-            self.sse_pending.clear();
-            self.sse_pending.extend(last);
+            // what came so far and skip to its end, holding the bytes a split terminator may
+            // have begun with.
+            let gone = self
+                .sse_pending
+                .len()
+                .saturating_sub(sse::TERMINATOR_OVERLAP + 1);
+            self.sse_pending.drain(..gone);
             self.sse_scanned = self.sse_pending.len();
             self.sse_skipping = true;
             self.response_truncated = true;
@@ -246,5 +241,30 @@ mod tests {
         let mut m = Capture::new(Mode::Metadata, 10, "c".into());
         m.request_chunk(&by(b"abc"));
         assert!(m.request_body.is_empty());
+    }
+
+    /// CRLF-framed streams are kept as events like LF ones (the masker reads both), wherever
+    /// the chunks are cut, and an over-large event ending in a split `\r\n\r\n` is skipped
+    /// to its end and no further.
+    #[test]
+    fn crlf_events_are_kept_at_every_cut() {
+        let stream = b"data: {\"a\":1}\r\n\r\n: ping\r\n\r\nevent: x\r\ndata: two\r\n\r\n";
+        for cut in 0..=stream.len() {
+            for second in cut..=stream.len() {
+                let mut c = Capture::new(Mode::Full, 1024, "c".into());
+                c.sse = true;
+                c.response_chunk(&by(&stream[..cut]), 1.0);
+                c.response_chunk(&by(&stream[cut..second]), 1.0);
+                c.response_chunk(&by(&stream[second..]), 1.0);
+                let got: Vec<&str> = c.events.iter().map(|(_, d)| d.as_str()).collect();
+                assert_eq!(got, vec!["{\"a\":1}", "two"], "cut at {cut} and {second}");
+            }
+        }
+        let mut c = Capture::new(Mode::Full, 16, "c".into());
+        c.sse = true;
+        c.response_chunk(&by(b"data: AAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\n\r"), 1.0);
+        c.response_chunk(&by(b"\ndata: next\r\n\r\n"), 2.0);
+        assert_eq!(c.events, vec![(2.0, "next".to_string())]);
+        assert!(c.response_truncated);
     }
 }

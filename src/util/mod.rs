@@ -1,5 +1,6 @@
-//! Small helpers every layer uses (hex and ids, time). A leaf: it imports nothing of the crate,
+//! Small helpers every layer uses (hex and ids, time, SSE framing). A leaf: it imports nothing of the crate,
 //! so engines can use it without reaching into glue.
 
 pub mod hex;
+pub mod sse;
 pub mod time;
