@@ -100,9 +100,10 @@ bench/portkey/node_modules/.installed: bench/portkey/package.json bench/portkey/
 	 else echo "npm not found: the benchmark will skip Portkey"; fi
 
 ## Side-by-side benchmark (release build): writes bench/results/<date>.md and .png.
+## BASELINE=path/to/agentgate runs another build's passthrough and full policy beside this one's.
 bench: deps bench-deps $(VENV)/.bench bench/portkey/node_modules/.installed
 	$(CARGO) build --release --locked --bins --examples
-	$(PY) bench/run.py
+	$(PY) bench/run.py $(if $(BASELINE),--baseline $(BASELINE))
 	$(PY) bench/approvals.py
 
 ## The same harness for seconds, on the debug build, so it cannot rot (part of make test).

@@ -218,7 +218,8 @@ http {{
         wait_port(port, p, "vanilla pingora")
         return System("vanilla-pingora", port, p)
 
-    def start_agentgate(self, upstream: int, variant: str = "passthrough", name: str | None = None) -> System:
+    def start_agentgate(self, upstream: int, variant: str = "passthrough", name: str | None = None,
+                        binary: pathlib.Path | None = None) -> System:
         """`passthrough`: auth by service account, credential injection, no recording;
         `recorded`: the same with every exchange recorded (full); `full`: plus request and
         response masking (secrets redacted, personal data pseudonymized and restored) and a
@@ -267,7 +268,7 @@ routes:
         # costs ~1 ms per new upstream connection; see the report's notes.
         env = dict(os.environ, BENCH_KEY="sk-bench-route-key", AGENTGATE_LOG="warn", SSL_CERT_FILE=str(self.ca_file))
         out = open(self.work / f"{name}-sessions.jsonl", "wb")
-        p = self.spawn([str(self.bin / "agentgate"), "run", "--config", str(conf)], name, env=env, stdout=out)
+        p = self.spawn([str(binary or self.bin / "agentgate"), "run", "--config", str(conf)], name, env=env, stdout=out)
         wait_port(port, p, name)
         s = System(name, port, p)
         s.admin = admin
@@ -413,6 +414,8 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--keep-work", action="store_true", help="keep the gateways' record stores and session lines under bench/work")
     ap.add_argument("--only", help="comma-separated systems to run besides direct (e.g. agentgate,agentgate-recorded)")
+    ap.add_argument("--baseline", help="another agentgate binary (e.g. a build of an earlier commit): its passthrough and "
+                    "full-policy variants run beside this build's, in the same rounds, as agentgate@base and agentgate-full@base")
     args = ap.parse_args()
     if args.smoke:
         args.duration, args.rounds, args.streams = 1, 1, 50
@@ -429,6 +432,12 @@ def main() -> int:
             ("agentgate-full", lambda up: b.start_agentgate(up, "full")),
             ("portkey", b.start_portkey),
         )
+        if args.baseline:
+            base = pathlib.Path(args.baseline).resolve()
+            starts += (
+                ("agentgate@base", lambda up: b.start_agentgate(up, "passthrough", "agentgate@base", base)),
+                ("agentgate-full@base", lambda up: b.start_agentgate(up, "full", "agentgate-full@base", base)),
+            )
         only = set(args.only.split(",")) if args.only else None
         for name, start in starts:
             if only and name not in only:
@@ -603,11 +612,26 @@ def render(args, systems, runs, h2, sse, streams, peak) -> str:
             if sse.get("agentgate-full") else []
         ),
         f"| ≤ 64 MB RSS with {args.streams} concurrent streams | {mem:.1f} MiB | {verdict(mem <= 64)} |",
+        *baseline_rows(runs),
         "",
         "Reproduce: `make bench` (release build; the measurements take about 6 minutes on 2 cores; `make bench-smoke` for a seconds-long check).",
         "",
     ]
     return "\n".join(out)
+
+
+def baseline_rows(runs) -> list[str]:
+    """With --baseline: this build against the other one, in the same rounds (req/s, CPU, p99)."""
+    out = []
+    for this, base in (("agentgate", "agentgate@base"), ("agentgate-full", "agentgate-full@base")):
+        if (base, 64) not in runs or (this, 64) not in runs:
+            continue
+        a, b = agg(runs[(this, 64)]), agg(runs[(base, 64)])
+        per_round = ", ".join(f"{x['rps'] / y['rps']:.2f}" for x, y in zip(runs[(this, 64)], runs[(base, 64)]))
+        p99 = (agg(runs[(this, 1)])["p99"] - agg(runs[(base, 1)])["p99"]) / 1000
+        out.append(f"| {this}: this build vs --baseline (c=64 req/s; c=1 p99) | {a['rps'] / b['rps']:.2f} × (rounds {per_round}); "
+                   f"CPU {(a['cpu_per_10k'] - b['cpu_per_10k']) * 100:+.0f} µs per request; p99 {p99:+.3f} ms | – |")
+    return out
 
 
 def chart(runs, systems, path: pathlib.Path) -> None:
