@@ -3,7 +3,7 @@
 //! Layers (ARCHITECTURE.md; `tools/import_graph.py --check` enforces them), lowest first:
 //! - leaves: `util` (hex, ids, time), `tls` (certificates, pins; writes the generated cert),
 //!   `metrics`, `shutdown` (drain state);
-//! - engines, pure decisions: `mask` (detectors, JSON/SSE/text masking, pseudonyms, the route's
+//! - engines, pure decisions: `canonical` (the one form of a request's path and host), `mask` (detectors, JSON/SSE/text masking, pseudonyms, the route's
 //!   own keys), `policy` (approval rules), `identity` (tokens, groups, access), `config` (YAML to
 //!   a validated model), `upstream` (verified peers, the HTTPS client);
 //! - state with files or threads: `approval` (store), `record` (capture, writer, store, verify),
@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod approval;
+pub mod canonical;
 pub mod cli;
 pub mod config;
 pub mod identity;

@@ -2,8 +2,9 @@
 //! credentials, hop-by-hop headers) and what the route sets instead, the request ids on both
 //! legs, the route's own keys kept out of response headers, and the headers a record keeps.
 //!
-//! Invariant: no header that carries the agent's credentials reaches the upstream, a record or
-//! a session line; the route's injected credentials never reach the agent in a response header.
+//! Invariant: no header that carries the agent's credentials, or that would make the upstream
+//! run another method or path than the one decided on, reaches the upstream; none with the
+//! agent's credentials reaches a record or a session line; the route's injected credentials never reach the agent in a response header.
 
 use super::routes::RouteRuntime;
 use crate::identity::Identity;
@@ -32,6 +33,18 @@ const HOP_BY_HOP: [HeaderName; 6] = [
     header::UPGRADE,
 ];
 
+/// Headers some frameworks read to run another method or path than the request line's: the
+/// gateway's decisions (routes, access, approval rules) judge the request line, so the upstream
+/// must not be told otherwise.
+const OVERRIDES: [HeaderName; 6] = [
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
+    HeaderName::from_static("x-original-method"),
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+];
+
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_UPSTREAM_REQUEST_ID: HeaderName = HeaderName::from_static("x-upstream-request-id");
 
@@ -44,24 +57,14 @@ pub fn per_request_value(v: &str) -> Result<HeaderValue> {
     Ok(h)
 }
 
-/// The request's host without a port (bracketed IPv6 literals kept whole).
-pub fn request_host(req: &RequestHeader) -> Option<&str> {
+/// The request's host in its canonical form (`crate::canonical::host`).
+pub fn request_host(req: &RequestHeader) -> Option<String> {
     let raw = req
         .headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri.authority().map(|a| a.as_str()))?;
-    Some(match raw.rfind(':') {
-        Some(i) if !raw[i..].contains(']') => &raw[..i],
-        _ => raw,
-    })
-}
-
-/// Paths with dot segments or encoded separators could escape a route prefix upstream.
-pub fn path_is_safe(path: &str) -> bool {
-    let lower = path.to_ascii_lowercase();
-    let encoded = ["%2f", "%5c", "%2e"].iter().any(|e| lower.contains(e));
-    !encoded && !path.contains('\\') && !path.split('/').any(|seg| seg == "." || seg == "..")
+    Some(crate::canonical::host(raw))
 }
 
 /// The declared `Content-Length`, when it is a number.
@@ -90,7 +93,11 @@ pub fn rewrite_upstream_request(
         .map(|s| s.trim().to_ascii_lowercase())
         .filter(|s| !s.is_empty())
         .collect();
-    for name in CLIENT_CREDENTIAL_HEADERS.iter().chain(HOP_BY_HOP.iter()) {
+    for name in CLIENT_CREDENTIAL_HEADERS
+        .iter()
+        .chain(HOP_BY_HOP.iter())
+        .chain(OVERRIDES.iter())
+    {
         req.remove_header(name);
     }
     for name in named_by_connection {
@@ -205,41 +212,4 @@ pub fn compressed(h: &http::HeaderMap) -> Option<String> {
     h.get(header::CONTENT_ENCODING)
         .filter(|enc| !enc.as_bytes().eq_ignore_ascii_case(b"identity"))
         .map(|enc| String::from_utf8_lossy(enc.as_bytes()).into_owned())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn path_safety() {
-        let table = [
-            ("/v1/chat/completions", true),
-            ("/v1/models", true),
-            ("/v1/../admin", false),
-            ("/v1/./x", false),
-            ("/v1/%2e%2e/admin", false),
-            ("/v1%2Fadmin", false),
-            ("/v1\\admin", false),
-            ("/v1/a..b", true),
-        ];
-        for (path, ok) in table {
-            assert_eq!(path_is_safe(path), ok, "{path}");
-        }
-    }
-
-    #[test]
-    fn host_without_port() {
-        let table = [
-            ("example.com:8443", "example.com"),
-            ("example.com", "example.com"),
-            ("[::1]:8443", "[::1]"),
-            ("[::1]", "[::1]"),
-        ];
-        for (raw, want) in table {
-            let mut req = RequestHeader::build("GET", b"/", None).unwrap();
-            req.insert_header("host", raw).unwrap();
-            assert_eq!(request_host(&req), Some(want), "{raw}");
-        }
-    }
 }

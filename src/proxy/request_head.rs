@@ -13,8 +13,37 @@ use super::Gateway;
 use crate::config::RecordingMode;
 use crate::identity::{self, Identity};
 use crate::tls::CertNames;
+use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 use std::sync::Arc;
+
+/// Puts the request's path in its canonical form (`crate::canonical`) before any decision: the
+/// route, access and approval rules, records, session lines and the upstream all see it. A path
+/// with no canonical form is refused.
+fn canonicalize(req: &mut RequestHeader) -> Result<(), ApiError> {
+    let canonical = crate::canonical::path(req.uri.path()).map_err(|why| {
+        ApiError::new(
+            400,
+            "invalid_request_error",
+            "invalid_path",
+            format!("{why}; send a normalized path"),
+        )
+    })?;
+    if canonical == req.uri.path() {
+        return Ok(());
+    }
+    let mut parts = req.uri.clone().into_parts();
+    let pq = match req.uri.query() {
+        Some(q) => format!("{canonical}?{q}"),
+        None => canonical,
+    };
+    parts.path_and_query = pq.parse().ok();
+    let uri = http::Uri::from_parts(parts).map_err(|e| {
+        ApiError::new(400, "invalid_request_error", "invalid_path", e.to_string())
+    })?;
+    req.set_uri(uri);
+    Ok(())
+}
 
 impl Gateway {
     /// Admits, authenticates, routes and authorizes the request: its route, or the error to
@@ -36,14 +65,7 @@ impl Gateway {
         ctx.in_flight = Some(crate::shutdown::InFlight::enter());
         // Slow agents (slowloris): each read of the body is bounded.
         session.set_read_timeout(Some(self.client_timeout));
-        if !headers::path_is_safe(session.req_header().uri.path()) {
-            return Err(ApiError::new(
-                400,
-                "invalid_request_error",
-                "invalid_path",
-                "the request path has dot segments or encoded separators; send a normalized path",
-            ));
-        }
+        canonicalize(session.req_header_mut())?;
         let cert = session
             .digest()
             .and_then(|d| d.ssl_digest.as_ref())
@@ -58,7 +80,7 @@ impl Gateway {
         let req = session.req_header();
         let path = req.uri.path();
         let Some(route) = active
-            .match_route(headers::request_host(req), path)
+            .match_route(headers::request_host(req).as_deref(), path)
             .cloned()
         else {
             return Err(ApiError::new(
