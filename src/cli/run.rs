@@ -17,6 +17,9 @@ pub fn check(config: &Path, skip_secrets: bool) -> Result<(), String> {
         Config::load(config)
     }
     .map_err(|e| e.to_string())?;
+    // The masking engine as `run` builds it (validation checks each custom detector alone).
+    crate::proxy::routes::engine(&c, &[0; 32])
+        .map_err(|e| format!("{}: masking: {e}", config.display()))?;
     println!(
         "{}: ok ({} listener(s), {} route(s))",
         config.display(),

@@ -55,6 +55,18 @@ fn refused_configs() {
     let table: &[(&str, &str, &str, usize)] = &[
         // (original, replacement, expected fragment, expected line)
         (
+            "address: \"127.0.0.1:8443\"",
+            "address: \"127.0.0.1:0\"",
+            "has port 0",
+            4,
+        ),
+        (
+            "admin: { address: \"127.0.0.1:9090\" }",
+            "admin: { address: \"127.0.0.1:0\" }",
+            "has port 0",
+            5,
+        ),
+        (
             "grace_period: 30s }",
             "grace_period: 30s, client_timeout: 0s }",
             "server.client_timeout must be between 1s and 1h",

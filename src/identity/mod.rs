@@ -355,7 +355,8 @@ impl Authenticator {
 /// works) and then refreshes them every `jwks_refresh_interval`.
 /// Refreshes one issuer's signing keys for as long as a configuration uses it: the loop holds
 /// the issuer weakly and ends once the last configuration (and request) holding it is gone, so
-/// an issuer a reload removed is no longer fetched. Failures back off from 0.5 s to 30 s.
+/// an issuer a reload removed is no longer fetched. Failures back off from 0.5 s to 30 s
+/// once keys were loaded; before that (readiness waits for them) they are retried every 2 s.
 pub async fn refresh_while_used(issuer: std::sync::Weak<Issuer>) {
     let mut backoff = std::time::Duration::from_millis(500);
     loop {
@@ -367,7 +368,12 @@ pub async fn refresh_while_used(issuer: std::sync::Weak<Issuer>) {
             }
             Err(_) => {
                 backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
-                backoff.min(i.config().refresh_interval)
+                // Until its keys loaded once (readiness waits for them), every 2 s at most.
+                let cap = match i.keys() {
+                    None => std::time::Duration::from_secs(2),
+                    Some(_) => backoff,
+                };
+                backoff.min(cap).min(i.config().refresh_interval)
             }
         };
         drop(i);

@@ -115,25 +115,23 @@ pub async fn forward(
     mut exchange: Box<Exchange>,
     body: Vec<u8>,
 ) -> Result<Forwarded> {
-    if session.req_header().version == http::Version::HTTP_2 {
-        // The subrequest parses this request as HTTP/1.1 text: give it a Host, an origin-form
-        // target and the HTTP/1.1 version (the agent's own connection stays HTTP/2).
-        let req = session.req_header_mut();
-        if req.headers.get(http::header::HOST).is_none() {
-            if let Some(a) = req.uri.authority().map(|a| a.to_string()) {
-                req.insert_header(http::header::HOST, a)?;
-            }
-        }
-        let target = req
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
-        let uri: http::Uri = target
-            .parse()
-            .or_err(InternalError, "the request target for the subrequest")?;
-        req.set_uri(uri);
-        req.set_version(http::Version::HTTP_11);
+    // Whatever fails before the subrequest exists hands the exchange straight back.
+    let not_started = |error: Box<Error>, exchange: Box<Exchange>| {
+        Ok(Forwarded::Failed {
+            error,
+            api_error: None,
+            exchange: Some(exchange),
+        })
+    };
+    if let Err(e) = as_http11(session) {
+        return not_started(e, exchange);
+    }
+    if session.subrequest_spawner.is_none() {
+        let e = Error::explain(
+            InternalError,
+            "subrequests are not enabled for this session",
+        );
+        return not_started(e, exchange);
     }
     let report = Arc::new(SubrequestReport::default());
     exchange.role = Role::Subrequest {
@@ -169,7 +167,18 @@ pub async fn forward(
             if let Some(j) = state.join_handle.take() {
                 let _ = j.await;
             }
-            Ok(Forwarded::Answered)
+            // A pipe that closed before any header: the subrequest handed the exchange back.
+            match report.take_exchange() {
+                Some(exchange) => Ok(Forwarded::Failed {
+                    error: Error::explain(
+                        ConnectionClosed,
+                        "the upstream exchange ended before a response",
+                    ),
+                    api_error: report.take_error(),
+                    exchange: Some(exchange),
+                }),
+                None => Ok(Forwarded::Answered),
+            }
         }
         Err(mut e) => {
             if let Some(j) = e.state.join_handle.take() {
@@ -190,4 +199,29 @@ pub async fn forward(
             }
         }
     }
+}
+
+/// The subrequest parses the request as HTTP/1.1 text: an HTTP/2 request gets a Host, an
+/// origin-form target and the HTTP/1.1 version (the agent's own connection stays HTTP/2).
+fn as_http11(session: &mut Session) -> Result<()> {
+    if session.req_header().version != http::Version::HTTP_2 {
+        return Ok(());
+    }
+    let req = session.req_header_mut();
+    if req.headers.get(http::header::HOST).is_none() {
+        if let Some(a) = req.uri.authority().map(|a| a.to_string()) {
+            req.insert_header(http::header::HOST, a)?;
+        }
+    }
+    let target = req
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let uri: http::Uri = target
+        .parse()
+        .or_err(InternalError, "the request target for the subrequest")?;
+    req.set_uri(uri);
+    req.set_version(http::Version::HTTP_11);
+    Ok(())
 }

@@ -87,7 +87,7 @@ fn shed_handshake_config(
 /// Reads the kernel's socket table rather than connecting, which a TLS listener would count as
 /// a failed handshake.
 pub struct ReadyWhenListening {
-    pub ports: Vec<u16>,
+    pub addresses: Vec<std::net::SocketAddr>,
     pub ready: std::sync::Arc<crate::admin::Readiness>,
 }
 
@@ -95,8 +95,15 @@ pub struct ReadyWhenListening {
 impl pingora::services::background::BackgroundService for ReadyWhenListening {
     async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
         loop {
-            match listening_ports() {
-                Some(open) if self.ports.iter().all(|p| open.contains(p)) => break,
+            match listening_sockets() {
+                Some(open)
+                    if self
+                        .addresses
+                        .iter()
+                        .all(|a| open.iter().any(|o| serves(o, a))) =>
+                {
+                    break
+                }
                 // No socket table to read (not Linux): the services have had time to bind.
                 None => {
                     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -113,29 +120,50 @@ impl pingora::services::background::BackgroundService for ReadyWhenListening {
     }
 }
 
-/// The local ports in the LISTEN state (/proc/net/tcp and tcp6), or `None` without them.
-fn listening_ports() -> Option<Vec<u16>> {
-    let mut ports = Vec::new();
+/// Whether a listening socket at `open` takes connections to `want` (an unspecified address
+/// listens on every address of its family; an IPv6 one on IPv4 too, unless v6only).
+fn serves(open: &std::net::SocketAddr, want: &std::net::SocketAddr) -> bool {
+    open.port() == want.port()
+        && (open.ip() == want.ip()
+            || (open.ip().is_unspecified() && (open.is_ipv6() || want.is_ipv4())))
+}
+
+/// The local addresses in the LISTEN state (/proc/net/tcp and tcp6), or `None` without them.
+fn listening_sockets() -> Option<Vec<std::net::SocketAddr>> {
+    let mut open = Vec::new();
     let mut any = false;
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let Ok(text) = std::fs::read_to_string(table) else {
             continue;
         };
         any = true;
-        ports.extend(text.lines().skip(1).filter_map(listening_port));
+        open.extend(text.lines().skip(1).filter_map(listening_socket));
     }
-    any.then_some(ports)
+    any.then_some(open)
 }
 
-/// `  0: 0100007F:1F90 00000000:0000 0A ...` -> 8080 (state 0A is LISTEN).
-fn listening_port(line: &str) -> Option<u16> {
+/// `  0: 0100007F:1F90 00000000:0000 0A ...` -> 127.0.0.1:8080 (state 0A is LISTEN). The
+/// address is the kernel's in-memory words as hex: each 32-bit word little-endian.
+fn listening_socket(line: &str) -> Option<std::net::SocketAddr> {
     let mut cols = line.split_whitespace();
     let local = cols.nth(1)?;
     let state = cols.nth(1)?;
     if state != "0A" {
         return None;
     }
-    u16::from_str_radix(local.rsplit(':').next()?, 16).ok()
+    let (ip, port) = local.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let mut bytes = Vec::with_capacity(16);
+    for word in 0..ip.len() / 8 {
+        let w = u32::from_str_radix(ip.get(word * 8..word * 8 + 8)?, 16).ok()?;
+        bytes.extend_from_slice(&w.to_le_bytes());
+    }
+    let ip: std::net::IpAddr = match bytes.len() {
+        4 => <[u8; 4]>::try_from(bytes).ok()?.into(),
+        16 => <[u8; 16]>::try_from(bytes).ok()?.into(),
+        _ => return None,
+    };
+    Some((ip, port).into())
 }
 
 #[cfg(test)]
@@ -145,21 +173,44 @@ mod tests {
     #[test]
     fn socket_table_lines() {
         let table = [
-            ("   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0000000000000000 100 0 0 10 0", Some(8080)),
+            ("   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0000000000000000 100 0 0 10 0", Some("127.0.0.1:8080")),
             ("   1: 0100007F:1F90 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 1 1", None),
-            ("   2: 00000000000000000000000001000000:20FB 00000000000000000000000000000000:0000 0A 00000000:00000000", Some(8443)),
+            ("   2: 00000000000000000000000001000000:20FB 00000000000000000000000000000000:0000 0A 00000000:00000000", Some("[::1]:8443")),
+            ("   3: 00000000:20FB 00000000:0000 0A", Some("0.0.0.0:8443")),
             ("garbage", None),
         ];
         for (line, want) in table {
-            assert_eq!(listening_port(line), want, "{line}");
+            assert_eq!(
+                listening_socket(line),
+                want.map(|w| w.parse().unwrap()),
+                "{line}"
+            );
         }
     }
 
     #[test]
+    fn which_listener_serves_an_address() {
+        let a = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+        assert!(serves(&a("127.0.0.1:8443"), &a("127.0.0.1:8443")));
+        assert!(!serves(&a("127.0.0.2:8443"), &a("127.0.0.1:8443")));
+        assert!(!serves(&a("[::1]:8443"), &a("127.0.0.1:8443")));
+        assert!(!serves(&a("127.0.0.1:8444"), &a("127.0.0.1:8443")));
+        assert!(serves(&a("0.0.0.0:8443"), &a("127.0.0.1:8443")));
+        assert!(serves(&a("[::]:8443"), &a("127.0.0.1:8443")));
+        assert!(!serves(&a("0.0.0.0:8443"), &a("[::1]:8443")));
+    }
+
+    #[test]
     fn a_bound_listener_is_seen() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        assert!(listening_ports().unwrap().contains(&port));
-        drop(l);
+        for addr in ["127.0.0.1:0", "[::1]:0"] {
+            let Ok(l) = std::net::TcpListener::bind(addr) else {
+                continue; // no IPv6 here
+            };
+            let at = l.local_addr().unwrap();
+            assert!(
+                listening_sockets().unwrap().iter().any(|o| serves(o, &at)),
+                "{at}"
+            );
+        }
     }
 }

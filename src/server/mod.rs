@@ -176,7 +176,7 @@ pub fn run(config: Config, path: std::path::PathBuf) -> Result<(), String> {
     server.add_service(pingora::services::background::background_service(
         "readiness",
         listeners::ReadyWhenListening {
-            ports: config.listeners.iter().map(|l| l.address.port()).collect(),
+            addresses: config.listeners.iter().map(|l| l.address).collect(),
             ready: ready.clone(),
         },
     ));

@@ -20,12 +20,20 @@ pub struct RawListener {
 }
 
 fn parse_socket_addr(what: &str, field: &str, s: &str) -> Result<SocketAddr, String> {
-    s.parse().map_err(|_| {
+    let addr: SocketAddr = s.parse().map_err(|_| {
         at_field(
             field,
             format!("{what} `{s}` is not an IP address with a port; write e.g. 127.0.0.1:8443 or [::1]:8443"),
         )
-    })
+    })?;
+    if addr.port() == 0 {
+        // Port 0 would bind a port nobody is told about (agents, probes, Services).
+        return Err(at_field(
+            field,
+            format!("{what} `{s}` has port 0; give the port agents connect to"),
+        ));
+    }
+    Ok(addr)
 }
 
 fn check_plaintext_listener(
