@@ -43,12 +43,20 @@ impl fmt::Display for Refused {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Refused::NotAbsolute => f.write_str("the path must start with `/`"),
-            Refused::EncodedSeparator => f.write_str("the path has an encoded separator (%2F or %5C)"),
-            Refused::EncodedControl => f.write_str("the path has an encoded control character (such as %00)"),
+            Refused::EncodedSeparator => {
+                f.write_str("the path has an encoded separator (%2F or %5C)")
+            }
+            Refused::EncodedControl => {
+                f.write_str("the path has an encoded control character (such as %00)")
+            }
             Refused::BadPercent => f.write_str("the path has a `%` not followed by two hex digits"),
-            Refused::InvalidUtf8 => f.write_str("the path's percent-encoded bytes are not valid UTF-8"),
+            Refused::InvalidUtf8 => {
+                f.write_str("the path's percent-encoded bytes are not valid UTF-8")
+            }
             Refused::RawByte(b'\\') => f.write_str("the path has a backslash"),
-            Refused::RawByte(b';') => f.write_str("the path has a `;` (path parameters are not accepted)"),
+            Refused::RawByte(b';') => {
+                f.write_str("the path has a `;` (path parameters are not accepted)")
+            }
             Refused::RawByte(b) => write!(f, "the path has the byte 0x{b:02x}; percent-encode it"),
             Refused::DotSegment => f.write_str("the path has `.` or `..` segments"),
             Refused::EmptySegment => f.write_str("the path has an empty segment (`//`)"),
@@ -103,8 +111,16 @@ pub fn path(raw: &str) -> Result<String, Refused> {
             } else {
                 run.push(v);
                 out.push('%');
-                out.push(char::from_digit(u32::from(v >> 4), 16).unwrap_or('0').to_ascii_uppercase());
-                out.push(char::from_digit(u32::from(v & 0xf), 16).unwrap_or('0').to_ascii_uppercase());
+                out.push(
+                    char::from_digit(u32::from(v >> 4), 16)
+                        .unwrap_or('0')
+                        .to_ascii_uppercase(),
+                );
+                out.push(
+                    char::from_digit(u32::from(v & 0xf), 16)
+                        .unwrap_or('0')
+                        .to_ascii_uppercase(),
+                );
             }
             continue;
         }

@@ -243,6 +243,12 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self._json(404, {"error": {"message": f"mock has no {self.path}", "type": "invalid_request_error", "code": None}})
 
+    def do_DELETE(self) -> None:
+        """Any DELETE succeeds (a tool server's destructive call)."""
+        body = self._body()
+        self.server.state.record(self, body)
+        self._json(200, {"deleted": self.path})
+
     def do_POST(self) -> None:
         body = self._body()
         self.server.state.record(self, body)

@@ -104,3 +104,59 @@ def test_headers_that_override_method_or_path_do_not_reach_the_upstream(two_rout
     resp = two_routes.raw(head("GET", "/v1/models", f"{header}: DELETE /v1/admin/users"))
     assert status_of(resp) == 200, resp[:300]
     assert header.lower() not in mock.state.last["headers"], mock.state.last["headers"]
+
+
+def ticket_gateway(start_gateway, mock, upstream_ca_file, grant: dict):
+    up = f"https://127.0.0.1:{mock.port}"
+    rules = {"approvals": [{"name": "repo-delete", "when": {"method": ["DELETE"], "path_prefix": "/t/repos/"},
+                            "approvers": {"groups": ["security-oncall"]}, "timeout": "30s", "mode": "ticket",
+                            "grant": grant}]}
+    return start_gateway(route("tools", "/t/", up, upstream_ca_file, approvals=["repo-delete"]),
+                         identity=people_identity(PEOPLE), extra=rules, admin={"auditors": ["security-oncall"]})
+
+
+def ask_and_approve(gw, target: str) -> str:
+    from test_approvals import decide
+
+    resp = gw.raw(head("DELETE", target))
+    assert status_of(resp) == 202, resp[:300]
+    aid = body_of(resp)["approval"]["id"]
+    assert decide(gw, "alice", aid, "approve").status_code == 200
+    return aid
+
+
+def test_a_ticket_lets_through_only_the_request_that_was_approved(start_gateway, mock, upstream_ca_file):
+    """On 4b02e9d a ticket approved for `DELETE /t/repos/org/sandbox?force=false` was redeemed on
+    `DELETE /t/repos/org/production?force=true` (redemption compared requester, rule and body
+    hash only), and the approver was never shown the query string."""
+    from test_approvals import admin
+
+    gw = ticket_gateway(start_gateway, mock, upstream_ca_file, {"scope": "once"})
+    aid = ask_and_approve(gw, "/t/repos/org/sandbox?force=false")
+    shown = admin(gw, "alice", "GET", f"/v1/approvals/{aid}").json()
+    assert (shown["method"], shown["path"], shown["query"]) == ("DELETE", "/t/repos/org/sandbox", "force=false"), shown
+    before = len(mock.state.requests)
+    for other in ["/t/repos/org/production?force=true", "/t/repos/org/sandbox?force=true", "/t/repos/org/production?force=false"]:
+        resp = gw.raw(head("DELETE", other, f"x-agentgate-approval: {aid}"))
+        assert status_of(resp) == 403, (other, resp[:300])
+        assert "different request" in body_of(resp)["error"]["message"], other
+    assert len(mock.state.requests) == before, "a request the ticket was not for reached the upstream"
+    resp = gw.raw(head("DELETE", "/t/repos/org/sandbox?force=false", f"x-agentgate-approval: {aid}"))
+    assert status_of(resp) == 200, resp[:300]
+    assert mock.state.last["path"] == "/t/repos/org/sandbox?force=false"
+
+
+def test_a_window_grants_tickets_end_with_its_window(start_gateway, mock, upstream_ca_file):
+    """On 4b02e9d a ticket from a `grant: {scope: window, duration: 2s}` approval kept letting the
+    request through after the window ended (only `once` tickets were ever refused again)."""
+    import time
+
+    gw = ticket_gateway(start_gateway, mock, upstream_ca_file, {"scope": "window", "duration": "2s"})
+    aid = ask_and_approve(gw, "/t/repos/org/sandbox")
+    approved = time.monotonic()
+    again = head("DELETE", "/t/repos/org/sandbox", f"x-agentgate-approval: {aid}")
+    assert status_of(gw.raw(again)) == 200
+    time.sleep(max(0.0, approved + 2.5 - time.monotonic()))
+    resp = gw.raw(again)
+    assert status_of(resp) == 403, resp[:300]
+    assert "window" in body_of(resp)["error"]["message"]

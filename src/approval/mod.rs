@@ -97,7 +97,14 @@ pub struct Approval {
     pub rule: String,
     pub route: String,
     pub method: String,
+    /// The canonical path and the query, masked as approvers see them.
     pub path: String,
+    #[serde(default)]
+    pub query: String,
+    /// SHA-256 of the canonical path and query as sent (`path?query`), hex: a ticket lets only
+    /// this request target through (the raw target is never stored: it may hold a secret).
+    #[serde(default)]
+    pub target_sha256: String,
     pub requester: Person,
     /// Why the rule matched (masked).
     pub reasons: Vec<String>,
@@ -121,6 +128,37 @@ pub struct Approval {
     /// A ticket's approved request went through (a `once` ticket lets one retry through).
     #[serde(default)]
     pub redeemed: bool,
+}
+
+/// What a ticket is bound to: the request it was asked for, as the gateway decided on it.
+pub struct Bound<'a> {
+    pub route: &'a str,
+    pub method: &'a str,
+    /// `target_sha256` of the canonical path and query.
+    pub target_sha256: &'a str,
+    pub body_sha256: &'a str,
+}
+
+/// The `target_sha256` of a request target.
+pub fn target_sha256(path: &str, query: &str) -> String {
+    sha256_hex(format!("{path}?{query}").as_bytes())
+}
+
+impl Bound<'_> {
+    /// What differs between this request and the one `a` approved, if anything.
+    pub fn differs_from(&self, a: &Approval) -> Option<&'static str> {
+        if a.route != self.route {
+            Some("another route")
+        } else if a.method != self.method {
+            Some("another method")
+        } else if a.target_sha256 != self.target_sha256 {
+            Some("another path or query string")
+        } else if a.body_sha256 != self.body_sha256 {
+            Some("another body")
+        } else {
+            None
+        }
+    }
 }
 
 impl Approval {

@@ -9,7 +9,7 @@
 //! are marked `interrupted` (the requests that waited on them died with the old process), and
 //! active window grants are rebuilt from the approved ones.
 
-use super::{now_ms, Approval, Decision, Person, State, APPROVAL_HEADER};
+use super::{now_ms, Approval, Bound, Decision, Person, State, APPROVAL_HEADER};
 use crate::identity::Identity;
 use crate::policy::{ApprovalRule, Grant, Mode};
 use std::collections::HashMap;
@@ -49,8 +49,8 @@ struct Entry {
 
 struct Inner {
     entries: HashMap<String, Entry>,
-    /// (issuer|subject, rule) -> (approval id, until ms).
-    grants: HashMap<(String, String), (String, u64)>,
+    /// (issuer|subject, rule, route) -> (approval id, until ms).
+    grants: HashMap<GrantKey, (String, u64)>,
 }
 
 pub struct Approvals {
@@ -65,6 +65,17 @@ pub struct Approvals {
 /// snapshots were appended and they outnumber the approvals kept twice over: a long-running
 /// gateway's log does not grow until a restart compacts it.
 const COMPACT_AFTER: usize = 10_000;
+
+/// Who a window grant is for, under which rule, on which route.
+type GrantKey = (String, String, String);
+
+fn grant_key(a: &Approval) -> GrantKey {
+    (
+        identity_key(&a.requester.issuer, &a.requester.subject),
+        a.rule.clone(),
+        a.route.clone(),
+    )
+}
 
 fn identity_key(issuer: &str, subject: &str) -> String {
     format!("{issuer}|{subject}")
@@ -142,13 +153,7 @@ impl Approvals {
             if let (State::Approved, Some(w), Some(d)) = (a.state, a.grant_window_s, a.decided_ms) {
                 let until = d + w * 1000;
                 if until > now {
-                    inner.grants.insert(
-                        (
-                            identity_key(&a.requester.issuer, &a.requester.subject),
-                            a.rule.clone(),
-                        ),
-                        (a.id.clone(), until),
-                    );
+                    inner.grants.insert(grant_key(&a), (a.id.clone(), until));
                 }
             }
             kept.push(a.id.clone());
@@ -198,8 +203,12 @@ impl Approvals {
     }
 
     /// A window grant of `rule` for `who` still running: the approval that granted it.
-    pub fn active_grant(&self, who: &Identity, rule: &str) -> Option<Approval> {
-        let key = (identity_key(&who.issuer, &who.subject), rule.to_string());
+    pub fn active_grant(&self, who: &Identity, rule: &str, route: &str) -> Option<Approval> {
+        let key = (
+            identity_key(&who.issuer, &who.subject),
+            rule.to_string(),
+            route.to_string(),
+        );
         let mut g = self.lock();
         let (id, until) = g.grants.get(&key).cloned()?;
         if until <= now_ms() {
@@ -426,13 +435,8 @@ impl Approvals {
         *a = next.clone();
         let _ = e.tx.send(next.state);
         if let (State::Approved, Some(w)) = (next.state, next.grant_window_s) {
-            g.grants.insert(
-                (
-                    identity_key(&next.requester.issuer, &next.requester.subject),
-                    next.rule.clone(),
-                ),
-                (next.id.clone(), now + w * 1000),
-            );
+            g.grants
+                .insert(grant_key(&next), (next.id.clone(), now + w * 1000));
         }
         drop(g);
         if next.state != State::Pending {
@@ -442,7 +446,7 @@ impl Approvals {
     }
 
     /// A retry that carries an approval id (ticket mode).
-    pub fn redeem(&self, id: &str, who: &Identity, rule: &str, body_sha256: &str) -> Redeem {
+    pub fn redeem(&self, id: &str, who: &Identity, rule: &str, request: &Bound<'_>) -> Redeem {
         self.sweep();
         let mut g = self.lock();
         let Some(e) = g.entries.get_mut(id) else {
@@ -452,15 +456,26 @@ impl Approvals {
         if !a.requester.same(who) || a.rule != rule {
             return Redeem::Refused(403, format!("approval {id} is for another caller or rule"));
         }
-        if a.body_sha256 != body_sha256 {
+        if let Some(what) = request.differs_from(a) {
             return Redeem::Refused(403, format!(
-                "approval {id} was given for a different request body; send the request that was approved"
+                "approval {id} was given for a different request ({what}); send the request that was approved"
             ));
         }
         match a.state {
             State::Pending => Redeem::StillPending(a.clone()),
             State::Approved if a.redeemed && a.grant_window_s.is_none() => {
                 Redeem::Refused(403, format!("approval {id} was already used (grant: once)"))
+            }
+            State::Approved
+                if a
+                    .grant_window_s
+                    .zip(a.decided_ms)
+                    .is_some_and(|(w, d)| now_ms() >= d + w * 1000) =>
+            {
+                Redeem::Refused(403, format!(
+                    "approval {id}'s window ({} s) is over; send the request again without {APPROVAL_HEADER} to ask anew",
+                    a.grant_window_s.unwrap_or_default()
+                ))
             }
             State::Approved => {
                 a.redeemed = true;

@@ -69,12 +69,16 @@ pub fn run(api: AdminApiArgs, cmd: ApprovalsCommand) -> Result<(), String> {
             }
             for a in list {
                 println!(
-                    "{}  {:<11} {:<20} {} {} route={} by={} waiting={}s left={}s{}",
+                    "{}  {:<11} {:<20} {} {}{} route={} by={} waiting={}s left={}s{}",
                     a["id"].as_str().unwrap_or("?"),
                     a["state"].as_str().unwrap_or("?"),
                     a["rule"].as_str().unwrap_or("?"),
                     a["method"].as_str().unwrap_or("?"),
                     a["path"].as_str().unwrap_or("?"),
+                    match a["query"].as_str() {
+                        Some(q) if !q.is_empty() => format!("?{q}"),
+                        _ => String::new(),
+                    },
                     a["route"].as_str().unwrap_or("?"),
                     a.pointer("/requester/subject")
                         .and_then(|s| s.as_str())

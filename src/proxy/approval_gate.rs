@@ -67,6 +67,8 @@ impl Gate {
         let req = session.req_header();
         let method = req.method.as_str().to_string();
         let path = req.uri.path().to_string();
+        let query = req.uri.query().unwrap_or("").to_string();
+        let target_sha = approval::target_sha256(&path, &query);
         let ticket = req
             .headers
             .get(APPROVAL_HEADER)
@@ -90,13 +92,19 @@ impl Gate {
         let mut evidence = Vec::new();
         let mut summary = None;
         for (rule, m) in matched {
-            if let Some(g) = self.store.active_grant(who, &rule.name) {
+            if let Some(g) = self.store.active_grant(who, &rule.name, route) {
                 evidence.push(g.evidence("window_grant"));
                 continue;
             }
             if rule.mode == Mode::Ticket {
                 if let Some(id) = ticket.as_deref().filter(|id| !id.is_empty()) {
-                    match self.store.redeem(id, who, &rule.name, &body_sha) {
+                    let bound = approval::Bound {
+                        route,
+                        method: &method,
+                        target_sha256: &target_sha,
+                        body_sha256: &body_sha,
+                    };
+                    match self.store.redeem(id, who, &rule.name, &bound) {
                         Redeem::Proceed(a) => {
                             evidence.push(a.evidence("ticket"));
                             continue;
@@ -123,7 +131,9 @@ impl Gate {
                 rule: rule.name.clone(),
                 route: route.to_string(),
                 method: method.clone(),
-                path: path.clone(),
+                path: self.mask_text(engine, &path),
+                query: self.mask_text(engine, &query),
+                target_sha256: target_sha.clone(),
                 requester: Person::of(who),
                 reasons: m
                     .reasons

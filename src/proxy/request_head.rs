@@ -38,9 +38,8 @@ fn canonicalize(req: &mut RequestHeader) -> Result<(), ApiError> {
         None => canonical,
     };
     parts.path_and_query = pq.parse().ok();
-    let uri = http::Uri::from_parts(parts).map_err(|e| {
-        ApiError::new(400, "invalid_request_error", "invalid_path", e.to_string())
-    })?;
+    let uri = http::Uri::from_parts(parts)
+        .map_err(|e| ApiError::new(400, "invalid_request_error", "invalid_path", e.to_string()))?;
     req.set_uri(uri);
     Ok(())
 }

@@ -1,5 +1,5 @@
 use super::*;
-use crate::approval::sha256_hex;
+use crate::approval::{sha256_hex, Bound};
 use crate::identity::AuthMethod;
 
 fn who(subject: &str, groups: &[&str]) -> Identity {
@@ -23,6 +23,8 @@ fn draft(requester: &Identity) -> Approval {
         route: "openai".into(),
         method: "POST".into(),
         path: "/v1/chat/completions".into(),
+        query: String::new(),
+        target_sha256: crate::approval::target_sha256("/v1/chat/completions", ""),
         requester: Person::of(requester),
         reasons: vec![],
         summary: serde_json::json!({}),
@@ -149,40 +151,130 @@ fn window_grants_and_tickets() {
             draft(&agent),
         )
         .unwrap();
-    assert!(s.active_grant(&agent, "r").is_none());
+    assert!(s.active_grant(&agent, "r", "openai").is_none());
     s.decide(&a.id, &who("bob", &["sec"]), true, "for the migration")
         .unwrap();
-    assert_eq!(s.active_grant(&agent, "r").unwrap().id, a.id);
+    assert_eq!(s.active_grant(&agent, "r", "openai").unwrap().id, a.id);
     assert!(
-        s.active_grant(&who("other", &["agents"]), "r").is_none(),
+        s.active_grant(&who("other", &["agents"]), "r", "openai")
+            .is_none(),
         "grants are per identity"
     );
     assert!(
-        s.active_grant(&agent, "other-rule").is_none(),
+        s.active_grant(&agent, "other-rule", "openai").is_none(),
         "and per rule"
+    );
+    assert!(
+        s.active_grant(&agent, "r", "another-route").is_none(),
+        "and per route"
     );
 
     let (t, _rx) = s.create(&rule("mode: ticket"), draft(&agent)).unwrap();
     let body = sha256_hex(b"{}");
+    let target = crate::approval::target_sha256("/v1/chat/completions", "");
+    let same = Bound {
+        route: "openai",
+        method: "POST",
+        target_sha256: &target,
+        body_sha256: &body,
+    };
     assert!(matches!(
-        s.redeem(&t.id, &agent, "r", &body),
+        s.redeem(&t.id, &agent, "r", &same),
         Redeem::StillPending(_)
     ));
     s.decide(&t.id, &who("bob", &["sec"]), true, "ok").unwrap();
-    assert!(
-        matches!(s.redeem(&t.id, &agent, "r", &sha256_hex(b"{\"x\":1}")), Redeem::Refused(403, m) if m.contains("different request body"))
-    );
+    // A ticket lets through only the request it was asked for: each part of it, changed alone,
+    // is refused with what differs.
+    let other_body = sha256_hex(b"{\"x\":1}");
+    let other_path = crate::approval::target_sha256("/v1/chat/other", "");
+    let other_query = crate::approval::target_sha256("/v1/chat/completions", "force=true");
+    let table: [(Bound, &str); 5] = [
+        (
+            Bound {
+                route: "other",
+                ..same
+            },
+            "another route",
+        ),
+        (
+            Bound {
+                method: "DELETE",
+                ..same
+            },
+            "another method",
+        ),
+        (
+            Bound {
+                target_sha256: &other_path,
+                ..same
+            },
+            "another path or query",
+        ),
+        (
+            Bound {
+                target_sha256: &other_query,
+                ..same
+            },
+            "another path or query",
+        ),
+        (
+            Bound {
+                body_sha256: &other_body,
+                ..same
+            },
+            "another body",
+        ),
+    ];
+    for (req, what) in table {
+        assert!(
+            matches!(s.redeem(&t.id, &agent, "r", &req), Redeem::Refused(403, ref m) if m.contains(what)),
+            "{what}"
+        );
+    }
     assert!(matches!(
-        s.redeem(&t.id, &who("other", &[]), "r", &body),
+        s.redeem(&t.id, &who("other", &[]), "r", &same),
         Redeem::Refused(403, _)
     ));
     assert!(matches!(
-        s.redeem(&t.id, &agent, "r", &body),
+        s.redeem(&t.id, &agent, "r", &same),
         Redeem::Proceed(_)
     ));
     assert!(
-        matches!(s.redeem(&t.id, &agent, "r", &body), Redeem::Refused(403, m) if m.contains("already used"))
+        matches!(s.redeem(&t.id, &agent, "r", &same), Redeem::Refused(403, m) if m.contains("already used"))
     );
+}
+
+/// A ticket from a window grant is good while its window lasts, then for no request at all.
+#[test]
+fn a_window_tickets_ends_with_its_window() {
+    let s = Approvals::open(&dir("window-ticket")).unwrap();
+    let agent = who("agent", &["agents"]);
+    let (t, _rx) = s
+        .create(
+            &rule("mode: ticket\ngrant: { scope: window, duration: 1s }"),
+            draft(&agent),
+        )
+        .unwrap();
+    s.decide(&t.id, &who("bob", &["sec"]), true, "ok").unwrap();
+    let body = sha256_hex(b"{}");
+    let target = crate::approval::target_sha256("/v1/chat/completions", "");
+    let same = Bound {
+        route: "openai",
+        method: "POST",
+        target_sha256: &target,
+        body_sha256: &body,
+    };
+    for _ in 0..2 {
+        assert!(matches!(
+            s.redeem(&t.id, &agent, "r", &same),
+            Redeem::Proceed(_)
+        ));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert!(
+        matches!(s.redeem(&t.id, &agent, "r", &same), Redeem::Refused(403, m) if m.contains("window (1 s) is over"))
+    );
+    assert!(s.active_grant(&agent, "r", "openai").is_none());
 }
 
 #[test]
@@ -220,7 +312,7 @@ fn a_restart_keeps_decisions_and_interrupts_pending_ones() {
         (State::Approved, "bob", "yes")
     );
     assert_eq!(
-        s.active_grant(&agent, "r").unwrap().id,
+        s.active_grant(&agent, "r", "openai").unwrap().id,
         decided,
         "window grants survive a restart"
     );

@@ -74,7 +74,7 @@ function approvalCard(a) {
     meta([
       ["Requester", `${a.requester.subject} (${a.requester.issuer})`],
       ["Groups", (a.requester.groups || []).join(", ")],
-      ["Request", `${a.method} ${a.path} on route ${a.route}`],
+      ["Request", `${a.method} ${a.path}${a.query ? "?" + a.query : ""} on route ${a.route}`],
       ["Waiting", dur(a.waiting_s)],
       ["Time left", dur(a.expires_in_s)],
       ["Approvals", `${(a.decisions || []).filter(d => d.decision === "approve").length} of ${a.min_approvals}`],
