@@ -3,6 +3,7 @@
 //!
 //! Invariant: a session line holds no header values and no bodies, so no credential can reach it.
 
+use crate::mask::injected::SecretSet;
 use crate::metrics;
 use crate::util::time::rfc3339;
 use log::{Level, LevelFilter, Log, Metadata, Record};
@@ -123,6 +124,46 @@ pub fn emit_line(line: String) {
     }
 }
 
+/// Every route's injected credentials, for the log's last check (`set_confidential`).
+static CONFIDENTIAL: std::sync::RwLock<Option<std::sync::Arc<SecretSet>>> =
+    std::sync::RwLock::new(None);
+
+/// The credentials no log line may show: the running configuration's (set at start-up and on
+/// every reload). Pingora's own lines quote upstream bytes, where an echoed key can hide.
+pub fn set_confidential(set: Option<std::sync::Arc<SecretSet>>) {
+    match CONFIDENTIAL.write() {
+        Ok(mut g) => *g = set,
+        Err(p) => *p.into_inner() = set,
+    }
+}
+
+/// One log message as one line with no credential in it: injected credentials are starred out
+/// and control characters escaped (free text from agents, upstreams or approvers cannot forge
+/// a line).
+pub fn confine(message: String) -> String {
+    let mut bytes = message.into_bytes();
+    if let Ok(g) = CONFIDENTIAL.read() {
+        if let Some(set) = g.as_ref() {
+            set.mask_in_place(&mut bytes);
+        }
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    if !text.chars().any(char::is_control) {
+        return text.into_owned();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&c.escape_unicode().to_string()),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Session lines to stdout, the rest to stderr. `AGENTGATE_LOG` = error|warn|info|debug|trace
 /// sets agentgate's level (default info); Pingora's own logs stay at warn unless it is debug or trace.
 pub struct Logger {
@@ -188,12 +229,38 @@ impl Log for Logger {
                 rfc3339(SystemTime::now()),
                 record.level(),
                 record.target(),
-                record.args()
+                confine(record.args().to_string())
             );
         }
     }
 
     fn flush(&self) {
         let _ = std::io::stdout().flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_message_is_one_line_without_credentials() {
+        set_confidential(SecretSet::new(["sk-route-secret-0123".to_string()]).unwrap());
+        let table = [
+            ("plain", "plain"),
+            (
+                "reason: ok\n2026-12-04T00:00:00Z INFO forged",
+                "reason: ok\\n2026-12-04T00:00:00Z INFO forged",
+            ),
+            ("a\r\nb\tc\u{1b}[31m", "a\\r\\nb\\tc\\u{1b}[31m"),
+            (
+                "bad header: Bearer sk-route-secret-0123!",
+                "bad header: Bearer ********************!",
+            ),
+        ];
+        for (raw, want) in table {
+            assert_eq!(confine(raw.to_string()), want, "{raw:?}");
+        }
+        set_confidential(None);
     }
 }

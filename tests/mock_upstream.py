@@ -229,6 +229,13 @@ class Handler(BaseHTTPRequestHandler):
                 {"headers": dict(self.server.state.last["headers"])},
                 {"x-echo-authorization": self.headers.get("authorization", "")},
             )
+        elif self.path.startswith("/v1/malformed-echo"):
+            # A broken upstream that echoes the key it got inside a response head that does not
+            # parse: the gateway's error message and logs must not quote it.
+            auth = self.headers.get("authorization", "").encode()
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Echo\x01: " + auth + b"\r\nbroken " + auth + b"\r\n\r\n")
+            self.wfile.flush()
+            self.close_connection = True
         elif self.path.startswith("/v1/slow"):
             time.sleep(float(self.headers.get("x-mock-sleep", "3")))
             self._json(200, {"slow": True})

@@ -160,3 +160,72 @@ def test_a_window_grants_tickets_end_with_its_window(start_gateway, mock, upstre
     resp = gw.raw(again)
     assert status_of(resp) == 403, resp[:300]
     assert "window" in body_of(resp)["error"]["message"]
+
+
+def test_the_route_key_is_not_in_records_headers(start_gateway, mock, upstream_ca_file, tmp_path):
+    """On 4b02e9d the record kept the upstream's response headers as captured before the
+    scrubber: a route key no detector recognises, echoed by the upstream in
+    `x-echo-authorization`, was in the segment file (and in GET /v1/sessions/{id})."""
+    from test_recording import records, wait_records
+
+    key = "opaque-route-key-without-any-pattern"
+    (tmp_path / "key").write_text(key)
+    gw = start_gateway(route("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file, key_header=False,
+                             credentials={"set_headers": {"Authorization": f"Bearer ${{file:{tmp_path / 'key'}}}"}}))
+    with gw.client() as c:
+        r = c.get("/v1/echo")
+        assert r.status_code == 200 and key not in r.headers.get("x-echo-authorization", "x")
+    wait_records(gw, 1)
+    stored = "".join(p.read_text() for p in records(gw).glob("seg-*.jsonl"))
+    assert "x-echo-authorization" in stored
+    assert key not in stored, stored[-800:]
+
+
+def test_a_malformed_upstream_head_is_not_quoted(start_gateway, mock, upstream_ca_file):
+    """On 4b02e9d an upstream's malformed response head was quoted in the agent's 502 message
+    and in Pingora's error line on stderr, with the route key the upstream echoed in it."""
+    from gwconfig import ROUTE_KEY
+
+    gw = start_gateway(route("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file))
+    with gw.client() as c:
+        r = c.get("/v1/malformed-echo")
+    assert r.status_code == 502, r.text
+    assert ROUTE_KEY not in r.text and "upstream_protocol_error" in r.text, r.text
+    gw.wait_session_lines(lambda l: l.get("status") == 502)
+    err = gw.stderr_path.read_text()
+    assert ROUTE_KEY not in err, err[-1500:]
+
+
+def test_free_text_cannot_forge_a_log_line(start_gateway, mock, upstream_ca_file):
+    """On 4b02e9d an approver's reason with a newline wrote a second, forged line to the log."""
+    from test_approvals import admin, decide
+
+    up = f"https://127.0.0.1:{mock.port}"
+    rules = {"approvals": [{"name": "exec", "when": {"method": ["POST"], "path": "/ops/exec"},
+                            "approvers": {"groups": ["security-oncall"]}, "timeout": "30s", "mode": "ticket"}]}
+    gw = start_gateway(route("ops", "/ops/", up, upstream_ca_file, approvals=["exec"]),
+                       identity=people_identity(PEOPLE), extra=rules, server={"threads": 2})
+    body = b'{"cmd":"ls"}'
+    resp = gw.raw(head("POST", "/ops/exec", "Content-Type: application/json", f"Content-Length: {len(body)}") + body)
+    aid = body_of(resp)["approval"]["id"]
+    forged = "2026-12-04T00:00:00.000Z INFO  agentgate::approval: approval apr_forged approved by root"
+    assert decide(gw, "alice", aid, "deny", f"no\n{forged}").status_code == 200
+    assert admin(gw, "alice", "GET", f"/v1/approvals/{aid}").json()["state"] == "denied"
+    from gateway_driver import eventually
+
+    lines = eventually(lambda: gw.stderr_path.read_text().splitlines(), lambda ls: any("forged" in l for l in ls))
+    assert any("forged" in l for l in lines), "the decision was not logged"
+    assert not any(l.startswith(forged[:30]) for l in lines), [l for l in lines if "forged" in l]
+
+
+def test_the_session_line_masks_the_path(start_gateway, mock, upstream_ca_file):
+    """On 4b02e9d the session line on stdout carried the raw path: an e-mail and a key in the
+    path were masked in records but not there."""
+    gw = start_gateway(route("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file))
+    with gw.client() as c:
+        c.get("/v1/models/jane.doe@example.com/sk-proj-abcdefghijklmnopqrstuvwxyz0123")
+    lines = gw.wait_session_lines(lambda l: "/v1/models/" in l.get("path", ""))
+    assert lines, gw.session_lines()
+    line = json.dumps(lines[-1])
+    assert "/v1/models/" in line, line
+    assert "jane.doe@example.com" not in line and "sk-proj-abcdefghijklmnopqrstuvwxyz0123" not in line, line

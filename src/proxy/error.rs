@@ -119,7 +119,17 @@ impl ApiError {
                 )
             }
             _ => match e.esource() {
-                ErrorSource::Upstream => up(502, "upstream_protocol_error", "bad response from"),
+                // The cause may quote the upstream's bytes (a malformed head), where an echoed
+                // key can hide: only the kind of error is named.
+                ErrorSource::Upstream => ApiError::new(
+                    502,
+                    "upstream_error",
+                    "upstream_protocol_error",
+                    format!(
+                        "route `{route}`: bad response from upstream {upstream_url}: {}",
+                        e.etype().as_str()
+                    ),
+                ),
                 ErrorSource::Downstream => ApiError::new(
                     400,
                     "invalid_request_error",

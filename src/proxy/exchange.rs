@@ -192,13 +192,20 @@ impl Exchange {
 
     fn write_session_line(&self, session: &Session, s: &Summary<'_>) {
         let req = session.req_header();
+        // Secrets and personal data in the path are masked here as in the record.
+        let path = match &self.route {
+            Some(r) if r.engine.any_candidate(req.uri.path().as_bytes()) => {
+                std::borrow::Cow::Owned(r.engine.mask(req.uri.path(), &REDACT_ALL, None, false).0)
+            }
+            _ => std::borrow::Cow::Borrowed(req.uri.path()),
+        };
         session_log::emit(&SessionRecord {
             ts: rfc3339(SystemTime::now()),
             kind: "exchange",
             request_id: &self.id,
             route: self.route.as_ref().map(|r| r.route.name.as_str()),
             method: req.method.as_str(),
-            path: req.uri.path(),
+            path: &path,
             status: s.status,
             duration_ms: millis(s.elapsed),
             upstream_ttfb_ms: self.ttfb.map(millis),
@@ -274,6 +281,10 @@ impl Default for Exchange {
         Exchange::new()
     }
 }
+
+/// What a session line's path is masked with: every detector redacts (as in records).
+static REDACT_ALL: std::sync::LazyLock<crate::mask::Rules> =
+    std::sync::LazyLock::new(|| crate::mask::Rules::all(crate::mask::Action::Redact));
 
 /// How the exchange ended, computed once for the session line and the record.
 struct Summary<'a> {

@@ -209,24 +209,22 @@ impl ProxyHttp for Gateway {
         ctx: &mut Box<Exchange>,
     ) -> Result<()> {
         headers::tag_response(resp, &ctx.id)?;
+        if let Some(route) = ctx.route.clone() {
+            match ResponseBody::start(resp, &route, ctx.vault.clone()) {
+                Ok(r) => ctx.response = r,
+                Err(e) => {
+                    ctx.error = Some(e);
+                    return Error::e_explain(HTTPStatus(502), "upstream response refused");
+                }
+            }
+        }
+        // The record keeps the headers as the agent gets them (the route's keys scrubbed).
         if let Some(c) = ctx.capture.as_mut() {
             c.status = resp.status.as_u16();
             c.response_headers = headers::recordable_headers(&resp.headers);
             c.sse = headers::content_type(&resp.headers).starts_with("text/event-stream");
         }
-        let Some(route) = ctx.route.clone() else {
-            return Ok(());
-        };
-        match ResponseBody::start(resp, &route, ctx.vault.clone()) {
-            Ok(r) => {
-                ctx.response = r;
-                Ok(())
-            }
-            Err(e) => {
-                ctx.error = Some(e);
-                Error::e_explain(HTTPStatus(502), "upstream response refused")
-            }
-        }
+        Ok(())
     }
 
     /// Masks and scrubs the response chunk by chunk, holding back only what a match may need.

@@ -28,6 +28,14 @@ pub fn build(config: &Config, key: &HashKey) -> Result<Active, String> {
     let auth = Arc::new(Authenticator::new(&config.identity)?);
     // Compiling the engine is the slow part: once per configuration, shared by every route.
     let engine = crate::proxy::routes::engine(config, &key.0)?;
+    let injected = crate::mask::injected::SecretSet::new(
+        config
+            .routes
+            .iter()
+            .flat_map(|r| r.set_headers.iter())
+            .flat_map(|h| h.secret.sensitive_parts().iter().cloned()),
+    )?;
+    crate::session_log::set_confidential(injected);
     Ok(Active {
         routes: build_routes(config, engine.clone())?,
         auth,
