@@ -229,3 +229,66 @@ def test_the_session_line_masks_the_path(start_gateway, mock, upstream_ca_file):
     line = json.dumps(lines[-1])
     assert "/v1/models/" in line, line
     assert "jane.doe@example.com" not in line and "sk-proj-abcdefghijklmnopqrstuvwxyz0123" not in line, line
+
+
+@pytest.fixture
+def masked(start_gateway, mock, upstream_ca_file):
+    from gwconfig import REDACT_POLICY
+
+    return start_gateway(route("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file, masking="default"),
+                         extra=REDACT_POLICY)
+
+
+KEY = "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def post_raw(gw, body: bytes, ctype: str = "application/json") -> bytes:
+    return gw.raw(head("POST", "/v1/chat/completions", f"Content-Type: {ctype}", f"Content-Length: {len(body)}") + body)
+
+
+def test_a_secret_in_a_json_key_is_masked(masked, mock):
+    """On 4b02e9d request masking skipped object keys: `"metadata": {"sk-proj-…": "x"}` went
+    upstream (and into records) as it was."""
+    with masked.client() as c:
+        r = c.post("/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}], "metadata": {KEY: "x"}})
+    assert r.status_code == 200, r.text
+    sent = mock.state.last["body"].decode()
+    assert KEY not in sent and "REDACTED" in sent, sent
+    json.loads(sent)
+
+
+@pytest.mark.parametrize("name,body,status,code", [
+    ("escaped secret in invalid JSON", b'{"messages":[{"content":"\\u0073k-proj-abcdefghijklmnopqrstuvwxyz0123456789"}], ', 400, "invalid_json"),
+    ("lone surrogate", b'{"messages":[{"content":"\\ud800 \\u0073k-proj-abcdefghijklmnopqrstuvwxyz0123456789"}]}', 400, "invalid_json"),
+    ("nested past the limit", b'{"a":' * 200 + b'1' + b'}' * 200, 400, "json_too_deep"),
+    ("UTF-16", json.dumps({"messages": [{"content": KEY}]}).encode("utf-16-le"), 415, "uninspectable_body"),
+    ("duplicate keys", b'{"model":"m","messages":[{"content":"hi"}],"messages":[]}', 400, "duplicate_json_key"),
+])
+def test_bodies_masking_cannot_read_are_refused(masked, mock, name, body, status, code):
+    """On 4b02e9d each of these was forwarded: invalid JSON, a lone surrogate and over-deep
+    nesting fell back to text masking, which cannot see `\\u0073k-…` (`sk-…` once the upstream
+    decodes it); UTF-16 passed as 'text' with a NUL between letters; duplicate keys let the
+    decision read one `messages` and an upstream parser the other."""
+    before = len(mock.state.requests)
+    resp = post_raw(masked, body, "application/json" if name != "UTF-16" else "text/plain")
+    assert status_of(resp) == status, (name, resp[:300])
+    assert body_of(resp)["error"]["code"] == code, resp[:300]
+    assert len(mock.state.requests) == before, f"{name}: the body reached the upstream"
+
+
+def test_duplicate_keys_cannot_hide_a_tool_from_an_approval_rule(start_gateway, mock, upstream_ca_file):
+    """On 4b02e9d `{"tools":[delete_records],"tools":[]}` on a route with an approval rule on the
+    tool name went upstream at once: the rule read the last `tools` (empty), a first-wins parser
+    upstream reads delete_records."""
+    up = f"https://127.0.0.1:{mock.port}"
+    rules = {"approvals": [{"name": "destructive", "when": {"method": ["POST"],
+                            "json": {"tools[*].function.name": {"any_of": ["delete_records"]}}},
+                            "approvers": {"groups": ["security-oncall"]}, "timeout": "30s", "mode": "ticket"}]}
+    gw = start_gateway(route("mock", "/v1/", up, upstream_ca_file, approvals=["destructive"]),
+                       identity=people_identity(PEOPLE), extra=rules)
+    before = len(mock.state.requests)
+    body = b'{"model":"m","tools":[{"type":"function","function":{"name":"delete_records"}}],"tools":[],"messages":[]}'
+    resp = post_raw(gw, body)
+    assert status_of(resp) == 400, resp[:300]
+    assert body_of(resp)["error"]["code"] == "duplicate_json_key"
+    assert len(mock.state.requests) == before

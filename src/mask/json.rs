@@ -1,5 +1,7 @@
-//! JSON-aware masking: only string values change; keys, numbers, structure, whitespace and key
-//! order stay byte for byte, so the document stays valid and diff-able.
+//! JSON-aware masking: only strings change (values and object keys alike); numbers, structure,
+//! whitespace and key order stay byte for byte, so the document stays valid and diff-able.
+//! Strings are decoded (`\uXXXX` and other escapes) before detection, so an escaped secret is
+//! seen as the upstream will read it.
 
 use super::{Engine, Rules, Tally, Vault};
 
@@ -7,12 +9,104 @@ use super::{Engine, Rules, Tally, Vault};
 pub enum JsonError {
     #[error("the body is not valid JSON: {0}")]
     Invalid(String),
+    #[error("the body is nested deeper than {MAX_DEPTH} levels")]
+    TooDeep,
+    #[error(
+        "the body has the key `{0}` twice in one object (parsers disagree on which one counts)"
+    )]
+    DuplicateKey(String),
+}
+
+/// Checks that `body` is one JSON document no deeper than `MAX_DEPTH`, with no object holding
+/// the same key twice (serde keeps the last, some upstream parsers the first: a decision must
+/// read what the upstream reads).
+pub fn validate(body: &[u8]) -> Result<(), JsonError> {
+    use serde::de::Deserializer;
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let r = (&mut de).deserialize_any(Unique { depth: 0 });
+    match r.and_then(|()| de.end()) {
+        Ok(()) => Ok(()),
+        Err(e) => Err(match e.to_string() {
+            m if m.starts_with(DEPTH_MARK) => JsonError::TooDeep,
+            m if m.starts_with(DUP_MARK) => JsonError::DuplicateKey(
+                m[DUP_MARK.len()..]
+                    .split(" at line")
+                    .next()
+                    .unwrap_or("")
+                    .to_string(),
+            ),
+            m if m.starts_with("recursion limit exceeded") => JsonError::TooDeep,
+            m => JsonError::Invalid(m),
+        }),
+    }
+}
+
+const DEPTH_MARK: &str = "agentgate: too deep";
+const DUP_MARK: &str = "agentgate: duplicate key ";
+
+/// Walks a document without keeping it: depth and unique keys.
+struct Unique {
+    depth: usize,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Unique {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Unique {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let depth = self.depth + 1;
+        if depth > MAX_DEPTH {
+            return Err(serde::de::Error::custom(DEPTH_MARK));
+        }
+        while seq.next_element_seed(Unique { depth })?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let depth = self.depth + 1;
+        if depth > MAX_DEPTH {
+            return Err(serde::de::Error::custom(DEPTH_MARK));
+        }
+        let mut seen = std::collections::HashSet::new();
+        while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if !seen.insert(k.clone()) {
+                return Err(serde::de::Error::custom(format!("{DUP_MARK}{k}")));
+            }
+            map.next_value_seed(Unique { depth })?;
+        }
+        Ok(())
+    }
 }
 
 /// Deeper documents are refused (no agent API nests this deep; a bomb would).
 pub const MAX_DEPTH: usize = 128;
 
-/// Masks every string value of the JSON document `body`.
+/// Masks every string (values and keys) of the JSON document `body`.
 pub fn mask_json(
     engine: &Engine,
     body: &[u8],
@@ -20,9 +114,8 @@ pub fn mask_json(
     vault: Option<&Vault>,
     restore: bool,
 ) -> Result<(Vec<u8>, Tally), JsonError> {
-    // serde_json validates (and bounds nesting at 128 levels, so no stack overflow).
-    serde_json::from_slice::<serde::de::IgnoredAny>(body)
-        .map_err(|e| JsonError::Invalid(e.to_string()))?;
+    // Validates (and bounds nesting, so no stack overflow; serde_json's own limit is 128 too).
+    validate(body)?;
     let mut out = Vec::with_capacity(body.len());
     let mut tally = Tally::default();
     let mut last = 0;
@@ -58,13 +151,6 @@ pub fn mask_json(
         }
         let end = (j + 1).min(body.len());
         i = end;
-        let is_key = body[end..]
-            .iter()
-            .find(|b| !b.is_ascii_whitespace())
-            .is_some_and(|b| *b == b':');
-        if is_key {
-            continue;
-        }
         let raw = &body[start + 1..end - 1];
         let decoded: std::borrow::Cow<str> = if escaped {
             match serde_json::from_slice::<String>(&body[start..end]) {

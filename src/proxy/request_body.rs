@@ -13,6 +13,7 @@ use super::headers;
 use super::routes::{RouteMasking, RouteRuntime};
 use super::subrequest::{self, Forwarded, ReadBody};
 use super::Gateway;
+use crate::mask::json::JsonError;
 use crate::mask::Tally;
 use crate::metrics;
 use crate::proxy::approval_gate::Outcome;
@@ -54,6 +55,19 @@ impl Gateway {
             },
             None => None,
         };
+        if masked.is_none() && looks_like_json(session, &body) {
+            // Approval rules read the body: it must be one structure the upstream reads alike.
+            if let Err(e @ (JsonError::TooDeep | JsonError::DuplicateKey(_))) =
+                crate::mask::json::validate(&body)
+            {
+                let code = match e {
+                    JsonError::TooDeep => "json_too_deep",
+                    _ => "duplicate_json_key",
+                };
+                let e = ApiError::new(400, "invalid_request_error", code, e.to_string());
+                return self.answer(session, ctx, e).await;
+            }
+        }
         if !route.approvals.is_empty() {
             // Boxed on its own: a request waiting for approval (1,000 may wait at once) holds
             // only the wait's state, not the forwarding's beside it.
@@ -144,6 +158,17 @@ impl Gateway {
     }
 }
 
+/// A JSON content type, or none and a body that starts like JSON.
+fn looks_like_json(session: &Session, body: &[u8]) -> bool {
+    let ct = headers::content_type(&session.req_header().headers);
+    ct.contains("json")
+        || (ct.is_empty()
+            && body
+                .iter()
+                .find(|b| !b.is_ascii_whitespace())
+                .is_some_and(|b| *b == b'{' || *b == b'['))
+}
+
 /// Masks the request body and applies request guardrails: the masked body and its tally, or
 /// the error to answer with (a guardrail block, invalid JSON on a route that refuses it, a
 /// body that is neither JSON nor UTF-8 text).
@@ -155,22 +180,29 @@ fn mask_request(
     body: &[u8],
 ) -> std::result::Result<(Vec<u8>, Tally), ApiError> {
     let vault = ctx.vault.as_deref();
-    let ct = headers::content_type(&session.req_header().headers);
-    let json_like = ct.contains("json")
-        || (ct.is_empty()
-            && body
-                .iter()
-                .find(|b| !b.is_ascii_whitespace())
-                .is_some_and(|b| *b == b'{' || *b == b'['));
+    let json_like = looks_like_json(session, body);
+    let unreadable =
+        |code: &'static str, why: String| ApiError::new(400, "invalid_request_error", code, why);
     let masked = if json_like {
+        use crate::mask::json::JsonError;
         match crate::mask::json::mask_json(&m.engine, body, &m.request, vault, false) {
             Ok(x) => Some(x),
+            // Never read as text: the upstream would read a structure the decision did not.
+            Err(e @ JsonError::TooDeep) => return Err(unreadable("json_too_deep", e.to_string())),
+            Err(e @ JsonError::DuplicateKey(_)) => {
+                return Err(unreadable("duplicate_json_key", e.to_string()))
+            }
             Err(e) if m.refuse_invalid_json => {
-                return Err(ApiError::new(
-                    400,
-                    "invalid_request_error",
+                return Err(unreadable(
                     "invalid_json",
                     format!("{e}; this route refuses bodies that are not valid JSON"),
+                ));
+            }
+            // As text, an escaped secret (`\u0073k-...`) would be invisible to the detectors.
+            Err(e) if memchr::memchr(b'\\', body).is_some() => {
+                return Err(unreadable(
+                    "invalid_json",
+                    format!("{e}; a body that is not valid JSON is masked as text, and this one has escapes that text masking cannot read"),
                 ));
             }
             Err(_) => None,
@@ -180,12 +212,16 @@ fn mask_request(
     };
     let (masked, tally) = match masked {
         Some(x) => x,
-        None => match std::str::from_utf8(body) {
-            Ok(text) => {
+        // NUL bytes: UTF-16 or binary, where detectors would see every other byte.
+        None => match std::str::from_utf8(body)
+            .ok()
+            .filter(|_| memchr::memchr(0, body).is_none())
+        {
+            Some(text) => {
                 let (t, tally) = m.engine.mask(text, &m.request, vault, false);
                 (t.into_bytes(), tally)
             }
-            Err(_) => {
+            None => {
                 return Err(ApiError::new(
                     415,
                     "invalid_request_error",
