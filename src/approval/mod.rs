@@ -148,13 +148,13 @@ impl Bound<'_> {
     /// What differs between this request and the one `a` approved, if anything.
     pub fn differs_from(&self, a: &Approval) -> Option<&'static str> {
         if a.route != self.route {
-            Some("another route")
+            Some("(another route)")
         } else if a.method != self.method {
-            Some("another method")
+            Some("(another method)")
         } else if a.target_sha256 != self.target_sha256 {
-            Some("another path or query string")
+            Some("(another path or query string)")
         } else if a.body_sha256 != self.body_sha256 {
-            Some("another body")
+            Some("body")
         } else {
             None
         }

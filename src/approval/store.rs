@@ -458,7 +458,7 @@ impl Approvals {
         }
         if let Some(what) = request.differs_from(a) {
             return Redeem::Refused(403, format!(
-                "approval {id} was given for a different request ({what}); send the request that was approved"
+                "approval {id} was given for a different request {what}; send the request that was approved"
             ));
         }
         match a.state {

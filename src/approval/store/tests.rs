@@ -222,7 +222,7 @@ fn window_grants_and_tickets() {
                 body_sha256: &other_body,
                 ..same
             },
-            "another body",
+            "different request body",
         ),
     ];
     for (req, what) in table {
