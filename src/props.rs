@@ -279,3 +279,85 @@ fn deeply_nested_json_is_refused_not_a_stack_overflow() {
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
     assert!(crate::policy::parse_body(deep.as_bytes()).is_none());
 }
+
+/// The routes and approval rule the canonical-path property decides with: `/v1/admin/` for
+/// admins, `/v1/` for agents; a rule on `POST /v1/admin/exec`.
+fn decisions_config() -> &'static (crate::proxy::Active, crate::policy::ApprovalRule) {
+    static C: std::sync::OnceLock<(crate::proxy::Active, crate::policy::ApprovalRule)> =
+        std::sync::OnceLock::new();
+    C.get_or_init(|| {
+        let yaml = r#"
+listeners:
+  - { name: agents, address: "127.0.0.1:8443", tls: {} }
+identity:
+  service_accounts:
+    - { name: ci, token_sha256: 52429752765c16a4897560e0f4b0a373ee9dfab7da0c8ca37a09c9e62cccd576, groups: [agents] }
+routes:
+  - { name: admin, match: { path_prefix: /v1/admin/ }, upstream: { url: "https://api.example.com" }, access: { groups: [admins] } }
+  - { name: all, match: { path_prefix: /v1/ }, upstream: { url: "https://api.example.com" }, access: { groups: [agents] } }
+"#;
+        let config = crate::config::Config::parse(yaml, std::path::Path::new("props.yaml"))
+            .expect("config");
+        let key = crate::server::runtime::HashKey::random().expect("key");
+        let active = crate::server::runtime::build(&config, &key).expect("runtime");
+        let rule: crate::policy::ApprovalRule = serde_yaml::from_str(
+            "name: exec\nwhen: { method: [POST], path: /v1/admin/exec }\napprovers: { groups: [sec] }",
+        )
+        .expect("rule");
+        (active, rule)
+    })
+}
+
+/// `path` with each character percent-encoded where `flags` says (unreserved characters only,
+/// `/` never; the second flag picks the hex case).
+fn encode(path: &str, flags: &[(bool, bool)]) -> String {
+    path.bytes()
+        .zip(flags.iter().cycle())
+        .map(|(b, (enc, upper))| match (*enc && b != b'/', upper) {
+            (true, true) => format!("%{b:02X}"),
+            (true, false) => format!("%{b:02x}"),
+            (false, _) => (b as char).to_string(),
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Issue 22's property: for random percent-encodings of a path, the canonical form is the
+    /// plain path, so routing, access and approval decisions equal the plain path's (and the
+    /// upstream, which is sent the canonical form, reads the path that was decided on).
+    #[test]
+    fn encoded_paths_decide_like_their_canonical_form(
+        plain in proptest::sample::select(vec!["/v1/admin/users", "/v1/admin/exec", "/v1/models", "/v1/chat/completions", "/v1/adminx/z-_.~9"]),
+        flags in proptest::collection::vec((any::<bool>(), any::<bool>()), 1..40),
+    ) {
+        let encoded = encode(plain, &flags);
+        let canonical = crate::canonical::path(&encoded).expect("an encoding of unreserved characters is canonicalisable");
+        prop_assert_eq!(&canonical, plain);
+        let (active, rule) = decisions_config();
+        let agent = crate::identity::Identity {
+            subject: "a".into(),
+            issuer: "service-account".into(),
+            method: crate::identity::AuthMethod::ServiceAccount,
+            groups: vec!["agents".into()],
+        };
+        let decide = |path: &str| {
+            let route = active.match_route(Some("api.example.com"), path).map(|r| r.route.clone());
+            let allowed = route
+                .as_ref()
+                .map(|r| crate::identity::authorize(&r.access, &agent, &r.name).is_ok());
+            let headers = http::HeaderMap::new();
+            let held = rule.head_matches(&crate::policy::Request {
+                route: route.as_ref().map_or("", |r| r.name.as_str()),
+                method: "POST",
+                path,
+                groups: &agent.groups,
+                headers: &headers,
+                body: &[],
+            });
+            (route.map(|r| r.name), allowed, held)
+        };
+        prop_assert_eq!(decide(&canonical), decide(plain));
+    }
+}
