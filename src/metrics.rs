@@ -117,6 +117,10 @@ lazy!(REQUESTS_IN_FLIGHT: prometheus::IntGauge = prometheus::register_int_gauge!
     "agentgate_requests_in_flight",
     "Requests being handled now (read at scrape time; one that never finishes shows up here)"
 ));
+lazy!(PSEUDONYM_VAULT_BYTES: prometheus::IntGauge = prometheus::register_int_gauge!(
+    "agentgate_pseudonym_vault_bytes",
+    "Bytes the pseudonym vaults hold (read at scrape time; bounded at 64 MiB, least recently used conversations evicted)"
+));
 lazy!(APPROVALS_PENDING: prometheus::IntGauge = prometheus::register_int_gauge!(
     "agentgate_approvals_pending",
     "Approvals waiting for a decision"
@@ -197,6 +201,7 @@ pub fn init() {
     LazyLock::force(&ERRORS);
     LazyLock::force(&SESSION_LOG_DROPPED);
     LazyLock::force(&REQUESTS_IN_FLIGHT);
+    LazyLock::force(&PSEUDONYM_VAULT_BYTES);
 }
 
 pub fn render() -> (Vec<u8>, String) {

@@ -292,3 +292,28 @@ def test_duplicate_keys_cannot_hide_a_tool_from_an_approval_rule(start_gateway, 
     assert status_of(resp) == 400, resp[:300]
     assert body_of(resp)["error"]["code"] == "duplicate_json_key"
     assert len(mock.state.requests) == before
+
+
+def test_approvals_an_agent_opens_are_bounded(start_gateway, mock, upstream_ca_file):
+    """On 4b02e9d a 2 MiB tool name was copied whole into the approval (memory, approvals.jsonl,
+    every GET /v1/approvals the console polls), and one caller could open pending approvals
+    without limit."""
+    from test_approvals import admin
+
+    up = f"https://127.0.0.1:{mock.port}"
+    rules = {"approvals": [{"name": "tools", "when": {"method": ["POST"], "json": {"tools[*].type": {"any_of": ["function"]}}},
+                            "approvers": {"groups": ["security-oncall"]}, "timeout": "5m", "mode": "ticket"}]}
+    gw = start_gateway(route("mock", "/v1/", up, upstream_ca_file, approvals=["tools"]),
+                       identity=people_identity(PEOPLE), extra=rules, admin={"auditors": ["security-oncall"]})
+    huge = "t" * (2 << 20)
+    body = json.dumps({"model": "m", "tools": [{"type": "function", "function": {"name": huge}}], "messages": []}).encode()
+    resp = post_raw(gw, body)
+    assert status_of(resp) == 202, resp[:300]
+    listed = admin(gw, "alice", "GET", "/v1/approvals?state=pending")
+    assert len(listed.content) < 64 << 10, f"{len(listed.content)} bytes for one approval"
+    assert listed.json()[0]["summary"]["tools"][0].endswith("…")
+    small = json.dumps({"model": "m", "tools": [{"type": "function", "function": {"name": "x"}}], "messages": []}).encode()
+    statuses = [status_of(post_raw(gw, small)) for _ in range(100)]
+    assert statuses[:99] == [202] * 99 and statuses[99] == 429, statuses[-3:]
+    refused = post_raw(gw, small)
+    assert body_of(refused)["error"]["code"] == "too_many_pending_approvals"

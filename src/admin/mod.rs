@@ -119,6 +119,7 @@ impl ServeHttp for AdminApp {
         match session.req_header().uri.path() {
             "/metrics" => {
                 crate::metrics::REQUESTS_IN_FLIGHT.set(crate::shutdown::in_flight() as i64);
+                crate::metrics::PSEUDONYM_VAULT_BYTES.set(crate::mask::vault::total_bytes() as i64);
                 let (body, content_type) = crate::metrics::render();
                 text(200, &content_type, body)
             }

@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::identity::service_account::sha256_hex;
 pub use crate::util::time::unix_ms as now_ms;
-pub use store::{Approvals, Redeem, Refused, Sweeper, RETENTION};
-pub use summary::summarize;
+pub use store::{Approvals, Redeem, Refused, Sweeper, MAX_PENDING_PER_REQUESTER, RETENTION};
+pub use summary::{cut, summarize};
 
 /// The header a ticket-mode retry carries.
 pub const APPROVAL_HEADER: &str = "x-agentgate-approval";

@@ -218,6 +218,15 @@ impl Approvals {
         g.entries.get(&id).map(|e| e.approval.clone())
     }
 
+    /// Approvals of `who` still pending.
+    pub fn pending_of(&self, who: &Identity) -> usize {
+        let g = self.lock();
+        g.entries
+            .values()
+            .filter(|e| e.approval.state == State::Pending && e.approval.requester.same(who))
+            .count()
+    }
+
     /// Opens a pending approval for a request that matched `rule`.
     pub fn create(
         &self,
@@ -492,6 +501,10 @@ impl Approvals {
         }
     }
 }
+
+/// Pending approvals one caller may have at once: past it, a new one is refused (429), so one
+/// agent cannot fill approvers' queues, memory and the log.
+pub const MAX_PENDING_PER_REQUESTER: usize = 100;
 
 /// Expires pending tickets nobody waits on (a waiting request expires its own).
 pub struct Sweeper(pub Arc<Approvals>);

@@ -2,7 +2,32 @@
 //! calls with their arguments cut short, the last user message, and the start of the body). It
 //! is built from the body as masking left it, so it holds nothing the record would not.
 
-/// The masked summary an approver sees: from the (already masked) body.
+/// Longest name (model, tool) kept whole; longer ones are cut with `…`.
+const NAME: usize = 128;
+/// Tools and tool calls listed at most (then `"… N more"`).
+const LISTED: usize = 32;
+
+/// `s` cut to `n` characters, with `…` when something was cut.
+pub fn cut(s: &str, n: usize) -> String {
+    match s.char_indices().nth(n) {
+        Some((at, _)) => format!("{}…", &s[..at]),
+        None => s.to_string(),
+    }
+}
+
+/// A list kept to `LISTED` entries, the rest counted.
+fn bounded(mut v: Vec<serde_json::Value>) -> serde_json::Value {
+    if v.len() > LISTED {
+        let more = v.len() - LISTED;
+        v.truncate(LISTED);
+        v.push(format!("… {more} more").into());
+    }
+    v.into()
+}
+
+/// The masked summary an approver sees: from the (already masked) body. Bounded whatever the
+/// body: every string is cut, lists are capped (an agent cannot make approvers, the approvals
+/// log or the console hold megabytes per request).
 pub fn summarize(masked_body: &[u8]) -> serde_json::Value {
     const EXCERPT: usize = 1000;
     let text = String::from_utf8_lossy(masked_body);
@@ -11,17 +36,11 @@ pub fn summarize(masked_body: &[u8]) -> serde_json::Value {
     let Ok(doc) = serde_json::from_slice::<serde_json::Value>(masked_body) else {
         return out;
     };
-    let cut = |s: &str| -> String {
-        if s.chars().count() > 300 {
-            format!("{}…", s.chars().take(300).collect::<String>())
-        } else {
-            s.to_string()
-        }
-    };
+    let cut300 = |s: &str| cut(s, 300);
     if let Some(m) = doc.get("model").and_then(|m| m.as_str()) {
-        out["model"] = m.into();
+        out["model"] = cut(m, NAME).into();
     }
-    let tools: Vec<String> = doc
+    let tools: Vec<serde_json::Value> = doc
         .get("tools")
         .and_then(|t| t.as_array())
         .map(|t| {
@@ -30,13 +49,13 @@ pub fn summarize(masked_body: &[u8]) -> serde_json::Value {
                     x.pointer("/function/name")
                         .or_else(|| x.get("name"))
                         .and_then(|n| n.as_str())
-                        .map(String::from)
+                        .map(|n| cut(n, NAME).into())
                 })
                 .collect()
         })
         .unwrap_or_default();
     if !tools.is_empty() {
-        out["tools"] = tools.into();
+        out["tools"] = bounded(tools);
     }
     let mut calls = Vec::new();
     let mut last_user = None;
@@ -54,8 +73,8 @@ pub fn summarize(masked_body: &[u8]) -> serde_json::Value {
             .flatten()
         {
             calls.push(serde_json::json!({
-                "name": c.pointer("/function/name"),
-                "arguments": c.pointer("/function/arguments").and_then(|a| a.as_str()).map(cut),
+                "name": c.pointer("/function/name").and_then(|n| n.as_str()).map(|n| cut(n, NAME)),
+                "arguments": c.pointer("/function/arguments").and_then(|a| a.as_str()).map(cut300),
             }));
         }
         if m.get("role").and_then(|r| r.as_str()) == Some("user") {
@@ -70,11 +89,11 @@ pub fn summarize(masked_body: &[u8]) -> serde_json::Value {
                 ),
                 _ => None,
             };
-            last_user = text.map(|t| cut(&t));
+            last_user = text.map(|t| cut300(&t));
         }
     }
     if !calls.is_empty() {
-        out["tool_calls"] = calls.into();
+        out["tool_calls"] = bounded(calls);
     }
     if let Some(u) = last_user {
         out["last_user_message"] = u.into();
@@ -97,5 +116,31 @@ mod tests {
         assert_eq!(s["tool_calls"][0]["name"], "transfer_funds");
         assert_eq!(s["last_user_message"], "now");
         assert_eq!(summarize(b"not json")["body_excerpt"], "not json");
+    }
+
+    /// However large the body, a summary stays small: a 4 MiB tool name, 10,000 tools and a
+    /// huge model name are cut (issue 22: a 4 MiB tool name was copied into memory, the
+    /// approvals log and every `GET /v1/approvals`).
+    #[test]
+    fn summaries_are_bounded() {
+        let huge = "x".repeat(4 << 20);
+        let tools: Vec<_> = (0..10_000)
+            .map(|i| serde_json::json!({"type": "function", "function": {"name": if i == 0 { huge.clone() } else { format!("t{i}") }}}))
+            .collect();
+        let body = serde_json::json!({"model": huge, "tools": tools,
+            "messages": [{"role": "assistant", "tool_calls": (0..100).map(|i| if i == 0 { serde_json::json!({"function": {"name": huge, "arguments": huge}}) } else { serde_json::json!({"function": {"name": "n", "arguments": "{}"}}) }).collect::<Vec<_>>()},
+                         {"role": "user", "content": huge}]})
+        .to_string();
+        let s = summarize(body.as_bytes());
+        assert!(
+            s.to_string().len() < 64 << 10,
+            "{} bytes",
+            s.to_string().len()
+        );
+        assert_eq!(s["tools"].as_array().unwrap().len(), LISTED + 1);
+        assert_eq!(s["tools"][LISTED], "… 9968 more");
+        assert!(s["tools"][0].as_str().unwrap().ends_with('…'));
+        assert_eq!(cut("héllo", 2), "hé…");
+        assert_eq!(cut("hé", 2), "hé");
     }
 }

@@ -1,16 +1,42 @@
 //! Pseudonyms: per conversation, each distinct value gets a placeholder (`<EMAIL_1>`), the same
 //! one every time it is seen, and the placeholder maps back to the value only for that
 //! conversation. Vaults live in memory, expire after an idle time, and are bounded.
+//!
+//! Invariant: memory is bounded in bytes, not only in entries — per conversation
+//! (`MAX_VAULT_BYTES`), across all of them (`MAX_TOTAL_BYTES`, least recently used conversations
+//! evicted first), and in the number of conversations. A value that would pass a bound is
+//! redacted instead of pseudonymized: masking never stops, only restoring does.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// Bytes one conversation's pseudonyms may hold.
+pub const MAX_VAULT_BYTES: usize = 1 << 20;
+/// Bytes all conversations' pseudonyms may hold together.
+pub const MAX_TOTAL_BYTES: usize = 64 << 20;
+
+/// Bytes held by every vault alive (for the bound and `agentgate_pseudonym_vault_bytes`).
+static TOTAL: AtomicUsize = AtomicUsize::new(0);
+
+/// Bytes every vault alive holds now.
+pub fn total_bytes() -> usize {
+    TOTAL.load(Ordering::Relaxed)
+}
+
+/// What one pseudonym costs: the value and placeholder kept twice (both maps), the label, and
+/// the maps' own overhead per entry.
+fn cost(label: &str, value: &str, placeholder: &str) -> usize {
+    2 * (label.len() + value.len() + placeholder.len()) + 128
+}
 
 #[derive(Default)]
 struct Maps {
     by_value: HashMap<(String, String), String>,
     by_placeholder: HashMap<String, String>,
     next: HashMap<String, u32>,
+    bytes: usize,
 }
 
 /// One conversation's pseudonyms.
@@ -32,15 +58,26 @@ impl Vault {
         if let Some(p) = m.by_value.get(&key) {
             return p.clone();
         }
-        if m.by_value.len() >= MAX_VALUES {
+        let n = m.next.get(label).copied().unwrap_or(0) + 1;
+        let p = format!("<{label}_{n}>");
+        let c = cost(label, value, &p);
+        if m.by_value.len() >= MAX_VALUES
+            || m.bytes + c > MAX_VAULT_BYTES
+            || TOTAL.load(Ordering::Relaxed) + c > MAX_TOTAL_BYTES
+        {
             return format!("[REDACTED:{label}]");
         }
-        let n = m.next.entry(label.to_string()).or_insert(0);
-        *n += 1;
-        let p = format!("<{label}_{n}>");
+        m.next.insert(label.to_string(), n);
+        m.bytes += c;
+        TOTAL.fetch_add(c, Ordering::Relaxed);
         m.by_placeholder.insert(p.clone(), value.to_string());
         m.by_value.insert(key, p.clone());
         p
+    }
+
+    /// Bytes this conversation's pseudonyms hold.
+    pub fn bytes(&self) -> usize {
+        self.maps.lock().map(|m| m.bytes).unwrap_or(0)
     }
 
     /// The value behind a placeholder of this conversation.
@@ -59,6 +96,16 @@ impl Vault {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+impl Drop for Vault {
+    fn drop(&mut self) {
+        let bytes = match self.maps.get_mut() {
+            Ok(m) => m.bytes,
+            Err(p) => p.into_inner().bytes,
+        };
+        TOTAL.fetch_sub(bytes, Ordering::Relaxed);
     }
 }
 
@@ -88,19 +135,24 @@ impl VaultStore {
             *seen = now;
             return v.clone();
         }
-        if map.len() >= self.max_conversations {
+        // A new conversation: make room in count and in bytes (a conversation needs up to
+        // MAX_VAULT_BYTES), idle ones first, then the least recently used.
+        let full = |map: &HashMap<String, (Arc<Vault>, Instant)>| {
+            map.len() >= self.max_conversations || total_bytes() + MAX_VAULT_BYTES > MAX_TOTAL_BYTES
+        };
+        if full(&map) {
             let idle = self.idle;
             map.retain(|_, (_, seen)| now.duration_since(*seen) < idle);
-            if map.len() >= self.max_conversations {
-                // Still full: forget the least recently used.
-                if let Some(oldest) = map
-                    .iter()
-                    .min_by_key(|(_, (_, s))| *s)
-                    .map(|(k, _)| k.clone())
-                {
-                    map.remove(&oldest);
-                }
-            }
+        }
+        while full(&map) && !map.is_empty() {
+            let Some(oldest) = map
+                .iter()
+                .min_by_key(|(_, (_, s))| *s)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            map.remove(&oldest);
         }
         let v = Arc::new(Vault::default());
         map.insert(conversation.to_string(), (v.clone(), now));
@@ -131,5 +183,47 @@ mod tests {
         assert!(Arc::ptr_eq(&store.get("a"), &a));
         store.get("c"); // over the bound: the least recently used goes
         assert_eq!(store.vaults.lock().unwrap().len(), 2);
+    }
+
+    /// Bytes are bounded per conversation and in total, and freed when a vault goes: many
+    /// distinct values in fresh conversations cannot grow memory without end (issue 22 held
+    /// ~3.5 MiB per conversation, 100,000 conversations allowed).
+    #[test]
+    fn bytes_are_bounded_per_conversation_and_in_total() {
+        let before = total_bytes();
+        let v = Vault::default();
+        let mut redacted = 0;
+        for i in 0..20_000 {
+            let p = v.placeholder_for("EMAIL", &format!("person.number.{i}@example.com"));
+            redacted += usize::from(p.starts_with("[REDACTED"));
+        }
+        assert!(v.bytes() <= MAX_VAULT_BYTES, "{}", v.bytes());
+        assert!(redacted > 0, "the per-conversation bound never applied");
+        assert!(total_bytes() >= before + v.bytes());
+        // (Other tests' vaults may add a few hundred bytes meanwhile: the total is process-wide.)
+        let (held, total) = (v.bytes(), total_bytes());
+        drop(v);
+        assert!(
+            total_bytes() < total - held / 2,
+            "a dropped vault frees its bytes"
+        );
+
+        // Conversations are evicted (least recently used) to keep the total under its bound.
+        let store = VaultStore::new(Duration::from_secs(3600), 1_000_000);
+        for c in 0..100 {
+            let v = store.get(&format!("conversation-{c}"));
+            for i in 0..10_000 {
+                if v.placeholder_for("EMAIL", &format!("p{i}@example.com"))
+                    .starts_with("[REDACTED")
+                {
+                    break;
+                }
+            }
+        }
+        assert!(total_bytes() <= MAX_TOTAL_BYTES, "{}", total_bytes());
+        assert!(
+            store.vaults.lock().unwrap().len() < 100,
+            "nothing was evicted"
+        );
     }
 }

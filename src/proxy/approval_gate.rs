@@ -131,8 +131,8 @@ impl Gate {
                 rule: rule.name.clone(),
                 route: route.to_string(),
                 method: method.clone(),
-                path: self.mask_text(engine, &path),
-                query: self.mask_text(engine, &query),
+                path: approval::cut(&self.mask_text(engine, &path), 512),
+                query: approval::cut(&self.mask_text(engine, &query), 512),
                 target_sha256: target_sha.clone(),
                 requester: Person::of(who),
                 reasons: m
@@ -153,6 +153,19 @@ impl Gate {
                 decided_ms: None,
                 redeemed: false,
             };
+            if self.store.pending_of(who) >= approval::MAX_PENDING_PER_REQUESTER {
+                let e = ApiError::new(
+                    429,
+                    "rate_limit_error",
+                    "too_many_pending_approvals",
+                    format!(
+                        "rule `{}` needs an approval and this caller already has {} pending; wait for them to be decided or expire",
+                        rule.name,
+                        approval::MAX_PENDING_PER_REQUESTER
+                    ),
+                );
+                return Outcome::Refuse(e, evidence.into());
+            }
             let (a, rx) = match self.store.create(rule, draft) {
                 Ok(x) => x,
                 Err(why) => {
