@@ -846,7 +846,8 @@ fn the_anchor_search_agrees_with_a_full_walk_on_mixed_texts() {
 fn json_documents_the_gateway_cannot_read_alike_are_refused() {
     use json::JsonError;
     let deep = |n: usize| "[".repeat(n) + &"]".repeat(n);
-    let table: Vec<(String, Result<(), fn(&JsonError) -> bool>)> = vec![
+    type Expect = Result<(), fn(&JsonError) -> bool>;
+    let table: Vec<(String, Expect)> = vec![
         (r#"{"a":1,"b":{"a":2}}"#.into(), Ok(())),
         (
             r#"{"tools":[1],"tools":[]}"#.into(),
