@@ -146,7 +146,24 @@ impl Mock {
         let mut resp = ResponseHeader::build(status, Some(4))?;
         resp.insert_header("content-type", content_type)?;
         resp.insert_header("x-mock-http-version", version)?;
+        // `x-mock-trailer-echo`: a JSON answer ends with trailers that echo the credential the
+        // mock received (HTTP/2 only), as a careless upstream might.
+        let trailer_echo = http
+            .req_header()
+            .headers
+            .contains_key("x-mock-trailer-echo")
+            && http.req_header().version == http::Version::HTTP_2;
         match payload {
+            Some(p) if trailer_echo => {
+                http.write_response_header(Box::new(resp)).await?;
+                http.write_response_body(p, false).await?;
+                let mut trailers = http::HeaderMap::new();
+                if let Some(auth) = http.req_header().headers.get("authorization").cloned() {
+                    trailers.insert("x-echo-authorization", auth);
+                }
+                trailers.insert("x-mock-done", http::HeaderValue::from_static("1"));
+                http.write_response_trailers(trailers).await?;
+            }
             Some(p) => {
                 resp.insert_header("content-length", p.len())?;
                 http.write_response_header(Box::new(resp)).await?;

@@ -13,6 +13,7 @@ import pytest
 
 from gwconfig import AGENT_TOKEN, people_identity, person_token, route
 from net import request_head as head
+from test_upstream_protocols import rust_mock  # noqa: F401 (a fixture)
 
 PEOPLE = {"alice": ["security-oncall"], "bob": ["security-oncall"]}
 
@@ -317,3 +318,57 @@ def test_approvals_an_agent_opens_are_bounded(start_gateway, mock, upstream_ca_f
     assert statuses[:99] == [202] * 99 and statuses[99] == 429, statuses[-3:]
     refused = post_raw(gw, small)
     assert body_of(refused)["error"]["code"] == "too_many_pending_approvals"
+
+
+def h2_post(gw, path: str, body: bytes, headers: list[tuple[str, str]]) -> tuple[list, bytes, list]:
+    """One HTTP/2 request to the gateway with the `h2` package (httpx does not show trailers):
+    (response headers, body, trailers)."""
+    import socket
+    import ssl
+
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    ctx = ssl.create_default_context(cafile=str(gw.ca_file))
+    ctx.set_alpn_protocols(["h2"])
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as raw, ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+        conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        req = [(":method", "POST"), (":path", path), (":scheme", "https"), (":authority", "127.0.0.1"),
+               ("authorization", f"Bearer {AGENT_TOKEN}"), ("content-type", "application/json"),
+               ("content-length", str(len(body))), *headers]
+        conn.send_headers(1, req)
+        conn.send_data(1, body, end_stream=True)
+        s.sendall(conn.data_to_send())
+        resp_headers, data, trailers, done = [], b"", [], False
+        while not done:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            for ev in conn.receive_data(chunk):
+                if isinstance(ev, h2.events.ResponseReceived):
+                    resp_headers = ev.headers
+                elif isinstance(ev, h2.events.DataReceived):
+                    data += ev.data
+                    conn.acknowledge_received_data(ev.flow_controlled_length, 1)
+                elif isinstance(ev, h2.events.TrailersReceived):
+                    trailers = ev.headers
+                elif isinstance(ev, (h2.events.StreamEnded, h2.events.StreamReset)):
+                    done = True
+            s.sendall(conn.data_to_send())
+        return resp_headers, data, trailers
+
+
+def test_http2_trailers_do_not_carry_the_route_key(start_gateway, upstream_ca_file, rust_mock):
+    """On 4b02e9d HTTP/2 response trailers went to the agent unfiltered: the route key an upstream
+    echoed in a trailer reached the agent."""
+    from gwconfig import ROUTE_KEY
+
+    port = rust_mock()
+    gw = start_gateway(route("rust", "/v1/", f"https://127.0.0.1:{port}", upstream_ca_file))
+    headers, body, trailers = h2_post(gw, "/v1/chat/completions", b'{"model":"m","messages":[]}', [("x-mock-trailer-echo", "1")])
+    assert dict(headers).get(b":status") == b"200", headers
+    names = {k.decode(): v.decode() for k, v in trailers}
+    assert names.get("x-mock-done") == "1", (names, body[:200])
+    assert "x-echo-authorization" in names and ROUTE_KEY not in names["x-echo-authorization"], names

@@ -142,29 +142,61 @@ pub fn tag_response(resp: &mut ResponseHeader, id: &str) -> Result<()> {
 
 /// Masks the route's own credentials wherever the upstream echoed them in a response header.
 pub fn scrub_response_headers(resp: &mut ResponseHeader, set: &SecretSet) -> Result<()> {
-    let tainted: Vec<HeaderName> = resp
-        .headers
-        .iter()
-        .filter(|(_, v)| set.contains_secret(v.as_bytes()))
-        .map(|(k, _)| k.clone())
-        .collect();
-    for name in tainted {
-        let values: Vec<HeaderValue> = resp
-            .headers
-            .get_all(&name)
-            .iter()
-            .map(|v| {
-                let mut bytes = v.as_bytes().to_vec();
-                set.mask_in_place(&mut bytes);
-                HeaderValue::from_bytes(&bytes).unwrap_or(HeaderValue::from_static("[redacted]"))
-            })
-            .collect();
+    // (Through ResponseHeader's own methods: it keeps the header names' case beside the map.)
+    for (name, values) in masked_values(&resp.headers, set) {
         resp.remove_header(&name);
         for v in values {
             resp.append_header(name.clone(), v)?;
         }
     }
     Ok(())
+}
+
+/// Response trailers (HTTP/2) as they go to the agent: the route's credentials masked as in
+/// headers, and no cookie set through them.
+pub fn scrub_trailers(trailers: &mut http::HeaderMap, set: Option<&SecretSet>) {
+    trailers.remove(header::SET_COOKIE);
+    if let Some(set) = set {
+        scrub_header_map(trailers, set);
+    }
+}
+
+fn scrub_header_map(headers: &mut http::HeaderMap, set: &SecretSet) {
+    for (name, values) in masked_values(headers, set) {
+        headers.remove(&name);
+        for v in values {
+            headers.append(name.clone(), v);
+        }
+    }
+}
+
+/// The headers holding one of `set`'s credentials, each with all its values masked.
+fn masked_values(
+    headers: &http::HeaderMap,
+    set: &SecretSet,
+) -> Vec<(HeaderName, Vec<HeaderValue>)> {
+    headers
+        .keys()
+        .filter(|k| {
+            headers
+                .get_all(*k)
+                .iter()
+                .any(|v| set.contains_secret(v.as_bytes()))
+        })
+        .map(|name| {
+            let values = headers
+                .get_all(name)
+                .iter()
+                .map(|v| {
+                    let mut bytes = v.as_bytes().to_vec();
+                    set.mask_in_place(&mut bytes);
+                    HeaderValue::from_bytes(&bytes)
+                        .unwrap_or(HeaderValue::from_static("[redacted]"))
+                })
+                .collect();
+            (name.clone(), values)
+        })
+        .collect()
 }
 
 /// Header names and values for a record, without credentials (values are masked on write).

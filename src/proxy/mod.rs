@@ -245,6 +245,18 @@ impl ProxyHttp for Gateway {
         Ok(None)
     }
 
+    /// HTTP/2 response trailers are headers too: the route's credentials are kept out of them.
+    async fn response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut Box<Exchange>,
+    ) -> Result<Option<Bytes>> {
+        let set = ctx.route.as_ref().and_then(|r| r.secrets.as_deref());
+        headers::scrub_trailers(trailers, set);
+        Ok(None)
+    }
+
     /// Which failed requests Pingora may send again (`upstream_leg::retryable`).
     fn error_while_proxy(
         &self,
