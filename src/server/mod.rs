@@ -127,9 +127,18 @@ pub fn run(config: Config, path: std::path::PathBuf) -> Result<(), String> {
                     config.admin.public_url,
                     c.issuer
                 );
+                // A person signed in to the console is the same approver as with a bearer token
+                // from the same issuer: named by that issuer's `subject_claim`.
+                let subject_claim = config
+                    .identity
+                    .oidc
+                    .iter()
+                    .find(|i| i.issuer == c.issuer)
+                    .map_or("sub".to_string(), |i| i.subject_claim.clone());
                 Arc::new(crate::admin::console::Console::new(
                     c,
                     &config.admin.public_url,
+                    subject_claim,
                 ))
             }),
         }),

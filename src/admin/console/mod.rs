@@ -48,6 +48,8 @@ struct Session {
 
 pub struct Console {
     cfg: ConsoleConfig,
+    /// The claim naming a person (the identity section's `subject_claim` for this issuer).
+    subject_claim: String,
     fetcher: Fetcher,
     /// The provider's discovery document and keys (fetched on first sign-in; again on failure).
     metadata: tokio::sync::Mutex<Option<(CoreProviderMetadata, Instant)>>,
@@ -121,7 +123,7 @@ fn html_escape(s: &str) -> String {
 }
 
 impl Console {
-    pub fn new(cfg: ConsoleConfig, public_url: &str) -> Console {
+    pub fn new(cfg: ConsoleConfig, public_url: &str, subject_claim: String) -> Console {
         let origin = match public_url.parse::<http::Uri>() {
             Ok(u) => format!(
                 "{}://{}",
@@ -133,6 +135,7 @@ impl Console {
         Console {
             fetcher: Fetcher::new(cfg.ca_file.clone(), Duration::from_secs(10)),
             cfg,
+            subject_claim,
             metadata: tokio::sync::Mutex::new(None),
             logins: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
@@ -450,8 +453,8 @@ impl Console {
         let claims = id_token
             .claims(&verifier, &Nonce::new(login.nonce))
             .map_err(|e| format!("ID token: {e}"))?;
-        let subject = claims.subject().to_string();
-        // The token is verified; its payload gives the groups claim (by name or dotted path).
+        // The token is verified; its payload gives the subject and groups claims (by name or
+        // dotted path).
         let raw = id_token.to_string();
         let payload = raw.split('.').nth(1).ok_or("malformed ID token")?;
         use base64::Engine;
@@ -460,20 +463,43 @@ impl Console {
             .map_err(|e| e.to_string())?;
         let map: serde_json::Map<String, serde_json::Value> =
             serde_json::from_slice(&json).map_err(|e| e.to_string())?;
-        let groups = match crate::identity::jwt::claim(&map, &self.cfg.groups_claim) {
-            Some(serde_json::Value::Array(a)) => a
-                .iter()
-                .filter_map(|g| g.as_str().map(String::from))
-                .collect(),
-            Some(serde_json::Value::String(s)) => s.split_whitespace().map(String::from).collect(),
-            _ => Vec::new(),
-        };
-        Ok(Identity {
-            subject,
-            issuer: self.cfg.issuer.clone(),
-            method: AuthMethod::Oidc,
-            groups,
-        })
+        Ok(signed_in(
+            &map,
+            claims.subject().as_str(),
+            &self.subject_claim,
+            &self.cfg.groups_claim,
+            &self.cfg.issuer,
+        ))
+    }
+}
+
+/// Who signed in, from the verified ID token's claims: named by `subject_claim` (as bearer
+/// tokens of the same issuer are, so one person is one approver toward `min_approvals`), `sub`
+/// when the token lacks it.
+fn signed_in(
+    map: &serde_json::Map<String, serde_json::Value>,
+    sub: &str,
+    subject_claim: &str,
+    groups_claim: &str,
+    issuer: &str,
+) -> Identity {
+    let subject = match crate::identity::jwt::claim(map, subject_claim) {
+        Some(serde_json::Value::String(s)) if !s.is_empty() => s.clone(),
+        _ => sub.to_string(),
+    };
+    let groups = match crate::identity::jwt::claim(map, groups_claim) {
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(|g| g.as_str().map(String::from))
+            .collect(),
+        Some(serde_json::Value::String(s)) => s.split_whitespace().map(String::from).collect(),
+        _ => Vec::new(),
+    };
+    Identity {
+        subject,
+        issuer: issuer.to_string(),
+        method: AuthMethod::Oidc,
+        groups,
     }
 }
 
@@ -501,6 +527,29 @@ mod tests {
         assert_eq!(
             html_escape("<b a=\"1\">&"),
             "&lt;b a=&quot;1&quot;&gt;&amp;"
+        );
+    }
+
+    /// The console names a person as bearer tokens of the same issuer do (issue 22: by `sub`
+    /// in the console and `subject_claim` with a token, one person counted twice toward
+    /// `min_approvals`).
+    #[test]
+    fn console_approvers_are_named_like_bearer_approvers() {
+        let map: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(r#"{"sub":"a1b2","email":"alice@example.com","groups":["sec"]}"#)
+                .unwrap();
+        let who = signed_in(&map, "a1b2", "email", "groups", "https://idp");
+        assert_eq!(
+            (who.subject.as_str(), who.groups.as_slice()),
+            ("alice@example.com", &["sec".to_string()][..])
+        );
+        assert_eq!(
+            signed_in(&map, "a1b2", "sub", "groups", "https://idp").subject,
+            "a1b2"
+        );
+        assert_eq!(
+            signed_in(&map, "a1b2", "missing", "groups", "https://idp").subject,
+            "a1b2"
         );
     }
 }
