@@ -77,26 +77,20 @@ impl ResponseBody {
             ));
         }
         out.scrubber = route.secrets.clone().map(StreamScrubber::new);
+        let setup_failed = |e: Box<pingora::Error>| {
+            ApiError::new(
+                500,
+                "internal_error",
+                "response_setup_failed",
+                e.to_string(),
+            )
+        };
         if let Some(m) = &route.masking {
-            out.masking = masking_for(resp, m, vault).map_err(|e| {
-                ApiError::new(
-                    500,
-                    "internal_error",
-                    "response_setup_failed",
-                    e.to_string(),
-                )
-            })?;
+            out.masking = masking_for(resp, m, vault).map_err(setup_failed)?;
             out.policy = Some(m.clone());
         }
         if let Some(set) = &route.secrets {
-            headers::scrub_response_headers(resp, set).map_err(|e| {
-                ApiError::new(
-                    500,
-                    "internal_error",
-                    "response_setup_failed",
-                    e.to_string(),
-                )
-            })?;
+            headers::scrub_response_headers(resp, set).map_err(setup_failed)?;
         }
         Ok(out)
     }

@@ -24,7 +24,7 @@ fn draft(requester: &Identity) -> Approval {
         method: "POST".into(),
         path: "/v1/chat/completions".into(),
         query: String::new(),
-        target_sha256: crate::approval::target_sha256("/v1/chat/completions", ""),
+        target_sha256: drafted().1,
         requester: Person::of(requester),
         reasons: vec![],
         summary: serde_json::json!({}),
@@ -39,6 +39,24 @@ fn draft(requester: &Identity) -> Approval {
         decisions: vec![],
         decided_ms: None,
         redeemed: false,
+    }
+}
+
+/// The body and target hashes of `draft`'s request.
+fn drafted() -> (String, String) {
+    (
+        sha256_hex(b"{}"),
+        crate::approval::target_sha256("/v1/chat/completions", ""),
+    )
+}
+
+/// `draft`'s request as the gate binds it.
+fn bound<'a>(body: &'a str, target: &'a str) -> Bound<'a> {
+    Bound {
+        route: "openai",
+        method: "POST",
+        target_sha256: target,
+        body_sha256: body,
     }
 }
 
@@ -170,14 +188,8 @@ fn window_grants_and_tickets() {
     );
 
     let (t, _rx) = s.create(&rule("mode: ticket"), draft(&agent)).unwrap();
-    let body = sha256_hex(b"{}");
-    let target = crate::approval::target_sha256("/v1/chat/completions", "");
-    let same = Bound {
-        route: "openai",
-        method: "POST",
-        target_sha256: &target,
-        body_sha256: &body,
-    };
+    let (body, target) = drafted();
+    let same = bound(&body, &target);
     assert!(matches!(
         s.redeem(&t.id, &agent, "r", &same),
         Redeem::StillPending(_)
@@ -256,14 +268,8 @@ fn a_window_tickets_ends_with_its_window() {
         )
         .unwrap();
     s.decide(&t.id, &who("bob", &["sec"]), true, "ok").unwrap();
-    let body = sha256_hex(b"{}");
-    let target = crate::approval::target_sha256("/v1/chat/completions", "");
-    let same = Bound {
-        route: "openai",
-        method: "POST",
-        target_sha256: &target,
-        body_sha256: &body,
-    };
+    let (body, target) = drafted();
+    let same = bound(&body, &target);
     for _ in 0..2 {
         assert!(matches!(
             s.redeem(&t.id, &agent, "r", &same),
