@@ -92,14 +92,49 @@ impl<'de> serde::de::Visitor<'de> for Unique {
         if depth > MAX_DEPTH {
             return Err(serde::de::Error::custom(DEPTH_MARK));
         }
-        let mut seen = std::collections::HashSet::new();
-        while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            if !seen.insert(k.clone()) {
+        // Keys borrowed from the body (owned only when escaped); a short list is searched,
+        // a long one hashed.
+        let mut seen: Vec<std::borrow::Cow<'de, str>> = Vec::new();
+        let mut hashed: std::collections::HashSet<std::borrow::Cow<'de, str>> = Default::default();
+        while let Some(Key(k)) = map.next_key::<Key<'de>>()? {
+            let dup = if seen.len() < 16 {
+                let dup = seen.contains(&k);
+                seen.push(k.clone());
+                dup
+            } else {
+                if hashed.is_empty() {
+                    hashed.extend(seen.iter().cloned());
+                }
+                !hashed.insert(k.clone())
+            };
+            if dup {
                 return Err(serde::de::Error::custom(format!("{DUP_MARK}{k}")));
             }
             map.next_value_seed(Unique { depth })?;
         }
         Ok(())
+    }
+}
+
+/// An object key, borrowed from the body unless it has escapes.
+struct Key<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Borrowed(s)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Owned(s.to_string())))
+            }
+        }
+        d.deserialize_str(V)
     }
 }
 

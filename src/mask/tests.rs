@@ -846,6 +846,16 @@ fn the_anchor_search_agrees_with_a_full_walk_on_mixed_texts() {
 fn json_documents_the_gateway_cannot_read_alike_are_refused() {
     use json::JsonError;
     let deep = |n: usize| "[".repeat(n) + &"]".repeat(n);
+    // n keys k0..; with Some((a, b)) key b is named ka again.
+    let many = |n: usize, dup: Option<(usize, usize)>| {
+        let keys: Vec<String> = (0..n)
+            .map(|i| match dup {
+                Some((a, b)) if i == b => format!("\"k{a}\":{i}"),
+                _ => format!("\"k{i}\":{i}"),
+            })
+            .collect();
+        format!("{{{}}}", keys.join(","))
+    };
     type Expect = Result<(), fn(&JsonError) -> bool>;
     let table: Vec<(String, Expect)> = vec![
         (r#"{"a":1,"b":{"a":2}}"#.into(), Ok(())),
@@ -860,6 +870,20 @@ fn json_documents_the_gateway_cannot_read_alike_are_refused() {
         (
             r#"{"t\u006fols":1,"tools":2}"#.into(),
             Err(|e| matches!(e, JsonError::DuplicateKey(_))),
+        ),
+        // Past 16 keys the check hashes: a duplicate found on either side of the switch.
+        (many(40, None), Ok(())),
+        (
+            many(40, Some((3, 9))),
+            Err(|e| matches!(e, JsonError::DuplicateKey(k) if k == "k3")),
+        ),
+        (
+            many(40, Some((2, 16))),
+            Err(|e| matches!(e, JsonError::DuplicateKey(k) if k == "k2")),
+        ),
+        (
+            many(40, Some((20, 33))),
+            Err(|e| matches!(e, JsonError::DuplicateKey(k) if k == "k20")),
         ),
         (deep(127), Ok(())),
         (deep(129), Err(|e| *e == JsonError::TooDeep)),
