@@ -939,8 +939,8 @@ fn encoded_values_are_found_and_replaced_in_their_encoding() {
             })
             .collect()
     };
-    let encoders: [(&str, &dyn Fn(&str) -> String); 3] =
-        [("percent", &pct), ("\\u", &uesc), ("html", &html)];
+    type Encoder = fn(&str) -> String;
+    let encoders: [(&str, Encoder); 3] = [("percent", pct), ("\\u", uesc), ("html", html)];
     for (det, value) in POSITIVES {
         for (name, enc) in &encoders {
             let encoded = enc(value);
