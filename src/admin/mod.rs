@@ -124,16 +124,26 @@ impl ServeHttp for AdminApp {
                 text(200, &content_type, body)
             }
             "/healthz" => text(200, plain, b"ok\n".to_vec()),
-            "/readyz" if !self.ready.get() || !crate::shutdown::armed() => {
-                text(503, plain, b"not ready\n".to_vec())
+            "/readyz" => {
+                // Every reason at once: a probe (or a person) sees all that is missing.
+                let mut why = Vec::new();
+                if crate::shutdown::draining() {
+                    why.push("shutting down".to_string());
+                } else if !self.ready.get() || !crate::shutdown::armed() {
+                    why.push("the proxy's listeners are not open yet".to_string());
+                }
+                if let Err(e) = self.active.get().auth.readiness() {
+                    why.push(e.to_string());
+                }
+                match why.is_empty() {
+                    true => text(200, plain, b"ready\n".to_vec()),
+                    false => text(
+                        503,
+                        plain,
+                        format!("not ready: {}\n", why.join("; ")).into_bytes(),
+                    ),
+                }
             }
-            "/readyz" if crate::shutdown::draining() => {
-                text(503, plain, b"not ready: shutting down\n".to_vec())
-            }
-            "/readyz" => match self.active.get().auth.readiness() {
-                Ok(()) => text(200, plain, b"ready\n".to_vec()),
-                Err(why) => text(503, plain, format!("not ready: {why}\n").into_bytes()),
-            },
             _ => text(
                 404,
                 plain,

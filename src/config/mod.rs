@@ -75,6 +75,9 @@ pub struct MaskPolicy {
     pub restore_pseudonyms: bool,
     /// A request body that should be JSON but is not: masked as text (default) or refused.
     pub refuse_invalid_json: bool,
+    /// A response body that cannot be read as text (audio, images, archives): refused (default)
+    /// or, when the policy says `on_binary_response: pass`, sent as it is.
+    pub pass_binary: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,9 +12,11 @@
 mod anchors;
 pub mod corpus;
 pub mod detectors;
+pub mod documents;
 pub mod encoded;
 pub mod injected;
 pub mod json;
+pub mod lines;
 pub mod sse;
 pub mod stream;
 pub mod validate;

@@ -123,6 +123,8 @@ pub struct RouteMasking {
     pub response: Arc<Rules>,
     pub restore: bool,
     pub refuse_invalid_json: bool,
+    /// Binary response bodies pass (the policy's `on_binary_response: pass`); else refused.
+    pub pass_binary: bool,
     /// detector -> (guardrail, its message) for the detectors a guardrail of this route blocks.
     pub guardrail_of: HashMap<String, (String, Option<String>)>,
 }
@@ -230,6 +232,7 @@ pub fn build_masking(
                 response: Arc::new(response),
                 restore: policy.is_none_or(|p| p.restore_pseudonyms),
                 refuse_invalid_json: policy.is_some_and(|p| p.refuse_invalid_json),
+                pass_binary: policy.is_some_and(|p| p.pass_binary),
                 guardrail_of,
             }),
         );
