@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import pathlib
 import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -21,8 +23,9 @@ from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import McpError
 
-from gateway_driver import Gateway
+from gateway_driver import BINARY, Gateway
 from gwconfig import AGENT_TOKEN, ROUTE_KEY, people_identity, person_token, route
+from test_approvals import wait_pending
 
 HERE = pathlib.Path(__file__).resolve().parent
 PATH = "/mcp/tools"
@@ -228,3 +231,104 @@ def test_requests_that_are_not_jsonrpc_get_a_jsonrpc_error(mcp_gateway):
     by_id = {e["id"]: e["error"] for e in batch.json()}
     assert by_id[2]["data"] == {"agentgate": "tool_not_allowed"} and by_id[1]["data"] == {"agentgate": "batch_refused"}
     assert not [e for e in up.log() if e.get("http") == "POST"]
+
+
+# --- approvals on tools/call ------------------------------------------------
+
+APPROVAL_POLICY = {"tools": [{"name": "*", "groups": ["agents"]}]}
+
+
+def repo_deletion(timeout: str = "30s") -> dict:
+    return {"approvals": [{
+        "name": "repo-deletion",
+        "when": {"mcp": {"method": "tools/call", "tool": {"any_of": ["delete_repo"]}}},
+        "approvers": {"groups": ["security-oncall"]},
+        "timeout": timeout,
+    }]}
+
+
+class ToolCallInBackground(threading.Thread):
+    """One MCP client session calling `tool` through the gateway in a thread (the client just
+    waits longer while the call is held)."""
+
+    def __init__(self, gw: Gateway, tool: str, arguments: dict) -> None:
+        super().__init__(daemon=True)
+        self.gw, self.tool, self.arguments = gw, tool, arguments
+        self.result = None
+        self.error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.result, _ = run_client(self.gw, lambda s: s.call_tool(self.tool, self.arguments))
+        except BaseException as e:  # McpError arrives wrapped in the client's task group
+            self.error = e
+
+    def outcome(self):
+        self.join(60)
+        assert not self.is_alive(), "the tool call did not end"
+        return self.result, self.error
+
+
+def mcp_error(e: BaseException | None) -> McpError:
+    """The McpError inside what the client raised (anyio wraps errors in exception groups)."""
+    while isinstance(e, BaseExceptionGroup):
+        e = e.exceptions[0]
+    assert isinstance(e, McpError), repr(e)
+    return e
+
+
+def cli(gw: Gateway, who: str, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, AGENTGATE_ADMIN_URL=f"http://127.0.0.1:{gw.admin_port}", AGENTGATE_TOKEN=person_token(who))
+    return subprocess.run([str(BINARY), "approvals", *args], capture_output=True, text=True, env=env, timeout=30)
+
+
+APPROVERS = {**PEOPLE, "bob": ["security-oncall"]}
+
+
+def test_a_held_tool_call_runs_once_approved_by_cli(mcp_gateway):
+    gw, up = mcp_gateway(policy=APPROVAL_POLICY, route_fields={"approvals": ["repo-deletion"]},
+                         identity=people_identity(APPROVERS), extra=repo_deletion(), admin={"auditors": ["security-oncall"]})
+    # The description the approver sees comes from the server's own tools/list.
+    run_client(gw, tool_names)
+    call = ToolCallInBackground(gw, "delete_repo", {"name": "prod, owner jane.roe@example.com"})
+    [a] = wait_pending(gw)
+    assert a["rule"] == "repo-deletion" and "mcp tool = delete_repo" in a["reasons"]
+    [shown] = a["summary"]["mcp"]
+    assert shown["method"] == "tools/call" and shown["name"] == "delete_repo"
+    assert shown["description"] == "Delete a repository for good."
+    assert "prod" in shown["arguments"] and "jane.roe@example.com" not in shown["arguments"], shown
+    assert not any(e.get("tool") == "delete_repo" for e in up.log()), "nothing upstream while it waits"
+    assert cli(gw, "bob", "approve", a["id"], "--reason", "ticket OPS-1").returncode == 0
+    result, error = call.outcome()
+    assert error is None, error
+    assert result.content[0].text == "repository prod, owner jane.roe@example.com deleted"
+    assert [e["tool"] for e in up.log() if "tool" in e] == ["delete_repo"]
+    assert gw.wait_metric("agentgate_mcp_calls_total", 1, route="tools", tool="delete_repo", outcome="allowed") == 1
+    # Calls no rule matches are not held.
+    (ok, _) = run_client(gw, lambda s: s.call_tool("search_issues", {"query": "x"}))
+    assert ok.content[0].text == "3 issues match 'x'"
+
+
+def test_a_denied_tool_call_gets_a_jsonrpc_error(mcp_gateway):
+    gw, up = mcp_gateway(policy=APPROVAL_POLICY, route_fields={"approvals": ["repo-deletion"]},
+                         identity=people_identity(APPROVERS), extra=repo_deletion(), admin={"auditors": ["security-oncall"]})
+    call = ToolCallInBackground(gw, "delete_repo", {"name": "prod"})
+    [a] = wait_pending(gw)
+    assert cli(gw, "bob", "deny", a["id"], "--reason", "not during the freeze").returncode == 0
+    _, error = call.outcome()
+    e = mcp_error(error)
+    assert "denied by bob: not during the freeze" in e.error.message
+    assert e.error.data["agentgate"] == "approval_denied" and e.error.data["approval"]["id"] == a["id"]
+    assert not any(e.get("tool") == "delete_repo" for e in up.log())
+    assert gw.wait_metric("agentgate_mcp_calls_total", 1, route="tools", tool="delete_repo", outcome="denied") == 1
+
+
+def test_an_expired_tool_call_gets_a_jsonrpc_error(mcp_gateway):
+    gw, up = mcp_gateway(policy=APPROVAL_POLICY, route_fields={"approvals": ["repo-deletion"]},
+                         identity=people_identity(APPROVERS), extra=repo_deletion(timeout="1s"))
+    _, error = ToolCallInBackground(gw, "delete_repo", {"name": "prod"}).outcome()
+    e = mcp_error(error)
+    assert e.error.data["agentgate"] == "approval_expired" and "no decision within 1s" in e.error.message
+    assert not any(e.get("tool") == "delete_repo" for e in up.log())
+    assert gw.wait_metric("agentgate_mcp_calls_total", 1, route="tools", tool="delete_repo", outcome="expired") == 1

@@ -23,7 +23,7 @@ use http::header;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use serde_json::Value;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 /// At most this many distinct tool names per route become metric labels (then `other`).
@@ -33,15 +33,46 @@ const TOOL_LABELS: usize = 256;
 #[derive(Default)]
 pub struct McpRuntime {
     tool_labels: Mutex<HashSet<String>>,
+    /// Tool descriptions from the server's `tools/list` answers (what approvers see beside a
+    /// held call), at most `TOOL_LABELS` tools, each cut to 1,000 characters.
+    descriptions: Mutex<HashMap<String, String>>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
 }
 
 impl McpRuntime {
+    /// Keeps the description of a tool the server listed.
+    fn describe(&self, tool: &Value) {
+        let (Some(name), Some(d)) = (
+            tool.get("name").and_then(Value::as_str),
+            tool.get("description").and_then(Value::as_str),
+        ) else {
+            return;
+        };
+        let mut map = locked(&self.descriptions);
+        if map.len() < TOOL_LABELS || map.contains_key(name) {
+            let cut: String = d.chars().take(1000).collect();
+            map.insert(name.to_string(), cut);
+        }
+    }
+
+    /// The descriptions of `tools` the server gave last time it listed them.
+    pub fn descriptions(&self, tools: &[ToolCall]) -> Vec<(String, String)> {
+        let map = locked(&self.descriptions);
+        tools
+            .iter()
+            .filter_map(|t| map.get(&t.tool).map(|d| (t.tool.clone(), d.clone())))
+            .collect()
+    }
+
     /// The metric label of `tool`: its name while the route has seen fewer than 256 names.
     fn label(&self, tool: &str) -> String {
-        let mut seen = match self.tool_labels.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut seen = locked(&self.tool_labels);
         if seen.contains(tool) || (seen.len() < TOOL_LABELS && tool.len() <= 128) {
             seen.insert(tool.to_string());
             return tool.to_string();
@@ -356,7 +387,13 @@ pub fn filter_response(ctx: &mut Exchange, body: &mut Option<Bytes>, end: bool) 
         .map(|w| w.groups.as_slice())
         .unwrap_or(&[]);
     let awaited = &mcp.awaited;
-    let mut all = |_: &Value| true;
+    let runtime = route.mcp.clone();
+    let mut all = |t: &Value| {
+        if let Some(rt) = &runtime {
+            rt.describe(t);
+        }
+        true
+    };
     let mut f = |m: &mut Value| filter::server_message(policy, groups, awaited, m, &mut all);
     let chunk = body.as_deref().unwrap_or(&[]);
     let before = stream.dropped.len();

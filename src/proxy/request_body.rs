@@ -127,6 +127,10 @@ impl Gateway {
         let Some(who) = ctx.identity.clone() else {
             return Error::e_explain(InternalError, "an approval check without an identity");
         };
+        let descriptions = match (route.mcp.as_ref(), ctx.mcp.as_ref()) {
+            (Some(rt), Some(m)) => rt.descriptions(&m.calls),
+            _ => Vec::new(),
+        };
         let outcome = self
             .approvals
             .check(
@@ -137,6 +141,7 @@ impl Gateway {
                 &ctx.id,
                 body,
                 &route.engine,
+                &descriptions,
             )
             .await;
         match outcome {
