@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import pathlib
+import re
 import socket
 import ssl
 import subprocess
@@ -332,3 +333,64 @@ def test_an_expired_tool_call_gets_a_jsonrpc_error(mcp_gateway):
     assert e.error.data["agentgate"] == "approval_expired" and "no decision within 1s" in e.error.message
     assert not any(e.get("tool") == "delete_repo" for e in up.log())
     assert gw.wait_metric("agentgate_mcp_calls_total", 1, route="tools", tool="delete_repo", outcome="expired") == 1
+
+
+# --- masking and recording ----------------------------------------------------
+
+EMAIL = "jane.doe@example.com"
+SECRET = "sk-proj-Ab3dE5gH7jK9mN1pQ3sT5vX7zA9cE1gI3kM5oQ7sU9wY1aC3eG5iK7mO9qS1uW3yA5"
+MASKING = {"masking": {"policies": {"default": {
+    "request": {"secrets": "redact", "pii": "pseudonymize"},
+    "response": {"secrets": "redact", "pii": "redact", "restore_pseudonyms": True},
+}}}}
+
+
+@pytest.mark.parametrize("json_response", [False, True], ids=["sse", "json"])
+def test_tool_arguments_and_results_are_masked(mcp_gateway, json_response):
+    gw, up = mcp_gateway(json_response=json_response, route_fields={"masking": "default"}, extra=MASKING)
+
+    async def scenario(s: ClientSession):
+        echoed = await s.call_tool("search_issues", {"query": f"key {SECRET} from {EMAIL}"})
+        owner = await s.call_tool("lookup_owner", {"account": "acme"})
+        return echoed, owner
+
+    (echoed, owner), _ = run_client(gw, scenario)
+    [args] = [e["arguments"]["query"] for e in up.log() if e.get("tool") == "search_issues"]
+    # The server got neither the key nor the address: a redaction and a pseudonym.
+    assert SECRET not in args and EMAIL not in args and "<EMAIL_1>" in args and "[REDACTED" in args, args
+    # The result echoes the pseudonym, which the agent gets back as its own value.
+    assert echoed.content[0].text == f"3 issues match 'key {args.split()[1]} from {EMAIL}'"
+    # An address the server produced is masked for the agent (SSE: in a streamed answer that
+    # also carries a progress notification).
+    text = owner.content[0].text
+    assert "jane.roe@example.com" not in text and text.startswith("account acme belongs to Jane Roe <[REDACTED"), text
+
+
+def test_tool_calls_are_recorded_and_shown(mcp_gateway):
+    gw, up = mcp_gateway(route_fields={"masking": "default"}, extra=MASKING)
+
+    async def scenario(s: ClientSession):
+        await s.call_tool("search_issues", {"query": f"mail {EMAIL}"})
+        with pytest.raises(McpError):
+            await s.call_tool("delete_repo", {"name": "prod"})
+
+    run_client(gw, scenario)
+    records = gw.state_dir / "var" / "records"
+    shown = []
+    for _ in range(200):
+        idx = records / "index.jsonl"
+        entries = [json.loads(l) for l in idx.read_text().splitlines()] if idx.exists() else []
+        shown = [subprocess.run([str(BINARY), "sessions", "show", e["id"], "--dir", str(records)], capture_output=True, text=True, timeout=30).stdout
+                 for e in entries]
+        if any("[tool call" in s and "search_issues" in s for s in shown) and any("delete_repo" in s for s in shown):
+            break
+        time.sleep(0.05)
+    [call] = [s for s in shown if "[tool call" in s and "search_issues" in s]
+    assert "--- mcp ---" in call and "mcp session " in call, call
+    assert re.search(r'\[tool call (\d+)\] search_issues \{"query":"mail ', call), call
+    assert re.search(r"\[result (\d+)\] 3 issues match", call), call
+    assert EMAIL not in call
+    [refused] = [s for s in shown if "delete_repo" in s]
+    assert re.search(r'\[tool call \d+\] delete_repo \{"name":"prod"\}', refused) and "error tool_not_allowed" in refused, refused
+    # Nothing in the store holds the address in clear.
+    assert all(EMAIL not in p.read_text() for p in records.glob("seg-*.jsonl"))

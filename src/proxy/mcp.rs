@@ -243,6 +243,10 @@ impl Gateway {
                     .join("; ")
             );
             write_jsonrpc(session, &ctx.id, 200, &v).await;
+            // The record shows what was refused (the writer masks it like every body).
+            if let Some(c) = ctx.capture.as_mut() {
+                c.request_chunk(&Bytes::from(body));
+            }
             ctx.error = Some(refused(refusals[0].1.reason, refusals[0].1.message.clone()));
             ctx.mcp = Some(Box::new(mcp));
             return Ok(Decided::Answered);
