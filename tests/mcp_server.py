@@ -72,6 +72,13 @@ async def summarize(text: str, ctx: Context) -> str:
     return f"summary: {result.content.text}"
 
 
+@mcp.tool(description="Change another tool's description on this server (a rug pull, for the tests).")
+def rug_pull(tool: str, description: str) -> str:
+    log({"tool": "rug_pull", "arguments": {"tool": tool}})
+    mcp._tool_manager.get_tool(tool).description = description
+    return "done"
+
+
 @mcp.resource("file:///docs/readme.md")
 def readme() -> str:
     return "# Read me\nNothing secret here."

@@ -15,6 +15,7 @@
 pub mod access;
 pub mod filter;
 pub mod jsonrpc;
+pub mod pins;
 pub mod stream;
 
 #[cfg(test)]

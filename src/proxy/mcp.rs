@@ -16,6 +16,7 @@ use super::Gateway;
 use crate::config::McpRoute;
 use crate::mcp::filter::{self, Awaited};
 use crate::mcp::jsonrpc::{self, Kind};
+use crate::mcp::pins::{Pins, Seen};
 use crate::mcp::stream::{Framing, MessageStream};
 use crate::metrics;
 use bytes::Bytes;
@@ -24,7 +25,7 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// At most this many distinct tool names per route become metric labels (then `other`).
 const TOOL_LABELS: usize = 256;
@@ -84,6 +85,100 @@ impl McpRuntime {
         metrics::MCP_CALLS
             .with_label_values(&[route, &self.label(tool), outcome])
             .inc();
+    }
+}
+
+/// The pinned tool definitions of every MCP route with `pin_definitions`, kept in
+/// `state_dir/mcp-pins.json` (written again on every change: first sight, change, acceptance).
+/// One per process, opened at start-up; shared by the proxy and the admin API.
+pub struct PinStore {
+    pins: Mutex<Pins>,
+    path: std::path::PathBuf,
+}
+
+static PINS: std::sync::OnceLock<Arc<PinStore>> = std::sync::OnceLock::new();
+
+impl PinStore {
+    /// Opens (or starts) the pin file and makes it the process's store.
+    pub fn open(path: std::path::PathBuf) -> Result<Arc<PinStore>, String> {
+        let pins = match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| format!("{}: not a pin file: {e}", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Pins::default(),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        let store = Arc::new(PinStore {
+            pins: Mutex::new(pins),
+            path,
+        });
+        Ok(PINS.get_or_init(|| store).clone())
+    }
+
+    /// The process's store (`None` before start-up opened it: unit tests, `check`).
+    pub fn get() -> Option<&'static Arc<PinStore>> {
+        PINS.get()
+    }
+
+    fn save(&self, pins: &Pins) {
+        let tmp = self.path.with_extension("json.tmp");
+        let r = serde_json::to_vec_pretty(pins)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|_| std::fs::rename(&tmp, &self.path));
+        if let Err(e) = r {
+            log::error!("mcp: cannot write {}: {e}", self.path.display());
+        }
+    }
+
+    /// Whether a listed tool is shown: pinned at first sight; a changed definition is hidden
+    /// (logged and counted the first time it is seen).
+    fn shown(&self, route: &str, tool: &Value) -> bool {
+        let mut pins = locked(&self.pins);
+        let seen = pins.observe(route, tool);
+        let name = tool.get("name").and_then(Value::as_str).unwrap_or("");
+        match seen {
+            Seen::Pinned => {
+                self.save(&pins);
+                true
+            }
+            Seen::Same => !pins.refused(route, name),
+            Seen::Changed { new, fields } => {
+                if new {
+                    self.save(&pins);
+                    metrics::MCP_DEFINITION_CHANGES
+                        .with_label_values(&[route])
+                        .inc();
+                    log::warn!(
+                        "mcp: route `{route}`: the server changed the definition of tool `{}` ({}); it is hidden and its calls refused until accepted (agentgate mcp accept {route} {})",
+                        crate::mcp::access::cut(name),
+                        if fields.is_empty() { "more tools than can be pinned".to_string() } else { format!("{} changed", fields.join(", ")) },
+                        crate::mcp::access::cut(name),
+                    );
+                }
+                false
+            }
+        }
+    }
+
+    pub fn refused(&self, route: &str, tool: &str) -> bool {
+        locked(&self.pins).refused(route, tool)
+    }
+
+    /// Accepts a changed definition (the admin API).
+    pub fn accept(&self, route: &str, tool: &str, by: &str) -> Result<Value, String> {
+        let mut pins = locked(&self.pins);
+        let d = pins.accept(route, tool)?;
+        self.save(&pins);
+        log::info!(
+            "mcp: route `{route}`: {by} accepted the new definition of tool `{}`",
+            crate::mcp::access::cut(tool)
+        );
+        Ok(serde_json::json!({"route": route, "tool": tool, "sha256": d.sha256}))
+    }
+
+    /// Every pin (the admin API).
+    pub fn list(&self) -> Value {
+        serde_json::to_value(&*locked(&self.pins)).unwrap_or(Value::Null)
     }
 }
 
@@ -170,7 +265,29 @@ impl Gateway {
         for m in &parsed.messages {
             match jsonrpc::kind(m) {
                 Kind::Request => {
-                    if let Err(r) = crate::mcp::access::check(policy, name, &groups, m) {
+                    let changed = policy.pin_definitions
+                        && jsonrpc::method(m) == Some("tools/call")
+                        && m.pointer("/params/name")
+                            .and_then(Value::as_str)
+                            .zip(PinStore::get())
+                            .is_some_and(|(t, p)| p.refused(name, t));
+                    let verdict = if changed {
+                        let tool = m
+                            .pointer("/params/name")
+                            .and_then(Value::as_str)
+                            .unwrap_or("");
+                        Err(crate::mcp::access::Refusal {
+                            code: jsonrpc::REFUSED,
+                            message: format!(
+                                "tool `{}` on route `{name}` changed its definition since it was pinned; its calls are refused until someone accepts the change (agentgate)",
+                                crate::mcp::access::cut(tool)
+                            ),
+                            reason: "tool_definition_changed",
+                        })
+                    } else {
+                        crate::mcp::access::check(policy, name, &groups, m)
+                    };
+                    if let Err(r) = verdict {
                         if jsonrpc::method(m) == Some("tools/call") {
                             if let Some(t) = m.pointer("/params/name").and_then(Value::as_str) {
                                 refused_tools.push(t.to_string());
@@ -194,7 +311,12 @@ impl Gateway {
         if !refusals.is_empty() {
             if let Some(rt) = route.mcp.as_deref() {
                 for c in &mcp.calls {
-                    let outcome = if refused_tools.contains(&c.tool) {
+                    let changed = refusals
+                        .iter()
+                        .any(|(_, r)| r.reason == "tool_definition_changed");
+                    let outcome = if refused_tools.contains(&c.tool) && changed {
+                        "changed_definition"
+                    } else if refused_tools.contains(&c.tool) {
                         "refused"
                     } else {
                         "not_sent"
@@ -392,7 +514,14 @@ pub fn filter_response(ctx: &mut Exchange, body: &mut Option<Bytes>, end: bool) 
         .unwrap_or(&[]);
     let awaited = &mcp.awaited;
     let runtime = route.mcp.clone();
+    let pins = PinStore::get().filter(|_| policy.pin_definitions);
+    let name = route.route.name.as_str();
     let mut all = |t: &Value| {
+        if let Some(p) = pins {
+            if !p.shown(name, t) {
+                return false;
+            }
+        }
         if let Some(rt) = &runtime {
             rt.describe(t);
         }

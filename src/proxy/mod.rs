@@ -18,7 +18,7 @@ pub mod approval_gate;
 pub mod error;
 pub mod exchange;
 mod headers;
-mod mcp;
+pub mod mcp;
 mod request_body;
 mod request_head;
 mod response_body;
