@@ -72,6 +72,12 @@ async def summarize(text: str, ctx: Context) -> str:
     return f"summary: {result.content.text}"
 
 
+@mcp.tool(description="Returns the weather for a city.")
+def weather(city: str) -> str:
+    log({"tool": "weather", "arguments": {"city": city}})
+    return f"sunny in {city}"
+
+
 @mcp.tool(description="Change another tool's description on this server (a rug pull, for the tests).")
 def rug_pull(tool: str, description: str) -> str:
     log({"tool": "rug_pull", "arguments": {"tool": tool}})

@@ -27,6 +27,7 @@ from mcp.shared.exceptions import McpError
 from gateway_driver import BINARY, Gateway
 from gwconfig import AGENT_TOKEN, ROUTE_KEY, people_identity, person_token, route
 from test_approvals import wait_pending
+from test_sdk import run_sdk
 
 HERE = pathlib.Path(__file__).resolve().parent
 PATH = "/mcp/tools"
@@ -437,3 +438,22 @@ def test_a_changed_tool_definition_is_hidden_until_accepted(mcp_gateway):
     (r, _) = run_client(gw, lambda s: s.call_tool("search_issues", {"query": "x"}))
     assert r.content[0].text == "3 issues match 'x'"
     assert mcp_cli(gw, "alice", "accept", "tools", "search_issues").returncode == 1, "nothing left to accept"
+
+
+# --- the OpenAI Agents SDK ------------------------------------------------------
+
+def test_an_agents_sdk_agent_calls_an_mcp_tool_through_the_gateway(start_gateway, mcp_upstream, mock, upstream_ca_file):
+    """The model (the mock, on route `mock`) and the MCP server (route `tools`) both behind the
+    gateway; the agent sees only the granted tool and its call goes through."""
+    up = mcp_upstream()
+    routes = [
+        route("tools", PATH, up.url, upstream_ca_file, mcp={"tools": [{"name": "weather", "groups": ["agents"]}]}),
+        route("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file),
+    ]
+    gw = start_gateway(routes)
+    r = run_sdk(gw, "mcp_agent", env_extra={"MCP_URL": f"{gw.base_url}{PATH}"})
+    assert r["tools"] == ["weather"], r
+    # The SDK hands the model the MCP content item as JSON.
+    assert r["final"].startswith("The tool said: ") and json.loads(r["final"][len("The tool said: "):])["text"] == "sunny in Paris", r
+    assert [e["tool"] for e in up.log() if "tool" in e] == ["weather"]
+    assert gw.wait_metric("agentgate_mcp_calls_total", 1, route="tools", tool="weather", outcome="allowed") == 1
