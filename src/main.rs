@@ -1,5 +1,5 @@
 use agentgate::cli::{
-    approvals, audit, cert, run, sessions, token, AuditCommand, CertCommand, Cli, Command,
+    approvals, audit, cert, mcp, run, sessions, token, AuditCommand, CertCommand, Cli, Command,
     TokenCommand,
 };
 use clap::Parser;
@@ -40,6 +40,7 @@ fn main() -> ExitCode {
         Command::Approvals { api, command } => {
             exit(approvals::run(api, command), Some("agentgate approvals"))
         }
+        Command::Mcp { api, command } => exit(mcp::run(api, command), Some("agentgate mcp")),
         Command::Cert {
             command: CertCommand::Pin { file },
         } => exit(cert::pin(&file), None),

@@ -142,6 +142,22 @@ lazy!(APPROVAL_WEBHOOKS: IntCounterVec = register_int_counter_vec!(
     &["result"]
 ));
 
+lazy!(MCP_CALLS: IntCounterVec = register_int_counter_vec!(
+    "agentgate_mcp_calls_total",
+    "MCP tools/call requests, by route, tool (the first 256 names a route sees; later ones are `other`) and outcome (allowed, refused, changed_definition, denied, expired, approval_refused)",
+    &["route", "tool", "outcome"]
+));
+lazy!(MCP_DEFINITION_CHANGES: IntCounterVec = register_int_counter_vec!(
+    "agentgate_mcp_tool_definition_changes_total",
+    "Tool definitions an MCP server changed since they were pinned (hidden until accepted), by route",
+    &["route"]
+));
+lazy!(MCP_SERVER_REQUESTS_DROPPED: IntCounterVec = register_int_counter_vec!(
+    "agentgate_mcp_server_requests_dropped_total",
+    "Requests from an MCP server to the client that the route denies (sampling, elicitation, roots), by route and method",
+    &["route", "method"]
+));
+
 pub static SESSION_LOG_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
     prometheus::register_int_counter!(
         "agentgate_session_log_dropped_total",

@@ -113,7 +113,8 @@ impl ServeHttp for AdminApp {
         }
         let approvals = path == "/v1/approvals" || path.starts_with("/v1/approvals/");
         let sessions = path == "/v1/sessions" || path.starts_with("/v1/sessions/");
-        if approvals || sessions {
+        let pins = path == "/v1/mcp/pins" || path.starts_with("/v1/mcp/pins/");
+        if approvals || sessions || pins {
             return self.api(session, path, uri.query()).await;
         }
         match session.req_header().uri.path() {

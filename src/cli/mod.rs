@@ -4,6 +4,7 @@
 pub mod approvals;
 pub mod audit;
 pub mod cert;
+pub mod mcp;
 pub mod run;
 pub mod sessions;
 pub mod token;
@@ -61,6 +62,13 @@ pub enum Command {
         api: AdminApiArgs,
         #[command(subcommand)]
         command: ApprovalsCommand,
+    },
+    /// MCP tool definitions pinned by routes with `pin_definitions`, through the admin API.
+    Mcp {
+        #[command(flatten)]
+        api: AdminApiArgs,
+        #[command(subcommand)]
+        command: McpCommand,
     },
     /// Certificate helpers.
     Cert {
@@ -217,6 +225,14 @@ pub enum ApprovalsCommand {
         #[arg(long)]
         reason: String,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum McpCommand {
+    /// Every pinned tool definition, and the changed ones waiting to be accepted (JSON).
+    Pins,
+    /// Accepts the changed definition of a tool: it is shown and callable again.
+    Accept { route: String, tool: String },
 }
 
 /// Sends one request and waits for the whole answer (a command has no runtime of its own).

@@ -268,6 +268,38 @@ pub struct Route {
     pub recording: RecordingMode,
     /// Headers the gateway sets on every upstream request (credentials), in file order.
     pub set_headers: Vec<InjectedHeader>,
+    /// `mcp:`: the route is an MCP server (Streamable HTTP or SSE transport) governed per tool.
+    pub mcp: Option<McpRoute>,
+}
+
+/// `routes[].mcp`: per-tool, per-resource and per-prompt access, pinning, server requests.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(try_from = "raw::RawMcp")]
+pub struct McpRoute {
+    /// `None`: every tool; `Some`: only those a grant gives the caller (default deny).
+    pub tools: Option<Vec<McpGrant>>,
+    /// The same for resources, by URI.
+    pub resources: Option<Vec<McpGrant>>,
+    pub prompts: Option<Vec<McpGrant>>,
+    /// A tool whose definition changed since first seen is hidden and refused until accepted.
+    pub pin_definitions: bool,
+    pub server_requests: McpServerRequests,
+}
+
+/// One `tools`/`resources`/`prompts` entry: a name (or URI) pattern where `*` matches any run
+/// of characters, and who may use what it matches (`None`: everyone the route admits).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct McpGrant {
+    pub pattern: String,
+    pub groups: Option<Vec<String>>,
+}
+
+/// Which requests the MCP server may send to the client (`true`: allowed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct McpServerRequests {
+    pub sampling: bool,
+    pub elicitation: bool,
+    pub roots: bool,
 }
 
 /// One `credentials.set_headers` entry: the header ready to send, and the secret it came from

@@ -136,8 +136,8 @@ impl Gateway {
     }
 
     /// Whether the body must be read and decided on before anything goes upstream: the route
-    /// masks (and there is a body), or an approval rule's method, path, groups and headers
-    /// match. Routes that mask get the conversation's pseudonym vault here.
+    /// masks (and there is a body), it is an MCP POST, or an approval rule's method, path,
+    /// groups and headers match. Routes that mask get the conversation's pseudonym vault here.
     pub(super) fn needs_body(
         &self,
         session: &mut Session,
@@ -148,16 +148,19 @@ impl Gateway {
             return false;
         };
         let req = session.req_header();
-        let may_hold = route.approvals.iter().any(|r| {
-            r.head_matches(&crate::policy::Request {
-                route: &route.route.name,
-                method: req.method.as_str(),
-                path: req.uri.path(),
-                groups: &who.groups,
-                headers: &req.headers,
-                body: &[],
-            })
-        });
+        // An MCP POST's JSON-RPC messages are always decided on (per-tool access).
+        let mcp_post = route.route.mcp.is_some() && req.method == http::Method::POST;
+        let may_hold = mcp_post
+            || route.approvals.iter().any(|r| {
+                r.head_matches(&crate::policy::Request {
+                    route: &route.route.name,
+                    method: req.method.as_str(),
+                    path: req.uri.path(),
+                    groups: &who.groups,
+                    headers: &req.headers,
+                    body: &[],
+                })
+            });
         if route.masking.is_none() {
             return may_hold;
         }

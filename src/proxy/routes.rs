@@ -29,6 +29,8 @@ pub struct RouteRuntime {
     /// The configuration's masking engine (records and approval summaries of this route's
     /// requests are masked with it, whether or not the route masks).
     pub engine: Arc<crate::mask::Engine>,
+    /// An MCP route's state across requests (metric labels).
+    pub mcp: Option<Arc<super::mcp::McpRuntime>>,
 }
 
 /// What a configuration reload swaps: the routes (with their upstreams, masking, recording mode)
@@ -107,6 +109,7 @@ pub fn build_routes(
             host_header,
             masking: masking.remove(&route.name),
             engine: engine.clone(),
+            mcp: route.mcp.as_ref().map(|_| Arc::default()),
             approvals: route
                 .approvals
                 .iter()

@@ -81,6 +81,7 @@ pub fn run(config: Config, path: std::path::PathBuf) -> Result<(), String> {
         None
     };
     let approvals = crate::approval::Approvals::open(&state.join("approvals"))?;
+    crate::proxy::mcp::PinStore::open(state.join("mcp-pins.json"))?;
     let gate =
         crate::proxy::approval_gate::Gate::new(approvals.clone(), config.admin.public_url.clone());
     let gateway = Gateway::new(&config, active.clone(), recorder.clone(), gate)?;
