@@ -92,7 +92,8 @@ fn main() {
     let _ = std::fs::remove_dir_all(&dir);
     let settings: RecordingConfig = serde_json::from_str("{}").unwrap();
     let engine = Arc::new(Engine::new(&[], [1; 32]).unwrap());
-    let rec = Recorder::start(dir.clone(), settings, engine.clone()).unwrap();
+    let key = Arc::new(agentgate::util::ed25519::SigningKey::generate().unwrap());
+    let rec = Recorder::start(dir.clone(), settings, engine.clone(), key).unwrap();
     let n = 20_000;
     let batch = 5_000; // under the queue's 10,000
     println!(

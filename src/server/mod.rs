@@ -72,10 +72,20 @@ pub fn run(config: Config, path: std::path::PathBuf) -> Result<(), String> {
     {
         let dir = config.recording.dir_under(&state);
         log::info!("recording exchanges under {}", dir.display());
+        let (key, generated) =
+            crate::record::checkpoint::signing_key(config.recording.signing_key.as_ref(), &state)?;
+        if let Some(path) = generated {
+            log::warn!(
+                "recording.signing_key is not set: checkpoints are signed with the key kept in {} (public key {}). Anyone who can read this machine's state directory can sign with it: set recording.signing_key to a key mounted from a secret, and give auditors the public key (`agentgate audit pubkey`)",
+                path.display(),
+                key.public().to_text()
+            );
+        }
         Some(crate::record::Recorder::start(
             dir,
             config.recording.clone(),
             active.get().engine.clone(),
+            key,
         )?)
     } else {
         None
