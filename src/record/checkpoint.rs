@@ -187,6 +187,8 @@ pub fn signing_key(
 mod tests {
     use super::*;
 
+    type Edit = Box<dyn Fn(&mut Checkpoint)>;
+
     fn sample(key: &SigningKey) -> Checkpoint {
         let mut c = Checkpoint {
             kind: KIND.into(),
@@ -227,7 +229,7 @@ mod tests {
         let back = Checkpoint::parse(&line).unwrap().unwrap();
         assert_eq!(back, c);
         assert!(back.signed_by(&keys));
-        let edits: Vec<Box<dyn Fn(&mut Checkpoint)>> = vec![
+        let edits: Vec<Edit> = vec![
             Box::new(|c| c.n += 1),
             Box::new(|c| c.seq = Some(40)),
             Box::new(|c| c.head = "00".repeat(32)),
