@@ -70,7 +70,7 @@ pub fn host_allowed(host: Option<&str>, names: &[String]) -> bool {
         return true;
     }
     let name = name.trim_end_matches('.').to_ascii_lowercase();
-    name == "localhost" || names.iter().any(|n| *n == name)
+    name == "localhost" || names.contains(&name)
 }
 
 const JSON: &str = "application/json";
@@ -127,36 +127,6 @@ fn text(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
         .header(http::header::CACHE_CONTROL, "no-store")
         .body(body)
         .unwrap_or_default()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::host_allowed;
-
-    #[test]
-    fn the_admin_listener_answers_to_its_own_names_only() {
-        let names = vec!["agentgate-admin.example".to_string()];
-        let cases: &[(Option<&str>, bool)] = &[
-            (Some("127.0.0.1:9090"), true),
-            (Some("10.1.2.3"), true),
-            (Some("[::1]:9090"), true),
-            (Some("localhost:9090"), true),
-            (Some("LOCALHOST"), true),
-            (Some("agentgate-admin.example"), true),
-            (Some("Agentgate-Admin.example.:443"), true),
-            // A rebinding page's own name, and near misses.
-            (Some("rebind.attacker.example:9090"), false),
-            (Some("localhost.attacker.example"), false),
-            (Some("127.0.0.1.nip.io:9090"), false),
-            (Some("agentgate-admin.example.attacker"), false),
-            (Some("[not-an-ip]:9090"), false),
-            (Some(""), false),
-            (None, false),
-        ];
-        for (host, want) in cases {
-            assert_eq!(host_allowed(*host, &names), *want, "{host:?}");
-        }
-    }
 }
 
 #[async_trait]
@@ -218,6 +188,36 @@ impl ServeHttp for AdminApp {
                 b"not found: try /metrics, /healthz, /readyz, /v1/approvals or /v1/sessions\n"
                     .to_vec(),
             ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_allowed;
+
+    #[test]
+    fn the_admin_listener_answers_to_its_own_names_only() {
+        let names = vec!["agentgate-admin.example".to_string()];
+        let cases: &[(Option<&str>, bool)] = &[
+            (Some("127.0.0.1:9090"), true),
+            (Some("10.1.2.3"), true),
+            (Some("[::1]:9090"), true),
+            (Some("localhost:9090"), true),
+            (Some("LOCALHOST"), true),
+            (Some("agentgate-admin.example"), true),
+            (Some("Agentgate-Admin.example.:443"), true),
+            // A rebinding page's own name, and near misses.
+            (Some("rebind.attacker.example:9090"), false),
+            (Some("localhost.attacker.example"), false),
+            (Some("127.0.0.1.nip.io:9090"), false),
+            (Some("agentgate-admin.example.attacker"), false),
+            (Some("[not-an-ip]:9090"), false),
+            (Some(""), false),
+            (None, false),
+        ];
+        for (host, want) in cases {
+            assert_eq!(host_allowed(*host, &names), *want, "{host:?}");
         }
     }
 }
