@@ -27,13 +27,27 @@ fn main() -> ExitCode {
             Some("agentgate token create"),
         ),
         Command::Audit {
-            command: AuditCommand::Verify { store },
-        } => match audit::verify(&store) {
+            command:
+                AuditCommand::Verify {
+                    store,
+                    checkpoints,
+                    pubkey,
+                },
+        } => match audit::verify(&store, checkpoints.as_deref(), &pubkey) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::FAILURE,
             Err(e) => {
                 eprintln!("agentgate audit verify: {e}");
                 ExitCode::from(2)
+            }
+        },
+        Command::Audit {
+            command: AuditCommand::Pubkey { config },
+        } => match audit::pubkey(&config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("agentgate audit pubkey: {e}");
+                ExitCode::FAILURE
             }
         },
         Command::Sessions { command } => exit(sessions::run(command), Some("agentgate sessions")),

@@ -107,6 +107,12 @@ lazy!(RECORD_FAILURES: IntCounterVec = register_int_counter_vec!(
     &["reason"]
 ));
 
+lazy!(CHECKPOINTS: IntCounterVec = register_int_counter_vec!(
+    "agentgate_record_checkpoints_total",
+    "Signed checkpoints of the record store written, by sink (store, stdout, https) and result (ok, error)",
+    &["sink", "result"]
+));
+
 lazy!(CONFIG_RELOADS: IntCounterVec = register_int_counter_vec!(
     "agentgate_config_reloads_total",
     "Configuration reloads (SIGHUP or file change), by result: ok, invalid (the file does not validate), error",

@@ -272,6 +272,8 @@ class Handler(BaseHTTPRequestHandler):
             self._json(200, {"headers": self.server.state.last["headers"], "body_len": len(body)})
         elif self.path.startswith("/v1/raw"):
             self._raw(req)
+        elif self.path == "/checkpoints":  # a receiver of the gateway's signed checkpoints
+            self._json(200, {"received": len(body)})
         else:
             self._json(404, {"error": {"message": f"mock has no {self.path}", "type": "invalid_request_error", "code": None}})
 

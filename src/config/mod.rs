@@ -45,6 +45,23 @@ pub struct RecordingConfig {
     pub reject_on_failure: bool,
     pub stdout: bool,
     pub max_body: u64,
+    /// `signing_key`: the key checkpoints are signed with (`None`: one generated into the state
+    /// directory at start-up, or `check --skip-secrets`).
+    pub signing_key: Option<std::sync::Arc<crate::util::ed25519::SigningKey>>,
+    pub checkpoints: CheckpointSettings,
+}
+
+/// `recording.checkpoints`: when the writer signs a checkpoint, and where it sends it besides
+/// the store's own `checkpoints.jsonl`.
+#[derive(Debug, Clone)]
+pub struct CheckpointSettings {
+    pub every_records: u64,
+    pub every: Duration,
+    /// A JSON line on stdout, for the cluster's log pipeline.
+    pub stdout: bool,
+    /// POSTed (JSON) to this HTTPS endpoint too.
+    pub url: Option<String>,
+    pub ca_file: Option<PathBuf>,
 }
 
 impl RecordingConfig {
