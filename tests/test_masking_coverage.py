@@ -26,13 +26,25 @@ masking:
       request:  { secrets: redact, pii: redact }
       response: { secrets: redact, pii: redact }
       on_binary_response: pass
+    pii_only:
+      request:  { pii: redact }
+      response: { secrets: allow, pii: redact }
 """)
 
 
+# A key no detector recognises, base64 with `/` and `+` (as storage account keys are): only the
+# route's credential scrubber knows it, and the masker holds back only the word after a `/`.
+HEX_KEY = "q7Lk2/Vn9+Xc4Wp8/Tz1Rb6Hs3Qa5=="
+
+
 @pytest.fixture
-def gw(start_gateway, mock, upstream_ca_file):
+def gw(start_gateway, mock, upstream_ca_file, tmp_path):
     up = f"https://127.0.0.1:{mock.port}"
+    key_file = tmp_path / "hex-key"
+    key_file.write_text(HEX_KEY)
     return start_gateway([route("bin", "/v1/raw/binary-ok", up, upstream_ca_file, masking="binary_ok"),
+                          route("pii", "/v1/raw/pii-only", up, upstream_ca_file, key_header=False, masking="pii_only",
+                                credentials={"set_headers": {"api-key": f"${{file:{key_file}}}"}}),
                           route("masked", "/v1/", up, upstream_ca_file, masking="default")], extra=MASKING)
 
 
@@ -142,3 +154,19 @@ def test_a_character_split_across_chunks_of_a_text_answer_arrives_whole(gw):
     chunks = [{"hex": raw[i:i + 5].hex()} for i in range(0, len(raw), 5)]
     status, _, body = answer(gw, "text/plain; charset=utf-8", chunks)
     assert status == 200 and body == raw, body
+
+
+def test_the_route_key_split_across_events_never_reaches_the_agent(gw, mock):
+    """On da8353c the route's own key, echoed by the upstream in two content deltas, reached the
+    agent in two halves when no detector recognises it (base64 with `/`): the byte scrubber after
+    masking saw the halves apart, each inside its own JSON string, and the masker held nothing
+    back for it."""
+    for cut in range(1, len(HEX_KEY)):
+        docs = [{"id": "c1", "choices": [{"index": 0, "delta": {"content": p}}]} for p in ["key: " + HEX_KEY[:cut], HEX_KEY[cut:] + " ok"]]
+        status, _, body = answer(gw, "text/event-stream", sse(*docs), path="/v1/raw/pii-only")
+        assert status == 200
+        assert mock.state.last["headers"].get("api-key") == HEX_KEY  # the key the scrubber knows
+        text = "".join(d["choices"][0]["delta"]["content"] for _, d in events(body) if isinstance(d, dict))
+        assert text == "key: " + "*" * len(HEX_KEY) + " ok", (cut, text)
+        for n in range(6, len(HEX_KEY) + 1):
+            assert HEX_KEY[:n] not in body.decode() and HEX_KEY[-n:] not in body.decode(), (cut, body)

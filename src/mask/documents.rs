@@ -22,6 +22,7 @@
 //! text a client joins up: each value is masked whole, nothing held, so they are never cut. Object
 //! keys are masked whole too.
 
+use super::injected::SecretSet;
 use super::stream::StreamMasker;
 use super::{Engine, Rules, Tally, Vault};
 use serde_json::{Map, Value};
@@ -114,6 +115,8 @@ struct Channel {
     family: Family,
     path: Vec<Seg>,
     masker: StreamMasker,
+    /// Released text that could still be the start of one of the route's own credentials.
+    scrub_held: String,
     /// The channel's last document (masked), to carry held text when it is flushed.
     template: Value,
 }
@@ -247,6 +250,8 @@ pub struct Documents {
     rules: Arc<Rules>,
     vault: Option<Arc<Vault>>,
     restore: bool,
+    /// The route's injected credentials: starred in every leaf, also across documents.
+    secrets: Option<Arc<SecretSet>>,
     open: Vec<Channel>,
     pub tally: Tally,
 }
@@ -263,9 +268,36 @@ impl Documents {
             rules,
             vault,
             restore,
+            secrets: None,
             open: Vec::new(),
             tally: Tally::default(),
         }
+    }
+
+    /// Also stars the route's own credentials in every leaf, split across documents too (the
+    /// byte scrubber after masking cannot see a key whose halves JSON framing separates).
+    pub fn with_secrets(mut self, secrets: Option<Arc<SecretSet>>) -> Self {
+        self.secrets = secrets;
+        self
+    }
+
+    /// Text released by a channel's masker, through the credential scrubber: whole credentials
+    /// starred; a tail that could begin one held until the channel's next text or its end.
+    fn scrub(&self, held: &mut String, released: String, end: bool) -> String {
+        let Some(set) = &self.secrets else {
+            return released;
+        };
+        let mut buf = std::mem::take(held).into_bytes();
+        buf.extend_from_slice(released.as_bytes());
+        set.mask_in_place(&mut buf);
+        let keep = if end { 0 } else { set.partial_suffix_len(&buf) };
+        let mut cut = buf.len() - keep;
+        while cut > 0 && cut < buf.len() && (buf[cut] & 0xC0) == 0x80 {
+            cut -= 1;
+        }
+        let rest = buf.split_off(cut);
+        *held = String::from_utf8(rest).unwrap_or_default();
+        String::from_utf8(buf).unwrap_or_default()
     }
 
     /// Text held back across all channels.
@@ -328,6 +360,7 @@ impl Documents {
                             self.vault.clone(),
                             self.restore,
                         ),
+                        scrub_held: String::new(),
                         template: Value::Null,
                     });
                     self.open.len() - 1
@@ -339,6 +372,9 @@ impl Documents {
                 released.push_str(&c.masker.finish());
                 ended.push(idx);
             }
+            let mut held = std::mem::take(&mut self.open[idx].scrub_held);
+            let released = self.scrub(&mut held, released, finished);
+            self.open[idx].scrub_held = held;
             if let Some(slot) = leaf_mut(&mut v, path) {
                 *slot = Value::String(released);
             }
@@ -377,6 +413,7 @@ impl Documents {
 
     fn flush(&mut self, mut c: Channel, out: &mut Vec<Out>) {
         let rest = c.masker.finish();
+        let rest = self.scrub(&mut c.scrub_held, rest, true);
         self.tally.merge(std::mem::take(&mut c.masker.tally));
         if rest.is_empty() {
             return;
@@ -430,6 +467,6 @@ impl Documents {
             .engine
             .mask(s, &self.rules, self.vault.as_deref(), self.restore);
         self.tally.merge(t);
-        m
+        self.scrub(&mut String::new(), m, true)
     }
 }

@@ -64,6 +64,12 @@ impl SseMasker {
         }
     }
 
+    /// Also stars the route's own credentials, split across documents too.
+    pub fn with_secrets(mut self, secrets: Option<Arc<super::injected::SecretSet>>) -> Self {
+        self.docs = self.docs.with_secrets(secrets);
+        self
+    }
+
     /// Text held back across all channels.
     pub fn held(&self) -> usize {
         self.docs.held() + self.pending.len()

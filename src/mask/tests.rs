@@ -1184,3 +1184,40 @@ fn identifiers_stay_whole_and_one_shot_events_are_not_repeated() {
         "Hello there, call 415"
     );
 }
+
+/// The route's own credential split across events of a channel, at every offset: starred whole,
+/// no prefix of it sent before the channel's next text shows whether it continues.
+#[test]
+fn the_route_key_split_across_events_is_starred() {
+    use serde_json::json;
+    let e = engine();
+    let rules = Arc::new(Rules::all(Action::Allow));
+    // Base64 with `/`: the masker holds back only the word after a `/`, not the whole key.
+    let key = "q7Lk2/Vn9+Xc4Wp8/Tz1Rb6Hs3Qa5==";
+    let set = injected::SecretSet::new([key.to_string()]).unwrap();
+    let text = format!("echo {key} done");
+    let at = text.find(key).unwrap();
+    for cut in at + 1..at + key.len() {
+        let mut m =
+            sse::SseMasker::new(e.clone(), rules.clone(), None, false).with_secrets(set.clone());
+        let ev = |t: &str| {
+            format!(
+                "data: {}\n\n",
+                json!({"choices": [{"index": 0, "delta": {"content": t}}]})
+            )
+        };
+        let first = m.push(ev(&text[..cut]).as_bytes()).unwrap();
+        // (Prefixes shorter than 4 bytes occur in the JSON framing itself.)
+        if cut - at >= 4 {
+            assert!(
+                !String::from_utf8_lossy(&first).contains(&key[..cut - at]),
+                "{cut}"
+            );
+        }
+        let mut all = first;
+        all.extend(m.push(ev(&text[cut..]).as_bytes()).unwrap());
+        all.extend(m.finish());
+        let got = joined(&all, "/choices/0/delta/content", "");
+        assert_eq!(got, format!("echo {} done", "*".repeat(key.len())), "{cut}");
+    }
+}

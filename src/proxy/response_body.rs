@@ -104,7 +104,8 @@ impl ResponseBody {
                     ),
                 ));
             }
-            out.masking = masking_for(resp, form, m, vault).map_err(setup_failed)?;
+            out.masking =
+                masking_for(resp, form, m, vault, route.secrets.clone()).map_err(setup_failed)?;
             out.policy = Some(m.clone());
         }
         if let Some(set) = &route.secrets {
@@ -364,13 +365,16 @@ fn masking_for(
     form: Form,
     m: &RouteMasking,
     vault: Option<Arc<Vault>>,
+    secrets: Option<Arc<crate::mask::injected::SecretSet>>,
 ) -> Result<Masking> {
     let (engine, rules) = (m.engine.clone(), m.response.clone());
     let masking = match form {
-        Form::Sse => Masking::Sse(SseMasker::new(engine, rules, vault, m.restore)),
-        Form::Lines { seq } => {
-            Masking::Lines(LinesMasker::new(engine, rules, vault, m.restore, seq))
+        Form::Sse => {
+            Masking::Sse(SseMasker::new(engine, rules, vault, m.restore).with_secrets(secrets))
         }
+        Form::Lines { seq } => Masking::Lines(
+            LinesMasker::new(engine, rules, vault, m.restore, seq).with_secrets(secrets),
+        ),
         Form::Json => Masking::Json(Vec::new(), vault),
         Form::Text => Masking::Text(
             StreamMasker::new(engine, rules, vault, m.restore),
