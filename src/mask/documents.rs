@@ -68,6 +68,8 @@ struct Family {
     kind: String,
     ty: Option<String>,
     indices: Vec<(String, u64)>,
+    /// A JSON-RPC message (MCP): whole by protocol, never a piece of a text.
+    rpc: bool,
 }
 
 impl Family {
@@ -87,6 +89,7 @@ impl Family {
             kind: kind.to_string(),
             ty,
             indices,
+            rpc: v.get("jsonrpc").is_some(),
         }
     }
 
@@ -98,11 +101,12 @@ impl Family {
     /// Whether documents of this family carry text in pieces: untyped chunks (Chat
     /// Completions, Gemini, Ollama) and typed deltas (`response.output_text.delta`,
     /// `content_block_delta`, `content-delta`). Other typed documents (`response.completed`,
-    /// `message_start`) are whole: each string in them is masked as it stands, nothing held.
+    /// `message_start`) and JSON-RPC messages (MCP) are whole: each string in them is masked as
+    /// it stands, nothing held.
     fn streams(&self) -> bool {
         let delta = |s: &str| s.to_ascii_lowercase().contains("delta");
         let kind = self.kind.is_empty() || self.kind == "message" || delta(&self.kind);
-        kind && self.ty.as_deref().is_none_or(delta)
+        kind && self.ty.as_deref().is_none_or(delta) && !self.rpc
     }
 
     /// Keep-alives end nothing.

@@ -1221,3 +1221,27 @@ fn the_route_key_split_across_events_is_starred() {
         assert_eq!(got, format!("echo {} done", "*".repeat(key.len())), "{cut}");
     }
 }
+
+/// JSON-RPC messages (MCP over SSE) are whole: every string masked as it stands, nothing held or
+/// cut (`"2.0"` could begin a number a detector finds), no copy sent after them.
+#[test]
+fn json_rpc_messages_are_masked_whole() {
+    use serde_json::json;
+    let e = engine();
+    let rules = Arc::new(redact_all());
+    let msg = json!({"jsonrpc": "2.0", "id": 0, "result": {"protocolVersion": "2025-06-18", "serverInfo": {"name": "tools", "version": "1.2.3"}, "content": [{"type": "text", "text": "mail jane.doe@example.com"}]}});
+    let s = format!("event: message\ndata: {msg}\n\n");
+    let (outs, all) = sse_through(&e, &rules, None, &[s.as_bytes()]);
+    assert_eq!(
+        outs[0], all,
+        "everything sent with the event, nothing at the end"
+    );
+    let out = String::from_utf8(all).unwrap();
+    assert_eq!(out.matches("data: ").count(), 1, "{out}");
+    let v: serde_json::Value =
+        serde_json::from_str(out.split("data: ").nth(1).unwrap().trim()).unwrap();
+    assert_eq!(v["jsonrpc"], "2.0");
+    assert_eq!(v["result"]["protocolVersion"], "2025-06-18");
+    assert_eq!(v["result"]["serverInfo"]["version"], "1.2.3");
+    assert_eq!(v["result"]["content"][0]["text"], "mail [REDACTED:EMAIL]");
+}

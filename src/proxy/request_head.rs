@@ -17,6 +17,11 @@ use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 use std::sync::Arc;
 
+/// More header fields than this are refused (431) before anything else: no agent API needs them,
+/// and an upstream would refuse them after the gateway had connected and begun writing (Python's
+/// `http.server` and many others stop at 100).
+pub const MAX_HEADERS: usize = 100;
+
 /// Puts the request's path in its canonical form (`crate::canonical`) before any decision: the
 /// route, access and approval rules, records, session lines and the upstream all see it. A path
 /// with no canonical form is refused.
@@ -64,6 +69,18 @@ impl Gateway {
         ctx.in_flight = Some(crate::shutdown::InFlight::enter());
         // Slow agents (slowloris): each read of the body is bounded.
         session.set_read_timeout(Some(self.client_timeout));
+        let count = session.req_header().headers.len();
+        if count > MAX_HEADERS {
+            session.set_keepalive(None);
+            return Err(ApiError::new(
+                431,
+                "invalid_request_error",
+                "too_many_headers",
+                format!(
+                    "the request has {count} header fields; at most {MAX_HEADERS} are accepted"
+                ),
+            ));
+        }
         canonicalize(session.req_header_mut())?;
         let cert = session
             .digest()
