@@ -15,8 +15,9 @@
 //!   not JSON (`[DONE]`), or the stream ends.
 //!
 //! In the last three cases the held text goes out in a copy of the channel's last document,
-//! just before the one that ended it, with the channel's leaf set to it and every other
-//! streamed leaf emptied.
+//! just before the one that ended it: its path with the identifiers and index numbers along it
+//! (`skeleton`), the leaf set to the held text. At most `MAX_CHANNELS` are open; leaves beyond
+//! are masked value by value.
 //!
 //! Identifier-like leaves (`id`, `model`, `type`, `role`, `name`, `finish_reason`...) are not
 //! text a client joins up: each value is masked whole, nothing held, so they are never cut. Object
@@ -52,14 +53,28 @@ const WHOLE: &[&str] = &[
     "responseId",
 ];
 
+/// Numbers a copy carrying held text keeps beside the path (which element, which part).
+const INDEX: &[&str] = &["index", "output_index", "content_index", "summary_index"];
+
+/// Channels open at once. A document with more streamed leaves than this (a hostile upstream's
+/// thousands of strings) has the rest masked value by value, nothing held for them: memory and
+/// time stay bounded.
+pub const MAX_CHANNELS: usize = 256;
+
+/// A document with more string leaves than this is masked value by value (each leaf's path is
+/// looked up in it, which a hostile document could make quadratic).
+pub const MAX_LEAVES: usize = 4096;
+
 /// Keys whose non-null value ends the text of the object that holds them.
 const FINISH: &[&str] = &["finish_reason", "stop_reason", "finishReason"];
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Seg {
     Key(String),
-    /// An array element by its `index` field (or position).
+    /// An array element by its `index` field.
     Elem(u64),
+    /// An array element (without an `index`) by its position.
+    Pos(usize),
 }
 
 /// The kind, `type` and top-level indices of a document: its channels share them.
@@ -121,7 +136,8 @@ struct Channel {
     masker: StreamMasker,
     /// Released text that could still be the start of one of the route's own credentials.
     scrub_held: String,
-    /// The channel's last document (masked), to carry held text when it is flushed.
+    /// The skeleton of the channel's last document (`skeleton`), to carry held text when it is
+    /// flushed.
     template: Value,
 }
 
@@ -134,10 +150,28 @@ enum Walk {
     OtherElement,
 }
 
-fn elem_name(x: &Value, position: usize) -> u64 {
-    x.get("index")
-        .and_then(Value::as_u64)
-        .unwrap_or(position as u64)
+/// The segment naming element `i` of an array: its `index` field, else its position.
+fn seg_of(x: &Value, i: usize) -> Seg {
+    match x.get("index").and_then(Value::as_u64) {
+        Some(n) => Seg::Elem(n),
+        None => Seg::Pos(i),
+    }
+}
+
+/// The element of `a` that `seg` names, and its position.
+fn element(a: &[Value], seg: &Seg) -> Option<usize> {
+    match seg {
+        Seg::Elem(n) => {
+            let named = |x: &Value| x.get("index").and_then(Value::as_u64) == Some(*n);
+            // Usually element n is index n.
+            match a.get(*n as usize) {
+                Some(x) if named(x) => Some(*n as usize),
+                _ => a.iter().position(named),
+            }
+        }
+        Seg::Pos(i) => (*i < a.len() && seg_of(&a[*i], *i) == *seg).then_some(*i),
+        Seg::Key(_) => None,
+    }
 }
 
 fn walk(v: &Value, path: &[Seg]) -> Walk {
@@ -148,12 +182,10 @@ fn walk(v: &Value, path: &[Seg]) -> Walk {
                 Some(x) => x,
                 None => return Walk::Missing,
             },
-            (Seg::Elem(n), Value::Array(a)) => {
-                match a.iter().enumerate().find(|(i, x)| elem_name(x, *i) == *n) {
-                    Some((_, x)) => x,
-                    None => return Walk::OtherElement,
-                }
-            }
+            (seg, Value::Array(a)) => match element(a, seg) {
+                Some(i) => &a[i],
+                None => return Walk::OtherElement,
+            },
             _ => return Walk::Missing,
         };
     }
@@ -169,11 +201,8 @@ fn leaf_mut<'a>(v: &'a mut Value, path: &[Seg]) -> Option<&'a mut Value> {
     for seg in path {
         cur = match (seg, cur) {
             (Seg::Key(k), Value::Object(o)) => o.get_mut(k)?,
-            (Seg::Elem(n), Value::Array(a)) => {
-                let i = a
-                    .iter()
-                    .enumerate()
-                    .position(|(i, x)| elem_name(x, i) == *n)?;
+            (seg, Value::Array(a)) => {
+                let i = element(a, seg)?;
                 &mut a[i]
             }
             _ => return None,
@@ -201,16 +230,105 @@ fn finished_on_path(v: &Value, path: &[Seg]) -> bool {
                 Some(x) => x,
                 None => return false,
             },
-            (Seg::Elem(n), Value::Array(a)) => {
-                match a.iter().enumerate().find(|(i, x)| elem_name(x, *i) == *n) {
-                    Some((_, x)) => x,
-                    None => return false,
-                }
-            }
+            (seg, Value::Array(a)) => match element(a, seg) {
+                Some(i) => &a[i],
+                None => return false,
+            },
             _ => return false,
         };
     }
     false
+}
+
+/// What a copy carrying a channel's held text is made of: the objects and array elements on
+/// the path, each with only its identifiers and index numbers, and the leaf emptied. Small
+/// whatever the document was (a copy per channel must not multiply a large event).
+fn skeleton(v: &Value, path: &[Seg]) -> Value {
+    let Some((seg, rest)) = path.split_first() else {
+        return Value::String(String::new());
+    };
+    match (seg, v) {
+        (Seg::Key(k), Value::Object(o)) => {
+            let mut m = Map::new();
+            for key in WHOLE.iter().chain(INDEX) {
+                if let Some(x) = o.get(*key) {
+                    if x.is_string() || x.is_u64() {
+                        m.insert(key.to_string(), x.clone());
+                    }
+                }
+            }
+            if let Some(x) = o.get(k) {
+                m.insert(k.clone(), skeleton(x, rest));
+            }
+            Value::Object(m)
+        }
+        (seg, Value::Array(a)) => match element(a, seg) {
+            // Alone here; `merge_at` puts a positional element back at its place.
+            Some(i) => Value::Array(vec![skeleton(&a[i], rest)]),
+            None => Value::Array(vec![]),
+        },
+        _ => Value::Null,
+    }
+}
+
+/// Puts `sk` (a channel's skeleton, arrays holding only the path's element) into `dst` along
+/// `path`, merging with what other channels put there: one copy carries the held text of every
+/// channel it ends, and a positional element sits at its position after empty ones.
+fn merge_at(dst: &mut Value, sk: &Value, path: &[Seg]) {
+    let Some((seg, rest)) = path.split_first() else {
+        *dst = sk.clone();
+        return;
+    };
+    match (seg, sk) {
+        (Seg::Key(k), Value::Object(o)) => {
+            if !dst.is_object() {
+                *dst = Value::Object(Map::new());
+            }
+            let Value::Object(d) = dst else { return };
+            for (key, x) in o {
+                if key != k {
+                    d.entry(key.clone()).or_insert_with(|| x.clone());
+                }
+            }
+            if let Some(child) = o.get(k) {
+                merge_at(d.entry(k.clone()).or_insert(Value::Null), child, rest);
+            }
+        }
+        (_, Value::Array(a)) => {
+            let Some(el) = a.first() else { return };
+            if !dst.is_array() {
+                *dst = Value::Array(vec![]);
+            }
+            let Value::Array(d) = dst else { return };
+            let slot = match seg {
+                Seg::Pos(i) => {
+                    while d.len() <= *i {
+                        d.push(empty_like(el));
+                    }
+                    *i
+                }
+                _ => match element(d, seg) {
+                    Some(i) => i,
+                    None => {
+                        d.push(Value::Null);
+                        d.len() - 1
+                    }
+                },
+            };
+            merge_at(&mut d[slot], el, rest);
+        }
+        _ => {}
+    }
+}
+
+/// An empty value of the same kind (a placeholder element in a copy).
+fn empty_like(v: &Value) -> Value {
+    match v {
+        Value::Object(_) => Value::Object(Map::new()),
+        Value::Array(_) => Value::Array(vec![]),
+        Value::String(_) => Value::String(String::new()),
+        _ => Value::Null,
+    }
 }
 
 /// The streamed (not whole-valued) string leaves of `v`, with their paths.
@@ -224,7 +342,7 @@ fn stream_leaves(v: &Value, path: &mut Vec<Seg>, out: &mut Vec<Vec<Seg>>) {
         }
         Value::Array(a) => {
             for (i, x) in a.iter().enumerate() {
-                path.push(Seg::Elem(elem_name(x, i)));
+                path.push(seg_of(x, i));
                 stream_leaves(x, path, out);
                 path.pop();
             }
@@ -320,6 +438,7 @@ impl Documents {
             return out;
         }
         // Channels this document ends, flushed before it.
+        let mut ending = Vec::new();
         let mut i = 0;
         while i < self.open.len() {
             let c = &self.open[i];
@@ -329,12 +448,12 @@ impl Documents {
                 !c.family.same_kind(&family)
             };
             if ends {
-                let c = self.open.remove(i);
-                self.flush(c, &mut out);
+                ending.push(self.open.remove(i));
             } else {
                 i += 1;
             }
         }
+        self.flush(ending, &mut out);
         if !family.streams() {
             self.mask_whole(&mut v, true);
             out.push(Out::Arrived(v));
@@ -342,7 +461,13 @@ impl Documents {
         }
         let mut leaves = Vec::new();
         stream_leaves(&v, &mut Vec::new(), &mut leaves);
+        if leaves.len() > MAX_LEAVES {
+            self.mask_whole(&mut v, true);
+            out.push(Out::Arrived(v));
+            return out;
+        }
         let mut ended = Vec::new();
+        let mut touched = Vec::new();
         for path in &leaves {
             let Some(Value::String(text)) = leaf_mut(&mut v, path).map(|x| x.take()) else {
                 continue;
@@ -354,6 +479,13 @@ impl Documents {
                 .position(|c| c.family == family && c.path == *path)
             {
                 Some(i) => i,
+                None if self.open.len() >= MAX_CHANNELS => {
+                    let masked = self.mask_text(&text);
+                    if let Some(slot) = leaf_mut(&mut v, path) {
+                        *slot = Value::String(masked);
+                    }
+                    continue;
+                }
                 None => {
                     self.open.push(Channel {
                         family: family.clone(),
@@ -370,6 +502,7 @@ impl Documents {
                     self.open.len() - 1
                 }
             };
+            touched.push(idx);
             let c = &mut self.open[idx];
             let mut released = c.masker.push(&text);
             if finished {
@@ -384,17 +517,9 @@ impl Documents {
             }
         }
         self.mask_whole(&mut v, false);
-        // The template of each channel: this document with its streamed leaves emptied.
-        let mut template = v.clone();
-        for path in &leaves {
-            if let Some(slot) = leaf_mut(&mut template, path) {
-                *slot = Value::String(String::new());
-            }
-        }
-        for c in self.open.iter_mut() {
-            if c.family == family && leaves.contains(&c.path) {
-                c.template = template.clone();
-            }
+        for idx in touched {
+            let c = &mut self.open[idx];
+            c.template = skeleton(&v, &c.path);
         }
         ended.sort_unstable();
         for i in ended.into_iter().rev() {
@@ -409,23 +534,37 @@ impl Documents {
     /// text, in copies of their last documents.
     pub fn finish(&mut self) -> Vec<Out> {
         let mut out = Vec::new();
-        for c in std::mem::take(&mut self.open) {
-            self.flush(c, &mut out);
-        }
+        let all = std::mem::take(&mut self.open);
+        self.flush(all, &mut out);
         out
     }
 
-    fn flush(&mut self, mut c: Channel, out: &mut Vec<Out>) {
-        let rest = c.masker.finish();
-        let rest = self.scrub(&mut c.scrub_held, rest, true);
-        self.tally.merge(std::mem::take(&mut c.masker.tally));
-        if rest.is_empty() {
-            return;
+    /// Ends `channels`: what each still holds, masked, in one copy per family (a copy of the
+    /// skeletons of their last documents, merged), in the order the families first appear.
+    fn flush(&mut self, channels: Vec<Channel>, out: &mut Vec<Out>) {
+        let mut copies: Vec<(Family, Value)> = Vec::new();
+        for mut c in channels {
+            let rest = c.masker.finish();
+            let rest = self.scrub(&mut c.scrub_held, rest, true);
+            self.tally.merge(std::mem::take(&mut c.masker.tally));
+            if rest.is_empty() {
+                continue;
+            }
+            let at = match copies.iter().position(|(f, _)| *f == c.family) {
+                Some(i) => i,
+                None => {
+                    copies.push((c.family.clone(), Value::Null));
+                    copies.len() - 1
+                }
+            };
+            let doc = &mut copies[at].1;
+            merge_at(doc, &c.template, &c.path);
+            if let Some(slot) = leaf_mut(doc, &c.path) {
+                *slot = Value::String(rest);
+            }
         }
-        let mut doc = c.template;
-        if let Some(slot) = leaf_mut(&mut doc, &c.path) {
-            *slot = Value::String(rest);
-            out.push(Out::Flushed(c.family.kind, doc));
+        for (family, doc) in copies {
+            out.push(Out::Flushed(family.kind, doc));
         }
     }
 

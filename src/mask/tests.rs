@@ -1245,3 +1245,57 @@ fn json_rpc_messages_are_masked_whole() {
     assert_eq!(v["result"]["serverInfo"]["version"], "1.2.3");
     assert_eq!(v["result"]["content"][0]["text"], "mail [REDACTED:EMAIL]");
 }
+
+/// A hostile upstream cannot make the masker hold or repeat much: channels are bounded (leaves
+/// beyond are masked value by value), and the copies that carry held text are skeletons, not
+/// copies of a large event.
+#[test]
+fn channels_are_bounded_and_copies_are_small() {
+    use serde_json::json;
+    let e = engine();
+    let rules = Arc::new(redact_all());
+    // 4,000 strings (under MAX_LEAVES), each ending like the start of a number, and one e-mail
+    // among them beyond the channel bound.
+    let mut many: Vec<String> = (0..4_000).map(|i| format!("v{i} 41")).collect();
+    many[3_000] = "mail jane.doe@example.com".into();
+    let big = json!({"choices": [{"index": 0, "delta": {"parts": many}}]});
+    let s = format!("data: {big}\n\n");
+    let mut m = sse::SseMasker::new(e.clone(), rules.clone(), None, false);
+    let mut out = m.push(s.as_bytes()).unwrap();
+    assert!(
+        m.held() <= documents::MAX_CHANNELS * e.max_len(),
+        "{}",
+        m.held()
+    );
+    out.extend(m.finish());
+    let text = String::from_utf8(out).unwrap();
+    assert!(
+        !text.contains("jane.doe"),
+        "the e-mail beyond the channel bound is masked"
+    );
+    assert!(
+        text.len() < s.len() + 64 * documents::MAX_CHANNELS,
+        "{} vs {}",
+        text.len(),
+        s.len()
+    );
+    // A held value in an event that also carries half a megabyte of numbers: the copy that
+    // carries it at the end is small.
+    let numbers: Vec<u64> = (0..100_000).collect();
+    let ev = json!({"id": "c1", "choices": [{"index": 0, "delta": {"content": "call 415"}, "logits": numbers}]});
+    let mut m = sse::SseMasker::new(e.clone(), rules.clone(), None, false);
+    m.push(format!("data: {ev}\n\n").as_bytes()).unwrap();
+    let tail = String::from_utf8(m.finish()).unwrap();
+    assert!(tail.contains("415") && tail.len() < 200, "{tail}");
+    // Past MAX_LEAVES a document is masked value by value, in time linear in its size.
+    let huge: Vec<serde_json::Value> = (0..20_000u64)
+        .rev()
+        .map(|i| json!({"index": i, "t": if i == 7 { "jane.doe@example.com" } else { "x" }}))
+        .collect();
+    let ev = json!({"choices": [{"index": 0, "delta": {"items": huge}}]});
+    let mut m = sse::SseMasker::new(e.clone(), rules.clone(), None, false);
+    let mut out = m.push(format!("data: {ev}\n\n").as_bytes()).unwrap();
+    out.extend(m.finish());
+    let text = String::from_utf8(out).unwrap();
+    assert!(!text.contains("jane.doe") && text.contains("[REDACTED:EMAIL]"));
+}
