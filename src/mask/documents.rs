@@ -9,15 +9,19 @@
 //! next value, so no prefix of a value leaves before the masker has decided.
 //!
 //! A channel ends, and what it holds is sent masked, when:
-//! - a document on its path carries `finish_reason`/`stop_reason` (the text ends there, in it);
-//! - a document of the same kind, type and indices no longer has the path (the finish chunk);
-//! - a document of another kind or type arrives (`.done`, `content_block_stop`), or one that is
-//!   not JSON (`[DONE]`), or the stream ends.
+//! - a document of its kind and type carries `finish_reason`/`stop_reason`/`done` on its path
+//!   (the text ends there: in that chunk if it has the leaf);
+//! - a document of another kind or type says a text ended (`.done`, `content_block_stop`,
+//!   `message_stop`, `response.completed`, an error), or one is not JSON (`[DONE]`), or the
+//!   stream ends.
+//! An empty chunk, a chunk without the path or an unknown event in between ends nothing:
+//! clients skip those and go on joining.
 //!
-//! In the last three cases the held text goes out in a copy of the channel's last document,
-//! just before the one that ended it: its path with the identifiers and index numbers along it
-//! (`skeleton`), the leaf set to the held text. At most `MAX_CHANNELS` are open; leaves beyond
-//! are masked value by value.
+//! Unless it ended in its own chunk, the held text goes out in a copy of the channel's last
+//! document, just before the one that ended it: its path with the identifiers and index numbers
+//! along it (`skeleton`), the leaf set to the held text. Past `MAX_CHANNELS` open channels or
+//! `MAX_LEAVES` strings in one document the stream cannot be masked safely: `refused` says why
+//! and the caller ends the stream.
 //!
 //! Identifier-like leaves (`id`, `model`, `type`, `role`, `name`, `finish_reason`...) are not
 //! text a client joins up: each value is masked whole, nothing held, so they are never cut. Object
@@ -66,7 +70,7 @@ pub const MAX_CHANNELS: usize = 256;
 pub const MAX_LEAVES: usize = 4096;
 
 /// Keys whose non-null value ends the text of the object that holds them.
-const FINISH: &[&str] = &["finish_reason", "stop_reason", "finishReason"];
+const FINISH: &[&str] = &["finish_reason", "stop_reason", "finishReason", "done"];
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Seg {
@@ -124,6 +128,18 @@ impl Family {
         kind && self.ty.as_deref().is_none_or(delta) && !self.rpc
     }
 
+    /// A document of this family says some text has ended (`response.output_text.done`,
+    /// `content_block_stop`, `message_stop`, `response.completed`, errors).
+    fn ends_texts(&self) -> bool {
+        let says = |s: &str| {
+            let s = s.to_ascii_lowercase();
+            ["done", "stop", "complete", "end", "finish", "error", "fail"]
+                .iter()
+                .any(|w| s.contains(w))
+        };
+        says(&self.kind) || self.ty.as_deref().is_some_and(says)
+    }
+
     /// Keep-alives end nothing.
     fn keep_alive(&self) -> bool {
         self.kind == "ping" || self.ty.as_deref() == Some("ping")
@@ -139,15 +155,6 @@ struct Channel {
     /// The skeleton of the channel's last document (`skeleton`), to carry held text when it is
     /// flushed.
     template: Value,
-}
-
-/// What walking a channel's path finds in a document.
-enum Walk {
-    Leaf,
-    /// An object on the path lacks the next key: the text has ended.
-    Missing,
-    /// An array on the path lacks the element: this document is about another element.
-    OtherElement,
 }
 
 /// The segment naming element `i` of an array: its `index` field, else its position.
@@ -169,31 +176,28 @@ fn element(a: &[Value], seg: &Seg) -> Option<usize> {
                 _ => a.iter().position(named),
             }
         }
-        Seg::Pos(i) => (*i < a.len() && seg_of(&a[*i], *i) == *seg).then_some(*i),
+        Seg::Pos(i) => (*i < a.len()).then_some(*i),
         Seg::Key(_) => None,
     }
 }
 
-fn walk(v: &Value, path: &[Seg]) -> Walk {
+/// Whether `v` has a string at `path`.
+fn has_leaf(v: &Value, path: &[Seg]) -> bool {
     let mut cur = v;
     for seg in path {
         cur = match (seg, cur) {
             (Seg::Key(k), Value::Object(o)) => match o.get(k) {
                 Some(x) => x,
-                None => return Walk::Missing,
+                None => return false,
             },
             (seg, Value::Array(a)) => match element(a, seg) {
                 Some(i) => &a[i],
-                None => return Walk::OtherElement,
+                None => return false,
             },
-            _ => return Walk::Missing,
+            _ => return false,
         };
     }
-    if cur.is_string() {
-        Walk::Leaf
-    } else {
-        Walk::Missing
-    }
+    cur.is_string()
 }
 
 fn leaf_mut<'a>(v: &'a mut Value, path: &[Seg]) -> Option<&'a mut Value> {
@@ -215,9 +219,10 @@ fn leaf_mut<'a>(v: &'a mut Value, path: &[Seg]) -> Option<&'a mut Value> {
 fn finished_on_path(v: &Value, path: &[Seg]) -> bool {
     let mut cur = v;
     let finished = |o: &Map<String, Value>| {
-        FINISH
-            .iter()
-            .any(|k| o.get(*k).is_some_and(|x| !x.is_null()))
+        FINISH.iter().any(|k| {
+            o.get(*k)
+                .is_some_and(|x| !x.is_null() && *x != Value::Bool(false))
+        })
     };
     for seg in path {
         if let Value::Object(o) = cur {
@@ -332,25 +337,34 @@ fn empty_like(v: &Value) -> Value {
 }
 
 /// The streamed (not whole-valued) string leaves of `v`, with their paths.
-fn stream_leaves(v: &Value, path: &mut Vec<Seg>, out: &mut Vec<Vec<Seg>>) {
+fn stream_leaves(
+    v: &Value,
+    path: &mut Vec<Seg>,
+    at: &mut Vec<Seg>,
+    out: &mut Vec<(Vec<Seg>, Vec<Seg>)>,
+) {
     match v {
         Value::String(_) => {
             let whole = matches!(path.last(), Some(Seg::Key(k)) if WHOLE.contains(&k.as_str()));
             if !whole {
-                out.push(path.clone());
+                out.push((path.clone(), at.clone()));
             }
         }
         Value::Array(a) => {
             for (i, x) in a.iter().enumerate() {
                 path.push(seg_of(x, i));
-                stream_leaves(x, path, out);
+                at.push(Seg::Pos(i));
+                stream_leaves(x, path, at, out);
+                at.pop();
                 path.pop();
             }
         }
         Value::Object(o) => {
             for (k, x) in o {
                 path.push(Seg::Key(k.clone()));
-                stream_leaves(x, path, out);
+                at.push(Seg::Key(k.clone()));
+                stream_leaves(x, path, at, out);
+                at.pop();
                 path.pop();
             }
         }
@@ -376,6 +390,8 @@ pub struct Documents {
     secrets: Option<Arc<SecretSet>>,
     open: Vec<Channel>,
     pub tally: Tally,
+    /// Why the stream cannot be masked safely (a bound was passed): the caller ends it.
+    pub refused: Option<String>,
 }
 
 impl Documents {
@@ -393,6 +409,7 @@ impl Documents {
             secrets: None,
             open: Vec::new(),
             tally: Tally::default(),
+            refused: None,
         }
     }
 
@@ -442,10 +459,14 @@ impl Documents {
         let mut i = 0;
         while i < self.open.len() {
             let c = &self.open[i];
-            let ends = if c.family == family {
-                matches!(walk(&v, &c.path), Walk::Missing)
+            // Clients skip an empty or unknown chunk and go on joining: only a finish on the
+            // path, or a document that says a text ended (`.done`, `content_block_stop`), ends
+            // one.
+            let ends = if c.family.same_kind(&family) {
+                // (With the leaf, it ends in this chunk, below.)
+                finished_on_path(&v, &c.path) && !has_leaf(&v, &c.path)
             } else {
-                !c.family.same_kind(&family)
+                family.ends_texts()
             };
             if ends {
                 ending.push(self.open.remove(i));
@@ -460,19 +481,22 @@ impl Documents {
             return out;
         }
         let mut leaves = Vec::new();
-        stream_leaves(&v, &mut Vec::new(), &mut leaves);
+        stream_leaves(&v, &mut Vec::new(), &mut Vec::new(), &mut leaves);
         if leaves.len() > MAX_LEAVES {
+            self.refused = Some(format!(
+                "a document with more than {MAX_LEAVES} strings cannot be masked as a stream"
+            ));
             self.mask_whole(&mut v, true);
             out.push(Out::Arrived(v));
             return out;
         }
         let mut ended = Vec::new();
         let mut touched = Vec::new();
-        for path in &leaves {
-            let Some(Value::String(text)) = leaf_mut(&mut v, path).map(|x| x.take()) else {
+        for (path, at) in &leaves {
+            let Some(Value::String(text)) = leaf_mut(&mut v, at).map(|x| x.take()) else {
                 continue;
             };
-            let finished = finished_on_path(&v, path);
+            let finished = finished_on_path(&v, at);
             let idx = match self
                 .open
                 .iter()
@@ -480,8 +504,12 @@ impl Documents {
             {
                 Some(i) => i,
                 None if self.open.len() >= MAX_CHANNELS => {
+                    // Fail closed: the stream ends (the caller sends an error in its place).
+                    self.refused = Some(format!(
+                        "more than {MAX_CHANNELS} texts are open at once; the stream cannot be masked"
+                    ));
                     let masked = self.mask_text(&text);
-                    if let Some(slot) = leaf_mut(&mut v, path) {
+                    if let Some(slot) = leaf_mut(&mut v, at) {
                         *slot = Value::String(masked);
                     }
                     continue;
@@ -512,7 +540,7 @@ impl Documents {
             let mut held = std::mem::take(&mut self.open[idx].scrub_held);
             let released = self.scrub(&mut held, released, finished);
             self.open[idx].scrub_held = held;
-            if let Some(slot) = leaf_mut(&mut v, path) {
+            if let Some(slot) = leaf_mut(&mut v, at) {
                 *slot = Value::String(released);
             }
         }
@@ -522,6 +550,7 @@ impl Documents {
             c.template = skeleton(&v, &c.path);
         }
         ended.sort_unstable();
+        ended.dedup();
         for i in ended.into_iter().rev() {
             let mut c = self.open.remove(i);
             self.tally.merge(std::mem::take(&mut c.masker.tally));

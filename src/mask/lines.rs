@@ -57,6 +57,9 @@ impl LinesMasker {
         }
         self.pending.drain(..start);
         self.tally.merge(std::mem::take(&mut self.docs.tally));
+        if let Some(why) = self.docs.refused.take() {
+            return Err(SseError::Unmaskable(why));
+        }
         if self.pending.len() > MAX_EVENT {
             return Err(SseError::EventTooLarge);
         }

@@ -16,13 +16,37 @@ pub const MAX_EVENT: usize = 1 << 20;
 pub enum SseError {
     #[error("an SSE event is larger than {MAX_EVENT} bytes")]
     EventTooLarge,
+    #[error("{0}")]
+    Unmaskable(String),
 }
 
 pub struct SseMasker {
     docs: Documents,
-    /// Bytes of an incomplete event.
+    /// Bytes of an incomplete event, line ends already made `\n`.
     pending: Vec<u8>,
+    /// The last byte read was a CR (a LF next belongs to it).
+    after_cr: bool,
+    /// Bytes read so far (a BOM is dropped only at the start).
+    read: usize,
     pub tally: Tally,
+}
+
+/// Appends `chunk` with every line end (CRLF, CR, LF: all three end a line in SSE) made a LF,
+/// so that what the masker parses and what a client parses are the same lines.
+fn push_normalized(out: &mut Vec<u8>, chunk: &[u8], after_cr: &mut bool) {
+    for &b in chunk {
+        match b {
+            b'\r' => {
+                out.push(b'\n');
+                *after_cr = true;
+            }
+            b'\n' if *after_cr => *after_cr = false,
+            _ => {
+                out.push(b);
+                *after_cr = false;
+            }
+        }
+    }
 }
 
 fn render(other: &[&str], data: &str, out: &mut Vec<u8>) {
@@ -60,6 +84,8 @@ impl SseMasker {
         SseMasker {
             docs: Documents::new(engine, rules, vault, restore),
             pending: Vec::new(),
+            after_cr: false,
+            read: 0,
             tally: Tally::default(),
         }
     }
@@ -77,13 +103,29 @@ impl SseMasker {
 
     /// Adds bytes from the upstream; returns the bytes to send to the client now.
     pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<u8>, SseError> {
-        self.pending.extend_from_slice(chunk);
+        // A BOM at the start of the stream is not part of the first line (clients drop it).
+        const BOM: &[u8] = b"\xEF\xBB\xBF";
+        let mut chunk = chunk;
+        let start = self.read;
+        self.read += chunk.len();
+        if start < BOM.len() {
+            let n = (BOM.len() - start).min(chunk.len());
+            if chunk[..n] == BOM[start..start + n] {
+                chunk = &chunk[n..];
+            } else {
+                self.read = BOM.len().max(self.read);
+            }
+        }
+        push_normalized(&mut self.pending, chunk, &mut self.after_cr);
         let mut out = Vec::new();
         while let Some(end) = event_end(&self.pending) {
             let raw: Vec<u8> = self.pending.drain(..end).collect();
             self.event(&raw, &mut out);
         }
         self.take_tally();
+        if let Some(why) = self.docs.refused.take() {
+            return Err(SseError::Unmaskable(why));
+        }
         if self.pending.len() > MAX_EVENT {
             return Err(SseError::EventTooLarge);
         }
@@ -111,9 +153,16 @@ impl SseMasker {
     fn event(&mut self, raw: &[u8], out: &mut Vec<u8>) {
         let text = String::from_utf8_lossy(raw);
         let ev = parse_event(&text);
+        // Every other line (`event:`, `id:`, comments) is masked too: a client reads them.
+        let other: Vec<String> = ev.other.iter().map(|l| self.mask_line(l)).collect();
+        let other: Vec<&str> = other.iter().map(String::as_str).collect();
         if ev.data_lines == 0 {
-            // A comment or keep-alive: pass it on as it is.
-            out.extend_from_slice(raw);
+            // A comment or keep-alive.
+            for l in &other {
+                out.extend_from_slice(l.as_bytes());
+                out.push(b'\n');
+            }
+            out.push(b'\n');
             return;
         }
         let kind = ev
@@ -125,15 +174,23 @@ impl SseMasker {
         match serde_json::from_str::<Value>(&ev.data) {
             Ok(v) => {
                 let docs = self.docs.document(kind, v);
-                emit(&ev.other, docs, out);
+                emit(&other, docs, out);
             }
             Err(_) => {
                 // `[DONE]` or other text: the open channels end here; then it, masked as text.
                 let rest = self.docs.finish();
                 emit(&[], rest, out);
                 let data = self.docs.mask_text(&ev.data);
-                render(&ev.other, &data, out);
+                render(&other, &data, out);
             }
+        }
+    }
+
+    /// A field line other than `data:` (or a comment), its value masked as it stands.
+    fn mask_line(&mut self, line: &str) -> String {
+        match line.split_once(':') {
+            Some((field, value)) => format!("{field}:{}", self.docs.mask_text(value)),
+            None => self.docs.mask_text(line),
         }
     }
 }

@@ -1254,30 +1254,20 @@ fn channels_are_bounded_and_copies_are_small() {
     use serde_json::json;
     let e = engine();
     let rules = Arc::new(redact_all());
-    // 4,000 strings (under MAX_LEAVES), each ending like the start of a number, and one e-mail
-    // among them beyond the channel bound.
-    let mut many: Vec<String> = (0..4_000).map(|i| format!("v{i} 41")).collect();
-    many[3_000] = "mail jane.doe@example.com".into();
+    // 4,000 strings (under MAX_LEAVES) each ending like the start of a number: more open
+    // texts than MAX_CHANNELS, so the stream is refused (ended with an error by the caller).
+    let many: Vec<String> = (0..4_000).map(|i| format!("v{i} 41")).collect();
     let big = json!({"choices": [{"index": 0, "delta": {"parts": many}}]});
     let s = format!("data: {big}\n\n");
     let mut m = sse::SseMasker::new(e.clone(), rules.clone(), None, false);
-    let mut out = m.push(s.as_bytes()).unwrap();
+    assert!(matches!(
+        m.push(s.as_bytes()),
+        Err(sse::SseError::Unmaskable(_))
+    ));
     assert!(
         m.held() <= documents::MAX_CHANNELS * e.max_len(),
         "{}",
         m.held()
-    );
-    out.extend(m.finish());
-    let text = String::from_utf8(out).unwrap();
-    assert!(
-        !text.contains("jane.doe"),
-        "the e-mail beyond the channel bound is masked"
-    );
-    assert!(
-        text.len() < s.len() + 64 * documents::MAX_CHANNELS,
-        "{} vs {}",
-        text.len(),
-        s.len()
     );
     // A held value in an event that also carries half a megabyte of numbers: the copy that
     // carries it at the end is small.
@@ -1287,15 +1277,120 @@ fn channels_are_bounded_and_copies_are_small() {
     m.push(format!("data: {ev}\n\n").as_bytes()).unwrap();
     let tail = String::from_utf8(m.finish()).unwrap();
     assert!(tail.contains("415") && tail.len() < 200, "{tail}");
-    // Past MAX_LEAVES a document is masked value by value, in time linear in its size.
+    // Past MAX_LEAVES a document is refused, after being masked value by value (in time linear
+    // in its size, even with `index` fields in reverse order).
     let huge: Vec<serde_json::Value> = (0..20_000u64)
         .rev()
         .map(|i| json!({"index": i, "t": if i == 7 { "jane.doe@example.com" } else { "x" }}))
         .collect();
     let ev = json!({"choices": [{"index": 0, "delta": {"items": huge}}]});
     let mut m = sse::SseMasker::new(e.clone(), rules.clone(), None, false);
-    let mut out = m.push(format!("data: {ev}\n\n").as_bytes()).unwrap();
-    out.extend(m.finish());
-    let text = String::from_utf8(out).unwrap();
-    assert!(!text.contains("jane.doe") && text.contains("[REDACTED:EMAIL]"));
+    let r = m.push(format!("data: {ev}\n\n").as_bytes());
+    assert!(matches!(r, Err(sse::SseError::Unmaskable(_))), "{r:?}");
+}
+
+/// Stream shapes a red team used to get a split key past the document masker (each reached the
+/// agent unmasked at 2f5ec0f, and an SDK joined it): CR line ends, a BOM, values in `event:`/`id:`
+/// lines and comments, two elements with the same `index`, an empty or unknown chunk between the
+/// halves. The agent's view (every choice's content joined, as an SDK does) never holds the key.
+#[test]
+fn red_team_stream_shapes_are_masked() {
+    use serde_json::json;
+    let e = engine();
+    let rules = Arc::new(redact_all());
+    let (a, b) = ("sk-ant-api03-AbCd", "EfGhIjKlMnOpQrStUvWxYz0123456789");
+    let key = format!("{a}{b}");
+    let cc = |t: &str| {
+        json!({"id": "c1", "choices": [{"index": 0, "delta": {"content": t}}]}).to_string()
+    };
+    let dup = json!({"id": "c1", "choices": [{"index": 0, "delta": {"content": "x"}}, {"index": 0, "delta": {"content": format!("key {key}")}}]}).to_string();
+    let streams: Vec<(&str, String)> = vec![
+        (
+            "bare CR",
+            format!(": c\rdata: {}\n\n", cc(&format!("key {key}"))),
+        ),
+        (
+            "CR events",
+            format!(
+                "data: {}\r\rdata: {}\r\r",
+                cc(&format!("key {a}")),
+                cc(&format!("{b} end"))
+            ),
+        ),
+        (
+            "BOM",
+            format!("\u{feff}data: {}\n\n", cc(&format!("key {key}"))),
+        ),
+        (
+            "event and id lines",
+            format!("event: {key}\nid: {key}\ndata: {}\n\n: {key}\n\n", cc("hi")),
+        ),
+        ("duplicate index", format!("data: {dup}\n\n")),
+        (
+            "empty delta between",
+            format!(
+                "data: {}\n\ndata: {}\n\ndata: {}\n\n",
+                cc(&format!("key {a}")),
+                json!({"choices": [{"index": 0, "delta": {}}]}),
+                cc(&format!("{b} end"))
+            ),
+        ),
+        (
+            "null content between",
+            format!(
+                "data: {}\n\ndata: {}\n\ndata: {}\n\n",
+                cc(&format!("key {a}")),
+                json!({"choices": [{"index": 0, "delta": {"content": null}}]}),
+                cc(&format!("{b} end"))
+            ),
+        ),
+        (
+            "unknown event between",
+            format!(
+                "data: {}\n\ndata: {}\n\ndata: {}\n\n",
+                cc(&format!("key {a}")),
+                json!({"type": "pong"}),
+                cc(&format!("{b} end"))
+            ),
+        ),
+    ];
+    for (name, s) in streams {
+        let mut m = sse::SseMasker::new(e.clone(), rules.clone(), None, false);
+        let mut out = Vec::new();
+        for ev in s.as_bytes().chunks(7) {
+            out.extend(m.push(ev).unwrap());
+        }
+        out.extend(m.finish());
+        let text = String::from_utf8(out).unwrap();
+        // What an SDK joins: every choice's content, in order (events split on CR/LF alike).
+        let mut joined = String::new();
+        for ev in text.replace('\r', "\n").split("\n\n") {
+            for l in ev.lines() {
+                if let Some(Ok(v)) = l
+                    .strip_prefix("data: ")
+                    .map(serde_json::from_str::<serde_json::Value>)
+                {
+                    for c in v["choices"].as_array().into_iter().flatten() {
+                        joined.push_str(c["delta"]["content"].as_str().unwrap_or(""));
+                    }
+                }
+            }
+        }
+        assert!(
+            !joined.contains(&key) && !joined.contains(a) && !joined.contains(b),
+            "{name}: {joined}"
+        );
+        assert!(!text.contains(a) && !text.contains(b), "{name}: {text}");
+        assert!(
+            !text.contains('\r') && !text.contains('\u{feff}'),
+            "{name}: {text:?}"
+        );
+    }
+    // More open texts than the bound: the stream is refused, not masked value by value.
+    let pad: Vec<serde_json::Value> = (0..documents::MAX_CHANNELS + 1)
+        .map(|i| json!({"index": i, "s": ""}))
+        .collect();
+    let mut m = sse::SseMasker::new(e.clone(), rules.clone(), None, false);
+    let r = m.push(format!("data: {}\n\n", json!({"pad": pad})).as_bytes());
+    assert!(matches!(r, Err(sse::SseError::Unmaskable(_))), "{r:?}");
 }
