@@ -14,6 +14,7 @@
 //! - a document of another kind or type says a text ended (`.done`, `content_block_stop`,
 //!   `message_stop`, `response.completed`, an error), or one is not JSON (`[DONE]`), or the
 //!   stream ends.
+//!
 //! An empty chunk, a chunk without the path or an unknown event in between ends nothing:
 //! clients skip those and go on joining.
 //!
