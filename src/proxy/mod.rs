@@ -137,7 +137,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut Box<Exchange>,
     ) -> Result<()> {
         let Some(b) = body else { return Ok(()) };
-        if let Some(c) = ctx.capture.as_mut() {
+        // A stand-in for refused MCP requests is not what the agent sent: the record keeps theirs.
+        let stand_in = ctx.mcp.as_ref().is_some_and(|m| m.stand_in);
+        if let Some(c) = ctx.capture.as_mut().filter(|_| !stand_in) {
             c.request_chunk(b);
         }
         if ctx.forwarded_body_len().is_some() {
