@@ -18,6 +18,9 @@
 //! just before the one that ended it, with the channel's leaf set to it and every other
 //! streamed leaf emptied.
 //!
+//! A stream whose documents are each a whole message (`whole_documents`: MCP's JSON-RPC
+//! messages, one per SSE event) has no channels: every document is masked whole, nothing held.
+//!
 //! Identifier-like leaves (`id`, `model`, `type`, `role`, `name`, `finish_reason`...) are not
 //! text a client joins up: each value is masked whole, nothing held, so they are never cut. Object
 //! keys are masked whole too.
@@ -248,6 +251,8 @@ pub struct Documents {
     vault: Option<Arc<Vault>>,
     restore: bool,
     open: Vec<Channel>,
+    /// Every document is a whole message: masked whole, never joined to the next.
+    whole: bool,
     pub tally: Tally,
 }
 
@@ -264,8 +269,15 @@ impl Documents {
             vault,
             restore,
             open: Vec::new(),
+            whole: false,
             tally: Tally::default(),
         }
+    }
+
+    /// Each document is a whole message (JSON-RPC): masked whole, no channel across documents.
+    pub fn whole_documents(mut self) -> Self {
+        self.whole = true;
+        self
     }
 
     /// Text held back across all channels.
@@ -278,7 +290,7 @@ impl Documents {
     pub fn document(&mut self, kind: &str, mut v: Value) -> Vec<Out> {
         let family = Family::of(kind, &v);
         let mut out = Vec::new();
-        if family.keep_alive() {
+        if self.whole || family.keep_alive() {
             self.mask_whole(&mut v, true);
             out.push(Out::Arrived(v));
             return out;

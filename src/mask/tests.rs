@@ -1184,3 +1184,42 @@ fn identifiers_stay_whole_and_one_shot_events_are_not_repeated() {
         "Hello there, call 415"
     );
 }
+
+/// MCP's SSE events are JSON-RPC messages, each whole: with `whole_events` every event goes out
+/// masked as soon as it is complete, none of its strings held for or joined with the next event
+/// (the stream masker would hold `"2.0"` of `jsonrpc` waiting for more and empty it).
+#[test]
+fn whole_events_are_masked_whole_and_nothing_is_held() {
+    use serde_json::{json, Value};
+    let e = engine();
+    let rules = Arc::new(redact_all());
+    let msg = |id: u64, text: &str| json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": text}]}});
+    let events = [
+        msg(1, "owner jane.doe@example.com"),
+        msg(2, "call 415"),
+        msg(3, " 555 2671"),
+    ];
+    let mut m = sse::SseMasker::new(e.clone(), rules.clone(), None, true).whole_events();
+    for (i, ev) in events.iter().enumerate() {
+        let out = m
+            .push(format!("event: message\ndata: {ev}\n\n").as_bytes())
+            .unwrap();
+        assert_eq!(m.held(), 0, "event {i}");
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("event: message\ndata: "), "{text}");
+        let v: Value =
+            serde_json::from_str(text.trim_end()["event: message\ndata: ".len()..].trim()).unwrap();
+        assert_eq!(v["jsonrpc"], "2.0", "{text}");
+        assert_eq!(v["id"], json!(i as u64 + 1));
+        if i == 0 {
+            assert_eq!(v["result"]["content"][0]["text"], "owner [REDACTED:EMAIL]");
+        } else {
+            // Messages are not one text: their pieces are not joined into a phone number.
+            assert_eq!(
+                v["result"]["content"][0]["text"],
+                events[i]["result"]["content"][0]["text"]
+            );
+        }
+    }
+    assert!(m.finish().is_empty());
+}

@@ -104,7 +104,9 @@ impl ResponseBody {
                     ),
                 ));
             }
-            out.masking = masking_for(resp, form, m, vault).map_err(setup_failed)?;
+            // An MCP route's events are JSON-RPC messages, each whole.
+            let whole_events = route.route.mcp.is_some();
+            out.masking = masking_for(resp, form, m, vault, whole_events).map_err(setup_failed)?;
             out.policy = Some(m.clone());
         }
         if let Some(set) = &route.secrets {
@@ -364,9 +366,13 @@ fn masking_for(
     form: Form,
     m: &RouteMasking,
     vault: Option<Arc<Vault>>,
+    whole_events: bool,
 ) -> Result<Masking> {
     let (engine, rules) = (m.engine.clone(), m.response.clone());
     let masking = match form {
+        Form::Sse if whole_events => {
+            Masking::Sse(SseMasker::new(engine, rules, vault, m.restore).whole_events())
+        }
         Form::Sse => Masking::Sse(SseMasker::new(engine, rules, vault, m.restore)),
         Form::Lines { seq } => {
             Masking::Lines(LinesMasker::new(engine, rules, vault, m.restore, seq))
