@@ -527,3 +527,80 @@ def test_an_agents_sdk_agent_calls_an_mcp_tool_through_the_gateway(start_gateway
     assert r["final"].startswith("The tool said: ") and json.loads(r["final"][len("The tool said: "):])["text"] == "sunny in Paris", r
     assert [e["tool"] for e in up.log() if "tool" in e] == ["weather"]
     assert gw.wait_metric("agentgate_mcp_calls_total", 1, route="tools", tool="weather", outcome="allowed") == 1
+
+
+# --- OAuth for MCP clients (the gateway as resource server) ----------------------
+
+class MemoryTokens:
+    """The `mcp` client's TokenStorage, in memory."""
+
+    def __init__(self) -> None:
+        self.tokens = self.client = None
+
+    async def get_tokens(self):
+        return self.tokens
+
+    async def set_tokens(self, tokens) -> None:
+        self.tokens = tokens
+
+    async def get_client_info(self):
+        return self.client
+
+    async def set_client_info(self, info) -> None:
+        self.client = info
+
+
+def test_an_mcp_client_finds_the_issuer_and_gets_a_token_for_the_route(start_gateway, mcp_upstream, upstream_ca, upstream_ca_file, tmp_path):
+    """401 + protected-resource metadata (RFC 9728), then the `mcp` client's own OAuth support
+    (client credentials, RFC 8707 resource) against the real OpenID provider; a token for another
+    audience is refused; the server never sees the agent's token."""
+    from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuthProvider
+    from net import free_port
+    from test_oidc_e2e import client_credentials_token, run_provider
+
+    up = mcp_upstream()
+    port = free_port()
+    resource = f"https://127.0.0.1:{port}{PATH}"
+    metadata_url = f"https://127.0.0.1:{port}/.well-known/oauth-protected-resource{PATH}"
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+    accept = {"Accept": "application/json, text/event-stream"}
+    with run_provider(upstream_ca, tmp_path) as issuer:
+        r = route("tools", PATH, up.url, upstream_ca_file, access={"groups": ["agents"]},
+                  mcp={"tools": [{"name": "search_issues", "groups": ["agents"]}],
+                       "oauth": {"resource": resource, "authorization_servers": [issuer]}})
+        gw = start_gateway(r, port=port, identity={"oidc": [{"issuer": issuer, "audiences": ["agentgate", resource],
+                                                             "ca_file": str(upstream_ca_file)}]})
+        with gw.client(token=None) as c:
+            denied = c.post(PATH, json=init, headers=accept)
+            assert denied.status_code == 401
+            assert f'resource_metadata="{metadata_url}"' in denied.headers["www-authenticate"], denied.headers
+            meta = c.get(metadata_url)
+            assert meta.status_code == 200, meta.text
+            assert meta.json()["resource"] == resource and meta.json()["authorization_servers"] == [issuer]
+            assert c.get("/.well-known/oauth-protected-resource").json() == meta.json()
+            assert c.get("/.well-known/oauth-protected-resource/v1/other").status_code == 404
+        # A token the issuer made for its default audience is not one for this route.
+        other = client_credentials_token(issuer, upstream_ca_file, "agent-a")
+        with gw.client(token=other) as c:
+            wrong = c.post(PATH, json=init, headers=accept)
+        assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "wrong_audience", wrong.text
+        assert f'resource_metadata="{metadata_url}"' in wrong.headers["www-authenticate"]
+
+        async def main():
+            ctx = ssl.create_default_context(cafile=str(gw.ca_file))
+            ctx.load_verify_locations(cafile=str(upstream_ca_file))
+            auth = ClientCredentialsOAuthProvider(server_url=f"{gw.base_url}{PATH}", storage=MemoryTokens(), client_id="agent-a",
+                                                  client_secret="agent-a-secret-0123456789", issuer=issuer)
+            async with httpx.AsyncClient(verify=ctx, auth=auth, timeout=httpx.Timeout(30, read=120)) as http:
+                async with streamable_http_client(f"{gw.base_url}{PATH}", http_client=http) as (read, write, _):
+                    async with ClientSession(read, write) as s:
+                        await s.initialize()
+                        return await tool_names(s), await s.call_tool("search_issues", {"query": "oauth"}), auth.context.current_tokens
+
+        names, result, tokens = asyncio.run(main())
+    assert names == ["search_issues"] and result.content[0].text == "3 issues match 'oauth'"
+    import jwt as pyjwt
+    assert pyjwt.decode(tokens.access_token, options={"verify_signature": False})["aud"] == resource
+    # The server saw the route's credential only.
+    assert {e["authorization"] for e in up.log() if "http" in e} == {f"Bearer {ROUTE_KEY}"}

@@ -18,6 +18,7 @@
 pub mod access;
 pub mod filter;
 pub mod jsonrpc;
+pub mod oauth;
 pub mod pins;
 pub mod sse_transport;
 pub mod stream;

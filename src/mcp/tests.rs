@@ -25,6 +25,7 @@ fn policy() -> McpRoute {
         resources: Some(vec![grant("file:///docs/*", Some(&["agents"]))]),
         prompts: None,
         pin_definitions: false,
+        oauth: None,
         server_requests: McpServerRequests {
             sampling: false,
             elicitation: true,
@@ -573,4 +574,60 @@ fn sse_transport_refusals_are_written_over_the_stand_ins_answer() {
         s.answer(e, &json!({"jsonrpc":"2.0","id":0,"result":{}})),
         None
     );
+}
+
+#[test]
+fn oauth_metadata_challenges_and_audiences() {
+    use super::oauth::{audiences, challenge, metadata, metadata_url, origin, resource};
+    use crate::config::McpOAuth;
+    use base64::Engine as _;
+    // Only a plain authority makes a URL (a Host cannot forge a header or a JSON string).
+    assert_eq!(
+        origin(true, "gw.example:8443").as_deref(),
+        Some("https://gw.example:8443")
+    );
+    assert_eq!(
+        origin(false, "[::1]:80").as_deref(),
+        Some("http://[::1]:80")
+    );
+    for bad in ["", "a\"b", "a b", "a,b", "a/b", "a\r\nX: y"] {
+        assert_eq!(origin(true, bad), None, "{bad:?}");
+    }
+    let o = McpOAuth {
+        resource: None,
+        authorization_servers: vec!["https://idp.example".into()],
+    };
+    assert_eq!(
+        resource(&o, "https://gw", "/mcp/tools/"),
+        "https://gw/mcp/tools"
+    );
+    let set = McpOAuth {
+        resource: Some("https://tools.example/mcp".into()),
+        ..o.clone()
+    };
+    assert_eq!(
+        resource(&set, "https://gw", "/mcp/tools"),
+        "https://tools.example/mcp"
+    );
+    assert_eq!(
+        metadata_url("https://gw", "/mcp/tools/"),
+        "https://gw/.well-known/oauth-protected-resource/mcp/tools"
+    );
+    let m = metadata(&o, "https://gw/mcp/tools", "tools");
+    assert_eq!(m["resource"], "https://gw/mcp/tools");
+    assert_eq!(m["authorization_servers"], json!(["https://idp.example"]));
+    assert_eq!(
+        challenge(None, "https://gw/m"),
+        r#"Bearer realm="agentgate", resource_metadata="https://gw/m""#
+    );
+    assert!(challenge(Some(r#"Bearer error="invalid_token""#), "u")
+        .starts_with(r#"Bearer error="invalid_token", "#));
+    let jwt = |claims: Value| {
+        let p = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(claims.to_string());
+        format!("e30.{p}.sig")
+    };
+    assert_eq!(audiences(&jwt(json!({"aud": "a"}))), ["a"]);
+    assert_eq!(audiences(&jwt(json!({"aud": ["a", 1, "b"]}))), ["a", "b"]);
+    assert!(audiences(&jwt(json!({}))).is_empty());
+    assert!(audiences("opaque-token").is_empty() && audiences("a.!!!.c").is_empty());
 }

@@ -558,7 +558,7 @@ fn refused(code: &'static str, message: String) -> ApiError {
     ApiError::new(200, "invalid_request_error", code, message)
 }
 
-/// Writes a JSON-RPC answer the gateway makes itself.
+/// Writes a JSON answer the gateway makes itself (JSON-RPC, or metadata).
 async fn write_jsonrpc(session: &mut Session, request_id: &str, status: u16, v: &Value) {
     let body = Bytes::from(v.to_string());
     let Ok(mut resp) = ResponseHeader::build(status, Some(4)) else {
@@ -675,5 +675,138 @@ pub fn filter_response(ctx: &mut Exchange, body: &mut Option<Bytes>, end: bool) 
                 endpoint,
             });
         }
+    }
+}
+
+/// The gateway's origin as this request reached it (`None`: a Host that is not a plain authority).
+fn origin_of(session: &Session) -> Option<String> {
+    let req = session.req_header();
+    let host = req
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))?;
+    let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+    crate::mcp::oauth::origin(tls, host)
+}
+
+/// The MCP route with `oauth` that a path (and the request's Host) falls in.
+fn oauth_route(
+    active: &super::routes::Active,
+    session: &Session,
+    path: &str,
+) -> Option<Arc<RouteRuntime>> {
+    let host = headers::request_host(session.req_header());
+    active
+        .match_route(host.as_deref(), path)
+        .filter(|r| r.route.mcp.as_ref().is_some_and(|m| m.oauth.is_some()))
+        .cloned()
+}
+
+/// Adds to a 401 on an MCP route with `oauth` where its protected-resource metadata is.
+pub fn point_at_metadata(session: &Session, active: &super::routes::Active, err: &mut ApiError) {
+    let path = session.req_header().uri.path();
+    let (Some(route), Some(origin)) = (oauth_route(active, session, path), origin_of(session))
+    else {
+        return;
+    };
+    let url = crate::mcp::oauth::metadata_url(&origin, &route.route.path_prefix);
+    err.challenge = Some(crate::mcp::oauth::challenge(err.challenge.as_deref(), &url));
+}
+
+/// On an MCP route whose `oauth.resource` is set, an OIDC token must be issued for that
+/// resource (`aud`, RFC 8707): a token for another audience the issuer accepts is refused.
+pub fn check_audience(
+    session: &Session,
+    route: &RouteRuntime,
+    who: &crate::identity::Identity,
+) -> Result<(), ApiError> {
+    let Some(resource) = route
+        .route
+        .mcp
+        .as_ref()
+        .and_then(|m| m.oauth.as_ref())
+        .and_then(|o| o.resource.as_deref())
+    else {
+        return Ok(());
+    };
+    if who.method != crate::identity::AuthMethod::Oidc {
+        return Ok(());
+    }
+    let token = session
+        .req_header()
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .unwrap_or("");
+    if crate::mcp::oauth::audiences(token)
+        .iter()
+        .any(|a| a == resource)
+    {
+        return Ok(());
+    }
+    let why = format!(
+        "the token was not issued for route `{}`'s resource {resource} (its `aud` does not name it); request one with resource={resource} (RFC 8707)",
+        route.route.name
+    );
+    let mut e = ApiError::new(401, "authentication_error", "wrong_audience", why.clone());
+    e.challenge = Some(format!(
+        r#"Bearer realm="agentgate", error="invalid_token", error_description="{}""#,
+        why.replace(['"', '\\'], "'")
+    ));
+    Err(e)
+}
+
+impl Gateway {
+    /// `GET /.well-known/oauth-protected-resource[<route path>]`: the MCP route's metadata
+    /// (RFC 9728), public like the issuer's own discovery documents.
+    pub(super) async fn protected_resource_metadata(
+        &self,
+        session: &mut Session,
+        ctx: &mut Exchange,
+    ) -> pingora::Result<bool> {
+        let active = self.active.get();
+        let path = session.req_header().uri.path().to_string();
+        let suffix = &path[crate::mcp::oauth::WELL_KNOWN.len()..];
+        let route = if suffix.is_empty() {
+            active
+                .routes
+                .iter()
+                .find(|r| r.route.mcp.as_ref().is_some_and(|m| m.oauth.is_some()))
+                .cloned()
+        } else {
+            oauth_route(&active, session, suffix).filter(|r| {
+                r.route.path_prefix.trim_end_matches('/') == suffix.trim_end_matches('/')
+            })
+        };
+        let (Some(route), Some(origin)) = (route, origin_of(session)) else {
+            let e = ApiError::new(
+                404,
+                "invalid_request_error",
+                "route_not_found",
+                format!("no MCP route with `mcp.oauth` publishes metadata at {path}"),
+            );
+            return self.answer(session, ctx, e).await;
+        };
+        let (Some(policy), true) = (
+            route.route.mcp.as_ref().and_then(|m| m.oauth.as_ref()),
+            session.req_header().method == http::Method::GET,
+        ) else {
+            let e = ApiError::new(
+                405,
+                "invalid_request_error",
+                "method_not_allowed",
+                "GET only",
+            );
+            return self.answer(session, ctx, e).await;
+        };
+        let resource = crate::mcp::oauth::resource(policy, &origin, &route.route.path_prefix);
+        let v = crate::mcp::oauth::metadata(policy, &resource, &route.route.name);
+        write_jsonrpc(session, &ctx.id, 200, &v).await;
+        Ok(true)
     }
 }

@@ -112,9 +112,22 @@ impl ProxyHttp for Gateway {
             *ctx = exchange;
             return Ok(false);
         }
+        if session
+            .req_header()
+            .uri
+            .path()
+            .starts_with(crate::mcp::oauth::WELL_KNOWN)
+        {
+            return self.protected_resource_metadata(session, ctx).await;
+        }
         let route = match self.admit(session, ctx).await {
             Ok(r) => r,
-            Err(e) => return self.answer(session, ctx, e).await,
+            Err(mut e) => {
+                if e.status == 401 {
+                    mcp::point_at_metadata(session, &self.active.get(), &mut e);
+                }
+                return self.answer(session, ctx, e).await;
+            }
         };
         if !self.needs_body(session, ctx, &route) {
             return Ok(false);
