@@ -43,8 +43,9 @@ def start_gateway(tmp_path):
     keyword arguments are gateway_config's); stops them all at the end of the test."""
     started: list[Gateway] = []
 
-    def start(routes, wait_ready: bool = True, preexec=None, admin_port: int | None = None, **config) -> Gateway:
-        port, admin_port = free_port(), admin_port or free_port()
+    def start(routes, wait_ready: bool = True, preexec=None, admin_port: int | None = None, port: int | None = None,
+              **config) -> Gateway:
+        port, admin_port = port or free_port(), admin_port or free_port()
         state = tmp_path / f"gw{len(started)}"
         state.mkdir()
         gw = Gateway(gateway_config(port, admin_port, routes, **config), state, port, admin_port, wait_ready=wait_ready, preexec=preexec)

@@ -21,6 +21,7 @@ import time
 import httpx
 import pytest
 from mcp import ClientSession
+from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import McpError
 
@@ -31,6 +32,8 @@ from test_sdk import run_sdk
 
 HERE = pathlib.Path(__file__).resolve().parent
 PATH = "/mcp/tools"
+# The SSE transport of 2024-11-05 on the same server (and the same route, by its prefix).
+SSE_PATH = f"{PATH}-sse/sse"
 PEOPLE = {"release-bot": ["release-bots"], "alice": ["security-oncall"]}
 MCP_POLICY = {
     "tools": [
@@ -123,15 +126,25 @@ def mcp_gateway(start_gateway, mcp_upstream, upstream_ca_file):
     return start
 
 
-def run_client(gw: Gateway, scenario, token: str = AGENT_TOKEN, path: str = PATH, **session_kw):
+def run_client(gw: Gateway, scenario, token: str = AGENT_TOKEN, path: str | None = None, transport: str = "streamable_http",
+               **session_kw):
     """Runs `scenario(session)` in an initialized MCP client session through the gateway (the
-    `mcp` package's Streamable HTTP client, verifying the gateway's certificate)."""
+    `mcp` package's Streamable HTTP client, or with `transport="sse"` its SSE client, verifying
+    the gateway's certificate)."""
 
     async def main():
         ctx = ssl.create_default_context(cafile=str(gw.ca_file))
         headers = {"Authorization": f"Bearer {token}"}
+        if transport == "sse":
+            def factory(headers=None, timeout=None, auth=None):
+                return httpx.AsyncClient(verify=ctx, headers=headers, timeout=httpx.Timeout(30, read=120), auth=auth)
+
+            async with sse_client(f"{gw.base_url}{path or SSE_PATH}", headers=headers, httpx_client_factory=factory) as (read, write):
+                async with ClientSession(read, write, **session_kw) as s:
+                    await s.initialize()
+                    return await scenario(s), None
         async with httpx.AsyncClient(verify=ctx, headers=headers, timeout=httpx.Timeout(30, read=120)) as http:
-            async with streamable_http_client(f"{gw.base_url}{path}", http_client=http) as (read, write, session_id):
+            async with streamable_http_client(f"{gw.base_url}{path or PATH}", http_client=http) as (read, write, session_id):
                 async with ClientSession(read, write, **session_kw) as s:
                     await s.initialize()
                     out = await scenario(s)
@@ -213,7 +226,7 @@ def test_sessions_streams_and_credentials_pass(mcp_gateway):
     log = up.log()
     # The client's GET stream and its DELETE at the end went through the gateway.
     assert any(e.get("http") == "GET" and e["path"] == PATH for e in log)
-    assert gw.wait_session_lines(lambda l: l["method"] == "DELETE" and l["route"] == "tools")
+    assert gw.wait_session_lines(lambda l: l.get("method") == "DELETE" and l.get("route") == "tools")
     # The server saw the route's credential on every request, never the agent's token.
     assert {e["authorization"] for e in log if "http" in e} == {f"Bearer {ROUTE_KEY}"}
 
@@ -235,6 +248,59 @@ def test_requests_that_are_not_jsonrpc_get_a_jsonrpc_error(mcp_gateway):
     assert not [e for e in up.log() if e.get("http") == "POST"]
 
 
+# --- the SSE transport of 2024-11-05 --------------------------------------------
+
+def test_the_sse_transport_filters_lists_and_answers_refusals_on_the_stream(mcp_gateway):
+    """Answers travel on the GET stream: lists there are filtered by their shape, and a refused
+    call's error reaches the client there (the server got a ping in its place)."""
+    gw, up = mcp_gateway()
+
+    async def scenario(s: ClientSession):
+        names = await tool_names(s)
+        ok = await s.call_tool("search_issues", {"query": "flaky test"})
+        with pytest.raises(McpError) as refused:
+            await s.call_tool("delete_repo", {"name": "prod"})
+        resources = sorted(str(r.uri) for r in (await s.list_resources()).resources)
+        with pytest.raises(McpError) as secret:
+            await s.read_resource("file:///secrets/keys.txt")
+        after = await s.call_tool("search_issues", {"query": "still here"})
+        return names, ok, refused.value, resources, secret.value, after
+
+    (names, ok, refused, resources, secret, after), _ = run_client(gw, scenario, transport="sse")
+    assert names == ["lookup_owner", "search_issues", "summarize"]
+    assert ok.content[0].text == "3 issues match 'flaky test'" and after.content[0].text == "3 issues match 'still here'"
+    assert refused.error.data == {"agentgate": "tool_not_allowed"} and "tool `delete_repo` is not available" in refused.error.message
+    assert resources == ["file:///docs/readme.md"]
+    assert secret.error.data == {"agentgate": "resource_not_allowed"}
+    log = up.log()
+    assert [e["tool"] for e in log if "tool" in e] == ["search_issues", "search_issues"]
+    assert not any(e.get("resource") for e in log)
+    posts = [json.loads(e["body"]) for e in log if e.get("http") == "POST"]
+    assert not any("delete_repo" in json.dumps(p) or "secrets" in json.dumps(p) for p in posts)
+    assert sum(p.get("method") == "ping" for p in posts) == 2, "a ping went in each refused request's place"
+    assert gw.wait_metric("agentgate_mcp_calls_total", 1, route="tools", tool="delete_repo", outcome="refused") == 1
+    # Another caller's list on its own stream.
+    (bot, _) = run_client(gw, tool_names, token=person_token("release-bot"), transport="sse")
+    assert bot == ["create_release"]
+
+
+def test_an_sse_transport_session_serves_only_the_caller_who_opened_it(mcp_gateway):
+    gw, up = mcp_gateway()
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2024-11-05", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+    with gw.client() as agent, gw.client(token=person_token("release-bot")) as bot:
+        with agent.stream("GET", SSE_PATH, headers={"Accept": "text/event-stream"}) as stream:
+            lines = stream.iter_lines()  # kept: leaving a loop over it would close the stream
+            endpoint = next(line for line in lines if line.startswith("data:"))[5:].strip()
+            assert endpoint and "session_id=" in endpoint, endpoint
+            other = bot.post(endpoint, json=init)
+            assert other.status_code == 403 and other.json()["error"]["code"] == "mcp_session_not_yours", other.text
+            own = agent.post(endpoint, json=init)
+            assert own.status_code == 202, own.text
+    # Only the owner's POST reached the server.
+    assert len([e for e in up.log() if e.get("http") == "POST"]) == 1
+
+
 # --- approvals on tools/call ------------------------------------------------
 
 APPROVAL_POLICY = {"tools": [{"name": "*", "groups": ["agents"]}]}
@@ -253,16 +319,16 @@ class ToolCallInBackground(threading.Thread):
     """One MCP client session calling `tool` through the gateway in a thread (the client just
     waits longer while the call is held)."""
 
-    def __init__(self, gw: Gateway, tool: str, arguments: dict) -> None:
+    def __init__(self, gw: Gateway, tool: str, arguments: dict, transport: str = "streamable_http") -> None:
         super().__init__(daemon=True)
-        self.gw, self.tool, self.arguments = gw, tool, arguments
+        self.gw, self.tool, self.arguments, self.transport = gw, tool, arguments, transport
         self.result = None
         self.error: BaseException | None = None
         self.start()
 
     def run(self) -> None:
         try:
-            self.result, _ = run_client(self.gw, lambda s: s.call_tool(self.tool, self.arguments))
+            self.result, _ = run_client(self.gw, lambda s: s.call_tool(self.tool, self.arguments), transport=self.transport)
         except BaseException as e:  # McpError arrives wrapped in the client's task group
             self.error = e
 
@@ -312,10 +378,11 @@ def test_a_held_tool_call_runs_once_approved_by_cli(mcp_gateway):
     assert ok.content[0].text == "3 issues match 'x'"
 
 
-def test_a_denied_tool_call_gets_a_jsonrpc_error(mcp_gateway):
+@pytest.mark.parametrize("transport", ["streamable_http", "sse"])
+def test_a_denied_tool_call_gets_a_jsonrpc_error(mcp_gateway, transport):
     gw, up = mcp_gateway(policy=APPROVAL_POLICY, route_fields={"approvals": ["repo-deletion"]},
                          identity=people_identity(APPROVERS), extra=repo_deletion(), admin={"auditors": ["security-oncall"]})
-    call = ToolCallInBackground(gw, "delete_repo", {"name": "prod"})
+    call = ToolCallInBackground(gw, "delete_repo", {"name": "prod"}, transport=transport)
     [a] = wait_pending(gw)
     assert cli(gw, "bob", "deny", a["id"], "--reason", "not during the freeze").returncode == 0
     _, error = call.outcome()
@@ -442,18 +509,98 @@ def test_a_changed_tool_definition_is_hidden_until_accepted(mcp_gateway):
 
 # --- the OpenAI Agents SDK ------------------------------------------------------
 
-def test_an_agents_sdk_agent_calls_an_mcp_tool_through_the_gateway(start_gateway, mcp_upstream, mock, upstream_ca_file):
+@pytest.mark.parametrize("transport", ["streamable_http", "sse"])
+def test_an_agents_sdk_agent_calls_an_mcp_tool_through_the_gateway(start_gateway, mcp_upstream, mock, upstream_ca_file, transport):
     """The model (the mock, on route `mock`) and the MCP server (route `tools`) both behind the
-    gateway; the agent sees only the granted tool and its call goes through."""
+    gateway; the agent sees only the granted tool and its call goes through (MCPServerStreamableHttp,
+    and MCPServerSse on the SSE transport of 2024-11-05, where answers come on the GET stream)."""
     up = mcp_upstream()
     routes = [
         route("tools", PATH, up.url, upstream_ca_file, mcp={"tools": [{"name": "weather", "groups": ["agents"]}]}),
         route("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file),
     ]
     gw = start_gateway(routes)
-    r = run_sdk(gw, "mcp_agent", env_extra={"MCP_URL": f"{gw.base_url}{PATH}"})
+    url = f"{gw.base_url}{SSE_PATH if transport == 'sse' else PATH}"
+    r = run_sdk(gw, "mcp_agent", env_extra={"MCP_URL": url, "MCP_TRANSPORT": transport})
     assert r["tools"] == ["weather"], r
     # The SDK hands the model the MCP content item as JSON.
     assert r["final"].startswith("The tool said: ") and json.loads(r["final"][len("The tool said: "):])["text"] == "sunny in Paris", r
     assert [e["tool"] for e in up.log() if "tool" in e] == ["weather"]
     assert gw.wait_metric("agentgate_mcp_calls_total", 1, route="tools", tool="weather", outcome="allowed") == 1
+
+
+# --- OAuth for MCP clients (the gateway as resource server) ----------------------
+
+class MemoryTokens:
+    """The `mcp` client's TokenStorage, in memory."""
+
+    def __init__(self) -> None:
+        self.tokens = self.client = None
+
+    async def get_tokens(self):
+        return self.tokens
+
+    async def set_tokens(self, tokens) -> None:
+        self.tokens = tokens
+
+    async def get_client_info(self):
+        return self.client
+
+    async def set_client_info(self, info) -> None:
+        self.client = info
+
+
+def test_an_mcp_client_finds_the_issuer_and_gets_a_token_for_the_route(start_gateway, mcp_upstream, upstream_ca, upstream_ca_file, tmp_path):
+    """401 + protected-resource metadata (RFC 9728), then the `mcp` client's own OAuth support
+    (client credentials, RFC 8707 resource) against the real OpenID provider; a token for another
+    audience is refused; the server never sees the agent's token."""
+    from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuthProvider
+    from net import free_port
+    from test_oidc_e2e import client_credentials_token, run_provider
+
+    up = mcp_upstream()
+    port = free_port()
+    resource = f"https://127.0.0.1:{port}{PATH}"
+    metadata_url = f"https://127.0.0.1:{port}/.well-known/oauth-protected-resource{PATH}"
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+    accept = {"Accept": "application/json, text/event-stream"}
+    with run_provider(upstream_ca, tmp_path) as issuer:
+        r = route("tools", PATH, up.url, upstream_ca_file, access={"groups": ["agents"]},
+                  mcp={"tools": [{"name": "search_issues", "groups": ["agents"]}],
+                       "oauth": {"resource": resource, "authorization_servers": [issuer]}})
+        gw = start_gateway(r, port=port, identity={"oidc": [{"issuer": issuer, "audiences": ["agentgate", resource],
+                                                             "ca_file": str(upstream_ca_file)}]})
+        with gw.client(token=None) as c:
+            denied = c.post(PATH, json=init, headers=accept)
+            assert denied.status_code == 401
+            assert f'resource_metadata="{metadata_url}"' in denied.headers["www-authenticate"], denied.headers
+            meta = c.get(metadata_url)
+            assert meta.status_code == 200, meta.text
+            assert meta.json()["resource"] == resource and meta.json()["authorization_servers"] == [issuer]
+            assert c.get("/.well-known/oauth-protected-resource").json() == meta.json()
+            assert c.get("/.well-known/oauth-protected-resource/v1/other").status_code == 404
+        # A token the issuer made for its default audience is not one for this route.
+        other = client_credentials_token(issuer, upstream_ca_file, "agent-a")
+        with gw.client(token=other) as c:
+            wrong = c.post(PATH, json=init, headers=accept)
+        assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "wrong_audience", wrong.text
+        assert f'resource_metadata="{metadata_url}"' in wrong.headers["www-authenticate"]
+
+        async def main():
+            ctx = ssl.create_default_context(cafile=str(gw.ca_file))
+            ctx.load_verify_locations(cafile=str(upstream_ca_file))
+            auth = ClientCredentialsOAuthProvider(server_url=f"{gw.base_url}{PATH}", storage=MemoryTokens(), client_id="agent-a",
+                                                  client_secret="agent-a-secret-0123456789", issuer=issuer)
+            async with httpx.AsyncClient(verify=ctx, auth=auth, timeout=httpx.Timeout(30, read=120)) as http:
+                async with streamable_http_client(f"{gw.base_url}{PATH}", http_client=http) as (read, write, _):
+                    async with ClientSession(read, write) as s:
+                        await s.initialize()
+                        return await tool_names(s), await s.call_tool("search_issues", {"query": "oauth"}), auth.context.current_tokens
+
+        names, result, tokens = asyncio.run(main())
+    assert names == ["search_issues"] and result.content[0].text == "3 issues match 'oauth'"
+    import jwt as pyjwt
+    assert pyjwt.decode(tokens.access_token, options={"verify_signature": False})["aud"] == resource
+    # The server saw the route's credential only.
+    assert {e["authorization"] for e in up.log() if "http" in e} == {f"Bearer {ROUTE_KEY}"}

@@ -301,6 +301,17 @@ pub struct McpRoute {
     /// A tool whose definition changed since first seen is hidden and refused until accepted.
     pub pin_definitions: bool,
     pub server_requests: McpServerRequests,
+    /// The gateway as this route's OAuth resource server (MCP authorization).
+    pub oauth: Option<McpOAuth>,
+}
+
+/// `mcp.oauth`: the protected-resource metadata of an MCP route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct McpOAuth {
+    /// The route's resource URL; when set, tokens must name it in `aud` (RFC 8707).
+    pub resource: Option<String>,
+    /// Issuers clients get tokens from (of `identity.oidc`).
+    pub authorization_servers: Vec<String>,
 }
 
 /// One `tools`/`resources`/`prompts` entry: a name (or URI) pattern where `*` matches any run

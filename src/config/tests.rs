@@ -411,6 +411,13 @@ fn mcp_routes() {
             roots: false
         }
     );
+    let c = parse(&with(
+        "      oauth: { resource: https://gw.example/mcp, authorization_servers: [https://idp.example] }\n",
+    ))
+    .unwrap();
+    let o = c.routes[0].mcp.as_ref().unwrap().oauth.as_ref().unwrap();
+    assert_eq!(o.resource.as_deref(), Some("https://gw.example/mcp"));
+    assert_eq!(o.authorization_servers, ["https://idp.example"]);
     // Sampling is denied unless allowed.
     let c = parse(&with("      pin_definitions: false\n")).unwrap();
     assert!(!c.routes[0].mcp.as_ref().unwrap().server_requests.sampling);
@@ -436,6 +443,21 @@ fn mcp_routes() {
             15,
         ),
         ("      tool: []\n", "unknown field `tool`", 15),
+        (
+            "      oauth: { resource: https://gw.example/mcp }\n",
+            "name at least one issuer",
+            15,
+        ),
+        (
+            "      oauth: { authorization_servers: [http://idp] }\n",
+            "must be an https:// issuer URL",
+            15,
+        ),
+        (
+            "      oauth: { resource: http://gw/mcp, authorization_servers: [https://idp] }\n",
+            "mcp.oauth.resource",
+            15,
+        ),
     ];
     for (mcp, fragment, line) in refused {
         let err = parse(&with(mcp)).expect_err(mcp);

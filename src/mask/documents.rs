@@ -24,6 +24,9 @@
 //! `MAX_LEAVES` strings in one document the stream cannot be masked safely: `refused` says why
 //! and the caller ends the stream.
 //!
+//! A stream whose documents are each a whole message (`whole_documents`: MCP's JSON-RPC
+//! messages, one per SSE event) has no channels: every document is masked whole, nothing held.
+//!
 //! Identifier-like leaves (`id`, `model`, `type`, `role`, `name`, `finish_reason`...) are not
 //! text a client joins up: each value is masked whole, nothing held, so they are never cut. Object
 //! keys are masked whole too.
@@ -88,8 +91,6 @@ struct Family {
     kind: String,
     ty: Option<String>,
     indices: Vec<(String, u64)>,
-    /// A JSON-RPC message (MCP): whole by protocol, never a piece of a text.
-    rpc: bool,
 }
 
 impl Family {
@@ -109,7 +110,6 @@ impl Family {
             kind: kind.to_string(),
             ty,
             indices,
-            rpc: v.get("jsonrpc").is_some(),
         }
     }
 
@@ -121,12 +121,13 @@ impl Family {
     /// Whether documents of this family carry text in pieces: untyped chunks (Chat
     /// Completions, Gemini, Ollama) and typed deltas (`response.output_text.delta`,
     /// `content_block_delta`, `content-delta`). Other typed documents (`response.completed`,
-    /// `message_start`) and JSON-RPC messages (MCP) are whole: each string in them is masked as
-    /// it stands, nothing held.
+    /// `message_start`) are whole: each string in them is masked as it stands, nothing held.
+    /// (MCP routes say their JSON-RPC messages are whole: `Documents::whole_documents`; a field
+    /// in the document never decides it, an upstream could add one.)
     fn streams(&self) -> bool {
         let delta = |s: &str| s.to_ascii_lowercase().contains("delta");
         let kind = self.kind.is_empty() || self.kind == "message" || delta(&self.kind);
-        kind && self.ty.as_deref().is_none_or(delta) && !self.rpc
+        kind && self.ty.as_deref().is_none_or(delta)
     }
 
     /// A document of this family says some text has ended (`response.output_text.done`,
@@ -390,6 +391,8 @@ pub struct Documents {
     /// The route's injected credentials: starred in every leaf, also across documents.
     secrets: Option<Arc<SecretSet>>,
     open: Vec<Channel>,
+    /// Every document is a whole message: masked whole, never joined to the next.
+    whole: bool,
     pub tally: Tally,
     /// Why the stream cannot be masked safely (a bound was passed): the caller ends it.
     pub refused: Option<String>,
@@ -409,6 +412,7 @@ impl Documents {
             restore,
             secrets: None,
             open: Vec::new(),
+            whole: false,
             tally: Tally::default(),
             refused: None,
         }
@@ -440,6 +444,12 @@ impl Documents {
         String::from_utf8(buf).unwrap_or_default()
     }
 
+    /// Each document is a whole message (JSON-RPC): masked whole, no channel across documents.
+    pub fn whole_documents(mut self) -> Self {
+        self.whole = true;
+        self
+    }
+
     /// Text held back across all channels.
     pub fn held(&self) -> usize {
         self.open.iter().map(|c| c.masker.held()).sum()
@@ -450,7 +460,7 @@ impl Documents {
     pub fn document(&mut self, kind: &str, mut v: Value) -> Vec<Out> {
         let family = Family::of(kind, &v);
         let mut out = Vec::new();
-        if family.keep_alive() {
+        if self.whole || family.keep_alive() {
             self.mask_whole(&mut v, true);
             out.push(Out::Arrived(v));
             return out;

@@ -96,6 +96,12 @@ impl SseMasker {
         self
     }
 
+    /// Each event is a whole message (MCP's JSON-RPC): masked whole, never joined to the next.
+    pub fn whole_events(mut self) -> Self {
+        self.docs = self.docs.whole_documents();
+        self
+    }
+
     /// Text held back across all channels.
     pub fn held(&self) -> usize {
         self.docs.held() + self.pending.len()

@@ -1222,30 +1222,6 @@ fn the_route_key_split_across_events_is_starred() {
     }
 }
 
-/// JSON-RPC messages (MCP over SSE) are whole: every string masked as it stands, nothing held or
-/// cut (`"2.0"` could begin a number a detector finds), no copy sent after them.
-#[test]
-fn json_rpc_messages_are_masked_whole() {
-    use serde_json::json;
-    let e = engine();
-    let rules = Arc::new(redact_all());
-    let msg = json!({"jsonrpc": "2.0", "id": 0, "result": {"protocolVersion": "2025-06-18", "serverInfo": {"name": "tools", "version": "1.2.3"}, "content": [{"type": "text", "text": "mail jane.doe@example.com"}]}});
-    let s = format!("event: message\ndata: {msg}\n\n");
-    let (outs, all) = sse_through(&e, &rules, None, &[s.as_bytes()]);
-    assert_eq!(
-        outs[0], all,
-        "everything sent with the event, nothing at the end"
-    );
-    let out = String::from_utf8(all).unwrap();
-    assert_eq!(out.matches("data: ").count(), 1, "{out}");
-    let v: serde_json::Value =
-        serde_json::from_str(out.split("data: ").nth(1).unwrap().trim()).unwrap();
-    assert_eq!(v["jsonrpc"], "2.0");
-    assert_eq!(v["result"]["protocolVersion"], "2025-06-18");
-    assert_eq!(v["result"]["serverInfo"]["version"], "1.2.3");
-    assert_eq!(v["result"]["content"][0]["text"], "mail [REDACTED:EMAIL]");
-}
-
 /// A hostile upstream cannot make the masker hold or repeat much: channels are bounded (leaves
 /// beyond are masked value by value), and the copies that carry held text are skeletons, not
 /// copies of a large event.
@@ -1393,4 +1369,43 @@ fn red_team_stream_shapes_are_masked() {
     let mut m = sse::SseMasker::new(e.clone(), rules.clone(), None, false);
     let r = m.push(format!("data: {}\n\n", json!({"pad": pad})).as_bytes());
     assert!(matches!(r, Err(sse::SseError::Unmaskable(_))), "{r:?}");
+}
+
+/// MCP's SSE events are JSON-RPC messages, each whole: with `whole_events` every event goes out
+/// masked as soon as it is complete, none of its strings held for or joined with the next event
+/// (the stream masker would hold `"2.0"` of `jsonrpc` waiting for more and empty it).
+#[test]
+fn whole_events_are_masked_whole_and_nothing_is_held() {
+    use serde_json::{json, Value};
+    let e = engine();
+    let rules = Arc::new(redact_all());
+    let msg = |id: u64, text: &str| json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": text}]}});
+    let events = [
+        msg(1, "owner jane.doe@example.com"),
+        msg(2, "call 415"),
+        msg(3, " 555 2671"),
+    ];
+    let mut m = sse::SseMasker::new(e.clone(), rules.clone(), None, true).whole_events();
+    for (i, ev) in events.iter().enumerate() {
+        let out = m
+            .push(format!("event: message\ndata: {ev}\n\n").as_bytes())
+            .unwrap();
+        assert_eq!(m.held(), 0, "event {i}");
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("event: message\ndata: "), "{text}");
+        let v: Value =
+            serde_json::from_str(text.trim_end()["event: message\ndata: ".len()..].trim()).unwrap();
+        assert_eq!(v["jsonrpc"], "2.0", "{text}");
+        assert_eq!(v["id"], json!(i as u64 + 1));
+        if i == 0 {
+            assert_eq!(v["result"]["content"][0]["text"], "owner [REDACTED:EMAIL]");
+        } else {
+            // Messages are not one text: their pieces are not joined into a phone number.
+            assert_eq!(
+                v["result"]["content"][0]["text"],
+                events[i]["result"]["content"][0]["text"]
+            );
+        }
+    }
+    assert!(m.finish().is_empty());
 }

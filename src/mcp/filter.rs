@@ -1,6 +1,11 @@
 //! Messages from the server on their way to the client: list answers (`tools/list`,
 //! `resources/list`, `resources/templates/list`, `prompts/list`) keep only what the caller may
 //! use, and server-to-client requests the route denies are dropped.
+//!
+//! A list answer is known by its shape (a result with a `tools`, `resources`,
+//! `resourceTemplates` or `prompts` member), never only by the id of a request the gateway saw
+//! go out: on the SSE transport of 2024-11-05 answers come on a GET stream that no POST's ids
+//! describe, and a server may answer on any stream it likes.
 
 use super::access::{granted, server_request_allowed};
 use super::jsonrpc::{self, Kind};
@@ -26,6 +31,13 @@ impl ListKind {
         })
     }
 
+    const ALL: [ListKind; 4] = [
+        ListKind::Tools,
+        ListKind::Resources,
+        ListKind::ResourceTemplates,
+        ListKind::Prompts,
+    ];
+
     /// The result's array and the field of an entry that names it.
     fn fields(self) -> (&'static str, &'static str) {
         match self {
@@ -37,7 +49,7 @@ impl ListKind {
     }
 }
 
-/// The list requests of one POST whose answers are filtered, by JSON-RPC id.
+/// The list requests of one POST (their JSON answers are read whole to be filtered).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Awaited {
     lists: Vec<(Value, ListKind)>,
@@ -60,10 +72,6 @@ impl Awaited {
     pub fn is_empty(&self) -> bool {
         self.lists.is_empty()
     }
-
-    fn kind_of(&self, id: &Value) -> Option<ListKind> {
-        self.lists.iter().find(|(i, _)| i == id).map(|(_, k)| *k)
-    }
 }
 
 /// What became of one message.
@@ -77,11 +85,10 @@ pub enum Verdict {
 }
 
 /// Filters one message from the server. `tool_ok` decides, beyond the grants, whether a tool
-/// definition is shown (definition pinning); it sees every granted tool of a `tools/list`.
+/// definition is shown (definition pinning); it sees every granted tool of a tools list.
 pub fn server_message(
     policy: &McpRoute,
     groups: &[String],
-    awaited: &Awaited,
     m: &mut Value,
     tool_ok: &mut dyn FnMut(&Value) -> bool,
 ) -> Verdict {
@@ -91,35 +98,41 @@ pub fn server_message(
             _ => Verdict::Keep,
         },
         Kind::Response => {
-            let Some(kind) = jsonrpc::id(m).and_then(|id| awaited.kind_of(id)) else {
+            let Some(result) = m.get_mut("result").and_then(Value::as_object_mut) else {
                 return Verdict::Keep;
             };
-            let grants = match kind {
-                ListKind::Tools => policy.tools.as_deref(),
-                ListKind::Resources | ListKind::ResourceTemplates => policy.resources.as_deref(),
-                ListKind::Prompts => policy.prompts.as_deref(),
-            };
-            let (list, key) = kind.fields();
-            let Some(entries) = m
-                .get_mut("result")
-                .and_then(|r| r.get_mut(list))
-                .and_then(Value::as_array_mut)
-            else {
-                return Verdict::Keep;
-            };
-            let before = entries.len();
-            entries.retain(|e| {
-                let Some(name) = e.get(key).and_then(Value::as_str) else {
-                    // An entry the gateway cannot name is one it cannot allow.
-                    return false;
+            let mut verdict = Verdict::Keep;
+            for kind in ListKind::ALL {
+                let grants = match kind {
+                    ListKind::Tools => policy.tools.as_deref(),
+                    ListKind::Resources | ListKind::ResourceTemplates => {
+                        policy.resources.as_deref()
+                    }
+                    ListKind::Prompts => policy.prompts.as_deref(),
                 };
-                granted(grants, name, groups) && (kind != ListKind::Tools || tool_ok(e))
-            });
-            if entries.len() == before {
-                Verdict::Keep
-            } else {
-                Verdict::Changed
+                let (list, key) = kind.fields();
+                let Some(member) = result.get_mut(list) else {
+                    continue;
+                };
+                let Some(entries) = member.as_array_mut() else {
+                    // A list the gateway cannot read is one it cannot show.
+                    *member = Value::Array(Vec::new());
+                    verdict = Verdict::Changed;
+                    continue;
+                };
+                let before = entries.len();
+                entries.retain(|e| {
+                    let Some(name) = e.get(key).and_then(Value::as_str) else {
+                        // An entry the gateway cannot name is one it cannot allow.
+                        return false;
+                    };
+                    granted(grants, name, groups) && (kind != ListKind::Tools || tool_ok(e))
+                });
+                if entries.len() != before {
+                    verdict = Verdict::Changed;
+                }
             }
+            verdict
         }
         _ => Verdict::Keep,
     }

@@ -11,11 +11,16 @@
 //!   answer the gateway must filter.
 //! - A server-to-client request the route denies (sampling, elicitation, roots) never reaches
 //!   the client.
+//! - On the SSE transport (2024-11-05) a refused request's error reaches the client on the
+//!   stream it reads answers from (`sse_transport`), and its messages endpoint serves only the
+//!   caller who opened the stream.
 
 pub mod access;
 pub mod filter;
 pub mod jsonrpc;
+pub mod oauth;
 pub mod pins;
+pub mod sse_transport;
 pub mod stream;
 
 #[cfg(test)]

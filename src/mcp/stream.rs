@@ -27,6 +27,9 @@ pub struct MessageStream {
     failed: bool,
     /// Methods of server requests dropped (for the log and the record).
     pub dropped: Vec<String>,
+    /// The last `event: endpoint` seen (the SSE transport of 2024-11-05: where the client
+    /// POSTs its messages), taken by the proxy.
+    pub endpoint: Option<String>,
 }
 
 /// What the filter does to one message.
@@ -41,6 +44,7 @@ impl MessageStream {
             max,
             failed: false,
             dropped: Vec::new(),
+            endpoint: None,
         }
     }
 
@@ -154,6 +158,15 @@ impl MessageStream {
         };
         let ev = sse::parse(text);
         if ev.data_lines == 0 {
+            out.extend_from_slice(&raw);
+            return;
+        }
+        if ev
+            .other
+            .iter()
+            .any(|l| super::sse_transport::is_endpoint_event(l))
+        {
+            self.endpoint = Some(ev.data.clone());
             out.extend_from_slice(&raw);
             return;
         }

@@ -2,7 +2,7 @@
 //! filtering, server requests, and the stream framing with every split of an event.
 
 use super::access::{self, glob, granted};
-use super::filter::{self, Awaited, Verdict};
+use super::filter::{self, Verdict};
 use super::jsonrpc::{self, Kind, Target};
 use super::stream::{Framing, MessageStream};
 use crate::config::{McpGrant, McpRoute, McpServerRequests};
@@ -25,6 +25,7 @@ fn policy() -> McpRoute {
         resources: Some(vec![grant("file:///docs/*", Some(&["agents"]))]),
         prompts: None,
         pin_definitions: false,
+        oauth: None,
         server_requests: McpServerRequests {
             sampling: false,
             elicitation: true,
@@ -240,65 +241,94 @@ fn names(m: &Value) -> Vec<String> {
 #[test]
 fn list_answers_show_what_the_caller_may_use() {
     let p = policy();
-    let awaited = Awaited::of(&[json!({"jsonrpc":"2.0","id":7,"method":"tools/list"})]);
     let mut all = |_: &Value| true;
     let mut m = tools_answer(json!(7));
     assert_eq!(
-        filter::server_message(&p, &groups(&["agents"]), &awaited, &mut m, &mut all),
+        filter::server_message(&p, &groups(&["agents"]), &mut m, &mut all),
         Verdict::Changed
     );
     assert_eq!(names(&m), ["search_issues"]);
     let mut m = tools_answer(json!(7));
-    filter::server_message(
-        &p,
-        &groups(&["release-bots", "agents"]),
-        &awaited,
-        &mut m,
-        &mut all,
-    );
+    filter::server_message(&p, &groups(&["release-bots", "agents"]), &mut m, &mut all);
     assert_eq!(names(&m), ["search_issues", "create_release"]);
-    // Another id: not an answer to a list request of this POST, left alone.
-    let mut m = tools_answer(json!(8));
-    assert_eq!(
-        filter::server_message(&p, &groups(&["agents"]), &awaited, &mut m, &mut all),
-        Verdict::Keep
-    );
-    // A "7" string id is not the number 7.
-    let mut m = tools_answer(json!("7"));
-    assert_eq!(
-        filter::server_message(&p, &groups(&["agents"]), &awaited, &mut m, &mut all),
-        Verdict::Keep
-    );
     // Pinning hides what `tool_ok` refuses.
     let mut m = tools_answer(json!(7));
     let mut not_search = |t: &Value| t["name"] != "search_issues";
     filter::server_message(
         &p,
         &groups(&["agents", "release-bots"]),
-        &awaited,
         &mut m,
         &mut not_search,
     );
     assert_eq!(names(&m), ["create_release"]);
     // Resources and prompts.
-    let awaited = Awaited::of(&[
-        json!({"id":1,"method":"resources/list"}),
-        json!({"id":2,"method":"prompts/list"}),
-    ]);
     let mut r = json!({"id":1,"result":{"resources":[{"uri":"file:///docs/a"},{"uri":"file:///etc/shadow"}]}});
-    filter::server_message(&p, &groups(&["agents"]), &awaited, &mut r, &mut all);
+    filter::server_message(&p, &groups(&["agents"]), &mut r, &mut all);
     assert_eq!(r["result"]["resources"], json!([{"uri":"file:///docs/a"}]));
     let mut pr = json!({"id":2,"result":{"prompts":[{"name":"a"}]}});
     assert_eq!(
-        filter::server_message(&p, &groups(&["agents"]), &awaited, &mut pr, &mut all),
+        filter::server_message(&p, &groups(&["agents"]), &mut pr, &mut all),
         Verdict::Keep
     );
 }
 
 #[test]
+fn list_answers_are_known_by_their_shape_whatever_their_id() {
+    // On the SSE transport (2024-11-05) answers come on the GET stream, which no POST's ids
+    // describe: any id, string or number, and answers the gateway never saw asked for.
+    let p = policy();
+    let mut all = |_: &Value| true;
+    for id in [
+        json!(8),
+        json!("7"),
+        json!(null),
+        json!("agentgate-unknown"),
+    ] {
+        let mut m = tools_answer(id.clone());
+        assert_eq!(
+            filter::server_message(&p, &groups(&["agents"]), &mut m, &mut all),
+            Verdict::Changed,
+            "{id}"
+        );
+        assert_eq!(names(&m), ["search_issues"], "{id}");
+    }
+    // Several lists in one result: each filtered.
+    let mut both = json!({"jsonrpc":"2.0","id":1,"result":{
+        "tools":[{"name":"delete_repo"},{"name":"search_issues"}],
+        "resourceTemplates":[{"uriTemplate":"file:///etc/{x}"},{"uriTemplate":"file:///docs/{x}"}]}});
+    filter::server_message(&p, &groups(&["agents"]), &mut both, &mut all);
+    assert_eq!(both["result"]["tools"], json!([{"name":"search_issues"}]));
+    assert_eq!(
+        both["result"]["resourceTemplates"],
+        json!([{"uriTemplate":"file:///docs/{x}"}])
+    );
+    // A list that is not an array is shown empty, never passed unread.
+    let mut odd = json!({"jsonrpc":"2.0","id":1,"result":{"tools":{"delete_repo":{}}}});
+    assert_eq!(
+        filter::server_message(&p, &groups(&["agents"]), &mut odd, &mut all),
+        Verdict::Changed
+    );
+    assert_eq!(odd["result"]["tools"], json!([]));
+    // Answers of other shapes are left alone: a tool result, a nested `tools` (capabilities).
+    let table = [
+        json!({"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"tools"}]}}),
+        json!({"jsonrpc":"2.0","id":1,"result":{"capabilities":{"tools":{"listChanged":true}}}}),
+        json!({"jsonrpc":"2.0","id":1,"result":{"structuredContent":{"tools":[{"name":"delete_repo"}]}}}),
+        json!({"jsonrpc":"2.0","id":1,"error":{"code":-1,"message":"tools"}}),
+    ];
+    for m in table {
+        let mut c = m.clone();
+        assert_eq!(
+            filter::server_message(&p, &groups(&["agents"]), &mut c, &mut all),
+            Verdict::Keep
+        );
+        assert_eq!(c, m);
+    }
+}
+
+#[test]
 fn denied_server_requests_are_dropped() {
     let p = policy();
-    let aw = Awaited::default();
     let mut all = |_: &Value| true;
     let table = [
         ("sampling/createMessage", false),
@@ -308,26 +338,25 @@ fn denied_server_requests_are_dropped() {
     ];
     for (method, delivered) in table {
         let mut m = json!({"jsonrpc":"2.0","id":3,"method":method,"params":{}});
-        let v = filter::server_message(&p, &[], &aw, &mut m, &mut all);
+        let v = filter::server_message(&p, &[], &mut m, &mut all);
         assert_eq!(v == Verdict::Keep, delivered, "{method}");
     }
     // A notification of that name is no request: delivered.
     let mut n = json!({"jsonrpc":"2.0","method":"sampling/createMessage"});
     assert_eq!(
-        filter::server_message(&p, &[], &aw, &mut n, &mut all),
+        filter::server_message(&p, &[], &mut n, &mut all),
         Verdict::Keep
     );
 }
 
-/// The stream filter used below: the policy for `agents`, answers to list request 7 filtered.
+/// The stream filter used below: the policy for `agents`.
 fn run(framing: Framing, chunks: &[&[u8]], max: usize) -> (Vec<u8>, Vec<String>) {
     let p = policy();
-    let aw = Awaited::of(&[json!({"id":7,"method":"tools/list"})]);
     let g = groups(&["agents"]);
     let mut s = MessageStream::new(framing, max);
     let mut out = Vec::new();
     let mut all = |_: &Value| true;
-    let mut f = |m: &mut Value| filter::server_message(&p, &g, &aw, m, &mut all);
+    let mut f = |m: &mut Value| filter::server_message(&p, &g, m, &mut all);
     for (i, c) in chunks.iter().enumerate() {
         out.extend(s.push(c, i + 1 == chunks.len(), &mut f));
     }
@@ -365,10 +394,9 @@ fn sse_events_are_filtered_whole_at_every_split() {
     }
     // Nothing of an event goes out before its end.
     let p = policy();
-    let aw = Awaited::of(&[json!({"id":7,"method":"tools/list"})]);
     let mut s = MessageStream::new(Framing::Sse, 1 << 20);
     let mut all = |_: &Value| true;
-    let mut f = |m: &mut Value| filter::server_message(&p, &[], &aw, m, &mut all);
+    let mut f = |m: &mut Value| filter::server_message(&p, &[], m, &mut all);
     assert!(s
         .push(&list.as_bytes()[..list.len() - 1], false, &mut f)
         .is_empty());
@@ -468,4 +496,138 @@ fn pins_hide_changed_definitions_until_accepted() {
     // The state survives a round trip through its file format.
     let text = serde_json::to_string(&p).unwrap();
     assert_eq!(serde_json::from_str::<Pins>(&text).unwrap(), p);
+}
+
+#[test]
+fn sse_transport_endpoints_are_read_from_their_event() {
+    use super::sse_transport::{is_endpoint_event, path_and_query};
+    assert!(is_endpoint_event("event: endpoint") && is_endpoint_event("event:endpoint"));
+    assert!(!is_endpoint_event("event: message") && !is_endpoint_event("id: endpoint"));
+    let table = [
+        (
+            "/m/messages/?session_id=ab",
+            Some("/m/messages/?session_id=ab"),
+        ),
+        (" /m?x=1 ", Some("/m?x=1")),
+        (
+            "https://127.0.0.1:9/m/messages/?s=1",
+            Some("/m/messages/?s=1"),
+        ),
+        ("https://127.0.0.1:9", None),
+        ("messages/?s=1", None),
+        ("javascript:alert(1)", None),
+    ];
+    for (data, want) in table {
+        assert_eq!(path_and_query(data).as_deref(), want, "{data}");
+    }
+    // The stream notes the endpoint and passes its event untouched.
+    let raw = b"event: endpoint\ndata: /m/messages/?session_id=ab\r\n\r\n";
+    let (out, _) = run(Framing::Sse, &[&raw[..10], &raw[10..]], 1 << 20);
+    assert_eq!(out, raw);
+    let mut s = MessageStream::new(Framing::Sse, 1 << 20);
+    let mut keep = |_: &mut Value| Verdict::Keep;
+    s.push(raw, false, &mut keep);
+    assert_eq!(s.endpoint.as_deref(), Some("/m/messages/?session_id=ab"));
+}
+
+#[test]
+fn sse_transport_refusals_are_written_over_the_stand_ins_answer() {
+    use super::sse_transport::{stand_in, Sessions, MAX_PENDING};
+    // The stand-in is a ping per refused request, nothing of the request itself.
+    let one: Value = serde_json::from_slice(&stand_in(&[json!(4)])).unwrap();
+    assert_eq!(one, json!({"jsonrpc":"2.0","id":4,"method":"ping"}));
+    let two: Value = serde_json::from_slice(&stand_in(&[json!(4), json!("x")])).unwrap();
+    assert_eq!(two[1], json!({"jsonrpc":"2.0","id":"x","method":"ping"}));
+
+    let mut s = Sessions::default();
+    let e = "/m/messages/?session_id=ab";
+    let err = jsonrpc::error(&json!(4), -32602, "refused", None);
+    assert!(
+        !s.refuse(e, &json!(4), err.clone()),
+        "no stream: nowhere to answer"
+    );
+    assert!(s.open(e, "agent"));
+    assert_eq!(s.owner(e), Some("agent"));
+    assert_eq!(s.owner("/m/messages/?session_id=other"), None);
+    assert!(s.refuse(e, &json!(4), err.clone()));
+    let ping_answer = json!({"jsonrpc":"2.0","id":4,"result":{}});
+    // Another id, a request with the same id, another stream: untouched.
+    assert_eq!(
+        s.answer(e, &json!({"jsonrpc":"2.0","id":5,"result":{}})),
+        None
+    );
+    assert_eq!(
+        s.answer(e, &json!({"jsonrpc":"2.0","id":4,"method":"ping"})),
+        None
+    );
+    assert_eq!(s.answer("/other", &ping_answer), None);
+    assert_eq!(s.answer(e, &ping_answer), Some(err));
+    assert_eq!(s.answer(e, &ping_answer), None, "written once");
+    // Bounded per stream; gone with the stream.
+    for i in 0..MAX_PENDING {
+        assert!(s.refuse(e, &json!(i), json!({})));
+    }
+    assert!(!s.refuse(e, &json!("one more"), json!({})));
+    s.close(e);
+    assert_eq!(s.owner(e), None);
+    assert_eq!(
+        s.answer(e, &json!({"jsonrpc":"2.0","id":0,"result":{}})),
+        None
+    );
+}
+
+#[test]
+fn oauth_metadata_challenges_and_audiences() {
+    use super::oauth::{audiences, challenge, metadata, metadata_url, origin, resource};
+    use crate::config::McpOAuth;
+    use base64::Engine as _;
+    // Only a plain authority makes a URL (a Host cannot forge a header or a JSON string).
+    assert_eq!(
+        origin(true, "gw.example:8443").as_deref(),
+        Some("https://gw.example:8443")
+    );
+    assert_eq!(
+        origin(false, "[::1]:80").as_deref(),
+        Some("http://[::1]:80")
+    );
+    for bad in ["", "a\"b", "a b", "a,b", "a/b", "a\r\nX: y"] {
+        assert_eq!(origin(true, bad), None, "{bad:?}");
+    }
+    let o = McpOAuth {
+        resource: None,
+        authorization_servers: vec!["https://idp.example".into()],
+    };
+    assert_eq!(
+        resource(&o, "https://gw", "/mcp/tools/"),
+        "https://gw/mcp/tools"
+    );
+    let set = McpOAuth {
+        resource: Some("https://tools.example/mcp".into()),
+        ..o.clone()
+    };
+    assert_eq!(
+        resource(&set, "https://gw", "/mcp/tools"),
+        "https://tools.example/mcp"
+    );
+    assert_eq!(
+        metadata_url("https://gw", "/mcp/tools/"),
+        "https://gw/.well-known/oauth-protected-resource/mcp/tools"
+    );
+    let m = metadata(&o, "https://gw/mcp/tools", "tools");
+    assert_eq!(m["resource"], "https://gw/mcp/tools");
+    assert_eq!(m["authorization_servers"], json!(["https://idp.example"]));
+    assert_eq!(
+        challenge(None, "https://gw/m"),
+        r#"Bearer realm="agentgate", resource_metadata="https://gw/m""#
+    );
+    assert!(challenge(Some(r#"Bearer error="invalid_token""#), "u")
+        .starts_with(r#"Bearer error="invalid_token", "#));
+    let jwt = |claims: Value| {
+        let p = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(claims.to_string());
+        format!("e30.{p}.sig")
+    };
+    assert_eq!(audiences(&jwt(json!({"aud": "a"}))), ["a"]);
+    assert_eq!(audiences(&jwt(json!({"aud": ["a", 1, "b"]}))), ["a", "b"]);
+    assert!(audiences(&jwt(json!({}))).is_empty());
+    assert!(audiences("opaque-token").is_empty() && audiences("a.!!!.c").is_empty());
 }

@@ -290,6 +290,10 @@ impl ApprovalRule {
         if !w.methods.is_empty() && !w.methods.iter().any(|m| m.eq_ignore_ascii_case(req.method)) {
             return false;
         }
+        // JSON-RPC requests travel in POSTs: a GET stream or a DELETE is no MCP call to hold.
+        if w.mcp.is_some() && !req.method.eq_ignore_ascii_case("POST") {
+            return false;
+        }
         if w.path.as_deref().is_some_and(|p| p != req.path) {
             return false;
         }

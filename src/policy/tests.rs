@@ -386,6 +386,22 @@ fn mcp_predicates_table() {
             );
         }
     }
+    // A GET stream or a DELETE carries no JSON-RPC request: never held by an `mcp` rule, even
+    // with a body that a POST's would match, or none (what the gateway cannot read is held).
+    let r = rule(&format!("{base}    tool: {{ equals: delete_repo }}"));
+    for method in ["GET", "DELETE"] {
+        for body in [call, "", "not json"] {
+            let q = Request {
+                method,
+                ..req(body.as_bytes(), &headers, &groups)
+            };
+            assert!(!r.head_matches(&q), "{method} {body}");
+            assert!(
+                matching(std::slice::from_ref(&r), &q).is_empty(),
+                "{method} {body}"
+            );
+        }
+    }
     for bad in [
         "    tool: {}",
         "    arguments: { \"a[\": { equals: x } }",

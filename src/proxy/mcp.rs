@@ -5,8 +5,14 @@
 //! (list answers, denied server requests). GET streams and DELETE pass with the route's access
 //! rule; `Mcp-Session-Id` and `MCP-Protocol-Version` pass both ways untouched.
 //!
-//! Invariant: a refused request sends nothing upstream and gets JSON-RPC errors (HTTP 200), not
-//! an HTTP error, so MCP clients surface them as tool errors.
+//! On the SSE transport of 2024-11-05 answers travel on the GET stream: there a refused POST
+//! sends a `ping` with the refused ids in its place and the errors are written over the ping's
+//! answers on the stream (`mcp/sse_transport.rs`); a messages endpoint serves only the caller
+//! who opened its stream.
+//!
+//! Invariant: a refused request sends nothing upstream and gets JSON-RPC errors (HTTP 200, or on
+//! the SSE transport on its stream), not an HTTP error, so MCP clients surface them as tool
+//! errors.
 
 use super::error::ApiError;
 use super::exchange::Exchange;
@@ -17,6 +23,7 @@ use crate::config::McpRoute;
 use crate::mcp::filter::{self, Awaited};
 use crate::mcp::jsonrpc::{self, Kind};
 use crate::mcp::pins::{Pins, Seen};
+use crate::mcp::sse_transport::{self, Sessions};
 use crate::mcp::stream::{Framing, MessageStream};
 use crate::metrics;
 use bytes::Bytes;
@@ -37,6 +44,28 @@ pub struct McpRuntime {
     /// Tool descriptions from the server's `tools/list` answers (what approvers see beside a
     /// held call), at most `TOOL_LABELS` tools, each cut to 1,000 characters.
     descriptions: Mutex<HashMap<String, String>>,
+    /// The route's open SSE-transport streams, by messages endpoint.
+    sse: Mutex<Sessions>,
+}
+
+/// An SSE-transport stream's endpoint, registered while the stream is open.
+pub struct SseStream {
+    runtime: Arc<McpRuntime>,
+    endpoint: String,
+}
+
+impl Drop for SseStream {
+    fn drop(&mut self) {
+        locked(&self.runtime.sse).close(&self.endpoint);
+    }
+}
+
+/// Who a caller is, as SSE-transport streams are owned.
+fn owner(ctx: &Exchange) -> String {
+    ctx.identity
+        .as_ref()
+        .map(|w| format!("{} {}", w.issuer, w.subject))
+        .unwrap_or_default()
 }
 
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -199,6 +228,13 @@ pub struct McpExchange {
     pub calls: Vec<ToolCall>,
     /// The answer's filter, once the response header said how it is framed.
     stream: Option<MessageStream>,
+    /// This answer is an SSE-transport stream that announced its messages endpoint.
+    sse_stream: Option<SseStream>,
+    /// This POST went to an SSE-transport messages endpoint (its path and query).
+    sse_post: Option<String>,
+    /// What goes upstream is the gateway's stand-in for refused requests, not the agent's body
+    /// (the record keeps the agent's).
+    pub stand_in: bool,
 }
 
 /// What the decision on a POST came to.
@@ -207,6 +243,9 @@ pub enum Decided {
     Forward(Vec<u8>),
     /// The request was answered here.
     Answered,
+    /// Refused on an SSE-transport session: forward this stand-in as it is (no masking, no
+    /// approval rule); the errors reach the client on its stream.
+    StandIn(Vec<u8>),
 }
 
 impl Gateway {
@@ -240,7 +279,22 @@ impl Gateway {
             .as_ref()
             .map(|w| w.groups.clone())
             .unwrap_or_default();
+        let sse_post = route.mcp.as_ref().and_then(|rt| {
+            let pq = session.req_header().uri.path_and_query()?.as_str();
+            let sessions = locked(&rt.sse);
+            let who = sessions.owner(pq)?;
+            Some((pq.to_string(), who == owner(ctx)))
+        });
+        if let Some((_, false)) = sse_post {
+            return Err(ApiError::new(
+                403,
+                "permission_error",
+                "mcp_session_not_yours",
+                format!("this MCP session's stream on route `{name}` was opened by another caller; open your own (GET the SSE endpoint)"),
+            ));
+        }
         let mcp = McpExchange {
+            sse_post: sse_post.map(|(pq, _)| pq),
             ids: parsed
                 .messages
                 .iter()
@@ -259,6 +313,8 @@ impl Gateway {
                 })
                 .collect(),
             stream: None,
+            sse_stream: None,
+            stand_in: false,
         };
         let mut refusals = Vec::new();
         let mut refused_tools = Vec::new();
@@ -364,12 +420,17 @@ impl Gateway {
                     .collect::<Vec<_>>()
                     .join("; ")
             );
-            write_jsonrpc(session, &ctx.id, 200, &v).await;
             // The record shows what was refused (the writer masks it like every body).
             if let Some(c) = ctx.capture.as_mut() {
                 c.request_chunk(&Bytes::from(body));
             }
             ctx.error = Some(refused(refusals[0].1.reason, refusals[0].1.message.clone()));
+            let mut mcp = mcp;
+            if let Some(stand_in) = on_stream(route, &mut mcp, &v)? {
+                ctx.mcp = Some(Box::new(mcp));
+                return Ok(Decided::StandIn(stand_in));
+            }
+            write_jsonrpc(session, &ctx.id, 200, &v).await;
             ctx.mcp = Some(Box::new(mcp));
             return Ok(Decided::Answered);
         }
@@ -394,7 +455,7 @@ impl Gateway {
     pub(super) async fn refuse(
         &self,
         session: &mut Session,
-        ctx: &mut Exchange,
+        ctx: &mut Box<Exchange>,
         err: ApiError,
     ) -> pingora::Result<bool> {
         let Some(mcp) = ctx.mcp.as_ref() else {
@@ -427,10 +488,56 @@ impl Gateway {
                 rt.count(&route.route.name, &c.tool, outcome);
             }
         }
+        let stand_in = match (ctx.route.clone(), ctx.mcp.as_mut()) {
+            (Some(route), Some(mcp)) => match on_stream(&route, mcp, &v) {
+                Ok(s) => s,
+                Err(e) => return self.answer(session, ctx, e).await,
+            },
+            _ => None,
+        };
+        if let Some(body) = stand_in {
+            ctx.error = Some(err);
+            return self.forward_decided(session, ctx, body).await;
+        }
         write_jsonrpc(session, &ctx.id, 200, &v).await;
         ctx.error = Some(err);
         Ok(true)
     }
+}
+
+/// On an SSE-transport session, keeps the answers `v` (one error or a batch of them) to be
+/// written over the server's answers to the stand-in, and returns the stand-in to forward;
+/// `None` on any other POST (the answers go in the POST's own answer).
+fn on_stream(
+    route: &RouteRuntime,
+    mcp: &mut McpExchange,
+    v: &Value,
+) -> Result<Option<Vec<u8>>, ApiError> {
+    let (Some(endpoint), Some(rt)) = (mcp.sse_post.as_deref(), route.mcp.as_ref()) else {
+        return Ok(None);
+    };
+    let answers = match v {
+        Value::Array(a) => a.as_slice(),
+        one => std::slice::from_ref(one),
+    };
+    let mut sessions = locked(&rt.sse);
+    for a in answers {
+        let id = jsonrpc::id(a).cloned().unwrap_or(Value::Null);
+        if !sessions.refuse(endpoint, &id, a.clone()) {
+            return Err(ApiError::new(
+                429,
+                "rate_limit_error",
+                "mcp_stream_unavailable",
+                format!(
+                    "route `{}` refused this request and cannot answer it on the session's stream (closed, or {} refusals already waiting there)",
+                    route.route.name,
+                    sse_transport::MAX_PENDING
+                ),
+            ));
+        }
+    }
+    mcp.stand_in = true;
+    Ok(Some(sse_transport::stand_in(&mcp.ids)))
 }
 
 /// Counts the tool calls of a POST that goes upstream.
@@ -451,7 +558,7 @@ fn refused(code: &'static str, message: String) -> ApiError {
     ApiError::new(200, "invalid_request_error", code, message)
 }
 
-/// Writes a JSON-RPC answer the gateway makes itself.
+/// Writes a JSON answer the gateway makes itself (JSON-RPC, or metadata).
 async fn write_jsonrpc(session: &mut Session, request_id: &str, status: u16, v: &Value) {
     let body = Bytes::from(v.to_string());
     let Ok(mut resp) = ResponseHeader::build(status, Some(4)) else {
@@ -512,7 +619,6 @@ pub fn filter_response(ctx: &mut Exchange, body: &mut Option<Bytes>, end: bool) 
         .as_ref()
         .map(|w| w.groups.as_slice())
         .unwrap_or(&[]);
-    let awaited = &mcp.awaited;
     let runtime = route.mcp.clone();
     let pins = PinStore::get().filter(|_| policy.pin_definitions);
     let name = route.route.name.as_str();
@@ -527,7 +633,17 @@ pub fn filter_response(ctx: &mut Exchange, body: &mut Option<Bytes>, end: bool) 
         }
         true
     };
-    let mut f = |m: &mut Value| filter::server_message(policy, groups, awaited, m, &mut all);
+    let sse_endpoint = mcp.sse_stream.as_ref().map(|s| s.endpoint.as_str());
+    let mut f = |m: &mut Value| {
+        // The answer to a stand-in: the refusal it stands for.
+        if let (Some(ep), Some(rt)) = (sse_endpoint, runtime.as_ref()) {
+            if let Some(error) = locked(&rt.sse).answer(ep, m) {
+                *m = error;
+                return filter::Verdict::Changed;
+            }
+        }
+        filter::server_message(policy, groups, m, &mut all)
+    };
     let chunk = body.as_deref().unwrap_or(&[]);
     let before = stream.dropped.len();
     let out = stream.push(chunk, end, &mut f);
@@ -537,5 +653,160 @@ pub fn filter_response(ctx: &mut Exchange, body: &mut Option<Bytes>, end: bool) 
             .with_label_values(&[&route.route.name, method])
             .inc();
     }
+    let announced = stream.endpoint.take();
     *body = Some(Bytes::from(out));
+    if let (Some(data), Some(rt)) = (announced, route.mcp.clone()) {
+        let Some(endpoint) = sse_transport::path_and_query(&data) else {
+            return;
+        };
+        let who = owner(ctx);
+        let opened = locked(&rt.sse).open(&endpoint, &who);
+        if !opened {
+            log::warn!(
+                "mcp: route `{}` has {} SSE-transport streams open; this one's refusals are answered in the POST (its client may not read them)",
+                route.route.name,
+                sse_transport::MAX_SESSIONS
+            );
+            return;
+        }
+        if let Some(mcp) = ctx.mcp.as_mut() {
+            mcp.sse_stream = Some(SseStream {
+                runtime: rt,
+                endpoint,
+            });
+        }
+    }
+}
+
+/// The gateway's origin as this request reached it (`None`: a Host that is not a plain authority).
+fn origin_of(session: &Session) -> Option<String> {
+    let req = session.req_header();
+    let host = req
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))?;
+    let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+    crate::mcp::oauth::origin(tls, host)
+}
+
+/// The MCP route with `oauth` that a path (and the request's Host) falls in.
+fn oauth_route(
+    active: &super::routes::Active,
+    session: &Session,
+    path: &str,
+) -> Option<Arc<RouteRuntime>> {
+    let host = headers::request_host(session.req_header());
+    active
+        .match_route(host.as_deref(), path)
+        .filter(|r| r.route.mcp.as_ref().is_some_and(|m| m.oauth.is_some()))
+        .cloned()
+}
+
+/// Adds to a 401 on an MCP route with `oauth` where its protected-resource metadata is.
+pub fn point_at_metadata(session: &Session, active: &super::routes::Active, err: &mut ApiError) {
+    let path = session.req_header().uri.path();
+    let (Some(route), Some(origin)) = (oauth_route(active, session, path), origin_of(session))
+    else {
+        return;
+    };
+    let url = crate::mcp::oauth::metadata_url(&origin, &route.route.path_prefix);
+    err.challenge = Some(crate::mcp::oauth::challenge(err.challenge.as_deref(), &url));
+}
+
+/// On an MCP route whose `oauth.resource` is set, an OIDC token must be issued for that
+/// resource (`aud`, RFC 8707): a token for another audience the issuer accepts is refused.
+pub fn check_audience(
+    session: &Session,
+    route: &RouteRuntime,
+    who: &crate::identity::Identity,
+) -> Result<(), ApiError> {
+    let Some(resource) = route
+        .route
+        .mcp
+        .as_ref()
+        .and_then(|m| m.oauth.as_ref())
+        .and_then(|o| o.resource.as_deref())
+    else {
+        return Ok(());
+    };
+    if who.method != crate::identity::AuthMethod::Oidc {
+        return Ok(());
+    }
+    let token = session
+        .req_header()
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .unwrap_or("");
+    if crate::mcp::oauth::audiences(token)
+        .iter()
+        .any(|a| a == resource)
+    {
+        return Ok(());
+    }
+    let why = format!(
+        "the token was not issued for route `{}`'s resource {resource} (its `aud` does not name it); request one with resource={resource} (RFC 8707)",
+        route.route.name
+    );
+    let mut e = ApiError::new(401, "authentication_error", "wrong_audience", why.clone());
+    e.challenge = Some(format!(
+        r#"Bearer realm="agentgate", error="invalid_token", error_description="{}""#,
+        why.replace(['"', '\\'], "'")
+    ));
+    Err(e)
+}
+
+impl Gateway {
+    /// `GET /.well-known/oauth-protected-resource[<route path>]`: the MCP route's metadata
+    /// (RFC 9728), public like the issuer's own discovery documents.
+    pub(super) async fn protected_resource_metadata(
+        &self,
+        session: &mut Session,
+        ctx: &mut Exchange,
+    ) -> pingora::Result<bool> {
+        let active = self.active.get();
+        let path = session.req_header().uri.path().to_string();
+        let suffix = &path[crate::mcp::oauth::WELL_KNOWN.len()..];
+        let route = if suffix.is_empty() {
+            active
+                .routes
+                .iter()
+                .find(|r| r.route.mcp.as_ref().is_some_and(|m| m.oauth.is_some()))
+                .cloned()
+        } else {
+            oauth_route(&active, session, suffix).filter(|r| {
+                r.route.path_prefix.trim_end_matches('/') == suffix.trim_end_matches('/')
+            })
+        };
+        let (Some(route), Some(origin)) = (route, origin_of(session)) else {
+            let e = ApiError::new(
+                404,
+                "invalid_request_error",
+                "route_not_found",
+                format!("no MCP route with `mcp.oauth` publishes metadata at {path}"),
+            );
+            return self.answer(session, ctx, e).await;
+        };
+        let (Some(policy), true) = (
+            route.route.mcp.as_ref().and_then(|m| m.oauth.as_ref()),
+            session.req_header().method == http::Method::GET,
+        ) else {
+            let e = ApiError::new(
+                405,
+                "invalid_request_error",
+                "method_not_allowed",
+                "GET only",
+            );
+            return self.answer(session, ctx, e).await;
+        };
+        let resource = crate::mcp::oauth::resource(policy, &origin, &route.route.path_prefix);
+        let v = crate::mcp::oauth::metadata(policy, &resource, &route.route.name);
+        write_jsonrpc(session, &ctx.id, 200, &v).await;
+        Ok(true)
+    }
 }

@@ -112,9 +112,22 @@ impl ProxyHttp for Gateway {
             *ctx = exchange;
             return Ok(false);
         }
+        if session
+            .req_header()
+            .uri
+            .path()
+            .starts_with(crate::mcp::oauth::WELL_KNOWN)
+        {
+            return self.protected_resource_metadata(session, ctx).await;
+        }
         let route = match self.admit(session, ctx).await {
             Ok(r) => r,
-            Err(e) => return self.answer(session, ctx, e).await,
+            Err(mut e) => {
+                if e.status == 401 {
+                    mcp::point_at_metadata(session, &self.active.get(), &mut e);
+                }
+                return self.answer(session, ctx, e).await;
+            }
         };
         if !self.needs_body(session, ctx, &route) {
             return Ok(false);
@@ -137,7 +150,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut Box<Exchange>,
     ) -> Result<()> {
         let Some(b) = body else { return Ok(()) };
-        if let Some(c) = ctx.capture.as_mut() {
+        // A stand-in for refused MCP requests is not what the agent sent: the record keeps theirs.
+        let stand_in = ctx.mcp.as_ref().is_some_and(|m| m.stand_in);
+        if let Some(c) = ctx.capture.as_mut().filter(|_| !stand_in) {
             c.request_chunk(b);
         }
         if ctx.forwarded_body_len().is_some() {

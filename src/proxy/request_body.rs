@@ -47,10 +47,14 @@ impl Gateway {
             );
             return self.answer(session, ctx, e).await;
         }
-        let body = match &route.route.mcp {
+        let mcp_post = session.req_header().method == http::Method::POST;
+        let body = match route.route.mcp.as_ref().filter(|_| mcp_post) {
             Some(policy) => match self.decide_mcp(session, ctx, &route, policy, body).await {
                 Ok(super::mcp::Decided::Forward(b)) => b,
                 Ok(super::mcp::Decided::Answered) => return Ok(true),
+                Ok(super::mcp::Decided::StandIn(b)) => {
+                    return self.forward_decided(session, ctx, b).await
+                }
                 Err(e) => return self.answer(session, ctx, e).await,
             },
             None => body,
@@ -86,6 +90,16 @@ impl Gateway {
         let (masked, tally) = masked.unwrap_or_else(|| (body, Tally::default()));
         ctx.request_tally = tally;
         super::mcp::count_forwarded(ctx);
+        self.forward_decided(session, ctx, masked).await
+    }
+
+    /// Forwards a decided body through a subrequest that takes the exchange over.
+    pub(super) async fn forward_decided(
+        &self,
+        session: &mut Session,
+        ctx: &mut Box<Exchange>,
+        masked: Vec<u8>,
+    ) -> Result<bool> {
         ctx.downstream_tls = session
             .digest()
             .and_then(|d| d.ssl_digest.as_ref())
@@ -120,7 +134,7 @@ impl Gateway {
     async fn hold(
         &self,
         session: &mut Session,
-        ctx: &mut Exchange,
+        ctx: &mut Box<Exchange>,
         route: &RouteRuntime,
         body: &[u8],
     ) -> Result<Option<bool>> {

@@ -111,6 +111,8 @@ impl Gateway {
             identity::count_failure(e.reason);
             return Err(ApiError::from_auth(&e));
         }
+        super::mcp::check_audience(session, &route, &who)?;
+        let req = session.req_header();
         if headers::declared_length(req).is_some_and(|n| n > self.max_body) {
             return Err(too_large(self.max_body));
         }

@@ -104,8 +104,10 @@ impl ResponseBody {
                     ),
                 ));
             }
-            out.masking =
-                masking_for(resp, form, m, vault, route.secrets.clone()).map_err(setup_failed)?;
+            // An MCP route's events are JSON-RPC messages, each whole.
+            let whole_events = route.route.mcp.is_some();
+            out.masking = masking_for(resp, form, m, vault, route.secrets.clone(), whole_events)
+                .map_err(setup_failed)?;
             out.policy = Some(m.clone());
         }
         if let Some(set) = &route.secrets {
@@ -366,11 +368,17 @@ fn masking_for(
     m: &RouteMasking,
     vault: Option<Arc<Vault>>,
     secrets: Option<Arc<crate::mask::injected::SecretSet>>,
+    whole_events: bool,
 ) -> Result<Masking> {
     let (engine, rules) = (m.engine.clone(), m.response.clone());
     let masking = match form {
         Form::Sse => {
-            Masking::Sse(SseMasker::new(engine, rules, vault, m.restore).with_secrets(secrets))
+            let sse = SseMasker::new(engine, rules, vault, m.restore).with_secrets(secrets);
+            Masking::Sse(if whole_events {
+                sse.whole_events()
+            } else {
+                sse
+            })
         }
         Form::Lines { seq } => Masking::Lines(
             LinesMasker::new(engine, rules, vault, m.restore, seq).with_secrets(secrets),

@@ -70,9 +70,10 @@ const provider = new Provider(issuer, {
       // People signing in to the console get an ID token (and an opaque token), no API token.
       defaultResource: (ctx, client) => (client?.clientId === 'agentgate-console' ? undefined : 'urn:agentgate'),
       useGrantedResource: () => true,
-      getResourceServerInfo: () => ({
+      // A client naming an https resource (RFC 8707, as MCP clients do) gets a token for it.
+      getResourceServerInfo: (ctx, resource) => ({
         scope: 'api',
-        audience: 'agentgate',
+        audience: resource.startsWith('https://') ? resource : 'agentgate',
         accessTokenFormat: 'jwt',
         accessTokenTTL: 300,
         jwt: { sign: { alg: 'ES256' } },

@@ -3,7 +3,7 @@
 //! which requests the server may send to the client.
 
 use crate::config::at_field;
-use crate::config::{McpGrant, McpRoute, McpServerRequests};
+use crate::config::{McpGrant, McpOAuth, McpRoute, McpServerRequests};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -19,6 +19,41 @@ pub struct RawMcp {
     pin_definitions: bool,
     #[serde(default)]
     server_requests: RawServerRequests,
+    #[serde(default)]
+    oauth: Option<RawOAuth>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOAuth {
+    #[serde(default)]
+    resource: Option<String>,
+    #[serde(default)]
+    authorization_servers: Vec<String>,
+}
+
+fn oauth(raw: Option<RawOAuth>) -> Result<Option<McpOAuth>, String> {
+    let Some(o) = raw else { return Ok(None) };
+    if o.authorization_servers.is_empty() {
+        return Err(at_field("oauth", "mcp.oauth.authorization_servers: name at least one issuer of identity.oidc (clients get their tokens there)".into()));
+    }
+    for s in &o.authorization_servers {
+        if !s.starts_with("https://") {
+            return Err(at_field(
+                "oauth",
+                format!("mcp.oauth.authorization_servers: `{s}` must be an https:// issuer URL"),
+            ));
+        }
+    }
+    if let Some(r) = &o.resource {
+        if !r.starts_with("https://") || r.contains(['#', ' ', '"']) {
+            return Err(at_field("oauth", format!("mcp.oauth.resource: `{r}` must be the https:// URL agents use for this route (no fragment)")));
+        }
+    }
+    Ok(Some(McpOAuth {
+        resource: o.resource,
+        authorization_servers: o.authorization_servers,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -104,6 +139,7 @@ impl TryFrom<RawMcp> for McpRoute {
             resources: grants("resources", "uri", r.resources)?,
             prompts: grants("prompts", "name", r.prompts)?,
             pin_definitions: r.pin_definitions,
+            oauth: oauth(r.oauth)?,
             server_requests: McpServerRequests {
                 // Sampling spends the agent's model on the server's behalf: off unless allowed.
                 sampling: allow("sampling", s.sampling, false)?,
