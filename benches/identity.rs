@@ -28,7 +28,7 @@ fn b64(b: &[u8]) -> String {
 }
 
 fn signing_input(alg: &str, kid: &str) -> String {
-    let header = serde_json::json!({"alg": alg, "kid": kid, "typ": "JWT"});
+    let header = serde_json::json!({"alg": alg, "kid": kid, "typ": "at+jwt"});
     let claims = serde_json::json!({
         "iss": ISSUER, "aud": "agentgate", "sub": "bench-agent", "iat": unix_now(),
         "exp": unix_now() + 3600, "groups": ["agents", "bench"],
@@ -79,6 +79,8 @@ fn issuer_config() -> OidcIssuer {
         audiences: vec!["agentgate".into()],
         groups_claim: "groups".into(),
         subject_claim: "sub".into(),
+        subject_fallback: Vec::new(),
+        access_token_typ: vec!["at+jwt".into()],
         leeway: Duration::from_secs(30),
         algorithms: agentgate::config::JWS_ALGORITHMS
             .iter()

@@ -261,7 +261,14 @@ impl Issuer {
             leeway_secs: self.cfg.leeway.as_secs(),
             groups_claim: &self.cfg.groups_claim,
             subject_claim: &self.cfg.subject_claim,
+            subject_fallback: &self.cfg.subject_fallback,
         };
+        jwt::check_access_token(
+            t.typ.as_deref(),
+            &t.claims,
+            &self.cfg.access_token_typ,
+            &self.cfg.issuer,
+        )?;
         let checked = jwt::check_claims(&t.claims, &rules, now)?;
         let identity = Identity {
             subject: checked.subject,

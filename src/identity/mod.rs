@@ -54,6 +54,7 @@ pub enum Reason {
     NotYetValid,
     WrongAudience,
     InvalidClaims,
+    NotAnAccessToken,
     UnknownServiceAccount,
     ClientCertUnmapped,
     KeysUnavailable,
@@ -61,7 +62,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 15] = [
         Reason::MissingToken,
         Reason::Malformed,
         Reason::UnsupportedAlg,
@@ -72,6 +73,7 @@ impl Reason {
         Reason::NotYetValid,
         Reason::WrongAudience,
         Reason::InvalidClaims,
+        Reason::NotAnAccessToken,
         Reason::UnknownServiceAccount,
         Reason::ClientCertUnmapped,
         Reason::KeysUnavailable,
@@ -90,6 +92,7 @@ impl Reason {
             Reason::NotYetValid => "not_yet_valid",
             Reason::WrongAudience => "wrong_audience",
             Reason::InvalidClaims => "invalid_claims",
+            Reason::NotAnAccessToken => "not_an_access_token",
             Reason::UnknownServiceAccount => "unknown_service_account",
             Reason::ClientCertUnmapped => "client_cert_unmapped",
             Reason::KeysUnavailable => "keys_unavailable",
