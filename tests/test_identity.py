@@ -202,6 +202,27 @@ def test_key_rotation_without_restart(oidc_gateway, idp):
     assert oidc_gateway.metric("agentgate_jwks_refresh_total", issuer=idp.issuer, result="ok") >= 2
 
 
+def test_a_refresh_that_drops_a_key_stops_the_tokens_it_signed(start_gateway, mock, idp, upstream_ca_file):
+    """Issue 29: a verified token stayed cached until its `exp` after the IdP rotated its key
+    out, so removing a compromised key from the JWKS did not stop the tokens it had signed."""
+    gw = start_gateway(
+        route("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file),
+        identity=oidc_identity(idp, ca_file=upstream_ca_file, extra={"jwks_refresh_interval": "1s"}),
+    )
+    token = idp.token("rsa-1", sub="holder-of-a-leaked-token")
+    assert call(gw, token).status_code == 200
+    assert call(gw, token).status_code == 200  # its verdict is cached now
+    idp.add_key("rsa-2", "RS256")
+    idp.published = ["rsa-2"]  # the compromised key is rotated out
+    ok = gw.metric("agentgate_jwks_refresh_total", issuer=idp.issuer, result="ok")
+    # Two refreshes: the second one started after the key left the JWKS.
+    gw.wait_metric("agentgate_jwks_refresh_total", lambda v: v >= ok + 2, issuer=idp.issuer, result="ok")
+    before = len(mock.state.requests)
+    assert_refused(call(gw, token), 401, "unknown_key", "rsa-1", token=token)
+    assert len(mock.state.requests) == before, "a token of the rotated-out key reached the upstream"
+    assert call(gw, idp.token("rsa-2", sub="after-rotation")).status_code == 200
+
+
 def test_unknown_kid_refetch_is_rate_limited(start_gateway, mock, idp, upstream_ca_file):
     gw = start_gateway(
         route("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file),
