@@ -131,6 +131,7 @@ fn main() {
             name: format!("sa-{i}"),
             token_sha256: boring::sha::sha256(format!("agt_bench_token_{i}").as_bytes()),
             groups: vec!["agents".into()],
+            person: None,
         })
         .collect();
     agentgate::metrics::init();

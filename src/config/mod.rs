@@ -173,6 +173,9 @@ pub struct ServiceAccount {
     pub name: String,
     pub token_sha256: [u8; 32],
     pub groups: Vec<String>,
+    /// The person (issuer, subject) the account belongs to, who decides approvals through it
+    /// (counted once with their console session and their own tokens); `None`: it may not.
+    pub person: Option<(String, String)>,
 }
 
 #[derive(Debug, Clone, serde::Deserialize)]

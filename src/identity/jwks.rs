@@ -298,6 +298,10 @@ impl Issuer {
         )?;
         let checked = jwt::check_claims(&t.claims, &rules, now)?;
         let identity = Identity {
+            person: (!checked.is_client).then(|| super::PersonName {
+                issuer: self.cfg.issuer.clone(),
+                subject: checked.subject.clone(),
+            }),
             subject: checked.subject,
             issuer: self.cfg.issuer.clone(),
             method: AuthMethod::Oidc,

@@ -164,6 +164,9 @@ pub struct ClaimRules<'a> {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Checked {
     pub subject: String,
+    /// The token names a client acting for itself, not a person: its subject came from a
+    /// `subject_fallback` claim, or equals its `client_id` (RFC 9068 §2.2, client credentials).
+    pub is_client: bool,
     pub groups: Vec<String>,
     /// `exp` (seconds since the epoch).
     pub expires: u64,
@@ -243,6 +246,9 @@ pub fn check_claims(
             ),
         ));
     }
+    let by_subject_claim = claim(claims, rules.subject_claim)
+        .and_then(Value::as_str)
+        .is_some();
     let subject = std::iter::once(rules.subject_claim)
         .chain(rules.subject_fallback.iter().map(String::as_str))
         .find_map(|c| claim(claims, c).and_then(Value::as_str))
@@ -283,7 +289,10 @@ pub fn check_claims(
             ))
         }
     };
+    let is_client = !by_subject_claim
+        || claims.get("client_id").and_then(Value::as_str) == Some(subject.as_str());
     Ok(Checked {
+        is_client,
         subject,
         groups,
         expires: exp,
@@ -483,12 +492,24 @@ mod tests {
         let azp = ["azp".to_string()];
         let mut r = rules(&aud);
         r.subject_fallback = &both;
-        assert_eq!(check_claims(&c, &r, 0).unwrap().subject, "cid");
+        let by_fallback = check_claims(&c, &r, 0).unwrap();
+        assert_eq!(by_fallback.subject, "cid");
+        assert!(
+            by_fallback.is_client,
+            "named by a fallback: a client, not a person"
+        );
         r.subject_fallback = &azp;
         assert_eq!(check_claims(&c, &r, 0).unwrap().subject, "azp-1");
         let mut with_sub = c.clone();
         with_sub.insert("sub".into(), json!("person"));
-        assert_eq!(check_claims(&with_sub, &r, 0).unwrap().subject, "person");
+        let person = check_claims(&with_sub, &r, 0).unwrap();
+        assert_eq!(
+            (person.subject.as_str(), person.is_client),
+            ("person", false)
+        );
+        // RFC 9068 §2.2: a client-credentials token's `sub` is its `client_id`.
+        with_sub.insert("sub".into(), json!("cid"));
+        assert!(check_claims(&with_sub, &r, 0).unwrap().is_client);
         with_sub.insert("sub".into(), json!(""));
         assert_eq!(
             check_claims(&with_sub, &r, 0).err().map(|e| e.reason),

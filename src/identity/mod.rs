@@ -32,6 +32,14 @@ pub enum AuthMethod {
     ClientCert,
 }
 
+/// A person as approvals count them: one name (issuer, subject) whichever channel they use —
+/// the console, their own access token, or a service account mapped to them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PersonName {
+    pub issuer: String,
+    pub subject: String,
+}
+
 /// A verified caller.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Identity {
@@ -40,6 +48,11 @@ pub struct Identity {
     pub issuer: String,
     pub method: AuthMethod,
     pub groups: Vec<String>,
+    /// The person this caller is when deciding approvals; `None` for a machine (a service
+    /// account mapped to no person, an OIDC client acting for itself, a client certificate),
+    /// which may not decide.
+    #[serde(skip)]
+    pub person: Option<PersonName>,
 }
 
 /// Why a request was not let in; `as_str` is the `reason` label of `agentgate_auth_failures_total`.
@@ -467,6 +480,7 @@ mod tests {
             issuer: "i".into(),
             method: AuthMethod::Oidc,
             groups: groups.iter().map(|g| g.to_string()).collect(),
+            person: None,
         }
     }
 

@@ -524,6 +524,10 @@ fn signed_in(
         _ => Vec::new(),
     };
     Identity {
+        person: Some(crate::identity::PersonName {
+            issuer: issuer.to_string(),
+            subject: subject.clone(),
+        }),
         subject,
         issuer: issuer.to_string(),
         method: AuthMethod::Oidc,

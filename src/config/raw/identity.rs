@@ -236,6 +236,19 @@ pub struct RawServiceAccount {
     token_sha256: String,
     #[serde(default)]
     groups: Vec<String>,
+    #[serde(default)]
+    person: Option<RawPerson>,
+}
+
+/// `person:` of a service account: whose account it is, as approvals name people.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPerson {
+    /// The person's issuer (as the console and their tokens name them); default
+    /// `service-account` for people known to this gateway only.
+    #[serde(default)]
+    issuer: Option<String>,
+    subject: String,
 }
 
 impl TryFrom<RawServiceAccount> for ServiceAccount {
@@ -254,10 +267,27 @@ impl TryFrom<RawServiceAccount> for ServiceAccount {
                 r.name
             )))?
         };
+        let person = match r.person {
+            None => None,
+            Some(p) if p.subject.is_empty() || p.issuer.as_deref() == Some("") => {
+                return Err(at_field(
+                    "person",
+                    format!(
+                        "service account `{}`: `person` needs a `subject` (and an `issuer`, if given, that is not empty)",
+                        r.name
+                    ),
+                ))
+            }
+            Some(p) => Some((
+                p.issuer.unwrap_or_else(|| "service-account".into()),
+                p.subject,
+            )),
+        };
         Ok(ServiceAccount {
             name: r.name,
             token_sha256,
             groups: r.groups,
+            person,
         })
     }
 }
