@@ -59,6 +59,7 @@ fn draft(i: usize) -> Draft {
             issuer: "service-account".into(),
             method: AuthMethod::ServiceAccount,
             groups: vec!["agents".into()],
+            person: None,
         })),
         route: Some("openai".into()),
         mode: Mode::Full,

@@ -385,6 +385,7 @@ proptest! {
             issuer: "service-account".into(),
             method: crate::identity::AuthMethod::ServiceAccount,
             groups: vec!["agents".into()],
+            person: None,
         };
         let decide = |path: &str| {
             let route = active.match_route(Some("api.example.com"), path).map(|r| r.route.clone());

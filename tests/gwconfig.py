@@ -46,9 +46,11 @@ REDACT_POLICY: dict = {
 
 
 def people_identity(people: dict[str, list[str]]) -> dict:
-    """DEFAULT_IDENTITY plus one service account per person (token `person_token(name)`)."""
+    """DEFAULT_IDENTITY plus one service account per person (token `person_token(name)`), each
+    mapped to its person (`person: {subject: name}`) so it may decide approvals."""
     accounts = copy.deepcopy(DEFAULT_IDENTITY["service_accounts"])
-    accounts += [service_account(name, person_token(name), groups) for name, groups in people.items()]
+    accounts += [{**service_account(name, person_token(name), groups), "person": {"subject": name}}
+                 for name, groups in people.items()]
     return {"service_accounts": accounts}
 
 

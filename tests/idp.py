@@ -125,9 +125,18 @@ class ControlledIdP:
         return c
 
     def token(self, kid: str, headers: dict | None = None, signer: str | None = None, **over) -> str:
-        """A token signed with key `kid` (or with `signer`'s key while claiming `kid`)."""
+        """An access token (RFC 9068: `typ: at+jwt`) signed with key `kid` (or with `signer`'s key
+        while claiming `kid`). `headers={"typ": "JWT"}` makes it look like an ID token's header,
+        `headers={"typ": None}` leaves `typ` out."""
         alg, key = self.keys[signer or kid]
-        return jwt.encode(self.claims(**over), key, algorithm=alg, headers={"kid": kid, **(headers or {})})
+        headers = {"kid": kid, "typ": "at+jwt", **(headers or {})}
+        return jwt.encode(self.claims(**over), key, algorithm=alg, headers=headers)
+
+    def id_token(self, kid: str, **over) -> str:
+        """An ID token as an OpenID provider hands a client at sign-in: `typ: JWT`, a `nonce`,
+        `at_hash`, and the same issuer, audience, subject and groups as an access token."""
+        over = {"nonce": "n-0S6_WzA2Mj", "at_hash": "77QmUPtjPfzWtF2AnpK9RQ", "auth_time": int(time.time()), **over}
+        return self.token(kid, headers={"typ": "JWT"}, **over)
 
     def unsigned_token(self, **over) -> str:
         header = b64url(json.dumps({"alg": "none", "typ": "JWT"}).encode())

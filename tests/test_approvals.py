@@ -230,6 +230,60 @@ def test_two_approvers_needed(approval_gw, mock):
     assert len(mock.state.requests) == 1
 
 
+def test_one_person_is_one_approver_across_channels(start_gateway, mock, upstream_ca, upstream_ca_file):
+    """Issue 29: with `min_approvals: 2`, alice approved with her own access token (named by the
+    issuer's `sub`, as the console names her) and again with her service-account token (named
+    `alice-cli`): two approvers, one person. A service account now decides only as the person it
+    is mapped to (`person:`), and a machine (an unmapped account, a client acting for itself)
+    not at all."""
+    from gwconfig import service_account
+    from idp import ControlledIdP
+
+    idp = ControlledIdP(server_ctx(upstream_ca)).start()
+    try:
+        idp.add_key("rsa-1", "RS256")
+        alice = "alice@example.com"
+        identity = people_identity({"bob": ["security-oncall"]})
+        identity["oidc"] = [{"issuer": idp.issuer, "audiences": [idp.audience], "ca_file": str(upstream_ca_file)}]
+        identity["service_accounts"] += [
+            {**service_account("alice-cli", person_token("alice-cli"), ["security-oncall"]),
+             "person": {"issuer": idp.issuer, "subject": alice}},
+            service_account("deploy-bot", person_token("deploy-bot"), ["security-oncall"]),
+        ]
+        gw = start_gateway(
+            route("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file, approvals=["destructive-tools"]),
+            identity=identity, extra=rules(min=2), admin={"auditors": ["security-oncall"]},
+        )
+        call = Call(gw, TOOLS_BODY)
+        [a] = wait_pending(gw, who="bob")
+
+        def approve(token: str) -> httpx.Response:
+            return httpx.post(f"{gw.admin_url}/v1/approvals/{a['id']}/approve", json={"reason": "looks fine"},
+                              headers={"Authorization": f"Bearer {token}"}, timeout=10, verify=False)
+
+        her_token = idp.token("rsa-1", sub=alice, groups=["security-oncall"])
+        r = approve(her_token)
+        assert r.status_code == 200 and r.json()["state"] == "pending", r.text
+        r = approve(person_token("alice-cli"))
+        assert r.status_code == 409 and alice in r.json()["error"]["message"], r.text
+        for machine in (person_token("deploy-bot"),
+                        idp.token("rsa-1", sub="ci-client", client_id="ci-client", groups=["security-oncall"])):
+            r = approve(machine)
+            assert r.status_code == 403 and "not a person" in r.json()["error"]["message"], r.text
+        listed = httpx.get(f"{gw.admin_url}/v1/approvals/{a['id']}", headers={"Authorization": f"Bearer {person_token('alice-cli')}"},
+                           timeout=10, verify=False).json()
+        assert listed["state"] == "pending" and listed["can_decide"] is False, listed
+        assert call.response is None and mock.state.requests == [], "one person's two approvals let it through"
+        assert decide(gw, "bob", a["id"], "approve").json()["state"] == "approved"
+        assert call.result().status_code == 200
+        by = [(d["by"]["issuer"], d["by"]["subject"]) for d in
+              httpx.get(f"{gw.admin_url}/v1/approvals/{a['id']}", headers={"Authorization": f"Bearer {person_token('bob')}"},
+                        timeout=10, verify=False).json()["decisions"]]
+        assert by == [(idp.issuer, alice), ("service-account", "bob")], by
+    finally:
+        idp.stop()
+
+
 def test_window_grant_is_reused_then_expires(approval_gw, mock):
     gw = approval_gw(grant={"scope": "window", "duration": "3s"})
     first = Call(gw, TOOLS_BODY)

@@ -97,6 +97,39 @@ def test_an_encoded_path_does_not_skip_an_approval_rule(start_gateway, mock, ups
     assert len(mock.state.requests) == before, "the held request reached the upstream"
 
 
+def test_a_trailing_slash_or_an_empty_segment_does_not_skip_an_exact_path_rule(start_gateway, mock, upstream_ca_file):
+    """Issue 29: `POST /ops/exec/` skipped the rule `path: /ops/exec` and went upstream at once
+    (upstreams serve both as one endpoint); `/ops//exec` is refused before any rule."""
+    up = f"https://127.0.0.1:{mock.port}"
+    rules = {"approvals": [
+        {"name": "exec", "when": {"method": ["POST"], "path": "/ops/exec"},
+         "approvers": {"groups": ["security-oncall"]}, "timeout": "30s", "mode": "ticket"},
+        {"name": "admin", "when": {"method": ["POST"], "path_prefix": "/ops/admin/"},
+         "approvers": {"groups": ["security-oncall"]}, "timeout": "30s", "mode": "ticket"},
+    ]}
+    gw = start_gateway(route("ops", "/ops/", up, upstream_ca_file, approvals=["exec", "admin"]),
+                       identity=people_identity(PEOPLE), extra=rules)
+    body = b'{"cmd":"ls"}'
+
+    def post(path: str) -> bytes:
+        return gw.raw(head("POST", path, "Content-Type: application/json", f"Content-Length: {len(body)}") + body)
+
+    before = len(mock.state.requests)
+    for path, rule in [("/ops/exec", "exec"), ("/ops/exec/", "exec"), ("/ops/ex%65c/", "exec"),
+                       ("/ops/admin", "admin"), ("/ops/admin/", "admin")]:
+        resp = post(path)
+        assert status_of(resp) == 202, (path, resp[:300])
+        assert body_of(resp)["approval"]["rule"] == rule, path
+    for path in ["/ops//exec", "/ops/exec//", "//ops/exec"]:
+        resp = post(path)
+        assert status_of(resp) == 400, (path, resp[:300])
+        assert body_of(resp)["error"]["code"] == "invalid_path", path
+    assert len(mock.state.requests) == before, "a request a rule holds reached the upstream"
+    # Paths the rules do not name still go through (the mock answers 404 for them).
+    post("/ops/exec/status")
+    assert [r["path"] for r in mock.state.requests[before:]] == ["/ops/exec/status"]
+
+
 @pytest.mark.parametrize("header", ["X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override",
                                     "X-Original-URL", "X-Rewrite-URL", "X-Original-Method"])
 def test_headers_that_override_method_or_path_do_not_reach_the_upstream(two_routes, mock, header):

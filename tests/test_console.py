@@ -87,3 +87,49 @@ def test_console_sign_in_approve_and_replay(start_gateway, mock, upstream_ca, up
         assert len(shots) == 9, shots
         for p in OUT.glob("*.png"):
             assert p.stat().st_size > 5000, p
+
+
+def test_sign_ins_one_client_starts_do_not_lock_out_another(start_gateway, mock, upstream_ca, upstream_ca_file):
+    """Issue 29: sign-ins in progress were kept server-side (at most 10,000, each for 600 s), so
+    one unauthenticated client that started 10,000 of them locked out every sign-in (503). Their
+    state now travels in the browser's login cookie, signed by the gateway."""
+    from urllib.parse import parse_qs, urlsplit
+
+    from idp import ControlledIdP
+    from net import server_ctx
+
+    idp = ControlledIdP(server_ctx(upstream_ca)).start()
+    try:
+        idp.add_key("rsa-1", "RS256")
+        admin = {"console": {"issuer": idp.issuer, "client_id": "agentgate-console", "ca_file": str(upstream_ca_file)}}
+        gw = start_gateway(route("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file), admin=admin)
+        with httpx.Client(base_url=gw.admin_url, timeout=10) as flood:
+            for _ in range(10_050):
+                r = flood.get("/console/login")
+                assert r.status_code == 302, r.text
+                flood.cookies.clear()
+
+        def start_sign_in(browser: httpx.Client) -> str:
+            r = browser.get("/console/login")
+            assert r.status_code == 302, r.text
+            assert r.headers["location"].startswith(f"{idp.issuer}/authorize?"), r.headers["location"]
+            return parse_qs(urlsplit(r.headers["location"]).query)["state"][0]
+
+        with httpx.Client(base_url=gw.admin_url, timeout=10) as person, \
+                httpx.Client(base_url=gw.admin_url, timeout=10) as other:
+            state = start_sign_in(person)
+            start_sign_in(other)
+            # Back from the provider with a code: the sign-in is this browser's, so the gateway
+            # goes on to exchange the code (this provider has no token endpoint: 401).
+            back = person.get(f"/console/callback?code=c0de&state={state}")
+            assert back.status_code == 401 and "Sign-in failed" in back.text, back.text
+            # Another browser's sign-in state, a changed cookie, or none: refused before any exchange.
+            assert other.get(f"/console/callback?code=c0de&state={state}").status_code == 403
+            sealed = person.cookies.get("agentgate_login")
+            forged = sealed[:-2] + ("AA" if not sealed.endswith("AA") else "BB")
+            with httpx.Client(base_url=gw.admin_url, timeout=10, cookies={"agentgate_login": forged}) as tampered:
+                assert tampered.get(f"/console/callback?code=c0de&state={state}").status_code == 403
+            with httpx.Client(base_url=gw.admin_url, timeout=10) as none:
+                assert none.get(f"/console/callback?code=c0de&state={state}").status_code == 403
+    finally:
+        idp.stop()

@@ -118,6 +118,58 @@ def test_bad_tokens_are_refused_with_the_reason(oidc_gateway, idp, mock, case, c
     assert oidc_gateway.wait_metric("agentgate_auth_failures_total", before + 1, reason=code) == before + 1
 
 
+def test_id_tokens_are_not_access_tokens(oidc_gateway, idp, mock):
+    """Issue 29: an ID token of the same issuer, with the same audience and groups, was let in
+    as an API credential. Access tokens say `typ: at+jwt` (RFC 9068); ID tokens carry `nonce`."""
+    assert call(oidc_gateway, idp.token("rsa-1")).status_code == 200
+    before = oidc_gateway.metric("agentgate_auth_failures_total", reason="not_an_access_token")
+    cases = [
+        (idp.id_token("rsa-1"), "typ `JWT`"),
+        (idp.token("rsa-1", headers={"typ": "JWT"}), "typ `JWT`"),
+        (idp.token("rsa-1", headers={"typ": None}), "no `typ`"),
+        (idp.token("rsa-1", headers={"typ": "logout+jwt"}), "typ `logout+jwt`"),
+        (idp.token("rsa-1", nonce="n-1"), "`nonce`"),
+    ]
+    for token, fragment in cases:
+        r = call(oidc_gateway, token)
+        assert_refused(r, 401, "not_an_access_token", fragment, token=token)
+        assert "access token" in r.json()["error"]["message"]
+    assert mock.state.requests[1:] == [], "a refused token reached the upstream"
+    assert oidc_gateway.wait_metric("agentgate_auth_failures_total", before + len(cases),
+                                    reason="not_an_access_token") == before + len(cases)
+
+
+def test_issuers_that_do_not_mark_access_tokens_still_refuse_id_tokens(start_gateway, mock, idp, upstream_ca_file):
+    """An IdP whose access tokens say `typ: JWT` or nothing (Keycloak, Entra ID) is configured
+    with `access_token_typ: [at+jwt, JWT, none]`; its ID tokens are still refused by `nonce`."""
+    gw = start_gateway(
+        route("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file),
+        identity=oidc_identity(idp, ca_file=upstream_ca_file, extra={"access_token_typ": ["at+jwt", "JWT", "none"]}),
+    )
+    for headers in ({"typ": "JWT"}, {"typ": None}, {"typ": "application/at+jwt"}):
+        r = call(gw, idp.token("rsa-1", headers=headers))
+        assert r.status_code == 200, (headers, r.text)
+    for token in (idp.id_token("rsa-1"), idp.token("rsa-1", headers={"typ": "JWT"}, at_hash="x"),
+                  idp.token("rsa-1", headers={"typ": "JWT"}, typ="ID")):
+        assert_refused(call(gw, token), 401, "not_an_access_token", "access token", token=token)
+
+
+def test_a_token_without_sub_names_nobody_unless_the_issuer_says_which_claim_does(start_gateway, oidc_gateway, mock, idp, upstream_ca_file):
+    """Issue 29: a token without `sub` was silently named by its `client_id` or `azp`."""
+    token = idp.token("rsa-1", sub=None, client_id="svc-7", azp="svc-7")
+    assert_refused(call(oidc_gateway, token), 401, "invalid_claims", "no `sub` claim", token=token)
+    assert mock.state.requests == []
+    gw = start_gateway(
+        route("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file),
+        identity=oidc_identity(idp, ca_file=upstream_ca_file, extra={"subject_fallback": ["client_id"]}),
+    )
+    assert call(gw, token).status_code == 200
+    [line] = gw.wait_session_lines(lambda l: (l.get("identity") or {}).get("subject") == "svc-7")
+    assert line["identity"]["issuer"] == idp.issuer
+    only_azp = idp.token("rsa-1", sub=None, azp="svc-8")
+    assert_refused(call(gw, only_azp), 401, "invalid_claims", "client_id", token=only_azp)
+
+
 def test_missing_credentials_get_a_bare_challenge(oidc_gateway, mock):
     r = call(oidc_gateway, None)
     assert_refused(r, 401, "missing_token", "no credentials")
@@ -148,6 +200,27 @@ def test_key_rotation_without_restart(oidc_gateway, idp):
     assert r.status_code == 200, r.text
     assert idp.jwks_fetches == fetches + 1, "the unknown kid should have fetched the keys once"
     assert oidc_gateway.metric("agentgate_jwks_refresh_total", issuer=idp.issuer, result="ok") >= 2
+
+
+def test_a_refresh_that_drops_a_key_stops_the_tokens_it_signed(start_gateway, mock, idp, upstream_ca_file):
+    """Issue 29: a verified token stayed cached until its `exp` after the IdP rotated its key
+    out, so removing a compromised key from the JWKS did not stop the tokens it had signed."""
+    gw = start_gateway(
+        route("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file),
+        identity=oidc_identity(idp, ca_file=upstream_ca_file, extra={"jwks_refresh_interval": "1s"}),
+    )
+    token = idp.token("rsa-1", sub="holder-of-a-leaked-token")
+    assert call(gw, token).status_code == 200
+    assert call(gw, token).status_code == 200  # its verdict is cached now
+    idp.add_key("rsa-2", "RS256")
+    idp.published = ["rsa-2"]  # the compromised key is rotated out
+    ok = gw.metric("agentgate_jwks_refresh_total", issuer=idp.issuer, result="ok")
+    # Two refreshes: the second one started after the key left the JWKS.
+    gw.wait_metric("agentgate_jwks_refresh_total", lambda v: v >= ok + 2, issuer=idp.issuer, result="ok")
+    before = len(mock.state.requests)
+    assert_refused(call(gw, token), 401, "unknown_key", "rsa-1", token=token)
+    assert len(mock.state.requests) == before, "a token of the rotated-out key reached the upstream"
+    assert call(gw, idp.token("rsa-2", sub="after-rotation")).status_code == 200
 
 
 def test_unknown_kid_refetch_is_rate_limited(start_gateway, mock, idp, upstream_ca_file):
@@ -274,7 +347,7 @@ def test_client_certificates_accepted_and_refused(start_gateway, mock, upstream_
     gw = mtls_gateway(start_gateway, mock, upstream_ca_file, client_ca, tmp_path, "optional")
     with mtls_client(gw, client_ca.issue_cert("bot.corp", common_name="build-bot")) as c:
         assert c.get("/v1/models").status_code == 200
-    assert gw.wait_session_lines(lambda l: True)[-1]["identity"] == {"subject": "build-bot", "issuer": "client-cert", "method": "client_cert", "groups": ["agents"]}
+    assert gw.wait_session_lines(lambda l: "identity" in l)[-1]["identity"] == {"subject": "build-bot", "issuer": "client-cert", "method": "client_cert", "groups": ["agents"]}
     with mtls_client(gw, client_ca.issue_cert("bot-b@corp.example", common_name="whatever")) as c:
         assert c.get("/v1/models").status_code == 200
     # Verified but mapped to no identity: 401; mapped to a group the route does not allow: 403.

@@ -104,18 +104,19 @@ impl AdminApp {
     /// An approval as one caller sees it: with whether they may decide, and its clock.
     fn view(&self, a: &Approval, who: &Identity) -> Option<serde_json::Value> {
         let approver = who.groups.iter().any(|g| a.approver_groups.contains(g));
-        let requester = a.requester.subject == who.subject && a.requester.issuer == who.issuer;
+        let requester = a.requester.same(who);
         if !(approver || requester || self.auditor(who)) {
             return None;
         }
         let mut v = serde_json::to_value(a).ok()?;
         let now = crate::approval::now_ms();
-        let decided_by_me = a
-            .decisions
-            .iter()
-            .any(|d| d.by.subject == who.subject && d.by.issuer == who.issuer);
-        v["can_decide"] =
-            (approver && !requester && !decided_by_me && a.state == State::Pending).into();
+        let decided_by_me = a.decisions.iter().any(|d| d.by.same(who));
+        v["can_decide"] = (approver
+            && who.person.is_some()
+            && !requester
+            && !decided_by_me
+            && a.state == State::Pending)
+            .into();
         v["waiting_s"] = (a.decided_ms.unwrap_or(now).saturating_sub(a.created_ms) / 1000).into();
         v["expires_in_s"] = (a.expires_ms.saturating_sub(now) / 1000).into();
         Some(v)

@@ -65,18 +65,35 @@ pub struct Person {
     pub issuer: String,
     #[serde(default)]
     pub groups: Vec<String>,
+    /// The credential the person used when it has another name (`service-account ci-alice`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
 }
 
 impl Person {
+    /// The caller as approvals name them: the person behind a service account mapped to one,
+    /// else the caller's own name.
     pub fn of(who: &Identity) -> Person {
-        Person {
-            subject: who.subject.clone(),
-            issuer: who.issuer.clone(),
-            groups: who.groups.clone(),
+        match &who.person {
+            Some(p) if (p.issuer != who.issuer || p.subject != who.subject) => Person {
+                subject: p.subject.clone(),
+                issuer: p.issuer.clone(),
+                groups: who.groups.clone(),
+                via: Some(format!("{} {}", who.issuer, who.subject)),
+            },
+            _ => Person {
+                subject: who.subject.clone(),
+                issuer: who.issuer.clone(),
+                groups: who.groups.clone(),
+                via: None,
+            },
         }
     }
-    fn same(&self, who: &Identity) -> bool {
-        self.subject == who.subject && self.issuer == who.issuer
+
+    /// Whether `who` is this person, whichever channel they came through.
+    pub fn same(&self, who: &Identity) -> bool {
+        let them = Person::of(who);
+        self.subject == them.subject && self.issuer == them.issuer
     }
 }
 

@@ -406,6 +406,17 @@ impl Approvals {
                 ),
             ));
         }
+        if who.person.is_none() {
+            return Err(refused(
+                403,
+                format!(
+                    "`{}` ({}) is not a person: approvals are decided by people, so that one person is \
+                     never counted twice toward min_approvals. Decide in the console or with your own \
+                     access token, or give the service account `person: {{issuer, subject}}` to decide as that person",
+                    who.subject, who.issuer
+                ),
+            ));
+        }
         if a.requester.same(who) {
             return Err(refused(
                 403,
@@ -413,9 +424,13 @@ impl Approvals {
             ));
         }
         if a.decisions.iter().any(|d| d.by.same(who)) {
+            let p = Person::of(who);
             return Err(refused(
                 409,
-                format!("{} has already decided on approval {id}", who.subject),
+                format!(
+                    "{} ({}) has already decided on approval {id}",
+                    p.subject, p.issuer
+                ),
             ));
         }
         let now = now_ms();

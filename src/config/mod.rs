@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use raw::JWS_ALGORITHMS;
+pub use raw::{normalize_typ, JWS_ALGORITHMS};
 pub use secret::Secret;
 
 /// A validated configuration file. Relative paths in it are relative to the working directory.
@@ -145,8 +145,14 @@ pub struct OidcIssuer {
     pub audiences: Vec<String>,
     /// Claim holding the caller's groups; a literal claim name or a dotted path.
     pub groups_claim: String,
-    /// Claim naming the caller (`sub`; `client_id`/`azp` are used when it is absent).
+    /// Claim naming the caller (`sub`).
     pub subject_claim: String,
+    /// Claims naming the caller when `subject_claim` is absent (e.g. `client_id`, `azp`), in
+    /// order; empty (the default): a token without `subject_claim` is refused.
+    pub subject_fallback: Vec<String>,
+    /// Header `typ` values accepted (normalized: lower case, no `application/`; `none` for no
+    /// `typ`). Default `at+jwt` (RFC 9068), which ID tokens never carry.
+    pub access_token_typ: Vec<String>,
     pub leeway: Duration,
     /// Accepted JWS algorithms (asymmetric only).
     pub algorithms: Vec<String>,
@@ -167,6 +173,9 @@ pub struct ServiceAccount {
     pub name: String,
     pub token_sha256: [u8; 32],
     pub groups: Vec<String>,
+    /// The person (issuer, subject) the account belongs to, who decides approvals through it
+    /// (counted once with their console session and their own tokens); `None`: it may not.
+    pub person: Option<(String, String)>,
 }
 
 #[derive(Debug, Clone, serde::Deserialize)]

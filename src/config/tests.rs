@@ -265,6 +265,8 @@ fn refused_identity_configs() {
         (format!("identity:\n  service_accounts:\n{sa}"), oidc("      audiences: [a]\n      jwks_uri: http://idp.example.com/keys\n"), "must be an https:// URL"),
         (format!("identity:\n  service_accounts:\n{sa}"), "identity:\n  oidc:\n    - { issuer: http://idp.example.com, audiences: [a] }\n".into(), "must be an https:// URL"),
         (format!("identity:\n  service_accounts:\n{sa}"), oidc("      audiences: [a]\n      leeway: 1h\n"), "leeway above 5m"),
+        (format!("identity:\n  service_accounts:\n{sa}"), oidc("      audiences: [a]\n      access_token_typ: []\n"), "`access_token_typ` lists"),
+        (format!("identity:\n  service_accounts:\n{sa}"), oidc("      audiences: [a]\n      subject_fallback: [\"\"]\n"), "claim names must not be empty"),
         (format!("identity:\n  service_accounts:\n{sa}"), "identity:\n  client_certs:\n    - { subject_cn: bot, groups: [agents] }\n".into(), "needs a listener with `tls.client_ca`"),
         (format!("identity:\n  service_accounts:\n{sa}"), "identity:\n  client_certs:\n    - { subject_cn: bot, san_dns: bot.corp, groups: [agents] }\n".into(), "exactly one of subject_cn"),
         ("tls: {} }".into(), "tls: { client_auth: required } }".into(), "needs `client_ca`"),
@@ -292,6 +294,17 @@ fn identity_config_parses() {
     let i = &c.identity.oidc[0];
     assert_eq!(i.groups_claim, "realm_access.roles");
     assert_eq!(i.leeway, Duration::from_secs(30));
+    // RFC 9068 access tokens only, and no subject but `sub`, unless the issuer says otherwise.
+    assert_eq!(i.access_token_typ, vec!["at+jwt"]);
+    assert!(i.subject_fallback.is_empty());
+    let lenient = parse(&text.replace(
+        "groups_claim: realm_access.roles }",
+        "groups_claim: realm_access.roles, access_token_typ: [at+jwt, JWT, none], subject_fallback: [client_id] }",
+    ))
+    .unwrap();
+    let i = &lenient.identity.oidc[0];
+    assert_eq!(i.access_token_typ, vec!["at+jwt", "jwt", "none"]);
+    assert_eq!(i.subject_fallback, vec!["client_id"]);
     assert!(
         i.algorithms.iter().any(|a| a == "ES256")
             && !i.algorithms.iter().any(|a| a.starts_with("HS"))

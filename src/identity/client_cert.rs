@@ -50,6 +50,7 @@ pub fn identify(rules: &[ClientCertRule], names: &CertNames) -> Result<Identity,
     let mut hit: Option<Identity> = None;
     for r in rules.iter().filter(|r| matches(&r.matcher, names)) {
         let id = hit.get_or_insert_with(|| Identity {
+            person: None,
             subject: subject(&r.matcher).to_string(),
             issuer: "client-cert".into(),
             method: AuthMethod::ClientCert,

@@ -11,12 +11,25 @@ use crate::upstream::client::Fetcher;
 use openidconnect::core::{CoreJsonWebKey, CoreJsonWebKeySet, CoreProviderMetadata};
 use openidconnect::{IssuerUrl, JsonWebKey, JsonWebKeySetUrl};
 use pingora_prometheus::prometheus::IntCounter;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
+/// SHA-256 of a key as the gateway reads it (its re-serialized JWK): names the key that signed
+/// a cached verdict, so a key set that no longer holds it ends the verdict.
+pub type KeyFingerprint = [u8; 32];
+
+/// Numbers key sets: a verdict made under the current set needs no look-up to stay valid.
+static GENERATIONS: AtomicU64 = AtomicU64::new(1);
+
 pub struct KeySet {
-    /// Each key as published, and its BoringSSL form when it has one.
-    keys: Vec<(CoreJsonWebKey, Option<BoringKey>)>,
+    /// Each key as published, its BoringSSL form when it has one, and its fingerprint.
+    keys: Vec<(CoreJsonWebKey, Option<BoringKey>, KeyFingerprint)>,
+    generation: u64,
+}
+
+fn fingerprint(k: &CoreJsonWebKey) -> KeyFingerprint {
+    boring::sha::sha256(&serde_json::to_vec(k).unwrap_or_default())
 }
 
 impl KeySet {
@@ -24,9 +37,15 @@ impl KeySet {
         KeySet {
             keys: keys
                 .iter()
-                .map(|k| (k.clone(), BoringKey::from_jwk(k)))
+                .map(|k| (k.clone(), BoringKey::from_jwk(k), fingerprint(k)))
                 .collect(),
+            generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
         }
+    }
+
+    /// Whether the key with this fingerprint is still published.
+    fn holds(&self, key: &KeyFingerprint) -> bool {
+        self.keys.iter().any(|(_, _, f)| f == key)
     }
 
     pub fn len(&self) -> usize {
@@ -42,8 +61,8 @@ impl KeySet {
         &'a self,
         kid: Option<&'a str>,
         alg: &'a openidconnect::core::CoreJwsSigningAlgorithm,
-    ) -> impl Iterator<Item = &'a (CoreJsonWebKey, Option<BoringKey>)> + 'a {
-        self.keys.iter().filter(move |(k, _)| {
+    ) -> impl Iterator<Item = &'a (CoreJsonWebKey, Option<BoringKey>, KeyFingerprint)> + 'a {
+        self.keys.iter().filter(move |(k, _, _)| {
             let kid_ok = match kid {
                 Some(want) => k.key_id().is_some_and(|id| id.as_str() == want),
                 None => true,
@@ -208,9 +227,15 @@ impl Issuer {
         Ok(set)
     }
 
+    /// Whether a verdict made under key set `generation` with key `signed_by` still holds: the
+    /// key is still in the issuer's current set (a refresh that dropped it ends its verdicts).
+    pub fn still_publishes(&self, generation: u64, signed_by: &KeyFingerprint) -> bool {
+        self.keys()
+            .is_some_and(|set| set.generation == generation || set.holds(signed_by))
+    }
+
     /// Verifies a token of this issuer: signature with a published key, then the claims.
-    /// Returns the identity and until when (seconds) the verdict holds.
-    pub async fn verify(&self, t: &Unverified<'_>, now: u64) -> Result<(Identity, u64), AuthError> {
+    pub async fn verify(&self, t: &Unverified<'_>, now: u64) -> Result<Verdict, AuthError> {
         let alg = jwt::algorithm(&t.alg, &self.cfg.algorithms)?;
         let kid = t.kid.as_deref();
         let mut keys = self.keys();
@@ -249,26 +274,53 @@ impl Issuer {
                 },
             ));
         }
-        if !candidates.any(|(k, fast)| jwt::verify_signature(k, fast.as_ref(), &alg, t).is_ok()) {
+        let Some((_, _, signed_by)) = candidates
+            .find(|(k, fast, _)| jwt::verify_signature(k, fast.as_ref(), &alg, t).is_ok())
+        else {
             return Err(AuthError::new(
                 Reason::BadSignature,
                 "the token's signature does not verify with the issuer's key",
             ));
-        }
+        };
         let rules = ClaimRules {
             issuer: &self.cfg.issuer,
             audiences: &self.cfg.audiences,
             leeway_secs: self.cfg.leeway.as_secs(),
             groups_claim: &self.cfg.groups_claim,
             subject_claim: &self.cfg.subject_claim,
+            subject_fallback: &self.cfg.subject_fallback,
         };
+        jwt::check_access_token(
+            t.typ.as_deref(),
+            &t.claims,
+            &self.cfg.access_token_typ,
+            &self.cfg.issuer,
+        )?;
         let checked = jwt::check_claims(&t.claims, &rules, now)?;
         let identity = Identity {
+            person: (!checked.is_client).then(|| super::PersonName {
+                issuer: self.cfg.issuer.clone(),
+                subject: checked.subject.clone(),
+            }),
             subject: checked.subject,
             issuer: self.cfg.issuer.clone(),
             method: AuthMethod::Oidc,
             groups: checked.groups,
         };
-        Ok((identity, checked.expires.saturating_add(rules.leeway_secs)))
+        Ok(Verdict {
+            identity,
+            valid_until: checked.expires.saturating_add(rules.leeway_secs),
+            generation: set.generation,
+            signed_by: *signed_by,
+        })
     }
+}
+
+/// A verified token: who it names, until when (seconds, `exp` plus leeway), and the key (and
+/// key set) that verified it.
+pub struct Verdict {
+    pub identity: Identity,
+    pub valid_until: u64,
+    pub generation: u64,
+    pub signed_by: KeyFingerprint,
 }

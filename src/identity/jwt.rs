@@ -16,6 +16,8 @@ pub const MAX_TOKEN_LEN: usize = 16 * 1024;
 pub struct Unverified<'a> {
     pub alg: String,
     pub kid: Option<String>,
+    /// The header's `typ` (RFC 7519 §5.1), when it has one.
+    pub typ: Option<String>,
     pub claims: Map<String, Value>,
     /// `base64url(header) "." base64url(payload)`: the bytes the signature covers.
     pub signing_input: &'a [u8],
@@ -68,6 +70,11 @@ pub fn parse(token: &str) -> Result<Unverified<'_>, AuthError> {
         Some(Value::String(k)) => Some(k.clone()),
         Some(_) => return Err(malformed("`kid` is not a string")),
     };
+    let typ = match header.get("typ") {
+        None => None,
+        Some(Value::String(t)) => Some(t.clone()),
+        Some(_) => return Err(malformed("`typ` is not a string")),
+    };
     let claims = decode_json(p, "payload")?;
     let signature = URL_SAFE_NO_PAD
         .decode(s)
@@ -75,6 +82,7 @@ pub fn parse(token: &str) -> Result<Unverified<'_>, AuthError> {
     Ok(Unverified {
         alg,
         kid,
+        typ,
         claims,
         signing_input: &token.as_bytes()[..h.len() + 1 + p.len()],
         signature,
@@ -147,12 +155,18 @@ pub struct ClaimRules<'a> {
     pub leeway_secs: u64,
     pub groups_claim: &'a str,
     pub subject_claim: &'a str,
+    /// Claims naming the caller when `subject_claim` is absent (`client_id`, `azp`), in order;
+    /// empty: such a token is refused.
+    pub subject_fallback: &'a [String],
 }
 
 /// The identity a token's claims carry, after they passed `ClaimRules`.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Checked {
     pub subject: String,
+    /// The token names a client acting for itself, not a person: its subject came from a
+    /// `subject_fallback` claim, or equals its `client_id` (RFC 9068 §2.2, client credentials).
+    pub is_client: bool,
     pub groups: Vec<String>,
     /// `exp` (seconds since the epoch).
     pub expires: u64,
@@ -232,15 +246,26 @@ pub fn check_claims(
             ),
         ));
     }
-    let subject = [rules.subject_claim, "client_id", "azp"]
-        .iter()
+    let by_subject_claim = claim(claims, rules.subject_claim)
+        .and_then(Value::as_str)
+        .is_some();
+    let subject = std::iter::once(rules.subject_claim)
+        .chain(rules.subject_fallback.iter().map(String::as_str))
         .find_map(|c| claim(claims, c).and_then(Value::as_str))
         .filter(|s| !s.is_empty())
         .ok_or_else(|| {
+            let fallback = if rules.subject_fallback.is_empty() {
+                format!(
+                    "; issuer {} names callers by `{}` only (its `subject_fallback` is empty)",
+                    rules.issuer, rules.subject_claim
+                )
+            } else {
+                format!(" nor any of `{}`", rules.subject_fallback.join("`, `"))
+            };
             AuthError::new(
                 Reason::InvalidClaims,
                 format!(
-                    "the token has no `{}` claim naming the caller",
+                    "the token has no `{}` claim naming the caller{fallback}",
                     rules.subject_claim
                 ),
             )
@@ -264,11 +289,60 @@ pub fn check_claims(
             ))
         }
     };
+    let is_client = !by_subject_claim
+        || claims.get("client_id").and_then(Value::as_str) == Some(subject.as_str());
     Ok(Checked {
+        is_client,
         subject,
         groups,
         expires: exp,
     })
+}
+
+/// Claims only an ID token carries (OpenID Connect Core §2, §3.3.2.11): a token with one was
+/// minted for a client to learn who signed in, not for an API.
+const ID_TOKEN_CLAIMS: [&str; 3] = ["nonce", "at_hash", "c_hash"];
+
+/// Keycloak's own `typ` claim of its tokens that are not access tokens.
+const NOT_ACCESS_TYPES: [&str; 4] = ["ID", "Refresh", "Logout", "Offline"];
+
+/// Whether a token is an access token, not an ID token or another JWT its issuer signs (logout
+/// token, DPoP proof, security event): the header's `typ` must be one of `accepted` (normalized
+/// by `config::normalize_typ`; `none` stands for no `typ`), and no claim only ID tokens carry may be in
+/// it. RFC 9068 access tokens say `at+jwt`; ID tokens say `JWT` or nothing.
+pub fn check_access_token(
+    typ: Option<&str>,
+    claims: &Map<String, Value>,
+    accepted: &[String],
+    issuer: &str,
+) -> Result<(), AuthError> {
+    let refused = |why: String| AuthError::new(Reason::NotAnAccessToken, why);
+    let got = typ.map_or_else(|| "none".to_string(), crate::config::normalize_typ);
+    if !accepted.contains(&got) {
+        let shown = typ.map_or_else(
+            || "no `typ`".to_string(),
+            |t| format!("typ {}", printable(t)),
+        );
+        return Err(refused(format!(
+            "the token is not an access token: its header has {shown}, and issuer {issuer} accepts \
+             only typ {} (RFC 9068); an ID token is not an API credential",
+            accepted.join(", ")
+        )));
+    }
+    if let Some(c) = ID_TOKEN_CLAIMS.iter().find(|c| claims.contains_key(**c)) {
+        return Err(refused(format!(
+            "the token carries `{c}`, which only ID tokens carry: send an access token, not an ID token"
+        )));
+    }
+    if let Some(Value::String(t)) = claims.get("typ") {
+        if NOT_ACCESS_TYPES.iter().any(|n| n.eq_ignore_ascii_case(t)) {
+            return Err(refused(format!(
+                "the token's `typ` claim says {}: send an access token",
+                printable(t)
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A claim by its literal name (`https://example.com/groups`), else by dotted path
@@ -308,6 +382,7 @@ mod tests {
             leeway_secs: 30,
             groups_claim: "realm_access.roles",
             subject_claim: "sub",
+            subject_fallback: &[],
         }
     }
 
@@ -367,9 +442,9 @@ mod tests {
                 Some(Reason::UnknownIssuer),
             ),
             (
-                "no sub, client_id",
-                json!({"sub": null, "client_id": "c"}),
-                None,
+                "no sub, client_id, no fallback configured",
+                json!({"sub": null, "client_id": "c", "azp": "c"}),
+                Some(Reason::InvalidClaims),
             ),
             (
                 "no subject at all",
@@ -393,6 +468,134 @@ mod tests {
             }
             let got = check_claims(&c, &rules(&aud), now).err().map(|e| e.reason);
             assert_eq!(got, want, "{name}");
+        }
+    }
+
+    /// A token without its subject claim names nobody: `client_id` / `azp` stand in for it only
+    /// where the issuer's `subject_fallback` says so, in that order (issue 29).
+    #[test]
+    fn the_subject_falls_back_only_as_configured() {
+        let aud = vec!["agentgate".to_string()];
+        let c = claims(
+            json!({"iss": "https://idp.example", "aud": "agentgate", "exp": 10,
+                              "client_id": "cid", "azp": "azp-1"}),
+        );
+        let err = check_claims(&c, &rules(&aud), 0).unwrap_err();
+        assert_eq!(err.reason, Reason::InvalidClaims);
+        assert!(
+            err.description.contains("no `sub` claim")
+                && err.description.contains("subject_fallback"),
+            "{}",
+            err.description
+        );
+        let both = ["client_id".to_string(), "azp".to_string()];
+        let azp = ["azp".to_string()];
+        let mut r = rules(&aud);
+        r.subject_fallback = &both;
+        let by_fallback = check_claims(&c, &r, 0).unwrap();
+        assert_eq!(by_fallback.subject, "cid");
+        assert!(
+            by_fallback.is_client,
+            "named by a fallback: a client, not a person"
+        );
+        r.subject_fallback = &azp;
+        assert_eq!(check_claims(&c, &r, 0).unwrap().subject, "azp-1");
+        let mut with_sub = c.clone();
+        with_sub.insert("sub".into(), json!("person"));
+        let person = check_claims(&with_sub, &r, 0).unwrap();
+        assert_eq!(
+            (person.subject.as_str(), person.is_client),
+            ("person", false)
+        );
+        // RFC 9068 §2.2: a client-credentials token's `sub` is its `client_id`.
+        with_sub.insert("sub".into(), json!("cid"));
+        assert!(check_claims(&with_sub, &r, 0).unwrap().is_client);
+        with_sub.insert("sub".into(), json!(""));
+        assert_eq!(
+            check_claims(&with_sub, &r, 0).err().map(|e| e.reason),
+            Some(Reason::InvalidClaims),
+            "an empty `sub` is not replaced by a fallback"
+        );
+    }
+
+    /// ID tokens (and other JWTs an issuer signs) are not access tokens: `typ` must be one the
+    /// issuer's access tokens carry, and claims only ID tokens carry are refused (issue 29).
+    #[test]
+    fn only_access_tokens_are_accepted() {
+        let strict = vec!["at+jwt".to_string()];
+        let lenient = vec!["at+jwt".to_string(), "jwt".to_string(), "none".to_string()];
+        let plain = claims(json!({"sub": "a"}));
+        // (case, header typ, extra claims, accepted typ values, accepted?)
+        type Case<'a> = (&'a str, Option<&'a str>, Value, &'a [String], bool);
+        let table: Vec<Case> = vec![
+            ("RFC 9068", Some("at+jwt"), json!({}), &strict, true),
+            (
+                "RFC 9068 media type",
+                Some("application/at+jwt"),
+                json!({}),
+                &strict,
+                true,
+            ),
+            ("case", Some("AT+JWT"), json!({}), &strict, true),
+            ("ID token typ", Some("JWT"), json!({}), &strict, false),
+            ("no typ", None, json!({}), &strict, false),
+            (
+                "logout token",
+                Some("logout+jwt"),
+                json!({}),
+                &lenient,
+                false,
+            ),
+            ("DPoP proof", Some("dpop+jwt"), json!({}), &lenient, false),
+            ("JWT where allowed", Some("JWT"), json!({}), &lenient, true),
+            ("no typ where allowed", None, json!({}), &lenient, true),
+            (
+                "nonce",
+                Some("at+jwt"),
+                json!({"nonce": "n"}),
+                &strict,
+                false,
+            ),
+            (
+                "nonce, lenient",
+                Some("JWT"),
+                json!({"nonce": "n"}),
+                &lenient,
+                false,
+            ),
+            ("at_hash", None, json!({"at_hash": "h"}), &lenient, false),
+            ("c_hash", None, json!({"c_hash": "h"}), &lenient, false),
+            (
+                "Keycloak ID",
+                Some("JWT"),
+                json!({"typ": "ID"}),
+                &lenient,
+                false,
+            ),
+            (
+                "Keycloak Bearer",
+                Some("JWT"),
+                json!({"typ": "Bearer"}),
+                &lenient,
+                true,
+            ),
+        ];
+        for (name, typ, extra, accepted, ok) in table {
+            let mut c = plain.clone();
+            c.extend(extra.as_object().unwrap().clone());
+            let got = check_access_token(typ, &c, accepted, "https://idp.example");
+            match got {
+                Ok(()) => assert!(ok, "{name}: accepted"),
+                Err(e) => {
+                    assert!(!ok, "{name}: refused: {}", e.description);
+                    assert_eq!(e.reason, Reason::NotAnAccessToken, "{name}");
+                    assert!(
+                        e.description.contains("access token"),
+                        "{name}: {}",
+                        e.description
+                    );
+                }
+            }
         }
     }
 
@@ -436,6 +639,7 @@ mod tests {
             format!("{}.{p}.c2ln", enc(json!(["alg"]))),
             format!("{}.{p}.c2ln", enc(json!({"kid": "k"}))),
             format!("{crit}.{p}.c2ln"),
+            format!("{}.{p}.c2ln", enc(json!({"alg": "RS256", "typ": 9}))),
             format!("{h}.{p}.{}", "A".repeat(MAX_TOKEN_LEN)),
         ];
         for b in bad {
@@ -479,6 +683,7 @@ mod tests {
         let t = Unverified {
             alg: "HS256".into(),
             kid: None,
+            typ: None,
             claims: Map::new(),
             signing_input: b"a.b",
             signature: vec![0; 32],

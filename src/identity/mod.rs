@@ -7,7 +7,8 @@
 //! `api_key`), else `x-api-key` (Anthropic SDK), else `api-key` (Azure OpenAI). When a request
 //! carries both a token and a client certificate, the token decides.
 //!
-//! Verified JWTs are cached until they expire, so the hot path does one hash lookup.
+//! Verified JWTs are cached (by their SHA-256) until they expire or their signing key leaves the
+//! issuer's key set, so the hot path does one hash and one look-up.
 
 pub mod boring_key;
 pub mod client_cert;
@@ -31,6 +32,14 @@ pub enum AuthMethod {
     ClientCert,
 }
 
+/// A person as approvals count them: one name (issuer, subject) whichever channel they use —
+/// the console, their own access token, or a service account mapped to them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PersonName {
+    pub issuer: String,
+    pub subject: String,
+}
+
 /// A verified caller.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Identity {
@@ -39,6 +48,11 @@ pub struct Identity {
     pub issuer: String,
     pub method: AuthMethod,
     pub groups: Vec<String>,
+    /// The person this caller is when deciding approvals; `None` for a machine (a service
+    /// account mapped to no person, an OIDC client acting for itself, a client certificate),
+    /// which may not decide.
+    #[serde(skip)]
+    pub person: Option<PersonName>,
 }
 
 /// Why a request was not let in; `as_str` is the `reason` label of `agentgate_auth_failures_total`.
@@ -54,6 +68,7 @@ pub enum Reason {
     NotYetValid,
     WrongAudience,
     InvalidClaims,
+    NotAnAccessToken,
     UnknownServiceAccount,
     ClientCertUnmapped,
     KeysUnavailable,
@@ -61,7 +76,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 15] = [
         Reason::MissingToken,
         Reason::Malformed,
         Reason::UnsupportedAlg,
@@ -72,6 +87,7 @@ impl Reason {
         Reason::NotYetValid,
         Reason::WrongAudience,
         Reason::InvalidClaims,
+        Reason::NotAnAccessToken,
         Reason::UnknownServiceAccount,
         Reason::ClientCertUnmapped,
         Reason::KeysUnavailable,
@@ -90,6 +106,7 @@ impl Reason {
             Reason::NotYetValid => "not_yet_valid",
             Reason::WrongAudience => "wrong_audience",
             Reason::InvalidClaims => "invalid_claims",
+            Reason::NotAnAccessToken => "not_an_access_token",
             Reason::UnknownServiceAccount => "unknown_service_account",
             Reason::ClientCertUnmapped => "client_cert_unmapped",
             Reason::KeysUnavailable => "keys_unavailable",
@@ -193,23 +210,41 @@ struct Cached {
     identity: Arc<Identity>,
     /// `exp` plus leeway, seconds since the epoch.
     valid_until: u64,
+    /// The issuer (index in `Authenticator::issuers`), key set and key that verified it.
+    issuer: usize,
+    generation: u64,
+    signed_by: jwks::KeyFingerprint,
 }
 
-/// Verified JWTs until they expire. Bounded: when full, expired entries go, and if that is
-/// not enough the cache starts over (a miss costs one signature check, never a wrong answer).
+/// SHA-256 of a token: the cache's key, so the cache never holds a usable credential.
+type TokenDigest = [u8; 32];
+
+/// Verified JWTs until they expire, or until their signing key leaves the issuer's key set.
+/// Bounded: when full, expired entries go, and if that is not enough the cache starts over (a
+/// miss costs one signature check, never a wrong answer).
 struct TokenCache {
-    map: RwLock<HashMap<Box<str>, Cached>>,
+    map: RwLock<HashMap<TokenDigest, Cached>>,
     capacity: usize,
 }
 
 impl TokenCache {
-    fn get(&self, token: &str, now: u64) -> Option<Arc<Identity>> {
+    fn get(
+        &self,
+        token: &TokenDigest,
+        now: u64,
+    ) -> Option<(Arc<Identity>, usize, u64, jwks::KeyFingerprint)> {
         let map = self.map.read().ok()?;
         let c = map.get(token)?;
-        (now <= c.valid_until).then(|| c.identity.clone())
+        (now <= c.valid_until).then(|| (c.identity.clone(), c.issuer, c.generation, c.signed_by))
     }
 
-    fn put(&self, token: &str, identity: Arc<Identity>, valid_until: u64, now: u64) {
+    fn remove(&self, token: &TokenDigest) {
+        if let Ok(mut map) = self.map.write() {
+            map.remove(token);
+        }
+    }
+
+    fn put(&self, token: TokenDigest, entry: Cached, now: u64) {
         let Ok(mut map) = self.map.write() else {
             return;
         };
@@ -219,13 +254,7 @@ impl TokenCache {
                 map.clear();
             }
         }
-        map.insert(
-            token.into(),
-            Cached {
-                identity,
-                valid_until,
-            },
-        );
+        map.insert(token, entry);
     }
 }
 
@@ -322,19 +351,30 @@ impl Authenticator {
         }
     }
 
-    /// Checks an OIDC token; a cached verdict is reused until the token expires.
+    /// Checks an OIDC token; a cached verdict is reused until the token expires, while the key
+    /// that signed it is still published.
     pub async fn verify_jwt(&self, token: &str) -> Result<Arc<Identity>, AuthError> {
         let now = unix_now();
-        if let Some(id) = self.cache.get(token, now) {
-            return Ok(id);
+        let digest = boring::sha::sha256(token.as_bytes());
+        if let Some((id, issuer, generation, signed_by)) = self.cache.get(&digest, now) {
+            if self
+                .issuers
+                .get(issuer)
+                .is_some_and(|i| i.still_publishes(generation, &signed_by))
+            {
+                return Ok(id);
+            }
+            // Its key was rotated out (a compromised key stops here): checked again, and refused.
+            self.cache.remove(&digest);
         }
         let parsed = jwt::parse(token)?;
         let iss = jwt::issuer_of(&parsed.claims)
             .ok_or_else(|| AuthError::new(Reason::InvalidClaims, "the token has no `iss` claim"))?;
-        let issuer = self
+        let (index, issuer) = self
             .issuers
             .iter()
-            .find(|i| i.name() == iss)
+            .enumerate()
+            .find(|(_, i)| i.name() == iss)
             .ok_or_else(|| {
                 AuthError::new(
                     Reason::UnknownIssuer,
@@ -344,9 +384,19 @@ impl Authenticator {
                     ),
                 )
             })?;
-        let (identity, valid_until) = issuer.verify(&parsed, now).await?;
-        let identity = Arc::new(identity);
-        self.cache.put(token, identity.clone(), valid_until, now);
+        let v = issuer.verify(&parsed, now).await?;
+        let identity = Arc::new(v.identity);
+        self.cache.put(
+            digest,
+            Cached {
+                identity: identity.clone(),
+                valid_until: v.valid_until,
+                issuer: index,
+                generation: v.generation,
+                signed_by: v.signed_by,
+            },
+            now,
+        );
         Ok(identity)
     }
 }
@@ -430,6 +480,7 @@ mod tests {
             issuer: "i".into(),
             method: AuthMethod::Oidc,
             groups: groups.iter().map(|g| g.to_string()).collect(),
+            person: None,
         }
     }
 
@@ -484,6 +535,16 @@ mod tests {
             .is_none());
     }
 
+    fn entry(who: &Arc<Identity>, valid_until: u64) -> Cached {
+        Cached {
+            identity: who.clone(),
+            valid_until,
+            issuer: 0,
+            generation: 0,
+            signed_by: [0; 32],
+        }
+    }
+
     #[test]
     fn cache_expires_and_stays_bounded() {
         let c = TokenCache {
@@ -491,12 +552,153 @@ mod tests {
             capacity: 2,
         };
         let who = Arc::new(id(&["a"]));
-        c.put("t1", who.clone(), 100, 0);
-        assert!(c.get("t1", 100).is_some());
-        assert!(c.get("t1", 101).is_none());
-        c.put("t2", who.clone(), 50, 0);
-        c.put("t3", who.clone(), 200, 60); // full: t2 expired at 60 and goes
-        assert!(c.get("t1", 60).is_some() && c.get("t3", 60).is_some());
+        let [t1, t2, t3] = [[1u8; 32], [2; 32], [3; 32]];
+        c.put(t1, entry(&who, 100), 0);
+        assert!(c.get(&t1, 100).is_some());
+        assert!(c.get(&t1, 101).is_none());
+        c.put(t2, entry(&who, 50), 0);
+        c.put(t3, entry(&who, 200), 60); // full: t2 expired at 60 and goes
+        assert!(c.get(&t1, 60).is_some() && c.get(&t3, 60).is_some());
         assert!(c.map.read().unwrap().len() <= 2);
+    }
+
+    mod signed {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use base64::Engine;
+        use boring::ec::{EcGroup, EcKey};
+        use boring::nid::Nid;
+        use boring::pkey::Private;
+
+        pub const ISSUER: &str = "https://idp.test.invalid";
+
+        pub struct Key {
+            kid: String,
+            key: EcKey<Private>,
+        }
+
+        fn b64(b: &[u8]) -> String {
+            URL_SAFE_NO_PAD.encode(b)
+        }
+
+        impl Key {
+            pub fn new(kid: &str) -> Key {
+                let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+                Key {
+                    kid: kid.into(),
+                    key: EcKey::generate(&group).unwrap(),
+                }
+            }
+
+            pub fn jwk(&self) -> serde_json::Value {
+                let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+                let (mut x, mut y) = (
+                    boring::bn::BigNum::new().unwrap(),
+                    boring::bn::BigNum::new().unwrap(),
+                );
+                let mut ctx = boring::bn::BigNumContext::new().unwrap();
+                self.key
+                    .public_key()
+                    .affine_coordinates_gfp(&group, &mut x, &mut y, &mut ctx)
+                    .unwrap();
+                serde_json::json!({"kty": "EC", "kid": self.kid, "alg": "ES256", "use": "sig", "crv": "P-256",
+                    "x": b64(&x.to_vec_padded(32).unwrap()), "y": b64(&y.to_vec_padded(32).unwrap())})
+            }
+
+            /// An RFC 9068 access token for `sub`, valid for an hour.
+            pub fn token(&self, sub: &str) -> String {
+                let now = super::super::unix_now();
+                let header = serde_json::json!({"alg": "ES256", "kid": self.kid, "typ": "at+jwt"});
+                let claims = serde_json::json!({"iss": ISSUER, "aud": "agentgate", "sub": sub,
+                    "iat": now, "exp": now + 3600, "groups": ["agents"]});
+                let input = format!(
+                    "{}.{}",
+                    b64(header.to_string().as_bytes()),
+                    b64(claims.to_string().as_bytes())
+                );
+                let sig = boring::ecdsa::EcdsaSig::sign(
+                    &boring::sha::sha256(input.as_bytes()),
+                    &self.key,
+                )
+                .unwrap();
+                let mut raw = sig.r().to_vec_padded(32).unwrap();
+                raw.extend(sig.s().to_vec_padded(32).unwrap());
+                format!("{input}.{}", b64(&raw))
+            }
+        }
+
+        pub fn jwks(keys: &[&Key]) -> String {
+            serde_json::json!({"keys": keys.iter().map(|k| k.jwk()).collect::<Vec<_>>()})
+                .to_string()
+        }
+    }
+
+    fn authenticator() -> Authenticator {
+        let issuer = crate::config::OidcIssuer {
+            issuer: signed::ISSUER.into(),
+            audiences: vec!["agentgate".into()],
+            groups_claim: "groups".into(),
+            subject_claim: "sub".into(),
+            subject_fallback: Vec::new(),
+            access_token_typ: vec!["at+jwt".into()],
+            leeway: std::time::Duration::from_secs(5),
+            algorithms: vec!["ES256".into()],
+            ca_file: None,
+            // Nothing listens there: a fetch for an unknown key fails at once, keeping the set.
+            jwks_uri: Some("https://127.0.0.1:1/jwks".into()),
+            refresh_interval: std::time::Duration::from_secs(600),
+            min_refetch_interval: std::time::Duration::from_secs(3600),
+            fetch_timeout: std::time::Duration::from_secs(2),
+        };
+        Authenticator::new(&IdentityConfig {
+            oidc: vec![issuer],
+            service_accounts: Vec::new(),
+            client_certs: Vec::new(),
+        })
+        .unwrap()
+    }
+
+    /// Issue 29: a verdict stayed cached until `exp` after its signing key left the issuer's
+    /// key set, so rotating out a compromised key did not stop its tokens. And the cache held
+    /// tokens themselves, usable credentials, as its keys.
+    #[tokio::test]
+    async fn a_key_set_that_drops_a_key_ends_the_verdicts_it_signed() {
+        let (old, kept, new) = (
+            signed::Key::new("old"),
+            signed::Key::new("kept"),
+            signed::Key::new("new"),
+        );
+        let auth = authenticator();
+        let issuer = auth.issuers()[0].clone();
+        issuer.install_keys(&signed::jwks(&[&old, &kept])).unwrap();
+        let (by_old, by_kept) = (old.token("by-old"), kept.token("by-kept"));
+        assert_eq!(auth.verify_jwt(&by_old).await.unwrap().subject, "by-old");
+        assert_eq!(auth.verify_jwt(&by_kept).await.unwrap().subject, "by-kept");
+        {
+            let map = auth.cache.map.read().unwrap();
+            let mut keys: Vec<_> = map.keys().copied().collect();
+            keys.sort();
+            let mut want = vec![
+                boring::sha::sha256(by_old.as_bytes()),
+                boring::sha::sha256(by_kept.as_bytes()),
+            ];
+            want.sort();
+            assert_eq!(keys, want, "the cache is keyed by the tokens' SHA-256");
+        }
+        // The issuer rotates `old` out (a refresh installs the new set).
+        issuer.install_keys(&signed::jwks(&[&kept, &new])).unwrap();
+        let err = auth.verify_jwt(&by_old).await.unwrap_err();
+        assert_eq!(err.reason, Reason::UnknownKey, "{}", err.description);
+        let digest = boring::sha::sha256(by_old.as_bytes());
+        assert!(
+            !auth.cache.map.read().unwrap().contains_key(&digest),
+            "the verdict was evicted"
+        );
+        // Verdicts of keys still published stay (served from the cache, no signature check).
+        assert_eq!(auth.verify_jwt(&by_kept).await.unwrap().subject, "by-kept");
+        assert_eq!(
+            auth.verify_jwt(&new.token("by-new")).await.unwrap().subject,
+            "by-new"
+        );
+        assert_eq!(auth.verify_jwt(&by_kept).await.unwrap().subject, "by-kept");
     }
 }

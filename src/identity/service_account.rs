@@ -37,6 +37,13 @@ pub fn find<'a>(accounts: &'a [ServiceAccount], token: &str) -> Option<&'a Servi
 pub fn identify(accounts: &[ServiceAccount], token: &str) -> Result<Identity, AuthError> {
     match find(accounts, token) {
         Some(a) => Ok(Identity {
+            person: a
+                .person
+                .as_ref()
+                .map(|(issuer, subject)| super::PersonName {
+                    issuer: issuer.clone(),
+                    subject: subject.clone(),
+                }),
             subject: a.name.clone(),
             issuer: "service-account".into(),
             method: AuthMethod::ServiceAccount,
@@ -63,6 +70,7 @@ mod tests {
             name: name.into(),
             token_sha256: h,
             groups: vec!["agents".into()],
+            person: None,
         }
     }
 

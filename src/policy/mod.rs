@@ -219,6 +219,27 @@ fn each_string<'v>(v: &'v serde_json::Value, f: &mut impl FnMut(&'v str)) {
     }
 }
 
+/// A path without its trailing slash (`/` stays `/`).
+fn without_trailing_slash(p: &str) -> &str {
+    match p.strip_suffix('/') {
+        Some(rest) if !rest.is_empty() => rest,
+        _ => p,
+    }
+}
+
+/// An exact `path:` names one resource, which most upstreams also serve with a trailing slash
+/// (`/v1/chat/completions/`): both match, whichever the rule was written with. Paths are
+/// canonical here (`canonical::path`): empty (`//`) and dot segments were refused before.
+pub fn exact_path_matches(rule: &str, path: &str) -> bool {
+    without_trailing_slash(rule) == without_trailing_slash(path)
+}
+
+/// A `path_prefix:` matches what starts with it, and a prefix written as a directory
+/// (`/ops/admin/`) matches that directory without its slash (`/ops/admin`) too.
+pub fn prefix_matches(prefix: &str, path: &str) -> bool {
+    path.starts_with(prefix) || (prefix.ends_with('/') && without_trailing_slash(prefix) == path)
+}
+
 /// At most this many characters of a selected value go into a reason.
 const REASON_VALUE_CHARS: usize = 80;
 
@@ -294,12 +315,15 @@ impl ApprovalRule {
         if w.mcp.is_some() && !req.method.eq_ignore_ascii_case("POST") {
             return false;
         }
-        if w.path.as_deref().is_some_and(|p| p != req.path) {
+        if w.path
+            .as_deref()
+            .is_some_and(|p| !exact_path_matches(p, req.path))
+        {
             return false;
         }
         if w.path_prefix
             .as_deref()
-            .is_some_and(|p| !req.path.starts_with(p))
+            .is_some_and(|p| !prefix_matches(p, req.path))
         {
             return false;
         }
@@ -582,6 +606,22 @@ impl TryFrom<RawApprovalRule> for ApprovalRule {
                 })
             }
         };
+        for (field, p) in [("path", &w.path), ("path_prefix", &w.path_prefix)] {
+            let Some(p) = p else { continue };
+            match crate::canonical::path(p) {
+                Ok(c) if c == *p => {}
+                Ok(c) => {
+                    return Err(rule(format!(
+                        "{field} `{p}` is not in the canonical form requests are matched in; write `{c}`"
+                    )))
+                }
+                Err(why) => {
+                    return Err(rule(format!(
+                        "{field} `{p}` can never match a request: {why}"
+                    )))
+                }
+            }
+        }
         let when = When {
             mcp,
             routes: w.route.into_vec(),

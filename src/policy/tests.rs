@@ -23,6 +23,59 @@ const TOOLS: &str = r#"{"model":"m","tools":[
    {"role":"user","content":[{"type":"text","text":"IBAN DE89 3704"}]}],
  "n":2,"stream":true}"#;
 
+/// Issue 29: `path: /v1/chat/completions` missed `/v1/chat/completions/`, which upstreams
+/// serve as the same endpoint. Requests reach rules in canonical form (`//` refused before).
+#[test]
+fn path_rules_match_the_trailing_slash_variant() {
+    let h = http::HeaderMap::new();
+    let groups: Vec<String> = vec![];
+    // (when, request path, matches?)
+    let table = [
+        ("path: /v1/chat/completions", "/v1/chat/completions", true),
+        ("path: /v1/chat/completions", "/v1/chat/completions/", true),
+        ("path: /v1/chat/completions/", "/v1/chat/completions", true),
+        ("path: /v1/chat/completions/", "/v1/chat/completions/", true),
+        (
+            "path: /v1/chat/completions",
+            "/v1/chat/completions/x",
+            false,
+        ),
+        ("path: /v1/chat/completions", "/v1/chat/completion", false),
+        ("path: /v1/chat/completions", "/v1/chat", false),
+        ("path: /", "/", true),
+        ("path: /", "/v1", false),
+        ("path_prefix: /ops/admin/", "/ops/admin", true),
+        ("path_prefix: /ops/admin/", "/ops/admin/", true),
+        ("path_prefix: /ops/admin/", "/ops/admin/users", true),
+        ("path_prefix: /ops/admin/", "/ops/administrators", false),
+        ("path_prefix: /ops/admin", "/ops/admin/users", true),
+        ("path_prefix: /ops/admin/", "/ops", false),
+    ];
+    for (when, path, want) in table {
+        let r = rule(&format!(
+            "name: r\napprovers: {{ groups: [sec] }}\nwhen: {{ {when} }}\n"
+        ));
+        let mut q = req(b"{}", &h, &groups);
+        q.path = path;
+        assert_eq!(r.head_matches(&q), want, "{when} vs {path}");
+    }
+    // A rule path in another form than requests are matched in would never match: refused.
+    for (when, fragment) in [
+        ("path: /v1/%63hat", "write `/v1/chat`"),
+        ("path: /v1//chat", "can never match"),
+        ("path_prefix: /v1/../admin", "can never match"),
+        ("path: v1/chat", "can never match"),
+    ] {
+        let err = serde_yaml::from_str::<ApprovalRule>(&format!(
+            "name: r\napprovers: {{ groups: [sec] }}\nwhen: {{ {when} }}\n"
+        ))
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains(fragment), "{when}: {err}");
+    }
+}
+
 #[test]
 fn predicates_table() {
     let base = "name: r\napprovers: { groups: [sec] }\nwhen:\n";

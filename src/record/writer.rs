@@ -571,6 +571,7 @@ mod tests {
                 issuer: "service-account".into(),
                 method: crate::identity::AuthMethod::ServiceAccount,
                 groups: vec!["a".into(), "b".into()],
+                person: None,
             })),
             route: Some("openai".into()),
             mode: Mode::Full,

@@ -27,17 +27,49 @@ const LOGIN_COOKIE: &str = "agentgate_login";
 pub const CSRF_HEADER: &str = "x-csrf-token";
 /// A sign-in must come back from the provider within this long.
 const LOGIN_TTL: Duration = Duration::from_secs(600);
-/// At most this many sign-ins in progress and sessions (oldest dropped first).
+/// At most this many sessions (oldest dropped first). Sign-ins in progress are kept in no
+/// table: their state travels in a signed cookie, so nobody can fill it (issue 29).
 const MAX_ENTRIES: usize = 10_000;
 
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");
 const APP_CSS: &str = include_str!("assets/app.css");
 
+/// A sign-in in progress: in the browser's login cookie, signed with the console's key, so the
+/// gateway keeps no state per sign-in (an unauthenticated client cannot fill a table and lock
+/// out everyone else's sign-in).
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Login {
+    state: String,
     verifier: String,
     nonce: String,
-    created: Instant,
+    /// Seconds since the epoch.
+    created: u64,
+}
+
+impl Login {
+    /// `base64url(json) "." base64url(HMAC-SHA256(key, json))`.
+    fn seal(&self, key: &[u8; 32]) -> Option<String> {
+        use base64::Engine;
+        let json = serde_json::to_vec(self).ok()?;
+        let mac = boring::hash::hmac_sha256(key, &json).ok()?;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        Some(format!("{}.{}", b64.encode(&json), b64.encode(mac)))
+    }
+
+    /// The sign-in a cookie carries, if this console signed it.
+    fn open(cookie: &str, key: &[u8; 32]) -> Option<Login> {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let (data, mac) = cookie.split_once('.')?;
+        let json = b64.decode(data).ok()?;
+        let mac = b64.decode(mac).ok()?;
+        let want = boring::hash::hmac_sha256(key, &json).ok()?;
+        if mac.len() != want.len() || !boring::memcmp::eq(&mac, &want) {
+            return None;
+        }
+        serde_json::from_slice(&json).ok()
+    }
 }
 
 struct Session {
@@ -53,7 +85,8 @@ pub struct Console {
     fetcher: Fetcher,
     /// The provider's discovery document and keys (fetched on first sign-in; again on failure).
     metadata: tokio::sync::Mutex<Option<(CoreProviderMetadata, Instant)>>,
-    logins: Mutex<HashMap<String, Login>>,
+    /// Signs login cookies; random per process (a restart ends sign-ins in progress).
+    login_key: Option<[u8; 32]>,
     sessions: Mutex<HashMap<String, Session>>,
     /// The origin pages are served from (for the Origin check on POSTs).
     origin: String,
@@ -115,6 +148,12 @@ fn problem(status: u16, message: &str) -> Response<Vec<u8>> {
     page(status, "text/html; charset=utf-8", body.into_bytes())
 }
 
+/// The login cookies' key; none without randomness (no sign-in is then started).
+fn random_key() -> Option<[u8; 32]> {
+    let mut k = [0u8; 32];
+    boring::rand::rand_bytes(&mut k).ok().map(|_| k)
+}
+
 fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -137,7 +176,7 @@ impl Console {
             cfg,
             subject_claim,
             metadata: tokio::sync::Mutex::new(None),
-            logins: Mutex::new(HashMap::new()),
+            login_key: random_key(),
             sessions: Mutex::new(HashMap::new()),
             origin,
         }
@@ -326,28 +365,19 @@ impl Console {
             req = req.add_scope(Scope::new(s.clone()));
         }
         let (url, state, nonce) = req.url();
-        {
-            let mut logins = self.logins.lock().unwrap_or_else(|p| p.into_inner());
-            logins.retain(|_, l| l.created.elapsed() < LOGIN_TTL);
-            if logins.len() >= MAX_ENTRIES {
-                return problem(
-                    503,
-                    "Too many sign-ins in progress; try again in a few minutes.",
-                );
-            }
-            logins.insert(
-                state.secret().clone(),
-                Login {
-                    verifier: verifier.secret().clone(),
-                    nonce: nonce.secret().clone(),
-                    created: Instant::now(),
-                },
-            );
-        }
-        // Binds the sign-in to this browser: the callback must come back with the same state.
+        let login = Login {
+            state: state.secret().clone(),
+            verifier: verifier.secret().clone(),
+            nonce: nonce.secret().clone(),
+            created: crate::util::time::unix_secs(),
+        };
+        let Some(sealed) = self.login_key.and_then(|k| login.seal(&k)) else {
+            return problem(500, "The sign-in could not be started.");
+        };
+        // Binds the sign-in to this browser: the callback must come back with this cookie,
+        // whose state is the one the provider returns.
         let c = format!(
-            "{LOGIN_COOKIE}={}; Path=/console; Max-Age={}; SameSite=Lax{}",
-            state.secret(),
+            "{LOGIN_COOKIE}={sealed}; Path=/console; Max-Age={}; SameSite=Lax{}",
             LOGIN_TTL.as_secs(),
             self.cookie_attrs()
         );
@@ -366,18 +396,16 @@ impl Console {
         else {
             return problem(400, "The sign-in answer has no code or state.");
         };
-        if cookie(headers, LOGIN_COOKIE) != Some(state.as_str()) {
+        let Some(login) = cookie(headers, LOGIN_COOKIE)
+            .zip(self.login_key.as_ref())
+            .and_then(|(c, k)| Login::open(c, k))
+        else {
+            return problem(403, "This sign-in was not started in this browser (or the gateway restarted since); start again.");
+        };
+        if login.state != state {
             return problem(403, "This sign-in was not started in this browser.");
         }
-        let Some(login) = self
-            .logins
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&state)
-        else {
-            return problem(403, "Unknown or used sign-in; start again.");
-        };
-        if login.created.elapsed() >= LOGIN_TTL {
+        if crate::util::time::unix_secs().saturating_sub(login.created) >= LOGIN_TTL.as_secs() {
             return problem(403, "The sign-in took too long; start again.");
         }
         let who = match self.finish(code, login).await {
@@ -496,6 +524,10 @@ fn signed_in(
         _ => Vec::new(),
     };
     Identity {
+        person: Some(crate::identity::PersonName {
+            issuer: issuer.to_string(),
+            subject: subject.clone(),
+        }),
         subject,
         issuer: issuer.to_string(),
         method: AuthMethod::Oidc,
@@ -528,6 +560,43 @@ mod tests {
             html_escape("<b a=\"1\">&"),
             "&lt;b a=&quot;1&quot;&gt;&amp;"
         );
+    }
+
+    /// Sign-ins in progress live in the browser's cookie, signed: one this console did not
+    /// sign, or changed in any byte, is refused (issue 29: the server-side table of 10,000
+    /// sign-ins could be filled by one unauthenticated client, locking out everyone).
+    #[test]
+    fn login_cookies_open_only_as_sealed() {
+        let key = [7u8; 32];
+        let login = Login {
+            state: "st".into(),
+            verifier: "ver".into(),
+            nonce: "no".into(),
+            created: 1_000,
+        };
+        let sealed = login.seal(&key).unwrap();
+        let back = Login::open(&sealed, &key).unwrap();
+        assert_eq!(
+            (
+                back.state.as_str(),
+                back.verifier.as_str(),
+                back.nonce.as_str(),
+                back.created
+            ),
+            ("st", "ver", "no", 1_000)
+        );
+        assert!(Login::open(&sealed, &[8u8; 32]).is_none(), "another key");
+        let bytes = sealed.as_bytes();
+        for i in 0..bytes.len() {
+            let mut b = bytes.to_vec();
+            b[i] = if b[i] == b'A' { b'B' } else { b'A' };
+            if let Ok(changed) = std::str::from_utf8(&b) {
+                if changed != sealed {
+                    assert!(Login::open(changed, &key).is_none(), "byte {i} changed");
+                }
+            }
+        }
+        assert!(Login::open("", &key).is_none() && Login::open("st", &key).is_none());
     }
 
     /// The console names a person as bearer tokens of the same issuer do (issue 22: by `sub`

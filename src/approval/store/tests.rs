@@ -8,6 +8,10 @@ fn who(subject: &str, groups: &[&str]) -> Identity {
         issuer: "service-account".into(),
         method: AuthMethod::ServiceAccount,
         groups: groups.iter().map(|g| g.to_string()).collect(),
+        person: Some(crate::identity::PersonName {
+            issuer: "service-account".into(),
+            subject: subject.into(),
+        }),
     }
 }
 
@@ -399,4 +403,76 @@ fn sweep_compacts_the_log_without_losing_a_decision() {
         vec![State::Approved, State::Denied, State::Approved]
     );
     assert_eq!(reopened.get(&ids[0]).unwrap().decisions[0].reason, "ok");
+}
+
+/// Issue 29: one person reached `min_approvals: 2` alone, once through the console (named by
+/// the issuer's subject) and once with a service-account token (named by the account). A person
+/// is one name across channels; a service account decides only as the person it is mapped to,
+/// and a machine (an unmapped account, an OIDC client acting for itself) not at all.
+#[test]
+fn one_person_is_one_approver_whatever_the_channel() {
+    let s = Approvals::open(&dir("one-person")).unwrap();
+    let agent = who("agent", &["agents"]);
+    let r2 = ApprovalRule {
+        min_approvals: 2,
+        ..rule("")
+    };
+    let (a, _rx) = s.create(&r2, draft(&agent)).unwrap();
+    let alice = |issuer: &str, subject: &str, method: AuthMethod| Identity {
+        subject: subject.into(),
+        issuer: issuer.into(),
+        method,
+        groups: vec!["sec".into()],
+        person: Some(crate::identity::PersonName {
+            issuer: "https://idp.example".into(),
+            subject: "alice@example.com".into(),
+        }),
+    };
+    let console = alice("https://idp.example", "alice@example.com", AuthMethod::Oidc);
+    let her_account = alice("service-account", "alice-cli", AuthMethod::ServiceAccount);
+    let unmapped = Identity {
+        person: None,
+        ..who("alice-bot", &["sec"])
+    };
+    let e = s.decide(&a.id, &unmapped, true, "me again").unwrap_err();
+    assert_eq!(e.status, 403, "{}", e.message);
+    assert!(e.message.contains("not a person"), "{}", e.message);
+    let one = s.decide(&a.id, &console, true, "ok").unwrap();
+    assert_eq!(one.state, State::Pending);
+    let e = s.decide(&a.id, &her_account, true, "ok again").unwrap_err();
+    assert_eq!(e.status, 409, "{}", e.message);
+    assert!(e.message.contains("alice@example.com"), "{}", e.message);
+    let two = s.decide(&a.id, &who("bob", &["sec"]), true, "ok").unwrap();
+    assert_eq!(two.state, State::Approved);
+    // Her account's decision would have been recorded as her, with the account it came through.
+    let p = Person::of(&her_account);
+    assert_eq!(
+        (p.issuer.as_str(), p.subject.as_str(), p.via.as_deref()),
+        (
+            "https://idp.example",
+            "alice@example.com",
+            Some("service-account alice-cli")
+        )
+    );
+    // The person behind the agent's account cannot approve its requests either.
+    let mapped_agent = Identity {
+        person: Some(crate::identity::PersonName {
+            issuer: "https://idp.example".into(),
+            subject: "carol@example.com".into(),
+        }),
+        ..who("carol-agent", &["agents"])
+    };
+    let (b, _rx) = s.create(&r2, draft(&mapped_agent)).unwrap();
+    let carol = Identity {
+        subject: "carol@example.com".into(),
+        issuer: "https://idp.example".into(),
+        method: AuthMethod::Oidc,
+        groups: vec!["sec".into()],
+        person: Some(crate::identity::PersonName {
+            issuer: "https://idp.example".into(),
+            subject: "carol@example.com".into(),
+        }),
+    };
+    let e = s.decide(&b.id, &carol, true, "mine").unwrap_err();
+    assert!(e.message.contains("own request"), "{}", e.message);
 }

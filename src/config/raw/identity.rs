@@ -60,6 +60,15 @@ pub const JWS_ALGORITHMS: &[&str] = &[
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
 ];
 
+/// A `typ` as media types compare (RFC 7515 §4.1.9): case-insensitive, `application/` optional.
+pub fn normalize_typ(typ: &str) -> String {
+    let t = typ.trim().to_ascii_lowercase();
+    match t.strip_prefix("application/") {
+        Some(rest) => rest.to_string(),
+        None => t,
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawOidcIssuer {
@@ -70,6 +79,10 @@ pub struct RawOidcIssuer {
     groups_claim: String,
     #[serde(default = "default_subject_claim")]
     subject_claim: String,
+    #[serde(default)]
+    subject_fallback: Vec<String>,
+    #[serde(default = "default_access_token_typ")]
+    access_token_typ: Vec<String>,
     #[serde(default = "default_leeway")]
     leeway: HumanDuration,
     #[serde(default)]
@@ -91,6 +104,10 @@ fn default_groups_claim() -> String {
 }
 fn default_subject_claim() -> String {
     "sub".into()
+}
+/// RFC 9068: access tokens say `typ: at+jwt`; ID tokens do not.
+fn default_access_token_typ() -> Vec<String> {
+    vec!["at+jwt".into()]
 }
 fn default_leeway() -> HumanDuration {
     HumanDuration(Duration::from_secs(30))
@@ -158,6 +175,28 @@ impl TryFrom<RawOidcIssuer> for OidcIssuer {
                 "claim names must not be empty".into(),
             ));
         }
+        if r.subject_fallback.iter().any(|c| c.is_empty()) {
+            return Err(at_field(
+                "subject_fallback",
+                "claim names must not be empty".into(),
+            ));
+        }
+        if r.access_token_typ.is_empty()
+            || r.access_token_typ
+                .iter()
+                .any(|t| t.trim().is_empty() || t.contains(char::is_whitespace))
+        {
+            return Err(at_field("access_token_typ", format!(
+                "issuer `{}`: `access_token_typ` lists the header `typ` values its access tokens carry: \
+                 at+jwt (RFC 9068, the default), JWT, or none (no typ)",
+                r.issuer
+            )));
+        }
+        let access_token_typ = r
+            .access_token_typ
+            .iter()
+            .map(|t| normalize_typ(t))
+            .collect();
         if let Some(ca) = &r.ca_file {
             crate::tls::read_pem_certs(ca).map_err(|e| {
                 at_field(
@@ -177,6 +216,8 @@ impl TryFrom<RawOidcIssuer> for OidcIssuer {
             audiences: r.audiences,
             groups_claim: r.groups_claim,
             subject_claim: r.subject_claim,
+            subject_fallback: r.subject_fallback,
+            access_token_typ,
             leeway: r.leeway.0,
             algorithms,
             ca_file: r.ca_file,
@@ -195,6 +236,19 @@ pub struct RawServiceAccount {
     token_sha256: String,
     #[serde(default)]
     groups: Vec<String>,
+    #[serde(default)]
+    person: Option<RawPerson>,
+}
+
+/// `person:` of a service account: whose account it is, as approvals name people.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPerson {
+    /// The person's issuer (as the console and their tokens name them); default
+    /// `service-account` for people known to this gateway only.
+    #[serde(default)]
+    issuer: Option<String>,
+    subject: String,
 }
 
 impl TryFrom<RawServiceAccount> for ServiceAccount {
@@ -213,10 +267,27 @@ impl TryFrom<RawServiceAccount> for ServiceAccount {
                 r.name
             )))?
         };
+        let person = match r.person {
+            None => None,
+            Some(p) if p.subject.is_empty() || p.issuer.as_deref() == Some("") => {
+                return Err(at_field(
+                    "person",
+                    format!(
+                        "service account `{}`: `person` needs a `subject` (and an `issuer`, if given, that is not empty)",
+                        r.name
+                    ),
+                ))
+            }
+            Some(p) => Some((
+                p.issuer.unwrap_or_else(|| "service-account".into()),
+                p.subject,
+            )),
+        };
         Ok(ServiceAccount {
             name: r.name,
             token_sha256,
             groups: r.groups,
+            person,
         })
     }
 }

@@ -18,7 +18,7 @@ mod routes;
 mod server;
 
 pub use identity::{
-    RawClientCertRule, RawIdentity, RawOidcIssuer, RawServiceAccount, JWS_ALGORITHMS,
+    normalize_typ, RawClientCertRule, RawIdentity, RawOidcIssuer, RawServiceAccount, JWS_ALGORITHMS,
 };
 pub use listeners::{RawAdmin, RawListener, RawListenerTls};
 pub use masking::{RawGuardrail, RawMaskPolicy, RawMasking};
