@@ -862,4 +862,6 @@ fn regex_syntax_escape(word: &str) -> String {
 }
 
 #[cfg(test)]
+mod detector_tests;
+#[cfg(test)]
 mod tests;
