@@ -12,6 +12,7 @@
 mod anchors;
 pub mod corpus;
 pub mod detectors;
+pub mod eval;
 pub mod injected;
 pub mod json;
 pub mod sse;
