@@ -305,3 +305,22 @@ fn validators() {
     assert!(!twilio_sid("SK074243983221f188d062456f1480c1d") && !twilio_sid("SK"));
     assert!(!sendgrid_key("SG.a.b.c") && !huggingface_token("hf_short"));
 }
+
+/// More than 1 MiB of what agents and tools carry (lockfile hashes, image digests, manifests,
+/// tracebacks, access logs, diffs, CSV, hex dumps, ids) yields no finding.
+#[test]
+fn agent_traffic_has_no_false_positives() {
+    let e = engine();
+    let mut total = 0;
+    for seed in 1..=5 {
+        let body = corpus::agent_traffic(256 * 1024, seed);
+        total += body.len();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        for m in v["messages"].as_array().unwrap() {
+            let text = m["content"].as_str().unwrap();
+            assert_eq!(found(&e, text), vec![], "in {text}");
+        }
+    }
+    assert!(total >= 1 << 20, "{total} bytes");
+    assert!(corpus::agent_traffic(64 * 1024, 9).contains("sha512-"));
+}

@@ -272,11 +272,14 @@ pub struct Benign {
     pub findings: u64,
 }
 
+/// A cell of the grid: detector, context, encoding, split.
+pub type Cell = (String, Context, Encoding, Split);
+
 #[derive(Debug, Default)]
 pub struct Report {
     /// (detector, context, encoding, split) -> score; a cell an encoding leaves unchanged
     /// (nothing in the value to encode) is not run.
-    pub cells: BTreeMap<(String, Context, Encoding, Split), Score>,
+    pub cells: BTreeMap<Cell, Score>,
     pub benign: BTreeMap<String, Benign>,
     pub benign_texts: u64,
     pub benign_bytes: u64,
@@ -818,7 +821,7 @@ pub fn run(size: Size) -> Report {
 fn benign(engine: &Engine, size: Size, report: &mut Report) {
     let mut seed = 1;
     while report.benign_bytes < size.benign as u64 {
-        let body = corpus::chat_json(256 * 1024, seed);
+        let body = corpus::agent_traffic(256 * 1024, seed);
         seed += 1;
         report.benign_bytes += body.len() as u64;
         let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else {
@@ -854,8 +857,8 @@ impl Report {
     /// Scores summed over the cells `keep` accepts, by `by`.
     fn group<K: Ord>(
         &self,
-        by: impl Fn(&(String, Context, Encoding, Split)) -> K,
-        keep: impl Fn(&(String, Context, Encoding, Split)) -> bool,
+        by: impl Fn(&Cell) -> K,
+        keep: impl Fn(&Cell) -> bool,
     ) -> BTreeMap<K, Score> {
         let mut out: BTreeMap<K, Score> = BTreeMap::new();
         for (k, s) in self.cells.iter().filter(|(k, _)| keep(k)) {
@@ -864,7 +867,7 @@ impl Report {
         out
     }
 
-    fn is_claimed(k: &(String, Context, Encoding, Split)) -> bool {
+    fn is_claimed(k: &Cell) -> bool {
         claimed(k.1, k.2, k.3)
     }
 
@@ -982,8 +985,7 @@ impl Report {
                 );
             }
         };
-        let rows = |by: &dyn Fn(&(String, Context, Encoding, Split)) -> String,
-                    order: Vec<String>| {
+        let rows = |by: &dyn Fn(&Cell) -> String, order: Vec<String>| {
             let c = self.group(by, Self::is_claimed);
             let a = self.group(by, |_| true);
             order
