@@ -180,20 +180,15 @@ impl Split {
     }
 }
 
-/// What the engine claims to cover (README, "Masking and guardrails"): every string of a JSON
-/// request body after its escapes are decoded, and text bodies, whole; in SSE answers, the
-/// Chat Completions content and tool-call arguments deltas, split-safe. Encodings other than the
-/// JSON parser's own escapes are not claimed, nor are fields no schema names.
-pub fn claimed(ctx: Context, enc: Encoding, split: Split) -> bool {
-    let decoded = match enc {
-        Encoding::Plain => true,
-        // The JSON parser decodes a string's escapes: a body's strings, not the text in them.
-        Encoding::JsonEscape => {
-            split == Split::Whole && ctx.json() && ctx != Context::ToolArguments
-        }
-        _ => false,
-    };
-    decoded && !split.sibling()
+/// What the engine claims to cover (README, "Masking and guardrails"; `encoded.rs`): every
+/// string of a JSON request body after its escapes are decoded, and text bodies, whole; in SSE
+/// answers, the Chat Completions content and tool-call arguments deltas, split-safe; values
+/// written with percent-encoding, JSON `\u` escapes or HTML references. `+` for a space is
+/// decoded only in text that is already percent-encoded, and a `+ form` value need hold no
+/// escape at all (`4111+1111+1111+1111`): those cells are not claimed as a whole, nor are
+/// fields no schema names; the table shows them as they are.
+pub fn claimed(_ctx: Context, enc: Encoding, split: Split) -> bool {
+    enc != Encoding::Form && !split.sibling()
 }
 
 /// How much of the grid is run.

@@ -12,6 +12,7 @@
 mod anchors;
 pub mod corpus;
 pub mod detectors;
+pub mod encoded;
 pub mod eval;
 pub mod injected;
 pub mod json;
@@ -601,8 +602,45 @@ impl Engine {
         self.scan_from(text, 0)
     }
 
-    /// `scan` of `text[from..]`, with the bytes before `from` as look-behind context only.
+    /// `scan` of `text[from..]`, with the bytes before `from` as look-behind context only. The
+    /// text is searched as it stands and, when it holds escapes, decoded (`encoded.rs`): a
+    /// value found only in the decoded view is reported as the original span that encodes it.
+    /// Valid findings that overlap are merged into one span.
     pub fn scan_from(&self, text: &[u8], from: usize) -> Vec<Finding> {
+        let plain = self.scan_plain(text, from);
+        let Some(d) = encoded::decode(text) else {
+            return plain;
+        };
+        let mut all = plain;
+        for f in self.scan_plain(&d.text, d.position_of(from)) {
+            let (start, end) = d.original(f.start, f.end);
+            let (anchor, _) = d.original(f.anchor, f.anchor);
+            all.push(Finding {
+                start,
+                end,
+                anchor,
+                ..f
+            });
+        }
+        merge_findings(all)
+    }
+
+    /// Where a stream must start holding back `text` (scanned from `from`): the earliest
+    /// position whose rest could still begin a match, as it stands or decoded, or an escape
+    /// the end cut short; `text.len()` when nothing needs to wait.
+    pub fn hold_from(&self, text: &[u8], from: usize) -> usize {
+        let mut cut = self.live_suffix(text, from);
+        if let Some(d) = encoded::decode(text) {
+            let live = self.live_suffix(&d.text, d.position_of(from));
+            cut = cut.min(d.original(live, live).0);
+        }
+        if let Some(i) = encoded::open_escape(text) {
+            cut = cut.min(i.max(from));
+        }
+        encoded::escape_start(text, cut).max(from)
+    }
+
+    fn scan_plain(&self, text: &[u8], from: usize) -> Vec<Finding> {
         let mut out = Vec::new();
         let mut at = from;
         let n = self.parts.len();
@@ -773,7 +811,10 @@ impl Engine {
             };
             if let Some(r) = replacement {
                 out.push_str(&text[last..f.start]);
-                out.push_str(&r);
+                match encoded::encoding_of(value.as_bytes()) {
+                    encoded::Encoding::Plain => out.push_str(&r),
+                    enc => out.push_str(&encoded::encode_like(&r, enc)),
+                }
                 last = f.end;
             }
         }
@@ -805,7 +846,7 @@ impl Engine {
         // no anchor in any pattern (word boundaries see the same non-word `"` around a value as
         // the edge of the value alone), no candidate in the body means none in any value, so
         // the body would come back byte for byte; the per-value walk is skipped.
-        if self.unanchored && memchr::memchr(b'\\', body).is_none() && !self.any_candidate(body) {
+        if self.unanchored && !encoded::has_marker(body) && !self.any_candidate(body) {
             return std::str::from_utf8(body).ok().map(Cow::Borrowed);
         }
         self.mask_body_walk(body, rules).map(Cow::Owned)
@@ -837,6 +878,27 @@ fn name_of(detectors: &[Detector], i: usize) -> String {
         .get(i)
         .map(|d| d.name.clone())
         .unwrap_or_else(|| "placeholder".into())
+}
+
+/// Findings sorted by start; valid ones that overlap become one span (the earliest's
+/// detector), so no byte is replaced twice. Invalid ones (open, for a stream's hold-back) stay.
+fn merge_findings(mut all: Vec<Finding>) -> Vec<Finding> {
+    all.sort_by_key(|f| (f.start, std::cmp::Reverse(f.end)));
+    let mut out: Vec<Finding> = Vec::with_capacity(all.len());
+    for f in all {
+        if f.valid {
+            if let Some(p) = out.iter_mut().rev().find(|p| p.valid) {
+                if f.start < p.end {
+                    p.end = p.end.max(f.end);
+                    p.anchor = p.anchor.min(f.anchor);
+                    p.open |= f.open;
+                    continue;
+                }
+            }
+        }
+        out.push(f);
+    }
+    out
 }
 
 /// Widens a byte span to UTF-8 character boundaries.

@@ -1,6 +1,6 @@
 //! Masking a text that arrives in pieces (SSE deltas, TCP chunks). Each push releases all text
 //! that can no longer be part of a match and holds back only the tail that could still become
-//! one (`Engine::live_suffix`), so a value split at any offset is caught, no prefix of it is
+//! one (`Engine::hold_from`: as it stands, decoded, or an escape cut short), so a value split at any offset is caught, no prefix of it is
 //! released first, and the released text equals masking the whole text at once.
 
 use super::{Engine, Rules, Tally, Vault};
@@ -46,14 +46,19 @@ impl StreamMasker {
     /// Adds `chunk` and returns the text that is safe to release now (possibly empty).
     pub fn push(&mut self, chunk: &str) -> String {
         self.buf.push_str(chunk);
-        let bytes = self.buf.as_bytes();
+        // An escape the chunk cut short may finish a value: the text is read as if it ended
+        // before it (values touching that end are open), and it is held.
+        let whole = self.buf.as_bytes();
+        let limit = super::encoded::open_escape(whole).map_or(whole.len(), |i| i.max(self.ctx));
+        let bytes = &whole[..limit];
         let findings = self.engine.scan_from(bytes, self.ctx);
-        let mut cut = self.engine.live_suffix(bytes, self.ctx);
+        let mut cut = self.engine.hold_from(bytes, self.ctx);
         for f in &findings {
             if f.anchor < cut && (f.end > cut || f.open) {
                 cut = f.anchor;
             }
         }
+        cut = super::encoded::escape_start(bytes, cut).max(self.ctx);
         while !self.buf.is_char_boundary(cut) {
             cut -= 1;
         }

@@ -925,3 +925,65 @@ fn json_documents_the_gateway_cannot_read_alike_are_refused() {
         }
     }
 }
+
+/// Every value percent-encoded, `\u`-escaped or written with HTML references: found, replaced in
+/// the same encoding (the text around it unchanged), and a stream cut at every offset gives the
+/// same text.
+#[test]
+fn encoded_values_are_found_and_replaced_in_their_encoding() {
+    let e = engine();
+    let rules = Arc::new(redact_all());
+    let pct = |v: &str| -> String {
+        v.bytes()
+            .map(|b| match b.is_ascii_alphanumeric() {
+                true => (b as char).to_string(),
+                false => format!("%{b:02X}"),
+            })
+            .collect()
+    };
+    let uesc = |v: &str| -> String {
+        v.chars()
+            .map(|c| match c.is_ascii_alphanumeric() {
+                true => c.to_string(),
+                false => format!("\\u{:04x}", c as u32),
+            })
+            .collect()
+    };
+    let html = |v: &str| -> String {
+        v.chars()
+            .map(|c| match c {
+                '@' => "&commat;".to_string(),
+                '.' | '-' | '+' | ':' | ' ' | '/' | '_' => format!("&#{};", c as u32),
+                c => c.to_string(),
+            })
+            .collect()
+    };
+    type Encoder = fn(&str) -> String;
+    let encoders: [(&str, Encoder); 3] = [("percent", pct), ("\\u", uesc), ("html", html)];
+    for (det, value) in POSITIVES {
+        for (name, enc) in &encoders {
+            let encoded = enc(value);
+            let text = format!("see {encoded} here");
+            let (whole, _) = e.mask(&text, &rules, None, false);
+            let view = encoded::decode(whole.as_bytes())
+                .map(|d| String::from_utf8_lossy(&d.text).into_owned())
+                .unwrap_or_else(|| whole.clone());
+            assert!(
+                !view.contains(value) && !whole.contains(&encoded),
+                "{det} {name}: {whole}"
+            );
+            assert!(
+                whole.starts_with("see ") && whole.ends_with(" here"),
+                "{det} {name}: {whole}"
+            );
+            if *name == "percent" && encoded != *value {
+                assert!(whole.contains("%5BREDACTED%3A"), "{det}: {whole}");
+            }
+            for i in (1..text.len()).filter(|&i| text.is_char_boundary(i)) {
+                let (outs, got) = stream_all(&e, &[&text[..i], &text[i..]], &rules, None, false);
+                assert_eq!(got, whole, "{det} {name} split at {i}");
+                assert!(!outs[0].contains(&encoded), "{det} {name} split at {i}");
+            }
+        }
+    }
+}
