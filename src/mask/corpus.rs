@@ -8,15 +8,29 @@
 //! reaches it only through the library's public API.
 #![doc(hidden)]
 
-struct Rng(u64);
+/// Deterministic test data (xorshift64*); the masking evaluation draws its values from it too.
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         // xorshift64*: deterministic, good enough for test data.
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545F4914F6CDD1D)
+    }
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    /// `n` bytes drawn from `alphabet` (ASCII).
+    pub(crate) fn from(&mut self, alphabet: &str, n: usize) -> String {
+        let a = alphabet.as_bytes();
+        (0..n)
+            .map(|_| a[self.below(a.len() as u64) as usize] as char)
+            .collect()
+    }
+    pub(crate) fn digits(&mut self, n: usize) -> String {
+        self.from("0123456789", n)
     }
     fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
         items[(self.next() % items.len() as u64) as usize]

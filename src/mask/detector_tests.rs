@@ -2,26 +2,12 @@
 //! credentials, Azure, GCP, Hugging Face, npm, PyPI, GitLab, Twilio, SendGrid, more IBAN and
 //! phone formats): what each finds, in its context, and the near misses it must leave alone.
 
+use super::tests::findings as found;
 use super::*;
 use std::sync::Arc;
 
 fn engine() -> Engine {
     Engine::new(&[], [7; 32]).unwrap()
-}
-
-/// Valid findings as (detector, value).
-fn found(e: &Engine, text: &str) -> Vec<(String, String)> {
-    e.scan(text.as_bytes())
-        .iter()
-        .filter(|f| f.valid)
-        .map(|f| {
-            let name = e
-                .detectors()
-                .get(f.detector)
-                .map_or("placeholder".to_string(), |d| d.name.clone());
-            (name, text[f.start..f.end].to_string())
-        })
-        .collect()
 }
 
 /// (detector, text, value): each text yields exactly this one finding.

@@ -18,7 +18,8 @@
 //! CI-size test holds those cells to the targets and prints the others as they are.
 #![doc(hidden)]
 
-use super::{corpus, sse::SseMasker, Action, Engine, Rules};
+use super::corpus::{self, Rng};
+use super::{sse::SseMasker, Action, Engine, Rules};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -286,30 +287,6 @@ pub struct Report {
 pub const MIN_RECALL: f64 = 0.99;
 pub const MAX_FPR: f64 = 0.01;
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545F4914F6CDD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn from(&mut self, alphabet: &str, n: usize) -> String {
-        let a = alphabet.as_bytes();
-        (0..n)
-            .map(|_| a[self.below(a.len() as u64) as usize] as char)
-            .collect()
-    }
-    fn digits(&mut self, n: usize) -> String {
-        self.from(DIGITS, n)
-    }
-}
-
-const DIGITS: &str = "0123456789";
 const UPPER: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZ";
 const LOWER: &str = "abcdefghijklmnopqrstuvwxyz";
 const ALNUM: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";

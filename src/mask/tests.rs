@@ -138,7 +138,7 @@ const NEGATIVES: &[&str] = &[
     "00:1a:2b:3c:4d:5e 12:30:45 <p>hello</p> a@b",
 ];
 
-fn findings(e: &Engine, text: &str) -> Vec<(String, String)> {
+pub(super) fn findings(e: &Engine, text: &str) -> Vec<(String, String)> {
     e.scan(text.as_bytes())
         .iter()
         .filter(|f| f.valid)
