@@ -88,13 +88,8 @@ fn draft(i: usize) -> Draft {
 type Part<'a> = (&'static str, Box<dyn FnMut() -> usize + 'a>);
 
 fn main() {
-    let dir = std::env::temp_dir().join(format!("agentgate-bench-record-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let settings: RecordingConfig = serde_json::from_str("{}").unwrap();
     let engine = Arc::new(Engine::new(&[], [1; 32]).unwrap());
-    let rec = Recorder::start(dir.clone(), settings, engine.clone()).unwrap();
     let n = 20_000;
-    let batch = 5_000; // under the queue's 10,000
     println!(
         "recorder writer ({} build), {n} exchanges of {} + {} body bytes",
         if cfg!(debug_assertions) {
@@ -105,33 +100,35 @@ fn main() {
         draft(0).request_bytes,
         draft(0).response_bytes
     );
-    let mut results = Vec::new();
-    for round in 0..5 {
-        let drafts: Vec<Vec<Draft>> = (0..n / batch)
-            .map(|b| {
-                (0..batch)
-                    .map(|i| draft(round * n + b * batch + i))
-                    .collect()
-            })
-            .collect();
-        let cpu = cpu_seconds();
-        let t = Instant::now();
-        for b in drafts {
-            for d in b {
-                rec.submit(d);
-            }
-            rec.flush(Duration::from_secs(60));
-        }
-        let wall = t.elapsed().as_secs_f64();
-        let used = cpu_seconds() - cpu;
-        results.push((used / n as f64 * 1e6, n as f64 / wall));
+    // The same records with signed checkpoints as configured by default (every 1,000 records:
+    // an fsync of segment and index, an Ed25519 signature, an fsync'd line), every 100, and
+    // (nearly) none: only the flush that ends each batch of 5,000 writes one.
+    let mut dir = std::path::PathBuf::new();
+    for (what, every_records) in [
+        (
+            "masked, rendered, chained, appended (checkpoint/1000)",
+            1000u64,
+        ),
+        ("  the same, a checkpoint every 100 records", 100),
+        (
+            "  the same, a checkpoint every 5,000 (at each flush)",
+            u64::MAX,
+        ),
+    ] {
+        dir = std::env::temp_dir().join(format!(
+            "agentgate-bench-record-{}-{every_records}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut settings: RecordingConfig = serde_json::from_str("{}").unwrap();
+        settings.checkpoints.every_records = every_records;
+        settings.checkpoints.every = Duration::from_secs(3600);
+        settings.checkpoints.stdout = false;
+        let key = Arc::new(agentgate::util::ed25519::SigningKey::generate().unwrap());
+        let rec = Recorder::start(dir.clone(), settings, engine.clone(), key).unwrap();
+        let (us, rps) = run(&rec, n);
+        println!("{what:<56} {us:>8.1} us CPU/record  {rps:>8.0} records/s (median of 5)");
     }
-    results.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let (us, rps) = results[results.len() / 2];
-    println!(
-        "{:<52} {us:>8.1} us CPU/record  {rps:>8.0} records/s (median of 5)",
-        "masked, rendered, chained, appended"
-    );
     // The work no writer can skip, each part alone on the same record: hashing the record's
     // bytes for the chain, the "anything to mask?" pass over both bodies, and escaping them
     // into JSON. Their sum is a floor under the line above on this machine.
@@ -186,5 +183,62 @@ fn main() {
         "  floor: {:<44} {floor:>8.2} us CPU/record ({record_bytes} bytes a record)",
         "the three together"
     );
+    // One checkpoint's own cost, spread over `every_records` records: the signature (CPU) and
+    // the three fsyncs (segment, index, checkpoints.jsonl; wall time on this disk).
+    let key = agentgate::util::ed25519::SigningKey::generate().unwrap();
+    let msg = vec![b'c'; 600];
+    let cpu = cpu_seconds();
+    for _ in 0..2000 {
+        std::hint::black_box(key.sign(&msg).unwrap());
+    }
+    let sign_us = (cpu_seconds() - cpu) / 2000.0 * 1e6;
+    let path = dir.join("fsync-probe");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let t = Instant::now();
+    for _ in 0..300 {
+        std::io::Write::write_all(&mut f, &[b'x'; 4096]).unwrap();
+        f.sync_data().unwrap();
+    }
+    let fsync_us = t.elapsed().as_secs_f64() / 300.0 * 1e6;
+    println!(
+        "  one checkpoint: Ed25519 signature {sign_us:.1} us CPU; 3 fsyncs {:.0} us wall; per record at 1 per 1,000: {:.3} us CPU, {:.2} us wall",
+        3.0 * fsync_us,
+        sign_us / 1000.0,
+        3.0 * fsync_us / 1000.0
+    );
     let _ = std::fs::remove_dir_all(&dir);
+    for every in ["1000", "100", &u64::MAX.to_string()] {
+        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!(
+            "agentgate-bench-record-{}-{every}",
+            std::process::id()
+        )));
+    }
+}
+
+/// CPU per record and records/s, the median of 5 rounds of `n` records in batches of 5,000.
+fn run(rec: &Recorder, n: usize) -> (f64, f64) {
+    let batch = 5_000; // under the queue's 10,000
+    let mut results = Vec::new();
+    for round in 0..5 {
+        let drafts: Vec<Vec<Draft>> = (0..n / batch)
+            .map(|b| {
+                (0..batch)
+                    .map(|i| draft(round * n + b * batch + i))
+                    .collect()
+            })
+            .collect();
+        let cpu = cpu_seconds();
+        let t = Instant::now();
+        for b in drafts {
+            for d in b {
+                rec.submit(d);
+            }
+            rec.flush(Duration::from_secs(60));
+        }
+        let wall = t.elapsed().as_secs_f64();
+        let used = cpu_seconds() - cpu;
+        results.push((used / n as f64 * 1e6, n as f64 / wall));
+    }
+    results.sort_by(|a, b| a.0.total_cmp(&b.0));
+    results[results.len() / 2]
 }

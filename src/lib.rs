@@ -18,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod identity;
 pub mod mask;
+pub mod mcp;
 pub mod metrics;
 pub mod policy;
 #[cfg(test)]

@@ -1,5 +1,5 @@
 use agentgate::cli::{
-    approvals, audit, cert, run, sessions, token, AuditCommand, CertCommand, Cli, Command,
+    approvals, audit, cert, mcp, run, sessions, token, AuditCommand, CertCommand, Cli, Command,
     TokenCommand,
 };
 use clap::Parser;
@@ -27,8 +27,13 @@ fn main() -> ExitCode {
             Some("agentgate token create"),
         ),
         Command::Audit {
-            command: AuditCommand::Verify { store },
-        } => match audit::verify(&store) {
+            command:
+                AuditCommand::Verify {
+                    store,
+                    checkpoints,
+                    pubkey,
+                },
+        } => match audit::verify(&store, checkpoints.as_deref(), &pubkey) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::FAILURE,
             Err(e) => {
@@ -36,10 +41,20 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Audit {
+            command: AuditCommand::Pubkey { config },
+        } => match audit::pubkey(&config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("agentgate audit pubkey: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Sessions { command } => exit(sessions::run(command), Some("agentgate sessions")),
         Command::Approvals { api, command } => {
             exit(approvals::run(api, command), Some("agentgate approvals"))
         }
+        Command::Mcp { api, command } => exit(mcp::run(api, command), Some("agentgate mcp")),
         Command::Cert {
             command: CertCommand::Pin { file },
         } => exit(cert::pin(&file), None),

@@ -107,6 +107,12 @@ lazy!(RECORD_FAILURES: IntCounterVec = register_int_counter_vec!(
     &["reason"]
 ));
 
+lazy!(CHECKPOINTS: IntCounterVec = register_int_counter_vec!(
+    "agentgate_record_checkpoints_total",
+    "Signed checkpoints of the record store written, by sink (store, stdout, https) and result (ok, error)",
+    &["sink", "result"]
+));
+
 lazy!(CONFIG_RELOADS: IntCounterVec = register_int_counter_vec!(
     "agentgate_config_reloads_total",
     "Configuration reloads (SIGHUP or file change), by result: ok, invalid (the file does not validate), error",
@@ -140,6 +146,22 @@ lazy!(APPROVAL_WEBHOOKS: IntCounterVec = register_int_counter_vec!(
     "agentgate_approval_webhooks_total",
     "Approval notifications, by result (sent, retry, failed)",
     &["result"]
+));
+
+lazy!(MCP_CALLS: IntCounterVec = register_int_counter_vec!(
+    "agentgate_mcp_calls_total",
+    "MCP tools/call requests, by route, tool (the first 256 names a route sees; later ones are `other`) and outcome (allowed, refused, changed_definition, denied, expired, approval_refused)",
+    &["route", "tool", "outcome"]
+));
+lazy!(MCP_DEFINITION_CHANGES: IntCounterVec = register_int_counter_vec!(
+    "agentgate_mcp_tool_definition_changes_total",
+    "Tool definitions an MCP server changed since they were pinned (hidden until accepted), by route",
+    &["route"]
+));
+lazy!(MCP_SERVER_REQUESTS_DROPPED: IntCounterVec = register_int_counter_vec!(
+    "agentgate_mcp_server_requests_dropped_total",
+    "Requests from an MCP server to the client that the route denies (sampling, elicitation, roots), by route and method",
+    &["route", "method"]
 ));
 
 pub static SESSION_LOG_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {

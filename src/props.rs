@@ -83,6 +83,50 @@ proptest! {
         }
     }
 
+    /// The generic document masker (every string leaf of every SSE event or NDJSON line): a
+    /// text cut into events at any offsets, in a field no schema names, reads back (the pieces
+    /// at its path joined) exactly as the whole text masked, with no secret in it.
+    #[test]
+    fn documents_masking_equals_whole_text_masking(t in text(), raw in proptest::collection::vec(0usize..10_000, 0..6), shape in 0usize..3) {
+        let e = engine();
+        let rules = Arc::new(Rules::all(Action::Redact));
+        let (whole, _) = e.mask(&t, &rules, None, false);
+        let make = |p: &str| match shape {
+            0 => serde_json::json!({"id": "c1", "choices": [{"index": 0, "delta": {"content": "", "note": p}}]}),
+            1 => serde_json::json!({"type": "x.delta", "output_index": 0, "parts": [{"k": 1}, {"meta": {"z": p}}]}),
+            _ => serde_json::json!({"model": "m", "message": {"content": p}, "done": false}),
+        };
+        let pointer = ["/choices/0/delta/note", "/parts/1/meta/z", "/message/content"][shape];
+        let ps = pieces(&t, &cuts(&t, &raw));
+        let docs: Vec<serde_json::Value> = if shape == 2 {
+            let mut m = crate::mask::lines::LinesMasker::new(e.clone(), rules.clone(), None, false, false);
+            let mut out = Vec::new();
+            for p in &ps {
+                out.extend(m.push(format!("{}\n", make(p)).as_bytes()).expect("small"));
+            }
+            out.extend(m.finish());
+            String::from_utf8(out).expect("utf-8").lines().map(|l| serde_json::from_str(l).expect("json")).collect()
+        } else {
+            let mut m = SseMasker::new(e.clone(), rules.clone(), None, false);
+            let mut out = Vec::new();
+            for p in &ps {
+                out.extend(m.push(format!("data: {}\n\n", make(p)).as_bytes()).expect("small"));
+            }
+            out.extend(m.push(b"data: [DONE]\n\n").expect("small"));
+            out.extend(m.finish());
+            String::from_utf8(out).expect("utf-8").split("\n\n")
+                .filter_map(|ev| ev.strip_prefix("data: "))
+                .filter(|d| *d != "[DONE]")
+                .map(|d| serde_json::from_str(d).expect("json"))
+                .collect()
+        };
+        let got: String = docs.iter().filter_map(|v| v.pointer(pointer).and_then(|x| x.as_str())).collect();
+        prop_assert_eq!(&got, &whole);
+        for secret in SECRETS {
+            prop_assert!(!got.contains(secret));
+        }
+    }
+
     #[test]
     fn sse_masking_is_independent_of_chunking(words in proptest::collection::vec(text(), 1..6), raw in proptest::collection::vec(0usize..10_000, 0..16)) {
         let e = engine();

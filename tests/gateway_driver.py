@@ -201,10 +201,13 @@ class Gateway:
         return eventually(lambda: self.metric(name, **labels), ok, timeout)
 
     def session_lines(self) -> list[dict]:
+        """The session lines on stdout (the record writer's signed checkpoints share it)."""
         out = []
         for line in self.stdout_path.read_text().splitlines():
             if line.startswith("{"):
-                out.append(json.loads(line))
+                doc = json.loads(line)
+                if doc.get("kind") != "checkpoint":
+                    out.append(doc)
         return out
 
     def wait_session_lines(self, match: Callable[[dict], bool], n: int = 1, timeout: float = 10) -> list[dict]:

@@ -270,8 +270,25 @@ class Handler(BaseHTTPRequestHandler):
             self._responses(req)
         elif self.path.startswith("/v1/echo"):
             self._json(200, {"headers": self.server.state.last["headers"], "body_len": len(body)})
+        elif self.path.startswith("/v1/raw"):
+            self._raw(req)
+        elif self.path == "/checkpoints":  # a receiver of the gateway's signed checkpoints
+            self._json(200, {"received": len(body)})
         else:
             self._json(404, {"error": {"message": f"mock has no {self.path}", "type": "invalid_request_error", "code": None}})
+
+    def _raw(self, req: dict) -> None:
+        """Answers exactly `{"content_type", "chunks": [str | {"hex": ...}]}`: each chunk one HTTP
+        chunk, flushed apart (a model server, or a hostile one, of any stream format)."""
+        self.send_response(200)
+        self.send_header("content-type", req["content_type"])
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        for c in req["chunks"]:
+            raw = bytes.fromhex(c["hex"]) if isinstance(c, dict) else c.encode()
+            self.wfile.write(f"{len(raw):x}\r\n".encode() + raw + b"\r\n")
+            self.wfile.flush()
+        self._sse_end()
 
     # --- chat completions -------------------------------------------------
     def _chat(self, req: dict) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 
 
@@ -159,6 +160,26 @@ def agent() -> dict:
     weather = Agent(name="weather", instructions="Answer with the tool.", tools=[get_weather], model="mock-model")
     result = asyncio.run(Runner.run(weather, "What is the weather in Paris?"))
     return {"final": result.final_output, "tool_calls": calls}
+
+
+def mcp_agent() -> dict:
+    """An agent whose only tools come from an MCP server behind the gateway (MCP_URL, with
+    MCP_TRANSPORT `streamable_http` or `sse`); the model (the mock, through the gateway) calls the
+    first one."""
+    from agents import Agent, Runner
+    from agents.mcp import MCPServerSse, MCPServerStreamableHttp
+
+    params = {"url": os.environ["MCP_URL"], "headers": {"Authorization": f"Bearer {os.environ['OPENAI_API_KEY']}"}}
+    server_cls = MCPServerSse if os.environ.get("MCP_TRANSPORT") == "sse" else MCPServerStreamableHttp
+
+    async def main() -> dict:
+        async with server_cls(params=params, name="tools") as server:
+            tools = [t.name for t in await server.list_tools()]
+            agent = Agent(name="mcp", instructions="Answer with the tool.", mcp_servers=[server], model="mock-model")
+            result = await Runner.run(agent, "What is the weather in Paris?")
+            return {"final": result.final_output, "tools": tools}
+
+    return asyncio.run(main())
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")
 # ARCHITECTURE.md's layers, lowest first. A module not listed is reported.
 LAYERS = [
     ("leaves", {"util", "tls", "metrics", "shutdown"}),
-    ("engines", {"canonical", "mask", "policy", "identity", "config", "upstream"}),
+    ("engines", {"canonical", "mask", "mcp", "policy", "identity", "config", "upstream"}),
     ("state", {"approval", "record", "session_log"}),
     ("glue", {"proxy", "server", "admin", "cli", "props"}),
 ]

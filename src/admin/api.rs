@@ -65,7 +65,36 @@ impl AdminApp {
                 ),
             );
         }
+        if path.starts_with("/v1/mcp/pins") {
+            return self.mcp_pins(session, &who, path);
+        }
         self.sessions(path, query)
+    }
+
+    /// `GET /v1/mcp/pins`: every pinned tool definition; `POST /v1/mcp/pins/{route}/{tool}/accept`:
+    /// accepts a changed one (auditors).
+    fn mcp_pins(&self, session: &ServerSession, who: &Identity, path: &str) -> Response<Vec<u8>> {
+        let Some(store) = crate::proxy::mcp::PinStore::get() else {
+            return json_error(503, "the pin store is not open");
+        };
+        let method = &session.req_header().method;
+        let rest = path
+            .trim_start_matches("/v1/mcp/pins")
+            .trim_start_matches('/');
+        match (
+            method.as_str(),
+            rest.split('/').collect::<Vec<_>>().as_slice(),
+        ) {
+            ("GET", [""]) => text(200, JSON, store.list().to_string().into_bytes()),
+            ("POST", [route, tool, "accept"]) => match store.accept(route, tool, &who.subject) {
+                Ok(v) => text(200, JSON, v.to_string().into_bytes()),
+                Err(why) => json_error(404, why),
+            },
+            _ => json_error(
+                404,
+                "try GET /v1/mcp/pins or POST /v1/mcp/pins/{route}/{tool}/accept",
+            ),
+        }
     }
 
     fn auditor(&self, who: &Identity) -> bool {

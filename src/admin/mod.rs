@@ -38,6 +38,39 @@ pub struct AdminApp {
     pub auditors: Vec<String>,
     /// The web console (`admin.console`), when configured.
     pub console: Option<Arc<console::Console>>,
+    /// DNS names the admin listener answers to (`admin.public_url`'s host, `admin.tls.names`,
+    /// `localhost`), lowercase; IP literals are always answered.
+    pub hosts: Vec<String>,
+}
+
+/// Whether a request's `Host` (or `:authority`) names this listener. A page on another site
+/// that rebinds its own DNS name to 127.0.0.1 sends that name: refusing names the listener was
+/// not given keeps `/metrics` and the rest from being read through a victim's browser. IP
+/// literals need no DNS, so they cannot be rebound.
+pub fn host_allowed(host: Option<&str>, names: &[String]) -> bool {
+    let Some(host) = host else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => {
+            return v6
+                .split(']')
+                .next()
+                .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok())
+        }
+        None => host.rsplit_once(':').map_or(host, |(h, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        }),
+    };
+    if name.parse::<std::net::Ipv4Addr>().is_ok() {
+        return true;
+    }
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost" || names.contains(&name)
 }
 
 const JSON: &str = "application/json";
@@ -101,6 +134,21 @@ impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let plain = "text/plain; charset=utf-8";
         let uri = session.req_header().uri.clone();
+        let host = uri.authority().map(|a| a.as_str().to_string()).or_else(|| {
+            session
+                .req_header()
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        });
+        if !host_allowed(host.as_deref(), &self.hosts) {
+            return text(
+                421,
+                plain,
+                b"misdirected request: this admin listener answers to its own names only (admin.public_url, admin.tls.names, localhost, IP addresses)\n".to_vec(),
+            );
+        }
         let path = uri.path();
         if path == "/console" || path.starts_with("/console/") {
             let Some(console) = &self.console else {
@@ -113,7 +161,8 @@ impl ServeHttp for AdminApp {
         }
         let approvals = path == "/v1/approvals" || path.starts_with("/v1/approvals/");
         let sessions = path == "/v1/sessions" || path.starts_with("/v1/sessions/");
-        if approvals || sessions {
+        let pins = path == "/v1/mcp/pins" || path.starts_with("/v1/mcp/pins/");
+        if approvals || sessions || pins {
             return self.api(session, path, uri.query()).await;
         }
         match session.req_header().uri.path() {
@@ -124,22 +173,62 @@ impl ServeHttp for AdminApp {
                 text(200, &content_type, body)
             }
             "/healthz" => text(200, plain, b"ok\n".to_vec()),
-            "/readyz" if !self.ready.get() || !crate::shutdown::armed() => {
-                text(503, plain, b"not ready\n".to_vec())
+            "/readyz" => {
+                // Every reason at once: a probe (or a person) sees all that is missing.
+                let mut why = Vec::new();
+                if crate::shutdown::draining() {
+                    why.push("shutting down".to_string());
+                } else if !self.ready.get() || !crate::shutdown::armed() {
+                    why.push("the proxy's listeners are not open yet".to_string());
+                }
+                if let Err(e) = self.active.get().auth.readiness() {
+                    why.push(e.to_string());
+                }
+                match why.is_empty() {
+                    true => text(200, plain, b"ready\n".to_vec()),
+                    false => text(
+                        503,
+                        plain,
+                        format!("not ready: {}\n", why.join("; ")).into_bytes(),
+                    ),
+                }
             }
-            "/readyz" if crate::shutdown::draining() => {
-                text(503, plain, b"not ready: shutting down\n".to_vec())
-            }
-            "/readyz" => match self.active.get().auth.readiness() {
-                Ok(()) => text(200, plain, b"ready\n".to_vec()),
-                Err(why) => text(503, plain, format!("not ready: {why}\n").into_bytes()),
-            },
             _ => text(
                 404,
                 plain,
                 b"not found: try /metrics, /healthz, /readyz, /v1/approvals or /v1/sessions\n"
                     .to_vec(),
             ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_allowed;
+
+    #[test]
+    fn the_admin_listener_answers_to_its_own_names_only() {
+        let names = vec!["agentgate-admin.example".to_string()];
+        let cases: &[(Option<&str>, bool)] = &[
+            (Some("127.0.0.1:9090"), true),
+            (Some("10.1.2.3"), true),
+            (Some("[::1]:9090"), true),
+            (Some("localhost:9090"), true),
+            (Some("LOCALHOST"), true),
+            (Some("agentgate-admin.example"), true),
+            (Some("Agentgate-Admin.example.:443"), true),
+            // A rebinding page's own name, and near misses.
+            (Some("rebind.attacker.example:9090"), false),
+            (Some("localhost.attacker.example"), false),
+            (Some("127.0.0.1.nip.io:9090"), false),
+            (Some("agentgate-admin.example.attacker"), false),
+            (Some("[not-an-ip]:9090"), false),
+            (Some(""), false),
+            (None, false),
+        ];
+        for (host, want) in cases {
+            assert_eq!(host_allowed(*host, &names), *want, "{host:?}");
         }
     }
 }

@@ -98,7 +98,38 @@ pub fn summarize(masked_body: &[u8]) -> serde_json::Value {
     if let Some(u) = last_user {
         out["last_user_message"] = u.into();
     }
+    let mcp = mcp_requests(&doc);
+    if !mcp.is_empty() {
+        out["mcp"] = bounded(mcp);
+    }
     out
+}
+
+/// The JSON-RPC (MCP) requests of a body: method, the tool (or prompt, or resource URI) and
+/// its arguments, cut short.
+fn mcp_requests(doc: &serde_json::Value) -> Vec<serde_json::Value> {
+    let messages: &[serde_json::Value] = match doc {
+        serde_json::Value::Array(a) => a,
+        one => std::slice::from_ref(one),
+    };
+    messages
+        .iter()
+        .filter(|m| m.get("jsonrpc").is_some() && m.get("id").is_some())
+        .filter_map(|m| {
+            let method = m.get("method")?.as_str()?;
+            let mut r = serde_json::json!({ "method": cut(method, NAME) });
+            if let Some(n) = m.pointer("/params/name").and_then(|n| n.as_str()) {
+                r["name"] = cut(n, NAME).into();
+            }
+            if let Some(u) = m.pointer("/params/uri").and_then(|n| n.as_str()) {
+                r["uri"] = cut(u, 512).into();
+            }
+            if let Some(a) = m.pointer("/params/arguments") {
+                r["arguments"] = cut(&a.to_string(), 1000).into();
+            }
+            Some(r)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -116,6 +147,19 @@ mod tests {
         assert_eq!(s["tool_calls"][0]["name"], "transfer_funds");
         assert_eq!(s["last_user_message"], "now");
         assert_eq!(summarize(b"not json")["body_excerpt"], "not json");
+    }
+
+    #[test]
+    fn summaries_show_mcp_tool_calls() {
+        let body = br#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"delete_repo","arguments":{"name":"[REDACTED]"}}}"#;
+        let s = summarize(body);
+        assert_eq!(
+            s["mcp"],
+            serde_json::json!([{"method": "tools/call", "name": "delete_repo", "arguments": "{\"name\":\"[REDACTED]\"}"}])
+        );
+        let batch = br#"[{"jsonrpc":"2.0","method":"notifications/x"},{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"file:///a"}}]"#;
+        assert_eq!(summarize(batch)["mcp"][0]["uri"], "file:///a");
+        assert!(summarize(br#"{"model":"m"}"#).get("mcp").is_none());
     }
 
     /// However large the body, a summary stays small: a 4 MiB tool name, 10,000 tools and a

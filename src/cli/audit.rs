@@ -1,28 +1,77 @@
-//! `agentgate audit verify`: check the record store's hash chain.
+//! `agentgate audit verify`: check the record store's hash chain, its index, and the store
+//! against signed checkpoints; `agentgate audit pubkey`: the key auditors check them with.
 
 use super::StoreArgs;
+use crate::config::Config;
+use crate::record::checkpoint::{self, PublicKey};
+use crate::record::verify::{verify_with, Options};
+use std::path::{Path, PathBuf};
 
-/// Prints whether the chain is intact; `Ok(false)` when a record was tampered with or damaged.
-pub fn verify(store: &StoreArgs) -> Result<bool, String> {
+/// Prints what was checked and what was found; `Ok(false)` when something was tampered with
+/// or damaged.
+pub fn verify(
+    store: &StoreArgs,
+    checkpoints: Option<&Path>,
+    pubkeys: &[String],
+) -> Result<bool, String> {
     let dir = store.records_dir()?;
-    let r = crate::record::verify::verify(&dir)?;
-    match r.problem {
-        None => {
-            println!(
-                "{}: intact: {} records in {} segment(s)",
-                dir.display(),
-                r.verified,
-                r.segments
-            );
-            Ok(true)
-        }
-        Some(p) => {
-            println!(
-                "{}: TAMPERED or DAMAGED after {} intact records: {p}",
-                dir.display(),
-                r.verified
-            );
-            Ok(false)
+    let mut keys = pubkeys
+        .iter()
+        .map(|k| PublicKey::from_text(k))
+        .collect::<Result<Vec<_>, _>>()?;
+    if keys.is_empty() {
+        if let Some(path) = &store.config {
+            keys.push(configured_key(path)?.public().clone());
         }
     }
+    let exported = match checkpoints {
+        Some(p) => Some((
+            p.display().to_string(),
+            std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?,
+        )),
+        None => None,
+    };
+    let r = verify_with(&dir, &Options { exported, keys })?;
+    let range = match r.last_seq {
+        Some(l) => format!(", seq {}..{l}", r.first_seq),
+        None => String::new(),
+    };
+    let ok = r.problems.is_empty();
+    if ok {
+        println!(
+            "{}: intact: {} records in {} segment(s){range}; the index agrees with the chain",
+            dir.display(),
+            r.verified,
+            r.segments
+        );
+    } else {
+        println!(
+            "{}: TAMPERED or DAMAGED after {} intact records: {}",
+            dir.display(),
+            r.verified,
+            r.problems[0]
+        );
+        for p in &r.problems[1..] {
+            println!("also: {p}");
+        }
+    }
+    for n in &r.notes {
+        println!("note: {n}");
+    }
+    Ok(ok)
+}
+
+/// The key `config` signs checkpoints with.
+fn configured_key(config: &Path) -> Result<std::sync::Arc<checkpoint::SigningKey>, String> {
+    let c = Config::load(config).map_err(|e| e.to_string())?;
+    let state: PathBuf = c.server.state_dir.clone();
+    checkpoint::signing_key(c.recording.signing_key.as_ref(), &state).map(|(k, _)| k)
+}
+
+/// Prints the public key (`ed25519:BASE64`) and its id.
+pub fn pubkey(config: &Path) -> Result<(), String> {
+    let k = configured_key(config)?;
+    println!("{}", k.public().to_text());
+    eprintln!("key id {}", k.public().id());
+    Ok(())
 }

@@ -4,6 +4,7 @@
 pub mod approvals;
 pub mod audit;
 pub mod cert;
+pub mod mcp;
 pub mod run;
 pub mod sessions;
 pub mod token;
@@ -61,6 +62,13 @@ pub enum Command {
         api: AdminApiArgs,
         #[command(subcommand)]
         command: ApprovalsCommand,
+    },
+    /// MCP tool definitions pinned by routes with `pin_definitions`, through the admin API.
+    Mcp {
+        #[command(flatten)]
+        api: AdminApiArgs,
+        #[command(subcommand)]
+        command: McpCommand,
     },
     /// Certificate helpers.
     Cert {
@@ -120,11 +128,28 @@ impl StoreArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum AuditCommand {
-    /// Check the hash chain of every record; report the first record that was modified,
-    /// removed, inserted or reordered (exit 1), or that all is intact (exit 0).
+    /// Check the hash chain of every record, the index against it, and (with --checkpoints)
+    /// the store against signed checkpoints kept off this machine: exit 0 when nothing is wrong,
+    /// 1 naming what was modified, removed, inserted, reordered, cut from the end or rolled
+    /// back, 2 when it could not be checked.
     Verify {
         #[command(flatten)]
         store: StoreArgs,
+        /// Checkpoint lines exported from the log pipeline (stdout lines with
+        /// `"kind":"checkpoint"`, prefixes allowed) or the HTTPS endpoint's copies.
+        #[arg(long, value_name = "FILE")]
+        checkpoints: Option<PathBuf>,
+        /// The public key checkpoints are signed with (`ed25519:BASE64` as `agentgate audit
+        /// pubkey` prints it, or a file holding it); repeat for keys rotated out. Default: the
+        /// key of --config's `recording.signing_key`.
+        #[arg(long, value_name = "KEY")]
+        pubkey: Vec<String>,
+    },
+    /// Print the public key checkpoints are signed with (`recording.signing_key`, else the key
+    /// generated into the state directory), for auditors.
+    Pubkey {
+        #[arg(long, short, env = "AGENTGATE_CONFIG")]
+        config: PathBuf,
     },
 }
 
@@ -217,6 +242,14 @@ pub enum ApprovalsCommand {
         #[arg(long)]
         reason: String,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum McpCommand {
+    /// Every pinned tool definition, and the changed ones waiting to be accepted (JSON).
+    Pins,
+    /// Accepts the changed definition of a tool: it is shown and callable again.
+    Accept { route: String, tool: String },
 }
 
 /// Sends one request and waits for the whole answer (a command has no runtime of its own).

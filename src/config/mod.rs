@@ -45,6 +45,23 @@ pub struct RecordingConfig {
     pub reject_on_failure: bool,
     pub stdout: bool,
     pub max_body: u64,
+    /// `signing_key`: the key checkpoints are signed with (`None`: one generated into the state
+    /// directory at start-up, or `check --skip-secrets`).
+    pub signing_key: Option<std::sync::Arc<crate::util::ed25519::SigningKey>>,
+    pub checkpoints: CheckpointSettings,
+}
+
+/// `recording.checkpoints`: when the writer signs a checkpoint, and where it sends it besides
+/// the store's own `checkpoints.jsonl`.
+#[derive(Debug, Clone)]
+pub struct CheckpointSettings {
+    pub every_records: u64,
+    pub every: Duration,
+    /// A JSON line on stdout, for the cluster's log pipeline.
+    pub stdout: bool,
+    /// POSTed (JSON) to this HTTPS endpoint too.
+    pub url: Option<String>,
+    pub ca_file: Option<PathBuf>,
 }
 
 impl RecordingConfig {
@@ -75,6 +92,9 @@ pub struct MaskPolicy {
     pub restore_pseudonyms: bool,
     /// A request body that should be JSON but is not: masked as text (default) or refused.
     pub refuse_invalid_json: bool,
+    /// A response body that cannot be read as text (audio, images, archives): refused (default)
+    /// or, when the policy says `on_binary_response: pass`, sent as it is.
+    pub pass_binary: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -265,6 +285,38 @@ pub struct Route {
     pub recording: RecordingMode,
     /// Headers the gateway sets on every upstream request (credentials), in file order.
     pub set_headers: Vec<InjectedHeader>,
+    /// `mcp:`: the route is an MCP server (Streamable HTTP or SSE transport) governed per tool.
+    pub mcp: Option<McpRoute>,
+}
+
+/// `routes[].mcp`: per-tool, per-resource and per-prompt access, pinning, server requests.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(try_from = "raw::RawMcp")]
+pub struct McpRoute {
+    /// `None`: every tool; `Some`: only those a grant gives the caller (default deny).
+    pub tools: Option<Vec<McpGrant>>,
+    /// The same for resources, by URI.
+    pub resources: Option<Vec<McpGrant>>,
+    pub prompts: Option<Vec<McpGrant>>,
+    /// A tool whose definition changed since first seen is hidden and refused until accepted.
+    pub pin_definitions: bool,
+    pub server_requests: McpServerRequests,
+}
+
+/// One `tools`/`resources`/`prompts` entry: a name (or URI) pattern where `*` matches any run
+/// of characters, and who may use what it matches (`None`: everyone the route admits).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct McpGrant {
+    pub pattern: String,
+    pub groups: Option<Vec<String>>,
+}
+
+/// Which requests the MCP server may send to the client (`true`: allowed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct McpServerRequests {
+    pub sampling: bool,
+    pub elicitation: bool,
+    pub roots: bool,
 }
 
 /// One `credentials.set_headers` entry: the header ready to send, and the secret it came from

@@ -89,6 +89,15 @@ impl SecretSource for ProcessSecrets {
 /// Expands every `${env:NAME}` / `${file:PATH}` in `template`. File contents lose one trailing
 /// newline (as Kubernetes Secret files and `echo` leave them).
 pub fn resolve(template: &str, source: &dyn SecretSource) -> Result<Secret, String> {
+    expand(template, source, false)
+}
+
+/// `resolve` for a value that is not a header (a PEM key): line breaks are kept.
+pub fn resolve_text(template: &str, source: &dyn SecretSource) -> Result<Secret, String> {
+    expand(template, source, true)
+}
+
+fn expand(template: &str, source: &dyn SecretSource, lines: bool) -> Result<Secret, String> {
     let mut value = String::with_capacity(template.len());
     let mut parts = Vec::new();
     let mut rest = template;
@@ -126,7 +135,10 @@ pub fn resolve(template: &str, source: &dyn SecretSource) -> Result<Secret, Stri
                 "reference `${{{reference}}}` resolved to an empty value"
             ));
         }
-        if resolved.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+        if resolved
+            .bytes()
+            .any(|b| b == 0 || (!lines && (b == b'\r' || b == b'\n')))
+        {
             return Err(format!(
                 "reference `${{{reference}}}` contains a line break or NUL, which cannot go in a header"
             ));

@@ -386,3 +386,61 @@ fn masking_config() {
         assert!(err.starts_with("test.yaml:"), "{err}");
     }
 }
+
+#[test]
+fn mcp_routes() {
+    let with = |mcp: &str| {
+        BASE.replace(
+            "    access: { groups: [agents] }\n",
+            &format!("    access: {{ groups: [agents] }}\n    mcp:\n{mcp}"),
+        )
+    };
+    let c = parse(&with(
+        "      tools:\n        - { name: search_issues, groups: [agents] }\n        - { name: \"create_*\" }\n      pin_definitions: true\n      server_requests: { sampling: allow, roots: deny }\n",
+    ))
+    .unwrap();
+    let m = c.routes[0].mcp.as_ref().unwrap();
+    assert_eq!(m.tools.as_ref().unwrap()[1].pattern, "create_*");
+    assert_eq!(m.tools.as_ref().unwrap()[1].groups, None);
+    assert!(m.resources.is_none() && m.pin_definitions);
+    assert_eq!(
+        m.server_requests,
+        McpServerRequests {
+            sampling: true,
+            elicitation: true,
+            roots: false
+        }
+    );
+    // Sampling is denied unless allowed.
+    let c = parse(&with("      pin_definitions: false\n")).unwrap();
+    assert!(!c.routes[0].mcp.as_ref().unwrap().server_requests.sampling);
+    let refused: &[(&str, &str, usize)] = &[
+        (
+            "      tools:\n        - { name: x, groups: [] }\n",
+            "empty `groups` list",
+            15,
+        ),
+        (
+            "      tools:\n        - { uri: x }\n",
+            "with `name`, not `uri`",
+            15,
+        ),
+        (
+            "      resources:\n        - { groups: [a] }\n",
+            "needs a non-empty `uri`",
+            15,
+        ),
+        (
+            "      server_requests: { sampling: maybe }\n",
+            "must be allow or deny",
+            15,
+        ),
+        ("      tool: []\n", "unknown field `tool`", 15),
+    ];
+    for (mcp, fragment, line) in refused {
+        let err = parse(&with(mcp)).expect_err(mcp);
+        let rendered = err.to_string();
+        assert!(rendered.contains(fragment), "{mcp}: got `{rendered}`");
+        assert_eq!(err.line, Some(*line), "{mcp}: {rendered}");
+    }
+}

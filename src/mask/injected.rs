@@ -54,7 +54,7 @@ impl SecretSet {
     }
 
     /// Length of the longest suffix of `buf` that is a proper prefix of some secret.
-    fn partial_suffix_len(&self, buf: &[u8]) -> usize {
+    pub fn partial_suffix_len(&self, buf: &[u8]) -> usize {
         let mut best = 0;
         for s in &self.secrets {
             let max = (s.len() - 1).min(buf.len());

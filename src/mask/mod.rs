@@ -12,10 +12,12 @@
 mod anchors;
 pub mod corpus;
 pub mod detectors;
+pub mod documents;
 pub mod encoded;
 pub mod eval;
 pub mod injected;
 pub mod json;
+pub mod lines;
 pub mod sse;
 pub mod stream;
 pub mod validate;

@@ -987,3 +987,334 @@ fn encoded_values_are_found_and_replaced_in_their_encoding() {
         }
     }
 }
+
+/// The strings at `pointer` of every JSON event (SSE `data:` or NDJSON line) of `stream` of
+/// `kind` (any when empty), joined, checking that every event is valid JSON or `[DONE]`.
+fn joined(stream: &[u8], pointer: &str, kind: &str) -> String {
+    let text = std::str::from_utf8(stream).unwrap();
+    let mut out = String::new();
+    let docs: Vec<(String, &str)> = if text.contains("data:") {
+        text.split("\n\n")
+            .filter(|e| !e.is_empty())
+            .map(|ev| {
+                let k = ev
+                    .lines()
+                    .find_map(|l| l.strip_prefix("event: "))
+                    .unwrap_or("")
+                    .to_string();
+                let d = ev
+                    .lines()
+                    .find_map(|l| l.strip_prefix("data: "))
+                    .unwrap_or_else(|| panic!("bad event {ev:?}"));
+                (k, d)
+            })
+            .collect()
+    } else {
+        text.lines().map(|l| (String::new(), l)).collect()
+    };
+    for (k, d) in docs {
+        if d == "[DONE]" || (!kind.is_empty() && k != kind) {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(d).unwrap_or_else(|e| panic!("{e}: {d}"));
+        if let Some(t) = v.pointer(pointer).and_then(|t| t.as_str()) {
+            out.push_str(t);
+        }
+    }
+    out
+}
+
+/// A stream of events built from pieces of a text, each piece put in `make`'s document.
+fn events_of(pieces: &[&str], kind: &str, make: &dyn Fn(&str) -> serde_json::Value) -> String {
+    let mut s = String::new();
+    for p in pieces {
+        if !kind.is_empty() {
+            s.push_str(&format!("event: {kind}\n"));
+        }
+        s.push_str(&format!("data: {}\n\n", make(p)));
+    }
+    s.push_str("data: [DONE]\n\n");
+    s
+}
+
+fn lines_through(e: &Arc<Engine>, rules: &Arc<Rules>, chunks: &[&[u8]]) -> (Vec<Vec<u8>>, Vec<u8>) {
+    let mut m = lines::LinesMasker::new(e.clone(), rules.clone(), None, false, false);
+    let mut outs: Vec<Vec<u8>> = chunks.iter().map(|c| m.push(c).unwrap()).collect();
+    outs.push(m.finish());
+    let all = outs.concat();
+    (outs, all)
+}
+
+/// Every string of every event is masked, whatever the schema, and a value split across
+/// events of one path at every offset (2 and 3 pieces) is caught with no prefix sent first:
+/// an unknown sibling of a Chat delta, Responses reasoning summaries, an unknown event type with
+/// arrays in its path, NDJSON lines (Ollama), percent-encoded text.
+#[test]
+fn every_string_of_every_event_is_masked_split_safe() {
+    use serde_json::json;
+    let e = engine();
+    let rules = Arc::new(redact_all());
+    type Make = fn(&str) -> serde_json::Value;
+    // (name, SSE event name or "" , document, pointer of the text, NDJSON instead of SSE)
+    let shapes: Vec<(&str, &str, Make, &str, bool)> = vec![
+        (
+            "chat sibling",
+            "",
+            |t| json!({"id": "chatcmpl-9", "model": "gpt-4o-2024-08-06", "choices": [{"index": 0, "delta": {"content": "", "note": t}, "finish_reason": null}]}),
+            "/choices/0/delta/note",
+            false,
+        ),
+        (
+            "reasoning summary",
+            "response.reasoning_summary_text.delta",
+            |t| json!({"type": "response.reasoning_summary_text.delta", "item_id": "rs_1", "output_index": 0, "summary_index": 0, "delta": t}),
+            "/delta",
+            false,
+        ),
+        (
+            "unknown type, arrays",
+            "",
+            |t| json!({"type": "vendor.stream.delta", "parts": [{"x": 1}, {"x": 2}, {"meta": {"z": t}}]}),
+            "/parts/2/meta/z",
+            false,
+        ),
+        (
+            "ndjson",
+            "",
+            |t| json!({"model": "llama3", "message": {"role": "assistant", "content": t}, "done": false}),
+            "/message/content",
+            true,
+        ),
+    ];
+    let values = [
+        "jane.doe@example.com",
+        "jane.doe%40example.com",
+        "sk-proj-Ab3dE5gH7jK9mN1pQ3sT5vX7zA9cE1gI3kM5oQ7sU9wY1aC3eG5iK7mO9qS1uW3yA5",
+        "4111 1111 1111 1111",
+    ];
+    for (name, kind, make, pointer, ndjson) in &shapes {
+        for value in values {
+            let text = format!("Reach me: {value} soon.");
+            let (whole, _) = e.mask(&text, &rules, None, false);
+            assert!(!whole.contains(value), "{whole}");
+            let head = &value[..6];
+            let vstart = text.find(value).unwrap();
+            let cuts: Vec<usize> = (vstart..=vstart + value.len()).collect();
+            let mut splits: Vec<Vec<usize>> = cuts.iter().map(|&i| vec![i]).collect();
+            for (a, &i) in cuts.iter().enumerate().step_by(3) {
+                for &j in cuts[a + 1..].iter().step_by(4) {
+                    splits.push(vec![i, j]);
+                }
+            }
+            for cut in splits {
+                let mut pieces = Vec::new();
+                let mut at = 0;
+                for &c in &cut {
+                    pieces.push(&text[at..c]);
+                    at = c;
+                }
+                pieces.push(&text[at..]);
+                let (outs, all) = if *ndjson {
+                    let s: String = pieces.iter().map(|p| format!("{}\n", make(p))).collect();
+                    let chunks: Vec<String> =
+                        pieces.iter().map(|p| format!("{}\n", make(p))).collect();
+                    let refs: Vec<&[u8]> = chunks.iter().map(|c| c.as_bytes()).collect();
+                    let r = lines_through(&e, &rules, &refs);
+                    assert_eq!(r.1, lines_through(&e, &rules, &[s.as_bytes()]).1);
+                    r
+                } else {
+                    let s = events_of(&pieces, kind, &|t| make(t));
+                    // One event per chunk, as a model server sends them.
+                    let chunks: Vec<&[u8]> =
+                        s.split_inclusive("\n\n").map(|c| c.as_bytes()).collect();
+                    sse_through(&e, &rules, None, &chunks)
+                };
+                let got = joined(&all, pointer, kind);
+                assert_eq!(got, whole, "{name}: {value} cut at {cut:?}");
+                for (k, o) in outs.iter().enumerate().take(cut.len()) {
+                    assert!(
+                        !String::from_utf8_lossy(o).contains(head),
+                        "{name}: {value} cut at {cut:?}: prefix sent in chunk {k}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The piece of content in the chunk that carries `finish_reason` is masked (whole, and as the
+/// end of a value split across events), and held text goes out in that chunk, not after it.
+#[test]
+fn content_in_the_finish_chunk_is_masked() {
+    use serde_json::json;
+    let e = engine();
+    let rules = Arc::new(redact_all());
+    let chunk = |t: &str, fin: Option<&str>| json!({"id": "c1", "choices": [{"index": 0, "delta": {"content": t}, "finish_reason": fin}]});
+    let s = format!(
+        "data: {}\n\ndata: {}\n\ndata: [DONE]\n\n",
+        chunk("Write to jane.doe@exa", None),
+        chunk("mple.com and ask for ssn 536-22-1234", Some("stop"))
+    );
+    let (_, all) = sse_through(&e, &rules, None, &[s.as_bytes()]);
+    let out = String::from_utf8(all).unwrap();
+    assert!(!out.contains("exa") || !out.contains("mple.com"), "{out}");
+    assert!(!out.contains("536-22-1234"), "{out}");
+    assert_eq!(
+        joined(out.as_bytes(), "/choices/0/delta/content", ""),
+        "Write to [REDACTED:EMAIL] and ask for ssn [REDACTED:US_SSN]"
+    );
+    // Nothing after the finish chunk but [DONE].
+    let events: Vec<&str> = out.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert_eq!(events.len(), 3, "{out}");
+    assert!(events[1].contains("\"finish_reason\":\"stop\""), "{out}");
+}
+
+/// Identifiers are never cut or moved between events even when they end like the start of a
+/// value (digits), and one-shot events (`response.completed`) are masked whole, never repeated.
+#[test]
+fn identifiers_stay_whole_and_one_shot_events_are_not_repeated() {
+    use serde_json::json;
+    let e = engine();
+    let rules = Arc::new(redact_all());
+    let chunk = |t: &str| json!({"id": "chatcmpl-AB12 555", "model": "gpt-4o-2024-08-06", "system_fingerprint": "fp_44709d6fcb", "choices": [{"index": 0, "delta": {"content": t}}]});
+    let mut s = String::new();
+    for t in ["Hello", " there", ", call 415"] {
+        s.push_str(&format!("data: {}\n\n", chunk(t)));
+    }
+    let completed = json!({"type": "response.completed", "response": {"id": "resp_1", "output": [{"content": [{"type": "output_text", "text": "mail jane.doe@example.com or 415 555 2671"}]}]}});
+    s.push_str(&format!("event: response.completed\ndata: {completed}\n\n"));
+    let chunks: Vec<&[u8]> = s.split_inclusive("\n\n").map(|c| c.as_bytes()).collect();
+    let (outs, all) = sse_through(&e, &rules, None, &chunks);
+    let out = String::from_utf8(all).unwrap();
+    for o in &outs[..3] {
+        let o = String::from_utf8_lossy(o);
+        for ev in o.split("\n\n").filter(|x| !x.is_empty()) {
+            assert!(ev.contains("\"id\":\"chatcmpl-AB12 555\""), "{ev}");
+            assert!(ev.contains("\"model\":\"gpt-4o-2024-08-06\""), "{ev}");
+        }
+    }
+    assert_eq!(out.matches("response.completed").count(), 2, "{out}"); // event: line + type
+    assert!(
+        out.contains("mail [REDACTED:EMAIL] or [REDACTED:PHONE]"),
+        "{out}"
+    );
+    assert_eq!(
+        joined(out.as_bytes(), "/choices/0/delta/content", ""),
+        "Hello there, call 415"
+    );
+}
+
+/// The route's own credential split across events of a channel, at every offset: starred whole,
+/// no prefix of it sent before the channel's next text shows whether it continues.
+#[test]
+fn the_route_key_split_across_events_is_starred() {
+    use serde_json::json;
+    let e = engine();
+    let rules = Arc::new(Rules::all(Action::Allow));
+    // Base64 with `/`: the masker holds back only the word after a `/`, not the whole key.
+    let key = "q7Lk2/Vn9+Xc4Wp8/Tz1Rb6Hs3Qa5==";
+    let set = injected::SecretSet::new([key.to_string()]).unwrap();
+    let text = format!("echo {key} done");
+    let at = text.find(key).unwrap();
+    for cut in at + 1..at + key.len() {
+        let mut m =
+            sse::SseMasker::new(e.clone(), rules.clone(), None, false).with_secrets(set.clone());
+        let ev = |t: &str| {
+            format!(
+                "data: {}\n\n",
+                json!({"choices": [{"index": 0, "delta": {"content": t}}]})
+            )
+        };
+        let first = m.push(ev(&text[..cut]).as_bytes()).unwrap();
+        // (Prefixes shorter than 4 bytes occur in the JSON framing itself.)
+        if cut - at >= 4 {
+            assert!(
+                !String::from_utf8_lossy(&first).contains(&key[..cut - at]),
+                "{cut}"
+            );
+        }
+        let mut all = first;
+        all.extend(m.push(ev(&text[cut..]).as_bytes()).unwrap());
+        all.extend(m.finish());
+        let got = joined(&all, "/choices/0/delta/content", "");
+        assert_eq!(got, format!("echo {} done", "*".repeat(key.len())), "{cut}");
+    }
+}
+
+/// JSON-RPC messages (MCP over SSE) are whole: every string masked as it stands, nothing held or
+/// cut (`"2.0"` could begin a number a detector finds), no copy sent after them.
+#[test]
+fn json_rpc_messages_are_masked_whole() {
+    use serde_json::json;
+    let e = engine();
+    let rules = Arc::new(redact_all());
+    let msg = json!({"jsonrpc": "2.0", "id": 0, "result": {"protocolVersion": "2025-06-18", "serverInfo": {"name": "tools", "version": "1.2.3"}, "content": [{"type": "text", "text": "mail jane.doe@example.com"}]}});
+    let s = format!("event: message\ndata: {msg}\n\n");
+    let (outs, all) = sse_through(&e, &rules, None, &[s.as_bytes()]);
+    assert_eq!(
+        outs[0], all,
+        "everything sent with the event, nothing at the end"
+    );
+    let out = String::from_utf8(all).unwrap();
+    assert_eq!(out.matches("data: ").count(), 1, "{out}");
+    let v: serde_json::Value =
+        serde_json::from_str(out.split("data: ").nth(1).unwrap().trim()).unwrap();
+    assert_eq!(v["jsonrpc"], "2.0");
+    assert_eq!(v["result"]["protocolVersion"], "2025-06-18");
+    assert_eq!(v["result"]["serverInfo"]["version"], "1.2.3");
+    assert_eq!(v["result"]["content"][0]["text"], "mail [REDACTED:EMAIL]");
+}
+
+/// A hostile upstream cannot make the masker hold or repeat much: channels are bounded (leaves
+/// beyond are masked value by value), and the copies that carry held text are skeletons, not
+/// copies of a large event.
+#[test]
+fn channels_are_bounded_and_copies_are_small() {
+    use serde_json::json;
+    let e = engine();
+    let rules = Arc::new(redact_all());
+    // 4,000 strings (under MAX_LEAVES), each ending like the start of a number, and one e-mail
+    // among them beyond the channel bound.
+    let mut many: Vec<String> = (0..4_000).map(|i| format!("v{i} 41")).collect();
+    many[3_000] = "mail jane.doe@example.com".into();
+    let big = json!({"choices": [{"index": 0, "delta": {"parts": many}}]});
+    let s = format!("data: {big}\n\n");
+    let mut m = sse::SseMasker::new(e.clone(), rules.clone(), None, false);
+    let mut out = m.push(s.as_bytes()).unwrap();
+    assert!(
+        m.held() <= documents::MAX_CHANNELS * e.max_len(),
+        "{}",
+        m.held()
+    );
+    out.extend(m.finish());
+    let text = String::from_utf8(out).unwrap();
+    assert!(
+        !text.contains("jane.doe"),
+        "the e-mail beyond the channel bound is masked"
+    );
+    assert!(
+        text.len() < s.len() + 64 * documents::MAX_CHANNELS,
+        "{} vs {}",
+        text.len(),
+        s.len()
+    );
+    // A held value in an event that also carries half a megabyte of numbers: the copy that
+    // carries it at the end is small.
+    let numbers: Vec<u64> = (0..100_000).collect();
+    let ev = json!({"id": "c1", "choices": [{"index": 0, "delta": {"content": "call 415"}, "logits": numbers}]});
+    let mut m = sse::SseMasker::new(e.clone(), rules.clone(), None, false);
+    m.push(format!("data: {ev}\n\n").as_bytes()).unwrap();
+    let tail = String::from_utf8(m.finish()).unwrap();
+    assert!(tail.contains("415") && tail.len() < 200, "{tail}");
+    // Past MAX_LEAVES a document is masked value by value, in time linear in its size.
+    let huge: Vec<serde_json::Value> = (0..20_000u64)
+        .rev()
+        .map(|i| json!({"index": i, "t": if i == 7 { "jane.doe@example.com" } else { "x" }}))
+        .collect();
+    let ev = json!({"choices": [{"index": 0, "delta": {"items": huge}}]});
+    let mut m = sse::SseMasker::new(e.clone(), rules.clone(), None, false);
+    let mut out = m.push(format!("data: {ev}\n\n").as_bytes()).unwrap();
+    out.extend(m.finish());
+    let text = String::from_utf8(out).unwrap();
+    assert!(!text.contains("jane.doe") && text.contains("[REDACTED:EMAIL]"));
+}

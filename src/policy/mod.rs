@@ -85,6 +85,73 @@ pub struct When {
     /// `exists: false`).
     pub headers: Vec<(String, Matcher)>,
     pub json: Vec<(JsonPath, Matcher)>,
+    /// JSON-RPC (MCP) messages in the body: at least one must match.
+    pub mcp: Option<McpWhen>,
+}
+
+/// `when.mcp`: a JSON-RPC request in the body (one message or any of a batch) whose method,
+/// tool (`params.name`) and arguments (paths inside `params.arguments`) all match.
+#[derive(Debug, Clone, Default)]
+pub struct McpWhen {
+    /// Empty: any method.
+    pub methods: Vec<String>,
+    pub tool: Option<Matcher>,
+    pub arguments: Vec<(JsonPath, Matcher)>,
+}
+
+impl McpWhen {
+    /// Why the first matching message of `doc` matches, if one does.
+    fn matches(&self, doc: &serde_json::Value) -> Option<Vec<String>> {
+        let messages: &[serde_json::Value] = match doc {
+            serde_json::Value::Array(a) => a,
+            one => std::slice::from_ref(one),
+        };
+        messages.iter().find_map(|m| self.matches_one(m))
+    }
+
+    fn matches_one(&self, m: &serde_json::Value) -> Option<Vec<String>> {
+        let method = m.get("method")?.as_str()?;
+        if !self.methods.is_empty() && !self.methods.iter().any(|x| x == method) {
+            return None;
+        }
+        let mut reasons = vec![format!("mcp method = {method}")];
+        if let Some(t) = &self.tool {
+            let name = m.pointer("/params/name");
+            match (t, name) {
+                (Matcher::Exists(want), n) if n.is_some() == *want => {}
+                (Matcher::Exists(_), _) => return None,
+                (t, Some(n)) if t.test_scalar(n) => {
+                    reasons.push(format!("mcp tool = {}", excerpt(n)))
+                }
+                _ => return None,
+            }
+        }
+        let args = m.pointer("/params/arguments");
+        for (path, matcher) in &self.arguments {
+            let mut hit = None;
+            let mut any = false;
+            if let Some(args) = args {
+                path.select(args, &mut |at, v| {
+                    any = true;
+                    if hit.is_none()
+                        && !matches!(matcher, Matcher::Exists(_))
+                        && matcher.test_scalar(v)
+                    {
+                        hit = Some(format!("mcp arguments.{at} = {}", excerpt(v)));
+                    }
+                });
+            }
+            match matcher {
+                Matcher::Exists(want) if any == *want => reasons.push(format!(
+                    "mcp arguments.{path} {}",
+                    if *want { "is present" } else { "is absent" }
+                )),
+                Matcher::Exists(_) => return None,
+                _ => reasons.push(hit?),
+            }
+        }
+        Some(reasons)
+    }
 }
 
 /// The request as rule matching sees it.
@@ -194,6 +261,19 @@ impl ApprovalRule {
                 }
             }
         }
+        if let Some(mcp) = &w.mcp {
+            let Some(doc) = parsed else {
+                reasons.push(
+                    "the body is not JSON, so the rule's MCP conditions could not be checked"
+                        .into(),
+                );
+                return Some(Match {
+                    rule: self.name.clone(),
+                    reasons,
+                });
+            };
+            reasons.extend(mcp.matches(doc)?);
+        }
         Some(Match {
             rule: self.name.clone(),
             reasons,
@@ -264,7 +344,9 @@ pub fn matching<'r>(rules: &'r [ApprovalRule], req: &Request) -> Vec<(&'r Approv
     if rules.is_empty() {
         return Vec::new();
     }
-    let needs_json = rules.iter().any(|r| !r.when.json.is_empty());
+    let needs_json = rules
+        .iter()
+        .any(|r| !r.when.json.is_empty() || r.when.mcp.is_some());
     let parsed = if needs_json {
         parse_body(req.body)
     } else {
@@ -312,6 +394,19 @@ struct RawWhen {
     headers: BTreeMap<String, RawMatcher>,
     #[serde(default)]
     json: BTreeMap<String, RawMatcher>,
+    #[serde(default)]
+    mcp: Option<RawMcpWhen>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMcpWhen {
+    #[serde(default)]
+    method: OneOrMany,
+    #[serde(default)]
+    tool: Option<RawMatcher>,
+    #[serde(default)]
+    arguments: BTreeMap<String, RawMatcher>,
 }
 
 #[derive(Deserialize, Default)]
@@ -460,7 +555,31 @@ impl TryFrom<RawApprovalRule> for ApprovalRule {
             let path = JsonPath::parse(&p).map_err(|e| rule(format!("json path `{p}`: {e}")))?;
             json.push((path, compile_matcher(&rule(format!("json `{p}`")), m)?));
         }
+        let mcp = match w.mcp {
+            None => None,
+            Some(m) => {
+                let tool = match m.tool {
+                    Some(t) => Some(compile_matcher(&rule("mcp.tool".into()), t)?),
+                    None => None,
+                };
+                let mut arguments = Vec::new();
+                for (p, matcher) in m.arguments {
+                    let path = JsonPath::parse(&p)
+                        .map_err(|e| rule(format!("mcp.arguments path `{p}`: {e}")))?;
+                    arguments.push((
+                        path,
+                        compile_matcher(&rule(format!("mcp.arguments `{p}`")), matcher)?,
+                    ));
+                }
+                Some(McpWhen {
+                    methods: m.method.into_vec(),
+                    tool,
+                    arguments,
+                })
+            }
+        };
         let when = When {
+            mcp,
             routes: w.route.into_vec(),
             methods: w
                 .method

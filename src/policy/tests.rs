@@ -291,3 +291,109 @@ when: { method: POST, path_prefix: /v1/chat, json: { "tools[*].function.name": {
     q.path = "/v1/models";
     assert!(!r.head_matches(&q));
 }
+
+#[test]
+fn mcp_predicates_table() {
+    let base = "name: r\napprovers: { groups: [sec] }\nwhen:\n  mcp:\n";
+    let call = r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"delete_repo","arguments":{"name":"prod","opts":{"force":true},"paths":["/a","/etc/x"]}}}"#;
+    let batch = format!(r#"[{{"jsonrpc":"2.0","id":1,"method":"tools/list"}},{call}]"#);
+    let list = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
+    // (mcp-body, body, matches?, last reason)
+    let cases: &[(&str, &str, bool, Option<&str>)] = &[
+        (
+            "    method: tools/call",
+            call,
+            true,
+            Some("mcp method = tools/call"),
+        ),
+        ("    method: [prompts/get, tools/call]", call, true, None),
+        ("    method: tools/call", list, false, None),
+        (
+            "    tool: { any_of: [delete_repo, drop_db] }",
+            call,
+            true,
+            Some("mcp tool = delete_repo"),
+        ),
+        ("    tool: { any_of: [drop_db] }", call, false, None),
+        ("    tool: { regex: \"^delete_\" }", call, true, None),
+        ("    tool: { exists: true }", list, false, None),
+        ("    tool: { exists: false }", list, true, None),
+        (
+            "    method: tools/call\n    tool: { equals: delete_repo }",
+            &batch,
+            true,
+            Some("mcp tool = delete_repo"),
+        ),
+        (
+            "    arguments: { name: { equals: prod } }",
+            call,
+            true,
+            Some("mcp arguments.name = prod"),
+        ),
+        (
+            "    arguments: { name: { equals: dev } }",
+            call,
+            false,
+            None,
+        ),
+        (
+            "    arguments: { opts.force: { equals: true } }",
+            call,
+            true,
+            None,
+        ),
+        (
+            "    arguments: { \"paths[*]\": { contains: /etc/ } }",
+            call,
+            true,
+            Some("mcp arguments.paths[1] = /etc/x"),
+        ),
+        (
+            "    arguments: { missing: { exists: false } }",
+            call,
+            true,
+            None,
+        ),
+        (
+            "    arguments: { name: { exists: false } }",
+            call,
+            false,
+            None,
+        ),
+        (
+            "    arguments: { name: { equals: prod } }",
+            list,
+            false,
+            None,
+        ),
+        // Not JSON: the gateway cannot tell, a human decides.
+        ("    tool: { equals: delete_repo }", "not json", true, None),
+    ];
+    let headers = http::HeaderMap::new();
+    let groups = vec!["agents".to_string()];
+    for (when, body, want, reason) in cases {
+        let r = rule(&format!("{base}{when}"));
+        let m = matching(
+            std::slice::from_ref(&r),
+            &req(body.as_bytes(), &headers, &groups),
+        );
+        assert_eq!(!m.is_empty(), *want, "{when} on {body}");
+        if let (Some(reason), Some((_, m))) = (reason, m.first()) {
+            assert_eq!(
+                m.reasons.last().map(String::as_str),
+                Some(*reason),
+                "{when}"
+            );
+        }
+    }
+    for bad in [
+        "    tool: {}",
+        "    arguments: { \"a[\": { equals: x } }",
+        "    methods: x",
+    ] {
+        assert!(
+            serde_yaml::from_str::<ApprovalRule>(&format!("{base}{bad}")).is_err(),
+            "{bad}"
+        );
+    }
+}

@@ -51,8 +51,27 @@ impl Gate {
         engine.mask(t, &self.rules, None, false).0
     }
 
+    /// Puts each MCP tool's description (masked) beside its call in the summary.
+    fn describe_tools(
+        &self,
+        summary: &mut serde_json::Value,
+        engine: &Engine,
+        d: &[(String, String)],
+    ) {
+        let Some(calls) = summary.get_mut("mcp").and_then(|m| m.as_array_mut()) else {
+            return;
+        };
+        for c in calls {
+            let name = c.get("name").and_then(|n| n.as_str()).unwrap_or_default();
+            if let Some((_, desc)) = d.iter().find(|(t, _)| t == name) {
+                c["description"] = self.mask_text(engine, desc).into();
+            }
+        }
+    }
+
     /// Checks `body` (as the agent sent it) against `rules`; what approvers see is masked with
-    /// `engine`.
+    /// `engine`. `descriptions`: (tool, description) of MCP tools the body calls, shown beside
+    /// each call.
     #[allow(clippy::too_many_arguments)]
     pub async fn check(
         &self,
@@ -63,6 +82,7 @@ impl Gate {
         request_id: &str,
         body: &[u8],
         engine: &Engine,
+        descriptions: &[(String, String)],
     ) -> Outcome {
         let req = session.req_header();
         let method = req.method.as_str().to_string();
@@ -122,9 +142,11 @@ impl Gate {
             }
             // Computed once per request; a second matching rule (rare) computes it again
             // rather than every request keeping a spare copy while it waits.
-            let summary = summary
-                .take()
-                .unwrap_or_else(|| summarize(&self.mask(engine, body)));
+            let summary = summary.take().unwrap_or_else(|| {
+                let mut s = summarize(&self.mask(engine, body));
+                self.describe_tools(&mut s, engine, descriptions);
+                s
+            });
             let draft = Approval {
                 id: String::new(),
                 request_id: request_id.to_string(),

@@ -61,6 +61,8 @@ pub struct Exchange {
     pub capture: Option<Capture>,
     /// Approval evidence (one entry per matched rule).
     pub approval: Option<serde_json::Value>,
+    /// On an MCP route: the JSON-RPC side (requests decided, the answer's filter).
+    pub mcp: Option<Box<super::mcp::McpExchange>>,
     /// Counts this request while it runs (graceful shutdown waits for it); stays with the
     /// agent's session, which ends last.
     pub in_flight: Option<crate::shutdown::InFlight>,
@@ -92,6 +94,7 @@ impl Exchange {
             response: ResponseBody::pass(),
             capture: None,
             approval: None,
+            mcp: None,
             in_flight: None,
         }
     }

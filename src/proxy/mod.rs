@@ -3,11 +3,11 @@
 //!
 //! | phase | file |
 //! | --- | --- |
-//! | `request_filter` | `request_head.rs` (admit, route, authorize), `request_body.rs` (decide the body, hold, forward) |
+//! | `request_filter` | `request_head.rs` (admit, route, authorize), `request_body.rs` (decide the body, hold, forward), `mcp.rs` (JSON-RPC decisions) |
 //! | `request_body_filter` | here: count and bound bodies that stream through |
 //! | `upstream_peer`, `connected_to_upstream` | `upstream_leg.rs` |
 //! | `upstream_request_filter` | `headers.rs` |
-//! | `response_filter`, `response_body_filter` | `headers.rs`, `response_body.rs` |
+//! | `response_filter`, `response_body_filter` | `headers.rs`, `mcp.rs` (JSON-RPC messages), `response_body.rs` |
 //! | `fail_to_proxy` | `error.rs` |
 //! | `logging` | `exchange.rs` |
 //!
@@ -18,6 +18,7 @@ pub mod approval_gate;
 pub mod error;
 pub mod exchange;
 mod headers;
+pub mod mcp;
 mod request_body;
 mod request_head;
 mod response_body;
@@ -209,6 +210,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut Box<Exchange>,
     ) -> Result<()> {
         headers::tag_response(resp, &ctx.id)?;
+        mcp::start_response(resp, ctx, self.max_body)?;
         if let Some(route) = ctx.route.clone() {
             match ResponseBody::start(resp, &route, ctx.vault.clone()) {
                 Ok(r) => ctx.response = r,
@@ -235,6 +237,7 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut Box<Exchange>,
     ) -> Result<Option<Duration>> {
+        mcp::filter_response(ctx, body, end_of_stream);
         ctx.response.filter(body, end_of_stream, self.max_body);
         if let Some(b) = body {
             ctx.response_bytes += b.len() as u64;

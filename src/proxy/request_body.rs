@@ -47,6 +47,14 @@ impl Gateway {
             );
             return self.answer(session, ctx, e).await;
         }
+        let body = match &route.route.mcp {
+            Some(policy) => match self.decide_mcp(session, ctx, &route, policy, body).await {
+                Ok(super::mcp::Decided::Forward(b)) => b,
+                Ok(super::mcp::Decided::Answered) => return Ok(true),
+                Err(e) => return self.answer(session, ctx, e).await,
+            },
+            None => body,
+        };
         // `None`: the body goes on as read (no copy of it waits beside the original).
         let masked = match route.masking.clone() {
             Some(m) => match mask_request(session, ctx, &route, &m, &body) {
@@ -77,6 +85,7 @@ impl Gateway {
         }
         let (masked, tally) = masked.unwrap_or_else(|| (body, Tally::default()));
         ctx.request_tally = tally;
+        super::mcp::count_forwarded(ctx);
         ctx.downstream_tls = session
             .digest()
             .and_then(|d| d.ssl_digest.as_ref())
@@ -118,6 +127,10 @@ impl Gateway {
         let Some(who) = ctx.identity.clone() else {
             return Error::e_explain(InternalError, "an approval check without an identity");
         };
+        let descriptions = match (route.mcp.as_ref(), ctx.mcp.as_ref()) {
+            (Some(rt), Some(m)) => rt.descriptions(&m.calls),
+            _ => Vec::new(),
+        };
         let outcome = self
             .approvals
             .check(
@@ -128,6 +141,7 @@ impl Gateway {
                 &ctx.id,
                 body,
                 &route.engine,
+                &descriptions,
             )
             .await;
         match outcome {
@@ -137,7 +151,8 @@ impl Gateway {
             }
             Outcome::Refuse(e, evidence) => {
                 ctx.approval = Some(evidence);
-                self.answer(session, ctx, e).await.map(Some)
+                // On an MCP route the agent reads JSON-RPC errors.
+                self.refuse(session, ctx, e).await.map(Some)
             }
             Outcome::Ticket(a, evidence) => {
                 ctx.approval = Some(evidence);

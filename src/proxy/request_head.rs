@@ -17,6 +17,11 @@ use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 use std::sync::Arc;
 
+/// More header fields than this are refused (431) before anything else: no agent API needs them,
+/// and an upstream would refuse them after the gateway had connected and begun writing (Python's
+/// `http.server` and many others stop at 100).
+pub const MAX_HEADERS: usize = 100;
+
 /// Puts the request's path in its canonical form (`crate::canonical`) before any decision: the
 /// route, access and approval rules, records, session lines and the upstream all see it. A path
 /// with no canonical form is refused.
@@ -64,6 +69,18 @@ impl Gateway {
         ctx.in_flight = Some(crate::shutdown::InFlight::enter());
         // Slow agents (slowloris): each read of the body is bounded.
         session.set_read_timeout(Some(self.client_timeout));
+        let count = session.req_header().headers.len();
+        if count > MAX_HEADERS {
+            session.set_keepalive(None);
+            return Err(ApiError::new(
+                431,
+                "invalid_request_error",
+                "too_many_headers",
+                format!(
+                    "the request has {count} header fields; at most {MAX_HEADERS} are accepted"
+                ),
+            ));
+        }
         canonicalize(session.req_header_mut())?;
         let cert = session
             .digest()
@@ -136,8 +153,8 @@ impl Gateway {
     }
 
     /// Whether the body must be read and decided on before anything goes upstream: the route
-    /// masks (and there is a body), or an approval rule's method, path, groups and headers
-    /// match. Routes that mask get the conversation's pseudonym vault here.
+    /// masks (and there is a body), it is an MCP POST, or an approval rule's method, path,
+    /// groups and headers match. Routes that mask get the conversation's pseudonym vault here.
     pub(super) fn needs_body(
         &self,
         session: &mut Session,
@@ -148,16 +165,19 @@ impl Gateway {
             return false;
         };
         let req = session.req_header();
-        let may_hold = route.approvals.iter().any(|r| {
-            r.head_matches(&crate::policy::Request {
-                route: &route.route.name,
-                method: req.method.as_str(),
-                path: req.uri.path(),
-                groups: &who.groups,
-                headers: &req.headers,
-                body: &[],
-            })
-        });
+        // An MCP POST's JSON-RPC messages are always decided on (per-tool access).
+        let mcp_post = route.route.mcp.is_some() && req.method == http::Method::POST;
+        let may_hold = mcp_post
+            || route.approvals.iter().any(|r| {
+                r.head_matches(&crate::policy::Request {
+                    route: &route.route.name,
+                    method: req.method.as_str(),
+                    path: req.uri.path(),
+                    groups: &who.groups,
+                    headers: &req.headers,
+                    body: &[],
+                })
+            });
         if route.masking.is_none() {
             return may_hold;
         }

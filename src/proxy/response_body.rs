@@ -1,5 +1,6 @@
 //! The response body on its way to the agent, chunk by chunk, in one fixed order: the route's
-//! masking (SSE event by event, JSON whole, other text as a stream), then the scrubber that
+//! masking (SSE event by event, NDJSON line by line, JSON whole, other text as a stream, binary
+//! refused unless the policy lets it pass), then the scrubber that
 //! catches the route's own credentials echoed back, then the capture for the record. What the
 //! record holds is exactly what the agent received.
 //!
@@ -11,7 +12,8 @@ use super::error::ApiError;
 use super::headers;
 use super::routes::{RouteMasking, RouteRuntime};
 use crate::mask::injected::StreamScrubber;
-use crate::mask::sse::SseMasker;
+use crate::mask::lines::LinesMasker;
+use crate::mask::sse::{SseError, SseMasker};
 use crate::mask::stream::StreamMasker;
 use crate::mask::{Tally, Vault};
 use crate::metrics;
@@ -26,9 +28,12 @@ enum Masking {
     /// No masking policy, or a binary body: passed as it is.
     Pass,
     Sse(SseMasker),
+    /// NDJSON / JSON Lines / JSON text sequences.
+    Lines(LinesMasker),
     /// A JSON answer, gathered whole to be masked as JSON (pseudonyms restored from the vault).
     Json(Vec<u8>, Option<Arc<Vault>>),
-    Text(StreamMasker),
+    /// Other text, and the bytes of a character the last chunk cut short.
+    Text(StreamMasker, Vec<u8>),
     /// A guardrail (or an over-large JSON answer) ended the response: later chunks are dropped.
     Blocked,
 }
@@ -86,7 +91,21 @@ impl ResponseBody {
             )
         };
         if let Some(m) = &route.masking {
-            out.masking = masking_for(resp, m, vault).map_err(setup_failed)?;
+            let form = Form::of(&headers::content_type(&resp.headers));
+            if form == Form::Binary && !m.pass_binary {
+                return Err(ApiError::new(
+                    502,
+                    "upstream_error",
+                    "response_not_maskable",
+                    format!(
+                        "route `{}` masks responses, and the upstream answered `{}`, which cannot be read as text to be masked; it is refused (a masking policy may allow it with `on_binary_response: pass`)",
+                        route.route.name,
+                        headers::content_type(&resp.headers)
+                    ),
+                ));
+            }
+            out.masking =
+                masking_for(resp, form, m, vault, route.secrets.clone()).map_err(setup_failed)?;
             out.policy = Some(m.clone());
         }
         if let Some(set) = &route.secrets {
@@ -122,30 +141,12 @@ impl ResponseBody {
         match &mut self.masking {
             Masking::Pass | Masking::Blocked => None,
             Masking::Sse(sse) => {
-                let mut blocked = false;
-                let mut out = match body.as_ref().map(|b| sse.push(b)) {
-                    Some(Ok(o)) => o,
-                    Some(Err(e)) => {
-                        blocked = true;
-                        blocked_event(&format!("the stream was ended: {e}"))
-                    }
-                    None => Vec::new(),
-                };
-                if end && !blocked {
-                    out.extend(sse.finish());
-                }
-                metrics::MASK_HOLDBACK.observe(sse.held() as f64);
-                if let Some(d) = sse.tally.blocked.clone() {
-                    blocked = true;
-                    out = blocked_event(&guardrail_message(m, &d));
-                }
-                if end || blocked {
-                    self.tally.merge(std::mem::take(&mut sse.tally));
-                }
-                if blocked {
-                    self.masking = Masking::Blocked;
-                }
-                Some(out)
+                let r = stream_chunk(body, end, m, sse);
+                self.after_stream(r, end)
+            }
+            Masking::Lines(lines) => {
+                let r = stream_chunk(body, end, m, lines);
+                self.after_stream(r, end)
             }
             Masking::Json(buf, vault) => {
                 if let Some(b) = body.as_ref() {
@@ -181,49 +182,205 @@ impl ResponseBody {
                 self.tally.merge(t);
                 Some(out)
             }
-            Masking::Text(tm) => {
-                let text = body
-                    .as_ref()
-                    .map(|b| String::from_utf8_lossy(b).into_owned())
-                    .unwrap_or_default();
-                let mut out = tm.push(&text);
+            Masking::Text(tm, carry) => {
+                // A character cut by the chunk's end waits for the rest of its bytes.
+                let mut bytes = std::mem::take(carry);
+                if let Some(b) = body.as_ref() {
+                    bytes.extend_from_slice(b);
+                }
+                let keep = if end { 0 } else { utf8_incomplete_tail(&bytes) };
+                *carry = bytes.split_off(bytes.len() - keep);
+                let mut out = tm.push(&String::from_utf8_lossy(&bytes));
                 if end {
                     out.push_str(&tm.finish());
                     self.tally.merge(std::mem::take(&mut tm.tally));
                 }
-                metrics::MASK_HOLDBACK.observe(tm.held() as f64);
+                metrics::MASK_HOLDBACK.observe((tm.held() + carry.len()) as f64);
                 Some(out.into_bytes())
             }
         }
     }
+
+    /// After a chunk of a framed stream: its tally once it ends, and no more chunks once a
+    /// guardrail (or an event too large to mask) ended it.
+    fn after_stream(&mut self, r: StreamChunk, end: bool) -> Option<Vec<u8>> {
+        if end || r.blocked {
+            self.tally.merge(r.tally);
+        }
+        if r.blocked {
+            self.masking = Masking::Blocked;
+        }
+        Some(r.out)
+    }
 }
 
-/// The masker for this content type (SSE, JSON, other text; binary bodies pass), and the
+/// A masker of a stream framed in documents (SSE events, lines).
+trait Framed {
+    fn push(&mut self, chunk: &[u8]) -> std::result::Result<Vec<u8>, SseError>;
+    fn finish(&mut self) -> Vec<u8>;
+    fn held(&self) -> usize;
+    fn tally(&mut self) -> &mut Tally;
+}
+
+macro_rules! framed {
+    ($t:ty) => {
+        impl Framed for $t {
+            fn push(&mut self, chunk: &[u8]) -> std::result::Result<Vec<u8>, SseError> {
+                <$t>::push(self, chunk)
+            }
+            fn finish(&mut self) -> Vec<u8> {
+                <$t>::finish(self)
+            }
+            fn held(&self) -> usize {
+                <$t>::held(self)
+            }
+            fn tally(&mut self) -> &mut Tally {
+                &mut self.tally
+            }
+        }
+    };
+}
+framed!(SseMasker);
+framed!(LinesMasker);
+
+struct StreamChunk {
+    out: Vec<u8>,
+    blocked: bool,
+    tally: Tally,
+}
+
+/// One chunk through a framed stream masker (SSE or lines): its output, or the error event
+/// that ends the stream when an event is too large or a guardrail blocked a value.
+fn stream_chunk(
+    body: &Option<Bytes>,
+    end: bool,
+    m: &RouteMasking,
+    framed: &mut dyn Framed,
+) -> StreamChunk {
+    let mut blocked = false;
+    let mut out = match body.as_ref().map(|b| framed.push(b)) {
+        Some(Ok(o)) => o,
+        Some(Err(e)) => {
+            blocked = true;
+            blocked_event(&format!("the stream was ended: {e}"))
+        }
+        None => Vec::new(),
+    };
+    if end && !blocked {
+        out.extend(framed.finish());
+    }
+    metrics::MASK_HOLDBACK.observe(framed.held() as f64);
+    let tally = framed.tally();
+    if let Some(d) = tally.blocked.clone() {
+        blocked = true;
+        out = blocked_event(&guardrail_message(m, &d));
+    }
+    let tally = if end || blocked {
+        std::mem::take(tally)
+    } else {
+        Tally::default()
+    };
+    StreamChunk {
+        out,
+        blocked,
+        tally,
+    }
+}
+
+/// How many bytes at the end of `b` begin a UTF-8 character that is not complete yet.
+fn utf8_incomplete_tail(b: &[u8]) -> usize {
+    for back in 1..=3.min(b.len()) {
+        let x = b[b.len() - back];
+        if x & 0xC0 != 0x80 {
+            let need = match x {
+                0xC0..=0xDF => 2,
+                0xE0..=0xEF => 3,
+                0xF0..=0xF7 => 4,
+                _ => 1,
+            };
+            return if need > back { back } else { 0 };
+        }
+    }
+    0
+}
+
+/// How a response body is read for masking, from its content type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Form {
+    Sse,
+    /// NDJSON / JSON Lines, or (`seq`) JSON text sequences.
+    Lines {
+        seq: bool,
+    },
+    Json,
+    Text,
+    /// Not text: audio, images, archives, `application/octet-stream`...
+    Binary,
+}
+
+impl Form {
+    fn of(content_type: &str) -> Form {
+        let ct = content_type.trim().to_ascii_lowercase();
+        let essence = ct.split(';').next().unwrap_or("").trim();
+        let textual_app = [
+            "json",
+            "xml",
+            "javascript",
+            "ecmascript",
+            "x-www-form-urlencoded",
+            "yaml",
+            "toml",
+            "graphql",
+            "sql",
+            "csv",
+            "markdown",
+            "x-sh",
+            "problem",
+        ];
+        match essence {
+            "text/event-stream" => Form::Sse,
+            "application/x-ndjson"
+            | "application/ndjson"
+            | "application/jsonl"
+            | "application/x-jsonl"
+            | "application/jsonlines"
+            | "application/x-jsonlines" => Form::Lines { seq: false },
+            "application/json-seq" => Form::Lines { seq: true },
+            "" => Form::Text,
+            e if e.contains("json") => Form::Json,
+            e if e.starts_with("text/") || e.starts_with("multipart/") => Form::Text,
+            e if e.starts_with("application/") && textual_app.iter().any(|t| e.contains(t)) => {
+                Form::Text
+            }
+            _ if ct.contains("charset=") => Form::Text,
+            _ => Form::Binary,
+        }
+    }
+}
+
+/// The masker for this form of body (binary bodies pass when the policy allows them), and the
 /// header changes a new length needs.
 fn masking_for(
     resp: &mut ResponseHeader,
+    form: Form,
     m: &RouteMasking,
     vault: Option<Arc<Vault>>,
+    secrets: Option<Arc<crate::mask::injected::SecretSet>>,
 ) -> Result<Masking> {
-    let ct = headers::content_type(&resp.headers);
-    let masking = if ct.starts_with("text/event-stream") {
-        Masking::Sse(SseMasker::new(
-            m.engine.clone(),
-            m.response.clone(),
-            vault,
-            m.restore,
-        ))
-    } else if ct.contains("json") {
-        Masking::Json(Vec::new(), vault)
-    } else if ct.starts_with("text/") || ct.is_empty() {
-        Masking::Text(StreamMasker::new(
-            m.engine.clone(),
-            m.response.clone(),
-            vault,
-            m.restore,
-        ))
-    } else {
-        return Ok(Masking::Pass);
+    let (engine, rules) = (m.engine.clone(), m.response.clone());
+    let masking = match form {
+        Form::Sse => {
+            Masking::Sse(SseMasker::new(engine, rules, vault, m.restore).with_secrets(secrets))
+        }
+        Form::Lines { seq } => Masking::Lines(
+            LinesMasker::new(engine, rules, vault, m.restore, seq).with_secrets(secrets),
+        ),
+        Form::Json => Masking::Json(Vec::new(), vault),
+        Form::Text => Masking::Text(
+            StreamMasker::new(engine, rules, vault, m.restore),
+            Vec::new(),
+        ),
+        Form::Binary => return Ok(Masking::Pass),
     };
     resp.remove_header(&header::CONTENT_LENGTH);
     if resp.version != http::Version::HTTP_2 {

@@ -29,6 +29,8 @@ pub struct RouteRuntime {
     /// The configuration's masking engine (records and approval summaries of this route's
     /// requests are masked with it, whether or not the route masks).
     pub engine: Arc<crate::mask::Engine>,
+    /// An MCP route's state across requests (metric labels).
+    pub mcp: Option<Arc<super::mcp::McpRuntime>>,
 }
 
 /// What a configuration reload swaps: the routes (with their upstreams, masking, recording mode)
@@ -107,6 +109,7 @@ pub fn build_routes(
             host_header,
             masking: masking.remove(&route.name),
             engine: engine.clone(),
+            mcp: route.mcp.as_ref().map(|_| Arc::default()),
             approvals: route
                 .approvals
                 .iter()
@@ -123,6 +126,8 @@ pub struct RouteMasking {
     pub response: Arc<Rules>,
     pub restore: bool,
     pub refuse_invalid_json: bool,
+    /// Binary response bodies pass (the policy's `on_binary_response: pass`); else refused.
+    pub pass_binary: bool,
     /// detector -> (guardrail, its message) for the detectors a guardrail of this route blocks.
     pub guardrail_of: HashMap<String, (String, Option<String>)>,
 }
@@ -230,6 +235,7 @@ pub fn build_masking(
                 response: Arc::new(response),
                 restore: policy.is_none_or(|p| p.restore_pseudonyms),
                 refuse_invalid_json: policy.is_some_and(|p| p.refuse_invalid_json),
+                pass_binary: policy.is_some_and(|p| p.pass_binary),
                 guardrail_of,
             }),
         );

@@ -8,10 +8,14 @@
 //! - `writer`: the `Recorder` queue (never blocks a request) and its writer thread (masks,
 //!   batches, retention, the `on_failure` policy);
 //! - `format` and `json`: the record's on-disk shape and how it is written;
-//! - `store`: segments, index and hash chain; `verify` walks the chain; `render` shows a record
-//!   to people.
+//! - `store`: segments, index and hash chain; `verify` walks the chain (and checks it against
+//!   checkpoints); `render` shows a record to people;
+//! - `checkpoint`: the signed checkpoint format; `checkpointer`: when the writer signs one and
+//!   where it goes (the store, stdout, an HTTPS endpoint).
 
 mod capture;
+pub mod checkpoint;
+mod checkpointer;
 mod format;
 pub mod json;
 pub mod query;

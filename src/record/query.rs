@@ -129,6 +129,7 @@ mod tests {
             segment: 0,
             offset: 0,
             len: 0,
+            hash: String::new(),
         }
     }
 

@@ -175,6 +175,10 @@ pub fn show(r: &Value) -> String {
     if !d["error"].is_null() {
         let _ = writeln!(o, "error {}", s(&d["error"]));
     }
+    if let Some(m) = mcp(r) {
+        o.push_str(&m);
+        return o;
+    }
     let _ = writeln!(o, "--- request ---");
     match body_json(&r["request"]["body"]) {
         Some(req) => {
@@ -220,6 +224,102 @@ pub fn show(r: &Value) -> String {
         let _ = writeln!(o, "({} SSE events over {:.1} ms)", ev.len(), last);
     }
     o
+}
+
+/// The JSON-RPC messages of a body or of SSE events (a batch counts message by message).
+fn jsonrpc_messages(v: Value) -> Vec<Value> {
+    match v {
+        Value::Array(a) => a
+            .into_iter()
+            .filter(|m| m.get("jsonrpc").is_some())
+            .collect(),
+        m if m.get("jsonrpc").is_some() => vec![m],
+        _ => Vec::new(),
+    }
+}
+
+/// An MCP exchange (the request body is JSON-RPC): its session, each request with what it
+/// names and its arguments, the decision trail, and each answer (result text or error).
+fn mcp(r: &Value) -> Option<String> {
+    let requests = jsonrpc_messages(body_json(&r["request"]["body"])?);
+    if requests.is_empty() {
+        return None;
+    }
+    let mut o = String::new();
+    let header = |name: &str| {
+        r.pointer(&format!("/request/headers/{name}"))
+            .or_else(|| r.pointer(&format!("/response/headers/{name}")))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let _ = writeln!(o, "--- mcp ---");
+    if let Some(sid) = header("mcp-session-id") {
+        let _ = writeln!(o, "mcp session {sid}");
+    }
+    for m in &requests {
+        let method = m["method"].as_str().unwrap_or("(response)");
+        let id = m.get("id").map(Value::to_string);
+        let what = m
+            .pointer("/params/name")
+            .or_else(|| m.pointer("/params/uri"))
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let args = m
+            .pointer("/params/arguments")
+            .map(|a| format!(" {a}"))
+            .unwrap_or_default();
+        match (method, id) {
+            ("tools/call", Some(id)) => {
+                let _ = writeln!(o, "[tool call {id}] {what}{args}");
+            }
+            (_, Some(id)) => {
+                let _ = writeln!(o, "[request {id}] {method} {what}");
+            }
+            (_, None) => {
+                let _ = writeln!(o, "[notification] {method}");
+            }
+        }
+    }
+    if let Some(a) = r.pointer("/decisions/approval").filter(|a| !a.is_null()) {
+        let _ = writeln!(o, "approval {a}");
+    }
+    let mut answers = Vec::new();
+    if let Some(events) = r.pointer("/response/events").and_then(Value::as_array) {
+        for ev in events {
+            if let Some(v) = body_json(&ev["data"]) {
+                answers.extend(jsonrpc_messages(v));
+            }
+        }
+    } else if let Some(v) = body_json(&r["response"]["body"]) {
+        answers.extend(jsonrpc_messages(v));
+    }
+    for a in answers {
+        let id = a.get("id").map(Value::to_string).unwrap_or_default();
+        if let Some(e) = a.get("error") {
+            let _ = writeln!(
+                o,
+                "[error {id}] {} {}",
+                e["code"],
+                e["message"].as_str().unwrap_or("")
+            );
+        } else if let Some(res) = a.get("result") {
+            let text = content_text(&res["content"]);
+            let shown = if text.is_empty() {
+                res.to_string()
+            } else {
+                text
+            };
+            let flag = if res["isError"] == Value::Bool(true) {
+                " (tool error)"
+            } else {
+                ""
+            };
+            let _ = writeln!(o, "[result {id}]{flag} {shown}");
+        } else if let Some(method) = a["method"].as_str() {
+            let _ = writeln!(o, "[from server] {method}");
+        }
+    }
+    Some(o)
 }
 
 /// Re-emits a recorded SSE stream to `out` with its original timing divided by `speed`.

@@ -4,6 +4,7 @@
 //! each record's id, time, route, identity and place for listing. Retention deletes whole
 //! segments from the oldest and writes down where the chain now starts (`retention.jsonl`).
 
+use super::checkpoint::{self, Checkpoint, RetentionEvent};
 use crate::util::hex::push_hex;
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
@@ -66,6 +67,9 @@ pub struct IndexEntry {
     pub segment: u64,
     pub offset: u64,
     pub len: u64,
+    /// The record's hash (absent in entries written before it was kept).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub hash: String,
 }
 
 /// Where the chain starts after retention removed older segments.
@@ -75,10 +79,42 @@ pub struct Anchor {
     pub seq: u64,
     pub hash: String,
     pub ts: String,
+    /// `max_age` or `max_size` (absent in anchors written before it was kept).
+    #[serde(default)]
+    pub reason: String,
 }
+
+impl Anchor {
+    pub fn event(&self) -> RetentionEvent {
+        RetentionEvent {
+            first_segment: self.first_segment,
+            seq: self.seq,
+            hash: self.hash.clone(),
+            reason: self.reason.clone(),
+            ts: self.ts.clone(),
+        }
+    }
+}
+
+/// The store's id, random at creation (`store-id`): checkpoints name it.
+pub fn store_id(dir: &Path) -> Option<String> {
+    let id = fs::read_to_string(dir.join("store-id")).ok()?;
+    let id = id.trim();
+    (!id.is_empty()).then(|| id.to_string())
+}
+
+/// The store's own checkpoints, oldest first (a torn last line is left out).
+pub fn local_checkpoints(dir: &Path) -> Vec<Checkpoint> {
+    fs::read_to_string(dir.join(CHECKPOINTS))
+        .map(|t| checkpoint::read_lines(&t).0)
+        .unwrap_or_default()
+}
+
+const CHECKPOINTS: &str = "checkpoints.jsonl";
 
 pub struct Store {
     dir: PathBuf,
+    id: String,
     /// Bytes in all segments.
     total: u64,
     segment_size: u64,
@@ -221,6 +257,7 @@ impl Store {
             index_size,
             segment_torn: false,
             index_torn,
+            id: String::new(),
             staged_hash: last_hash.clone(),
             next_seq,
             last_hash,
@@ -230,7 +267,84 @@ impl Store {
             hash: String::new(),
         };
         store.total = store.total_bytes();
+        store.id = match store_id(dir) {
+            Some(id) => id,
+            None => {
+                let id = crate::util::hex::random_hex(16);
+                let mut f = File::create(dir.join("store-id"))?;
+                writeln!(f, "{id}")?;
+                f.sync_all()?;
+                id
+            }
+        };
+        store.check_issued()?;
         Ok(store)
+    }
+
+    /// Refuses to go on from a chain that ends before sequence numbers already issued: a
+    /// checkpoint or an index entry past the chain's end, or an index whose newest entry is
+    /// not the chain's newest record, means records were removed (or the store rolled back),
+    /// and going on would issue their numbers again to new records.
+    fn check_issued(&self) -> std::io::Result<()> {
+        let last = self.next_seq.checked_sub(1);
+        let refuse = |what: String| {
+            std::io::Error::other(format!(
+                "{what}. Sequence numbers already issued are not issued again: keep {dir} as evidence (`agentgate audit verify --dir {dir}`), move it aside and start again to begin a new store",
+                dir = self.dir.display()
+            ))
+        };
+        if let Some(c) = local_checkpoints(&self.dir).last() {
+            let ahead = c.seq.is_some_and(|s| Some(s) > last);
+            let other = c.seq.is_some() && c.seq == last && c.head != self.last_hash;
+            if ahead || other {
+                return Err(refuse(format!(
+                    "the store ends at seq {} but its checkpoint #{} ({}) was signed for records up to seq {} (head {}): records were removed from the end or the store was replaced",
+                    show_seq(last), c.n, c.ts, show_seq(c.seq), c.head
+                )));
+            }
+        }
+        if let Some(e) = last_index_entry(&self.dir)? {
+            if Some(e.seq) > last {
+                return Err(refuse(format!(
+                    "the index lists records up to seq {} but the store ends at seq {}: records were removed from the end",
+                    e.seq, show_seq(last)
+                )));
+            }
+            if Some(e.seq) == last {
+                match read_record(&self.dir, &e) {
+                    Ok(_) if e.hash.is_empty() || e.hash == self.last_hash => {}
+                    Ok(_) => return Err(refuse(format!("the index's newest entry (seq {}) names hash {} but the chain's newest record has {}", e.seq, e.hash, self.last_hash))),
+                    Err(err) => return Err(refuse(format!("the index's newest entry does not match the chain: {err}"))),
+                }
+            } else {
+                log::warn!(
+                    "recording store {}: the index ends at seq {} and the chain at seq {} (a crash between writing records and their index entries?); `agentgate audit verify` lists what is missing",
+                    self.dir.display(), e.seq, show_seq(last)
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The store's id (in every checkpoint).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Makes what was written so far durable (segment and index) before a checkpoint names it.
+    pub fn sync(&self) -> std::io::Result<()> {
+        self.file.sync_data()?;
+        self.index.sync_data()
+    }
+
+    /// Appends a checkpoint line to `checkpoints.jsonl` and makes it durable.
+    pub fn append_checkpoint(&self, line: &str) -> std::io::Result<()> {
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(CHECKPOINTS))?;
+        f.write_all(format!("{line}\n").as_bytes())?;
+        f.sync_data()
     }
 
     pub fn dir(&self) -> &Path {
@@ -302,6 +416,7 @@ impl Store {
         entry.segment = self.current;
         entry.offset = self.size + start as u64;
         entry.len = (self.pending.len() - start) as u64;
+        entry.hash.clone_from(&self.hash);
         let idx_start = self.pending_idx.len();
         if let Err(e) = serde_json::to_writer(&mut self.pending_idx, &entry) {
             self.pending.truncate(start);
@@ -378,8 +493,13 @@ impl Store {
     }
 
     /// Deletes whole segments, oldest first, while they are older than `max_age` or the store
-    /// is larger than `max_size`; the segment being written is kept. Returns segments deleted.
-    pub fn retain(&mut self, max_age: Duration, max_size: u64) -> std::io::Result<usize> {
+    /// is larger than `max_size`; the segment being written is kept. Returns the anchors written
+    /// (one per segment deleted that held a record), for the next checkpoint to sign.
+    pub fn retain(
+        &mut self,
+        max_age: Duration,
+        max_size: u64,
+    ) -> std::io::Result<Vec<RetentionEvent>> {
         let segs = segments(&self.dir)?;
         let mut sizes: Vec<(u64, u64, SystemTime)> = Vec::new();
         for n in &segs {
@@ -389,6 +509,7 @@ impl Store {
         let mut total: u64 = sizes.iter().map(|s| s.1).sum();
         let now = SystemTime::now();
         let mut deleted = 0;
+        let mut events = Vec::new();
         for (n, len, modified) in sizes {
             if n >= self.current {
                 break;
@@ -405,7 +526,9 @@ impl Store {
                     seq,
                     hash,
                     ts: crate::util::time::rfc3339(now),
+                    reason: if old { "max_age" } else { "max_size" }.into(),
                 };
+                events.push(a.event());
                 let mut f = OpenOptions::new()
                     .create(true)
                     .append(true)
@@ -426,7 +549,7 @@ impl Store {
             self.rewrite_index()?;
         }
         self.total = self.total_bytes();
-        Ok(deleted)
+        Ok(events)
     }
 
     /// Drops index entries of deleted segments.
@@ -467,14 +590,110 @@ pub fn read_index(dir: &Path) -> Vec<IndexEntry> {
     }
 }
 
-/// The stored record for an index entry, as JSON (without checking the chain).
+fn show_seq(s: Option<u64>) -> String {
+    s.map_or("none (empty)".into(), |s| s.to_string())
+}
+
+/// The newest entry of the index (its last whole line), read from the end of the file.
+pub fn last_index_entry(dir: &Path) -> std::io::Result<Option<IndexEntry>> {
+    let mut f = match File::open(dir.join("index.jsonl")) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let len = f.metadata()?.len();
+    let mut back = 64 * 1024u64;
+    loop {
+        let from = len.saturating_sub(back);
+        f.seek(SeekFrom::Start(from))?;
+        let mut tail = Vec::new();
+        f.read_to_end(&mut tail)?;
+        // Whole lines only: what follows the last '\n' is torn, and the window's first piece
+        // is a fragment unless the window starts the file.
+        let end = tail.iter().rposition(|b| *b == b'\n').unwrap_or(0);
+        let mut lines: Vec<&[u8]> = tail[..end].split(|b| *b == b'\n').collect();
+        if from > 0 && !lines.is_empty() {
+            lines.remove(0);
+        }
+        if let Some(e) = lines
+            .iter()
+            .rev()
+            .find_map(|l| serde_json::from_slice::<IndexEntry>(l).ok())
+        {
+            return Ok(Some(e));
+        }
+        if from == 0 {
+            return Ok(None);
+        }
+        back *= 4;
+    }
+}
+
+/// The stored record for an index entry, as JSON, after checking that it is the record the
+/// entry names: the line at that place hashes to the hash it states (and the entry's), has the
+/// entry's id and seq, and the next record (if any) chains to it. Anything else is an error,
+/// never another record.
 pub fn read_record(dir: &Path, e: &IndexEntry) -> std::io::Result<serde_json::Value> {
-    let mut f = File::open(segment_path(dir, e.segment))?;
+    let mismatch = |why: String| {
+        std::io::Error::other(format!(
+            "the index entry for {} (seq {}, segment {} offset {}) does not match the record chain: {why}; run `agentgate audit verify`",
+            e.id, e.seq, e.segment, e.offset
+        ))
+    };
+    let path = segment_path(dir, e.segment);
+    let mut f = BufReader::new(File::open(&path)?);
     f.seek(SeekFrom::Start(e.offset))?;
     let mut buf = vec![0u8; e.len as usize];
     f.read_exact(&mut buf)?;
-    let line = String::from_utf8_lossy(&buf);
-    serde_json::from_str(line.trim_end()).map_err(std::io::Error::other)
+    if buf.last() != Some(&b'\n') {
+        return Err(mismatch("the place it names is not a whole record".into()));
+    }
+    let line = std::str::from_utf8(&buf[..buf.len() - 1])
+        .map_err(|_| mismatch("the record there is not UTF-8".into()))?;
+    let (body, stated) = unseal(line).ok_or_else(|| mismatch("no sealed record there".into()))?;
+    let actual = crate::util::hex::hex(&boring::sha::sha256(body.as_bytes()));
+    if actual != stated {
+        return Err(mismatch(format!(
+            "the record there (hash {stated}) was modified"
+        )));
+    }
+    if !e.hash.is_empty() && e.hash != stated {
+        return Err(mismatch(format!(
+            "the record there has hash {stated}, the index says {}",
+            e.hash
+        )));
+    }
+    let v: serde_json::Value = serde_json::from_str(line).map_err(std::io::Error::other)?;
+    let (id, seq) = (v["id"].as_str().unwrap_or(""), v["seq"].as_u64());
+    if id != e.id || seq != Some(e.seq) {
+        return Err(mismatch(format!(
+            "the record there is {id} (seq {})",
+            seq.map_or("?".into(), |s| s.to_string())
+        )));
+    }
+    // The next record (in this segment or the next one) must name this one as its `prev`.
+    let mut next = Vec::new();
+    f.read_until(b'\n', &mut next)?;
+    if next.is_empty() {
+        if let Ok(g) = File::open(segment_path(dir, e.segment + 1)) {
+            BufReader::new(g).read_until(b'\n', &mut next)?;
+        }
+    }
+    if next.ends_with(b"\n") {
+        let prev = std::str::from_utf8(&next[..next.len() - 1])
+            .ok()
+            .and_then(unseal)
+            .and_then(|(b, _)| serde_json::from_str::<serde_json::Value>(&b).ok())
+            .and_then(|n| n["prev"].as_str().map(str::to_string));
+        if let Some(prev) = prev {
+            if prev != stated {
+                return Err(mismatch(format!(
+                    "the next record chains to {prev}, not to this record's hash {stated} (this record was replaced)"
+                )));
+            }
+        }
+    }
+    Ok(v)
 }
 
 #[cfg(test)]
@@ -498,7 +717,10 @@ mod tests {
         for i in 0..3 {
             s.append_with(
                 |seq, prev, buf| {
-                    serde_json::to_writer(buf, &json!({"n": i, "seq": seq, "prev": prev}))
+                    serde_json::to_writer(
+                        buf,
+                        &json!({"id": format!("r{i}"), "n": i, "seq": seq, "prev": prev}),
+                    )
                 },
                 entry(&format!("r{i}")),
             )
@@ -513,7 +735,9 @@ mod tests {
         let mut s = Store::open(&dir, 1 << 20).unwrap();
         assert_eq!(s.next_seq, 3);
         s.append_with(
-            |seq, prev, buf| serde_json::to_writer(buf, &json!({"seq": seq, "prev": prev})),
+            |seq, prev, buf| {
+                serde_json::to_writer(buf, &json!({"id": "x", "seq": seq, "prev": prev}))
+            },
             entry("x"),
         )
         .unwrap();
@@ -536,6 +760,7 @@ mod tests {
             segment: 0,
             offset: 0,
             len: 0,
+            hash: String::new(),
         }
     }
 
@@ -549,7 +774,7 @@ mod tests {
                 |seq, prev, buf| {
                     serde_json::to_writer(
                         buf,
-                        &json!({"n": i, "pad": "x".repeat(100), "seq": seq, "prev": prev}),
+                        &json!({"id": format!("r{i}"), "n": i, "pad": "x".repeat(100), "seq": seq, "prev": prev}),
                     )
                 },
                 entry(&format!("r{i}")),

@@ -5,6 +5,7 @@
 //! failed write keeps its records and refuses new requests until the disk takes them again.
 
 use super::capture::{Chunks, Draft, Headers};
+use super::checkpointer::Checkpointer;
 use super::format::{
     Body, Decisions, Event, HeaderFields, Record, Request, Response, Tls, TlsLegs,
 };
@@ -36,14 +37,25 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// Opens the store in `dir` (the resolved `recording.dir`) and starts the writer thread.
+    /// Opens the store in `dir` (the resolved `recording.dir`) and starts the writer thread,
+    /// which signs checkpoints with `key`.
     pub fn start(
         dir: PathBuf,
         settings: RecordingConfig,
         engine: Arc<Engine>,
+        key: Arc<crate::util::ed25519::SigningKey>,
     ) -> Result<Arc<Recorder>, String> {
         let store = Store::open(&dir, settings.segment_size)
             .map_err(|e| format!("recording store {}: {e}", dir.display()))?;
+        let checkpoints = Checkpointer::new(&store, key, settings.checkpoints.clone())?;
+        log::info!(
+            "recording store {} (id {}): checkpoints signed by key {} every {} records or {:?}",
+            dir.display(),
+            store.id(),
+            checkpoints.key_id(),
+            settings.checkpoints.every_records,
+            settings.checkpoints.every
+        );
         let (tx, rx) = sync_channel(settings.queue);
         let healthy = Arc::new(AtomicBool::new(true));
         let depth = Arc::new(AtomicUsize::new(0));
@@ -61,6 +73,8 @@ impl Recorder {
             retained_at_segment: 0,
             last_retention: Instant::now(),
             memo: Default::default(),
+            checkpoints,
+            checkpoint_failed: None,
         };
         std::thread::Builder::new()
             .name("agentgate recorder".into())
@@ -182,6 +196,9 @@ struct Writer {
     retained_at_segment: u64,
     last_retention: Instant,
     memo: std::cell::RefCell<HeaderMemo>,
+    checkpoints: Checkpointer,
+    /// When writing a checkpoint last failed (they are retried a second later).
+    checkpoint_failed: Option<Instant>,
 }
 
 /// Records written with one `write` at most (the queue holds more when the writer is behind;
@@ -216,6 +233,7 @@ impl Writer {
                     }
                     Ok(Msg::Flush(done)) => {
                         handled += self.write_batch(&mut batch);
+                        self.checkpoint("flush");
                         let _ = done.send(());
                     }
                     Err(TryRecvError::Empty) => break,
@@ -227,6 +245,7 @@ impl Writer {
             }
             handled += self.write_batch(&mut batch);
             if !open {
+                self.checkpoint("flush");
                 return;
             }
             // By size as soon as a closed segment could go (retention never deletes the segment
@@ -235,6 +254,12 @@ impl Writer {
                 && self.store.current_segment() != self.retained_at_segment;
             if over || self.last_retention.elapsed() > Duration::from_secs(5) {
                 self.retention();
+            }
+            let retry = self
+                .checkpoint_failed
+                .is_none_or(|t| t.elapsed() > Duration::from_secs(1));
+            if let (true, Some(reason)) = (retry, self.checkpoints.due(&self.store)) {
+                self.checkpoint(reason);
             }
             if handled == 0 {
                 std::thread::sleep(Duration::from_millis(1));
@@ -251,6 +276,19 @@ impl Writer {
         }
     }
 
+    /// Signs and sends a checkpoint of the store as it is now.
+    fn checkpoint(&mut self, reason: &str) {
+        match self.checkpoints.write(&self.store, reason, false) {
+            Ok(()) => self.checkpoint_failed = None,
+            Err(e) => {
+                if self.checkpoint_failed.is_none() {
+                    log::error!("recording: {e}");
+                }
+                self.checkpoint_failed = Some(Instant::now());
+            }
+        }
+    }
+
     fn retention(&mut self) {
         self.retained_at_segment = self.store.current_segment();
         self.last_retention = Instant::now();
@@ -258,7 +296,10 @@ impl Writer {
             .store
             .retain(self.settings.max_age, self.settings.max_size)
         {
-            Ok(n) if n > 0 => log::info!("recording retention removed {n} segment(s)"),
+            Ok(events) if !events.is_empty() => {
+                log::info!("recording retention removed {} segment(s)", events.len());
+                self.checkpoints.retained(events);
+            }
             Ok(_) => {}
             Err(e) => log::warn!("recording retention: {e}"),
         }
@@ -435,6 +476,7 @@ impl Writer {
             segment: 0,
             offset: 0,
             len: 0,
+            hash: String::new(),
         };
         let record = Record {
             kind: "exchange",
@@ -501,7 +543,8 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let settings: RecordingConfig = serde_json::from_str("{}").unwrap();
         let engine = Arc::new(Engine::new(&[], [1; 32]).unwrap());
-        let rec = Recorder::start(dir.clone(), settings, engine).unwrap();
+        let key = Arc::new(crate::util::ed25519::SigningKey::generate().unwrap());
+        let rec = Recorder::start(dir.clone(), settings, engine, key).unwrap();
         (dir, rec)
     }
 

@@ -27,6 +27,24 @@ const AGENT_L4_BUFFER: L4BufferSettings = L4BufferSettings {
     write: None,
 };
 
+/// The DNS names the admin listener answers to: `admin.public_url`'s host and the names of its
+/// certificate (`admin.tls.names`).
+fn admin_hosts(config: &Config) -> Vec<String> {
+    let mut hosts: Vec<String> = config
+        .admin
+        .tls
+        .iter()
+        .flat_map(|t| t.names.iter().cloned())
+        .collect();
+    if let Ok(uri) = config.admin.public_url.parse::<http::Uri>() {
+        hosts.extend(uri.host().map(str::to_string));
+    }
+    hosts
+        .into_iter()
+        .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+        .collect()
+}
+
 /// Builds every service and runs until a signal stops the process.
 pub fn run(config: Config, path: std::path::PathBuf) -> Result<(), String> {
     // Writing past a file size limit must fail with EFBIG (counted as disk full), not kill us.
@@ -72,15 +90,26 @@ pub fn run(config: Config, path: std::path::PathBuf) -> Result<(), String> {
     {
         let dir = config.recording.dir_under(&state);
         log::info!("recording exchanges under {}", dir.display());
+        let (key, generated) =
+            crate::record::checkpoint::signing_key(config.recording.signing_key.as_ref(), &state)?;
+        if let Some(path) = generated {
+            log::warn!(
+                "recording.signing_key is not set: checkpoints are signed with the key kept in {} (public key {}). Anyone who can read this machine's state directory can sign with it: set recording.signing_key to a key mounted from a secret, and give auditors the public key (`agentgate audit pubkey`)",
+                path.display(),
+                key.public().to_text()
+            );
+        }
         Some(crate::record::Recorder::start(
             dir,
             config.recording.clone(),
             active.get().engine.clone(),
+            key,
         )?)
     } else {
         None
     };
     let approvals = crate::approval::Approvals::open(&state.join("approvals"))?;
+    crate::proxy::mcp::PinStore::open(state.join("mcp-pins.json"))?;
     let gate =
         crate::proxy::approval_gate::Gate::new(approvals.clone(), config.admin.public_url.clone());
     let gateway = Gateway::new(&config, active.clone(), recorder.clone(), gate)?;
@@ -119,6 +148,7 @@ pub fn run(config: Config, path: std::path::PathBuf) -> Result<(), String> {
             ready: ready.clone(),
             active: active.clone(),
             records: recorder.as_ref().map(|r| r.dir().to_path_buf()),
+            hosts: admin_hosts(&config),
             approvals: approvals.clone(),
             auditors: config.admin.auditors.clone(),
             console: config.admin.console.clone().map(|c| {

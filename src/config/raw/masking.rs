@@ -98,6 +98,8 @@ pub struct RawMaskPolicy {
     response: Option<RawRules>,
     #[serde(default)]
     on_invalid_json: Option<String>,
+    #[serde(default)]
+    on_binary_response: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -183,7 +185,18 @@ impl TryFrom<RawMaskPolicy> for MaskPolicy {
                 ))
             }
         };
+        let pass_binary = match r.on_binary_response.as_deref() {
+            None | Some("refuse") => false,
+            Some("pass") => true,
+            Some(o) => {
+                return Err(at_field(
+                    "on_binary_response",
+                    format!("unknown on_binary_response `{o}`; write refuse or pass"),
+                ))
+            }
+        };
         Ok(MaskPolicy {
+            pass_binary,
             request: req.rules(false)?,
             response: resp.rules(true)?,
             restore_pseudonyms: resp.restore_pseudonyms.unwrap_or(true),

@@ -2,7 +2,8 @@
 //! validated model type in `config`; a conversion error becomes a positioned YAML error.
 //!
 //! One file per section of the document: `server`, `listeners` (and `admin`), `identity`,
-//! `routes` (with their upstreams and credentials), `masking` (and `guardrails`), `recording`.
+//! `routes` (with their upstreams and credentials; `mcp` for MCP routes), `masking` (and
+//! `guardrails`), `recording`.
 //! `approvals:` rules are the policy engine's own type (`crate::policy::ApprovalRule`). This file
 //! holds the document itself, with the checks that span sections (names used twice, references
 //! to rules and policies that are not defined), and the TLS version every section writes alike.
@@ -11,6 +12,7 @@
 mod identity;
 mod listeners;
 mod masking;
+mod mcp;
 mod recording;
 mod routes;
 mod server;
@@ -20,6 +22,7 @@ pub use identity::{
 };
 pub use listeners::{RawAdmin, RawListener, RawListenerTls};
 pub use masking::{RawGuardrail, RawMaskPolicy, RawMasking};
+pub use mcp::RawMcp;
 pub use recording::RawRecording;
 pub use routes::{RawRoute, RawUpstream};
 pub use server::RawServer;

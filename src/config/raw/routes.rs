@@ -30,6 +30,8 @@ pub struct RawRoute {
     recording: Option<String>,
     #[serde(default)]
     credentials: Option<RawCredentials>,
+    #[serde(default)]
+    mcp: Option<crate::config::McpRoute>,
 }
 
 #[derive(Deserialize)]
@@ -164,6 +166,7 @@ impl TryFrom<RawRoute> for Route {
             approvals: r.approvals,
             recording,
             set_headers,
+            mcp: r.mcp,
         })
     }
 }
