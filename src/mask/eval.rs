@@ -7,7 +7,8 @@
 //! prose, code, logs, tool arguments, tool descriptions, unknown JSON keys), in every encoding
 //! (plain, percent, JSON `\u`, HTML entities, `+` form), and run whole (`Engine::mask_body`, the
 //! request path) and streamed (`SseMasker`, Chat Completions deltas, cut into 2 and 3 events at
-//! every offset, in the content field and in a field no schema names). A case is caught when no
+//! every offset, in the content field and in a field no schema names; `LinesMasker`, NDJSON in
+//! 2 and 3 lines). A case is caught when no
 //! form of the value (plain or any encoding, the JSON inside strings decoded) is in the output;
 //! a streamed case emits part of the value early when text released before the event that
 //! completes the value already runs into it. Benign traffic (`corpus.rs`) gives each detector's
@@ -19,7 +20,7 @@
 #![doc(hidden)]
 
 use super::corpus::{self, Rng};
-use super::{sse::SseMasker, Action, Engine, Rules};
+use super::{lines::LinesMasker, sse::SseMasker, Action, Engine, Rules};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -65,6 +66,10 @@ pub enum Split {
     Sse2Sibling,
     /// 3 events, the same.
     Sse3Sibling,
+    /// NDJSON (Ollama-style `{"message":{"content":..}}` lines) in 2 lines, every offset.
+    Ndjson2,
+    /// The same in 3 lines.
+    Ndjson3,
 }
 
 pub const CONTEXTS: [Context; 8] = [
@@ -84,12 +89,14 @@ pub const ENCODINGS: [Encoding; 5] = [
     Encoding::Html,
     Encoding::Form,
 ];
-pub const SPLITS: [Split; 5] = [
+pub const SPLITS: [Split; 7] = [
     Split::Whole,
     Split::Sse2,
     Split::Sse3,
     Split::Sse2Sibling,
     Split::Sse3Sibling,
+    Split::Ndjson2,
+    Split::Ndjson3,
 ];
 
 impl Context {
@@ -173,23 +180,20 @@ impl Split {
             Split::Sse3 => "SSE 3 events",
             Split::Sse2Sibling => "SSE 2, unknown field",
             Split::Sse3Sibling => "SSE 3, unknown field",
+            Split::Ndjson2 => "NDJSON 2 lines",
+            Split::Ndjson3 => "NDJSON 3 lines",
         }
-    }
-
-    fn sibling(self) -> bool {
-        matches!(self, Split::Sse2Sibling | Split::Sse3Sibling)
     }
 }
 
-/// What the engine claims to cover (README, "Masking and guardrails"; `encoded.rs`): every
-/// string of a JSON request body after its escapes are decoded, and text bodies, whole; in SSE
-/// answers, the Chat Completions content and tool-call arguments deltas, split-safe; values
-/// written with percent-encoding, JSON `\u` escapes or HTML references. `+` for a space is
-/// decoded only in text that is already percent-encoded, and a `+ form` value need hold no
-/// escape at all (`4111+1111+1111+1111`): those cells are not claimed as a whole, nor are
-/// fields no schema names; the table shows them as they are.
-pub fn claimed(_ctx: Context, enc: Encoding, split: Split) -> bool {
-    enc != Encoding::Form && !split.sibling()
+/// What the engine claims to cover (README, "Masking and guardrails"): every string of a JSON
+/// request body after its escapes are decoded, and text bodies, whole; every string of every
+/// SSE event and NDJSON line, whatever its schema, split-safe; values written with
+/// percent-encoding, JSON `\u` escapes or HTML references. `+` for a space is decoded only in
+/// text that is already percent-encoded, and a `+ form` value need hold no escape at all
+/// (`4111+1111+1111+1111`): those cells are not claimed, and the table shows them as they are.
+pub fn claimed(_ctx: Context, enc: Encoding, _split: Split) -> bool {
+    enc != Encoding::Form
 }
 
 /// How much of the grid is run.
@@ -640,16 +644,79 @@ struct Stream<'a> {
     sibling: bool,
     /// Tool-call arguments rather than content.
     tool: bool,
+    /// NDJSON lines rather than SSE events.
+    lines: bool,
     forms: &'a [String],
 }
 
+/// The stream maskers, one interface.
+trait Masker {
+    fn push(&mut self, chunk: &[u8]) -> Result<Vec<u8>, super::sse::SseError>;
+    fn finish(&mut self) -> Vec<u8>;
+}
+
+impl Masker for SseMasker {
+    fn push(&mut self, chunk: &[u8]) -> Result<Vec<u8>, super::sse::SseError> {
+        SseMasker::push(self, chunk)
+    }
+    fn finish(&mut self) -> Vec<u8> {
+        SseMasker::finish(self)
+    }
+}
+
+impl Masker for LinesMasker {
+    fn push(&mut self, chunk: &[u8]) -> Result<Vec<u8>, super::sse::SseError> {
+        LinesMasker::push(self, chunk)
+    }
+    fn finish(&mut self) -> Vec<u8> {
+        LinesMasker::finish(self)
+    }
+}
+
 impl Stream<'_> {
+    /// One piece of the text as the upstream would send it.
+    fn write(&self, piece: &str) -> String {
+        if self.lines {
+            let v = serde_json::json!({"model": "llama3", "message": {"role": "assistant", "content": piece}, "done": false});
+            format!("{v}\n")
+        } else {
+            sse_event(piece, self.sibling, self.tool)
+        }
+    }
+
+    /// The text read back from the masker's output.
+    fn read(&self, out: &[u8]) -> String {
+        if !self.lines {
+            return sse_text(out, self.sibling, self.tool);
+        }
+        String::from_utf8_lossy(out)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v.pointer("/message/content")?.as_str().map(str::to_string))
+            .collect()
+    }
+
     /// `text` cut at `cuts` into events, pushed one event at a time. Caught: no form of the
     /// value in the output; early: what was released before the event that completes the
     /// value reaches into the value.
     fn once(&self, cuts: &[usize]) -> Score {
         let (text, span) = (self.text, self.span);
-        let mut m = SseMasker::new(self.engine.clone(), self.rules.clone(), None, false);
+        let mut m: Box<dyn Masker> = if self.lines {
+            Box::new(LinesMasker::new(
+                self.engine.clone(),
+                self.rules.clone(),
+                None,
+                false,
+                false,
+            ))
+        } else {
+            Box::new(SseMasker::new(
+                self.engine.clone(),
+                self.rules.clone(),
+                None,
+                false,
+            ))
+        };
         let mut bounds = vec![0];
         bounds.extend_from_slice(cuts);
         bounds.push(text.len());
@@ -658,10 +725,10 @@ impl Stream<'_> {
         for w in bounds.windows(2) {
             // Before this event is pushed the value is incomplete if it ends past its start.
             if w[0] < span.1 {
-                let released = sse_text(&out, self.sibling, self.tool);
+                let released = self.read(&out);
                 early |= released.len() > span.0 && text.starts_with(&released);
             }
-            let event = sse_event(&text[w[0]..w[1]], self.sibling, self.tool);
+            let event = self.write(&text[w[0]..w[1]]);
             match m.push(event.as_bytes()) {
                 Ok(o) => out.extend_from_slice(&o),
                 // Refused (failing closed) is not a leak: nothing more reached the client.
@@ -675,7 +742,7 @@ impl Stream<'_> {
             }
         }
         out.extend_from_slice(&m.finish());
-        let got = sse_text(&out, self.sibling, self.tool);
+        let got = self.read(&out);
         let leaked = leaks(&got, self.forms) || leaks(&String::from_utf8_lossy(&out), self.forms);
         Score {
             cases: 1,
@@ -726,14 +793,19 @@ fn run_sample(
                 });
             let tool = ctx == Context::ToolArguments;
             let cuts = boundaries(&c.streamed);
-            for sibling in [false, true] {
+            for (sibling, lines, s2, s3) in [
+                (false, false, Split::Sse2, Split::Sse3),
+                (true, false, Split::Sse2Sibling, Split::Sse3Sibling),
+                (false, true, Split::Ndjson2, Split::Ndjson3),
+            ] {
                 let stream = Stream {
                     engine,
                     rules,
                     text: &c.streamed,
                     span: c.span,
                     sibling,
-                    tool,
+                    tool: tool && !lines,
+                    lines,
                     forms: &forms,
                 };
                 let mut two = Score::default();
@@ -755,11 +827,6 @@ fn run_sample(
                 for &(i, j) in pairs.iter().step_by(step) {
                     three.add(stream.once(&[i, j]));
                 }
-                let (s2, s3) = if sibling {
-                    (Split::Sse2Sibling, Split::Sse3Sibling)
-                } else {
-                    (Split::Sse2, Split::Sse3)
-                };
                 report.cells.entry(key(s2)).or_default().add(two);
                 report.cells.entry(key(s3)).or_default().add(three);
             }
@@ -1070,6 +1137,7 @@ mod tests {
                 span: c.span,
                 sibling: false,
                 tool: false,
+                lines: false,
                 forms: &forms,
             };
             stream.once(&[c.span.0 + into])
