@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 BIN := target/debug/agentgate
 CONFIG ?= conf/agentgate.yaml
 
-.PHONY: run test build deps test-deps venv soak unit check-conf integration fmt lint clean-state bench bench-smoke bench-deps
+.PHONY: run test build deps test-deps venv soak unit check-conf integration fmt lint clean-state bench bench-smoke bench-deps eval-masking
 
 ## Install the Debian packages BoringSSL's build and the test suite need, when missing.
 deps:
@@ -105,6 +105,12 @@ bench: deps bench-deps $(VENV)/.bench bench/portkey/node_modules/.installed
 	$(CARGO) build --release --locked --bins --examples
 	$(PY) bench/run.py $(if $(BASELINE),--baseline $(BASELINE))
 	$(PY) bench/approvals.py
+
+## The masking evaluation (src/mask/eval.rs) at full size, release build: recall per detector,
+## context, encoding and split, early emission, false positives on benign traffic; writes
+## bench/results/eval-masking.md. `cargo test` runs it small and fails on a missed target.
+eval-masking: deps
+	$(CARGO) run --release --locked --example eval_masking
 
 ## The same harness for seconds, on the debug build, so it cannot rot (part of make test).
 bench-smoke: build bench-deps $(VENV)/.bench

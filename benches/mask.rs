@@ -101,7 +101,7 @@ fn main() {
     let values = [
         "jane.doe@example.com",
         "4111 1111 1111 1111",
-        "AKIAIOSFODNN7EXAMPLE",
+        "AKIAWD2FRLHBOX3PFQQM",
         "+1 415 555 2671",
         "203.0.113.7",
     ];

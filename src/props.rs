@@ -19,7 +19,7 @@ fn engine() -> Arc<Engine> {
 /// Values the detectors find, and filler that is not sensitive.
 const SECRETS: &[&str] = &[
     "sk-proj-Ab3dE5gH7jK9mN1pQ3sT5vX7zA9cE1gI3kM5oQ7sU9wY1aC3eG5iK7mO9qS1uW3yA5",
-    "AKIAIOSFODNN7EXAMPLE",
+    "AKIAWD2FRLHBOX3PFQQM",
     "jane.doe@example.com",
     "ghp_a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8",
     "4111 1111 1111 1111",

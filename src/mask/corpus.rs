@@ -1,19 +1,36 @@
 //! A deterministic corpus of everyday agent traffic with no sensitive value in it: chat
 //! requests with prose, code, logs, identifiers (UUIDs, git SHAs, hashes), base64 data, version
-//! numbers, timestamps, URLs and paths. The negative test and the benchmark use it.
+//! numbers, timestamps, URLs and paths. The negative test and the benchmark use it
+//! (`chat_json`); `agent_traffic` adds what tools and agents carry besides (lockfiles, image
+//! digests, manifests, tracebacks, access logs, diffs, CSV, hex dumps, ids of many shapes) for
+//! the masking evaluation's false-positive count.
 //! Test data, yet public (hidden from the docs): `benches/mask.rs` is a separate crate that
 //! reaches it only through the library's public API.
 #![doc(hidden)]
 
-struct Rng(u64);
+/// Deterministic test data (xorshift64*); the masking evaluation draws its values from it too.
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         // xorshift64*: deterministic, good enough for test data.
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545F4914F6CDD1D)
+    }
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    /// `n` bytes drawn from `alphabet` (ASCII).
+    pub(crate) fn from(&mut self, alphabet: &str, n: usize) -> String {
+        let a = alphabet.as_bytes();
+        (0..n)
+            .map(|_| a[self.below(a.len() as u64) as usize] as char)
+            .collect()
+    }
+    pub(crate) fn digits(&mut self, n: usize) -> String {
+        self.from("0123456789", n)
     }
     fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
         items[(self.next() % items.len() as u64) as usize]
@@ -110,14 +127,127 @@ fn chunk(r: &mut Rng) -> String {
     }
 }
 
+/// What tools and agents carry besides prose, code and logs; no sensitive value in any.
+fn tool_chunk(r: &mut Rng) -> String {
+    match r.next() % 10 {
+        0 => format!(
+            "\"node_modules/{name}\": {{\"version\": \"{}.{}.{}\", \"resolved\": \"https://registry.npmjs.org/{name}/-/{name}-1.0.0.tgz\", \"integrity\": \"sha512-{}==\"}}",
+            r.next() % 10,
+            r.next() % 30,
+            r.next() % 30,
+            r.b64(86),
+            name = r.pick(&["lodash", "react-dom", "@types/node", "typescript", "zod"])
+        ),
+        1 => format!(
+            "image: ghcr.io/example/{}@sha256:{}\nreplicas: {}\nresources: {{limits: {{cpu: {}m, memory: {}Mi}}}}",
+            r.pick(&["api", "worker", "gateway"]),
+            r.hex(64),
+            1 + r.next() % 9,
+            100 * (1 + r.next() % 9),
+            64 * (1 + r.next() % 16)
+        ),
+        2 => format!(
+            "Traceback (most recent call last):\n  File \"/app/{}.py\", line {}, in run\n    result = handler(payload)\nKeyError: '{}'",
+            r.pick(&["worker", "tasks", "views"]),
+            1 + r.next() % 900,
+            r.pick(&["user_id", "session", "items"])
+        ),
+        3 => format!(
+            "127.0.0.1 - - [29/Nov/2026:{:02}:{:02}:{:02} +0000] \"{} /v1/{} HTTP/1.1\" {} {} \"-\" \"python-requests/2.{}.0\"",
+            r.next() % 24,
+            r.next() % 60,
+            r.next() % 60,
+            r.pick(&["GET", "POST"]),
+            r.pick(&["models", "chat/completions", "embeddings"]),
+            r.pick(&["200", "201", "404", "429"]),
+            r.next() % 100_000,
+            r.next() % 32
+        ),
+        4 => format!(
+            "diff --git a/src/{f} b/src/{f}\nindex {}..{} 100644\n--- a/src/{f}\n+++ b/src/{f}\n@@ -{},7 +{},8 @@ fn main() {{\n-    let n = 1;\n+    let n = 2;",
+            r.hex(7),
+            r.hex(7),
+            1 + r.next() % 400,
+            1 + r.next() % 400,
+            f = r.pick(&["lib.rs", "main.go", "app.ts"])
+        ),
+        5 => {
+            let rows: Vec<String> = (0..4)
+                .map(|_| {
+                    format!(
+                        "2026-11-{:02} {:02}:{:02}:{:02},{},{}",
+                        1 + r.next() % 28,
+                        r.next() % 24,
+                        r.next() % 60,
+                        r.next() % 60,
+                        r.next() % 900,
+                        r.pick(&["200", "500", "503"])
+                    )
+                })
+                .collect();
+            format!("timestamp,latency_ms,status\n{}", rows.join("\n"))
+        }
+        6 => {
+            let line = |r: &mut Rng, at: u64| {
+                let words: Vec<String> = (0..8).map(|_| r.hex(4)).collect();
+                format!("{at:08x}: {}  ................", words.join(" "))
+            };
+            let a = r.next() % 4096 * 16;
+            format!("{}\n{}", line(r, a), line(r, a + 16))
+        }
+        7 => format!(
+            "ulid={} object_id={} request={} span={} build={}",
+            r.pick(&["01HF8Z2X3Y4K5M6N7P8Q9R0S1T", "01JD3QWERTY0ASDFGHJKLZXCVB"]),
+            r.hex(24),
+            uuid(r),
+            r.hex(16),
+            r.next() % 100_000
+        ),
+        8 => format!(
+            "| endpoint | p50 | p99 | rps |\n| --- | ---: | ---: | ---: |\n| /v1/chat | {} ms | {} ms | {} |\n| /v1/embeddings | {} ms | {} ms | {} |",
+            r.next() % 100,
+            r.next() % 1000,
+            r.next() % 20_000,
+            r.next() % 100,
+            r.next() % 1000,
+            r.next() % 20_000
+        ),
+        _ => format!(
+            "func (s *Server) Handle{}(w http.ResponseWriter, req *http.Request) {{\n\tctx, cancel := context.WithTimeout(req.Context(), {}*time.Second)\n\tdefer cancel()\n\tif err := s.store.Put(ctx, \"{}\"); err != nil {{ http.Error(w, err.Error(), 500) }}\n}}",
+            r.pick(&["Create", "Delete", "List"]),
+            1 + r.next() % 30,
+            r.hex(12)
+        ),
+    }
+}
+
+/// About `bytes` of chat-completion request JSON as `chat_json` makes it, and with every other
+/// message's pieces what tools carry (`tool_chunk`); no sensitive value.
+pub fn agent_traffic(bytes: usize, seed: u64) -> String {
+    messages(bytes, seed, true)
+}
+
 /// About `bytes` of chat-completion request JSON, many messages, no sensitive value.
 pub fn chat_json(bytes: usize, seed: u64) -> String {
+    messages(bytes, seed, false)
+}
+
+fn messages(bytes: usize, seed: u64, tools: bool) -> String {
     let mut r = Rng(seed | 1);
     let mut messages = Vec::new();
     let mut size = 0;
     while size < bytes {
         let n = 1 + r.next() % 4;
-        let content: Vec<String> = (0..n).map(|_| chunk(&mut r)).collect();
+        let with_tools = tools && messages.len() % 2 == 1;
+        let content: Vec<String> = (0..n)
+            .map(|_| {
+                if with_tools {
+                    tool_chunk(&mut r)
+                } else {
+                    chunk(&mut r)
+                }
+            })
+            .collect();
         let content = content.join("\n\n");
         size += content.len() + 40;
         let role = if messages.len() % 2 == 0 {

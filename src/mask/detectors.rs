@@ -2,6 +2,9 @@
 //! knows how much it may have to hold back), the capture group that is the value when the
 //! pattern includes context (`password=VALUE`), and a validator. Rules follow gitleaks and
 //! trufflehog for secrets and Microsoft Presidio's recognizers for personal data.
+//!
+//! Several entries may share a name (`us_ssn` alone, and `us_ssn` after a context word): they
+//! are one detector to the configuration, the metrics and the placeholders.
 
 use super::validate;
 
@@ -31,6 +34,9 @@ pub struct Builtin {
 pub enum Extend {
     /// Bytes of `class` until the value is `max` bytes long.
     Class { class: fn(u8) -> bool, max: usize },
+    /// As `Class`, and a `.` followed by a byte of `class` goes on with it (GitLab's routable
+    /// tokens, `glpat-<random>.<route>`); a `.` that ends a sentence is not the value's.
+    Dotted { class: fn(u8) -> bool, max: usize },
     /// A PEM body up to its END line (or the end of the base64 run), at most 8,000 bytes.
     Pem,
     /// The rest of a JWT: `header.payload.signature`.
@@ -63,6 +69,27 @@ impl Extend {
                 let (end, open) = run(text, head_end, class, max.saturating_sub(head_end - start));
                 Some(Extended { end, open })
             }
+            Extend::Dotted { class, max } => {
+                let limit = start.saturating_add(max);
+                let mut i = head_end;
+                loop {
+                    let (j, _) = run(text, i, class, limit.saturating_sub(i));
+                    i = j;
+                    if i < limit && text.get(i) == Some(&b'.') {
+                        match text.get(i + 1) {
+                            Some(&b) if class(b) && i + 1 < limit => {
+                                i += 1;
+                                continue;
+                            }
+                            // `.` last: the next byte decides.
+                            None => return Some(Extended { end: i, open: true }),
+                            _ => {}
+                        }
+                    }
+                    let open = i == text.len() && i < limit;
+                    return Some(Extended { end: i, open });
+                }
+            }
             Extend::Pem => {
                 let body = |b: u8| b.is_ascii_alphanumeric() || b"+/=:, \t\r\n".contains(&b);
                 let mut i = head_end;
@@ -74,6 +101,18 @@ impl Extend {
                     if i + 1 < limit && text[i] == b'-' && text[i + 1].is_ascii_alphabetic() {
                         i += 2;
                         continue;
+                    }
+                    // A key inside a JSON or code string literal (a GCP service account file
+                    // pasted as text): its line breaks are `\n`, its slashes may be `\/`.
+                    if i + 1 < limit && text[i] == b'\\' && b"nrt/".contains(&text[i + 1]) {
+                        i += 2;
+                        continue;
+                    }
+                    if i + 1 == text.len() && text[i] == b'\\' {
+                        return Some(Extended {
+                            end: text.len(),
+                            open: true,
+                        });
                     }
                     break;
                 }
@@ -142,7 +181,7 @@ impl Extend {
     /// The longest value this extension can produce.
     pub fn max_len(self) -> usize {
         match self {
-            Extend::Class { max, .. } => max,
+            Extend::Class { max, .. } | Extend::Dotted { max, .. } => max,
             Extend::Pem => 8000 + 120,
             Extend::Jwt => 2000 + 4000 + 1000 + 8,
         }
@@ -157,6 +196,18 @@ fn alnum(b: u8) -> bool {
 }
 fn token_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"._~+/-=".contains(&b)
+}
+fn alpha(b: u8) -> bool {
+    b.is_ascii_alphabetic()
+}
+fn hex(b: u8) -> bool {
+    b.is_ascii_hexdigit()
+}
+fn base64_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"+/=".contains(&b)
+}
+fn azure_secret_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"_~.-".contains(&b)
 }
 fn secret_char(b: u8) -> bool {
     !(b.is_ascii_whitespace() || b"\"',;`".contains(&b))
@@ -236,7 +287,7 @@ pub const BUILTINS: &[Builtin] = &[
         Secret,
         r"\b(?:AKIA|ASIA|ABIA|ACCA|A3T[A-Z0-9])[A-Z0-9]{16}\b",
         0,
-        None,
+        Some(validate::aws_key_id),
     ),
     d(
         "aws_secret_key",
@@ -244,6 +295,114 @@ pub const BUILTINS: &[Builtin] = &[
         r#"(?i:aws)[A-Za-z0-9_.\-]{0,20}(?i:secret|private)[A-Za-z0-9_.\-]{0,20}["']?\s{0,3}[:=]{1,2}>?\s{0,3}["']?([A-Za-z0-9/+]{40})\b"#,
         1,
         Some(validate::high_entropy_secret),
+    ),
+    // The key of a storage account connection string (`AccountKey=...==`) or its variable.
+    x(
+        "azure_storage_key",
+        Secret,
+        r#"(?i:AccountKey|azure[_\-]?storage[_\-]?(?:account[_\-]?)?(?:access[_\-]?)?key)["']?\s{0,3}[:=]\s{0,3}["']?([A-Za-z0-9+/]{20})"#,
+        1,
+        Some(validate::azure_storage_key),
+        Extend::Class {
+            class: base64_char,
+            max: 100,
+        },
+    ),
+    // Entra ID client secrets: `xxx8Q~` and 31-34 more (gitleaks' azure-ad-client-secret).
+    x(
+        "azure_client_secret",
+        Secret,
+        r"[A-Za-z0-9_~.]{3}[0-9]Q~[A-Za-z0-9_~.\-]{8}",
+        0,
+        Some(validate::azure_client_secret),
+        Extend::Class {
+            class: azure_secret_char,
+            max: 48,
+        },
+    ),
+    // The key id of a service account's JSON key file, in text (the key itself is a
+    // `private_key`); quotes may be escaped (the file inside a string).
+    x(
+        "gcp_service_account",
+        Secret,
+        r#"\\?"private_key_id\\?"\s{0,3}:\s{0,3}\\?"([0-9a-f]{16})"#,
+        1,
+        Some(validate::gcp_key_id),
+        Extend::Class {
+            class: hex,
+            max: 48,
+        },
+    ),
+    x(
+        "huggingface_token",
+        Secret,
+        r"\b(?:hf|api_org)_[A-Za-z]{10}",
+        0,
+        Some(validate::huggingface_token),
+        Extend::Class {
+            class: alpha,
+            max: 56,
+        },
+    ),
+    x(
+        "npm_token",
+        Secret,
+        r"\bnpm_[A-Za-z0-9]{12}",
+        0,
+        Some(validate::npm_token),
+        Extend::Class {
+            class: alnum,
+            max: 56,
+        },
+    ),
+    x(
+        "pypi_token",
+        Secret,
+        r"\bpypi-AgEIcHlwaS5vcmc[A-Za-z0-9_\-]{16}",
+        0,
+        Some(validate::pypi_token),
+        Extend::Class {
+            class: key_char,
+            max: 1100,
+        },
+    ),
+    // Personal, project, group, deploy, runner, CI job, trigger, feed, OAuth app, SCIM,
+    // incoming-mail, agent and feature-flag tokens; routable ones carry a `.` part.
+    x(
+        "gitlab_token",
+        Secret,
+        r"\bgl(?:pat|ptt|rt|dt|ft|cbt|oas|soat|imt|agent|ffct)-[0-9A-Za-z_\-]{20}",
+        0,
+        Some(validate::vendor_key),
+        Extend::Dotted {
+            class: key_char,
+            max: 330,
+        },
+    ),
+    // API key (`SK`) and account (`AC`) SIDs: 32 hex digits. The head ends at the first digit,
+    // which every match must hold (anchors.rs); a SID with no digit among its first 13 hex
+    // digits ((6/16)^13, 3 in a million) is not found.
+    x(
+        "twilio_key",
+        Secret,
+        r"\b(?:SK|AC)(?:[a-f]{0,12}|[A-F]{0,12})[0-9]",
+        0,
+        Some(validate::twilio_sid),
+        Extend::Class {
+            class: hex,
+            max: 48,
+        },
+    ),
+    x(
+        "sendgrid_key",
+        Secret,
+        r"\bSG\.[A-Za-z0-9_\-]{22}\.[A-Za-z0-9_\-]{8}",
+        0,
+        Some(validate::sendgrid_key),
+        Extend::Class {
+            class: key_char,
+            max: 80,
+        },
     ),
     d(
         "github_token",
@@ -286,7 +445,7 @@ pub const BUILTINS: &[Builtin] = &[
         Secret,
         r"\beyJ[A-Za-z0-9_\-]{10}",
         0,
-        None,
+        Some(validate::jwt),
         Extend::Jwt,
     ),
     x(
@@ -332,6 +491,36 @@ pub const BUILTINS: &[Builtin] = &[
         0,
         Some(validate::iban),
     ),
+    // After a context word, ITIN-shaped first (the more precise name), then any SSN-shaped
+    // number, in every area (see `validate::ssn_in_context`); alone, dashed ITINs and SSNs of
+    // issued areas only.
+    d(
+        "us_itin",
+        Pii,
+        concat!(
+            r"(?:\b|_)(?i:ssns?|social[ _\-]security|itins?|tins?|taxpayer|tax[ _\-]?ids?|tax[ _\-]identification)(?:\b|_)[^0-9\n]{0,32}",
+            r"\b(9[0-9]{2}[- ]?(?:5[0-9]|6[0-5]|7[0-9]|8[0-8]|9[0-24-9])[- ]?[0-9]{4})\b"
+        ),
+        1,
+        Some(validate::itin),
+    ),
+    d(
+        "us_ssn",
+        Pii,
+        concat!(
+            r"(?:\b|_)(?i:ssns?|social[ _\-]security|itins?|tins?|taxpayer|tax[ _\-]?ids?|tax[ _\-]identification)(?:\b|_)[^0-9\n]{0,32}",
+            r"\b([0-9]{3}[- ]?[0-9]{2}[- ]?[0-9]{4})\b"
+        ),
+        1,
+        Some(validate::ssn_in_context),
+    ),
+    d(
+        "us_itin",
+        Pii,
+        r"\b9[0-9]{2}-(?:5[0-9]|6[0-5]|7[0-9]|8[0-8]|9[0-24-9])-[0-9]{4}\b",
+        0,
+        Some(validate::itin),
+    ),
     d(
         "us_ssn",
         Pii,
@@ -339,10 +528,12 @@ pub const BUILTINS: &[Builtin] = &[
         0,
         Some(validate::ssn),
     ),
+    // E.164; US; European national (0 and an area code of 1-4 digits, then groups of 3-4);
+    // French pairs (`06 12 34 56 78`).
     d(
         "phone",
         Pii,
-        r"(?:\+[1-9][0-9]{0,2}[ .\-]?(?:\(?[0-9]{1,4}\)?[ .\-]?){1,4}[0-9]{2,4}\b|\(?\b[2-9][0-9]{2}\)?[ .\-][0-9]{3}[ .\-][0-9]{4}\b|\b0[1-9][0-9]{1,3}[ \-][0-9]{3,4}[ \-]?[0-9]{3,4}\b)",
+        r"(?:\+[1-9][0-9]{0,2}[ .\-]?(?:\(?[0-9]{1,4}\)?[ .\-]?){1,4}[0-9]{2,4}\b|\(?\b[2-9][0-9]{2}\)?[ .\-][0-9]{3}[ .\-][0-9]{4}\b|\b0[1-9][0-9]{0,3}[ \-][0-9]{3,4}[ \-]?[0-9]{3,4}\b|\b0[1-9](?:[ .][0-9]{2}){4}\b)",
         0,
         Some(validate::phone),
     ),

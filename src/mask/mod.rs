@@ -14,6 +14,7 @@ pub mod corpus;
 pub mod detectors;
 pub mod documents;
 pub mod encoded;
+pub mod eval;
 pub mod injected;
 pub mod json;
 pub mod lines;
@@ -925,5 +926,7 @@ fn regex_syntax_escape(word: &str) -> String {
     out
 }
 
+#[cfg(test)]
+mod detector_tests;
 #[cfg(test)]
 mod tests;

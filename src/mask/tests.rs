@@ -33,7 +33,7 @@ pub const POSITIVES: &[(&str, &str)] = &[
     ("openai_key", "sk-proj-Ab3dE5gH7jK9mN1pQ3sT5vX7zA9cE1gI3kM5oQ7sU9wY1aC3eG5iK7mO9qS1uW3yA5"),
     ("openai_key", "sk-Zq8Xw2Ec4Rv6Tb8Yn0Um2Ik4Ol6Pa8Sd0Fg2Hj4Kl6Zx8Cv"),
     ("openai_key", "sk-svcacct-Rt5Yu7Io9Pa1Sd3Fg5Hj7Kl9Zx1Cv3Bn5Mq7Wl9Ek2Rj4Tk6Yl8Um0Io"),
-    ("aws_access_key_id", "AKIAIOSFODNN7EXAMPLE"),
+    ("aws_access_key_id", "AKIAWD2FRLHBOX3PFQQM"),
     ("github_token", "ghp_a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8"),
     ("github_token", "github_pat_11ABCDEFG0123456789abc_abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456"),
     ("slack_token", "xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx"),
@@ -48,6 +48,14 @@ pub const POSITIVES: &[(&str, &str)] = &[
     ("iban", "DE89 3704 0044 0532 0130 00"),
     ("iban", "GB82WEST12345698765432"),
     ("us_ssn", "536-22-1234"),
+    ("us_itin", "912-70-1234"),
+    ("azure_client_secret", "eqD8Q~z6LBlnvEGm1vb4R1v0iEL20MgKndrQ3Fvk"),
+    ("huggingface_token", "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"),
+    ("npm_token", "npm_OEcAZfrmxKjN1XflVGzNRxsfN6SPMkch6Vlb"),
+    ("pypi_token", "pypi-AgEIcHlwaS5vcmcrrL8LgfnPdrSluBA2OC3UCN6qTWNf-YSAuAO02hfO28u1UFOeL5wZV_c2x4y3i6aYWGhe1"),
+    ("gitlab_token", "glpat-Wh7eBERjPZthNbWHMnIPm2wYtrT.01s1588sv"),
+    ("twilio_key", "SK074243983221f188d062456f1480c1d1"),
+    ("sendgrid_key", "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"),
     ("phone", "+1 415 555 2671"),
     ("phone", "(415) 555-2671"),
     ("phone", "+442071838750"),
@@ -62,8 +70,19 @@ pub const POSITIVES: &[(&str, &str)] = &[
 const IN_CONTEXT: &[(&str, &str, &str)] = &[
     (
         "aws_secret_key",
-        "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
-        "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        "aws_secret_access_key = Bws/P0RVC2gWOoihqoxo3KqTvmUQL6AYKeue6Yfq",
+        "Bws/P0RVC2gWOoihqoxo3KqTvmUQL6AYKeue6Yfq",
+    ),
+    ("us_ssn", "SSN: 912-34-5678", "912-34-5678"),
+    (
+        "azure_storage_key",
+        "AccountName=acme;AccountKey=LkcN2WTqyI4bC6dnk/1c3ThAeVwBUVKOk8w95uxwPzokm2eJJQnVKN6BHtnp/EQsmXv5eh1YcuCbCh4lScW+ye==;EndpointSuffix=core.windows.net",
+        "LkcN2WTqyI4bC6dnk/1c3ThAeVwBUVKOk8w95uxwPzokm2eJJQnVKN6BHtnp/EQsmXv5eh1YcuCbCh4lScW+ye==",
+    ),
+    (
+        "gcp_service_account",
+        r#""private_key_id": "a37fe80ac04c605ed2d8f598271fc0ed9adb98a5","#,
+        "a37fe80ac04c605ed2d8f598271fc0ed9adb98a5",
     ),
     (
         "bearer_token",
@@ -119,7 +138,7 @@ const NEGATIVES: &[&str] = &[
     "00:1a:2b:3c:4d:5e 12:30:45 <p>hello</p> a@b",
 ];
 
-fn findings(e: &Engine, text: &str) -> Vec<(String, String)> {
+pub(super) fn findings(e: &Engine, text: &str) -> Vec<(String, String)> {
     e.scan(text.as_bytes())
         .iter()
         .filter(|f| f.valid)
@@ -181,7 +200,7 @@ fn actions() {
     rules.detectors.insert("email".into(), Action::Pseudonymize);
     rules.detectors.insert("phone".into(), Action::Hash);
     rules.detectors.insert("ipv4".into(), Action::Allow);
-    let text = "mail jane.doe@example.com or bob@example.org, call +14155552671, key AKIAIOSFODNN7EXAMPLE, host 203.0.113.7, again jane.doe@example.com";
+    let text = "mail jane.doe@example.com or bob@example.org, call +14155552671, key AKIAWD2FRLHBOX3PFQQM, host 203.0.113.7, again jane.doe@example.com";
     let (out, tally) = e.mask(text, &rules, Some(&vault), false);
     let hash = e.keyed_hash("+14155552671");
     assert_eq!(
@@ -602,8 +621,8 @@ fn mask_body_shortcut_equals_the_walk() {
     let mut bodies: Vec<Vec<u8>> = vec![
         br#"{"model":"m","messages":[{"role":"user","content":"hello there"}]}"#.to_vec(),
         br#"{"content":"ACME-1234"}"#.to_vec(),
-        br#"{"content":"line one\nline two \"quoted\" \u0041KIAIOSFODNN7EXAMPLE"}"#.to_vec(),
-        br#"{"content":"AKIA\u0049OSFODNN7EXAMPLE"}"#.to_vec(),
+        br#"{"content":"line one\nline two \"quoted\" \u0041KIAWD2FRLHBOX3PFQQM"}"#.to_vec(),
+        br#"{"content":"AKIA\u0057D2FRLHBOX3PFQQM"}"#.to_vec(),
         br#"{"content":"4111 1111\n1111 1111"}"#.to_vec(),
         b"plain text with jane.doe@example.com in it".to_vec(),
         b"plain text with nothing".to_vec(),
@@ -714,7 +733,7 @@ fn lanes_survive_their_cache_being_cleared() {
     let e = Engine::new(&[], [7; 32]).unwrap().with_tiny_lane_cache();
     let filler = "lorem ipsum, dolor sit amet; 12 ab: ".repeat(90);
     for v in [
-        "AKIAIOSFODNN7EXAMPLE",
+        "AKIAWD2FRLHBOX3PFQQM",
         "4111 1111 1111 1111",
         "203.0.113.7",
         "",
