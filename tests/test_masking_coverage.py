@@ -170,3 +170,18 @@ def test_the_route_key_split_across_events_never_reaches_the_agent(gw, mock):
         assert text == "key: " + "*" * len(HEX_KEY) + " ok", (cut, text)
         for n in range(6, len(HEX_KEY) + 1):
             assert HEX_KEY[:n] not in body.decode() and HEX_KEY[-n:] not in body.decode(), (cut, body)
+
+
+@pytest.mark.parametrize("content_type", ["text/plain; charset=utf-8", "application/x-ndjson", "text/x-unknown"])
+def test_an_sse_body_under_another_label_is_masked_as_sse(gw, content_type):
+    """An SDK asked to stream parses the body as SSE whatever its content type. On da8353c (text)
+    and on a58933b (NDJSON) such a body was masked as text or lines, and a key split across two
+    events reached the agent in halves, which the SDK joined."""
+    a, b = "sk-ant-api03-AbCd", "EfGhIjKlMnOpQrStUvWxYz0123456789"
+    docs = [{"id": "c1", "choices": [{"index": 0, "delta": {"content": p}}]} for p in ["key " + a, b + " end"]]
+    status, _, body = answer(gw, content_type, sse(*docs))
+    assert status == 200
+    text = body.decode()
+    assert a not in text and b not in text, text
+    joined = "".join(d["choices"][0]["delta"]["content"] for _, d in events(body) if isinstance(d, dict))
+    assert joined == "key [REDACTED:ANTHROPIC_KEY] end", joined

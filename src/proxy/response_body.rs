@@ -11,7 +11,7 @@
 use super::error::ApiError;
 use super::headers;
 use super::routes::{RouteMasking, RouteRuntime};
-use crate::mask::injected::StreamScrubber;
+use crate::mask::injected::{SecretSet, StreamScrubber};
 use crate::mask::lines::LinesMasker;
 use crate::mask::sse::{SseError, SseMasker};
 use crate::mask::stream::StreamMasker;
@@ -27,6 +27,10 @@ use std::sync::Arc;
 enum Masking {
     /// No masking policy, or a binary body: passed as it is.
     Pass,
+    /// Text or NDJSON by its label, not decided yet: an SSE client (an SDK asked to stream)
+    /// parses a body as SSE whatever its content type, so one that opens like SSE is masked as
+    /// SSE. The first line (or 256 bytes) decides.
+    Sniff(Form, Vec<u8>, Option<Arc<Vault>>, Option<Arc<SecretSet>>),
     Sse(SseMasker),
     /// NDJSON / JSON Lines / JSON text sequences.
     Lines(LinesMasker),
@@ -142,6 +146,20 @@ impl ResponseBody {
     ) -> Option<Vec<u8>> {
         match &mut self.masking {
             Masking::Pass | Masking::Blocked => None,
+            Masking::Sniff(form, buf, vault, secrets) => {
+                if let Some(b) = body.as_ref() {
+                    buf.extend_from_slice(b);
+                }
+                if !end && !buf.contains(&b'\n') && buf.len() < 256 {
+                    return Some(Vec::new());
+                }
+                let sse = opens_like_sse(buf);
+                let form = if sse { Form::Sse } else { *form };
+                let whole = std::mem::take(buf);
+                self.masking = stream_masker(form, m, vault.take(), secrets.take(), false);
+                let mut rest = Some(Bytes::from(whole));
+                self.mask(&mut rest, end, m, max)
+            }
             Masking::Sse(sse) => {
                 let r = stream_chunk(body, end, m, sse);
                 self.after_stream(r, end)
@@ -370,8 +388,31 @@ fn masking_for(
     secrets: Option<Arc<crate::mask::injected::SecretSet>>,
     whole_events: bool,
 ) -> Result<Masking> {
-    let (engine, rules) = (m.engine.clone(), m.response.clone());
     let masking = match form {
+        Form::Json => Masking::Json(Vec::new(), vault),
+        Form::Binary => return Ok(Masking::Pass),
+        Form::Text | Form::Lines { .. } if !whole_events => {
+            Masking::Sniff(form, Vec::new(), vault, secrets)
+        }
+        form => stream_masker(form, m, vault, secrets, whole_events),
+    };
+    resp.remove_header(&header::CONTENT_LENGTH);
+    if resp.version != http::Version::HTTP_2 {
+        resp.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+    }
+    Ok(masking)
+}
+
+/// The masker of a streamed form (SSE, lines, text).
+fn stream_masker(
+    form: Form,
+    m: &RouteMasking,
+    vault: Option<Arc<Vault>>,
+    secrets: Option<Arc<SecretSet>>,
+    whole_events: bool,
+) -> Masking {
+    let (engine, rules) = (m.engine.clone(), m.response.clone());
+    match form {
         Form::Sse => {
             let sse = SseMasker::new(engine, rules, vault, m.restore).with_secrets(secrets);
             Masking::Sse(if whole_events {
@@ -383,18 +424,25 @@ fn masking_for(
         Form::Lines { seq } => Masking::Lines(
             LinesMasker::new(engine, rules, vault, m.restore, seq).with_secrets(secrets),
         ),
-        Form::Json => Masking::Json(Vec::new(), vault),
-        Form::Text => Masking::Text(
+        _ => Masking::Text(
             StreamMasker::new(engine, rules, vault, m.restore),
             Vec::new(),
         ),
-        Form::Binary => return Ok(Masking::Pass),
-    };
-    resp.remove_header(&header::CONTENT_LENGTH);
-    if resp.version != http::Version::HTTP_2 {
-        resp.insert_header(header::TRANSFER_ENCODING, "chunked")?;
     }
-    Ok(masking)
+}
+
+/// Whether a body begins as an SSE stream does: a `data:`, `event:`, `id:` or `retry:` field or
+/// a `:` comment on its first line (after a BOM and blank lines).
+fn opens_like_sse(b: &[u8]) -> bool {
+    let b = b.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(b);
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let b = &b[start..];
+    [&b"data:"[..], b"event:", b"id:", b"retry:", b":"]
+        .iter()
+        .any(|f| b.starts_with(f))
 }
 
 /// A whole JSON answer masked as JSON, or as text when it does not parse.
