@@ -183,23 +183,18 @@ fn element(a: &[Value], seg: &Seg) -> Option<usize> {
     }
 }
 
+/// The child of `cur` that `seg` names.
+fn child<'a>(cur: &'a Value, seg: &Seg) -> Option<&'a Value> {
+    match (seg, cur) {
+        (Seg::Key(k), Value::Object(o)) => o.get(k),
+        (seg, Value::Array(a)) => element(a, seg).map(|i| &a[i]),
+        _ => None,
+    }
+}
+
 /// Whether `v` has a string at `path`.
 fn has_leaf(v: &Value, path: &[Seg]) -> bool {
-    let mut cur = v;
-    for seg in path {
-        cur = match (seg, cur) {
-            (Seg::Key(k), Value::Object(o)) => match o.get(k) {
-                Some(x) => x,
-                None => return false,
-            },
-            (seg, Value::Array(a)) => match element(a, seg) {
-                Some(i) => &a[i],
-                None => return false,
-            },
-            _ => return false,
-        };
-    }
-    cur.is_string()
+    path.iter().try_fold(v, child).is_some_and(Value::is_string)
 }
 
 fn leaf_mut<'a>(v: &'a mut Value, path: &[Seg]) -> Option<&'a mut Value> {
@@ -232,17 +227,10 @@ fn finished_on_path(v: &Value, path: &[Seg]) -> bool {
                 return true;
             }
         }
-        cur = match (seg, cur) {
-            (Seg::Key(k), Value::Object(o)) => match o.get(k) {
-                Some(x) => x,
-                None => return false,
-            },
-            (seg, Value::Array(a)) => match element(a, seg) {
-                Some(i) => &a[i],
-                None => return false,
-            },
-            _ => return false,
-        };
+        match child(cur, seg) {
+            Some(x) => cur = x,
+            None => return false,
+        }
     }
     false
 }
