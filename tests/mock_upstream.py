@@ -296,8 +296,8 @@ class Handler(BaseHTTPRequestHandler):
         tool_results = [m for m in messages if m.get("role") == "tool"]
         tools = req.get("tools") or []
         if tools and not tool_results:
-            name = tools[0]["function"]["name"]
-            call = {"id": "call_1", "type": "function", "function": {"name": name, "arguments": json.dumps({"city": "Paris"})}}
+            name, arguments = self._tool_call([t["function"]["name"] for t in tools])
+            call = {"id": "call_1", "type": "function", "function": {"name": name, "arguments": arguments}}
             self._json(200, chat_completion(None, [call]))
             return
         text = "The tool said: " + tool_results[-1]["content"] if tool_results else "Hello from the mock upstream."
@@ -326,6 +326,16 @@ class Handler(BaseHTTPRequestHandler):
         self._sse_send("[DONE]")
         self._sse_end()
 
+    def _tool_call(self, offered: list[str]) -> tuple[str, str]:
+        """The tool call the model makes: the first tool offered with `{"city": "Paris"}`, or
+        `x-mock-call: {"name": N, "arguments": {...}}` (N must be among the tools offered)."""
+        scripted = self.headers.get("x-mock-call")
+        if scripted:
+            want = json.loads(scripted)
+            if want["name"] in offered:
+                return want["name"], json.dumps(want.get("arguments", {}))
+        return offered[0], json.dumps({"city": "Paris"})
+
     def _scripted(self, default: str, prompt: str) -> str:
         """`x-mock-echo: 1` answers with the prompt; `x-mock-say: TEXT` answers TEXT."""
         if self.headers.get("x-mock-echo"):
@@ -347,12 +357,13 @@ class Handler(BaseHTTPRequestHandler):
         outputs = [i for i in items if isinstance(i, dict) and i.get("type") == "function_call_output"]
         tools = [t for t in (req.get("tools") or []) if t.get("type") == "function"]
         if tools and not outputs:
+            name, arguments = self._tool_call([t["name"] for t in tools])
             call = {
                 "id": "fc_mock",
                 "type": "function_call",
                 "call_id": "call_1",
-                "name": tools[0]["name"],
-                "arguments": json.dumps({"city": "Paris"}),
+                "name": name,
+                "arguments": arguments,
                 "status": "completed",
             }
             if req.get("stream"):
@@ -404,9 +415,9 @@ class MockServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, ssl_ctx: ssl.SSLContext | None, host: str = "127.0.0.1") -> None:
+    def __init__(self, ssl_ctx: ssl.SSLContext | None, host: str = "127.0.0.1", port: int = 0) -> None:
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        super().__init__((host, 0), Handler)
+        super().__init__((host, port), Handler)
         self.state = MockState()
         self.ssl_ctx = ssl_ctx
 
