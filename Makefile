@@ -1,4 +1,6 @@
-# agentgate — two commands do all the set-up on a fresh Debian machine with the Rust toolchain:
+# agentgate — a few commands do all the set-up on a fresh Debian machine with the Rust toolchain:
+#   make demo   every promise on this machine, no provider key: a stand-in model, an MCP server
+#               and a sign-in page behind the gateway, an OpenAI Agents SDK agent (conf/demo.yaml)
 #   make run    build and start the gateway on conf/agentgate.yaml
 #   make test   the whole test suite (rustfmt and clippy first, then unit, config checks,
 #               integration with real TLS and SDKs)
@@ -10,7 +12,7 @@ PY := $(VENV)/bin/python
 BIN := target/debug/agentgate
 CONFIG ?= conf/agentgate.yaml
 
-.PHONY: run test build deps test-deps venv soak unit check-conf integration fmt lint clean-state bench bench-smoke bench-deps eval-masking
+.PHONY: demo run test build deps test-deps venv soak unit check-conf integration fmt lint clean-state bench bench-smoke bench-deps eval-masking
 
 ## Install the Debian packages BoringSSL's build and the test suite need, when missing.
 deps:
@@ -78,8 +80,10 @@ run: build
 unit: deps
 	$(CARGO) test --locked
 
-check-conf: build
-	@for f in conf/*.yaml; do ./$(BIN) check --skip-secrets --config $$f || exit 1; done
+## conf/demo.yaml names files demo/run.py makes (a CA, tokens): checked whole, with them in place.
+check-conf: build venv
+	@for f in conf/*.yaml; do [ $$f = conf/demo.yaml ] || ./$(BIN) check --skip-secrets --config $$f || exit 1; done
+	@$(PY) demo/run.py --check-config
 
 ## A real OpenID provider (oidc-provider from npm) for the end-to-end identity test.
 tests/oidc/node_modules/.installed: tests/oidc/package.json tests/oidc/package-lock.json
@@ -90,6 +94,11 @@ tests/oidc/node_modules/.installed: tests/oidc/package.json tests/oidc/package-l
 tests/console/node_modules/.installed: tests/console/package.json tests/console/package-lock.json
 	npm ci --silent --no-audit --no-fund --prefix tests/console
 	touch $@
+
+## The first ten minutes (demo/run.py): everything on loopback in a temporary directory, removed at
+## the end (also on Ctrl-C). DEMO_ARGS=--auto-approve approves the held call itself; see --help.
+demo: build venv tests/oidc/node_modules/.installed
+	$(PY) demo/run.py $(DEMO_ARGS)
 
 integration: build venv test-deps tests/oidc/node_modules/.installed tests/console/node_modules/.installed
 	cd tests && ../$(PY) -m pytest -q

@@ -98,7 +98,7 @@ def port_of(address: str) -> int:
 class Demo:
     """The demo's directory, its processes and their ports."""
 
-    def __init__(self, free_ports: bool) -> None:
+    def __init__(self, free_ports: bool, check_only: bool = False) -> None:
         self.dir = pathlib.Path(tempfile.mkdtemp(prefix="agentgate-demo-"))
         self.procs: dict[str, subprocess.Popen] = {}
         self.mock: MockServer | None = None
@@ -112,7 +112,7 @@ class Demo:
             "idp": port_of(cfg["admin"]["console"]["issuer"]),
             "tools": port_of(routes["tools"]["upstream"]["url"]),
         }
-        busy = [p for p in self.ports.values() if not port_free(p)]
+        busy = [] if check_only else [p for p in self.ports.values() if not port_free(p)]
         if free_ports or busy:
             if busy and not free_ports:
                 say(f"note: port(s) {', '.join(map(str, busy))} in use; the demo runs on free ports instead")
@@ -445,6 +445,10 @@ def findings(demo: Demo, agent_output: str) -> list[str]:
     return problems
 
 
+def interrupted(*_) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--auto-approve", action="store_true", help="approve the held call with the printed CLI command")
@@ -456,8 +460,8 @@ def main() -> int:
     if not BINARY.exists():
         raise SystemExit(f"{BINARY} is missing: run `make demo` (it builds it)")
     # Ctrl-C and SIGTERM both end in the `finally` below, which stops everything and cleans up.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    demo = Demo(free_ports=args.free_ports or args.check_config)
+    signal.signal(signal.SIGTERM, interrupted)
+    demo = Demo(free_ports=args.free_ports, check_only=args.check_config)
     try:
         demo.prepare()
         if args.check_config:

@@ -197,6 +197,8 @@ function answer(rec) {
     for (const ev of events) {
       const d = parseJson(ev.data);
       if (!d) continue;
+      if (d.jsonrpc && d.result && Array.isArray(d.result.content)) text += contentText(d.result.content);
+      if (d.jsonrpc && d.error) text += `error ${d.error.code}: ${d.error.message}`;
       const ch = d.choices && d.choices[0];
       if (ch && ch.delta) {
         if (ch.delta.content) text += ch.delta.content;
@@ -216,6 +218,8 @@ function answer(rec) {
       for (const c of msg.tool_calls || []) calls.push({ name: c.function.name, arguments: c.function.arguments });
     } else if (body && body.output_text) {
       text = body.output_text;
+    } else if (body && body.jsonrpc && body.result && Array.isArray(body.result.content)) {
+      text = contentText(body.result.content);
     } else if (body && Array.isArray(body.content)) {
       text = body.content.map(p => p.text || "").join("");
     }
@@ -262,6 +266,19 @@ async function showExchange(id) {
     const msgs = (req.messages || []).map(m => message(m.role, contentText(m.content),
       (m.tool_calls || []).map(c => ({ name: c.function.name, arguments: c.function.arguments }))));
     if (typeof req.input === "string") msgs.push(message("user", req.input));
+    // The Responses API's items (what the Agents SDK sends): messages, tool calls, tool results.
+    for (const item of Array.isArray(req.input) ? req.input : []) {
+      if (item.type === "function_call") msgs.push(message("assistant", "", [{ name: item.name, arguments: item.arguments }]));
+      else if (item.type === "function_call_output") msgs.push(message("tool", contentText(item.output)));
+      else if (item.role) msgs.push(message(item.role, contentText(item.content)));
+    }
+    // MCP (JSON-RPC): each request, a tool call with its arguments; the answer is the tool's.
+    const rpc = [req].flat().filter(m => m && m.jsonrpc && m.method);
+    for (const m of rpc) {
+      const p = m.params || {};
+      msgs.push(message("agent", m.method === "tools/call" ? "" : `${m.method}${p.name ? " " + p.name : ""}`,
+        m.method === "tools/call" ? [{ name: p.name, arguments: JSON.stringify(p.arguments || {}) }] : []));
+    }
     const tools = (req.tools || []).map(t => (t.function && t.function.name) || t.name).filter(Boolean);
     const a = answer(rec);
     const d = rec.decisions || {};
@@ -276,7 +293,7 @@ async function showExchange(id) {
       ]),
       el("h3", {}, "Conversation"),
       ...msgs,
-      message("assistant", a.text, a.calls),
+      message(rpc.length ? "tool" : "assistant", a.text, a.calls),
       el("h3", {}, "Decision trail"),
       meta([
         ["Masking", d.masked ? JSON.stringify(d.masked) : "nothing masked"],
