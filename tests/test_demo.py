@@ -40,6 +40,7 @@ class DemoRun:
         self.proc = subprocess.Popen([sys.executable, "-u", str(RUN), "--free-ports", *args], cwd=ROOT, env=env, text=True,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         self.lines: list[str] = []
+        self.ended = False  # its output closed (it exited)
         self.changed = threading.Condition()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -49,6 +50,7 @@ class DemoRun:
                 self.lines.append(line.rstrip("\n"))
                 self.changed.notify_all()
         with self.changed:
+            self.ended = True
             self.changed.notify_all()
 
     @property
@@ -64,7 +66,7 @@ class DemoRun:
                 m = re.search(pattern, "\n".join(self.lines))
                 if m:
                     return m
-                if self.proc.poll() is not None and not self.proc.stdout.readable():
+                if self.ended:
                     break
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -80,10 +82,14 @@ class DemoRun:
             raise AssertionError(f"the demo did not end in {timeout} s:\n{self.text[-6000:]}") from None
 
     def kill(self) -> None:
-        """Ends the whole process group if it still runs (the test failed half-way)."""
+        """Ends the whole process group if it still runs, and removes what it left (the test
+        failed half-way)."""
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+        m = re.search(r"working directory \(removed at the end\): (\S+)", self.text)
+        if m and pathlib.Path(m.group(1)).name.startswith("agentgate-demo-"):
+            shutil.rmtree(m.group(1), ignore_errors=True)
 
     @property
     def workdir(self) -> pathlib.Path:

@@ -57,9 +57,9 @@ try {
     const card = page.locator(`article[data-id="${cfg.approval_id}"]`);
     await card.waitFor({ timeout: 15000 });
     seen.card = await card.textContent();
-    expect(seen.card.includes('delete_repo') && seen.card.includes('payments-prod'), 'the card shows the tool call');
+    expect(seen.card.includes('MCP tool call') && seen.card.includes('delete_repo({"name":"payments-prod"})'), 'the card shows the tool call');
+    expect(seen.card.includes('Delete a repository for good.'), "the card shows what the tool's server says it does");
     expect(seen.card.includes('demo-agent'), 'the card shows the requester');
-    await card.locator('details').evaluate((d) => { d.open = true; });
     await page.screenshot({ path: `${cfg.out}/demo-approval-pending.png` });
   } else {
     seen.masked = await openExchange(page, cfg.masked_id);

@@ -88,6 +88,12 @@ function approvalCard(a) {
     card.append(el("div", {}, el("strong", {}, "Tool calls"),
       el("pre", {}, s.tool_calls.map(c => `${c.name}(${c.arguments || ""})`).join("\n"))));
   }
+  // MCP requests: the tool (and what its server says it does) with the arguments, masked.
+  for (const m of s.mcp || []) {
+    card.append(el("div", {}, el("strong", {}, m.method === "tools/call" ? "MCP tool call" : `MCP ${m.method}`),
+      m.description ? el("p", { class: "hint" }, `${m.name}: ${m.description}`) : null,
+      el("pre", {}, m.name ? `${m.name}(${m.arguments || ""})` : m.method)));
+  }
   card.append(el("details", {}, el("summary", {}, "Masked request body"), el("pre", {}, s.body_excerpt || "")));
   if (a.can_decide) {
     const reason = el("textarea", { id: `${id}-reason`, name: "reason", required: true, "aria-label": `Reason for the decision on ${a.rule}` });
