@@ -126,7 +126,9 @@ async def step_approval() -> None:
             result = await Runner.run(agent, f"Delete the {REPO} repository, we are moving off it.")
         except Exception as e:  # a denial or an expiry reaches the SDK as an MCP error
             say(f"  the call did not run:  {e}")
-            check(False, "the tool call was approved and ran")
+            refused = "denied by" in str(e) or "no decision within" in str(e)
+            check(refused, "the gateway answered the held call with the decision")
+            check(not any(e.get("tool") == "delete_repo" for e in tool_log()), "the tool server never received it")
             return
     final = result.final_output
     text = final

@@ -391,10 +391,10 @@ def the_record(demo: Demo) -> list[str]:
     for e in (e for e in entries if e.get("route") == "tools"):
         shown = demo.agentgate("sessions", "show", e["id"], "--dir", str(demo.records))
         if "delete_repo" in shown.stdout and "approval" in shown.stdout:
-            show(demo, "step 3's tool call, with who approved it and why", e["id"])
+            show(demo, "step 3's tool call, with who decided and why", e["id"])
             break
     else:
-        problems.append("no record of the approved delete_repo call")
+        problems.append("no record of the held delete_repo call")
     if not wait_for_checkpoint(demo, n - 1):
         problems.append("no signed checkpoint covering the last record")
     pubkey = demo.agentgate("audit", "pubkey", "--config", str(demo.config)).stdout.strip()

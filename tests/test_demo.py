@@ -219,6 +219,27 @@ def test_demo_auto_approve_runs_unattended():
     assert_cleaned_up(run, workdir)
 
 
+def test_a_denial_is_shown_and_recorded():
+    run = DemoRun("--no-wait")
+    try:
+        workdir = run.workdir
+        command = run.wait_for(r"from a shell in the repository:\n\s+(\./target/debug/agentgate approvals .+)").group(1)
+        run.wait_for(r"\.\.\. waiting for a decision")
+        denied = subprocess.run(["bash", "-c", command.replace(" approve ", " deny ")], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert denied.returncode == 0, denied.stderr
+        assert run.finish() == 0, run.text[-6000:]
+    finally:
+        run.kill()
+    out = run.text
+    assert "the call did not run:  Error invoking MCP tool delete_repo: rule `destructive-tools` needs an approval: denied by alice" in out
+    assert "[ok] the tool server never received it" in out and "approved; the tool server ran it" not in out
+    # The record of the refused call names the call and the decision.
+    assert re.search(r'# step 3\'s tool call.*\n.*\n(.*\n)*?\[tool call \d+\] delete_repo \{"name":"payments-prod"\}', out), out
+    assert "error approval_denied" in out and '"decision":"deny"' in out
+    assert "agentgate_mcp_calls_total{outcome=\"denied\",route=\"tools\",tool=\"delete_repo\"} 1" in out
+    assert_cleaned_up(run, workdir)
+
+
 def test_ctrl_c_while_a_call_is_held_stops_everything_and_cleans_up():
     run = DemoRun("--no-wait")
     try:

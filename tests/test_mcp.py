@@ -393,6 +393,34 @@ def test_a_denied_tool_call_gets_a_jsonrpc_error(mcp_gateway, transport):
     assert gw.wait_metric("agentgate_mcp_calls_total", 1, route="tools", tool="delete_repo", outcome="denied") == 1
 
 
+def test_a_denied_tool_call_is_recorded_with_the_call_it_asked_for(mcp_gateway):
+    """A held tools/call that is denied never goes upstream, and its record still names the tool
+    and the arguments that were asked for, beside the decision (it kept an empty body before:
+    only a forwarded body reached the record)."""
+    gw, up = mcp_gateway(policy=APPROVAL_POLICY, route_fields={"approvals": ["repo-deletion"]},
+                         identity=people_identity(APPROVERS), extra=repo_deletion(), admin={"auditors": ["security-oncall"]})
+    call = ToolCallInBackground(gw, "delete_repo", {"name": "prod, owner jane.roe@example.com"})
+    [a] = wait_pending(gw)
+    assert cli(gw, "bob", "deny", a["id"], "--reason", "not during the freeze").returncode == 0
+    mcp_error(call.outcome()[1])
+    records = gw.state_dir / "var" / "records"
+    denied = ""
+    for _ in range(200):
+        idx = records / "index.jsonl"
+        for e in [json.loads(l) for l in idx.read_text().splitlines()] if idx.exists() else []:
+            shown = subprocess.run([str(BINARY), "sessions", "show", e["id"], "--dir", str(records)], capture_output=True,
+                                   text=True, timeout=30).stdout
+            if "error approval_denied" in shown:
+                denied = shown
+        if denied:
+            break
+        time.sleep(0.05)
+    assert re.search(r'\[tool call \d+\] delete_repo \{"name":"prod, owner \[REDACTED:EMAIL\]"\}', denied), denied
+    assert '"state":"denied"' in denied and "not during the freeze" in denied and a["id"] in denied, denied
+    assert not any(e.get("tool") == "delete_repo" for e in up.log())
+    assert all("jane.roe@example.com" not in p.read_text() for p in records.glob("seg-*.jsonl"))
+
+
 def test_an_expired_tool_call_gets_a_jsonrpc_error(mcp_gateway):
     gw, up = mcp_gateway(policy=APPROVAL_POLICY, route_fields={"approvals": ["repo-deletion"]},
                          identity=people_identity(APPROVERS), extra=repo_deletion(timeout="1s"))

@@ -158,6 +158,13 @@ impl Gateway {
                 &descriptions,
             )
             .await;
+        if !matches!(outcome, Outcome::Proceed(_)) {
+            // The request ends here, so no forwarded body reaches the record: keep the one the
+            // approval was asked for (the writer masks it like every body).
+            if let Some(c) = ctx.capture.as_mut() {
+                c.request_chunk(&bytes::Bytes::copy_from_slice(body));
+            }
+        }
         match outcome {
             Outcome::Proceed(evidence) => {
                 ctx.approval = evidence;
