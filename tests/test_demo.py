@@ -180,7 +180,7 @@ def test_demo_every_step_with_the_printed_approve_command_and_console_screenshot
         run.kill()
     out = run.text
     # Step 1: the upstream got a pseudonym and a redaction; the agent got its address back.
-    assert f"the model received:    Tell <EMAIL_1> that the staging key [REDACTED:OPENAI_KEY] was rotated this morning." in out
+    assert "the model received:    Tell <EMAIL_1> that the staging key [REDACTED:OPENAI_KEY] was rotated this morning." in out
     [back] = re.findall(r"the agent got back:    (.*)", out)
     assert EMAIL in back and "[REDACTED:OPENAI_KEY]" in back and "<EMAIL_1>" not in back and PROMPT_KEY not in back, back
     # Step 2: the guardrail's refusal, as the SDK raised it.
