@@ -259,6 +259,8 @@ def main() -> int:
     args = ap.parse_args()
     if not BINARY.exists():
         raise SystemExit(f"{BINARY} is missing: run `make demo` (it builds it)")
+    # Everything here is on loopback: never through a proxy the environment names.
+    os.environ["NO_PROXY"] = os.environ["no_proxy"] = "*"
     # Ctrl-C and SIGTERM both end in the `finally` below, which stops everything and cleans up.
     signal.signal(signal.SIGTERM, interrupted)
     demo = Demo(free_ports=args.free_ports, check_only=args.check_config)
