@@ -213,10 +213,21 @@ def findings(demo: Demo, agent_output: str) -> list[str]:
     from agent import EMAIL, PROMPT_KEY  # the values demo/agent.py sends
 
     heading("Step 5. Checked, not claimed")
+    # A caller the gateway does not know: refused before anything goes upstream.
+    before = len(demo.upstream_log.read_text().splitlines())
+    stranger = httpx.post(f"{demo.agent_url}/v1/responses", json={"model": "mock-model", "input": "hi"}, timeout=10,
+                          headers={"Authorization": "Bearer agt_not-a-token-this-gateway-issued"},
+                          verify=str(demo.dir / "state" / "tls" / "ca.pem"))
+    try:
+        refusal = stranger.json()["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        refusal = stranger.text[:80]
     upstream = [json.loads(l) for l in demo.upstream_log.read_text().splitlines() if l]
     tools = [json.loads(l) for l in demo.tools_log.read_text().splitlines() if l]
     stored = b"".join(p.read_bytes() for p in (demo.dir / "state").rglob("*") if p.is_file())
     rows = [
+        (f"a token the gateway did not issue is refused ({stranger.status_code} {refusal}) and nothing goes upstream",
+         stranger.status_code == 401 and len(upstream) == before),
         (f"the provider key was injected by the gateway on every model request ({len(upstream)})",
          bool(upstream) and all(u["authorization"] == f"Bearer {demo.provider_key}" for u in upstream)),
         ("the provider key appears nowhere the agent could see it (its environment, everything it received and printed)",

@@ -194,7 +194,8 @@ def test_demo_every_step_with_the_printed_approve_command_and_console_screenshot
     assert re.search(r'approval \[.*"subject":"alice".*"decision":"approve","reason":"change OPS-7 is planned".*"state":"approved"', out)
     assert re.search(r"intact: \d+ records in 1 segment\(s\)", out) and "checked against" in out and "(exit 0)" in out
     # Step 5 and the end: every finding holds, nothing failed.
-    assert out.count("[ok]") == 14 and "FAILED" not in out and "PROBLEM" not in out, out
+    assert "[ok] a token the gateway did not issue is refused (401 unknown_service_account)" in out
+    assert out.count("[ok]") == 15 and "FAILED" not in out and "PROBLEM" not in out, out
     assert "every step did what it promised." in out
     assert re.search(r"agentgate_approval_decisions_total\{decision=\"approved\",rule=\"destructive-tools\"\} 1", out)
     assert PROMPT_KEY in out.split("the agent sends:", 1)[1].splitlines()[0]  # the agent did send it
