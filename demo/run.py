@@ -103,10 +103,10 @@ class ApprovalWatch(threading.Thread):
         say("", "  --auto-approve: ran it as alice" + f" (exit {out.returncode}):")
         try:
             decided = json.loads(out.stdout)
-            for d in decided["decisions"]:
-                by = d["by"]
-                say(f"    approval {decided['id']}: {decided['state']}; {d['decision']} by {by['subject']} ({by['issuer']}, "
-                    f"{by.get('via', 'console')}): {d['reason']!r}")
+            for decision in decided["decisions"]:
+                by = decision["by"]
+                say(f"    approval {decided['id']}: {decided['state']}; {decision['decision']} by {by['subject']} ({by['issuer']}, "
+                    f"{by.get('via', 'console')}): {decision['reason']!r}")
         except (ValueError, KeyError):
             say(*("    " + l for l in (out.stdout + out.stderr).strip().splitlines()))
         say("")
@@ -126,6 +126,7 @@ def run_agent(demo: Demo, auto: bool) -> tuple[int, str, ApprovalWatch]:
         DEMO_TOOLS_LOG=str(demo.tools_log),
         PYTHONUNBUFFERED="1",
     )
+    demo.agent_env = env
     watch = ApprovalWatch(demo, auto)
     p = subprocess.Popen([sys.executable, str(ROOT / "demo" / "agent.py")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                          text=True, env=env, cwd=demo.dir)
@@ -230,8 +231,8 @@ def findings(demo: Demo, agent_output: str) -> list[str]:
          stranger.status_code == 401 and len(upstream) == before),
         (f"the provider key was injected by the gateway on every model request ({len(upstream)})",
          bool(upstream) and all(u["authorization"] == f"Bearer {demo.provider_key}" for u in upstream)),
-        ("the provider key appears nowhere the agent could see it (its environment, everything it received and printed)",
-         demo.provider_key not in agent_output and demo.provider_key not in json.dumps(dict(os.environ))),
+        ("the provider key is neither in the agent's environment nor in anything it printed of what came back",
+         demo.provider_key not in agent_output and demo.provider_key not in json.dumps(demo.agent_env)),
         ("the agent's own token never reached the model or the tool server",
          all(demo.agent_token not in json.dumps(u) for u in upstream) and demo.agent_token not in demo.tools_log.read_text()),
         ("the tool server got the gateway's credential, not the agent's",

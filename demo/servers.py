@@ -59,6 +59,7 @@ class Demo:
     def __init__(self, free_ports: bool, check_only: bool = False) -> None:
         self.dir = pathlib.Path(tempfile.mkdtemp(prefix="agentgate-demo-"))
         self.procs: dict[str, subprocess.Popen] = {}
+        self.agent_env: dict[str, str] = {}  # what demo/agent.py was started with
         self.mock: MockServer | None = None
         self.config_text = CONFIG.read_text()
         cfg = yaml.safe_load(self.config_text)
