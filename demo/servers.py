@@ -57,12 +57,12 @@ class Demo:
     """The demo's directory, its processes and their ports."""
 
     def __init__(self, free_ports: bool, check_only: bool = False) -> None:
-        self.dir = pathlib.Path(tempfile.mkdtemp(prefix="agentgate-demo-"))
         self.procs: dict[str, subprocess.Popen] = {}
         self.agent_env: dict[str, str] = {}  # what demo/agent.py was started with
         self.mock: MockServer | None = None
         self.config_text = CONFIG.read_text()
         cfg = yaml.safe_load(self.config_text)
+        self.dir = pathlib.Path(tempfile.mkdtemp(prefix="agentgate-demo-"))
         routes = {r["name"]: r for r in cfg["routes"]}
         self.ports = {
             "agents": port_of(cfg["listeners"][0]["address"]),
@@ -75,7 +75,9 @@ class Demo:
         if free_ports or busy:
             if busy and not free_ports:
                 print(f"note: port(s) {', '.join(map(str, busy))} in use; the demo runs on free ports instead", flush=True)
-            moved = {name: free_port() for name in self.ports}
+            moved: dict[str, int] = {}
+            while len(set(moved.values())) < len(self.ports):
+                moved = {name: free_port() for name in self.ports}
             for name, new in moved.items():
                 self.config_text = self.config_text.replace(f"127.0.0.1:{self.ports[name]}", f"127.0.0.1:{new}")
             self.ports = moved
