@@ -70,15 +70,16 @@ class ApprovalWatch(threading.Thread):
         self.start()
 
     def run(self) -> None:
-        try:
-            while not self.stop.is_set():
+        while not self.stop.is_set():
+            try:
                 pending = self.demo.approvals("pending")
-                if pending:
-                    self.held(pending[0])
-                    return
-                time.sleep(0.2)
-        except Exception as e:  # reported by the narrator; the agent's own output says what happened
-            self.error = repr(e)
+            except httpx.HTTPError as e:  # a slow answer on a busy machine: ask again
+                self.error = repr(e)
+                pending = []
+            if pending:
+                self.held(pending[0])
+                return
+            time.sleep(0.2)
 
     def held(self, a: dict) -> None:
         self.seen = a
@@ -273,8 +274,10 @@ def main() -> int:
         raise SystemExit(f"{BINARY} is missing: run `make demo` (it builds it)")
     # Everything here is on loopback: never through a proxy the environment names.
     os.environ["NO_PROXY"] = os.environ["no_proxy"] = "*"
-    # Ctrl-C and SIGTERM both end in the `finally` below, which stops everything and cleans up.
+    # Ctrl-C, SIGTERM and a closed terminal (SIGHUP, which the gateway itself takes as "reload")
+    # all end in the `finally` below, which stops everything and cleans up.
     signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGHUP, interrupted)
     demo = Demo(free_ports=args.free_ports, check_only=args.check_config)
     try:
         demo.prepare()

@@ -35,7 +35,9 @@ APPROVER = "alice"
 
 
 def port_free(port: int) -> bool:
+    """Whether nothing listens on `port` (a closed connection's TIME_WAIT does not count)."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
             return True

@@ -241,13 +241,16 @@ def test_a_denial_is_shown_and_recorded():
     assert_cleaned_up(run, workdir)
 
 
-def test_ctrl_c_while_a_call_is_held_stops_everything_and_cleans_up():
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP], ids=["ctrl-c", "terminal-closed"])
+def test_an_interrupt_while_a_call_is_held_stops_everything_and_cleans_up(sig):
+    """Ctrl-C, or the terminal going away (SIGHUP: the gateway alone would take it as "reload"
+    and stay), sent to the whole process group as a terminal does."""
     run = DemoRun("--no-wait")
     try:
         workdir = run.workdir
         run.wait_for(r"\.\.\. waiting for a decision")
         assert processes_using(workdir), "the demo's servers run from its directory"
-        os.killpg(run.proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        os.killpg(run.proc.pid, sig)
         assert run.finish(60) == 130
     finally:
         run.kill()

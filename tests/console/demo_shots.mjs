@@ -26,13 +26,13 @@ async function signIn() {
   const ctx = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1280, height: 800 } });
   const page = await ctx.newPage();
   await page.goto(cfg.console);
-  await page.waitForURL((u) => u.href.startsWith(cfg.issuer), { timeout: 15000 });
+  await page.waitForURL((u) => u.href.startsWith(cfg.issuer), { timeout: 60000 });
   await page.fill('input[name="login"]', 'alice');
   await page.fill('input[name="password"]', 'any password');
   await page.click('button[type="submit"]');
-  await page.waitForURL((u) => u.href.startsWith(cfg.console) || u.href.includes('/interaction/'), { timeout: 15000 });
+  await page.waitForURL((u) => u.href.startsWith(cfg.console) || u.href.includes('/interaction/'), { timeout: 60000 });
   if (page.url().includes('/interaction/')) await page.locator('button[type="submit"]').click();
-  await page.waitForURL(cfg.console, { timeout: 15000 });
+  await page.waitForURL(cfg.console, { timeout: 60000 });
   await page.waitForSelector('#me:not(:empty)');
   return { ctx, page };
 }
@@ -55,7 +55,7 @@ try {
   expect(seen.me.includes('alice') && seen.me.includes('security-oncall'), 'alice with her groups from the provider');
   if (cfg.stage === 'pending') {
     const card = page.locator(`article[data-id="${cfg.approval_id}"]`);
-    await card.waitFor({ timeout: 15000 });
+    await card.waitFor({ timeout: 60000 });
     seen.card = await card.textContent();
     expect(seen.card.includes('MCP tool call') && seen.card.includes('delete_repo({"name":"payments-prod"})'), 'the card shows the tool call');
     expect(seen.card.includes('Delete a repository for good.'), "the card shows what the tool's server says it does");
