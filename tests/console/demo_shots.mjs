@@ -44,8 +44,13 @@ async function openExchange(page, id) {
     await page.click('#search button[type="submit"]');
     await page.waitForTimeout(200);
   }
+  // The exchange shown before, if any: the new one has replaced it once the text changed.
+  const before = await page.evaluate(() => { const x = document.querySelector('#exchange'); return x.hidden ? null : x.textContent; });
   await row.click();
-  await page.waitForSelector('#exchange:not([hidden]) h2');
+  await page.waitForFunction((prev) => {
+    const x = document.querySelector('#exchange');
+    return !x.hidden && x.querySelector('h2') && x.textContent !== prev;
+  }, before, { timeout: 60000 });
   return page.textContent('#exchange');
 }
 
