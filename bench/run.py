@@ -289,6 +289,36 @@ routes:
         headers = {"x-portkey-provider": "openai", "x-portkey-custom-host": f"https://127.0.0.1:{upstream}/v1"}
         return System("portkey", port, p, h2=False, scheme="http", headers=headers)
 
+    def start_litellm(self, upstream: int) -> System | None:
+        """LiteLLM's proxy (`litellm[proxy]` from PyPI, its own venv under bench/litellm), offline
+        (the local model cost map), one worker, pointed at the same TLS mock. Like Portkey it
+        listens on plain HTTP (its TLS listener needs uvicorn's SSL options, which its CLI does
+        not pass with one worker), which favours it on the inbound leg."""
+        exe = ROOT / "bench" / "litellm" / ".venv" / "bin" / "litellm"
+        if not exe.exists():
+            print("litellm: not installed (make bench installs it into bench/litellm/.venv); skipped", flush=True)
+            return None
+        port = free_port()
+        conf = self.work / "litellm.yaml"
+        conf.write_text(f"""
+model_list:
+  - model_name: mock-model
+    litellm_params:
+      model: openai/mock-model
+      api_base: https://127.0.0.1:{upstream}/v1
+      api_key: sk-bench-route-key
+litellm_settings:
+  ssl_verify: {self.ca_file}
+  telemetry: false
+""")
+        env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True", SSL_CERT_FILE=str(self.ca_file),
+                   LITELLM_LOG="ERROR", DISABLE_SCHEMA_UPDATE="true", LITELLM_TELEMETRY="False",
+                   LITELLM_MASTER_KEY=AGENT_KEY)
+        p = self.spawn([str(exe), "--config", str(conf), "--host", "127.0.0.1", "--port", str(port),
+                        "--num_workers", "1"], "litellm", env=env)
+        wait_port(port, p, "litellm", timeout=120)
+        return System("litellm", port, p, h2=False, scheme="http")
+
     # --- measurements -----------------------------------------------------
     def wrk(self, system: System, conns: int, duration: float) -> dict:
         url = system.url("/v1/chat/completions")
@@ -431,6 +461,7 @@ def main() -> int:
             ("agentgate-recorded", lambda up: b.start_agentgate(up, "recorded")),
             ("agentgate-full", lambda up: b.start_agentgate(up, "full")),
             ("portkey", b.start_portkey),
+            ("litellm", b.start_litellm),
         )
         if args.baseline:
             base = pathlib.Path(args.baseline).resolve()
@@ -528,6 +559,9 @@ def render(args, systems, runs, h2, sse, streams, peak) -> str:
         "upstream trusted through the system roots (`SSL_CERT_FILE` = the bench CA)",
         "- portkey: `@portkey-ai/gateway` (Node.js) runs offline; it has no TLS listener, so its inbound leg is plain HTTP "
         "(a head start over the others), and it has no HTTP/2",
+        "- litellm: LiteLLM's proxy (`litellm[proxy]` from PyPI, Python, one uvicorn worker) runs offline with its local "
+        "cost map and a master key (it authenticates each request, as agentgate does); plain HTTP inbound like Portkey, "
+        "no HTTP/2, TLS to the mock",
         "- nginx and vanilla Pingora trust the bench CA directly; vanilla Pingora uses agentgate's allocator setup "
         "(mimalloc, no transparent huge pages) so the difference is agentgate's own code",
         "",
@@ -612,12 +646,46 @@ def render(args, systems, runs, h2, sse, streams, peak) -> str:
             if sse.get("agentgate-full") else []
         ),
         f"| ≤ 64 MB RSS with {args.streams} concurrent streams | {mem:.1f} MiB | {verdict(mem <= 64)} |",
+        *issue27_rows(runs, h2),
         *baseline_rows(runs),
         "",
         "Reproduce: `make bench` (release build; the measurements take about 6 minutes on 2 cores; `make bench-smoke` for a seconds-long check).",
         "",
     ]
     return "\n".join(out)
+
+
+def issue27_rows(runs, h2) -> list[str]:
+    """The performance plan's targets (issue 27): full policy against nginx and against
+    passthrough by CPU, passthrough CPU against vanilla Pingora, HTTP/2 inbound, and agentgate
+    against the Python and Node.js gateways teams would otherwise run."""
+    verdict = lambda ok: "met" if ok else "**missed**"
+    at = lambda n, c=64: agg(runs[(n, c)]) if (n, c) in runs else None
+    out = []
+    ng, va, ag, full = at("nginx"), at("vanilla-pingora"), at("agentgate"), at("agentgate-full")
+    if full and ng:
+        out.append(f"| full policy ≥ 0.5 × nginx req/s at c=64 | {full['rps'] / ng['rps']:.2f} × | {verdict(full['rps'] / ng['rps'] >= 0.5)} |")
+    if full and ag:
+        r = full["cpu_per_10k"] / ag["cpu_per_10k"]
+        out.append(f"| CPU per full-policy request ≤ 1.5 × a passthrough one (c=64) | {r:.2f} × | {verdict(r <= 1.5)} |")
+    if ag and va:
+        r = ag["cpu_per_10k"] / va["cpu_per_10k"]
+        out.append(f"| passthrough CPU per request ≤ 1.05 × vanilla Pingora's (c=64) | {r:.2f} × | {verdict(r <= 1.05)} |")
+    h2a, h2v = h2.get(("agentgate", 64)), h2.get(("vanilla-pingora", 64))
+    if isinstance(h2a, float) and isinstance(h2v, float):
+        out.append(f"| HTTP/2 inbound ≥ 0.9 × vanilla Pingora (h2load c=64) | {h2a / h2v:.2f} × | {verdict(h2a / h2v >= 0.9)} |")
+    d1 = at("direct", 1)
+    for other in ("litellm", "portkey"):
+        o, o1, a1 = at(other), at(other, 1), at("agentgate", 1)
+        if not (o and ag and o["rps"] > 0):
+            continue
+        r = ag["rps"] / o["rps"]
+        out.append(f"| passthrough ≥ 10 × {other} req/s at c=64 | {r:.1f} × | {verdict(r >= 10)} |")
+        if o1 and a1 and d1:
+            added_o, added_a = o1["p99"] - d1["p99"], a1["p99"] - d1["p99"]
+            share = added_a / added_o if added_o > 0 else float("inf")
+            out.append(f"| added p99 at c=1 ≤ 1/10 of {other}'s | {added_a / 1000:+.3f} vs {added_o / 1000:+.3f} ms ({share:.3f}) | {verdict(share <= 0.1)} |")
+    return out
 
 
 def baseline_rows(runs) -> list[str]:
