@@ -110,7 +110,13 @@ bench/portkey/node_modules/.installed: bench/portkey/package.json bench/portkey/
 
 ## Side-by-side benchmark (release build): writes bench/results/<date>.md and .png.
 ## BASELINE=path/to/agentgate runs another build's passthrough and full policy beside this one's.
-bench: deps bench-deps $(VENV)/.bench bench/portkey/node_modules/.installed
+## LiteLLM's proxy for the side-by-side, in a venv of its own (its pins are not the tests').
+bench/litellm/.venv/.installed: bench/litellm/requirements.txt
+	python3 -m venv bench/litellm/.venv
+	bench/litellm/.venv/bin/pip install -q --disable-pip-version-check -r bench/litellm/requirements.txt
+	touch $@
+
+bench: deps bench-deps $(VENV)/.bench bench/portkey/node_modules/.installed bench/litellm/.venv/.installed
 	$(CARGO) build --release --locked --bins --examples
 	$(PY) bench/run.py $(if $(BASELINE),--baseline $(BASELINE))
 	$(PY) bench/approvals.py

@@ -82,6 +82,22 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of one process by thread group: `writer` (the recorder's thread), `other`
+    (agentgate's session-log and checkpoint threads) and `proxy` (Pingora's workers and the rest)."""
+    out: dict[str, float] = {"proxy": 0.0, "writer": 0.0, "other": 0.0}
+    for task in pathlib.Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            comm = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        group = ("writer" if comm.startswith("agentgate recor")
+                 else "other" if comm.startswith(("agentgate sessi", "agentgate check")) else "proxy")
+        out[group] += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
+
+
 def rss_kb(pid: int, field: str = "VmRSS") -> int:
     total = 0
     for p in proc_tree(pid):
@@ -289,10 +305,41 @@ routes:
         headers = {"x-portkey-provider": "openai", "x-portkey-custom-host": f"https://127.0.0.1:{upstream}/v1"}
         return System("portkey", port, p, h2=False, scheme="http", headers=headers)
 
+    def start_litellm(self, upstream: int) -> System | None:
+        """LiteLLM's proxy (`litellm[proxy]` from PyPI, its own venv under bench/litellm), offline
+        (the local model cost map), one worker, pointed at the same TLS mock. Like Portkey it
+        listens on plain HTTP (its TLS listener needs uvicorn's SSL options, which its CLI does
+        not pass with one worker), which favours it on the inbound leg."""
+        exe = ROOT / "bench" / "litellm" / ".venv" / "bin" / "litellm"
+        if not exe.exists():
+            print("litellm: not installed (make bench installs it into bench/litellm/.venv); skipped", flush=True)
+            return None
+        port = free_port()
+        conf = self.work / "litellm.yaml"
+        conf.write_text(f"""
+model_list:
+  - model_name: mock-model
+    litellm_params:
+      model: openai/mock-model
+      api_base: https://127.0.0.1:{upstream}/v1
+      api_key: sk-bench-route-key
+litellm_settings:
+  ssl_verify: {self.ca_file}
+  telemetry: false
+""")
+        env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True", SSL_CERT_FILE=str(self.ca_file),
+                   LITELLM_LOG="ERROR", DISABLE_SCHEMA_UPDATE="true", LITELLM_TELEMETRY="False",
+                   LITELLM_MASTER_KEY=AGENT_KEY)
+        p = self.spawn([str(exe), "--config", str(conf), "--host", "127.0.0.1", "--port", str(port),
+                        "--num_workers", "1"], "litellm", env=env)
+        wait_port(port, p, "litellm", timeout=120)
+        return System("litellm", port, p, h2=False, scheme="http")
+
     # --- measurements -----------------------------------------------------
     def wrk(self, system: System, conns: int, duration: float) -> dict:
         url = system.url("/v1/chat/completions")
         cpu0 = cpu_seconds(system.pid)
+        threads0 = thread_cpu(system.pid) if system.name.startswith("agentgate") else None
         extra = [a for k, v in system.headers.items() for a in ("-H", f"{k}: {v}")]
         out = subprocess.run(
             ["wrk", "-t1", f"-c{conns}", f"-d{max(1, round(duration))}s", "--timeout", "10s", "--latency", "-s", str(ROOT / "bench" / "wrk_post.lua"), *extra, url],
@@ -305,6 +352,10 @@ routes:
         r = json.loads(line[len("WRK_JSON "):])
         r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
         r["cpu_per_10k"] = cpu / max(r["requests"], 1) * 10_000
+        if threads0 is not None:
+            # µs of each thread group per request (per-thread CPU from /proc).
+            t1 = thread_cpu(system.pid)
+            r["threads_us"] = {g: (t1[g] - threads0[g]) / max(r["requests"], 1) * 1e6 for g in t1}
         return r
 
     def h2load(self, system: System, conns: int, requests: int) -> float | str | None:
@@ -340,7 +391,7 @@ routes:
             for _ in range(requests):
                 t0 = time.monotonic_ns()
                 first = None
-                with c.stream("POST", system.url("/v1/chat/completions"), json={"stream": True},
+                with c.stream("POST", system.url("/v1/chat/completions"), json={"model": "mock-model", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
                               headers={"x-mock-events": "20", "x-mock-interval-ms": "2", "authorization": f"Bearer {AGENT_KEY}", **system.headers}) as r:
                     if r.status_code != 200:
                         print(f"{system.name}: SSE request answered {r.status_code}; SSE not measured", flush=True)
@@ -352,11 +403,14 @@ routes:
                         if first is None:
                             first = now
                             ttfb.append((now - t0) / 1e6)
-                        transit.append((now - json.loads(line[6:])["t"]) / 1e6)
+                        # A gateway that re-encodes events (LiteLLM) drops the mock's send time.
+                        sent = json.loads(line[6:]).get("t")
+                        if sent is not None:
+                            transit.append((now - sent) / 1e6)
         return {
             "ttfb_ms": statistics.median(ttfb),
-            "transit_p50_ms": statistics.median(transit),
-            "transit_p99_ms": quantile(transit, 0.99),
+            "transit_p50_ms": statistics.median(transit) if transit else float("nan"),
+            "transit_p99_ms": quantile(transit, 0.99) if transit else float("nan"),
         }
 
     def open_streams(self, system: System, n: int) -> int:
@@ -371,7 +425,7 @@ routes:
 
                 async def one() -> None:
                     nonlocal ready
-                    async with c.stream("POST", system.url("/v1/chat/completions"), json={"stream": True},
+                    async with c.stream("POST", system.url("/v1/chat/completions"), json={"model": "mock-model", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
                                         headers={"x-mock-events": "3", "x-mock-interval-ms": "30000", "authorization": f"Bearer {AGENT_KEY}", **system.headers}) as r:
                         async for _ in r.aiter_lines():
                             ready += 1
@@ -431,6 +485,7 @@ def main() -> int:
             ("agentgate-recorded", lambda up: b.start_agentgate(up, "recorded")),
             ("agentgate-full", lambda up: b.start_agentgate(up, "full")),
             ("portkey", b.start_portkey),
+            ("litellm", b.start_litellm),
         )
         if args.baseline:
             base = pathlib.Path(args.baseline).resolve()
@@ -528,6 +583,9 @@ def render(args, systems, runs, h2, sse, streams, peak) -> str:
         "upstream trusted through the system roots (`SSL_CERT_FILE` = the bench CA)",
         "- portkey: `@portkey-ai/gateway` (Node.js) runs offline; it has no TLS listener, so its inbound leg is plain HTTP "
         "(a head start over the others), and it has no HTTP/2",
+        "- litellm: LiteLLM's proxy (`litellm[proxy]` from PyPI, Python, one uvicorn worker) runs offline with its local "
+        "cost map and a master key (it authenticates each request, as agentgate does); plain HTTP inbound like Portkey, "
+        "no HTTP/2, TLS to the mock",
         "- nginx and vanilla Pingora trust the bench CA directly; vanilla Pingora uses agentgate's allocator setup "
         "(mimalloc, no transparent huge pages) so the difference is agentgate's own code",
         "",
@@ -578,6 +636,7 @@ def render(args, systems, runs, h2, sse, streams, peak) -> str:
     ttfb = sse["agentgate"]["ttfb_ms"] - d["ttfb_ms"]
     mem = streams.get("agentgate", 0) / 1024
     verdict = lambda ok: "met" if ok else "**missed**"
+    out += recording_cost(runs)
     out += ["", "## Targets", "", "| target | measured | |", "| --- | ---: | --- |"]
     if va:
         out.append(f"| passthrough ≥ 0.95 × vanilla Pingora req/s at c=64 | {ag / va:.2f} × | {verdict(ag / va >= 0.95)} |")
@@ -612,12 +671,75 @@ def render(args, systems, runs, h2, sse, streams, peak) -> str:
             if sse.get("agentgate-full") else []
         ),
         f"| ≤ 64 MB RSS with {args.streams} concurrent streams | {mem:.1f} MiB | {verdict(mem <= 64)} |",
+        *issue27_rows(runs, h2),
         *baseline_rows(runs),
         "",
         "Reproduce: `make bench` (release build; the measurements take about 6 minutes on 2 cores; `make bench-smoke` for a seconds-long check).",
         "",
     ]
     return "\n".join(out)
+
+
+def thread_us(runs, name: str, c: int = 64) -> dict[str, float] | None:
+    rs = [r["threads_us"] for r in runs.get((name, c), []) if "threads_us" in r]
+    if not rs:
+        return None
+    return {g: statistics.median([r[g] for r in rs]) for g in rs[0]}
+
+
+def recording_cost(runs) -> list[str]:
+    """What recording costs the proxy (per-thread CPU from /proc, c=64, medians of rounds): the
+    proxy threads' CPU per request beside passthrough's, and the writer thread's per record."""
+    rows = [(n, thread_us(runs, n)) for n in ("agentgate", "agentgate-recorded", "agentgate-full")]
+    rows = [(n, t) for n, t in rows if t]
+    if not rows:
+        return []
+    out = ["", "## Where a request's CPU goes (per thread, c=64)", "",
+           "| system | proxy threads µs / request | recorder thread µs / record | other agentgate threads µs |",
+           "| --- | ---: | ---: | ---: |"]
+    for n, t in rows:
+        out.append(f"| {n} | {t['proxy']:.1f} | {t['writer']:.1f} | {t['other']:.1f} |")
+    return out
+
+
+def issue27_rows(runs, h2) -> list[str]:
+    """The performance plan's targets (issue 27): full policy against nginx and against
+    passthrough by CPU, passthrough CPU against vanilla Pingora, HTTP/2 inbound, and agentgate
+    against the Python and Node.js gateways teams would otherwise run."""
+    verdict = lambda ok: "met" if ok else "**missed**"
+    at = lambda n, c=64: agg(runs[(n, c)]) if (n, c) in runs else None
+    out = []
+    ng, va, ag, full = at("nginx"), at("vanilla-pingora"), at("agentgate"), at("agentgate-full")
+    if full and ng:
+        out.append(f"| full policy ≥ 0.5 × nginx req/s at c=64 | {full['rps'] / ng['rps']:.2f} × | {verdict(full['rps'] / ng['rps'] >= 0.5)} |")
+    if full and ag:
+        r = full["cpu_per_10k"] / ag["cpu_per_10k"]
+        out.append(f"| CPU per full-policy request ≤ 1.5 × a passthrough one (c=64) | {r:.2f} × | {verdict(r <= 1.5)} |")
+    if ag and va:
+        r = ag["cpu_per_10k"] / va["cpu_per_10k"]
+        out.append(f"| passthrough CPU per request ≤ 1.05 × vanilla Pingora's (c=64) | {r:.2f} × | {verdict(r <= 1.05)} |")
+    tp, tr = thread_us(runs, "agentgate"), thread_us(runs, "agentgate-recorded")
+    if tp and tr and tp["proxy"] > 0:
+        extra = tr["proxy"] - tp["proxy"]
+        out.append(f"| recording: proxy threads' extra CPU per recorded request ≤ 5% of a passthrough request's | "
+                   f"{extra:+.1f} µs of {tp['proxy']:.1f} ({100 * extra / tp['proxy']:+.1f}%) | {verdict(extra <= 0.05 * tp['proxy'])} |")
+        out.append(f"| recording: the writer's CPU per record (≤ 1.3 × the floor `cargo bench --bench record` prints) | "
+                   f"{tr['writer']:.1f} µs | compare with the floor |")
+    h2a, h2v = h2.get(("agentgate", 64)), h2.get(("vanilla-pingora", 64))
+    if isinstance(h2a, float) and isinstance(h2v, float):
+        out.append(f"| HTTP/2 inbound ≥ 0.9 × vanilla Pingora (h2load c=64) | {h2a / h2v:.2f} × | {verdict(h2a / h2v >= 0.9)} |")
+    d1 = at("direct", 1)
+    for other in ("litellm", "portkey"):
+        o, o1, a1 = at(other), at(other, 1), at("agentgate", 1)
+        if not (o and ag and o["rps"] > 0):
+            continue
+        r = ag["rps"] / o["rps"]
+        out.append(f"| passthrough ≥ 10 × {other} req/s at c=64 | {r:.1f} × | {verdict(r >= 10)} |")
+        if o1 and a1 and d1:
+            added_o, added_a = o1["p99"] - d1["p99"], a1["p99"] - d1["p99"]
+            share = added_a / added_o if added_o > 0 else float("inf")
+            out.append(f"| added p99 at c=1 ≤ 1/10 of {other}'s | {added_a / 1000:+.3f} vs {added_o / 1000:+.3f} ms ({share:.3f}) | {verdict(share <= 0.1)} |")
+    return out
 
 
 def baseline_rows(runs) -> list[str]:

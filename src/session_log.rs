@@ -102,12 +102,30 @@ pub fn flush() {
 }
 
 pub fn emit(r: &SessionRecord<'_>) {
-    // Serializing a struct of plain fields cannot fail.
-    let Ok(line) = serde_json::to_string(r) else {
+    if WRITER.get() == Some(&true) {
+        // Serialized straight into the pending buffer (no line allocated and copied).
+        match PENDING.lock() {
+            Ok(mut pending) if pending.len() < MAX_PENDING - MAX_LINE => {
+                let at = pending.len();
+                // Serializing a struct of plain fields into a `Vec` cannot fail.
+                if serde_json::to_writer(&mut *pending, r).is_ok() {
+                    pending.push(b'\n');
+                } else {
+                    pending.truncate(at);
+                }
+            }
+            _ => metrics::SESSION_LOG_DROPPED.inc(),
+        }
         return;
-    };
-    emit_line(line);
+    }
+    if let Ok(line) = serde_json::to_string(r) {
+        emit_line(line);
+    }
 }
+
+/// Room kept for one session line when it is serialized into the pending buffer (identities
+/// with many groups make long lines; the buffer's bound is loose by this much).
+const MAX_LINE: usize = 64 << 10;
 
 /// Queues one JSON line for stdout (session lines, streamed records).
 pub fn emit_line(line: String) {

@@ -107,6 +107,29 @@ def test_large_body_goes_through_intact(masked_gateway, mock):
     assert sent["messages"][0]["content"] == big + "<EMAIL_1>"
 
 
+@pytest.mark.parametrize("http2", [False, True], ids=["h1", "h2"])
+@pytest.mark.parametrize("chunked", [False, True], ids=["length", "chunked"])
+@pytest.mark.parametrize("size", [2_000, 65_400, 65_600, 200_000])
+def test_the_decided_body_replaces_the_agents_at_every_size(masked_gateway, mock, size, chunked, http2):
+    """Bodies up to Pingora's 64 KiB retry buffer go upstream from the agent's own session (the
+    decided body put in place of the agent's in `request_body_filter`), larger ones through a
+    subrequest: on both sides of that bound, framed by length or chunked, over HTTP/1.1 or
+    HTTP/2, the upstream gets the masked body whole with its own length, never the agent's."""
+    pad = "x" * (size - 200)
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": f"{EMAIL} {pad} {EMAIL}"}]}).encode()
+    content = iter([body[: len(body) // 2], body[len(body) // 2:]]) if chunked else body
+    with masked_gateway.client(http2=http2) as c:
+        r = c.post("/v1/chat/completions", content=content, headers={"content-type": "application/json"})
+        assert r.status_code == 200, r.text
+    assert len(mock.state.requests) == 1
+    got = mock.state.last
+    assert EMAIL.encode() not in got["body"]
+    sent = json.loads(got["body"])
+    assert sent["messages"][0]["content"] == f"<EMAIL_1> {pad} <EMAIL_1>"
+    assert int(got["headers"]["content-length"]) == len(got["body"])
+    assert "transfer-encoding" not in got["headers"]
+
+
 def test_invalid_json_is_masked_as_text_never_forwarded_raw(masked_gateway, mock):
     with masked_gateway.client() as c:
         r = c.post("/v1/chat/completions", content=f'{{"broken": "{EMAIL}'.encode(), headers={"content-type": "application/json"})

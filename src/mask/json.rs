@@ -151,6 +151,21 @@ pub fn mask_json(
 ) -> Result<(Vec<u8>, Tally), JsonError> {
     // Validates (and bounds nesting, so no stack overflow; serde_json's own limit is 128 too).
     validate(body)?;
+    if engine.nothing_in_any_string(body) {
+        // Most bodies: the per-string walk would find nothing (`Engine::nothing_in_any_string`).
+        return Ok((body.to_vec(), Tally::default()));
+    }
+    mask_strings(engine, body, rules, vault, restore)
+}
+
+/// `mask_json` of a validated `body` without its shortcut: every string decoded and scanned.
+pub(crate) fn mask_strings(
+    engine: &Engine,
+    body: &[u8],
+    rules: &Rules,
+    vault: Option<&Vault>,
+    restore: bool,
+) -> Result<(Vec<u8>, Tally), JsonError> {
     let mut out = Vec::with_capacity(body.len());
     let mut tally = Tally::default();
     let mut last = 0;

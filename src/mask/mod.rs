@@ -843,20 +843,27 @@ impl Engine {
     /// only), else as UTF-8 text; `None` when it is neither. A body with nothing to mask comes
     /// back borrowed, not copied.
     pub fn mask_body<'a>(&self, body: &'a [u8], rules: &Rules) -> Option<Cow<'a, str>> {
-        // Most bodies hold nothing to mask: one pass over the raw bytes shows it. Without a
-        // backslash every JSON string value is a substring of the body as it stands, and with
-        // no anchor in any pattern (word boundaries see the same non-word `"` around a value as
-        // the edge of the value alone), no candidate in the body means none in any value, so
-        // the body would come back byte for byte; the per-value walk is skipped.
-        if self.unanchored && !encoded::has_marker(body) && !self.any_candidate(body) {
+        if self.nothing_in_any_string(body) {
             return std::str::from_utf8(body).ok().map(Cow::Borrowed);
         }
         self.mask_body_walk(body, rules).map(Cow::Owned)
     }
 
+    /// Whether one pass over the raw bytes shows that no string of the JSON document (or no
+    /// part of the text) `body` holds anything to find, placeholders included. Without an
+    /// escape marker (a backslash, `%`, `&`) every JSON string is a substring of the body as it
+    /// stands and decodes to itself, and with no anchor in any pattern (word boundaries see the
+    /// same non-word `"` around a value as the edge of the value alone), no candidate in the
+    /// body means none in any string. `false` says only "walk the strings".
+    pub fn nothing_in_any_string(&self, body: &[u8]) -> bool {
+        self.unanchored && !encoded::has_marker(body) && !self.any_candidate(body)
+    }
+
     /// `mask_body` without the shortcut: each JSON string value (or the text) scanned.
     fn mask_body_walk(&self, body: &[u8], rules: &Rules) -> Option<String> {
-        if let Ok((m, _)) = json::mask_json(self, body, rules, None, false) {
+        let walked =
+            json::validate(body).and_then(|()| json::mask_strings(self, body, rules, None, false));
+        if let Ok((m, _)) = walked {
             return Some(
                 String::from_utf8(m)
                     .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),

@@ -63,6 +63,10 @@ pub struct Exchange {
     pub approval: Option<serde_json::Value>,
     /// On an MCP route: the JSON-RPC side (requests decided, the answer's filter).
     pub mcp: Option<Box<super::mcp::McpExchange>>,
+    /// The decided body, forwarded by the agent's own session in place of what the agent sent
+    /// (`request_body.rs::forward_decided`); `None` when the body streams through as sent or a
+    /// subrequest forwards it.
+    pub decided_body: Option<bytes::Bytes>,
     /// Counts this request while it runs (graceful shutdown waits for it); stays with the
     /// agent's session, which ends last.
     pub in_flight: Option<crate::shutdown::InFlight>,
@@ -95,6 +99,7 @@ impl Exchange {
             capture: None,
             approval: None,
             mcp: None,
+            decided_body: None,
             in_flight: None,
         }
     }
@@ -117,11 +122,12 @@ impl Exchange {
         *this = back;
     }
 
-    /// The body length a subrequest forwards (`None` in the agent's session).
+    /// The length of the decided body this session forwards (`None`: the agent's body streams
+    /// through as sent).
     pub fn forwarded_body_len(&self) -> Option<usize> {
         match &self.role {
             Role::Subrequest { body_len, .. } => Some(*body_len),
-            _ => None,
+            _ => self.decided_body.as_ref().map(|b| b.len()),
         }
     }
 

@@ -11,8 +11,10 @@
 //! | `fail_to_proxy` | `error.rs` |
 //! | `logging` | `exchange.rs` |
 //!
-//! A decided body goes upstream through a subrequest (`subrequest.rs`) that runs these same
-//! phases with the `Exchange` moved into it; `Exchange::role` tells the two sessions apart.
+//! A decided body goes upstream from this session in place of the agent's (`request_body_filter`),
+//! or, when it was over Pingora's 64 KiB retry buffer, through a subrequest (`subrequest.rs`) that
+//! runs these same phases with the `Exchange` moved into it; `Exchange::role` tells the two
+//! sessions apart.
 
 pub mod approval_gate;
 pub mod error;
@@ -141,14 +143,22 @@ impl ProxyHttp for Gateway {
         true
     }
 
-    /// Counts request body bytes and enforces `server.max_body` on bodies without a length.
+    /// Counts request body bytes and enforces `server.max_body` on bodies without a length; puts
+    /// a decided body in place of the agent's.
     async fn request_body_filter(
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut Box<Exchange>,
     ) -> Result<()> {
+        if let Some(decided) = ctx.decided_body.as_ref() {
+            // The agent's body was read and decided on in `request_filter`; what Pingora hands
+            // here is its copy of the agent's bytes (the retry buffer), which never goes
+            // upstream: the decided body goes instead, whole, at the end (recorded already).
+            *body = Some(decided.clone()).filter(|d| end_of_stream && !d.is_empty());
+            return Ok(());
+        }
         let Some(b) = body else { return Ok(()) };
         // A stand-in for refused MCP requests is not what the agent sent: the record keeps theirs.
         let stand_in = ctx.mcp.as_ref().is_some_and(|m| m.stand_in);

@@ -1,7 +1,8 @@
 //! Requests whose body is decided on before anything goes upstream: the body is read whole
 //! (no upstream connection exists yet), masked and checked by the route's guardrails, held for
-//! approval where a rule matches, and the decided body is forwarded through a subrequest that
-//! takes the exchange over (`subrequest.rs`).
+//! approval where a rule matches, and the decided body is forwarded in place of the agent's by
+//! this session (bodies up to Pingora's 64 KiB retry buffer) or by a subrequest that takes the
+//! exchange over (`subrequest.rs`).
 //!
 //! Invariant (DESIGN.md 3, 4): no body byte reaches the upstream before the decision; a
 //! refused, blocked or denied request sends nothing upstream; a body masking cannot read is
@@ -30,6 +31,10 @@ impl Gateway {
         ctx: &mut Box<Exchange>,
         route: Arc<RouteRuntime>,
     ) -> Result<bool> {
+        // Pingora keeps what it reads in a retry buffer (64 KiB at most) and hands that buffer
+        // to `request_body_filter` once per upstream attempt: `forward_decided` uses that call
+        // to send the decided body in this session, without a subrequest.
+        session.downstream_session.enable_retry_buffering();
         let body = match subrequest::read_body(session, self.max_body).await? {
             ReadBody::Body(b) => b,
             ReadBody::TooLarge => return self.answer(session, ctx, too_large(self.max_body)).await,
@@ -93,13 +98,25 @@ impl Gateway {
         self.forward_decided(session, ctx, masked).await
     }
 
-    /// Forwards a decided body through a subrequest that takes the exchange over.
+    /// Forwards a decided body: in this session when Pingora will call `request_body_filter`
+    /// for it (the agent's body fitted the retry buffer), else through a subrequest that takes
+    /// the exchange over.
     pub(super) async fn forward_decided(
         &self,
         session: &mut Session,
         ctx: &mut Box<Exchange>,
         masked: Vec<u8>,
     ) -> Result<bool> {
+        if in_session(session, ctx.request_bytes, masked.len()) {
+            let decided = bytes::Bytes::from(masked);
+            // Recorded once here (Pingora may send it more than once if it retries).
+            let stand_in = ctx.mcp.as_ref().is_some_and(|m| m.stand_in);
+            if let Some(c) = ctx.capture.as_mut().filter(|_| !stand_in) {
+                c.request_chunk(&decided);
+            }
+            ctx.decided_body = Some(decided);
+            return Ok(false);
+        }
         ctx.downstream_tls = session
             .digest()
             .and_then(|d| d.ssl_digest.as_ref())
@@ -192,6 +209,14 @@ impl Gateway {
             }
         }
     }
+}
+
+/// Whether Pingora's own forwarding will call `request_body_filter` at the end of the agent's
+/// body, where the decided body replaces it (`Gateway::request_body_filter`): the body was read
+/// whole into the retry buffer (it is not truncated) and was not empty (Pingora's HTTP/2
+/// upstream path makes no body call for an empty one), or both bodies are empty.
+fn in_session(session: &Session, agent_bytes: u64, decided_len: usize) -> bool {
+    !session.downstream_session.retry_buffer_truncated() && (agent_bytes > 0 || decided_len == 0)
 }
 
 /// A JSON content type, or none and a body that starts like JSON.

@@ -22,6 +22,11 @@ use std::sync::Arc;
 /// `http.server` and many others stop at 100).
 pub const MAX_HEADERS: usize = 100;
 
+/// Header fields larger than this in all (names and values) are refused (431) for the same
+/// reason: an upstream stops reading them while the gateway writes (a 502 under load). 64 KiB
+/// leaves room for large tokens (nginx accepts 32 KiB by default, Node.js 16 KiB).
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
 /// Puts the request's path in its canonical form (`crate::canonical`) before any decision: the
 /// route, access and approval rules, records, session lines and the upstream all see it. A path
 /// with no canonical form is refused.
@@ -78,6 +83,23 @@ impl Gateway {
                 "too_many_headers",
                 format!(
                     "the request has {count} header fields; at most {MAX_HEADERS} are accepted"
+                ),
+            ));
+        }
+        let bytes: usize = session
+            .req_header()
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len())
+            .sum();
+        if bytes > MAX_HEADER_BYTES {
+            session.set_keepalive(None);
+            return Err(ApiError::new(
+                431,
+                "invalid_request_error",
+                "headers_too_large",
+                format!(
+                    "the request's header fields take {bytes} bytes; at most {MAX_HEADER_BYTES} are accepted"
                 ),
             ));
         }
