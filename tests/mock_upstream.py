@@ -229,6 +229,20 @@ class Handler(BaseHTTPRequestHandler):
                 {"headers": dict(self.server.state.last["headers"])},
                 {"x-echo-authorization": self.headers.get("authorization", "")},
             )
+        elif self.path.startswith("/v1/escaped-echo"):
+            # Echoes the credentials it got escaped, as serializers and templates do: every byte
+            # as a JSON \\u escape, percent-encoded in a URL (body and header), as HTML references.
+            auth = self.headers.get("authorization", "")
+            u = "".join(f"\\u{ord(c):04x}" for c in auth)
+            pct = "".join(f"%{b:02X}" for b in auth.encode())
+            html = "".join(f"&#{b};" for b in auth.encode())
+            raw = ('{"json": "' + u + '", "url": "https://cb.example/?k=' + pct + '", "html": "<b>' + html + '</b>"}').encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(raw)))
+            self.send_header("x-echo-url", "https://cb.example/?k=" + pct)
+            self.end_headers()
+            self.wfile.write(raw)
         elif self.path.startswith("/v1/malformed-echo"):
             # A broken upstream that echoes the key it got inside a response head that does not
             # parse: the gateway's error message and logs must not quote it.

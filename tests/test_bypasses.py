@@ -215,6 +215,28 @@ def test_the_route_key_is_not_in_records_headers(start_gateway, mock, upstream_c
     assert key not in stored, stored[-800:]
 
 
+def test_the_route_key_echoed_escaped_never_reaches_the_agent(start_gateway, mock, upstream_ca_file):
+    """The scrubber starred only the key's own bytes: an upstream that echoed it as JSON `\\u`
+    escapes, percent-encoded in a URL (body or header) or as HTML character references gave
+    it to the agent, whose JSON parser (or URL decoding, or browser) reads it back."""
+    import html
+    import urllib.parse
+
+    from gwconfig import ROUTE_KEY
+
+    gw = start_gateway(route("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file))
+    with gw.client() as c:
+        r = c.get("/v1/escaped-echo")
+    assert r.status_code == 200, r.text
+    assert mock.state.last["headers"]["authorization"] == f"Bearer {ROUTE_KEY}"
+    got = r.json()  # the \\u escapes decoded, as the agent's SDK decodes them
+    seen = [got["json"], urllib.parse.unquote(got["url"]), html.unescape(got["html"]),
+            urllib.parse.unquote(r.headers["x-echo-url"])]
+    for s in seen:
+        assert ROUTE_KEY not in s, seen
+    assert all("*" in s for s in seen), seen
+
+
 def test_a_malformed_upstream_head_is_not_quoted(start_gateway, mock, upstream_ca_file):
     """On 4b02e9d an upstream's malformed response head was quoted in the agent's 502 message
     and in Pingora's error line on stderr, with the route key the upstream echoed in it."""

@@ -200,11 +200,11 @@ const ANCHORS_FROM: usize = 256;
 
 /// Lazy-DFA caches kept for reuse across calls (a cache is per search, not shareable).
 #[derive(Default)]
-struct CachePool(Mutex<Vec<DfaCache>>);
+pub(crate) struct CachePool(Mutex<Vec<DfaCache>>);
 
 impl CachePool {
     /// A cache of `dfa` from the pool, or a new one.
-    fn take(&self, dfa: &DFA) -> DfaCache {
+    pub(crate) fn take(&self, dfa: &DFA) -> DfaCache {
         self.0
             .lock()
             .ok()
@@ -212,7 +212,7 @@ impl CachePool {
             .unwrap_or_else(|| dfa.create_cache())
     }
 
-    fn put(&self, cache: DfaCache) {
+    pub(crate) fn put(&self, cache: DfaCache) {
         if let Ok(mut p) = self.0.lock() {
             p.push(cache);
         }
@@ -255,7 +255,7 @@ pub struct Engine {
     hash_key: [u8; 32],
 }
 
-fn syntax_config() -> syntax::Config {
+pub(crate) fn syntax_config() -> syntax::Config {
     // Byte-oriented, ASCII classes and word boundaries: fast, and the lazy DFA never gives up
     // on non-ASCII text. Spans are widened to character boundaries before use.
     syntax::Config::new().unicode(false).utf8(false)
