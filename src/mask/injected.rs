@@ -356,7 +356,7 @@ mod tests {
         let pct: String = KEY.bytes().map(|b| format!("%{b:02X}")).collect();
         let html: String = KEY.bytes().map(|b| format!("&#{b};")).collect();
         let html_hex: String = KEY.bytes().map(|b| format!("&#x{b:x};")).collect();
-        let mixed = format!("sk-\\u006civ%65-&#048;123456789abcdef");
+        let mixed = "sk-\\u006civ%65-&#048;123456789abcdef";
         let cases = [
             format!(r#"{{"echo":"{}"}}"#, json_u(KEY)),
             format!(
