@@ -30,6 +30,37 @@ pub struct Config {
     pub approvals: Vec<crate::policy::ApprovalRule>,
     pub recording: RecordingConfig,
     pub routes: Vec<Route>,
+    /// `store:`: state shared by replicas (PostgreSQL); empty: local files under `state_dir`.
+    pub store: StoreConfig,
+}
+
+/// `store:`: where approvals and records live when several replicas act as one gateway.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(try_from = "raw::RawStore")]
+pub struct StoreConfig {
+    pub postgres: Option<PostgresStore>,
+}
+
+/// `store.postgres`: the database every replica shares.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    /// The connection URL (it holds a password: never printed).
+    pub url: Secret,
+    /// TLS with certificate and host name verification; `false` only for `sslmode=disable`
+    /// to a loopback host.
+    pub tls: bool,
+    /// Extra CA for the database's certificate (system roots are always trusted).
+    pub ca_file: Option<PathBuf>,
+    /// Connections kept open at most.
+    pub pool: usize,
+    /// This replica's name in the database (`None`: the host name).
+    pub replica: Option<String>,
+    /// A replica that has not renewed its lease for this long is gone: approvals waiting on it
+    /// are marked interrupted.
+    pub lease: Duration,
+    /// Records waiting for the database at most, in memory, before `recording.on_failure`.
+    pub queue: usize,
+    pub connect_timeout: Duration,
 }
 
 /// `recording:`: where and how exchange records are kept.
