@@ -147,9 +147,11 @@ impl AdminApp {
             let limit: usize = query_param(query, "limit")
                 .and_then(|l| l.parse().ok())
                 .unwrap_or(100);
-            let list: Vec<_> = self
-                .approvals
-                .list(state, usize::MAX)
+            let all = match self.approvals.list(state, usize::MAX).await {
+                Ok(l) => l,
+                Err(e) => return json_error(503, e.to_string()),
+            };
+            let list: Vec<_> = all
                 .iter()
                 .filter_map(|a| self.view(a, who))
                 .take(limit)
@@ -161,9 +163,12 @@ impl AdminApp {
             None => (rest, None),
         };
         match (method.as_str(), action) {
-            ("GET", None) => match self.approvals.get(id).and_then(|a| self.view(&a, who)) {
-                Some(v) => text(200, JSON, v.to_string().into_bytes()),
-                None => json_error(404, format!("no approval {id} that you may see")),
+            ("GET", None) => match self.approvals.get(id).await {
+                Err(e) => json_error(503, e.to_string()),
+                Ok(a) => match a.and_then(|a| self.view(&a, who)) {
+                    Some(v) => text(200, JSON, v.to_string().into_bytes()),
+                    None => json_error(404, format!("no approval {id} that you may see")),
+                },
             },
             ("POST", Some(action @ ("approve" | "deny"))) => {
                 let mut body = Vec::new();
@@ -189,7 +194,7 @@ impl AdminApp {
                         return json_error(400, r#"send a JSON body: {"reason": "why"}"#)
                     }
                 };
-                match self.approvals.decide(id, who, action == "approve", &reason) {
+                match self.approvals.decide(id, who, action == "approve", &reason).await {
                     Ok(a) => {
                         log::info!(
                             "approval {id}: {} by {} ({reason}); now {}",

@@ -1,0 +1,245 @@
+"""Several replicas act as one gateway through a real PostgreSQL (`store.postgres`): the schema
+is migrated once and versioned, TLS to the database is verified, an approval held on one
+replica is decided through another, a replica killed while a request waits leaves its approval
+interrupted, and while the database is down approval-gated requests answer 503 while other
+traffic flows."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import threading
+
+import pytest
+import trustme
+
+import pgserver
+from gateway_driver import BINARY, Gateway, eventually
+from gwconfig import ROUTE_KEY, people_identity, person_token, route
+from test_approvals import CHAT, PEOPLE, SAFE_BODY, TOOLS_BODY, Call, admin, decide, rules, run_sdk_async, sdk_result, wait_pending, wait_state
+
+pytestmark = pytest.mark.skipif(not pgserver.available(), reason="PostgreSQL is not installed (make test-deps)")
+
+_databases = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def pg(tmp_path_factory):
+    server = pgserver.PgServer(tmp_path_factory.mktemp("postgres"), trustme.CA())
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def database(pg):
+    """A fresh database on the shared server: its URL."""
+    name = f"t{next(_databases)}"
+    pg.sql(f"CREATE DATABASE {name}")
+    return pg.url.rsplit("/", 1)[0] + f"/{name}", name
+
+
+def store(url: str, ca_file, replica: str, **over) -> dict:
+    return {"store": {"postgres": {"url": url, "ca_file": str(ca_file), "replica": replica, "lease": "2s", **over}}}
+
+
+def pg_store(url, ca_file, replica, over):
+    return store(url, over.pop("ca_file", ca_file), replica, **over)
+
+
+@pytest.fixture
+def replicas(start_gateway, mock, upstream_ca_file, pg, database):
+    """Starts replicas `a`, `b`... of one gateway (the approval rule of test_approvals on the
+    mock route, recording on) sharing `database`."""
+    url, _ = database
+
+    def start(*names: str, wait_ready: bool = True, rule: dict | None = None, **over) -> list[Gateway]:
+        return [
+            start_gateway(
+                route("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file, approvals=["destructive-tools"]),
+                identity=people_identity(PEOPLE),
+                extra=[rules(**(rule or {})), pg_store(url, pg.ca_file, n, dict(over))],
+                admin={"auditors": ["security-oncall"]},
+                wait_ready=wait_ready,
+            )
+            for n in names
+        ]
+
+    return start
+
+
+def db_sql(pg, database, query: str) -> str:
+    _, name = database
+    env = dict(os.environ, PGPASSWORD=pgserver.PASSWORD, PGSSLMODE="verify-full", PGSSLROOTCERT=str(pg.ca_file))
+    r = subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "agentgate", "-d", name, "-At",
+                        "-v", "ON_ERROR_STOP=1", "-c", query], capture_output=True, text=True, env=env, timeout=30)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+# --- connection, schema, readiness ----------------------------------------------------------
+
+def test_replicas_starting_together_migrate_the_schema_once(replicas, pg, database):
+    a, b = replicas("a", "b")
+    assert a.readyz().status_code == 200 and b.readyz().status_code == 200
+    assert db_sql(pg, database, "SELECT version FROM agentgate.schema_version") == "1"
+    assert a.metric("agentgate_store_up") == 1, [l for l in a.metrics().splitlines() if "store_" in l]
+
+
+def test_a_newer_schema_is_refused_with_a_clear_error(replicas, pg, database, tmp_path):
+    [a] = replicas("a")
+    a.stop()
+    db_sql(pg, database, "INSERT INTO agentgate.schema_version VALUES (99, 0)")
+    env = dict(os.environ, ROUTE_KEY=ROUTE_KEY)
+    r = subprocess.run([str(BINARY), "run", "--config", str(a.config_path)], capture_output=True, text=True, timeout=60, cwd=a.state_dir, env=env)
+    assert r.returncode != 0
+    assert "schema is version 99, newer than this agentgate knows (1)" in r.stderr, r.stderr
+    assert pgserver.PASSWORD not in r.stderr
+
+
+def test_an_unreachable_database_means_not_ready_with_the_reason(replicas, pg):
+    pg.stop()
+    try:
+        [a] = replicas("a", wait_ready=False)
+        r = a.readyz()
+        assert r.status_code == 503 and "store.postgres: the database is unreachable" in r.text, r.text
+        assert pgserver.PASSWORD not in r.text
+    finally:
+        pg.start()
+    eventually(lambda: a.readyz().status_code, lambda s: s == 200, timeout=30)
+
+
+def test_the_database_certificate_is_verified(replicas, tmp_path):
+    other = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other))
+    [a] = replicas("a", wait_ready=False, ca_file=str(other))
+    r = a.readyz()
+    assert r.status_code == 503 and "certificate" in r.text, r.text
+
+
+# --- approvals across replicas --------------------------------------------------------------
+
+def test_a_request_held_on_a_is_approved_with_the_cli_through_b(replicas, mock):
+    a, b = replicas("a", "b")
+    sdk = run_sdk_async(a, "chat_tools")
+    [p] = wait_pending(b)
+    assert p["rule"] == "destructive-tools" and mock.state.requests == []
+    env = dict(os.environ, AGENTGATE_ADMIN_URL=f"http://127.0.0.1:{b.admin_port}", AGENTGATE_TOKEN=person_token("bob"))
+    out = subprocess.run([str(BINARY), "approvals", "approve", p["id"], "--reason", "checked"], capture_output=True, text=True, env=env, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert sdk_result(sdk)["status"] == 200
+    assert len(mock.state.requests) == 1
+    assert wait_state(a, p["id"], "approved")["decisions"][0]["by"]["subject"] == "bob"
+
+
+def test_a_replica_killed_while_a_request_waits_leaves_it_interrupted_and_the_other_unaffected(replicas, mock):
+    a, b = replicas("a", "b")
+    call = Call(a, TOOLS_BODY)
+    [p] = wait_pending(b)
+    a.proc.send_signal(signal.SIGKILL)
+    a.proc.wait()
+    call.join(30)
+    got = wait_state(b, p["id"], "interrupted")
+    assert got["decisions"] == []
+    # B goes on: its own held request is decided through B and served.
+    on_b = Call(b, TOOLS_BODY)
+    pend = eventually(lambda: admin(b, "alice", "GET", "/v1/approvals?state=pending").json(), lambda x: len(x) == 1)
+    assert decide(b, "alice", pend[0]["id"], "approve").status_code == 200
+    assert on_b.result().status_code == 200
+    with b.client() as c:
+        assert c.post(CHAT, json=SAFE_BODY).status_code == 200
+
+
+def test_while_the_database_is_down_gated_requests_answer_503_and_others_flow(replicas, pg, mock):
+    [a] = replicas("a")
+    pg.stop()
+    try:
+        with a.client() as c:
+            r = c.post(CHAT, json=TOOLS_BODY)
+            assert mock.state.requests == [], "a gated request sends nothing upstream while the store is down"
+            assert r.status_code == 503, r.text
+            assert r.json()["error"]["code"] == "approval_store_unavailable"
+            assert pgserver.PASSWORD not in r.text
+            assert c.post(CHAT, json=SAFE_BODY).status_code == 200
+        assert admin(a, "alice", "GET", "/v1/approvals").status_code == 503
+    finally:
+        pg.start()
+    assert len(mock.state.requests) == 1, "only the ungated request went upstream"
+    call = Call(a, TOOLS_BODY)
+    [p] = wait_pending(a)
+    assert decide(a, "bob", p["id"], "approve").status_code == 200
+    assert call.result().status_code == 200
+
+
+# --- attacks --------------------------------------------------------------------------------
+
+def test_a_spoofed_notify_wakes_nobody_only_the_database_decides(replicas, pg, database):
+    a, b = replicas("a", "b")
+    call = Call(a, TOOLS_BODY)
+    [p] = wait_pending(b)
+    heard = a.metric("agentgate_store_notify_lag_seconds_count")
+    fake = json.dumps({"id": p["id"], "at_ms": 0, "state": "approved"})
+    db_sql(pg, database, f"NOTIFY agentgate_approvals, '{fake}'")
+    a.wait_metric("agentgate_store_notify_lag_seconds_count", lambda v: v > heard, timeout=20)
+    # A heard it and read the row again: still pending, the request still waits.
+    assert admin(b, "alice", "GET", f"/v1/approvals/{p['id']}").json()["state"] == "pending"
+    assert call.is_alive() and call.response is None
+    assert decide(b, "alice", p["id"], "approve").status_code == 200
+    assert call.result().status_code == 200
+
+
+def test_one_person_deciding_through_two_replicas_counts_once(replicas):
+    a, b = replicas("a", "b", rule={"min": 2})
+    call = Call(a, TOOLS_BODY)
+    [p] = wait_pending(b)
+    results = []
+    threads = [threading.Thread(target=lambda gw=gw: results.append(decide(gw, "alice", p["id"], "approve").status_code)) for gw in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(results) == [200, 409], results
+    assert admin(b, "bob", "GET", f"/v1/approvals/{p['id']}").json()["state"] == "pending"
+    assert decide(b, "bob", p["id"], "approve").status_code == 200
+    assert call.result().status_code == 200
+
+
+def test_a_ticket_redeemed_on_two_replicas_at_once_lets_one_request_through(replicas, mock):
+    a, b = replicas("a", "b", rule={"mode": "ticket"})
+    with a.client() as c:
+        r = c.post(CHAT, json=TOOLS_BODY)
+    assert r.status_code == 202, r.text
+    aid = r.json()["approval"]["id"]
+    assert decide(b, "alice", aid, "approve").status_code == 200
+    statuses = []
+
+    def retry(gw):
+        with gw.client() as c:
+            statuses.append(c.post(CHAT, json=TOOLS_BODY, headers={"x-agentgate-approval": aid}).status_code)
+
+    threads = [threading.Thread(target=retry, args=(gw,)) for gw in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(statuses) == [200, 403], statuses
+    assert len(mock.state.requests) == 1
+
+
+def test_hostile_paths_and_ids_are_data_not_sql(replicas, pg, database):
+    a, b = replicas("a", "b")
+    hostile = CHAT + "?x=%27%3B%20DROP%20TABLE%20agentgate.approvals%3B--"
+    held = []
+    t = threading.Thread(target=lambda: held.append(a.client(timeout=60).post(hostile, json=TOOLS_BODY)), daemon=True)
+    t.start()
+    [p] = wait_pending(b)
+    assert "DROP TABLE" in p["query"] or "DROP%20TABLE" in p["query"], p["query"]
+    assert admin(b, "alice", "GET", "/v1/approvals?state=pending%27%20OR%20%271%27=%271").status_code == 400
+    assert admin(b, "alice", "GET", "/v1/approvals/x%27%20OR%20%271%27=%271").status_code == 404
+    assert decide(b, "alice", "x' OR '1'='1", "approve").status_code == 404
+    assert db_sql(pg, database, "SELECT count(*) FROM agentgate.approvals") == "1"
+    assert decide(b, "alice", p["id"], "deny").status_code == 200
+    t.join(30)
+    assert held and held[0].status_code == 403
