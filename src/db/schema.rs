@@ -54,8 +54,11 @@ CREATE TABLE agentgate.records (
     route        text NOT NULL,
     subject      text NOT NULL,
     conversation text NOT NULL,
-    -- The record exactly as it was hashed (the writer's bytes; jsonb would reorder them).
-    body         text NOT NULL,
+    status       integer NOT NULL,
+    method       text NOT NULL,
+    path         text NOT NULL,
+    -- The stored line exactly as written (jsonb would reorder it, and its hash with it).
+    line         text NOT NULL,
     PRIMARY KEY (chain, seq)
 );
 CREATE INDEX records_by_id ON agentgate.records (id text_pattern_ops);
@@ -63,10 +66,10 @@ CREATE INDEX records_by_time ON agentgate.records (ts_ms DESC);
 
 CREATE TABLE agentgate.checkpoints (
     chain   text NOT NULL,
-    seq     bigint NOT NULL,
+    n       bigint NOT NULL,
     replica text NOT NULL,
     line    text NOT NULL,
-    PRIMARY KEY (chain, seq)
+    PRIMARY KEY (chain, n)
 );
 "#];
 

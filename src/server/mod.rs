@@ -83,6 +83,11 @@ pub fn run(config: Config, path: std::path::PathBuf) -> Result<(), String> {
 
     let key = runtime::HashKey::random()?;
     let active = ActiveConfig::new(runtime::build(&config, &key)?);
+    // With `store.postgres`, approvals (and records) are shared with every replica through it.
+    let db = match &config.store.postgres {
+        Some(pg) => Some(crate::db::Database::open(pg, crate::db::Role::Server)?),
+        None => None,
+    };
     let recorder = if config
         .routes
         .iter()
@@ -104,14 +109,10 @@ pub fn run(config: Config, path: std::path::PathBuf) -> Result<(), String> {
             config.recording.clone(),
             active.get().engine.clone(),
             key,
+            db.clone(),
         )?)
     } else {
         None
-    };
-    // With `store.postgres`, approvals (and records) are shared with every replica through it.
-    let db = match &config.store.postgres {
-        Some(pg) => Some(crate::db::Database::open(pg, crate::db::Role::Server)?),
-        None => None,
     };
     let approvals = match &db {
         Some(db) => crate::approval::ApprovalStore::Shared(crate::approval::SharedApprovals::new(
