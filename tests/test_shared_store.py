@@ -243,3 +243,102 @@ def test_hostile_paths_and_ids_are_data_not_sql(replicas, pg, database):
     assert decide(b, "alice", p["id"], "deny").status_code == 200
     t.join(30)
     assert held and held[0].status_code == 403
+
+
+# --- records across replicas ----------------------------------------------------------------
+
+def cli(gw: Gateway, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, ROUTE_KEY=ROUTE_KEY)
+    return subprocess.run([str(BINARY), *args, "--config", str(gw.config_path)], capture_output=True, text=True, env=env, timeout=60, cwd=gw.state_dir)
+
+
+def rows(pg, database, where: str = "true") -> int:
+    return int(db_sql(pg, database, f"SELECT count(*) FROM agentgate.records WHERE {where}"))
+
+
+def chat(gw: Gateway, stream: bool = False) -> str:
+    """One recorded exchange through `gw`: its request id."""
+    with gw.client() as c:
+        r = c.post(CHAT, json={**SAFE_BODY, "stream": stream}, headers={"x-mock-say": "one two three"})
+        assert r.status_code == 200, r.text
+        return r.headers["x-request-id"]
+
+
+def test_a_request_recorded_on_a_is_found_shown_and_replayed_through_b(replicas, pg, database):
+    a, b = replicas("a", "b")
+    rid = chat(a, stream=True)
+    listed = eventually(lambda: admin(b, "alice", "GET", "/v1/sessions").json(), lambda l: any(e["id"] == rid for e in l), timeout=30)
+    [e] = [e for e in listed if e["id"] == rid]
+    assert e["replica"] == "a" and e["status"] == 200 and e["route"] == "mock"
+    got = admin(b, "alice", "GET", f"/v1/sessions/{rid[:12]}").json()
+    assert got["id"] == rid and got["replica"] == "a"
+    shown = cli(b, "sessions", "show", rid, "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["id"] == rid
+    replayed = cli(b, "sessions", "replay", rid, "--speed", "100")
+    assert replayed.returncode == 0, replayed.stderr
+    assert "data: " in replayed.stdout
+    listed = cli(b, "sessions", "list")
+    assert rid in listed.stdout and "[replica a]" in listed.stdout, listed.stdout
+
+
+def test_audit_verify_reports_every_replica_and_catches_an_edited_row(replicas, pg, database):
+    a, b = replicas("a", "b")
+    for gw in (a, b, a):
+        chat(gw)
+    a.stop(), b.stop()  # each flushes: its records and a last checkpoint reach the database
+    assert rows(pg, database, "replica = 'a'") == 2 and rows(pg, database, "replica = 'b'") == 1
+    ok = cli(a, "audit", "verify")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "replica a (chain" in ok.stdout and "replica b (chain" in ok.stdout
+    assert ok.stdout.count(": intact:") == 2, ok.stdout
+    assert "the chain reaches it" in ok.stdout
+    db_sql(pg, database, "UPDATE agentgate.records SET line = replace(line, '\"status\":200', '\"status\":201') WHERE replica = 'a' AND seq = 0")
+    bad = cli(a, "audit", "verify")
+    assert bad.returncode == 1, bad.stdout
+    assert "replica a" in bad.stdout and "seq 0" in bad.stdout and "modified" in bad.stdout, bad.stdout
+    assert "replica b (chain" in bad.stdout and ": intact: 1 records" in bad.stdout
+
+
+def test_audit_verify_catches_rows_cut_from_the_end(replicas, pg, database):
+    [a] = replicas("a")
+    chat(a), chat(a)
+    a.stop()
+    db_sql(pg, database, "DELETE FROM agentgate.records WHERE seq = 1")
+    bad = cli(a, "audit", "verify")
+    assert bad.returncode == 1 and "no longer holds" in bad.stdout, bad.stdout
+
+
+def test_a_row_forged_for_another_replicas_chain_is_a_conflict_not_a_silent_loss(replicas, pg, database):
+    a, b = replicas("a", "b")
+    chat(a)
+    eventually(lambda: rows(pg, database, "replica = 'a'"), lambda n: n == 1, timeout=30)
+    chain = db_sql(pg, database, "SELECT chain FROM agentgate.records WHERE replica = 'a'")
+    # Someone with the database's password writes A's next record before A does.
+    db_sql(pg, database, "INSERT INTO agentgate.records SELECT chain, 1, replica, 'forged', hash, hash, ts_ms, route, subject, "
+                         f"conversation, status, method, path, line FROM agentgate.records WHERE chain = '{chain}' AND seq = 0")
+    chat(a)
+    a.wait_metric("agentgate_store_records_total", 1, outcome="conflict", timeout=30)
+    a.stop(), b.stop()
+    bad = cli(b, "audit", "verify")
+    assert bad.returncode == 1 and "seq 1 (forged)" in bad.stdout, bad.stdout
+
+
+def test_records_made_while_the_database_is_down_reach_it_exactly_once(replicas, pg, database):
+    [a] = replicas("a")
+    chat(a)
+    eventually(lambda: rows(pg, database), lambda n: n == 1, timeout=30)
+    pg.stop()
+    try:
+        for _ in range(5):
+            chat(a)  # recorded traffic flows while the database is away
+        with a.client() as c:
+            assert c.post(CHAT, json=TOOLS_BODY).status_code == 503
+    finally:
+        pg.start()
+    eventually(lambda: rows(pg, database), lambda n: n >= 7, timeout=60)
+    a.stop()
+    local = sum(1 for line in (a.state_dir / "var" / "records" / "index.jsonl").read_text().splitlines() if line.strip())
+    assert rows(pg, database) == local == 7
+    assert db_sql(pg, database, "SELECT count(DISTINCT seq), min(seq), max(seq) FROM agentgate.records") == "7|0|6"
+    assert cli(a, "audit", "verify").returncode == 0

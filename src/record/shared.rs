@@ -343,3 +343,341 @@ impl Shipper {
             .await
     }
 }
+
+/// Which rows `list` returns.
+pub use super::query::Filter;
+
+/// The listing of exchanges on every replica, newest first: index-shaped entries with the
+/// replica that recorded each.
+pub async fn list(db: &Database, f: &Filter) -> Result<Vec<serde_json::Value>, DbError> {
+    let (since, route, subject, conv) = (
+        f.since_ms as i64,
+        f.route.clone(),
+        f.subject.clone(),
+        f.conversation.clone(),
+    );
+    let limit = f.limit.min(10_000) as i64;
+    db.run("record_list", move |pool| async move {
+        let c = pool.get().await?;
+        let rows = c
+            .query(
+                "SELECT replica, id, seq, ts_ms, route, subject, conversation, status, method, path, hash
+                 FROM agentgate.records
+                 WHERE ts_ms >= $1 AND ($2::text IS NULL OR route = $2)
+                   AND ($3::text IS NULL OR subject = $3) AND ($4::text IS NULL OR conversation = $4)
+                 ORDER BY ts_ms DESC, seq DESC LIMIT $5",
+                &[&since, &route, &subject, &conv, &limit],
+            )
+            .await?;
+        let opt = |s: String| (!s.is_empty()).then_some(s);
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                serde_json::json!({
+                    "replica": r.get::<_, String>(0),
+                    "id": r.get::<_, String>(1),
+                    "seq": r.get::<_, i64>(2),
+                    "ts_ms": r.get::<_, i64>(3),
+                    "route": opt(r.get(4)),
+                    "subject": opt(r.get(5)),
+                    "conversation": r.get::<_, String>(6),
+                    "status": r.get::<_, i32>(7),
+                    "method": r.get::<_, String>(8),
+                    "path": r.get::<_, String>(9),
+                    "hash": r.get::<_, String>(10),
+                })
+            })
+            .collect())
+    })
+    .await
+}
+
+/// Why `find` found no single exchange.
+#[derive(Debug)]
+pub enum FindError {
+    Unknown,
+    Ambiguous { prefix: String, ids: usize },
+    /// The row is not the record it says (edited in the database).
+    Tampered(String),
+    Db(DbError),
+}
+
+impl std::fmt::Display for FindError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FindError::Unknown => f.write_str("no such recorded exchange"),
+            FindError::Ambiguous { prefix, ids } => write!(
+                f,
+                "{prefix} is the start of {ids} recorded exchanges' ids; give more of the id"
+            ),
+            FindError::Tampered(why) | FindError::Db(DbError(why)) => f.write_str(why),
+        }
+    }
+}
+
+/// `%`, `_` and `\` taken literally in a `LIKE` pattern.
+fn like_literal(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 1);
+    for c in s.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The record `id` names on any replica (the whole id, or an unambiguous prefix of at least
+/// `MIN_PREFIX` characters), checked: its line hashes to the hash it states and to its row's,
+/// and is the id and seq the row says. Carries `replica`.
+pub async fn find(db: &Database, id: &str) -> Result<serde_json::Value, FindError> {
+    let (exact, prefix) = (id.to_string(), format!("{}%", like_literal(id)));
+    let by_prefix = id.len() >= super::query::MIN_PREFIX;
+    let rows = db
+        .run("record_find", move |pool| async move {
+            let c = pool.get().await?;
+            let rows = c
+                .query(
+                    "SELECT replica, id, seq, hash, line FROM agentgate.records
+                     WHERE id = $1 OR ($2 AND id LIKE $3)
+                     ORDER BY (id = $1) DESC, ts_ms DESC LIMIT 50",
+                    &[&exact, &by_prefix, &prefix],
+                )
+                .await?;
+            Ok(rows
+                .into_iter()
+                .map(|r| {
+                    (
+                        r.get::<_, String>(0),
+                        r.get::<_, String>(1),
+                        r.get::<_, i64>(2),
+                        r.get::<_, String>(3),
+                        r.get::<_, String>(4),
+                    )
+                })
+                .collect::<Vec<_>>())
+        })
+        .await
+        .map_err(FindError::Db)?;
+    let Some(first) = rows.first() else {
+        return Err(FindError::Unknown);
+    };
+    if first.1 != id {
+        let mut ids: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() > 1 {
+            return Err(FindError::Ambiguous {
+                prefix: id.to_string(),
+                ids: ids.len(),
+            });
+        }
+    }
+    let (replica, rid, seq, hash, line) = first;
+    let bad = |why: &str| {
+        FindError::Tampered(format!(
+            "the database row of {rid} (replica {replica}, seq {seq}) {why}; run `agentgate audit verify`"
+        ))
+    };
+    let (body, stated) = unseal(line).ok_or_else(|| bad("is not a sealed record"))?;
+    if crate::util::hex::hex(&boring::sha::sha256(body.as_bytes())) != stated || stated != hash {
+        return Err(bad("was modified"));
+    }
+    let mut v: serde_json::Value =
+        serde_json::from_str(line).map_err(|_| bad("is not JSON"))?;
+    if v["id"].as_str() != Some(rid.as_str()) || v["seq"].as_i64() != Some(*seq) {
+        return Err(bad("holds another record"));
+    }
+    v["replica"] = replica.clone().into();
+    Ok(v)
+}
+
+/// One chain's check in the database.
+#[derive(Debug, Default)]
+pub struct ChainReport {
+    pub chain: String,
+    pub replica: String,
+    pub records: u64,
+    pub first_seq: Option<i64>,
+    pub last_seq: Option<i64>,
+    pub problems: Vec<String>,
+    pub notes: Vec<String>,
+}
+
+/// Walks every chain in the database: each row's line hashes to what it states and to the
+/// row's `hash`, holds the row's id, seq and `prev`, follows the previous row (seq + 1, `prev`
+/// its hash), and the newest checkpoint signed by one of `keys` for the chain names a record
+/// the chain still has, with that hash (records cut from the end are caught).
+pub async fn verify(
+    db: &Database,
+    keys: &[crate::util::ed25519::PublicKey],
+) -> Result<Vec<ChainReport>, DbError> {
+    let chains: Vec<(String, String)> = db
+        .run("verify_chains", |pool| async move {
+            let c = pool.get().await?;
+            let rows = c
+                .query(
+                    "SELECT chain, min(replica) FROM agentgate.records GROUP BY chain
+                     UNION SELECT chain, min(replica) FROM agentgate.checkpoints GROUP BY chain
+                     ORDER BY 2, 1",
+                    &[],
+                )
+                .await?;
+            Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+        .await?;
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for (chain, replica) in chains {
+        if !seen.insert(chain.clone()) {
+            continue;
+        }
+        out.push(verify_chain(db, chain, replica, keys).await?);
+    }
+    Ok(out)
+}
+
+async fn verify_chain(
+    db: &Database,
+    chain: String,
+    replica: String,
+    keys: &[crate::util::ed25519::PublicKey],
+) -> Result<ChainReport, DbError> {
+    let mut rep = ChainReport {
+        chain: chain.clone(),
+        replica,
+        ..Default::default()
+    };
+    // The newest signed checkpoint of this chain: the chain must still reach it.
+    let ch = chain.clone();
+    let lines: Vec<String> = db
+        .run("verify_checkpoints", move |pool| async move {
+            let c = pool.get().await?;
+            let rows = c
+                .query(
+                    "SELECT line FROM agentgate.checkpoints WHERE chain = $1 ORDER BY n DESC LIMIT 50",
+                    &[&ch],
+                )
+                .await?;
+            Ok(rows.into_iter().map(|r| r.get(0)).collect())
+        })
+        .await?;
+    let newest = lines
+        .iter()
+        .filter_map(|l| super::checkpoint::Checkpoint::parse(l).and_then(Result::ok))
+        .filter(|c| c.store == chain)
+        .find(|c| c.signed_by(keys));
+    let want = newest.as_ref().and_then(|c| c.seq).map(|s| s as i64);
+    let mut at_checkpoint: Option<String> = None;
+    let mut after = -1i64;
+    let mut prev: Option<(i64, String)> = None;
+    loop {
+        let ch = chain.clone();
+        let page: Vec<(i64, String, String, String, String, String)> = db
+            .run("verify_page", move |pool| async move {
+                let c = pool.get().await?;
+                let rows = c
+                    .query(
+                        "SELECT seq, id, prev, hash, line, replica FROM agentgate.records
+                         WHERE chain = $1 AND seq > $2 ORDER BY seq LIMIT 1000",
+                        &[&ch, &after],
+                    )
+                    .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
+                    .collect())
+            })
+            .await?;
+        if page.is_empty() {
+            break;
+        }
+        for (seq, id, row_prev, hash, line, replica) in page {
+            after = seq;
+            let at = format!("seq {seq} ({id})");
+            if replica != rep.replica && rep.problems.len() < 20 {
+                rep.problems.push(format!(
+                    "{at}: the row says replica `{replica}`, the chain's other rows `{}`",
+                    rep.replica
+                ));
+            }
+            let Some((body, stated)) = unseal(&line) else {
+                rep.problems.push(format!("{at}: the row's line is not a sealed record"));
+                continue;
+            };
+            let actual = crate::util::hex::hex(&boring::sha::sha256(body.as_bytes()));
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let mut wrong = Vec::new();
+            if actual != stated {
+                wrong.push(format!("its record was modified (hash {actual}, it states {stated})"));
+            }
+            if stated != hash {
+                wrong.push(format!("the row's hash column {hash} is not the record's {stated}"));
+            }
+            if v["seq"].as_i64() != Some(seq) || v["id"].as_str() != Some(id.as_str()) {
+                wrong.push("the row's id or seq is not the record's".into());
+            }
+            if v["prev"].as_str() != Some(row_prev.as_str()) {
+                wrong.push("the row's prev column is not the record's".into());
+            }
+            match &prev {
+                None if rep.first_seq.is_none() => {
+                    if seq != 0 {
+                        rep.notes.push(format!(
+                            "the chain starts at seq {seq} in the database (earlier records were removed by retention, or never sent)"
+                        ));
+                    }
+                }
+                Some((p, _)) if *p + 1 != seq => wrong.push(format!(
+                    "records {}..{} are missing before it",
+                    p + 1,
+                    seq - 1
+                )),
+                Some((_, ph)) if v["prev"].as_str() != Some(ph.as_str()) => wrong.push(format!(
+                    "it does not follow the previous record (prev {}, the previous record's hash {ph}): a record was removed, inserted or replaced",
+                    v["prev"].as_str().unwrap_or("?")
+                )),
+                _ => {}
+            }
+            if rep.first_seq.is_none() {
+                rep.first_seq = Some(seq);
+            }
+            rep.last_seq = Some(seq);
+            if wrong.is_empty() {
+                rep.records += 1;
+            } else if rep.problems.len() < 20 {
+                rep.problems.push(format!("{at}: {}", wrong.join("; ")));
+            }
+            if want == Some(seq) {
+                at_checkpoint = Some(stated.to_string());
+            }
+            prev = Some((seq, stated.to_string()));
+        }
+    }
+    match newest {
+        None if keys.is_empty() => rep.notes.push(
+            "no signing key given (--pubkey, or --config's recording.signing_key): records cut from the end cannot be ruled out".into(),
+        ),
+        None => rep.notes.push(
+            "no checkpoint signed by the given key(s) in the database: records cut from the end cannot be ruled out".into(),
+        ),
+        Some(c) => match c.seq {
+            Some(s) => match &at_checkpoint {
+                Some(h) if *h == c.head => rep.notes.push(format!(
+                    "checkpoint {} (seq {s}) signed by key {}: the chain reaches it",
+                    c.n, c.key
+                )),
+                Some(h) => rep.problems.push(format!(
+                    "the signed checkpoint {} names seq {s} with hash {}, the database holds {h}: records were replaced",
+                    c.n, c.head
+                )),
+                None => rep.problems.push(format!(
+                    "the signed checkpoint {} names seq {s}, which the database no longer holds: records were cut from the end (or not sent yet)",
+                    c.n
+                )),
+            },
+            None => {}
+        },
+    }
+    Ok(rep)
+}
