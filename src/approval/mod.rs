@@ -216,7 +216,11 @@ pub struct Unavailable(pub String);
 
 impl std::fmt::Display for Unavailable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "the approval store (PostgreSQL) cannot be reached: {}", self.0)
+        write!(
+            f,
+            "the approval store (PostgreSQL) cannot be reached: {}",
+            self.0
+        )
     }
 }
 
@@ -321,7 +325,13 @@ impl ApprovalStore {
     }
 
     /// A retry that carries an approval id (ticket mode).
-    pub async fn redeem(&self, id: &str, who: &Identity, rule: &str, request: &Bound<'_>) -> Redeem {
+    pub async fn redeem(
+        &self,
+        id: &str,
+        who: &Identity,
+        rule: &str,
+        request: &Bound<'_>,
+    ) -> Redeem {
         match self {
             ApprovalStore::Local(s) => s.redeem(id, who, rule, request),
             ApprovalStore::Shared(s) => s.redeem(id, who, rule, request).await,

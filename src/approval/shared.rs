@@ -51,7 +51,10 @@ fn parse(v: serde_json::Value) -> Result<Approval, DbError> {
 }
 
 fn unavailable(e: DbError) -> Refused {
-    refused(503, format!("the approval store (PostgreSQL) cannot be reached: {e}"))
+    refused(
+        503,
+        format!("the approval store (PostgreSQL) cannot be reached: {e}"),
+    )
 }
 
 /// What a `NOTIFY` on the approvals channel carries: which approval changed, and when.
@@ -421,7 +424,13 @@ impl SharedApprovals {
     }
 
     /// A retry that carries an approval id (ticket mode), on any replica.
-    pub async fn redeem(&self, id: &str, who: &Identity, rule: &str, request: &Bound<'_>) -> Redeem {
+    pub async fn redeem(
+        &self,
+        id: &str,
+        who: &Identity,
+        rule: &str,
+        request: &Bound<'_>,
+    ) -> Redeem {
         let (id, who, rule) = (id.to_string(), who.clone(), rule.to_string());
         let bound = (
             request.route.to_string(),
@@ -522,7 +531,7 @@ impl SharedApprovals {
                         done.push(a);
                     }
                 }
-                if n % 60 == 0 {
+                if n.is_multiple_of(60) {
                     let keep_after = now - RETENTION.as_millis() as i64;
                     c.execute(
                         "DELETE FROM agentgate.approvals WHERE state <> 'pending' AND created_ms < $1",
@@ -550,17 +559,14 @@ impl SharedApprovals {
                 crate::metrics::APPROVALS_PENDING.set(pending);
             }
             // Said once per outage: the sweep runs every second.
-            Err(e) if n % 60 == 0 => log::warn!("approvals: sweep: {e}"),
+            Err(e) if n.is_multiple_of(60) => log::warn!("approvals: sweep: {e}"),
             Err(_) => {}
         }
     }
 }
 
 /// Writes `a` back to its row (state, holder released when it left pending, the JSON).
-async fn store_row(
-    tx: &deadpool_postgres::Transaction<'_>,
-    a: &Approval,
-) -> Result<(), DbError> {
+async fn store_row(tx: &deadpool_postgres::Transaction<'_>, a: &Approval) -> Result<(), DbError> {
     tx.execute(
         "UPDATE agentgate.approvals
          SET state = $2, doc = $3, holder = CASE WHEN $2 = 'pending' THEN holder ELSE NULL END

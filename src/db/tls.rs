@@ -97,7 +97,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream for DbTlsStream<S> {
         let Some(cert) = self.0.ssl().peer_certificate() else {
             return ChannelBinding::none();
         };
-        let digest = match cert.signature_algorithm().object().nid().signature_algorithms() {
+        let digest = match cert
+            .signature_algorithm()
+            .object()
+            .nid()
+            .signature_algorithms()
+        {
             Some(algs) => match pingora::tls::hash::MessageDigest::from_nid(algs.digest) {
                 Some(d)
                     if d.type_() != pingora::tls::nid::Nid::MD5

@@ -183,7 +183,7 @@ impl Checkpointer {
     }
 
     /// Sends every checkpoint to the shared store too.
-    pub fn to_postgres(&mut self, shipper: Arc<super::shared::Shipper>) {
+    pub fn send_to_postgres(&mut self, shipper: Arc<super::shared::Shipper>) {
         metrics::CHECKPOINTS.with_label_values(&["postgres", "ok"]);
         self.sinks.push(Box::new(Postgres(shipper)));
     }

@@ -63,7 +63,12 @@ fn row_of(line: String) -> Option<Row> {
     let (_, hash) = unseal(&line)?;
     let hash = hash.to_string();
     let v: serde_json::Value = serde_json::from_str(&line).ok()?;
-    let s = |p: &str| v.pointer(p).and_then(|x| x.as_str()).unwrap_or("").to_string();
+    let s = |p: &str| {
+        v.pointer(p)
+            .and_then(|x| x.as_str())
+            .unwrap_or("")
+            .to_string()
+    };
     Some(Row {
         seq: v["seq"].as_i64()?,
         id: s("/id"),
@@ -74,7 +79,10 @@ fn row_of(line: String) -> Option<Row> {
         route: s("/route"),
         subject: s("/identity/subject"),
         conversation: s("/conversation"),
-        status: v.pointer("/response/status").and_then(|x| x.as_i64()).unwrap_or(0) as i32,
+        status: v
+            .pointer("/response/status")
+            .and_then(|x| x.as_i64())
+            .unwrap_or(0) as i32,
         method: s("/method"),
         path: s("/path"),
         line,
@@ -273,9 +281,20 @@ impl Shipper {
                         .execute(
                             &ins,
                             &[
-                                &chain, &r.seq, &replica, &r.id, &r.prev, &r.hash, &r.ts_ms,
-                                &r.route, &r.subject, &r.conversation, &r.status, &r.method,
-                                &r.path, &r.line,
+                                &chain,
+                                &r.seq,
+                                &replica,
+                                &r.id,
+                                &r.prev,
+                                &r.hash,
+                                &r.ts_ms,
+                                &r.route,
+                                &r.subject,
+                                &r.conversation,
+                                &r.status,
+                                &r.method,
+                                &r.path,
+                                &r.line,
                             ],
                         )
                         .await?;
@@ -396,7 +415,10 @@ pub async fn list(db: &Database, f: &Filter) -> Result<Vec<serde_json::Value>, D
 #[derive(Debug)]
 pub enum FindError {
     Unknown,
-    Ambiguous { prefix: String, ids: usize },
+    Ambiguous {
+        prefix: String,
+        ids: usize,
+    },
     /// The row is not the record it says (edited in the database).
     Tampered(String),
     Db(DbError),
@@ -483,8 +505,7 @@ pub async fn find(db: &Database, id: &str) -> Result<serde_json::Value, FindErro
     if crate::util::hex::hex(&boring::sha::sha256(body.as_bytes())) != stated || stated != hash {
         return Err(bad("was modified"));
     }
-    let mut v: serde_json::Value =
-        serde_json::from_str(line).map_err(|_| bad("is not JSON"))?;
+    let mut v: serde_json::Value = serde_json::from_str(line).map_err(|_| bad("is not JSON"))?;
     if v["id"].as_str() != Some(rid.as_str()) || v["seq"].as_i64() != Some(*seq) {
         return Err(bad("holds another record"));
     }
@@ -602,17 +623,22 @@ async fn verify_chain(
                 ));
             }
             let Some((body, stated)) = unseal(&line) else {
-                rep.problems.push(format!("{at}: the row's line is not a sealed record"));
+                rep.problems
+                    .push(format!("{at}: the row's line is not a sealed record"));
                 continue;
             };
             let actual = crate::util::hex::hex(&boring::sha::sha256(body.as_bytes()));
             let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
             let mut wrong = Vec::new();
             if actual != stated {
-                wrong.push(format!("its record was modified (hash {actual}, it states {stated})"));
+                wrong.push(format!(
+                    "its record was modified (hash {actual}, it states {stated})"
+                ));
             }
             if stated != hash {
-                wrong.push(format!("the row's hash column {hash} is not the record's {stated}"));
+                wrong.push(format!(
+                    "the row's hash column {hash} is not the record's {stated}"
+                ));
             }
             if v["seq"].as_i64() != Some(seq) || v["id"].as_str() != Some(id.as_str()) {
                 wrong.push("the row's id or seq is not the record's".into());
@@ -621,12 +647,10 @@ async fn verify_chain(
                 wrong.push("the row's prev column is not the record's".into());
             }
             match &prev {
-                None if rep.first_seq.is_none() => {
-                    if seq != 0 {
-                        rep.notes.push(format!(
-                            "the chain starts at seq {seq} in the database (earlier records were removed by retention, or never sent)"
-                        ));
-                    }
+                None if rep.first_seq.is_none() && seq != 0 => {
+                    rep.notes.push(format!(
+                        "the chain starts at seq {seq} in the database (earlier records were removed by retention, or never sent)"
+                    ));
                 }
                 Some((p, _)) if *p + 1 != seq => wrong.push(format!(
                     "records {}..{} are missing before it",
@@ -661,8 +685,9 @@ async fn verify_chain(
         None => rep.notes.push(
             "no checkpoint signed by the given key(s) in the database: records cut from the end cannot be ruled out".into(),
         ),
-        Some(c) => match c.seq {
-            Some(s) => match &at_checkpoint {
+        Some(c) => {
+            let Some(s) = c.seq else { return Ok(rep) };
+            match &at_checkpoint {
                 Some(h) if *h == c.head => rep.notes.push(format!(
                     "checkpoint {} (seq {s}) signed by key {}: the chain reaches it",
                     c.n, c.key
@@ -675,9 +700,8 @@ async fn verify_chain(
                     "the signed checkpoint {} names seq {s}, which the database no longer holds: records were cut from the end (or not sent yet)",
                     c.n
                 )),
-            },
-            None => {}
-        },
+            }
+        }
     }
     Ok(rep)
 }

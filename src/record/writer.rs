@@ -52,11 +52,10 @@ impl Recorder {
         let store = Store::open(&dir, settings.segment_size)
             .map_err(|e| format!("recording store {}: {e}", dir.display()))?;
         let mut checkpoints = Checkpointer::new(&store, key, settings.checkpoints.clone())?;
-        let shipper = db.map(|db| {
-            super::shared::Shipper::start(db, dir.clone(), store.id().to_string())
-        });
+        let shipper =
+            db.map(|db| super::shared::Shipper::start(db, dir.clone(), store.id().to_string()));
         if let Some(s) = &shipper {
-            checkpoints.to_postgres(s.clone());
+            checkpoints.send_to_postgres(s.clone());
         }
         log::info!(
             "recording store {} (id {}): checkpoints signed by key {} every {} records or {:?}",

@@ -69,7 +69,13 @@ fn format_seconds(secs: i64) -> String {
 /// (`2026-11-28T23:53:10.123Z`); `None` for any other shape (days-from-civil, H. Hinnant).
 pub fn parse_rfc3339_ms(s: &str) -> Option<u64> {
     let b = s.as_bytes();
-    if b.len() != 24 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[19] != b'.' || b[23] != b'Z' {
+    if b.len() != 24
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[19] != b'.'
+        || b[23] != b'Z'
+    {
         return None;
     }
     let num = |r: std::ops::Range<usize>| -> Option<i64> {
@@ -103,7 +109,12 @@ mod tests {
             let t = rfc3339(UNIX_EPOCH + Duration::from_millis(ms));
             assert_eq!(parse_rfc3339_ms(&t), Some(ms), "{t}");
         }
-        for bad in ["", "2026-11-28T00:00:00Z", "2026-13-28T00:00:00.000Z", "2026-11-28T00:00:00.00xZ"] {
+        for bad in [
+            "",
+            "2026-11-28T00:00:00Z",
+            "2026-13-28T00:00:00.000Z",
+            "2026-11-28T00:00:00.00xZ",
+        ] {
             assert_eq!(parse_rfc3339_ms(bad), None, "{bad}");
         }
     }

@@ -93,10 +93,7 @@ impl TryFrom<RawPostgres> for PostgresStore {
                 ))
             })?;
             if parsed.get_hosts().is_empty() {
-                return Err(at_field(
-                    "url",
-                    "store.postgres.url names no host".into(),
-                ));
+                return Err(at_field("url", "store.postgres.url names no host".into()));
             }
             if parsed.get_ssl_mode() == tokio_postgres::config::SslMode::Disable {
                 if let Some(h) = parsed.get_hosts().iter().find(|h| !is_loopback(h)) {
@@ -111,7 +108,10 @@ impl TryFrom<RawPostgres> for PostgresStore {
         if r.pool == 0 || r.pool > 1000 {
             return Err(at_field(
                 "pool",
-                format!("store.postgres.pool is {}: give 1 to 1000 connections", r.pool),
+                format!(
+                    "store.postgres.pool is {}: give 1 to 1000 connections",
+                    r.pool
+                ),
             ));
         }
         if r.queue == 0 {
@@ -129,9 +129,12 @@ impl TryFrom<RawPostgres> for PostgresStore {
         }
         if let Some(n) = &r.replica {
             if !valid_replica(n) {
-                return Err(at_field("replica", format!(
+                return Err(at_field(
+                    "replica",
+                    format!(
                     "store.postgres.replica `{n}`: use 1 to 63 letters, digits, `-`, `_` or `.`"
-                )));
+                ),
+                ));
             }
         }
         Ok(PostgresStore {
