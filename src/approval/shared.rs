@@ -40,6 +40,10 @@ pub struct SharedApprovals {
     waiters: Mutex<HashMap<String, watch::Sender<State>>>,
     /// Sweeps done; retention runs on every 60th.
     sweeps: std::sync::atomic::AtomicU64,
+    /// Since when this process's sweeps reach the database without a break. Other processes'
+    /// leases are judged only after one lease of that: after an outage every replica first gets
+    /// the time to renew its own.
+    reachable_since: Mutex<Option<std::time::Instant>>,
 }
 
 fn doc(a: &Approval) -> Result<serde_json::Value, DbError> {
@@ -71,6 +75,7 @@ impl SharedApprovals {
             db: db.clone(),
             waiters: Mutex::new(HashMap::new()),
             sweeps: std::sync::atomic::AtomicU64::new(0),
+            reachable_since: Mutex::new(None),
         });
         db.spawn(s.clone().watch());
         s
@@ -484,6 +489,11 @@ impl SharedApprovals {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let me = self.db.instance.clone();
         let lease = self.db.lease.as_millis() as i64;
+        let judge_leases = self
+            .reachable_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|t| t.elapsed() >= self.db.lease);
         let r = self
             .db
             .run("approval_sweep", move |pool| async move {
@@ -504,6 +514,9 @@ impl SharedApprovals {
                     ),
                     (
                         "interrupted",
+                        if !judge_leases {
+                            Vec::new()
+                        } else {
                         c.query(
                             "UPDATE agentgate.approvals a
                              SET state = 'interrupted', holder = NULL,
@@ -516,7 +529,8 @@ impl SharedApprovals {
                              RETURNING doc",
                             &[&now, &me, &lease],
                         )
-                        .await?,
+                        .await?
+                        },
                     ),
                 ] {
                     for r in rows {
@@ -551,6 +565,17 @@ impl SharedApprovals {
                 Ok((done, pending))
             })
             .await;
+        {
+            let mut since = self
+                .reachable_since
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            match (&r, *since) {
+                (Ok(_), None) => *since = Some(std::time::Instant::now()),
+                (Err(_), _) => *since = None,
+                _ => {}
+            }
+        }
         match r {
             Ok((done, pending)) => {
                 for a in &done {

@@ -332,7 +332,7 @@ impl Database {
         let every = self.lease / 3;
         loop {
             let (inst, rep) = (self.instance.clone(), self.replica.clone());
-            let _ = self
+            let renewed = self
                 .run("lease", move |pool| async move {
                     let c = pool.get().await?;
                     let now = crate::util::time::unix_ms() as i64;
@@ -352,7 +352,14 @@ impl Database {
                     Ok(())
                 })
                 .await;
-            tokio::time::sleep(every).await;
+            // After a failure, try again soon: other replicas judge this lease once they reach
+            // the database again.
+            let pause = if renewed.is_ok() {
+                every
+            } else {
+                Duration::from_secs(1).min(every)
+            };
+            tokio::time::sleep(pause).await;
         }
     }
 

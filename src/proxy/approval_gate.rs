@@ -252,7 +252,11 @@ impl Gate {
                     return Outcome::Abandoned(evidence.into());
                 }
             };
-            let a = done.unwrap_or(a);
+            let mut a = done.unwrap_or(a);
+            if a.state == State::Pending {
+                // The shared store could not be reached at the deadline: expired, fail closed.
+                a.state = State::Expired;
+            }
             evidence.push(a.evidence("wait"));
             match a.state {
                 State::Approved => continue,
