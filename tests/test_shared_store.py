@@ -130,6 +130,8 @@ def test_a_request_held_on_a_is_approved_with_the_cli_through_b(replicas, mock):
     out = subprocess.run([str(BINARY), "approvals", "approve", p["id"], "--reason", "checked"], capture_output=True, text=True, env=env, timeout=30)
     assert out.returncode == 0, out.stderr
     assert sdk_result(sdk)["status"] == 200
+    # A heard the decision B committed (LISTEN/NOTIFY), not only by polling.
+    assert a.metric("agentgate_store_notify_lag_seconds_count") >= 1
     assert len(mock.state.requests) == 1
     assert wait_state(a, p["id"], "approved")["decisions"][0]["by"]["subject"] == "bob"
 
@@ -342,3 +344,12 @@ def test_records_made_while_the_database_is_down_reach_it_exactly_once(replicas,
     assert rows(pg, database) == local == 7
     assert db_sql(pg, database, "SELECT count(DISTINCT seq), min(seq), max(seq) FROM agentgate.records") == "7|0|6"
     assert cli(a, "audit", "verify").returncode == 0
+
+
+def test_the_console_on_b_decides_requests_held_on_a(start_gateway, mock, upstream_ca, upstream_ca_file, tmp_path, pg, database):
+    """The console's walk-through (test_console.py) with its requests held on replica `a` and
+    people signed in to the console of replica `b`."""
+    from test_console import console_e2e
+
+    url, _ = database
+    console_e2e(start_gateway, mock, upstream_ca, upstream_ca_file, tmp_path, extra=[store(url, pg.ca_file, "b")], on=[store(url, pg.ca_file, "a")])
