@@ -55,12 +55,12 @@ def replicas(start_gateway, mock, upstream_ca_file, pg, database):
     mock route, recording on) sharing `database`."""
     url, _ = database
 
-    def start(*names: str, wait_ready: bool = True, rule: dict | None = None, **over) -> list[Gateway]:
+    def start(*names: str, wait_ready: bool = True, rule: dict | None = None, recording: dict | None = None, **over) -> list[Gateway]:
         return [
             start_gateway(
                 route("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file, approvals=["destructive-tools"]),
                 identity=people_identity(PEOPLE),
-                extra=[rules(**(rule or {})), pg_store(url, pg.ca_file, n, dict(over))],
+                extra=[rules(**(rule or {})), pg_store(url, pg.ca_file, n, dict(over)), {"recording": recording or {}}],
                 admin={"auditors": ["security-oncall"]},
                 wait_ready=wait_ready,
             )
@@ -353,3 +353,25 @@ def test_the_console_on_b_decides_requests_held_on_a(start_gateway, mock, upstre
 
     url, _ = database
     console_e2e(start_gateway, mock, upstream_ca, upstream_ca_file, tmp_path, extra=[store(url, pg.ca_file, "b")], on=[store(url, pg.ca_file, "a")])
+
+
+def test_audit_verify_catches_rows_cut_from_the_start(replicas, pg, database):
+    [a] = replicas("a")
+    chat(a), chat(a)
+    a.stop()
+    db_sql(pg, database, "DELETE FROM agentgate.records WHERE seq = 0")
+    bad = cli(a, "audit", "verify")
+    assert bad.returncode == 1 and "records 0..0 are missing before it" in bad.stdout, bad.stdout
+
+
+def test_retention_removes_rows_too_and_verify_accepts_the_signed_new_start(replicas, pg, database):
+    [a] = replicas("a", recording={"segment_size": "2KiB", "max_size": "6KiB"})
+    for _ in range(12):
+        chat(a)
+    eventually(lambda: db_sql(pg, database, "SELECT coalesce(min(seq), 0) FROM agentgate.records"), lambda m: int(m) > 0, timeout=60)
+    a.stop()
+    first = int(db_sql(pg, database, "SELECT min(seq) FROM agentgate.records"))
+    assert int(db_sql(pg, database, "SELECT count(*) FROM agentgate.records")) == 12 - first
+    ok = cli(a, "audit", "verify")
+    assert ok.returncode == 0, ok.stdout
+    assert f"the chain starts at seq {first}: retention removed the records before it" in ok.stdout, ok.stdout

@@ -32,6 +32,8 @@ struct Queue {
     behind: bool,
     /// Lines dropped so far (a catch-up that saw none dropped while it ran clears `behind`).
     dropped: u64,
+    /// Retention removed this chain's records up to this seq on disk: so do the rows.
+    prune_upto: Option<u64>,
 }
 
 pub struct Shipper {
@@ -150,6 +152,15 @@ impl Shipper {
         self.wake.notify_one();
     }
 
+    /// Retention removed the records up to `seq` from the local store: their rows go too (the
+    /// signed checkpoint that carries the retention event vouches for the new start).
+    pub fn retained(&self, seq: u64) {
+        let mut q = self.q();
+        q.prune_upto = Some(q.prune_upto.map_or(seq, |p| p.max(seq)));
+        drop(q);
+        self.wake.notify_one();
+    }
+
     /// Whether lines were left on disk because the queue was full (`on_failure` applies).
     pub fn overflowed(&self) -> bool {
         let q = self.q();
@@ -171,16 +182,17 @@ impl Shipper {
 
     async fn run(self: Arc<Self>) {
         loop {
-            let (lines, cps, behind, dropped) = {
+            let (lines, cps, behind, dropped, prune) = {
                 let q = self.q();
                 (
                     q.lines.iter().take(BATCH).cloned().collect::<Vec<_>>(),
                     q.checkpoints.iter().cloned().collect::<Vec<_>>(),
                     q.behind,
                     q.dropped,
+                    q.prune_upto,
                 )
             };
-            if lines.is_empty() && cps.is_empty() && !behind {
+            if lines.is_empty() && cps.is_empty() && !behind && prune.is_none() {
                 let _ = tokio::time::timeout(Duration::from_secs(1), self.wake.notified()).await;
                 continue;
             }
@@ -194,6 +206,9 @@ impl Shipper {
                 if lines.is_empty() && behind {
                     self.catch_up().await?;
                 }
+                if let Some(upto) = prune {
+                    self.prune(upto).await?;
+                }
                 Ok::<(), DbError>(())
             }
             .await;
@@ -205,6 +220,9 @@ impl Shipper {
                     }
                     for _ in 0..cps.len() {
                         q.checkpoints.pop_front();
+                    }
+                    if q.prune_upto == prune {
+                        q.prune_upto = None;
                     }
                     if lines.is_empty() && behind && q.dropped == dropped {
                         q.behind = false;
@@ -338,6 +356,22 @@ impl Shipper {
             );
         }
         Ok(())
+    }
+
+    async fn prune(&self, upto: u64) -> Result<(), DbError> {
+        let chain = self.chain.clone();
+        let upto = upto as i64;
+        self.db
+            .run("record_retention", move |pool| async move {
+                let c = pool.get().await?;
+                c.execute(
+                    "DELETE FROM agentgate.records WHERE chain = $1 AND seq <= $2",
+                    &[&chain, &upto],
+                )
+                .await?;
+                Ok(())
+            })
+            .await
     }
 
     async fn insert_checkpoints(&self, lines: Vec<String>) -> Result<(), DbError> {
@@ -576,18 +610,24 @@ async fn verify_chain(
             let c = pool.get().await?;
             let rows = c
                 .query(
-                    "SELECT line FROM agentgate.checkpoints WHERE chain = $1 ORDER BY n DESC LIMIT 50",
+                    "SELECT line FROM agentgate.checkpoints WHERE chain = $1 ORDER BY n DESC",
                     &[&ch],
                 )
                 .await?;
             Ok(rows.into_iter().map(|r| r.get(0)).collect())
         })
         .await?;
-    let newest = lines
+    let signed: Vec<super::checkpoint::Checkpoint> = lines
         .iter()
         .filter_map(|l| super::checkpoint::Checkpoint::parse(l).and_then(Result::ok))
-        .filter(|c| c.store == chain)
-        .find(|c| c.signed_by(keys));
+        .filter(|c| c.store == chain && c.signed_by(keys))
+        .collect();
+    // Where retention may have moved the chain's start: (last removed seq, its hash), signed.
+    let retained: std::collections::HashSet<(u64, String)> = signed
+        .iter()
+        .flat_map(|c| c.retention.iter().map(|e| (e.seq, e.hash.clone())))
+        .collect();
+    let newest = signed.into_iter().next();
     let want = newest.as_ref().and_then(|c| c.seq).map(|s| s as i64);
     let mut at_checkpoint: Option<String> = None;
     let mut after = -1i64;
@@ -648,9 +688,21 @@ async fn verify_chain(
             }
             match &prev {
                 None if rep.first_seq.is_none() && seq != 0 => {
-                    rep.notes.push(format!(
-                        "the chain starts at seq {seq} in the database (earlier records were removed by retention, or never sent)"
-                    ));
+                    let prev_of = (seq as u64 - 1, row_prev.clone());
+                    if retained.contains(&prev_of) {
+                        rep.notes.push(format!(
+                            "the chain starts at seq {seq}: retention removed the records before it (a signed checkpoint says so)"
+                        ));
+                    } else if keys.is_empty() {
+                        rep.notes.push(format!(
+                            "the chain starts at seq {seq}; without a signing key, records removed from its start cannot be told from retention"
+                        ));
+                    } else {
+                        wrong.push(format!(
+                            "records 0..{} are missing before it, and no signed checkpoint records a retention that removed them",
+                            seq - 1
+                        ));
+                    }
                 }
                 Some((p, _)) if *p + 1 != seq => wrong.push(format!(
                     "records {}..{} are missing before it",

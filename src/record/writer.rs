@@ -316,6 +316,9 @@ impl Writer {
         {
             Ok(events) if !events.is_empty() => {
                 log::info!("recording retention removed {} segment(s)", events.len());
+                if let (Some(s), Some(seq)) = (&self.shipper, events.iter().map(|e| e.seq).max()) {
+                    s.retained(seq);
+                }
                 self.checkpoints.retained(events);
             }
             Ok(_) => {}
