@@ -757,3 +757,38 @@ async fn verify_chain(
     }
     Ok(rep)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_patterns_take_an_id_literally() {
+        for (id, want) in [
+            ("abc", "abc"),
+            ("a%b", "a\\%b"),
+            ("a_b", "a\\_b"),
+            ("a\\b", "a\\\\b"),
+            ("%_%", "\\%\\_\\%"),
+        ] {
+            assert_eq!(like_literal(id), want, "{id}");
+        }
+    }
+
+    #[test]
+    fn a_row_is_made_of_the_sealed_line_only() {
+        let body = r#"{"kind":"exchange","id":"r1","ts":"2026-11-28T00:00:00.500Z","conversation":"c","identity":{"subject":"ci"},"route":"mock","method":"POST","path":"/v1/x","response":{"status":201},"seq":7,"prev":"p"}"#;
+        let (line, hash) = super::super::store::seal(body);
+        let r = row_of(line.clone()).expect("a sealed record");
+        assert_eq!((r.seq, r.id.as_str(), r.prev.as_str()), (7, "r1", "p"));
+        assert_eq!((r.hash, r.line), (hash, line.clone()));
+        assert_eq!((r.ts_ms, r.status), (1_795_824_000_500, 201));
+        assert_eq!(
+            (r.route.as_str(), r.subject.as_str(), r.path.as_str()),
+            ("mock", "ci", "/v1/x")
+        );
+        // A line that is not sealed, or has no seq, is no row.
+        assert!(row_of(body.to_string()).is_none());
+        assert!(row_of(super::super::store::seal(r#"{"id":"x"}"#).0).is_none());
+    }
+}
