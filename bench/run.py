@@ -6,6 +6,8 @@ Systems (each TLS in, TLS to the upstream, HTTP/1.1 upstream with keep-alive poo
   nginx        Debian nginx, 1 worker, upstream keepalive
   vanilla      a minimal Pingora ProxyHttp (examples/vanilla_pingora.rs), 1 thread
   agentgate    passthrough: credential injection, scrubbing, metrics, session log, 1 thread
+  agentgate-full-pg  the full policy with `store.postgres` (records also sent to a local
+               PostgreSQL over TLS; Debian's postgresql, skipped when it is not installed)
 
 Usage: python bench/run.py [--smoke] [--profile release|debug] [--duration S] [--rounds N]
 """
@@ -126,6 +128,7 @@ class Bench:
         self.key = self.work / "key.pem"
         cert.private_key_pem.write_to_path(str(self.key))
         self.client_ctx = ssl.create_default_context(cafile=str(self.ca_file))
+        self.pg = None
 
     def spawn(self, argv: list[str], name: str, **kw) -> subprocess.Popen:
         log = open(self.work / f"{name}.log", "wb")
@@ -143,6 +146,8 @@ class Bench:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+        if self.pg is not None:
+            self.pg.close()
         # What the gateways wrote (record stores, session lines) runs to gigabytes per run.
         if not getattr(self.args, "keep_work", False):
             for d in self.work.glob("var-*"):
@@ -225,13 +230,14 @@ http {{
         response masking (secrets redacted, personal data pseudonymized and restored) and a
         guardrail; `approvals`: passthrough with an approval rule on the route (bench/approvals.py)."""
         name = name or {"passthrough": "agentgate", "recorded": "agentgate-recorded", "full": "agentgate-full",
-                        "approvals": "agentgate-approvals"}[variant]
+                        "full-pg": "agentgate-full-pg", "approvals": "agentgate-approvals"}[variant]
         port, admin = free_port(), free_port()
         conf = self.work / f"{name}.yaml"
         route_extra = {
             "passthrough": "    recording: off\n",
             "recorded": "    recording: full\n",
             "full": "    recording: full\n    masking: default\n    guardrails: [no-private-keys]\n",
+            "full-pg": "    recording: full\n    masking: default\n    guardrails: [no-private-keys]\n",
             "approvals": "    recording: off\n    approvals: [destructive-tools, payment-tickets]\n",
         }[variant]
         policy = (
@@ -246,7 +252,10 @@ http {{
             '    when: { method: POST, json: { "tools[*].function.name": { any_of: [transfer_funds] } } }\n'
             "    approvers: { groups: [approvers] }\n    timeout: 1h\n    mode: ticket\n"
         )
-        conf.write_text(f"""
+        store = ""
+        if variant == "full-pg":
+            store = (f"store:\n  postgres: {{ url: \"{self.pg.url}\", ca_file: {self.pg.ca_file}, replica: bench }}\n")
+        conf.write_text(f"""{store}
 server: {{ state_dir: ./var-{name}, threads: 1 }}
 listeners:
   - {{ name: agents, address: "127.0.0.1:{port}", tls: {{ cert: {self.chain}, key: {self.key} }} }}
@@ -273,6 +282,17 @@ routes:
         s = System(name, port, p)
         s.admin = admin
         return s
+
+    def start_agentgate_pg(self, upstream: int) -> System | None:
+        """The full policy with the PostgreSQL store (a cluster of its own, as the tests make it)."""
+        sys.path.insert(0, str(ROOT / "tests"))
+        import pgserver
+
+        if not pgserver.available():
+            print("PostgreSQL is not installed (make test-deps): skipping agentgate-full-pg")
+            return None
+        self.pg = pgserver.PgServer(self.work, self.ca)
+        return self.start_agentgate(upstream, "full-pg")
 
     def start_portkey(self, upstream: int) -> System | None:
         """Portkey's open-source gateway (Node.js), offline. It has no TLS listener: agents reach
@@ -430,6 +450,7 @@ def main() -> int:
             ("agentgate", b.start_agentgate),
             ("agentgate-recorded", lambda up: b.start_agentgate(up, "recorded")),
             ("agentgate-full", lambda up: b.start_agentgate(up, "full")),
+            ("agentgate-full-pg", b.start_agentgate_pg),
             ("portkey", b.start_portkey),
         )
         if args.baseline:

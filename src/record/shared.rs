@@ -281,60 +281,57 @@ impl Shipper {
         let outcome = self
             .db
             .run("record_insert", move |pool| async move {
-                let mut c = pool.get().await?;
-                let tx = c.transaction().await?;
-                let ins = tx
-                    .prepare(
+                let rows: Vec<Row> = lines.into_iter().filter_map(row_of).collect();
+                let col = |f: fn(&Row) -> String| rows.iter().map(f).collect::<Vec<_>>();
+                let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+                let (ids, prevs, hashes) = (col(|r| r.id.clone()), col(|r| r.prev.clone()), col(|r| r.hash.clone()));
+                let ts: Vec<i64> = rows.iter().map(|r| r.ts_ms).collect();
+                let (routes, subjects, convs) = (
+                    col(|r| r.route.clone()),
+                    col(|r| r.subject.clone()),
+                    col(|r| r.conversation.clone()),
+                );
+                let statuses: Vec<i32> = rows.iter().map(|r| r.status).collect();
+                let (methods, paths, lines) =
+                    (col(|r| r.method.clone()), col(|r| r.path.clone()), col(|r| r.line.clone()));
+                let c = pool.get().await?;
+                // One statement for the batch; rows already there are compared after.
+                let inserted: std::collections::HashSet<i64> = c
+                    .query(
                         "INSERT INTO agentgate.records
-                         (chain, seq, replica, id, prev, hash, ts_ms, route, subject, conversation,
+                         (chain, replica, seq, id, prev, hash, ts_ms, route, subject, conversation,
                           status, method, path, line)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
-                         ON CONFLICT (chain, seq) DO NOTHING",
+                         SELECT $1, $2, * FROM UNNEST($3::bigint[], $4::text[], $5::text[], $6::text[],
+                             $7::bigint[], $8::text[], $9::text[], $10::text[], $11::int[], $12::text[],
+                             $13::text[], $14::text[])
+                         ON CONFLICT (chain, seq) DO NOTHING RETURNING seq",
+                        &[
+                            &chain, &replica, &seqs, &ids, &prevs, &hashes, &ts, &routes, &subjects,
+                            &convs, &statuses, &methods, &paths, &lines,
+                        ],
                     )
-                    .await?;
-                let (mut inserted, mut present, mut conflicts) = (0u64, 0u64, Vec::new());
-                for line in lines {
-                    let Some(r) = row_of(line) else { continue };
-                    let n = tx
-                        .execute(
-                            &ins,
-                            &[
-                                &chain,
-                                &r.seq,
-                                &replica,
-                                &r.id,
-                                &r.prev,
-                                &r.hash,
-                                &r.ts_ms,
-                                &r.route,
-                                &r.subject,
-                                &r.conversation,
-                                &r.status,
-                                &r.method,
-                                &r.path,
-                                &r.line,
-                            ],
+                    .await?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                let others: Vec<i64> = seqs.iter().copied().filter(|s| !inserted.contains(s)).collect();
+                let (mut present, mut conflicts) = (0u64, Vec::new());
+                if !others.is_empty() {
+                    let there = c
+                        .query(
+                            "SELECT seq, line FROM agentgate.records WHERE chain = $1 AND seq = ANY($2)",
+                            &[&chain, &others],
                         )
                         .await?;
-                    if n == 1 {
-                        inserted += 1;
-                        continue;
-                    }
-                    let there: String = tx
-                        .query_one(
-                            "SELECT line FROM agentgate.records WHERE chain = $1 AND seq = $2",
-                            &[&chain, &r.seq],
-                        )
-                        .await?
-                        .get(0);
-                    if there == r.line {
-                        present += 1;
-                    } else {
-                        conflicts.push(r.seq);
+                    for r in there {
+                        let (seq, line): (i64, String) = (r.get(0), r.get(1));
+                        match rows.iter().find(|x| x.seq == seq) {
+                            Some(x) if x.line == line => present += 1,
+                            _ => conflicts.push(seq),
+                        }
                     }
                 }
-                tx.commit().await?;
-                Ok((inserted, present, conflicts))
+                Ok((inserted.len() as u64, present, conflicts))
             })
             .await?;
         let (inserted, present, conflicts) = outcome;
