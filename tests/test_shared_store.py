@@ -375,3 +375,26 @@ def test_retention_removes_rows_too_and_verify_accepts_the_signed_new_start(repl
     ok = cli(a, "audit", "verify")
     assert ok.returncode == 0, ok.stdout
     assert f"the chain starts at seq {first}: retention removed the records before it" in ok.stdout, ok.stdout
+
+
+def test_past_the_queue_bound_on_failure_reject_refuses_until_the_database_caught_up(replicas, pg, database):
+    [a] = replicas("a", queue=2)  # recording.on_failure defaults to reject
+    chat(a)
+    eventually(lambda: rows(pg, database), lambda n: n == 1, timeout=30)
+    pg.stop()
+    try:
+        for _ in range(3):
+            chat(a)  # the third record does not fit in the queue: it waits on disk
+        with a.client() as c:
+            r = c.post(CHAT, json=SAFE_BODY)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "recording_unavailable", r.text
+        assert a.metric("agentgate_store_records_total", outcome="dropped") >= 1
+    finally:
+        pg.start()
+    # Once the database has every record (read back from disk), recorded traffic flows again.
+    eventually(lambda: a.client().post(CHAT, json=SAFE_BODY).status_code, lambda s: s == 200, timeout=60)
+    a.stop()
+    n = int(db_sql(pg, database, "SELECT count(*) FROM agentgate.records"))
+    assert db_sql(pg, database, "SELECT count(DISTINCT seq), min(seq), max(seq) FROM agentgate.records") == f"{n}|0|{n - 1}"
+    local = sum(1 for line in (a.state_dir / "var" / "records" / "index.jsonl").read_text().splitlines() if line.strip())
+    assert n == local
