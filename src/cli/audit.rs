@@ -24,6 +24,13 @@ pub fn verify(
         }
     }
     if let Some(db) = store.shared()? {
+        if let Some(p) = checkpoints {
+            return Err(format!(
+                "--checkpoints {}: the shared store is checked against the checkpoints replicas signed into it; \
+                 to check one replica's local store against exported checkpoints, give its --dir",
+                p.display()
+            ));
+        }
         return verify_shared(&db, &keys);
     }
     let dir = store.records_dir()?;
