@@ -274,6 +274,8 @@ def test_a_request_recorded_on_a_is_found_shown_and_replayed_through_b(replicas,
     assert e["replica"] == "a" and e["status"] == 200 and e["route"] == "mock"
     got = admin(b, "alice", "GET", f"/v1/sessions/{rid[:12]}").json()
     assert got["id"] == rid and got["replica"] == "a"
+    # LIKE's wildcards in an id are taken literally: `____________` is no prefix of every id.
+    assert admin(b, "alice", "GET", "/v1/sessions/" + "_" * 12).status_code == 404
     shown = cli(b, "sessions", "show", rid, "--json")
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["id"] == rid
