@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -17,7 +18,7 @@ import pytest
 import trustme
 
 import pgserver
-from gateway_driver import BINARY, Gateway, eventually
+from gateway_driver import BINARY, ROOT, Gateway, eventually
 from gwconfig import ROUTE_KEY, people_identity, person_token, route
 from test_approvals import CHAT, PEOPLE, SAFE_BODY, TOOLS_BODY, Call, admin, decide, rules, run_sdk_async, sdk_result, wait_pending, wait_state
 
@@ -86,6 +87,12 @@ def test_replicas_starting_together_migrate_the_schema_once(replicas, pg, databa
     assert a.readyz().status_code == 200 and b.readyz().status_code == 200
     assert db_sql(pg, database, "SELECT version FROM agentgate.schema_version") == "1"
     assert a.metric("agentgate_store_up") == 1, [l for l in a.metrics().splitlines() if "store_" in l]
+    # The monitoring dashboard's shared-store panel queries only families a replica exports.
+    dash = json.loads((ROOT / "k8s" / "overlays" / "monitoring" / "agentgate-dashboard.json").read_text())
+    used = {re.sub(r"_(bucket|sum|count)$", "", m) for p in dash["panels"] for t in p["targets"]
+            for m in re.findall(r"agentgate_store_[a-z_]+", t["expr"])}
+    exported = set(re.findall(r"^# TYPE (agentgate_store_[a-z_]+)", a.metrics(), re.M))
+    assert used and used <= exported, used - exported
 
 
 def test_a_newer_schema_is_refused_with_a_clear_error(replicas, pg, database, tmp_path):

@@ -179,6 +179,13 @@ impl Database {
         crate::metrics::STORE_POOL_CONNECTIONS
             .with_label_values(&["max"])
             .set(cfg.pool as i64);
+        // Every family listed from the first scrape.
+        for state in ["busy", "idle"] {
+            crate::metrics::STORE_POOL_CONNECTIONS.with_label_values(&[state]);
+        }
+        std::sync::LazyLock::force(&crate::metrics::STORE_NOTIFY_LAG);
+        std::sync::LazyLock::force(&crate::metrics::STORE_RECORD_QUEUE);
+        std::sync::LazyLock::force(&crate::metrics::STORE_UP);
         let db = Arc::new(Database {
             pool,
             rt: rt.handle().clone(),
