@@ -407,3 +407,16 @@ def test_past_the_queue_bound_on_failure_reject_refuses_until_the_database_caugh
     assert db_sql(pg, database, "SELECT count(DISTINCT seq), min(seq), max(seq) FROM agentgate.records") == f"{n}|0|{n - 1}"
     local = sum(1 for line in (a.state_dir / "var" / "records" / "index.jsonl").read_text().splitlines() if line.strip())
     assert n == local
+
+
+def test_a_window_grant_decided_through_b_lets_the_callers_next_requests_through_on_either(replicas, mock):
+    a, b = replicas("a", "b", rule={"grant": {"scope": "window", "duration": "1h"}})
+    call = Call(a, TOOLS_BODY)
+    [p] = wait_pending(b)
+    assert decide(b, "alice", p["id"], "approve").status_code == 200
+    assert call.result().status_code == 200
+    for gw in (b, a):
+        with gw.client() as c:
+            assert c.post(CHAT, json=TOOLS_BODY).status_code == 200, "inside the window, no new approval"
+    assert admin(b, "alice", "GET", "/v1/approvals?state=pending").json() == []
+    assert len(mock.state.requests) == 3
