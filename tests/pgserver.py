@@ -14,6 +14,7 @@ import pathlib
 import pwd
 import shutil
 import subprocess
+import tempfile
 
 import trustme
 
@@ -35,9 +36,11 @@ def available() -> bool:
 
 class PgServer:
     def __init__(self, base: pathlib.Path, ca: trustme.CA) -> None:
-        self.dir = base / "pg"
+        # A directory of its own, outside pytest's temporary tree (0700 directories that other
+        # pytest runs on the machine tidy up): the cluster's owner must reach it.
+        self.dir = pathlib.Path(tempfile.mkdtemp(prefix="agentgate-pg-"))
+        os.chmod(self.dir, 0o711)
         self.data = self.dir / "data"
-        self.dir.mkdir(parents=True)
         self.port = free_port()
         self.ca_file = base / "pg-ca.pem"
         ca.cert_pem.write_to_path(str(self.ca_file))
@@ -56,14 +59,6 @@ class PgServer:
         pwfile = self.dir / "pw"
         pwfile.write_text(PASSWORD + "\n")
         if self.user:
-            # The cluster's owner must reach its directory through the test's temporary tree.
-            p = self.dir
-            while p != p.parent:
-                try:
-                    os.chmod(p, os.stat(p).st_mode | 0o011)
-                except PermissionError:
-                    pass
-                p = p.parent
             for f in [self.dir, *self.dir.iterdir()]:
                 os.chown(f, self.user.pw_uid, self.user.pw_gid)
         self._run(_bin("initdb"), "-D", str(self.data), "-U", "agentgate", "--auth=scram-sha-256",
@@ -109,3 +104,4 @@ class PgServer:
             self.stop()
         except RuntimeError:
             pass
+        shutil.rmtree(self.dir, ignore_errors=True)
