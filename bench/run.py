@@ -546,7 +546,9 @@ def render(args, systems, runs, h2, sse, streams, peak) -> str:
         "`agentgate` records nothing, `agentgate-recorded` records every exchange in full (masked, hash-chained), "
         "`agentgate-full` adds request and response masking (secrets redacted, personal data pseudonymized and restored) "
         "and a request guardrail; the request body is then read whole and forwarded through a subrequest; "
-        "upstream trusted through the system roots (`SSL_CERT_FILE` = the bench CA)",
+        "upstream trusted through the system roots (`SSL_CERT_FILE` = the bench CA); "
+        "`agentgate-full-pg` is `agentgate-full` with `store.postgres`: every record also sent (in batches, off the "
+        "request path) to a PostgreSQL cluster on this machine over verified TLS, which shares its cores",
         "- portkey: `@portkey-ai/gateway` (Node.js) runs offline; it has no TLS listener, so its inbound leg is plain HTTP "
         "(a head start over the others), and it has no HTTP/2",
         "- nginx and vanilla Pingora trust the bench CA directly; vanilla Pingora uses agentgate's allocator setup "
