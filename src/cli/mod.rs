@@ -135,9 +135,9 @@ impl StoreArgs {
         if c.store.postgres.is_none() {
             return Ok(None);
         }
-        // The URL's password is a secret: this time resolve it.
-        let c = Config::load(path).map_err(|e| e.to_string())?;
-        let pg = c.store.postgres.as_ref().expect("checked above");
+        // The URL's password is a secret: this time resolve it (and only it).
+        let store = Config::load_store(path).map_err(|e| e.to_string())?;
+        let pg = store.postgres.as_ref().expect("checked above");
         crate::db::Database::open(pg, crate::db::Role::Client).map(Some)
     }
 }

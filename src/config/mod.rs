@@ -453,6 +453,32 @@ impl Config {
         secret::with_placeholders(|| Self::load(path))
     }
 
+    /// The `store:` section of a file with its secrets (the database URL) resolved, and no other
+    /// secret read: what the CLI needs to read the shared store, on a machine that has the
+    /// database's password but not the providers' keys. Validate the whole file first
+    /// (`load_without_secrets`); this one's errors carry no position.
+    pub fn load_store(path: &Path) -> Result<StoreConfig, ConfigError> {
+        let err = |message: String| ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            column: None,
+            message,
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| err(format!("cannot read the configuration file: {e}")))?;
+        let doc: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        match doc.get("store") {
+            None => Ok(StoreConfig::default()),
+            Some(v) => serde_yaml::from_value(v.clone()).map_err(|e| {
+                let mut m = e.to_string();
+                if let Some((_, rest)) = split_field_marker(&m) {
+                    m = rest;
+                }
+                err(format!("store: {m}"))
+            }),
+        }
+    }
+
     /// Parses YAML text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         serde_yaml::from_str::<Config>(text).map_err(|e| {
