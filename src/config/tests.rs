@@ -533,3 +533,29 @@ fn store_postgres_is_tls_unless_loopback_and_asked() {
         assert!(e.contains("test.yaml:"), "{pg}: no position: {e}");
     }
 }
+
+#[test]
+fn the_store_section_loads_with_its_own_secret_alone() {
+    let dir = std::env::temp_dir().join(format!("agentgate-load-store-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("c.yaml");
+    std::env::set_var(
+        "AGENTGATE_TEST_DB_URL",
+        "postgres://gw:pw@db.internal/agentgate",
+    );
+    let text = BASE.replace("AGENTGATE_TEST_KEY", "AGENTGATE_TEST_UNSET_PROVIDER_KEY")
+        + "store:\n  postgres: { url: \"${env:AGENTGATE_TEST_DB_URL}\", replica: gw-1 }\n";
+    std::fs::write(&path, text).unwrap();
+    assert!(
+        Config::load(&path).is_err(),
+        "the whole file needs the provider key"
+    );
+    let pg = Config::load_store(&path).unwrap().postgres.unwrap();
+    assert_eq!(
+        (pg.url.expose(), pg.replica.as_deref()),
+        ("postgres://gw:pw@db.internal/agentgate", Some("gw-1"))
+    );
+    std::fs::write(&path, BASE).unwrap();
+    assert!(Config::load_store(&path).unwrap().postgres.is_none());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
