@@ -29,13 +29,14 @@ deps:
 	fi
 
 ## What only the tests need: network namespaces and iptables (the egress-lock test), curl, and
-## a browser for the web console test.
+## a browser for the web console test, and PostgreSQL (the shared store's tests start their own).
 test-deps:
 	@need=""; \
 	command -v curl >/dev/null || need="$$need curl"; \
 	command -v ip >/dev/null || [ -x /usr/sbin/ip ] || need="$$need iproute2"; \
 	command -v iptables >/dev/null || [ -x /usr/sbin/iptables ] || need="$$need iptables"; \
 	[ -x /usr/bin/chromium ] || need="$$need chromium"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need="$$need postgresql"; \
 	if [ -n "$$need" ]; then \
 	  echo "installing Debian packages:$$need"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

@@ -6,6 +6,8 @@ Systems (each TLS in, TLS to the upstream, HTTP/1.1 upstream with keep-alive poo
   nginx        Debian nginx, 1 worker, upstream keepalive
   vanilla      a minimal Pingora ProxyHttp (examples/vanilla_pingora.rs), 1 thread
   agentgate    passthrough: credential injection, scrubbing, metrics, session log, 1 thread
+  agentgate-full-pg  the full policy with `store.postgres` (records also sent to a local
+               PostgreSQL over TLS; Debian's postgresql, skipped when it is not installed)
 
 Usage: python bench/run.py [--smoke] [--profile release|debug] [--duration S] [--rounds N]
 """
@@ -142,6 +144,7 @@ class Bench:
         self.key = self.work / "key.pem"
         cert.private_key_pem.write_to_path(str(self.key))
         self.client_ctx = ssl.create_default_context(cafile=str(self.ca_file))
+        self.pg = None
 
     def spawn(self, argv: list[str], name: str, **kw) -> subprocess.Popen:
         log = open(self.work / f"{name}.log", "wb")
@@ -159,6 +162,8 @@ class Bench:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+        if self.pg is not None:
+            self.pg.close()
         # What the gateways wrote (record stores, session lines) runs to gigabytes per run.
         if not getattr(self.args, "keep_work", False):
             for d in self.work.glob("var-*"):
@@ -241,13 +246,14 @@ http {{
         response masking (secrets redacted, personal data pseudonymized and restored) and a
         guardrail; `approvals`: passthrough with an approval rule on the route (bench/approvals.py)."""
         name = name or {"passthrough": "agentgate", "recorded": "agentgate-recorded", "full": "agentgate-full",
-                        "approvals": "agentgate-approvals"}[variant]
+                        "full-pg": "agentgate-full-pg", "approvals": "agentgate-approvals"}[variant]
         port, admin = free_port(), free_port()
         conf = self.work / f"{name}.yaml"
         route_extra = {
             "passthrough": "    recording: off\n",
             "recorded": "    recording: full\n",
             "full": "    recording: full\n    masking: default\n    guardrails: [no-private-keys]\n",
+            "full-pg": "    recording: full\n    masking: default\n    guardrails: [no-private-keys]\n",
             "approvals": "    recording: off\n    approvals: [destructive-tools, payment-tickets]\n",
         }[variant]
         policy = (
@@ -262,7 +268,10 @@ http {{
             '    when: { method: POST, json: { "tools[*].function.name": { any_of: [transfer_funds] } } }\n'
             "    approvers: { groups: [approvers] }\n    timeout: 1h\n    mode: ticket\n"
         )
-        conf.write_text(f"""
+        store = ""
+        if variant == "full-pg":
+            store = (f"store:\n  postgres: {{ url: \"{self.pg.url}\", ca_file: {self.pg.ca_file}, replica: bench }}\n")
+        conf.write_text(f"""{store}
 server: {{ state_dir: ./var-{name}, threads: 1 }}
 listeners:
   - {{ name: agents, address: "127.0.0.1:{port}", tls: {{ cert: {self.chain}, key: {self.key} }} }}
@@ -289,6 +298,17 @@ routes:
         s = System(name, port, p)
         s.admin = admin
         return s
+
+    def start_agentgate_pg(self, upstream: int) -> System | None:
+        """The full policy with the PostgreSQL store (a cluster of its own, as the tests make it)."""
+        sys.path.insert(0, str(ROOT / "tests"))
+        import pgserver
+
+        if not pgserver.available():
+            print("PostgreSQL is not installed (make test-deps): skipping agentgate-full-pg")
+            return None
+        self.pg = pgserver.PgServer(self.work, self.ca)
+        return self.start_agentgate(upstream, "full-pg")
 
     def start_portkey(self, upstream: int) -> System | None:
         """Portkey's open-source gateway (Node.js), offline. It has no TLS listener: agents reach
@@ -484,6 +504,7 @@ def main() -> int:
             ("agentgate", b.start_agentgate),
             ("agentgate-recorded", lambda up: b.start_agentgate(up, "recorded")),
             ("agentgate-full", lambda up: b.start_agentgate(up, "full")),
+            ("agentgate-full-pg", b.start_agentgate_pg),
             ("portkey", b.start_portkey),
             ("litellm", b.start_litellm),
         )
@@ -580,7 +601,9 @@ def render(args, systems, runs, h2, sse, streams, peak) -> str:
         "`agentgate` records nothing, `agentgate-recorded` records every exchange in full (masked, hash-chained), "
         "`agentgate-full` adds request and response masking (secrets redacted, personal data pseudonymized and restored) "
         "and a request guardrail; the request body is then read whole and forwarded through a subrequest; "
-        "upstream trusted through the system roots (`SSL_CERT_FILE` = the bench CA)",
+        "upstream trusted through the system roots (`SSL_CERT_FILE` = the bench CA); "
+        "`agentgate-full-pg` is `agentgate-full` with `store.postgres`: every record also sent (in batches, off the "
+        "request path) to a PostgreSQL cluster on this machine over verified TLS, which shares its cores",
         "- portkey: `@portkey-ai/gateway` (Node.js) runs offline; it has no TLS listener, so its inbound leg is plain HTTP "
         "(a head start over the others), and it has no HTTP/2",
         "- litellm: LiteLLM's proxy (`litellm[proxy]` from PyPI, Python, one uvicorn worker) runs offline with its local "

@@ -126,7 +126,7 @@ fn main() {
         settings.checkpoints.every = Duration::from_secs(3600);
         settings.checkpoints.stdout = false;
         let key = Arc::new(agentgate::util::ed25519::SigningKey::generate().unwrap());
-        let rec = Recorder::start(dir.clone(), settings, engine.clone(), key).unwrap();
+        let rec = Recorder::start(dir.clone(), settings, engine.clone(), key, None).unwrap();
         let (us, rps) = run(&rec, n);
         println!("{what:<56} {us:>8.1} us CPU/record  {rps:>8.0} records/s (median of 5)");
     }

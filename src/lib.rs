@@ -6,7 +6,8 @@
 //! - engines, pure decisions: `canonical` (the one form of a request's path and host), `mask` (detectors, JSON/SSE/text masking, pseudonyms, the route's
 //!   own keys), `policy` (approval rules), `identity` (tokens, groups, access), `config` (YAML to
 //!   a validated model), `upstream` (verified peers, the HTTPS client);
-//! - state with files or threads: `approval` (store), `record` (capture, writer, store, verify),
+//! - state with files or threads: `db` (the PostgreSQL store replicas share: pool, schema,
+//!   lease, LISTEN), `approval` (store), `record` (capture, writer, store, verify),
 //!   `session_log` (JSON lines, the logger);
 //! - glue: `proxy` (the `ProxyHttp` phases), `server` (start-up, reload, listeners), `admin`
 //!   (API and console), `cli`.
@@ -16,6 +17,7 @@ pub mod approval;
 pub mod canonical;
 pub mod cli;
 pub mod config;
+pub mod db;
 pub mod identity;
 pub mod mask;
 pub mod mcp;

@@ -212,6 +212,41 @@ impl RouteMetrics {
     }
 }
 
+lazy!(STORE_QUERY_DURATION: HistogramVec = register_histogram_vec!(
+    "agentgate_store_query_duration_seconds",
+    "Time of one operation on the PostgreSQL store (waiting for a pooled connection included), by operation",
+    &["op"],
+    LATENCY_BUCKETS.to_vec()
+));
+lazy!(STORE_ERRORS: IntCounterVec = register_int_counter_vec!(
+    "agentgate_store_errors_total",
+    "Operations on the PostgreSQL store that failed (database unreachable, query refused), by operation",
+    &["op"]
+));
+lazy!(STORE_POOL_CONNECTIONS: prometheus::IntGaugeVec = prometheus::register_int_gauge_vec!(
+    "agentgate_store_pool_connections",
+    "Connections to the PostgreSQL store, by state (busy, idle) and the pool's maximum (max)",
+    &["state"]
+));
+lazy!(STORE_UP: prometheus::IntGauge = prometheus::register_int_gauge!(
+    "agentgate_store_up",
+    "1 while the last operation on the PostgreSQL store succeeded, else 0"
+));
+lazy!(STORE_NOTIFY_LAG: prometheus::Histogram = prometheus::register_histogram!(
+    "agentgate_store_notify_lag_seconds",
+    "Time from a decision committed on any replica to this replica hearing of it (LISTEN/NOTIFY)",
+    vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]
+));
+lazy!(STORE_RECORDS: IntCounterVec = register_int_counter_vec!(
+    "agentgate_store_records_total",
+    "Records sent to the PostgreSQL store, by outcome (inserted, present: already there, identical; conflict: another row holds this replica and sequence; dropped: the queue was full)",
+    &["outcome"]
+));
+lazy!(STORE_RECORD_QUEUE: prometheus::IntGauge = prometheus::register_int_gauge!(
+    "agentgate_store_record_queue_depth",
+    "Records waiting to be written to the PostgreSQL store"
+));
+
 /// Forces registration so `/metrics` lists every family from the first scrape.
 pub fn init() {
     for leg in ["downstream", "upstream"] {

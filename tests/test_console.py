@@ -29,6 +29,13 @@ CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 
 
 def test_console_sign_in_approve_and_replay(start_gateway, mock, upstream_ca, upstream_ca_file, tmp_path):
+    console_e2e(start_gateway, mock, upstream_ca, upstream_ca_file, tmp_path)
+
+
+def console_e2e(start_gateway, mock, upstream_ca, upstream_ca_file, tmp_path, extra: list | None = None, on: list | None = None):
+    """The console's whole walk-through. `extra`: config sections of the console's gateway (a
+    shared store); `on`: those of a second gateway, started to hold the requests while people
+    use the console of the first (replicas acting as one gateway)."""
     if not (CONSOLE_DIR / "node_modules" / "playwright-core").is_dir():
         pytest.fail("playwright-core is not installed: run `make test` (it runs npm ci in tests/console)")
     assert os.path.exists(CHROMIUM), "chromium is required: `make test` installs Debian's chromium"
@@ -47,15 +54,16 @@ def test_console_sign_in_approve_and_replay(start_gateway, mock, upstream_ca, up
             "name": "wipe-data", "when": {"json": {"messages[*].content": {"contains": "wipe"}}},
             "approvers": {"groups": ["security-oncall"]}, "timeout": "5m",
         })
-        gw = start_gateway(
-            route("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file, approvals=["destructive-tools", "wipe-data"]),
-            identity=people_identity(PEOPLE), extra=approvals, admin=admin, admin_port=admin_port,
-        )
+        mock_route = route("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file, approvals=["destructive-tools", "wipe-data"])
+        gw = start_gateway(mock_route, identity=people_identity(PEOPLE), extra=[approvals, *(extra or [])], admin=admin, admin_port=admin_port)
+        held = gw
+        if on:
+            held = start_gateway(mock_route, identity=people_identity(PEOPLE), extra=[approvals, *on])
         auditor = {"Authorization": f"Bearer {person_token('alice')}"}
         # Two held requests: A, a streaming call from the OpenAI SDK, and B.
-        sdk = run_sdk_async(gw, "masked_chat", {"SDK_STREAM": "1", "SDK_PROMPT": "please wipe the staging table"})
+        sdk = run_sdk_async(held, "masked_chat", {"SDK_STREAM": "1", "SDK_PROMPT": "please wipe the staging table"})
         [a] = wait_pending(gw)
-        b_call = Call(gw, TOOLS_BODY)
+        b_call = Call(held, TOOLS_BODY)
         b = next(x for x in wait_pending(gw, 2) if x["id"] != a["id"])
         if OUT.exists():
             shutil.rmtree(OUT)

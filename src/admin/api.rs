@@ -68,7 +68,7 @@ impl AdminApp {
         if path.starts_with("/v1/mcp/pins") {
             return self.mcp_pins(session, &who, path);
         }
-        self.sessions(path, query)
+        self.sessions(path, query).await
     }
 
     /// `GET /v1/mcp/pins`: every pinned tool definition; `POST /v1/mcp/pins/{route}/{tool}/accept`:
@@ -147,9 +147,11 @@ impl AdminApp {
             let limit: usize = query_param(query, "limit")
                 .and_then(|l| l.parse().ok())
                 .unwrap_or(100);
-            let list: Vec<_> = self
-                .approvals
-                .list(state, usize::MAX)
+            let all = match self.approvals.list(state, usize::MAX).await {
+                Ok(l) => l,
+                Err(e) => return json_error(503, e.to_string()),
+            };
+            let list: Vec<_> = all
                 .iter()
                 .filter_map(|a| self.view(a, who))
                 .take(limit)
@@ -161,9 +163,12 @@ impl AdminApp {
             None => (rest, None),
         };
         match (method.as_str(), action) {
-            ("GET", None) => match self.approvals.get(id).and_then(|a| self.view(&a, who)) {
-                Some(v) => text(200, JSON, v.to_string().into_bytes()),
-                None => json_error(404, format!("no approval {id} that you may see")),
+            ("GET", None) => match self.approvals.get(id).await {
+                Err(e) => json_error(503, e.to_string()),
+                Ok(a) => match a.and_then(|a| self.view(&a, who)) {
+                    Some(v) => text(200, JSON, v.to_string().into_bytes()),
+                    None => json_error(404, format!("no approval {id} that you may see")),
+                },
             },
             ("POST", Some(action @ ("approve" | "deny"))) => {
                 let mut body = Vec::new();
@@ -189,7 +194,7 @@ impl AdminApp {
                         return json_error(400, r#"send a JSON body: {"reason": "why"}"#)
                     }
                 };
-                match self.approvals.decide(id, who, action == "approve", &reason) {
+                match self.approvals.decide(id, who, action == "approve", &reason).await {
                     Ok(a) => {
                         log::info!(
                             "approval {id}: {} by {} ({reason}); now {}",
@@ -210,7 +215,11 @@ impl AdminApp {
         }
     }
 
-    fn sessions(&self, path: &str, query: Option<&str>) -> Response<Vec<u8>> {
+    /// Every replica's records with the shared store; else this process's own.
+    async fn sessions(&self, path: &str, query: Option<&str>) -> Response<Vec<u8>> {
+        if let Some(db) = &self.db {
+            return shared_sessions(db, path, query).await;
+        }
         let Some(dir) = &self.records else {
             return text(404, JSON, br#"{"error":"recording is off"}"#.to_vec());
         };
@@ -230,18 +239,44 @@ impl AdminApp {
                 ),
             };
         }
-        let filter = Filter {
-            since_ms: query_param(query, "since_ms")
-                .and_then(|l| l.parse().ok())
-                .unwrap_or(0),
-            route: query_param(query, "route"),
-            subject: query_param(query, "identity"),
-            conversation: query_param(query, "conversation"),
-            limit: query_param(query, "limit")
-                .and_then(|l| l.parse().ok())
-                .unwrap_or(100),
-        };
-        let list = record::query::list(dir, &filter);
+        let list = record::query::list(dir, &filter_of(query));
         text(200, JSON, serde_json::to_vec(&list).unwrap_or_default())
+    }
+}
+
+/// `GET /v1/sessions` filters from the query string.
+fn filter_of(query: Option<&str>) -> Filter {
+    Filter {
+        since_ms: query_param(query, "since_ms")
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(0),
+        route: query_param(query, "route"),
+        subject: query_param(query, "identity"),
+        conversation: query_param(query, "conversation"),
+        limit: query_param(query, "limit")
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(100),
+    }
+}
+
+/// `/v1/sessions[/{id}]` over every replica's records in the shared store.
+async fn shared_sessions(
+    db: &crate::db::Database,
+    path: &str,
+    query: Option<&str>,
+) -> Response<Vec<u8>> {
+    use record::shared::FindError as E;
+    if let Some(id) = path.strip_prefix("/v1/sessions/") {
+        return match record::shared::find(db, id).await {
+            Ok(r) => text(200, JSON, r.to_string().into_bytes()),
+            Err(E::Unknown) => text(404, JSON, br#"{"error":"no such session"}"#.to_vec()),
+            Err(e @ E::Ambiguous { .. }) => json_error(400, e),
+            Err(e @ E::Tampered(_)) => json_error(500, e),
+            Err(e @ E::Db(_)) => json_error(503, e),
+        };
+    }
+    match record::shared::list(db, &filter_of(query)).await {
+        Ok(list) => text(200, JSON, serde_json::to_vec(&list).unwrap_or_default()),
+        Err(e) => json_error(503, e),
     }
 }

@@ -1,5 +1,6 @@
 //! The admin listener: `/metrics` (Prometheus text), `/healthz` (process is up) and
-//! `/readyz` (routes loaded, listeners started, every OIDC issuer's keys loaded once;
+//! `/readyz` (routes loaded, listeners started, every OIDC issuer's keys loaded once, the
+//! PostgreSQL store's schema checked when there is one;
 //! 503 otherwise, with the reason); and, for people, `/v1/approvals` (approvers decide) and
 //! `/v1/sessions` (auditors read records), authenticated with the gateway's own identity
 //! sources (OIDC token or service-account token as `Authorization: Bearer`) or the web
@@ -33,7 +34,9 @@ pub struct AdminApp {
     pub active: Arc<crate::proxy::ActiveConfig>,
     /// The record store, for `GET /v1/sessions[/{id}]`.
     pub records: Option<std::path::PathBuf>,
-    pub approvals: Arc<crate::approval::Approvals>,
+    pub approvals: crate::approval::ApprovalStore,
+    /// The PostgreSQL store (`store.postgres`): not ready until its schema is known.
+    pub db: Option<Arc<crate::db::Database>>,
     /// Groups that may read sessions and every approval.
     pub auditors: Vec<String>,
     /// The web console (`admin.console`), when configured.
@@ -183,6 +186,9 @@ impl ServeHttp for AdminApp {
                 }
                 if let Err(e) = self.active.get().auth.readiness() {
                     why.push(e.to_string());
+                }
+                if let Some(w) = self.db.as_ref().and_then(|d| d.not_ready()) {
+                    why.push(w);
                 }
                 match why.is_empty() {
                     true => text(200, plain, b"ready\n".to_vec()),

@@ -1,11 +1,14 @@
 //! Just-in-time approvals at run time: what an approval is (this file), the store of pending
 //! and decided approvals with the wait a held request does, approvers' decisions and window
-//! grants (`store`), the summary approvers see (`summary`), and the notification webhook.
+//! grants (`store`: local files, the default; `shared`: PostgreSQL, for replicas acting as one
+//! gateway; `ApprovalStore` is either), the summary approvers see (`summary`), and the
+//! notification webhook.
 //!
 //! Invariants: a decision is on disk before anyone acts on it; a requester never decides on
 //! their own request; a ticket lets through only the request body that was approved; a summary
 //! is made from the body as masking left it.
 
+mod shared;
 mod store;
 mod summary;
 pub mod webhook;
@@ -15,7 +18,8 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::identity::service_account::sha256_hex;
 pub use crate::util::time::unix_ms as now_ms;
-pub use store::{Approvals, Redeem, Refused, Sweeper, MAX_PENDING_PER_REQUESTER, RETENTION};
+pub use shared::SharedApprovals;
+pub use store::{Approvals, Redeem, Refused, MAX_PENDING_PER_REQUESTER, RETENTION};
 pub use summary::{cut, summarize};
 
 /// The header a ticket-mode retry carries.
@@ -195,5 +199,166 @@ impl Approval {
             "decisions": self.decisions,
             "waited_ms": self.decided_ms.map(|d| d.saturating_sub(self.created_ms)),
         })
+    }
+}
+
+/// Where approvals live: this process's files (one gateway, the sidecar), or the database
+/// every replica shares (`store.postgres`). The rules are the same in both.
+#[derive(Clone)]
+pub enum ApprovalStore {
+    Local(std::sync::Arc<Approvals>),
+    Shared(std::sync::Arc<SharedApprovals>),
+}
+
+/// A store that cannot be read: the answer is 503, never a guess.
+#[derive(Debug)]
+pub struct Unavailable(pub String);
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the approval store (PostgreSQL) cannot be reached: {}",
+            self.0
+        )
+    }
+}
+
+fn unavailable(e: crate::db::DbError) -> Unavailable {
+    Unavailable(e.0)
+}
+
+impl ApprovalStore {
+    /// A window grant of `rule` for `who` still running: the approval that granted it.
+    pub async fn active_grant(
+        &self,
+        who: &Identity,
+        rule: &str,
+        route: &str,
+    ) -> Result<Option<Approval>, Unavailable> {
+        match self {
+            ApprovalStore::Local(s) => Ok(s.active_grant(who, rule, route)),
+            ApprovalStore::Shared(s) => s.active_grant(who, rule, route).await.map_err(unavailable),
+        }
+    }
+
+    /// Approvals of `who` still pending.
+    pub async fn pending_of(&self, who: &Identity) -> Result<usize, Unavailable> {
+        match self {
+            ApprovalStore::Local(s) => Ok(s.pending_of(who)),
+            ApprovalStore::Shared(s) => s.pending_of(who).await.map_err(unavailable),
+        }
+    }
+
+    /// Opens a pending approval for a request that matched `rule`.
+    pub async fn create(
+        &self,
+        rule: &crate::policy::ApprovalRule,
+        a: Approval,
+    ) -> Result<(Approval, tokio::sync::watch::Receiver<State>), String> {
+        match self {
+            ApprovalStore::Local(s) => s.create(rule, a),
+            ApprovalStore::Shared(s) => s.create(rule, a).await,
+        }
+    }
+
+    /// Waits until `id` is decided or expires; the final approval.
+    pub async fn wait(
+        &self,
+        id: &str,
+        rx: tokio::sync::watch::Receiver<State>,
+        expires_ms: u64,
+    ) -> Option<Approval> {
+        match self {
+            ApprovalStore::Local(s) => s.wait(id, rx, expires_ms).await,
+            ApprovalStore::Shared(s) => s.wait(id, rx, expires_ms).await,
+        }
+    }
+
+    /// The agent went away while waiting.
+    pub async fn abandon(&self, id: &str) -> Option<Approval> {
+        match self {
+            ApprovalStore::Local(s) => s.abandon(id),
+            ApprovalStore::Shared(s) => s.abandon(id).await,
+        }
+    }
+
+    /// The gateway is stopping while `id` waits.
+    pub async fn interrupt(&self, id: &str) -> Option<Approval> {
+        match self {
+            ApprovalStore::Local(s) => s.interrupt(id),
+            ApprovalStore::Shared(s) => s.interrupt(id).await,
+        }
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Option<Approval>, Unavailable> {
+        match self {
+            ApprovalStore::Local(s) => Ok(s.get(id)),
+            ApprovalStore::Shared(s) => s.get(id).await.map_err(unavailable),
+        }
+    }
+
+    /// Newest first, optionally only in `state`.
+    pub async fn list(
+        &self,
+        state: Option<State>,
+        limit: usize,
+    ) -> Result<Vec<Approval>, Unavailable> {
+        match self {
+            ApprovalStore::Local(s) => Ok(s.list(state, limit)),
+            ApprovalStore::Shared(s) => s.list(state, limit).await.map_err(unavailable),
+        }
+    }
+
+    /// An approver's decision on `id`.
+    pub async fn decide(
+        &self,
+        id: &str,
+        who: &Identity,
+        approve: bool,
+        reason: &str,
+    ) -> Result<Approval, Refused> {
+        match self {
+            ApprovalStore::Local(s) => s.decide(id, who, approve, reason),
+            ApprovalStore::Shared(s) => s.decide(id, who, approve, reason).await,
+        }
+    }
+
+    /// A retry that carries an approval id (ticket mode).
+    pub async fn redeem(
+        &self,
+        id: &str,
+        who: &Identity,
+        rule: &str,
+        request: &Bound<'_>,
+    ) -> Redeem {
+        match self {
+            ApprovalStore::Local(s) => s.redeem(id, who, rule, request),
+            ApprovalStore::Shared(s) => s.redeem(id, who, rule, request).await,
+        }
+    }
+
+    async fn sweep(&self) {
+        match self {
+            ApprovalStore::Local(s) => s.sweep(),
+            ApprovalStore::Shared(s) => s.sweep().await,
+        }
+    }
+}
+
+/// Expires pending tickets nobody waits on (a waiting request expires its own) and, with the
+/// shared store, interrupts approvals whose replica is gone.
+pub struct Sweeper(pub ApprovalStore);
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for Sweeper {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.0.sweep().await,
+                _ = shutdown.changed() => return,
+            }
+        }
     }
 }

@@ -28,7 +28,7 @@ pub struct Refused {
     pub message: String,
 }
 
-fn refused(status: u16, message: impl Into<String>) -> Refused {
+pub(super) fn refused(status: u16, message: impl Into<String>) -> Refused {
     Refused {
         status,
         message: message.into(),
@@ -77,7 +77,7 @@ fn grant_key(a: &Approval) -> GrantKey {
     )
 }
 
-fn identity_key(issuer: &str, subject: &str) -> String {
+pub(super) fn identity_key(issuer: &str, subject: &str) -> String {
     format!("{issuer}|{subject}")
 }
 
@@ -102,7 +102,7 @@ fn rewrite_log(path: &Path, approvals: Vec<&Approval>) -> Result<std::fs::File, 
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
-fn new_id() -> String {
+pub(super) fn new_id() -> String {
     format!("apr_{}", crate::util::hex::random_hex(12))
 }
 
@@ -377,78 +377,13 @@ impl Approvals {
         reason: &str,
     ) -> Result<Approval, Refused> {
         self.sweep();
-        let reason = reason.trim();
-        if reason.is_empty() {
-            return Err(refused(400, "a decision needs a reason"));
-        }
-        if reason.len() > 2000 {
-            return Err(refused(400, "the reason is longer than 2000 bytes"));
-        }
+        let reason = check_reason(reason)?;
         let mut g = self.lock();
         let Some(e) = g.entries.get_mut(id) else {
             return Err(refused(404, format!("no approval {id}")));
         };
-        let a = &mut e.approval;
-        if a.state != State::Pending {
-            return Err(refused(
-                409,
-                format!("approval {id} is already {}", a.state.as_str()),
-            ));
-        }
-        if !who.groups.iter().any(|g| a.approver_groups.contains(g)) {
-            return Err(refused(
-                403,
-                format!(
-                    "{} is not in an approver group of rule `{}` ({})",
-                    who.subject,
-                    a.rule,
-                    a.approver_groups.join(", ")
-                ),
-            ));
-        }
-        if who.person.is_none() {
-            return Err(refused(
-                403,
-                format!(
-                    "`{}` ({}) is not a person: approvals are decided by people, so that one person is \
-                     never counted twice toward min_approvals. Decide in the console or with your own \
-                     access token, or give the service account `person: {{issuer, subject}}` to decide as that person",
-                    who.subject, who.issuer
-                ),
-            ));
-        }
-        if a.requester.same(who) {
-            return Err(refused(
-                403,
-                "a requester cannot decide on their own request",
-            ));
-        }
-        if a.decisions.iter().any(|d| d.by.same(who)) {
-            let p = Person::of(who);
-            return Err(refused(
-                409,
-                format!(
-                    "{} ({}) has already decided on approval {id}",
-                    p.subject, p.issuer
-                ),
-            ));
-        }
         let now = now_ms();
-        let mut next = a.clone();
-        next.decisions.push(Decision {
-            by: Person::of(who),
-            decision: if approve { "approve" } else { "deny" }.into(),
-            reason: reason.to_string(),
-            at_ms: now,
-        });
-        if !approve {
-            next.state = State::Denied;
-        } else if next.approvals() >= next.min_approvals {
-            next.state = State::Approved;
-        }
-        if next.state != State::Pending {
-            next.decided_ms = Some(now);
-        }
+        let next = apply_decision(&e.approval, who, approve, reason, now)?;
         // On disk before anyone acts on it.
         if let Err(err) = self.persist(&next, true) {
             return Err(refused(
@@ -456,7 +391,7 @@ impl Approvals {
                 format!("the decision could not be stored: {err}"),
             ));
         }
-        *a = next.clone();
+        e.approval = next.clone();
         let _ = e.tx.send(next.state);
         if let (State::Approved, Some(w)) = (next.state, next.grant_window_s) {
             g.grants
@@ -476,44 +411,144 @@ impl Approvals {
         let Some(e) = g.entries.get_mut(id) else {
             return Redeem::Refused(403, format!("no approval {id}"));
         };
-        let a = &mut e.approval;
-        if !a.requester.same(who) || a.rule != rule {
-            return Redeem::Refused(403, format!("approval {id} is for another caller or rule"));
+        let r = redeem_step(&e.approval, who, rule, request, now_ms());
+        if let Redeem::Proceed(snap) = &r {
+            e.approval = snap.clone();
+            drop(g);
+            let _ = self.persist(snap, false);
         }
-        if let Some(what) = request.differs_from(a) {
-            return Redeem::Refused(403, format!(
-                "approval {id} was given for a different request {what}; send the request that was approved"
-            ));
+        r
+    }
+}
+
+/// The reason of a decision, trimmed, or why it is refused.
+pub(super) fn check_reason(reason: &str) -> Result<&str, Refused> {
+    let reason = reason.trim();
+    if reason.is_empty() {
+        return Err(refused(400, "a decision needs a reason"));
+    }
+    if reason.len() > 2000 {
+        return Err(refused(400, "the reason is longer than 2000 bytes"));
+    }
+    Ok(reason)
+}
+
+/// The approval rules of a decision, whatever keeps the approval: `a` as it becomes when `who`
+/// approves or denies it at `now`, or why they may not.
+pub(super) fn apply_decision(
+    a: &Approval,
+    who: &Identity,
+    approve: bool,
+    reason: &str,
+    now: u64,
+) -> Result<Approval, Refused> {
+    let id = &a.id;
+    if a.state != State::Pending {
+        return Err(refused(
+            409,
+            format!("approval {id} is already {}", a.state.as_str()),
+        ));
+    }
+    if !who.groups.iter().any(|g| a.approver_groups.contains(g)) {
+        return Err(refused(
+            403,
+            format!(
+                "{} is not in an approver group of rule `{}` ({})",
+                who.subject,
+                a.rule,
+                a.approver_groups.join(", ")
+            ),
+        ));
+    }
+    if who.person.is_none() {
+        return Err(refused(
+            403,
+            format!(
+                "`{}` ({}) is not a person: approvals are decided by people, so that one person is \
+                 never counted twice toward min_approvals. Decide in the console or with your own \
+                 access token, or give the service account `person: {{issuer, subject}}` to decide as that person",
+                who.subject, who.issuer
+            ),
+        ));
+    }
+    if a.requester.same(who) {
+        return Err(refused(
+            403,
+            "a requester cannot decide on their own request",
+        ));
+    }
+    if a.decisions.iter().any(|d| d.by.same(who)) {
+        let p = Person::of(who);
+        return Err(refused(
+            409,
+            format!(
+                "{} ({}) has already decided on approval {id}",
+                p.subject, p.issuer
+            ),
+        ));
+    }
+    let mut next = a.clone();
+    next.decisions.push(Decision {
+        by: Person::of(who),
+        decision: if approve { "approve" } else { "deny" }.into(),
+        reason: reason.to_string(),
+        at_ms: now,
+    });
+    if !approve {
+        next.state = State::Denied;
+    } else if next.approvals() >= next.min_approvals {
+        next.state = State::Approved;
+    }
+    if next.state != State::Pending {
+        next.decided_ms = Some(now);
+    }
+    Ok(next)
+}
+
+/// The ticket rules, whatever keeps the approval: what a retry carrying `a`'s id gets at `now`
+/// (`Proceed` carries `a` as it becomes: redeemed).
+pub(super) fn redeem_step(
+    a: &Approval,
+    who: &Identity,
+    rule: &str,
+    request: &Bound<'_>,
+    now: u64,
+) -> Redeem {
+    let id = &a.id;
+    if !a.requester.same(who) || a.rule != rule {
+        return Redeem::Refused(403, format!("approval {id} is for another caller or rule"));
+    }
+    if let Some(what) = request.differs_from(a) {
+        return Redeem::Refused(403, format!(
+            "approval {id} was given for a different request {what}; send the request that was approved"
+        ));
+    }
+    match a.state {
+        State::Pending => Redeem::StillPending(a.clone()),
+        State::Approved if a.redeemed && a.grant_window_s.is_none() => {
+            Redeem::Refused(403, format!("approval {id} was already used (grant: once)"))
         }
-        match a.state {
-            State::Pending => Redeem::StillPending(a.clone()),
-            State::Approved if a.redeemed && a.grant_window_s.is_none() => {
-                Redeem::Refused(403, format!("approval {id} was already used (grant: once)"))
-            }
-            State::Approved
-                if a
-                    .grant_window_s
-                    .zip(a.decided_ms)
-                    .is_some_and(|(w, d)| now_ms() >= d + w * 1000) =>
-            {
-                Redeem::Refused(403, format!(
-                    "approval {id}'s window ({} s) is over; send the request again without {APPROVAL_HEADER} to ask anew",
-                    a.grant_window_s.unwrap_or_default()
-                ))
-            }
-            State::Approved => {
-                a.redeemed = true;
-                let snap = a.clone();
-                drop(g);
-                let _ = self.persist(&snap, false);
-                Redeem::Proceed(snap)
-            }
-            State::Interrupted => Redeem::Refused(503, format!(
-                "the gateway stopped while approval {id} was pending; send the request again without {} to ask anew",
-                APPROVAL_HEADER
-            )),
-            s => Redeem::Refused(403, format!("approval {id} is {}", s.as_str())),
+        State::Approved
+            if a
+                .grant_window_s
+                .zip(a.decided_ms)
+                .is_some_and(|(w, d)| now >= d + w * 1000) =>
+        {
+            Redeem::Refused(403, format!(
+                "approval {id}'s window ({} s) is over; send the request again without {APPROVAL_HEADER} to ask anew",
+                a.grant_window_s.unwrap_or_default()
+            ))
         }
+        State::Approved => {
+            let mut snap = a.clone();
+            snap.redeemed = true;
+            Redeem::Proceed(snap)
+        }
+        State::Interrupted => Redeem::Refused(503, format!(
+            "the gateway stopped while approval {id} was pending; send the request again without {} to ask anew",
+            APPROVAL_HEADER
+        )),
+        s => Redeem::Refused(403, format!("approval {id} is {}", s.as_str())),
     }
 }
 
@@ -521,24 +556,8 @@ impl Approvals {
 /// agent cannot fill approvers' queues, memory and the log.
 pub const MAX_PENDING_PER_REQUESTER: usize = 100;
 
-/// Expires pending tickets nobody waits on (a waiting request expires its own).
-pub struct Sweeper(pub Arc<Approvals>);
-
-#[async_trait::async_trait]
-impl pingora::services::background::BackgroundService for Sweeper {
-    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tokio::select! {
-                _ = tick.tick() => self.0.sweep(),
-                _ = shutdown.changed() => return,
-            }
-        }
-    }
-}
-
 /// Metrics for an approval that left `pending`.
-fn finished(a: &Approval) {
+pub(super) fn finished(a: &Approval) {
     crate::metrics::APPROVALS_PENDING.dec();
     crate::metrics::APPROVAL_DECISIONS
         .with_label_values(&[&a.rule, a.state.as_str()])

@@ -5,7 +5,6 @@
 use super::{Approval, State};
 use crate::policy::Webhook;
 use crate::upstream::client::Fetcher;
-use std::sync::Arc;
 use std::time::Duration;
 
 const ATTEMPTS: u32 = 5;
@@ -45,7 +44,7 @@ pub fn message(hook: &Webhook, a: &Approval, public_url: &str) -> serde_json::Va
 
 /// Sends the notification in the background; gives up after `ATTEMPTS` or once the approval is
 /// no longer pending.
-pub fn notify(hook: Webhook, a: Approval, public_url: String, store: Arc<super::Approvals>) {
+pub fn notify(hook: Webhook, a: Approval, public_url: String, store: super::ApprovalStore) {
     tokio::spawn(async move {
         let body = match serde_json::to_vec(&message(&hook, &a, &public_url)) {
             Ok(b) => b,
@@ -71,7 +70,11 @@ pub fn notify(hook: Webhook, a: Approval, public_url: String, store: Arc<super::
                 Ok(r) => format!("answered {}", r.status()),
                 Err(e) => e.0,
             };
-            let still_pending = store.get(&a.id).is_some_and(|x| x.state == State::Pending);
+            let still_pending = match store.get(&a.id).await {
+                Ok(x) => x.is_some_and(|x| x.state == State::Pending),
+                // Unknown: keep trying until the attempts run out.
+                Err(_) => true,
+            };
             if attempt == ATTEMPTS || !still_pending {
                 crate::metrics::APPROVAL_WEBHOOKS
                     .with_label_values(&["failed"])

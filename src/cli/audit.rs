@@ -14,7 +14,6 @@ pub fn verify(
     checkpoints: Option<&Path>,
     pubkeys: &[String],
 ) -> Result<bool, String> {
-    let dir = store.records_dir()?;
     let mut keys = pubkeys
         .iter()
         .map(|k| PublicKey::from_text(k))
@@ -24,6 +23,17 @@ pub fn verify(
             keys.push(configured_key(path)?.public().clone());
         }
     }
+    if let Some(db) = store.shared()? {
+        if let Some(p) = checkpoints {
+            return Err(format!(
+                "--checkpoints {}: the shared store is checked against the checkpoints replicas signed into it; \
+                 to check one replica's local store against exported checkpoints, give its --dir",
+                p.display()
+            ));
+        }
+        return verify_shared(&db, &keys);
+    }
+    let dir = store.records_dir()?;
     let exported = match checkpoints {
         Some(p) => Some((
             p.display().to_string(),
@@ -57,6 +67,40 @@ pub fn verify(
     }
     for n in &r.notes {
         println!("note: {n}");
+    }
+    Ok(ok)
+}
+
+/// Every replica's chain in the shared store, one report each.
+fn verify_shared(db: &crate::db::Database, keys: &[PublicKey]) -> Result<bool, String> {
+    let reports = db
+        .block_on(crate::record::shared::verify(db, keys))
+        .map_err(|e| e.to_string())?;
+    if reports.is_empty() {
+        println!("the shared store holds no records yet");
+    }
+    let mut ok = true;
+    for r in &reports {
+        let range = match (r.first_seq, r.last_seq) {
+            (Some(a), Some(b)) => format!(", seq {a}..{b}"),
+            _ => String::new(),
+        };
+        let who = format!("replica {} (chain {})", r.replica, r.chain);
+        if r.problems.is_empty() {
+            println!("{who}: intact: {} records{range}", r.records);
+        } else {
+            ok = false;
+            println!(
+                "{who}: TAMPERED or DAMAGED ({} records intact{range}): {}",
+                r.records, r.problems[0]
+            );
+            for p in &r.problems[1..] {
+                println!("{who}: also: {p}");
+            }
+        }
+        for n in &r.notes {
+            println!("{who}: note: {n}");
+        }
     }
     Ok(ok)
 }

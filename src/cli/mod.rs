@@ -124,6 +124,22 @@ impl StoreArgs {
         let c = Config::load_without_secrets(path).map_err(|e| e.to_string())?;
         Ok(c.recording.dir_under(&c.server.state_dir))
     }
+
+    /// The shared store every replica records to, when the configuration names one (and no
+    /// `--dir` asks for a local directory instead).
+    pub fn shared(&self) -> Result<Option<std::sync::Arc<crate::db::Database>>, String> {
+        let (None, Some(path)) = (&self.dir, &self.config) else {
+            return Ok(None);
+        };
+        let c = Config::load_without_secrets(path).map_err(|e| e.to_string())?;
+        if c.store.postgres.is_none() {
+            return Ok(None);
+        }
+        // The URL's password is a secret: this time resolve it (and only it).
+        let store = Config::load_store(path).map_err(|e| e.to_string())?;
+        let pg = store.postgres.as_ref().expect("checked above");
+        crate::db::Database::open(pg, crate::db::Role::Client).map(Some)
+    }
 }
 
 #[derive(Subcommand, Debug)]

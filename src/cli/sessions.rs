@@ -18,7 +18,6 @@ pub fn run(cmd: SessionsCommand) -> Result<(), String> {
             conversation,
             limit,
         } => {
-            let dir = store.records_dir()?;
             let since_ms = match since {
                 Some(d) => {
                     let d = crate::config::units::parse_duration(&d)?;
@@ -40,6 +39,30 @@ pub fn run(cmd: SessionsCommand) -> Result<(), String> {
                 conversation,
                 limit,
             };
+            if let Some(db) = store.shared()? {
+                let list = db
+                    .block_on(crate::record::shared::list(&db, &filter))
+                    .map_err(|e| e.to_string())?;
+                for e in list {
+                    let s = |k: &str| e[k].as_str().unwrap_or("-").to_string();
+                    let ts = crate::util::time::rfc3339(
+                        UNIX_EPOCH + Duration::from_millis(e["ts_ms"].as_u64().unwrap_or(0)),
+                    );
+                    println!(
+                        "{:<32}  {:<24}  {:<12}  {:<20}  {:>6}  {} {}  [replica {}]",
+                        s("id"),
+                        ts,
+                        s("route"),
+                        s("subject"),
+                        e["status"],
+                        s("method"),
+                        s("path"),
+                        s("replica")
+                    );
+                }
+                return Ok(());
+            }
+            let dir = store.records_dir()?;
             for e in query::list(&dir, &filter) {
                 let ts = crate::util::time::rfc3339(UNIX_EPOCH + Duration::from_millis(e.ts_ms));
                 println!(
@@ -56,7 +79,7 @@ pub fn run(cmd: SessionsCommand) -> Result<(), String> {
             Ok(())
         }
         SessionsCommand::Show { id, store, json } => {
-            let r = find(&store.records_dir()?, &id)?;
+            let r = find(&store, &id)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
             } else {
@@ -72,13 +95,13 @@ pub fn run(cmd: SessionsCommand) -> Result<(), String> {
             ca,
             ..
         } => {
-            let r = find(&store.records_dir()?, &id)?;
+            let r = find(&store, &id)?;
             resend(&r, &url, token.as_deref(), ca)
         }
         SessionsCommand::Replay {
             id, store, speed, ..
         } => {
-            let r = find(&store.records_dir()?, &id)?;
+            let r = find(&store, &id)?;
             let mut out = std::io::stdout().lock();
             let n = render::replay(&r, speed, &mut out).map_err(|e| e.to_string())?;
             if n == 0 {
@@ -91,8 +114,23 @@ pub fn run(cmd: SessionsCommand) -> Result<(), String> {
     }
 }
 
-/// The record `id` (the whole id or an unambiguous prefix) names in `dir`.
-fn find(dir: &Path, id: &str) -> Result<serde_json::Value, String> {
+/// The record `id` (the whole id or an unambiguous prefix) names: in the shared store (every
+/// replica's) when the configuration has one, else in the records directory.
+fn find(store: &super::StoreArgs, id: &str) -> Result<serde_json::Value, String> {
+    if let Some(db) = store.shared()? {
+        return db
+            .block_on(crate::record::shared::find(&db, id))
+            .map_err(|e| match e {
+                crate::record::shared::FindError::Unknown => {
+                    format!("no recorded exchange {id} on any replica")
+                }
+                e => e.to_string(),
+            });
+    }
+    find_in_dir(&store.records_dir()?, id)
+}
+
+fn find_in_dir(dir: &Path, id: &str) -> Result<serde_json::Value, String> {
     query::find(dir, id).map_err(|e| match e {
         FindError::Unknown => format!("no recorded exchange {id} in {}", dir.display()),
         e => e.to_string(),

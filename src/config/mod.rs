@@ -30,6 +30,37 @@ pub struct Config {
     pub approvals: Vec<crate::policy::ApprovalRule>,
     pub recording: RecordingConfig,
     pub routes: Vec<Route>,
+    /// `store:`: state shared by replicas (PostgreSQL); empty: local files under `state_dir`.
+    pub store: StoreConfig,
+}
+
+/// `store:`: where approvals and records live when several replicas act as one gateway.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(try_from = "raw::RawStore")]
+pub struct StoreConfig {
+    pub postgres: Option<PostgresStore>,
+}
+
+/// `store.postgres`: the database every replica shares.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    /// The connection URL (it holds a password: never printed).
+    pub url: Secret,
+    /// TLS with certificate and host name verification; `false` only for `sslmode=disable`
+    /// to a loopback host.
+    pub tls: bool,
+    /// Extra CA for the database's certificate (system roots are always trusted).
+    pub ca_file: Option<PathBuf>,
+    /// Connections kept open at most.
+    pub pool: usize,
+    /// This replica's name in the database (`None`: the host name).
+    pub replica: Option<String>,
+    /// A replica that has not renewed its lease for this long is gone: approvals waiting on it
+    /// are marked interrupted.
+    pub lease: Duration,
+    /// Records waiting for the database at most, in memory, before `recording.on_failure`.
+    pub queue: usize,
+    pub connect_timeout: Duration,
 }
 
 /// `recording:`: where and how exchange records are kept.
@@ -420,6 +451,32 @@ impl Config {
     /// Loads a file resolving secret references to placeholders (validation without the secrets).
     pub fn load_without_secrets(path: &Path) -> Result<Config, ConfigError> {
         secret::with_placeholders(|| Self::load(path))
+    }
+
+    /// The `store:` section of a file with its secrets (the database URL) resolved, and no other
+    /// secret read: what the CLI needs to read the shared store, on a machine that has the
+    /// database's password but not the providers' keys. Validate the whole file first
+    /// (`load_without_secrets`); this one's errors carry no position.
+    pub fn load_store(path: &Path) -> Result<StoreConfig, ConfigError> {
+        let err = |message: String| ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            column: None,
+            message,
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| err(format!("cannot read the configuration file: {e}")))?;
+        let doc: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        match doc.get("store") {
+            None => Ok(StoreConfig::default()),
+            Some(v) => serde_yaml::from_value(v.clone()).map_err(|e| {
+                let mut m = e.to_string();
+                if let Some((_, rest)) = split_field_marker(&m) {
+                    m = rest;
+                }
+                err(format!("store: {m}"))
+            }),
+        }
     }
 
     /// Parses YAML text; `path` is only used in messages.

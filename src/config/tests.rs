@@ -479,3 +479,83 @@ fn mcp_routes() {
         assert_eq!(err.line, Some(*line), "{mcp}: {rendered}");
     }
 }
+
+#[test]
+fn store_postgres_is_tls_unless_loopback_and_asked() {
+    let with = |pg: &str| parse(&format!("{BASE}store:\n  postgres: {pg}\n"));
+    let c = with(r#"{ url: "postgres://gw:pw@db.internal:5432/agentgate", ca_file: /ca.pem, pool: 4, replica: gw-0 }"#)
+        .unwrap();
+    let pg = c.store.postgres.unwrap();
+    assert!(pg.tls);
+    assert_eq!((pg.pool, pg.replica.as_deref()), (4, Some("gw-0")));
+    assert_eq!(pg.lease, Duration::from_secs(15));
+    assert!(
+        !format!("{pg:?}").contains("pw@"),
+        "Debug must not print the URL's password"
+    );
+    let c =
+        with(r#"{ url: "postgres://gw:pw@127.0.0.1:5432/agentgate?sslmode=disable" }"#).unwrap();
+    assert!(!c.store.postgres.unwrap().tls);
+    assert!(parse(BASE).unwrap().store.postgres.is_none());
+    for (pg, fragment) in [
+        (
+            r#"{ url: "postgres://gw:pw@db.internal/agentgate?sslmode=disable" }"#,
+            "plaintext to the database is allowed only on loopback",
+        ),
+        (r#"{ url: "mysql is not it" }"#, "is not a PostgreSQL URL"),
+        (
+            r#"{ url: "postgres://db/x", pool: 0 }"#,
+            "store.postgres.pool is 0",
+        ),
+        (
+            r#"{ url: "postgres://db/x", replica: "a b" }"#,
+            "store.postgres.replica `a b`",
+        ),
+        (
+            r#"{ url: "postgres://db/x", lease: 1s }"#,
+            "lease must be at least 2s",
+        ),
+        (
+            r#"{ url: "postgres://db/x", queue: 0 }"#,
+            "queue must be greater than 0",
+        ),
+        (
+            r#"{ url: "postgres://db/x", sslrootcert: /x }"#,
+            "unknown field `sslrootcert`",
+        ),
+    ] {
+        let e = with(pg).unwrap_err().to_string();
+        assert!(e.contains(fragment), "{pg}: {e}");
+        assert!(
+            !e.contains("pw@"),
+            "{pg}: the URL's password in an error: {e}"
+        );
+        assert!(e.contains("test.yaml:"), "{pg}: no position: {e}");
+    }
+}
+
+#[test]
+fn the_store_section_loads_with_its_own_secret_alone() {
+    let dir = std::env::temp_dir().join(format!("agentgate-load-store-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("c.yaml");
+    std::env::set_var(
+        "AGENTGATE_TEST_DB_URL",
+        "postgres://gw:pw@db.internal/agentgate",
+    );
+    let text = BASE.replace("AGENTGATE_TEST_KEY", "AGENTGATE_TEST_UNSET_PROVIDER_KEY")
+        + "store:\n  postgres: { url: \"${env:AGENTGATE_TEST_DB_URL}\", replica: gw-1 }\n";
+    std::fs::write(&path, text).unwrap();
+    assert!(
+        Config::load(&path).is_err(),
+        "the whole file needs the provider key"
+    );
+    let pg = Config::load_store(&path).unwrap().postgres.unwrap();
+    assert_eq!(
+        (pg.url.expose(), pg.replica.as_deref()),
+        ("postgres://gw:pw@db.internal/agentgate", Some("gw-1"))
+    );
+    std::fs::write(&path, BASE).unwrap();
+    assert!(Config::load_store(&path).unwrap().postgres.is_none());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

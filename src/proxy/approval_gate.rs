@@ -2,13 +2,12 @@
 //! no upstream connection exists) is checked against its route's rules; a match waits here
 //! for the decision, or gets a ticket.
 
-use crate::approval::{self, summarize, Approval, Approvals, Person, Redeem, State};
+use crate::approval::{self, summarize, Approval, ApprovalStore, Person, Redeem, State};
 use crate::identity::Identity;
 use crate::mask::{Action, Engine, Rules};
 use crate::policy::{ApprovalRule, Mode, Request};
 use crate::proxy::error::ApiError;
 use pingora::proxy::Session;
-use std::sync::Arc;
 
 pub use crate::approval::APPROVAL_HEADER;
 
@@ -24,7 +23,7 @@ pub enum Outcome {
 }
 
 pub struct Gate {
-    store: Arc<Approvals>,
+    store: ApprovalStore,
     /// What approvers see is masked with every detector redacting, whatever the route's policy
     /// (with the engine of the configuration the request runs under).
     rules: Rules,
@@ -32,7 +31,7 @@ pub struct Gate {
 }
 
 impl Gate {
-    pub fn new(store: Arc<Approvals>, public_url: String) -> Gate {
+    pub fn new(store: ApprovalStore, public_url: String) -> Gate {
         Gate {
             store,
             rules: Rules::all(Action::Redact),
@@ -112,9 +111,13 @@ impl Gate {
         let mut evidence = Vec::new();
         let mut summary = None;
         for (rule, m) in matched {
-            if let Some(g) = self.store.active_grant(who, &rule.name, route) {
-                evidence.push(g.evidence("window_grant"));
-                continue;
+            match self.store.active_grant(who, &rule.name, route).await {
+                Ok(Some(g)) => {
+                    evidence.push(g.evidence("window_grant"));
+                    continue;
+                }
+                Ok(None) => {}
+                Err(why) => return Outcome::Refuse(store_down(&rule.name, why), evidence.into()),
             }
             if rule.mode == Mode::Ticket {
                 if let Some(id) = ticket.as_deref().filter(|id| !id.is_empty()) {
@@ -124,7 +127,7 @@ impl Gate {
                         target_sha256: &target_sha,
                         body_sha256: &body_sha,
                     };
-                    match self.store.redeem(id, who, &rule.name, &bound) {
+                    match self.store.redeem(id, who, &rule.name, &bound).await {
                         Redeem::Proceed(a) => {
                             evidence.push(a.evidence("ticket"));
                             continue;
@@ -175,7 +178,11 @@ impl Gate {
                 decided_ms: None,
                 redeemed: false,
             };
-            if self.store.pending_of(who) >= approval::MAX_PENDING_PER_REQUESTER {
+            let pending = match self.store.pending_of(who).await {
+                Ok(n) => n,
+                Err(why) => return Outcome::Refuse(store_down(&rule.name, why), evidence.into()),
+            };
+            if pending >= approval::MAX_PENDING_PER_REQUESTER {
                 let e = ApiError::new(
                     429,
                     "rate_limit_error",
@@ -188,7 +195,7 @@ impl Gate {
                 );
                 return Outcome::Refuse(e, evidence.into());
             }
-            let (a, rx) = match self.store.create(rule, draft) {
+            let (a, rx) = match self.store.create(rule, draft).await {
                 Ok(x) => x,
                 Err(why) => {
                     log::error!("approval store: {why}");
@@ -229,7 +236,7 @@ impl Gate {
             let done = tokio::select! {
                 done = self.store.wait(&a.id, rx, a.expires_ms) => done,
                 _ = crate::shutdown::until_draining() => {
-                    let a = self.store.interrupt(&a.id).unwrap_or(a);
+                    let a = self.store.interrupt(&a.id).await.unwrap_or(a);
                     evidence.push(a.evidence("wait"));
                     if a.state == State::Approved {
                         continue;
@@ -239,13 +246,17 @@ impl Gate {
                 }
                 // Boxed, as the wait's future is held by every request waiting for approval.
                 _ = Box::pin(session.downstream_session.read_body_or_idle(true)) => {
-                    let a = self.store.abandon(&a.id).unwrap_or(a);
+                    let a = self.store.abandon(&a.id).await.unwrap_or(a);
                     log::info!("approval {}: the agent went away while it waited ({})", a.id, a.state.as_str());
                     evidence.push(a.evidence("wait"));
                     return Outcome::Abandoned(evidence.into());
                 }
             };
-            let a = done.unwrap_or(a);
+            let mut a = done.unwrap_or(a);
+            if a.state == State::Pending {
+                // The shared store could not be reached at the deadline: expired, fail closed.
+                a.state = State::Expired;
+            }
             evidence.push(a.evidence("wait"));
             match a.state {
                 State::Approved => continue,
@@ -275,6 +286,17 @@ impl Gate {
         }
         Outcome::Proceed(Some(evidence.into()))
     }
+}
+
+/// The shared store cannot be read: an approval-gated request is refused (fail closed).
+fn store_down(rule: &str, why: approval::Unavailable) -> ApiError {
+    log::error!("approval store: {why}");
+    ApiError::new(
+        503,
+        "service_unavailable_error",
+        "approval_store_unavailable",
+        format!("rule `{rule}` needs an approval and {why}; try again shortly"),
+    )
 }
 
 fn refusal(status: u16, rule: &str, why: String, a: Option<&Approval>) -> ApiError {

@@ -7,8 +7,8 @@
 //! segment and index are synced first), so a checkpoint on disk ahead of the chain means
 //! records were removed, never a crash.
 //!
-//! `Sink` is the seam for other destinations (a PostgreSQL table, when the replicas' shared
-//! store exists): each gets every signed line, in order, and must not block the writer.
+//! `Sink` is the seam for other destinations (the shared store's `checkpoints` table with
+//! `store.postgres`): each gets every signed line, in order, and must not block the writer.
 
 use super::checkpoint::{Checkpoint, RetentionEvent, SigningKey, KIND};
 use super::store::{self, Store, GENESIS};
@@ -115,6 +115,22 @@ impl Sink for Https {
     }
 }
 
+/// Inserts each line into the shared store's `checkpoints` table (through the record shipper's
+/// queue, drained on the database runtime).
+struct Postgres(Arc<super::shared::Shipper>);
+
+impl Sink for Postgres {
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+    fn send(&mut self, line: &str) {
+        self.0.push_checkpoint(line);
+        metrics::CHECKPOINTS
+            .with_label_values(&["postgres", "ok"])
+            .inc();
+    }
+}
+
 pub struct Checkpointer {
     key: Arc<SigningKey>,
     settings: CheckpointSettings,
@@ -164,6 +180,12 @@ impl Checkpointer {
             settings,
             sinks,
         })
+    }
+
+    /// Sends every checkpoint to the shared store too.
+    pub fn send_to_postgres(&mut self, shipper: Arc<super::shared::Shipper>) {
+        metrics::CHECKPOINTS.with_label_values(&["postgres", "ok"]);
+        self.sinks.push(Box::new(Postgres(shipper)));
     }
 
     pub fn key_id(&self) -> String {

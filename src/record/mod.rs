@@ -10,6 +10,8 @@
 //! - `format` and `json`: the record's on-disk shape and how it is written;
 //! - `store`: segments, index and hash chain; `verify` walks the chain (and checks it against
 //!   checkpoints); `render` shows a record to people;
+//! - `shared`: with `store.postgres`, every record and checkpoint also as a row there, and the
+//!   queries and chain checks across every replica's rows;
 //! - `checkpoint`: the signed checkpoint format; `checkpointer`: when the writer signs one and
 //!   where it goes (the store, stdout, an HTTPS endpoint).
 
@@ -20,6 +22,7 @@ mod format;
 pub mod json;
 pub mod query;
 pub mod render;
+pub mod shared;
 pub mod store;
 pub mod verify;
 mod writer;

@@ -629,6 +629,18 @@ pub fn last_index_entry(dir: &Path) -> std::io::Result<Option<IndexEntry>> {
     }
 }
 
+/// The stored line an index entry points at, as it is (no `\n`; not checked: the writer's own
+/// records, read back to send them to the shared store).
+pub fn read_line(dir: &Path, e: &IndexEntry) -> std::io::Result<String> {
+    let f = File::open(segment_path(dir, e.segment))?;
+    let mut buf = vec![0u8; e.len as usize];
+    f.read_exact_at(&mut buf, e.offset)?;
+    if buf.last() == Some(&b'\n') {
+        buf.pop();
+    }
+    String::from_utf8(buf).map_err(std::io::Error::other)
+}
+
 /// The stored record for an index entry, as JSON, after checking that it is the record the
 /// entry names: the line at that place hashes to the hash it states (and the entry's), has the
 /// entry's id and seq, and the next record (if any) chains to it. Anything else is an error,

@@ -29,6 +29,8 @@ enum Msg {
 
 pub struct Recorder {
     dir: PathBuf,
+    /// Sends records to the shared store (`store.postgres`).
+    shipper: Option<Arc<super::shared::Shipper>>,
     tx: SyncSender<Msg>,
     healthy: Arc<AtomicBool>,
     depth: Arc<AtomicUsize>,
@@ -39,15 +41,22 @@ pub struct Recorder {
 impl Recorder {
     /// Opens the store in `dir` (the resolved `recording.dir`) and starts the writer thread,
     /// which signs checkpoints with `key`.
+    /// With `db` (`store.postgres`), every committed record and checkpoint is also sent there.
     pub fn start(
         dir: PathBuf,
         settings: RecordingConfig,
         engine: Arc<Engine>,
         key: Arc<crate::util::ed25519::SigningKey>,
+        db: Option<Arc<crate::db::Database>>,
     ) -> Result<Arc<Recorder>, String> {
         let store = Store::open(&dir, settings.segment_size)
             .map_err(|e| format!("recording store {}: {e}", dir.display()))?;
-        let checkpoints = Checkpointer::new(&store, key, settings.checkpoints.clone())?;
+        let mut checkpoints = Checkpointer::new(&store, key, settings.checkpoints.clone())?;
+        let shipper =
+            db.map(|db| super::shared::Shipper::start(db, dir.clone(), store.id().to_string()));
+        if let Some(s) = &shipper {
+            checkpoints.send_to_postgres(s.clone());
+        }
         log::info!(
             "recording store {} (id {}): checkpoints signed by key {} every {} records or {:?}",
             dir.display(),
@@ -75,6 +84,7 @@ impl Recorder {
             memo: Default::default(),
             checkpoints,
             checkpoint_failed: None,
+            shipper: shipper.clone(),
         };
         std::thread::Builder::new()
             .name("agentgate recorder".into())
@@ -82,6 +92,7 @@ impl Recorder {
             .map_err(|e| format!("starting the recorder: {e}"))?;
         Ok(Arc::new(Recorder {
             dir,
+            shipper,
             tx,
             healthy,
             depth,
@@ -97,10 +108,12 @@ impl Recorder {
 
     /// Whether new requests on recorded routes may proceed (`on_failure: reject` refuses them
     /// while records cannot be written or the queue is 80% full).
+    /// So does a shared store whose queue overflowed (`store.postgres.queue`).
     pub fn accepting(&self) -> bool {
         !self.reject
             || (self.healthy.load(Ordering::Relaxed)
-                && self.depth.load(Ordering::Relaxed) * 5 < self.capacity * 4)
+                && self.depth.load(Ordering::Relaxed) * 5 < self.capacity * 4
+                && !self.shipper.as_ref().is_some_and(|s| s.overflowed()))
     }
 
     /// Queues a record; never blocks the request.
@@ -126,8 +139,12 @@ impl Recorder {
     /// Waits (up to `timeout`) until every queued record is written.
     pub fn flush(&self, timeout: Duration) {
         let (tx, rx) = std::sync::mpsc::channel();
+        let until = Instant::now() + timeout;
         if self.tx.send(Msg::Flush(tx)).is_ok() {
             let _ = rx.recv_timeout(timeout);
+        }
+        if let Some(s) = &self.shipper {
+            s.drain(until.saturating_duration_since(Instant::now()));
         }
     }
 }
@@ -199,6 +216,7 @@ struct Writer {
     checkpoints: Checkpointer,
     /// When writing a checkpoint last failed (they are retried a second later).
     checkpoint_failed: Option<Instant>,
+    shipper: Option<Arc<super::shared::Shipper>>,
 }
 
 /// Records written with one `write` at most (the queue holds more when the writer is behind;
@@ -298,6 +316,9 @@ impl Writer {
         {
             Ok(events) if !events.is_empty() => {
                 log::info!("recording retention removed {} segment(s)", events.len());
+                if let (Some(s), Some(seq)) = (&self.shipper, events.iter().map(|e| e.seq).max()) {
+                    s.retained(seq);
+                }
                 self.checkpoints.retained(events);
             }
             Ok(_) => {}
@@ -352,6 +373,9 @@ impl Writer {
             };
             match written {
                 Ok(lines) => {
+                    if let Some(s) = &self.shipper {
+                        s.push(lines);
+                    }
                     if self.settings.stdout {
                         for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
                             crate::session_log::emit_line(
@@ -544,7 +568,7 @@ mod tests {
         let settings: RecordingConfig = serde_json::from_str("{}").unwrap();
         let engine = Arc::new(Engine::new(&[], [1; 32]).unwrap());
         let key = Arc::new(crate::util::ed25519::SigningKey::generate().unwrap());
-        let rec = Recorder::start(dir.clone(), settings, engine, key).unwrap();
+        let rec = Recorder::start(dir.clone(), settings, engine, key, None).unwrap();
         (dir, rec)
     }
 

@@ -83,6 +83,11 @@ pub fn run(config: Config, path: std::path::PathBuf) -> Result<(), String> {
 
     let key = runtime::HashKey::random()?;
     let active = ActiveConfig::new(runtime::build(&config, &key)?);
+    // With `store.postgres`, approvals (and records) are shared with every replica through it.
+    let db = match &config.store.postgres {
+        Some(pg) => Some(crate::db::Database::open(pg, crate::db::Role::Server)?),
+        None => None,
+    };
     let recorder = if config
         .routes
         .iter()
@@ -104,11 +109,19 @@ pub fn run(config: Config, path: std::path::PathBuf) -> Result<(), String> {
             config.recording.clone(),
             active.get().engine.clone(),
             key,
+            db.clone(),
         )?)
     } else {
         None
     };
-    let approvals = crate::approval::Approvals::open(&state.join("approvals"))?;
+    let approvals = match &db {
+        Some(db) => crate::approval::ApprovalStore::Shared(crate::approval::SharedApprovals::new(
+            db.clone(),
+        )),
+        None => crate::approval::ApprovalStore::Local(crate::approval::Approvals::open(
+            &state.join("approvals"),
+        )?),
+    };
     crate::proxy::mcp::PinStore::open(state.join("mcp-pins.json"))?;
     let gate =
         crate::proxy::approval_gate::Gate::new(approvals.clone(), config.admin.public_url.clone());
@@ -150,6 +163,7 @@ pub fn run(config: Config, path: std::path::PathBuf) -> Result<(), String> {
             records: recorder.as_ref().map(|r| r.dir().to_path_buf()),
             hosts: admin_hosts(&config),
             approvals: approvals.clone(),
+            db: db.clone(),
             auditors: config.admin.auditors.clone(),
             console: config.admin.console.clone().map(|c| {
                 log::info!(

@@ -3,7 +3,7 @@
 //! guardrails, recording mode) and identity sources are swapped atomically — requests in flight
 //! keep the configuration they started with — and if not, the running configuration stays, the
 //! error is logged with its line, and `agentgate_config_reloads_total{result}` counts it.
-//! Listeners, the admin listener, `server` and `recording` settings need a restart.
+//! Listeners, the admin listener, `server`, `recording` and `store` settings need a restart.
 
 use super::runtime::{self, HashKey};
 use crate::config::Config;
@@ -31,9 +31,15 @@ fn stamp(path: &PathBuf) -> Option<(u64, SystemTime, u64)> {
 }
 
 pub fn fixed_parts(c: &Config) -> String {
+    // The store's URL is a secret (its Debug is redacted): its hash tells a change.
+    let url = c
+        .store
+        .postgres
+        .as_ref()
+        .map(|p| crate::approval::sha256_hex(p.url.expose().as_bytes()));
     format!(
-        "{:?}{:?}{:?}{:?}",
-        c.server, c.listeners, c.admin, c.recording
+        "{:?}{:?}{:?}{:?}{:?}{url:?}",
+        c.server, c.listeners, c.admin, c.recording, c.store
     )
 }
 
@@ -58,7 +64,7 @@ impl Reloader {
             }
         };
         if fixed_parts(&config) != self.fixed {
-            log::warn!("config reload ({why}): changes to server, listeners, admin or recording take effect after a restart");
+            log::warn!("config reload ({why}): changes to server, listeners, admin, recording or store take effect after a restart");
         }
         // The new issuers' keys are refreshed for as long as a configuration uses them; the
         // loops of issuers this configuration dropped end with the last request using them.

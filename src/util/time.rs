@@ -65,9 +65,59 @@ fn format_seconds(secs: i64) -> String {
     )
 }
 
+/// Milliseconds since the Unix epoch of a timestamp as `rfc3339` writes it
+/// (`2026-11-28T23:53:10.123Z`); `None` for any other shape (days-from-civil, H. Hinnant).
+pub fn parse_rfc3339_ms(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    if b.len() != 24
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[19] != b'.'
+        || b[23] != b'Z'
+    {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        s.get(r)?.bytes().try_fold(0i64, |n, c| {
+            c.is_ascii_digit().then(|| n * 10 + i64::from(c - b'0'))
+        })
+    };
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss, ms) = (num(11..13)?, num(14..16)?, num(17..19)?, num(20..23)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    let y = y - i64::from(m <= 2);
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
+    u64::try_from(secs * 1000 + ms).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_parses_back_what_it_writes() {
+        for ms in [0u64, 951_782_400_123, 1_795_824_000_999, 1_764_892_800_500] {
+            let t = rfc3339(UNIX_EPOCH + Duration::from_millis(ms));
+            assert_eq!(parse_rfc3339_ms(&t), Some(ms), "{t}");
+        }
+        for bad in [
+            "",
+            "2026-11-28T00:00:00Z",
+            "2026-13-28T00:00:00.000Z",
+            "2026-11-28T00:00:00.00xZ",
+        ] {
+            assert_eq!(parse_rfc3339_ms(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn rfc3339_known_instants() {

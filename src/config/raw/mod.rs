@@ -16,6 +16,7 @@ mod mcp;
 mod recording;
 mod routes;
 mod server;
+mod store;
 
 pub use identity::{
     normalize_typ, RawClientCertRule, RawIdentity, RawOidcIssuer, RawServiceAccount, JWS_ALGORITHMS,
@@ -26,6 +27,7 @@ pub use mcp::RawMcp;
 pub use recording::RawRecording;
 pub use routes::{RawRoute, RawUpstream};
 pub use server::RawServer;
+pub use store::RawStore;
 
 use crate::config::at_field;
 use crate::config::{
@@ -54,6 +56,8 @@ pub struct RawConfig {
     #[serde(default)]
     recording: Option<RecordingConfig>,
     routes: Vec<Route>,
+    #[serde(default)]
+    store: crate::config::StoreConfig,
 }
 
 impl TryFrom<RawConfig> for Config {
@@ -221,6 +225,7 @@ impl TryFrom<RawConfig> for Config {
                 None => RawRecording::default().try_into()?,
             },
             routes: raw.routes,
+            store: raw.store,
         })
     }
 }
