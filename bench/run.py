@@ -655,15 +655,17 @@ def render(args, systems, runs, h2, sse, streams, peak) -> str:
         open_rss = f"{v / 1024:.1f}" if v else ("– (the mock)" if n == "direct" else "– (could not stream)")
         out.append(f"| {n} | {open_rss} | {peak[n] / 1024:.1f} |")
     ag, va, ng = (agg(runs[(n, 64)])["rps"] if (n, 64) in runs else None for n in ("agentgate", "vanilla-pingora", "nginx"))
-    added1 = (agg(runs[("agentgate", 1)])["p99"] - agg(runs[("direct", 1)])["p99"]) / 1000
-    ttfb = sse["agentgate"]["ttfb_ms"] - d["ttfb_ms"]
+    # `--only` may leave the passthrough gateway out: its rows are then left out too.
+    has_ag = ("agentgate", 1) in runs and bool(sse.get("agentgate"))
+    added1 = (agg(runs[("agentgate", 1)])["p99"] - agg(runs[("direct", 1)])["p99"]) / 1000 if has_ag else 0.0
+    ttfb = sse["agentgate"]["ttfb_ms"] - d["ttfb_ms"] if has_ag else 0.0
     mem = streams.get("agentgate", 0) / 1024
     verdict = lambda ok: "met" if ok else "**missed**"
     out += recording_cost(runs)
     out += ["", "## Targets", "", "| target | measured | |", "| --- | ---: | --- |"]
-    if va:
+    if va and ag:
         out.append(f"| passthrough ≥ 0.95 × vanilla Pingora req/s at c=64 | {ag / va:.2f} × | {verdict(ag / va >= 0.95)} |")
-    if ng:
+    if ng and ag:
         out.append(f"| passthrough ≥ 0.9 × nginx req/s at c=64 | {ag / ng:.2f} × | {verdict(ag / ng >= 0.9)} |")
     full = agg(runs[("agentgate-full", 64)])["rps"] if ("agentgate-full", 64) in runs else None
     rec = agg(runs[("agentgate-recorded", 64)])["rps"] if ("agentgate-recorded", 64) in runs else None
@@ -681,19 +683,19 @@ def render(args, systems, runs, h2, sse, streams, peak) -> str:
         out.append(f"| recording costs ≤ 5% of throughput (recorded vs not, c=64) | {100 * (1 - rec / ag):.1f}% (rounds: {per_round}%; gateway CPU {cpu:+.0f} µs per request; "
                    f"5% is {budget:.1f} µs of this machine's CPU per request) | {verdict(rec / ag >= 0.95)} |")
     out += [
-        f"| added p99 over direct at c=1 ≤ 0.3 ms (passthrough) | {added1:+.3f} ms | {verdict(added1 <= 0.3)} |",
+        *([f"| added p99 over direct at c=1 ≤ 0.3 ms (passthrough) | {added1:+.3f} ms | {verdict(added1 <= 0.3)} |"] if has_ag else []),
         *(
             [f"| added p99 over direct at c=1 ≤ 0.5 ms (full policy) | {added1_full:+.3f} ms | {verdict(added1_full <= 0.5)} |"]
             if (added1_full := ((agg(runs[("agentgate-full", 1)])["p99"] - agg(runs[("direct", 1)])["p99"]) / 1000
                                 if ("agentgate-full", 1) in runs else None)) is not None else []
         ),
-        f"| SSE TTFB overhead ≤ 1 ms (passthrough) | {ttfb:+.3f} ms | {verdict(ttfb <= 1)} |",
+        *([f"| SSE TTFB overhead ≤ 1 ms (passthrough) | {ttfb:+.3f} ms | {verdict(ttfb <= 1)} |"] if has_ag else []),
         *(
             [f"| SSE TTFB overhead ≤ 1 ms (full policy: masking the stream) | {sse['agentgate-full']['ttfb_ms'] - d['ttfb_ms']:+.3f} ms | "
              f"{verdict(sse['agentgate-full']['ttfb_ms'] - d['ttfb_ms'] <= 1)} |"]
             if sse.get("agentgate-full") else []
         ),
-        f"| ≤ 64 MB RSS with {args.streams} concurrent streams | {mem:.1f} MiB | {verdict(mem <= 64)} |",
+        *([f"| ≤ 64 MB RSS with {args.streams} concurrent streams | {mem:.1f} MiB | {verdict(mem <= 64)} |"] if has_ag else []),
         *issue27_rows(runs, h2),
         *baseline_rows(runs),
         "",
