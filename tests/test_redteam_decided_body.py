@@ -1,0 +1,93 @@
+"""Red-team tests for the decided body forwarded from the agent's own session (retry buffer,
+`request_body_filter`) on 4f3f5e2: no byte of the agent's original body reaches the upstream,
+what reaches it is the decided (masked) body whole, and nothing hangs."""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import time
+
+import pytest
+
+from gwconfig import AGENT_TOKEN, REDACT_POLICY, route
+from net import request_head as head
+
+KEY = "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def status_of(resp: bytes) -> int:
+    return int(resp.split(b" ", 2)[1]) if resp.startswith(b"HTTP/1.1 ") else 0
+
+
+@pytest.fixture
+def masked(start_gateway, mock, upstream_ca_file):
+    return start_gateway(route("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file, masking="default"),
+                         extra=REDACT_POLICY)
+
+
+def chat_body(text: str) -> bytes:
+    return json.dumps({"model": "m", "messages": [{"role": "user", "content": text}]}).encode()
+
+
+def h2_request(gw, path: str, headers: list[tuple[str, str]], frames: list, timeout: float = 15) -> tuple[dict, bytes, str]:
+    """One HTTP/2 stream: `frames` is a list of ("data", bytes, end) / ("trailers", [(k, v)]).
+    Returns (response headers, body, how it ended: "ended", "reset", "closed", "timeout")."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    ctx = ssl.create_default_context(cafile=str(gw.ca_file))
+    ctx.set_alpn_protocols(["h2"])
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=timeout) as raw, ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+        conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True, validate_outbound_headers=False,
+                                                                            normalize_outbound_headers=False))
+        conn.initiate_connection()
+        req = [(":method", "POST"), (":path", path), (":scheme", "https"), (":authority", "127.0.0.1"),
+               ("authorization", f"Bearer {AGENT_TOKEN}"), *headers]
+        conn.send_headers(1, req)
+        for f in frames:
+            if f[0] == "data":
+                conn.send_data(1, f[1], end_stream=f[2])
+            else:
+                conn.send_headers(1, f[1], end_stream=True)
+        s.sendall(conn.data_to_send())
+        resp_headers, data, how = {}, b"", "closed"
+        deadline = time.monotonic() + timeout
+        while how == "closed" and time.monotonic() < deadline:
+            try:
+                chunk = s.recv(65536)
+            except socket.timeout:
+                how = "timeout"
+                break
+            if not chunk:
+                break
+            for ev in conn.receive_data(chunk):
+                if isinstance(ev, h2.events.ResponseReceived):
+                    resp_headers = {k.decode(): v.decode() for k, v in ev.headers}
+                elif isinstance(ev, h2.events.DataReceived):
+                    data += ev.data
+                    conn.acknowledge_received_data(ev.flow_controlled_length, 1)
+                elif isinstance(ev, h2.events.StreamEnded):
+                    how = "ended"
+                elif isinstance(ev, h2.events.StreamReset):
+                    how = "reset"
+            s.sendall(conn.data_to_send())
+        return resp_headers, data, how
+
+
+def test_http2_request_trailers_do_not_leave_the_upstream_waiting_for_the_decided_body(masked, mock):
+    """On 4f3f5e2 an HTTP/2 agent that ends its body with a trailers HEADERS frame got no answer
+    (held until the upstream's read_timeout): after the DATA frames h2's stream is not at its end
+    while the trailers wait unread, so Pingora hands the retry buffer to `request_body_filter`
+    with end_of_stream=false, the filter turned it into `None` (end of body) and the upstream got
+    `Content-Length: 96` and no body byte (PREMATURE body end, an upstream left waiting)."""
+    body = chat_body(f"my key is {KEY}")
+    h, data, how = h2_request(masked, "/v1/chat/completions",
+                              [("content-type", "application/json"), ("content-length", str(len(body)))],
+                              [("data", body, False), ("trailers", [("x-trailer", "1")])], timeout=10)
+    assert how == "ended" and h.get(":status") == "200", (h, data[:300], how)
+    sent = mock.state.last
+    assert KEY not in sent["body"].decode() and b"REDACTED" in sent["body"], sent["body"]
+    assert int(sent["headers"]["content-length"]) == len(sent["body"]), sent
