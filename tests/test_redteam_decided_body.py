@@ -91,3 +91,33 @@ def test_http2_request_trailers_do_not_leave_the_upstream_waiting_for_the_decide
     sent = mock.state.last
     assert KEY not in sent["body"].decode() and b"REDACTED" in sent["body"], sent["body"]
     assert int(sent["headers"]["content-length"]) == len(sent["body"]), sent
+
+
+def test_http2_request_trailers_on_an_approval_route_do_not_send_an_empty_body_once_approved(start_gateway, mock, upstream_ca_file):
+    """On 4f3f5e2 the same request on a route with an approval rule and no masking (the decided
+    body is the agent's own): once approved, the upstream got `Content-Length: 191` and no body
+    (the mock, reading to the end of the connection the gateway closed, served it as an empty
+    request); the agent got no answer."""
+    import threading
+
+    from gwconfig import people_identity
+    from test_approvals import CHAT, PEOPLE, TOOLS_BODY, decide, rules, wait_pending
+
+    gw = start_gateway(route("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file, approvals=["destructive-tools"]),
+                       identity=people_identity(PEOPLE), extra=rules(), admin={"auditors": ["security-oncall"]})
+    body = json.dumps(TOOLS_BODY).encode()
+    out: dict = {}
+
+    def call() -> None:
+        out["r"] = h2_request(gw, CHAT, [("content-type", "application/json")],
+                              [("data", body, False), ("trailers", [("x-trailer", "1")])], timeout=10)
+
+    t = threading.Thread(target=call, daemon=True)
+    t.start()
+    aid = wait_pending(gw)[0]["id"]
+    assert mock.state.requests == []
+    decide(gw, "alice", aid, "approve")
+    t.join(20)
+    h, data, how = out["r"]
+    assert how == "ended" and h.get(":status") == "200", (h, data[:300], how)
+    assert [r["body"] for r in mock.state.requests] == [body], [(r["headers"].get("content-length"), r["body"][:80]) for r in mock.state.requests]
