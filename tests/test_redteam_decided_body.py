@@ -13,6 +13,7 @@ import pytest
 
 from gwconfig import AGENT_TOKEN, REDACT_POLICY, route
 from net import request_head as head
+from test_upstream_protocols import rust_mock  # noqa: F401 (a fixture)
 
 KEY = "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789"
 
@@ -121,3 +122,15 @@ def test_http2_request_trailers_on_an_approval_route_do_not_send_an_empty_body_o
     h, data, how = out["r"]
     assert how == "ended" and h.get(":status") == "200", (h, data[:300], how)
     assert [r["body"] for r in mock.state.requests] == [body], [(r["headers"].get("content-length"), r["body"][:80]) for r in mock.state.requests]
+
+
+def test_http2_request_trailers_through_an_http2_upstream_are_answered(start_gateway, upstream_ca_file, rust_mock):
+    """On 4f3f5e2, with an HTTP/2 upstream, the same request got a 502 (`upstream_protocol_error`):
+    Pingora's HTTP/2 leg ended the upstream stream with no DATA under `content-length: 96`."""
+    port = rust_mock()
+    gw = start_gateway(route("rust", "/v1/", f"https://127.0.0.1:{port}", upstream_ca_file, masking="default",
+                             upstream={"http2": True}), extra=REDACT_POLICY)
+    body = chat_body(f"my key is {KEY}")
+    h, data, how = h2_request(gw, "/v1/chat/completions", [("content-type", "application/json")],
+                              [("data", body, False), ("trailers", [("x-trailer", "1")])], timeout=10)
+    assert how == "ended" and h.get(":status") == "200", (h, data[:300], how)

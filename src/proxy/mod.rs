@@ -156,14 +156,16 @@ impl ProxyHttp for Gateway {
             // The agent's body was read and decided on in `request_filter`; what Pingora hands
             // here is its copy of the agent's bytes (the retry buffer), which never goes
             // upstream: the decided body goes instead, whole, at the end (recorded already).
-            // Before the end, `Some(empty)` means "nothing yet" to Pingora; `None` would end the
-            // upstream body there, short of the `Content-Length` promised (an HTTP/2 agent's
-            // body followed by trailers is not at its end when the retry buffer is handed here).
-            *body = if end_of_stream {
-                Some(decided.clone()).filter(|d| !d.is_empty())
-            } else {
-                Some(Bytes::new())
-            };
+            // `forward_decided` keeps this session only when the agent's body is at its end
+            // (Pingora then hands the buffer with `end_of_stream`); anything else must not end
+            // the upstream body short of the `Content-Length` promised for the decided one.
+            if !end_of_stream {
+                return Error::e_explain(
+                    InternalError,
+                    "a decided body before the end of the agent's body",
+                );
+            }
+            *body = Some(decided.clone()).filter(|d| !d.is_empty());
             return Ok(());
         }
         let Some(b) = body else { return Ok(()) };
