@@ -134,3 +134,173 @@ def test_http2_request_trailers_through_an_http2_upstream_are_answered(start_gat
     h, data, how = h2_request(gw, "/v1/chat/completions", [("content-type", "application/json")],
                               [("data", body, False), ("trailers", [("x-trailer", "1")])], timeout=10)
     assert how == "ended" and h.get(":status") == "200", (h, data[:300], how)
+
+
+# --- what held on 4f3f5e2 (kept as regression tests) -------------------------------------------
+
+import threading  # noqa: E402
+
+from net import server_ctx  # noqa: E402
+
+
+class Wire:
+    """TLS upstream recording every byte per connection; answers each request head with 200
+    (reading a Content-Length body), keep-alive."""
+    def __init__(self, ca):
+        self.ctx = server_ctx(ca)
+        self.sock = socket.socket(); self.sock.bind(("127.0.0.1", 0)); self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.conns = []
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try: c, _ = self.sock.accept()
+            except OSError: return
+            rec = bytearray(); self.conns.append(rec)
+            threading.Thread(target=self.conn, args=(c, rec), daemon=True).start()
+
+    def conn(self, c, rec):
+        try:
+            s = self.ctx.wrap_socket(c, server_side=True); s.settimeout(5)
+            buf = b""
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    d = s.recv(65536)
+                    if not d: return
+                    rec += d; buf += d
+                h, _, buf = buf.partition(b"\r\n\r\n")
+                lines = h.decode("latin1").split("\r\n")
+                hd = {l.split(":", 1)[0].lower(): l.split(":", 1)[1].strip() for l in lines[1:] if ":" in l}
+                cl = int(hd.get("content-length", "0"))
+                while len(buf) < cl:
+                    d = s.recv(65536)
+                    if not d: return
+                    rec += d; buf += d
+                buf = buf[cl:]
+                out = b'{"ok":true}'
+                if lines[0].startswith("HEAD"):
+                    s.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\n")
+                else:
+                    s.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n" + out)
+        except Exception:
+            pass
+
+    def all(self):
+        return b"".join(bytes(c) for c in self.conns)
+
+
+def chunked(body, size, ext=b"", trailer=b""):
+    out = b""
+    for i in range(0, len(body), size):
+        c = body[i:i+size]
+        out += f"{len(c):x}".encode() + ext + b"\r\n" + c + b"\r\n"
+    return out + b"0\r\n" + trailer + b"\r\n"
+
+
+
+def test_no_byte_of_the_original_body_reaches_the_wire_whatever_the_method_or_framing(start_gateway, upstream_ca, upstream_ca_file):
+    """Every method (HEAD, OPTIONS and unknown ones included), Content-Length and chunked bodies
+    (extensions, a trailer carrying the key), Expect: 100-continue, pipelining, bytes after
+    `Content-Length: 0`, an upgrade request with bytes after its body, and HTTP/2 bodies split
+    across DATA frames: the key is in no byte the upstream reads, and each request's framing
+    holds (the upstream parses every one)."""
+    up = Wire(upstream_ca)
+    gw = start_gateway(route("w", "/v1/", f"https://127.0.0.1:{up.port}", upstream_ca_file, masking="default"), extra=REDACT_POLICY)
+    b = chat_body(f"my key is {KEY}")
+    reqs = {}
+    for m in ("POST", "GET", "HEAD", "OPTIONS", "PUT", "PATCH", "DELETE", "FOO"):
+        reqs[m + "-cl"] = head(m, "/v1/x", "Content-Type: application/json", f"Content-Length: {len(b)}") + b
+        reqs[m + "-chunked"] = head(m, "/v1/x", "Content-Type: application/json", "Transfer-Encoding: chunked") + chunked(b, 5, b";x=y", b"X-T: " + KEY.encode() + b"\r\n")
+    reqs["text"] = head("POST", "/v1/x", "Content-Type: text/plain", f"Content-Length: {len(b)}") + b
+    reqs["expect"] = head("POST", "/v1/x", "Expect: 100-continue", f"Content-Length: {len(b)}") + b
+    reqs["pipelined"] = head("POST", "/v1/x", f"Content-Length: {len(b)}") + b + head("POST", "/v1/x", f"Content-Length: {len(b)}") + b
+    reqs["cl0-then-bytes"] = head("POST", "/v1/x", "Content-Length: 0") + KEY.encode() + b"\r\n\r\n"
+    reqs["upgrade"] = head("POST", "/v1/x", "Upgrade: websocket", "Connection: Upgrade", f"Content-Length: {len(b)}") + b + KEY.encode()
+    for name, r in reqs.items():
+        with gw.connect() as s:
+            s.sendall(r)
+            s.settimeout(1)
+            out = b""
+            try:
+                while d := s.recv(65536):
+                    out += d
+            except OSError:
+                pass
+        assert status_of(out) == 200, (name, out[:200])
+    for frames in ([("data", b, True)], [("data", b[:3], False), ("data", b[3:], False), ("data", b"", True)]):
+        h, _, how = h2_request(gw, "/v1/x", [("content-type", "application/json")], frames, timeout=5)
+        assert how == "ended" and h.get(":status") == "200", h
+    assert KEY.encode() not in up.all()
+
+
+class Flaky:
+    """TLS upstream: answers the first request on each connection (keep-alive), and on a later
+    request of the same connection reads the head and closes (a pooled connection gone)."""
+    def __init__(self, ca, mode="close-after-head"):
+        self.ctx = server_ctx(ca)
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.got = []
+        self.mode = mode
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.conn, args=(c,), daemon=True).start()
+
+    def conn(self, c):
+        try:
+            s = self.ctx.wrap_socket(c, server_side=True)
+            s.settimeout(5)
+            buf = b""
+            n = 0
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    d = s.recv(65536)
+                    if not d:
+                        return
+                    buf += d
+                h, _, buf = buf.partition(b"\r\n\r\n")
+                lines = h.decode().split("\r\n")
+                hd = {l.split(":", 1)[0].lower(): l.split(":", 1)[1].strip() for l in lines[1:]}
+                n += 1
+                if n >= 2:
+                    self.got.append(("dropped", lines[0], hd.get("content-length"), buf))
+                    s.close()
+                    return
+                cl = int(hd.get("content-length", "0"))
+                t = time.monotonic()
+                while len(buf) < cl and time.monotonic() - t < 5:
+                    d = s.recv(65536)
+                    if not d:
+                        break
+                    buf += d
+                body, buf = buf[:cl], buf[cl:]
+                self.got.append(("served", lines[0], hd.get("content-length"), body))
+                out = b'{"ok":true}'
+                s.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(out) + out)
+        except Exception as e:
+            self.got.append(("error", repr(e)))
+
+
+
+def test_a_retry_on_a_fresh_connection_sends_the_decided_body_again(start_gateway, upstream_ca, upstream_ca_file):
+    """A pooled upstream connection closed under an idempotent request: Pingora sends it again
+    from its retry buffer (the agent's bytes), and the decided body goes instead each time."""
+    up = Flaky(upstream_ca)
+    gw = start_gateway(route("mock", "/v1/", f"https://127.0.0.1:{up.port}", upstream_ca_file, masking="default"), extra=REDACT_POLICY)
+    b = chat_body(f"my key is {KEY}")
+    for m in ("GET", "PUT", "DELETE"):
+        resp = gw.raw(head(m, "/v1/x", "Connection: close", "Content-Type: application/json", f"Content-Length: {len(b)}") + b)
+        assert status_of(resp) == 200, resp[:200]
+        time.sleep(0.2)
+    assert [g[0] for g in up.got] == ["served", "dropped", "served", "dropped", "served"], up.got
+    for g in up.got:
+        assert KEY.encode() not in g[3] and (g[0] == "dropped" or b"REDACTED" in g[3]), g
