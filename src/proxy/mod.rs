@@ -156,7 +156,16 @@ impl ProxyHttp for Gateway {
             // The agent's body was read and decided on in `request_filter`; what Pingora hands
             // here is its copy of the agent's bytes (the retry buffer), which never goes
             // upstream: the decided body goes instead, whole, at the end (recorded already).
-            *body = Some(decided.clone()).filter(|d| end_of_stream && !d.is_empty());
+            // `forward_decided` keeps this session only when the agent's body is at its end
+            // (Pingora then hands the buffer with `end_of_stream`); anything else must not end
+            // the upstream body short of the `Content-Length` promised for the decided one.
+            if !end_of_stream {
+                return Error::e_explain(
+                    InternalError,
+                    "a decided body before the end of the agent's body",
+                );
+            }
+            *body = Some(decided.clone()).filter(|d| !d.is_empty());
             return Ok(());
         }
         let Some(b) = body else { return Ok(()) };

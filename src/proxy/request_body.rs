@@ -215,8 +215,14 @@ impl Gateway {
 /// body, where the decided body replaces it (`Gateway::request_body_filter`): the body was read
 /// whole into the retry buffer (it is not truncated) and was not empty (Pingora's HTTP/2
 /// upstream path makes no body call for an empty one), or both bodies are empty.
-fn in_session(session: &Session, agent_bytes: u64, decided_len: usize) -> bool {
-    !session.downstream_session.retry_buffer_truncated() && (agent_bytes > 0 || decided_len == 0)
+/// The agent's body must also be at its end as Pingora sees it: an HTTP/2 body followed by
+/// trailers is not (h2 keeps the unread trailers), and Pingora would hand the buffer without
+/// `end_of_stream`, then again with no body (HTTP/2 upstream: more than once); the subrequest
+/// forwards such a body.
+fn in_session(session: &mut Session, agent_bytes: u64, decided_len: usize) -> bool {
+    !session.downstream_session.retry_buffer_truncated()
+        && session.downstream_session.is_body_done()
+        && (agent_bytes > 0 || decided_len == 0)
 }
 
 /// A JSON content type, or none and a body that starts like JSON.
