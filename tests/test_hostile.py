@@ -201,3 +201,17 @@ def test_compressed_upstream_responses_are_refused_where_they_would_be_inspected
         r = c.post("/v1/chat/completions", json=CHAT, headers={"x-mock-gzip": "1"})
     assert r.status_code == 200 and r.headers["content-encoding"] == "gzip"
     assert r.json()["choices"][0]["message"]["content"] == "Hello from the mock upstream."
+
+
+def test_expect_continue_on_a_decided_body_is_not_passed_upstream(gw, mock):
+    """The body of an inspected request is read whole before anything goes upstream, so its
+    `Expect: 100-continue` has been answered by the time it leaves. Forwarded, the upstream's
+    `100 Continue` reached the agent after its body, as a second response head (with a
+    `Transfer-Encoding` header) in front of the real one."""
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    resp = gw.raw(head("POST", "/v1/chat/completions", "Content-Type: application/json",
+                       f"Content-Length: {len(body)}", "Expect: 100-continue", "Connection: close") + body, timeout=10)
+    assert resp.startswith(b"HTTP/1.1 200 "), resp[:300]
+    assert b"100 Continue" not in resp, resp[:300]
+    assert "expect" not in mock.state.last["headers"]
+

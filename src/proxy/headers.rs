@@ -115,8 +115,11 @@ pub fn rewrite_upstream_request(
         req.insert_header(header::ACCEPT_ENCODING, "identity")?;
     }
     if let Some(n) = body_len {
-        // The decided (masked) body replaces the agent's: its length is the new one.
+        // The decided (masked) body replaces the agent's: its length is the new one. It was
+        // read whole before anything went upstream, so nothing waits for a `100 Continue`
+        // (the upstream's would reach the agent after its body, as a second response head).
         req.remove_header(&header::TRANSFER_ENCODING);
+        req.remove_header(&header::EXPECT);
         req.insert_header(header::CONTENT_LENGTH, n)?;
     }
     req.insert_header(X_REQUEST_ID, per_request_value(id)?)?;
