@@ -172,6 +172,28 @@ def test_the_route_key_split_across_events_never_reaches_the_agent(gw, mock):
             assert HEX_KEY[:n] not in body.decode() and HEX_KEY[-n:] not in body.decode(), (cut, body)
 
 
+@pytest.mark.parametrize("content_type", ["text/event-stream", "application/x-ndjson"])
+def test_the_route_key_split_across_events_is_caught_on_a_route_without_masking(start_gateway, mock, upstream_ca_file,
+                                                                               tmp_path, content_type):
+    """Issue 22: the key is caught split across stream events on every route. On the session's
+    start binary a route with credentials and no masking policy streamed SSE and NDJSON through
+    the byte scrubber only, which saw the key's halves apart, each inside its own JSON string
+    (an SDK joins them)."""
+    key_file = tmp_path / "hex-key"
+    key_file.write_text(HEX_KEY)
+    gw = start_gateway(route("plain", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file, key_header=False,
+                             credentials={"set_headers": {"api-key": f"${{file:{key_file}}}"}}))
+    for cut in (1, 5, len(HEX_KEY) // 2, len(HEX_KEY) - 1):
+        docs = [{"id": "c1", "choices": [{"index": 0, "delta": {"content": p}}]} for p in ["key: " + HEX_KEY[:cut], HEX_KEY[cut:] + " ok"]]
+        chunks = sse(*docs) if content_type == "text/event-stream" else [json.dumps(d) + "\n" for d in docs]
+        status, _, body = answer(gw, content_type, chunks)
+        assert status == 200
+        assert mock.state.last["headers"].get("api-key") == HEX_KEY
+        got = events(body) if content_type == "text/event-stream" else [("", json.loads(l)) for l in body.decode().splitlines() if l]
+        text = "".join(d["choices"][0]["delta"]["content"] for _, d in got if isinstance(d, dict))
+        assert text == "key: " + "*" * len(HEX_KEY) + " ok", (cut, text)
+
+
 @pytest.mark.parametrize("content_type", ["text/plain; charset=utf-8", "application/x-ndjson", "text/x-unknown"])
 def test_an_sse_body_under_another_label_is_masked_as_sse(gw, content_type):
     """An SDK asked to stream parses the body as SSE whatever its content type. On da8353c (text)

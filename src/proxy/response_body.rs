@@ -113,6 +113,17 @@ impl ResponseBody {
             out.masking = masking_for(resp, form, m, vault, route.secrets.clone(), whole_events)
                 .map_err(setup_failed)?;
             out.policy = Some(m.clone());
+        } else if let Some(scrub) = &route.scrub_streams {
+            // No masking, but credentials to keep out: a stream is framed so that a key split
+            // across two events (each half in its own delta) is caught as the SDK would join it.
+            let form = Form::of(&headers::content_type(&resp.headers));
+            if matches!(form, Form::Sse | Form::Lines { .. }) {
+                let whole_events = route.route.mcp.is_some();
+                out.masking =
+                    masking_for(resp, form, scrub, None, route.secrets.clone(), whole_events)
+                        .map_err(setup_failed)?;
+                out.policy = Some(scrub.clone());
+            }
         }
         if let Some(set) = &route.secrets {
             headers::scrub_response_headers(resp, set).map_err(setup_failed)?;

@@ -24,6 +24,10 @@ pub struct RouteRuntime {
     pub host_header: HeaderValue,
     /// Masking and guardrails, when the route has a policy or guardrails.
     pub masking: Option<Arc<RouteMasking>>,
+    /// On a route with credentials and no masking: a policy that masks nothing, under which
+    /// streamed answers (SSE, NDJSON) are framed so that the credential scrubber sees each JSON
+    /// string across events (a key split over two events' deltas, which SDKs join).
+    pub scrub_streams: Option<Arc<RouteMasking>>,
     /// Approval rules, in the route's order.
     pub approvals: Vec<crate::policy::ApprovalRule>,
     /// The configuration's masking engine (records and approval summaries of this route's
@@ -101,12 +105,17 @@ pub fn build_routes(
                 route.name
             )
         })?;
+        let scrub_streams = secrets
+            .as_ref()
+            .filter(|_| !masking.contains_key(&route.name))
+            .map(|_| scrub_only(engine.clone()));
         routes.push(Arc::new(RouteRuntime {
             metrics: RouteMetrics::new(&route.name),
             route: route.clone(),
             target,
             secrets,
             host_header,
+            scrub_streams,
             masking: masking.remove(&route.name),
             engine: engine.clone(),
             mcp: route.mcp.as_ref().map(|_| Arc::default()),
@@ -171,6 +180,20 @@ pub fn engine(config: &Config, fallback_key: &[u8; 32]) -> Result<Arc<Engine>, S
         None => *fallback_key,
     };
     Ok(Arc::new(Engine::new(&custom, key)?))
+}
+
+/// A policy that masks nothing (every detector allowed), for `RouteRuntime::scrub_streams`.
+fn scrub_only(engine: Arc<Engine>) -> Arc<RouteMasking> {
+    let allow = Arc::new(Rules::all(Action::Allow));
+    Arc::new(RouteMasking {
+        engine,
+        request: allow.clone(),
+        response: allow,
+        restore: false,
+        refuse_invalid_json: false,
+        pass_binary: true,
+        guardrail_of: HashMap::new(),
+    })
 }
 
 /// The masking of every route that has a policy or guardrails, by route name.
