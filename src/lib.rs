@@ -30,4 +30,5 @@ pub mod session_log;
 pub mod shutdown;
 pub mod tls;
 pub mod upstream;
+pub mod usage;
 pub mod util;
