@@ -17,6 +17,7 @@ pub mod canonical;
 pub mod cli;
 pub mod config;
 pub mod identity;
+pub mod limits;
 pub mod mask;
 pub mod mcp;
 pub mod metrics;

@@ -1,0 +1,235 @@
+//! `usage:` (prices, the time zone of calendar windows, the output estimate of a request that
+//! names no cap) and `limits:` (requests, tokens, cost and concurrency per identity, group or
+//! route).
+
+use crate::config::at_field;
+use crate::config::units::parse_duration;
+use crate::config::{Limit, LimitSubject, Quota, UsageConfig, Window};
+use crate::usage::{prices::to_micros, Price, PriceTable};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUsage {
+    #[serde(default)]
+    prices: BTreeMap<String, RawPrice>,
+    #[serde(default = "default_currency")]
+    currency: String,
+    #[serde(default = "default_tz")]
+    time_zone: String,
+    #[serde(default = "default_max_output")]
+    default_max_output_tokens: u64,
+}
+
+fn default_currency() -> String {
+    "USD".into()
+}
+fn default_tz() -> String {
+    "UTC".into()
+}
+fn default_max_output() -> u64 {
+    4096
+}
+
+impl Default for RawUsage {
+    fn default() -> Self {
+        RawUsage {
+            prices: BTreeMap::new(),
+            currency: default_currency(),
+            time_zone: default_tz(),
+            default_max_output_tokens: default_max_output(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrice {
+    input: f64,
+    output: f64,
+    #[serde(default)]
+    cached_input: Option<f64>,
+    #[serde(default)]
+    cache_write: Option<f64>,
+}
+
+impl TryFrom<RawUsage> for UsageConfig {
+    type Error = String;
+    fn try_from(r: RawUsage) -> Result<Self, String> {
+        let mut prices = Vec::new();
+        for (model, p) in r.prices {
+            let err = |e: String| at_field("prices", format!("usage.prices `{model}`: {e}"));
+            let input = to_micros(p.input).map_err(err)?;
+            let price = Price {
+                input,
+                output: to_micros(p.output).map_err(err)?,
+                cached_input: p.cached_input.map(to_micros).transpose().map_err(err)?.unwrap_or(input),
+                cache_write: p.cache_write.map(to_micros).transpose().map_err(err)?.unwrap_or(input),
+            };
+            prices.push((model, price));
+        }
+        let time_zone = jiff::tz::TimeZone::get(&r.time_zone).map_err(|e| {
+            at_field(
+                "time_zone",
+                format!(
+                    "usage.time_zone `{}` is not a time zone of the system's database (e.g. UTC, Europe/Paris): {e}",
+                    r.time_zone
+                ),
+            )
+        })?;
+        if r.currency.is_empty() || !r.currency.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(at_field(
+                "currency",
+                format!("usage.currency `{}` must be a currency code such as USD", r.currency),
+            ));
+        }
+        Ok(UsageConfig {
+            prices: Arc::new(PriceTable::with(prices)),
+            currency: r.currency,
+            time_zone,
+            time_zone_name: r.time_zone,
+            default_max_output_tokens: r.default_max_output_tokens,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimit {
+    name: String,
+    per: String,
+    #[serde(default, rename = "match")]
+    matcher: Option<RawLimitMatch>,
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default)]
+    requests: Option<RawQuota>,
+    #[serde(default)]
+    tokens: Option<RawQuota>,
+    #[serde(default)]
+    cost: Option<RawCost>,
+    #[serde(default)]
+    concurrent: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimitMatch {
+    #[serde(default)]
+    routes: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQuota {
+    per: String,
+    max: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCost {
+    per: String,
+    max: f64,
+    #[serde(default)]
+    currency: Option<String>,
+}
+
+/// `1m`, `30s`, `1h`, `day` or `month`.
+fn window(name: &str, s: &str) -> Result<Window, String> {
+    match s.trim() {
+        "day" | "1d" => Ok(Window::Day),
+        "month" => Ok(Window::Month),
+        other => {
+            let d = parse_duration(other).map_err(|e| {
+                at_field(
+                    "per",
+                    format!("limit `{name}`: `per: {other}`: {e}, or day or month"),
+                )
+            })?;
+            if d.as_millis() < 1000 || d.as_secs() > 86_400 || d.subsec_millis() != 0 {
+                return Err(at_field(
+                    "per",
+                    format!("limit `{name}`: `per: {other}` must be whole seconds from 1s to 24h; use day or month for calendar windows"),
+                ));
+            }
+            Ok(Window::Every(d))
+        }
+    }
+}
+
+impl TryFrom<RawLimit> for Limit {
+    type Error = String;
+    fn try_from(r: RawLimit) -> Result<Self, String> {
+        let name = r.name;
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(at_field(
+                "name",
+                format!("limit name `{name}` must be non-empty and use only letters, digits, `-` and `_` (it is a metric label)"),
+            ));
+        }
+        let per = match r.per.as_str() {
+            "identity" => LimitSubject::Identity,
+            "group" => LimitSubject::Group,
+            "route" => LimitSubject::Route,
+            other => {
+                return Err(at_field(
+                    "per",
+                    format!("limit `{name}`: `per: {other}` must be identity, group or route"),
+                ))
+            }
+        };
+        let quota = |q: Option<RawQuota>| -> Result<Option<Quota>, String> {
+            q.map(|q| {
+                Ok(Quota {
+                    window: window(&name, &q.per)?,
+                    max: q.max,
+                })
+            })
+            .transpose()
+        };
+        let requests = quota(r.requests)?;
+        let tokens = quota(r.tokens)?;
+        let cost = match r.cost {
+            Some(c) => Some((
+                Quota {
+                    window: window(&name, &c.per)?,
+                    max: to_micros(c.max).map_err(|e| {
+                        at_field("max", format!("limit `{name}`: cost.max: {e}"))
+                    })?,
+                },
+                c.currency,
+            )),
+            None => None,
+        };
+        if requests.is_none() && tokens.is_none() && cost.is_none() && r.concurrent.is_none() {
+            return Err(at_field(
+                "name",
+                format!("limit `{name}` limits nothing: give it requests, tokens, cost or concurrent"),
+            ));
+        }
+        if r.concurrent == Some(0) {
+            return Err(at_field(
+                "concurrent",
+                format!("limit `{name}`: concurrent must be at least 1"),
+            ));
+        }
+        Ok(Limit {
+            name,
+            per,
+            routes: r.matcher.map(|m| m.routes).unwrap_or_default(),
+            groups: r.groups,
+            requests,
+            tokens,
+            cost_currency: cost.as_ref().and_then(|c| c.1.clone()),
+            cost: cost.map(|c| c.0),
+            concurrent: r.concurrent,
+        })
+    }
+}
