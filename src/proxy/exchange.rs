@@ -66,6 +66,8 @@ pub struct Exchange {
     /// Counts this request while it runs (graceful shutdown waits for it); stays with the
     /// agent's session, which ends last.
     pub in_flight: Option<crate::shutdown::InFlight>,
+    /// Usage and limits (`metering.rs`): what the request asked, its reservation, the scanner.
+    pub metering: Option<Box<super::metering::Metering>>,
 }
 
 impl Exchange {
@@ -96,6 +98,7 @@ impl Exchange {
             approval: None,
             mcp: None,
             in_flight: None,
+            metering: None,
         }
     }
 
@@ -171,7 +174,9 @@ impl Exchange {
                 .with_label_values(&[self.route_name(), err.code])
                 .inc();
         }
+        let usage = super::metering::finish(self, status);
         let summary = Summary {
+            usage,
             status,
             elapsed,
             masked: masked_summary(&self.request_tally, &self.response.tally),
@@ -221,6 +226,7 @@ impl Exchange {
             identity: self.identity.as_deref(),
             masked: s.masked.as_ref(),
             approval: self.approval.as_ref(),
+            usage: s.usage.as_ref(),
             error: self.error.as_ref().map(|e| e.code),
         });
     }
@@ -291,6 +297,8 @@ static REDACT_ALL: std::sync::LazyLock<crate::mask::Rules> =
 
 /// How the exchange ended, computed once for the session line and the record.
 struct Summary<'a> {
+    /// What the exchange used and cost (model calls).
+    usage: Option<serde_json::Value>,
     status: u16,
     elapsed: Duration,
     masked: Option<serde_json::Value>,

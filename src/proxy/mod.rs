@@ -19,6 +19,7 @@ pub mod error;
 pub mod exchange;
 mod headers;
 pub mod mcp;
+pub mod metering;
 mod request_body;
 mod request_head;
 mod response_body;
@@ -130,6 +131,10 @@ impl ProxyHttp for Gateway {
             }
         };
         if !self.needs_body(session, ctx, &route) {
+            // Limits that need no body (requests, concurrency) are checked here.
+            if let Err(e) = metering::admit(ctx, None) {
+                return self.answer(session, ctx, e).await;
+            }
             return Ok(false);
         }
         // Boxed: its state (several KiB) is allocated only for requests whose body is decided
@@ -220,11 +225,12 @@ impl ProxyHttp for Gateway {
     /// Tags the response with the request id and sets up its masking and scrubbing.
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Box<Exchange>,
     ) -> Result<()> {
         headers::tag_response(resp, &ctx.id)?;
+        metering::start_response(ctx, resp, &session.req_header().method)?;
         mcp::start_response(resp, ctx, self.max_body)?;
         if let Some(route) = ctx.route.clone() {
             match ResponseBody::start(resp, &route, ctx.vault.clone()) {
@@ -252,6 +258,7 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut Box<Exchange>,
     ) -> Result<Option<Duration>> {
+        metering::scan(ctx, body, end_of_stream);
         mcp::filter_response(ctx, body, end_of_stream);
         ctx.response.filter(body, end_of_stream, self.max_body);
         if let Some(b) = body {

@@ -31,6 +31,10 @@ pub struct RouteRuntime {
     pub engine: Arc<crate::mask::Engine>,
     /// An MCP route's state across requests (metric labels).
     pub mcp: Option<Arc<super::mcp::McpRuntime>>,
+    /// The configuration's limits (over the process's ledger) and prices.
+    pub limiter: Arc<crate::limits::Limiter>,
+    pub prices: Arc<crate::usage::PriceTable>,
+    pub currency: String,
 }
 
 /// What a configuration reload swaps: the routes (with their upstreams, masking, recording mode)
@@ -86,6 +90,10 @@ pub fn build_routes(
 ) -> Result<Vec<Arc<RouteRuntime>>, String> {
     let mut routes = Vec::with_capacity(config.routes.len());
     let mut masking = build_masking(config, engine.clone())?;
+    let limiter = Arc::new(crate::limits::Limiter::new(
+        config,
+        crate::limits::Ledger::current(),
+    ));
     for route in &config.routes {
         let target = UpstreamTarget::new(&route.name, &route.upstream)?;
         let secrets = SecretSet::new(
@@ -110,6 +118,9 @@ pub fn build_routes(
             masking: masking.remove(&route.name),
             engine: engine.clone(),
             mcp: route.mcp.as_ref().map(|_| Arc::default()),
+            limiter: limiter.clone(),
+            prices: config.usage.prices.clone(),
+            currency: config.usage.currency.clone(),
             approvals: route
                 .approvals
                 .iter()

@@ -81,6 +81,8 @@ pub fn run(config: Config, path: std::path::PathBuf) -> Result<(), String> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
+    // Before the routes are built: their limits count in it.
+    crate::limits::Ledger::open(state.join("usage.json"))?;
     let key = runtime::HashKey::random()?;
     let active = ActiveConfig::new(runtime::build(&config, &key)?);
     let recorder = if config

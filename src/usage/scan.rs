@@ -33,6 +33,8 @@ pub struct UsageScanner {
     overflow: bool,
     /// Remove the usage-only chunk of a Chat Completions stream.
     strip: bool,
+    /// The first `data:` line was read for the model (every later one only if it has usage).
+    first_read: bool,
 }
 
 impl UsageScanner {
@@ -43,6 +45,7 @@ impl UsageScanner {
             carry: Vec::new(),
             overflow: false,
             strip: strip && framing == Framing::Sse,
+            first_read: false,
         }
     }
 
@@ -128,9 +131,11 @@ impl UsageScanner {
     /// One whole line (with its newline): read for usage, and copied to `out` unless it is
     /// the usage-only chunk the agent did not ask for.
     fn line(&mut self, line: &[u8], out: &mut Option<Vec<u8>>) {
-        let data = line
-            .strip_prefix(b"data:")
-            .filter(|d| memmem::find(d, b"\"usage\"").is_some());
+        let data = line.strip_prefix(b"data:").filter(|d| {
+            // The first event names the model even when the stream reports no usage.
+            !std::mem::replace(&mut self.first_read, true)
+                || memmem::find(d, b"\"usage\"").is_some()
+        });
         if let Some(data) = data {
             let carried = self.observed.document(data);
             if carried && self.strip && usage_only_chunk(data) {

@@ -327,3 +327,15 @@ fn include_usage_is_added_only_where_missing() {
         }
     }
 }
+
+#[test]
+fn a_stream_without_usage_still_names_its_model() {
+    let body = sse(&[
+        r#"{"object":"chat.completion.chunk","model":"gpt-4o","choices":[{"delta":{"content":"x"}}]}"#,
+        "[DONE]",
+    ]);
+    let mut s = UsageScanner::new(Framing::Sse, false);
+    assert_eq!(s.push(&body, true), None);
+    assert_eq!(s.observed.model.as_deref(), Some("gpt-4o"));
+    assert_eq!(s.observed.usage(), None);
+}
