@@ -244,3 +244,51 @@ def test_a_concurrency_limit_refuses_the_request_over_it(start_gateway, mock, up
     assert stream.done.is_set()
     # The place is free again once the stream ended.
     assert sdk(gw, max_retries=3).chat.completions.create(model="gpt-4o", messages=PROMPT).choices
+
+
+def test_totals_by_cli_and_admin_api_and_usage_in_the_record(start_gateway, mock, upstream_ca_file):
+    from gateway_driver import BINARY, eventually
+    from gwconfig import people_identity, person_token
+    import subprocess
+
+    gw = start_gateway(route("llm", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file),
+                       identity=people_identity({"alice": ["auditors"]}), admin={"auditors": ["auditors"]})
+    sdk(gw, headers={"x-mock-usage": "100,10"}).chat.completions.create(model="gpt-4o", messages=PROMPT)
+    sdk(gw, headers={"x-mock-usage": "1,2"}).chat.completions.create(model="o3", messages=PROMPT)
+    ledger = gw.state_dir / "var" / "usage.json"
+
+    def cli(*args: str) -> dict:
+        out = subprocess.run([str(BINARY), "usage", "--file", str(ledger), "--json", *args], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    rows = eventually(lambda: ledger.exists() and cli("--by", "model")["rows"], lambda r: r and sum(x["requests"] for x in r) == 2)
+    assert [(r["key"], r["input_tokens"], r["output_tokens"]) for r in rows] == [("gpt-4o", 100, 10), ("o3", 1, 2)]
+    (group,) = cli("--by", "group", "--since", "1d")["rows"]
+    assert (group["key"], group["requests"], group["input_tokens"]) == ("agents", 2, 101)
+    assert group["cost"] == pytest.approx((100 * 2.5 + 10 * 10 + 1 * 2 + 2 * 8) / 1e6, abs=1e-6)
+
+    api = httpx.get(f"{gw.admin_url}/v1/usage?by=identity&since=7d", headers={"Authorization": f"Bearer {person_token('alice')}"}, verify=False)
+    assert api.status_code == 200, api.text
+    (who,) = api.json()["rows"]
+    assert (who["key"], who["requests"], who["output_tokens"]) == ("test-agent@service-account", 2, 12)
+    denied = httpx.get(f"{gw.admin_url}/v1/usage", headers={"Authorization": f"Bearer {AGENT_TOKEN}"}, verify=False)
+    assert denied.status_code == 403
+
+    index = gw.state_dir / "var" / "records" / "index.jsonl"
+    eventually(lambda: index.exists() and len(index.read_text().splitlines()), lambda n: n == 2)
+    records = [json.loads(l) for seg in sorted(index.parent.glob("seg-*.jsonl")) for l in seg.read_text().splitlines()]
+    usages = [r.get("usage") for r in records if r.get("kind") == "exchange"]
+    assert {(u["model"], u["input"], u["output"]) for u in usages} == {("gpt-4o", 100, 10), ("o3", 1, 2)}
+
+
+def test_a_usage_line_split_across_reads_is_counted(metered, mock):
+    # The upstream writes the usage event in three pieces, each its own TCP write.
+    gw = metered()
+    line = 'data: {"object":"chat.completion.chunk","model":"gpt-4o","choices":[],"usage":{"prompt_tokens":77,"completion_tokens":3}}\n\n'
+    chunks = ['data: {"object":"chat.completion.chunk","model":"gpt-4o","choices":[{"delta":{"content":"x"}}]}\n\n',
+              line[:20], line[20:90], line[90:], "data: [DONE]\n\n"]
+    with gw.client() as c:
+        r = c.post("/v1/raw", json={"content_type": "text/event-stream", "chunks": chunks})
+    assert r.status_code == 200 and '"prompt_tokens":77' in r.text
+    assert gw.wait_metric("agentgate_tokens_total", 77, route="llm", model="gpt-4o", kind="input") == 77

@@ -16,6 +16,7 @@
 //!
 //! `window.rs` is the calendar; the rest is here.
 
+pub mod report;
 pub mod window;
 
 use crate::config::{Config, Limit, LimitSubject, Quota};
@@ -195,7 +196,9 @@ impl Ledger {
 
     /// Adds one exchange to its day's totals.
     pub fn record(&self, t: Totals) {
-        let key = [&t.day, &t.identity, &t.route, &t.model].map(|s| s.as_str()).join("\u{1f}");
+        let key = [&t.day, &t.identity, &t.route, &t.model]
+            .map(|s| s.as_str())
+            .join("\u{1f}");
         let mut s = self.lock();
         let e = s.totals.entry(key).or_insert_with(|| Totals {
             requests: 0,
@@ -410,12 +413,11 @@ impl Limiter {
                     ),
                 };
                 let message = if too_large {
-                    format!("{what}; this request may use up to {need} on its own (lower max_tokens)")
-                } else {
                     format!(
-                        "{what}; it resets in {}",
-                        window::reset_str(st.reset_ms)
+                        "{what}; this request may use up to {need} on its own (lower max_tokens)"
                     )
+                } else {
+                    format!("{what}; it resets in {}", window::reset_str(st.reset_ms))
                 };
                 return Err(Refusal {
                     limit: name.to_string(),
@@ -451,7 +453,10 @@ impl Limiter {
         let holds = holds
             .into_iter()
             .map(|(key, kind, need, until)| {
-                let c = s.counters.entry(key.clone()).or_insert(Counter { used: 0, until });
+                let c = s
+                    .counters
+                    .entry(key.clone())
+                    .or_insert(Counter { used: 0, until });
                 c.used = c.used.saturating_add(need);
                 Hold {
                     key,
@@ -543,7 +548,10 @@ fn headers(standings: &[Standing]) -> Vec<(String, String)> {
             format!("x-ratelimit-remaining-{k}"),
             n(s.max.saturating_sub(s.used)),
         ));
-        out.push((format!("x-ratelimit-reset-{k}"), window::reset_str(s.reset_ms)));
+        out.push((
+            format!("x-ratelimit-reset-{k}"),
+            window::reset_str(s.reset_ms),
+        ));
     }
     out
 }

@@ -50,20 +50,42 @@ fn windows_are_aligned_and_calendar_ones_follow_the_time_zone() {
     let minute = Window::Every(Duration::from_secs(60));
     // 2026-12-05T02:30:10.5Z
     let now = 1_796_437_810_500;
-    assert_eq!(window::bounds(minute, now, &utc), (1_796_437_800_000, 1_796_437_860_000));
+    assert_eq!(
+        window::bounds(minute, now, &utc),
+        (1_796_437_800_000, 1_796_437_860_000)
+    );
     // A day in UTC, and in Paris (UTC+1 in December: the day began at 23:00Z the day before).
-    assert_eq!(window::bounds(Window::Day, now, &utc), (1_796_428_800_000, 1_796_515_200_000));
-    assert_eq!(window::bounds(Window::Day, now, &paris), (1_796_425_200_000, 1_796_511_600_000));
+    assert_eq!(
+        window::bounds(Window::Day, now, &utc),
+        (1_796_428_800_000, 1_796_515_200_000)
+    );
+    assert_eq!(
+        window::bounds(Window::Day, now, &paris),
+        (1_796_425_200_000, 1_796_511_600_000)
+    );
     // December 2026 in UTC, and in Paris.
-    assert_eq!(window::bounds(Window::Month, now, &utc), (1_796_083_200_000, 1_798_761_600_000));
-    assert_eq!(window::bounds(Window::Month, now, &paris), (1_796_079_600_000, 1_798_758_000_000));
+    assert_eq!(
+        window::bounds(Window::Month, now, &utc),
+        (1_796_083_200_000, 1_798_761_600_000)
+    );
+    assert_eq!(
+        window::bounds(Window::Month, now, &paris),
+        (1_796_079_600_000, 1_798_758_000_000)
+    );
     // March 2026 in Paris has 31 days less an hour (DST begins on the 29th).
     let march = 1_773_500_000_000; // 2026-03-14
     let (s, e) = window::bounds(Window::Month, march, &paris);
     assert_eq!(e - s, 31 * 86_400_000 - 3_600_000);
     assert_eq!(window::day(now, &paris), "2026-12-05");
     assert_eq!(window::day(1_796_425_100_000, &paris), "2026-12-04");
-    for (ms, want) in [(0, "0ms"), (250, "250ms"), (1000, "1s"), (1001, "2s"), (360_000, "6m0s"), (3_723_000, "1h2m3s")] {
+    for (ms, want) in [
+        (0, "0ms"),
+        (250, "250ms"),
+        (1000, "1s"),
+        (1001, "2s"),
+        (360_000, "6m0s"),
+        (3_723_000, "1h2m3s"),
+    ] {
         assert_eq!(window::reset_str(ms), want);
     }
 }
@@ -78,10 +100,19 @@ fn requests_and_tokens_are_counted_per_identity_and_refused_past_the_limit() {
     let b = caller("b", &g, "openai");
     let req = asked("gpt-4o", Some(100), 400); // 100 + 100 tokens reserved
     let t1 = l.admit(&a, Some(&req), T0).expect("first");
-    assert!(t1.headers.contains(&("x-ratelimit-remaining-requests".into(), "2".into())));
-    assert!(t1.headers.contains(&("x-ratelimit-remaining-tokens".into(), "800".into())));
-    t1.settle(Charge::Used { tokens: 30, cost: 0 });
-    l.admit(&a, Some(&req), T0).unwrap().settle(Charge::Reserved);
+    assert!(t1
+        .headers
+        .contains(&("x-ratelimit-remaining-requests".into(), "2".into())));
+    assert!(t1
+        .headers
+        .contains(&("x-ratelimit-remaining-tokens".into(), "800".into())));
+    t1.settle(Charge::Used {
+        tokens: 30,
+        cost: 0,
+    });
+    l.admit(&a, Some(&req), T0)
+        .unwrap()
+        .settle(Charge::Reserved);
     l.admit(&a, Some(&req), T0).unwrap().settle(Charge::Nothing);
     // Three requests in this minute: the fourth is refused, another identity is not.
     let r = l.admit(&a, Some(&req), T0).err().expect("refused");
@@ -109,18 +140,32 @@ fn a_request_larger_than_what_is_left_is_refused_and_one_larger_than_the_quota_i
     let g = vec![];
     let a = caller("a", &g, "openai");
     // max_tokens omitted: the default output (4096) alone is over the quota.
-    let r = l.admit(&a, Some(&asked("m", None, 40)), T0).err().expect("refused");
+    let r = l
+        .admit(&a, Some(&asked("m", None, 40)), T0)
+        .err()
+        .expect("refused");
     assert!(r.no_retry, "{r:?}");
     assert!(r.message.contains("lower max_tokens"), "{}", r.message);
     // huge
-    assert!(l.admit(&a, Some(&asked("m", Some(u64::MAX), 40)), T0).is_err());
+    assert!(l
+        .admit(&a, Some(&asked("m", Some(u64::MAX), 40)), T0)
+        .is_err());
     // 900 fit, then 200 more do not (100 are left) but the window will make room.
-    l.admit(&a, Some(&asked("m", Some(890), 40)), T0).unwrap().settle(Charge::Reserved);
-    let r = l.admit(&a, Some(&asked("m", Some(190), 40)), T0).err().expect("refused");
+    l.admit(&a, Some(&asked("m", Some(890), 40)), T0)
+        .unwrap()
+        .settle(Charge::Reserved);
+    let r = l
+        .admit(&a, Some(&asked("m", Some(190), 40)), T0)
+        .err()
+        .expect("refused");
     assert!(!r.no_retry && r.kind == Kind::Tokens);
-    assert!(r.headers.contains(&("x-ratelimit-remaining-tokens".into(), "100".into())));
+    assert!(r
+        .headers
+        .contains(&("x-ratelimit-remaining-tokens".into(), "100".into())));
     // A request that reads no body (a GET) reserves no tokens but is refused once none are left.
-    l.admit(&a, Some(&asked("m", Some(90), 40)), T0).unwrap().settle(Charge::Reserved);
+    l.admit(&a, Some(&asked("m", Some(90), 40)), T0)
+        .unwrap()
+        .settle(Charge::Reserved);
     assert!(l.admit(&a, None, T0).is_err());
 }
 
@@ -135,13 +180,23 @@ fn cost_budgets_are_per_group_in_calendar_months_and_say_insufficient_quota() {
     // $1 per token: 4 prompt tokens (16 bytes) and 5 output reserve $9.
     let req = asked("m", Some(5), 16);
     let t = l.admit(&a, Some(&req), T0).expect("fits");
-    assert!(t.headers.contains(&("x-ratelimit-remaining-cost".into(), "1.000000".into())));
-    t.settle(Charge::Used { tokens: 3, cost: 3_000_000 });
+    assert!(t
+        .headers
+        .contains(&("x-ratelimit-remaining-cost".into(), "1.000000".into())));
+    t.settle(Charge::Used {
+        tokens: 3,
+        cost: 3_000_000,
+    });
     // $3 spent: another $9 does not fit; a member of the team but not another caller is refused.
-    let r = l.admit(&caller("b", &team, "openai"), Some(&req), T0).err().expect("refused");
+    let r = l
+        .admit(&caller("b", &team, "openai"), Some(&req), T0)
+        .err()
+        .expect("refused");
     assert_eq!(r.kind, Kind::Cost);
     assert!(r.no_retry, "a month's budget is not worth retrying for");
-    assert!(l.admit(&caller("c", &outsider, "openai"), Some(&req), T0).is_ok());
+    assert!(l
+        .admit(&caller("c", &outsider, "openai"), Some(&req), T0)
+        .is_ok());
     // Next month it fits again.
     assert!(l.admit(&a, Some(&req), T0 + 32 * 86_400_000).is_ok());
 }
@@ -174,7 +229,11 @@ fn racing_requests_never_overspend() {
             std::thread::spawn(move || {
                 let g = vec![];
                 for _ in 0..50 {
-                    if let Ok(t) = l.admit(&caller("a", &g, "openai"), Some(&asked("m", Some(96), 16)), T0) {
+                    if let Ok(t) = l.admit(
+                        &caller("a", &g, "openai"),
+                        Some(&asked("m", Some(96), 16)),
+                        T0,
+                    ) {
                         passed.fetch_add(1, Ordering::SeqCst);
                         t.settle(Charge::Reserved);
                     }
@@ -204,22 +263,43 @@ fn the_ledger_file_keeps_counters_and_totals_across_a_restart() {
     let l = Limiter::new(&cfg, ledger.clone());
     let g = vec!["agents".to_string()];
     let now = now_ms();
-    l.admit(&caller("a", &g, "openai"), Some(&asked("m", Some(996), 16)), now)
-        .unwrap()
-        .settle(Charge::Reserved);
+    l.admit(
+        &caller("a", &g, "openai"),
+        Some(&asked("m", Some(996), 16)),
+        now,
+    )
+    .unwrap()
+    .settle(Charge::Reserved);
     let usage = Usage {
         input: 4,
         output: 996,
         ..Usage::default()
     };
-    ledger.record(day_totals(&TimeZone::UTC, now, &caller("a", &g, "openai"), "m", Some(&usage), 7));
+    ledger.record(day_totals(
+        &TimeZone::UTC,
+        now,
+        &caller("a", &g, "openai"),
+        "m",
+        Some(&usage),
+        7,
+    ));
     ledger.flush();
     let again = Limiter::new(&cfg, Ledger::read_file(&path).unwrap());
     assert!(again.admit(&caller("a", &g, "openai"), None, now).is_err());
     let totals = again.ledger.totals_since("2000-01-01");
     assert_eq!(totals.len(), 1);
-    assert_eq!((totals[0].input_tokens, totals[0].output_tokens, totals[0].cost_micros), (4, 996, 7));
+    assert_eq!(
+        (
+            totals[0].input_tokens,
+            totals[0].output_tokens,
+            totals[0].cost_micros
+        ),
+        (4, 996, 7)
+    );
     std::fs::write(&path, b"{broken").unwrap();
-    assert!(Ledger::read_file(&path).err().unwrap().contains("not a usage ledger"));
+    assert!(Ledger::read_file(&path)
+        .err()
+        .unwrap()
+        .contains("not a usage ledger"));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -23,7 +23,9 @@ pub fn bounds(w: Window, now_ms: i64, tz: &TimeZone) -> (i64, i64) {
 }
 
 fn calendar(w: Window, now_ms: i64, tz: &TimeZone) -> Option<(i64, i64)> {
-    let now = Timestamp::from_millisecond(now_ms).ok()?.to_zoned(tz.clone());
+    let now = Timestamp::from_millisecond(now_ms)
+        .ok()?
+        .to_zoned(tz.clone());
     let (start, end) = match w {
         Window::Month => {
             let start = now.first_of_month().ok()?.start_of_day().ok()?;

@@ -271,6 +271,7 @@ impl Exchange {
                 .clone()
                 .or_else(|| self.response.tally.blocked.clone()),
             approval: self.approval.clone(),
+            usage: s.usage.clone(),
             error: self.error.as_ref().map(|e| e.code.to_string()),
             downstream_tls: s.downstream_tls.as_ref().map(owned),
             upstream_tls: self

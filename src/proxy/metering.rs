@@ -66,7 +66,10 @@ pub fn admit(ctx: &mut Exchange, body: Option<&[u8]>) -> Result<(), ApiError> {
         groups: &who.groups,
         route: &route.route.name,
     };
-    match route.limiter.admit(&caller, m.asked.as_ref(), limits::now_ms()) {
+    match route
+        .limiter
+        .admit(&caller, m.asked.as_ref(), limits::now_ms())
+    {
         Ok(t) => {
             m.ticket = Some(t);
             Ok(())
@@ -90,7 +93,8 @@ fn refusal(r: &Refusal) -> ApiError {
     let mut e = ApiError::new(429, "rate_limit_error", code, r.message.clone());
     let secs = (r.retry_after_ms.max(0) + 999) / 1000;
     e.headers = r.headers.clone();
-    e.headers.push(("retry-after".into(), secs.max(1).to_string()));
+    e.headers
+        .push(("retry-after".into(), secs.max(1).to_string()));
     e.headers
         .push(("retry-after-ms".into(), r.retry_after_ms.max(0).to_string()));
     if r.no_retry {

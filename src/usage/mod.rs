@@ -147,7 +147,10 @@ impl Observed {
         let input_details = u.prompt_tokens_details.or(u.input_tokens_details);
         let output_details = u.completion_tokens_details.or(u.output_tokens_details);
         set(&mut r.cached, input_details.and_then(|d| d.cached_tokens));
-        set(&mut r.reasoning, output_details.and_then(|d| d.reasoning_tokens));
+        set(
+            &mut r.reasoning,
+            output_details.and_then(|d| d.reasoning_tokens),
+        );
         set(&mut r.cache_read, u.cache_read_input_tokens);
         set(&mut r.cache_creation, u.cache_creation_input_tokens);
         true

@@ -49,7 +49,7 @@ const DEFAULTS: &[(&str, f64, f64, f64, f64)] = &[
 
 /// Converts an amount per million tokens to micros, refusing what cannot be a price.
 pub fn to_micros(amount: f64) -> Result<Micros, String> {
-    if !amount.is_finite() || amount < 0.0 || amount > 1e9 {
+    if !amount.is_finite() || !(0.0..=1e9).contains(&amount) {
         return Err(format!(
             "`{amount}` is not a price (a non-negative amount per million tokens)"
         ));
@@ -98,9 +98,9 @@ impl PriceTable {
         self.prices
             .iter()
             .filter(|(name, _)| {
-                model.strip_prefix(name.as_str()).is_some_and(|rest| {
-                    rest.is_empty() || rest.starts_with(['-', ':', '@', '/'])
-                })
+                model
+                    .strip_prefix(name.as_str())
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with(['-', ':', '@', '/']))
             })
             .max_by_key(|(name, _)| name.len())
             .map(|(n, p)| (n.as_str(), p))

@@ -157,6 +157,8 @@ fn usage_only_chunk(data: &[u8]) -> bool {
     }
     serde_json::from_slice::<Chunk>(data).is_ok_and(|c| {
         c.choices.is_some_and(|v| v.is_empty())
-            && c.object.as_deref().is_none_or(|o| o == "chat.completion.chunk")
+            && c.object
+                .as_deref()
+                .is_none_or(|o| o == "chat.completion.chunk")
     })
 }

@@ -15,10 +15,13 @@ fn u(input: u64, output: u64, cached: u64, reasoning: u64, write: u64) -> Usage 
 #[test]
 fn every_api_shape_is_read_and_normalized() {
     // (what, documents in order, model, usage)
-    let cases: &[(&str, &[&str], Option<&str>, Option<Usage>)] = &[
+    type Case<'a> = (&'a str, &'a [&'a str], Option<&'a str>, Option<Usage>);
+    let cases: &[Case] = &[
         (
             "chat completion",
-            &[r#"{"model":"gpt-4o-2024-08-06","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":7,"total_tokens":19,"prompt_tokens_details":{"cached_tokens":4},"completion_tokens_details":{"reasoning_tokens":2}}}"#],
+            &[
+                r#"{"model":"gpt-4o-2024-08-06","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":7,"total_tokens":19,"prompt_tokens_details":{"cached_tokens":4},"completion_tokens_details":{"reasoning_tokens":2}}}"#,
+            ],
             Some("gpt-4o-2024-08-06"),
             Some(u(12, 7, 4, 2, 0)),
         ),
@@ -33,7 +36,9 @@ fn every_api_shape_is_read_and_normalized() {
         ),
         (
             "responses JSON",
-            &[r#"{"object":"response","model":"o3","usage":{"input_tokens":100,"output_tokens":50,"input_tokens_details":{"cached_tokens":60},"output_tokens_details":{"reasoning_tokens":30}}}"#],
+            &[
+                r#"{"object":"response","model":"o3","usage":{"input_tokens":100,"output_tokens":50,"input_tokens_details":{"cached_tokens":60},"output_tokens_details":{"reasoning_tokens":30}}}"#,
+            ],
             Some("o3"),
             Some(u(100, 50, 60, 30, 0)),
         ),
@@ -49,7 +54,9 @@ fn every_api_shape_is_read_and_normalized() {
         ),
         (
             "anthropic JSON: cache reads and writes are not in input_tokens",
-            &[r#"{"type":"message","model":"claude-sonnet-4-5","usage":{"input_tokens":10,"output_tokens":20,"cache_read_input_tokens":100,"cache_creation_input_tokens":50}}"#],
+            &[
+                r#"{"type":"message","model":"claude-sonnet-4-5","usage":{"input_tokens":10,"output_tokens":20,"cache_read_input_tokens":100,"cache_creation_input_tokens":50}}"#,
+            ],
             Some("claude-sonnet-4-5"),
             Some(u(160, 20, 100, 0, 50)),
         ),
@@ -209,7 +216,11 @@ fn the_usage_chunk_the_agent_did_not_ask_for_is_removed_at_every_offset() {
     }
     for a in (0..body.len()).step_by(7) {
         for b in (a..body.len()).step_by(13) {
-            assert_eq!(scan(&body, &[a, b], Framing::Sse, true).0, without, "{a} {b}");
+            assert_eq!(
+                scan(&body, &[a, b], Framing::Sse, true).0,
+                without,
+                "{a} {b}"
+            );
         }
     }
 }
@@ -270,12 +281,44 @@ fn a_line_too_long_to_read_passes_and_reports_nothing() {
 
 #[test]
 fn requests_say_what_they_may_use() {
-    let cases: &[(&str, Option<&str>, Option<u64>, bool, bool)] = &[
-        (r#"{"model":"gpt-4o","messages":[],"max_tokens":100}"#, Some("gpt-4o"), Some(100), false, false),
-        (r#"{"model":"o3","max_completion_tokens":5,"max_tokens":100}"#, Some("o3"), Some(5), false, false),
-        (r#"{"model":"gpt-5","input":"x","max_output_tokens":7,"stream":true}"#, Some("gpt-5"), Some(7), true, false),
-        (r#"{"stream":true,"stream_options":{"include_usage":true}}"#, None, None, true, true),
-        (r#"{"model":7,"max_tokens":"lots","stream":"yes"}"#, None, None, false, false),
+    // (body, model, max output, stream, include_usage)
+    type Case<'a> = (&'a str, Option<&'a str>, Option<u64>, bool, bool);
+    let cases: &[Case] = &[
+        (
+            r#"{"model":"gpt-4o","messages":[],"max_tokens":100}"#,
+            Some("gpt-4o"),
+            Some(100),
+            false,
+            false,
+        ),
+        (
+            r#"{"model":"o3","max_completion_tokens":5,"max_tokens":100}"#,
+            Some("o3"),
+            Some(5),
+            false,
+            false,
+        ),
+        (
+            r#"{"model":"gpt-5","input":"x","max_output_tokens":7,"stream":true}"#,
+            Some("gpt-5"),
+            Some(7),
+            true,
+            false,
+        ),
+        (
+            r#"{"stream":true,"stream_options":{"include_usage":true}}"#,
+            None,
+            None,
+            true,
+            true,
+        ),
+        (
+            r#"{"model":7,"max_tokens":"lots","stream":"yes"}"#,
+            None,
+            None,
+            false,
+            false,
+        ),
         ("not json", None, None, false, false),
         ("[1,2]", None, None, false, false),
     ];
@@ -294,7 +337,9 @@ fn include_usage_is_added_only_where_missing() {
     let cases: &[(&str, Option<&str>)] = &[
         (
             r#"{"model":"m","stream":true,"messages":[]}"#,
-            Some(r#"{"stream_options":{"include_usage":true},"model":"m","stream":true,"messages":[]}"#),
+            Some(
+                r#"{"stream_options":{"include_usage":true},"model":"m","stream":true,"messages":[]}"#,
+            ),
         ),
         (
             r#"  {"stream":true}"#,
@@ -308,16 +353,19 @@ fn include_usage_is_added_only_where_missing() {
             r#"{"stream":true,"stream_options":null}"#,
             Some(r#"{"stream":true,"stream_options":{"include_usage":true}}"#),
         ),
-        (r#"{"stream":true,"stream_options":{"include_usage":true}}"#, None),
+        (
+            r#"{"stream":true,"stream_options":{"include_usage":true}}"#,
+            None,
+        ),
         (r#"{"stream":false}"#, None),
         (r#"{"messages":[]}"#, None),
         (r#"{"stream":true,"stream_options":"bad"}"#, None),
     ];
     for (body, want) in cases {
         let got = add_include_usage(body.as_bytes(), &read(body.as_bytes()));
-        let got_v = got.as_ref().map(|b| {
-            serde_json::from_slice::<serde_json::Value>(b).expect("still JSON")
-        });
+        let got_v = got
+            .as_ref()
+            .map(|b| serde_json::from_slice::<serde_json::Value>(b).expect("still JSON"));
         let want_v = want.map(|w| serde_json::from_str::<serde_json::Value>(w).unwrap());
         assert_eq!(got_v, want_v, "{body}");
         if let (Some(g), Some(w)) = (&got, want) {

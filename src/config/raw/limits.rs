@@ -65,8 +65,18 @@ impl TryFrom<RawUsage> for UsageConfig {
             let price = Price {
                 input,
                 output: to_micros(p.output).map_err(err)?,
-                cached_input: p.cached_input.map(to_micros).transpose().map_err(err)?.unwrap_or(input),
-                cache_write: p.cache_write.map(to_micros).transpose().map_err(err)?.unwrap_or(input),
+                cached_input: p
+                    .cached_input
+                    .map(to_micros)
+                    .transpose()
+                    .map_err(err)?
+                    .unwrap_or(input),
+                cache_write: p
+                    .cache_write
+                    .map(to_micros)
+                    .transpose()
+                    .map_err(err)?
+                    .unwrap_or(input),
             };
             prices.push((model, price));
         }
@@ -82,7 +92,10 @@ impl TryFrom<RawUsage> for UsageConfig {
         if r.currency.is_empty() || !r.currency.bytes().all(|b| b.is_ascii_uppercase()) {
             return Err(at_field(
                 "currency",
-                format!("usage.currency `{}` must be a currency code such as USD", r.currency),
+                format!(
+                    "usage.currency `{}` must be a currency code such as USD",
+                    r.currency
+                ),
             ));
         }
         Ok(UsageConfig {
@@ -200,9 +213,8 @@ impl TryFrom<RawLimit> for Limit {
             Some(c) => Some((
                 Quota {
                     window: window(&name, &c.per)?,
-                    max: to_micros(c.max).map_err(|e| {
-                        at_field("max", format!("limit `{name}`: cost.max: {e}"))
-                    })?,
+                    max: to_micros(c.max)
+                        .map_err(|e| at_field("max", format!("limit `{name}`: cost.max: {e}")))?,
                 },
                 c.currency,
             )),
@@ -211,7 +223,9 @@ impl TryFrom<RawLimit> for Limit {
         if requests.is_none() && tokens.is_none() && cost.is_none() && r.concurrent.is_none() {
             return Err(at_field(
                 "name",
-                format!("limit `{name}` limits nothing: give it requests, tokens, cost or concurrent"),
+                format!(
+                    "limit `{name}` limits nothing: give it requests, tokens, cost or concurrent"
+                ),
             ));
         }
         if r.concurrent == Some(0) {

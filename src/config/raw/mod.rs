@@ -221,13 +221,19 @@ impl TryFrom<RawConfig> for Config {
         let mut limit_names = HashSet::new();
         for l in &raw.limits {
             if !limit_names.insert(l.name.as_str()) {
-                return Err(at_field("limits", format!("limit `{}` is defined twice", l.name)));
+                return Err(at_field(
+                    "limits",
+                    format!("limit `{}` is defined twice", l.name),
+                ));
             }
             for r in &l.routes {
                 if !route_names.contains(r.as_str()) {
                     return Err(at_field(
                         &format!("name={}.routes", l.name),
-                        format!("limit `{}`: match.routes names `{r}`, which is not a route", l.name),
+                        format!(
+                            "limit `{}`: match.routes names `{r}`, which is not a route",
+                            l.name
+                        ),
                     ));
                 }
             }
