@@ -184,6 +184,11 @@ lazy!(LIMIT_REFUSALS: IntCounterVec = register_int_counter_vec!(
     "Requests refused with 429 by a limit, by limit and kind (requests, tokens, cost, concurrent)",
     &["limit", "kind"]
 ));
+lazy!(LIMITS_STORE_ERRORS: IntCounterVec = register_int_counter_vec!(
+    "agentgate_limits_store_errors_total",
+    "Calls to the shared limits store (Redis) that failed, by outcome: refused (fail closed, 503), allowed (fail open, uncounted) or settle (a charge not applied)",
+    &["outcome"]
+));
 lazy!(LEDGER_WRITE_FAILURES: IntCounter = prometheus::register_int_counter!(
     "agentgate_usage_ledger_write_failures_total",
     "Failed writes of the usage ledger (state_dir/usage.json); retried within a second"

@@ -34,6 +34,22 @@ pub struct Config {
     pub usage: UsageConfig,
     /// `limits:`, in file order.
     pub limits: Vec<Limit>,
+    /// `limits_store.redis`: limits shared through Redis (`None`: counted in this process).
+    pub limits_store: Option<RedisSettings>,
+}
+
+/// `limits_store.redis`: where replicas share their limits' counters.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// `rediss://[user:password@]host:port[/db]` (a secret reference may hold it).
+    pub url: Secret,
+    pub ca_file: Option<PathBuf>,
+    /// Each call to Redis, connection included.
+    pub timeout: Duration,
+    /// When Redis does not answer: let requests through uncounted (`true`) or refuse them.
+    pub fail_open: bool,
+    /// Namespaces the keys (several gateways' configurations on one Redis).
+    pub key_prefix: String,
 }
 
 /// `usage:`: what tokens cost and how days and months are counted.

@@ -16,10 +16,11 @@
 //!
 //! `window.rs` is the calendar; the rest is here.
 
+pub mod redis_store;
 pub mod report;
 pub mod window;
 
-use crate::config::{Config, Limit, LimitSubject, Quota};
+use crate::config::{Config, Limit, LimitSubject};
 use crate::usage::request::Asked;
 use crate::usage::{Micros, PriceTable, Usage};
 use jiff::tz::TimeZone;
@@ -250,6 +251,7 @@ pub struct Caller<'a> {
 
 /// The limits of one configuration over the process's ledger.
 pub struct Limiter {
+    store: Store,
     limits: Vec<Limit>,
     tz: TimeZone,
     prices: Arc<PriceTable>,
@@ -267,16 +269,22 @@ struct Hold {
 
 /// The state of one quota after this request's reservation, for the response headers.
 #[derive(Debug, Clone, Copy)]
-struct Standing {
+pub(crate) struct Standing {
     kind: Kind,
     max: u64,
     used: u64,
     reset_ms: i64,
 }
 
+/// Where a ticket's reservations are kept.
+enum Backend {
+    Embedded(Arc<Ledger>),
+    Redis(Arc<redis_store::RedisStore>),
+}
+
 /// An admitted request's reservations, settled when it ends.
 pub struct Ticket {
-    ledger: Arc<Ledger>,
+    backend: Backend,
     holds: Vec<Hold>,
     inflight: Vec<String>,
     /// `x-ratelimit-*` headers for the answer.
@@ -296,15 +304,27 @@ pub struct Refusal {
     pub headers: Vec<(String, String)>,
 }
 
+/// Where counters live.
+enum Store {
+    Embedded,
+    Redis(Arc<redis_store::RedisStore>),
+}
+
 impl Limiter {
-    pub fn new(config: &Config, ledger: Arc<Ledger>) -> Limiter {
-        Limiter {
+    /// The configuration's limits over the process's ledger, or over Redis (`limits_store`).
+    pub fn new(config: &Config, ledger: Arc<Ledger>) -> Result<Limiter, String> {
+        let store = match &config.limits_store {
+            Some(settings) => Store::Redis(Arc::new(redis_store::RedisStore::new(settings)?)),
+            None => Store::Embedded,
+        };
+        Ok(Limiter {
+            store,
             limits: config.limits.clone(),
             tz: config.usage.time_zone.clone(),
             prices: config.usage.prices.clone(),
             default_output: config.usage.default_max_output_tokens,
             ledger,
-        }
+        })
     }
 
     pub fn ledger(&self) -> &Arc<Ledger> {
@@ -356,18 +376,17 @@ impl Limiter {
         )
     }
 
-    /// Checks every quota that applies and reserves this request's share in all of them, or
-    /// refuses it (reserving nothing).
-    pub fn admit(
-        &self,
-        caller: &Caller<'_>,
-        asked: Option<&Asked>,
-        now: i64,
-    ) -> Result<Ticket, Refusal> {
+    /// What `caller` would reserve: each quota's counter key (in its current window) and need,
+    /// and the concurrency keys.
+    fn plan<'a>(&'a self, caller: &Caller<'_>, asked: Option<&Asked>, now: i64) -> Plan<'a> {
         let (tokens, cost) = self.estimate(asked);
-        let mut plan: Vec<(String, Kind, u64, Quota, &str)> = Vec::new();
-        let mut inflight: Vec<(String, u64, &str)> = Vec::new();
-        for l in self.applicable(caller.route) {
+        let mut plan = Plan::default();
+        let route = caller.route;
+        let limits = self
+            .limits
+            .iter()
+            .filter(|l| l.routes.is_empty() || l.routes.iter().any(|r| r == route));
+        for l in limits {
             for subject in Self::subjects(l, caller) {
                 let base = format!("{}\u{1f}{}\u{1f}{}", l.name, l.per.as_str(), subject);
                 for (kind, q, need) in [
@@ -375,104 +394,169 @@ impl Limiter {
                     (Kind::Tokens, l.tokens, tokens),
                     (Kind::Cost, l.cost, cost),
                 ] {
-                    if let Some(q) = q {
-                        plan.push((base.clone(), kind, need, q, &l.name));
-                    }
+                    let Some(q) = q else { continue };
+                    let (start, end) = window::bounds(q.window, now, &self.tz);
+                    plan.counters.push(Planned {
+                        key: format!("{base}\u{1f}{}\u{1f}{start}", kind.as_str()),
+                        kind,
+                        need,
+                        max: q.max,
+                        end,
+                        name: &l.name,
+                    });
                 }
                 if let Some(max) = l.concurrent {
-                    inflight.push((format!("{base}\u{1f}concurrent"), max, &l.name));
+                    plan.inflight
+                        .push((format!("{base}\u{1f}concurrent"), max, &l.name));
                 }
             }
         }
+        plan
+    }
+
+    /// Checks every quota that applies and reserves this request's share in all of them, or
+    /// refuses it (reserving nothing).
+    pub async fn admit(
+        &self,
+        caller: &Caller<'_>,
+        asked: Option<&Asked>,
+        now: i64,
+    ) -> Result<Ticket, Denied> {
+        let plan = self.plan(caller, asked, now);
+        match &self.store {
+            Store::Embedded => self.admit_here(plan, now).map_err(Denied::Limit),
+            Store::Redis(r) => r.admit(plan, now).await,
+        }
+    }
+
+    /// Admission in the process's own ledger (one lock for the check and the reservation).
+    fn admit_here(&self, plan: Plan<'_>, now: i64) -> Result<Ticket, Refusal> {
         let mut s = self.ledger.lock();
         let mut standings = Vec::new();
-        let mut holds = Vec::new();
-        for (base, kind, need, q, name) in &plan {
-            let (start, end) = window::bounds(q.window, now, &self.tz);
-            let key = format!("{base}\u{1f}{}\u{1f}{start}", kind.as_str());
-            let used = s.counters.get(&key).map_or(0, |c| c.used);
-            let st = Standing {
-                kind: *kind,
-                max: q.max,
-                used,
-                reset_ms: end - now,
-            };
-            if used >= q.max || used.saturating_add(*need) > q.max {
-                let too_large = *need > q.max;
-                let no_retry = too_large || st.reset_ms > 60_000;
-                let what = match kind {
-                    Kind::Cost => format!(
-                        "the cost budget of limit `{name}` is {} and {} of it is spent",
-                        crate::usage::micros_str(q.max),
-                        crate::usage::micros_str(used)
-                    ),
-                    _ => format!(
-                        "limit `{name}` allows {} {} per window and {used} are used",
-                        q.max,
-                        kind.as_str()
-                    ),
-                };
-                let message = if too_large {
-                    format!(
-                        "{what}; this request may use up to {need} on its own (lower max_tokens)"
-                    )
-                } else {
-                    format!("{what}; it resets in {}", window::reset_str(st.reset_ms))
-                };
-                return Err(Refusal {
-                    limit: name.to_string(),
-                    kind: *kind,
-                    retry_after_ms: st.reset_ms,
-                    no_retry,
-                    message: format!("rate limit reached: {message}"),
-                    headers: headers(&[st]),
-                });
+        for p in &plan.counters {
+            let used = s.counters.get(&p.key).map_or(0, |c| c.used);
+            if let Some(r) = p.refusal(used, now) {
+                return Err(r);
             }
-            standings.push(Standing {
-                used: used + need,
-                ..st
-            });
-            holds.push((key, *kind, *need, end));
+            standings.push(p.standing(used + p.need, now));
         }
-        for (key, max, name) in &inflight {
+        for (key, max, name) in &plan.inflight {
             let n = s.inflight.get(key).copied().unwrap_or(0);
             if n >= *max {
-                return Err(Refusal {
-                    limit: name.to_string(),
-                    kind: Kind::Concurrent,
-                    retry_after_ms: 1000,
-                    no_retry: false,
-                    message: format!("rate limit reached: limit `{name}` allows {max} requests at once and {n} are in flight"),
-                    headers: headers(&standings),
-                });
+                return Err(inflight_refusal(name, *max, n, &standings));
             }
         }
-        for (key, _, _) in &inflight {
+        for (key, _, _) in &plan.inflight {
             *s.inflight.entry(key.clone()).or_insert(0) += 1;
         }
-        let holds = holds
+        let holds = plan
+            .counters
             .into_iter()
-            .map(|(key, kind, need, until)| {
-                let c = s
-                    .counters
-                    .entry(key.clone())
-                    .or_insert(Counter { used: 0, until });
-                c.used = c.used.saturating_add(need);
+            .map(|p| {
+                let c = s.counters.entry(p.key.clone()).or_insert(Counter {
+                    used: 0,
+                    until: p.end,
+                });
+                c.used = c.used.saturating_add(p.need);
                 Hold {
-                    key,
-                    kind,
-                    reserved: need,
+                    key: p.key,
+                    kind: p.kind,
+                    reserved: p.need,
                 }
             })
             .collect();
         drop(s);
         self.ledger.dirty.store(true, Ordering::SeqCst);
         Ok(Ticket {
-            ledger: self.ledger.clone(),
+            backend: Backend::Embedded(self.ledger.clone()),
             holds,
-            inflight: inflight.into_iter().map(|(k, _, _)| k).collect(),
+            inflight: plan.inflight.into_iter().map(|(k, _, _)| k).collect(),
             headers: headers(&standings),
         })
+    }
+}
+
+/// Why a request was not admitted.
+#[derive(Debug)]
+pub enum Denied {
+    Limit(Refusal),
+    /// The shared store did not answer and the configuration fails closed.
+    StoreUnavailable(String),
+}
+
+/// What one request would reserve.
+#[derive(Default)]
+pub(crate) struct Plan<'a> {
+    pub(crate) counters: Vec<Planned<'a>>,
+    /// Concurrency key, its maximum, the limit's name.
+    pub(crate) inflight: Vec<(String, u64, &'a str)>,
+}
+
+pub(crate) struct Planned<'a> {
+    pub(crate) key: String,
+    pub(crate) kind: Kind,
+    pub(crate) need: u64,
+    pub(crate) max: u64,
+    /// The window's end (Unix ms).
+    pub(crate) end: i64,
+    pub(crate) name: &'a str,
+}
+
+impl Planned<'_> {
+    fn standing(&self, used: u64, now: i64) -> Standing {
+        Standing {
+            kind: self.kind,
+            max: self.max,
+            used,
+            reset_ms: self.end - now,
+        }
+    }
+
+    /// The refusal when `used` leaves no room for this request's need.
+    pub(crate) fn refusal(&self, used: u64, now: i64) -> Option<Refusal> {
+        if used < self.max && used.saturating_add(self.need) <= self.max {
+            return None;
+        }
+        let (name, need, max, kind) = (self.name, self.need, self.max, self.kind);
+        let st = self.standing(used, now);
+        let too_large = need > max;
+        let what = match kind {
+            Kind::Cost => format!(
+                "the cost budget of limit `{name}` is {} and {} of it is spent",
+                crate::usage::micros_str(max),
+                crate::usage::micros_str(used)
+            ),
+            _ => format!(
+                "limit `{name}` allows {max} {} per window and {used} are used",
+                kind.as_str()
+            ),
+        };
+        let message = if too_large {
+            format!("{what}; this request may use up to {need} on its own (lower max_tokens)")
+        } else {
+            format!("{what}; it resets in {}", window::reset_str(st.reset_ms))
+        };
+        Some(Refusal {
+            limit: name.to_string(),
+            kind,
+            retry_after_ms: st.reset_ms,
+            no_retry: too_large || st.reset_ms > 60_000,
+            message: format!("rate limit reached: {message}"),
+            headers: headers(&[st]),
+        })
+    }
+}
+
+pub(crate) fn inflight_refusal(name: &str, max: u64, n: u64, standings: &[Standing]) -> Refusal {
+    Refusal {
+        limit: name.to_string(),
+        kind: Kind::Concurrent,
+        retry_after_ms: 1000,
+        no_retry: false,
+        message: format!(
+            "rate limit reached: limit `{name}` allows {max} requests at once and {n} are in flight"
+        ),
+        headers: headers(standings),
     }
 }
 
@@ -491,22 +575,36 @@ pub enum Charge {
 impl Ticket {
     /// Replaces the reservations by `charge` and ends the request's place in flight.
     pub fn settle(mut self, charge: Charge) {
-        let holds = std::mem::take(&mut self.holds);
-        {
-            let mut s = self.ledger.lock();
-            for h in holds {
+        let deltas: Vec<(String, i64)> = std::mem::take(&mut self.holds)
+            .into_iter()
+            .filter_map(|h| {
                 let actual = match (charge, h.kind) {
-                    (Charge::Reserved, _) | (_, Kind::Requests | Kind::Concurrent) => continue,
+                    (Charge::Reserved, _) | (_, Kind::Requests | Kind::Concurrent) => return None,
                     (Charge::Nothing, _) => 0,
                     (Charge::Used { tokens, .. }, Kind::Tokens) => tokens,
                     (Charge::Used { cost, .. }, Kind::Cost) => cost,
                 };
-                if let Some(c) = s.counters.get_mut(&h.key) {
-                    c.used = c.used.saturating_sub(h.reserved).saturating_add(actual);
-                }
-            }
+                let d = i64::try_from(actual).unwrap_or(i64::MAX)
+                    - i64::try_from(h.reserved).unwrap_or(i64::MAX);
+                (d != 0).then_some((h.key, d))
+            })
+            .collect();
+        if deltas.is_empty() {
+            return;
         }
-        self.ledger.dirty.store(true, Ordering::SeqCst);
+        match &self.backend {
+            Backend::Embedded(ledger) => {
+                let mut s = ledger.lock();
+                for (key, d) in deltas {
+                    if let Some(c) = s.counters.get_mut(&key) {
+                        c.used = c.used.saturating_add_signed(d);
+                    }
+                }
+                drop(s);
+                ledger.dirty.store(true, Ordering::SeqCst);
+            }
+            Backend::Redis(r) => r.adjust(deltas),
+        }
     }
 }
 
@@ -516,14 +614,24 @@ impl Drop for Ticket {
         if self.inflight.is_empty() {
             return;
         }
-        let mut s = self.ledger.lock();
-        for k in &self.inflight {
-            if let Some(n) = s.inflight.get_mut(k) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    s.inflight.remove(k);
+        match &self.backend {
+            Backend::Embedded(ledger) => {
+                let mut s = ledger.lock();
+                for k in &self.inflight {
+                    if let Some(n) = s.inflight.get_mut(k) {
+                        *n = n.saturating_sub(1);
+                        if *n == 0 {
+                            s.inflight.remove(k);
+                        }
+                    }
                 }
             }
+            Backend::Redis(r) => r.adjust(
+                std::mem::take(&mut self.inflight)
+                    .into_iter()
+                    .map(|k| (k, -1))
+                    .collect(),
+            ),
         }
     }
 }

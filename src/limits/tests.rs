@@ -21,7 +21,18 @@ identity:
 }
 
 fn limiter(extra: &str) -> Limiter {
-    Limiter::new(&config(extra), Ledger::in_memory())
+    Limiter::new(&config(extra), Ledger::in_memory()).expect("limiter")
+}
+
+/// Admission, waited for (the embedded store answers at once).
+fn admit(l: &Limiter, c: &Caller<'_>, a: Option<&Asked>, now: i64) -> Result<Ticket, Refusal> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(l.admit(c, a, now)).map_err(|d| match d {
+        Denied::Limit(r) => r,
+        Denied::StoreUnavailable(e) => panic!("{e}"),
+    })
 }
 
 fn caller<'a>(identity: &'a str, groups: &'a [String], route: &'a str) -> Caller<'a> {
@@ -99,7 +110,7 @@ fn requests_and_tokens_are_counted_per_identity_and_refused_past_the_limit() {
     let a = caller("a", &g, "openai");
     let b = caller("b", &g, "openai");
     let req = asked("gpt-4o", Some(100), 400); // 100 + 100 tokens reserved
-    let t1 = l.admit(&a, Some(&req), T0).expect("first");
+    let t1 = admit(&l, &a, Some(&req), T0).expect("first");
     assert!(t1
         .headers
         .contains(&("x-ratelimit-remaining-requests".into(), "2".into())));
@@ -110,19 +121,21 @@ fn requests_and_tokens_are_counted_per_identity_and_refused_past_the_limit() {
         tokens: 30,
         cost: 0,
     });
-    l.admit(&a, Some(&req), T0)
+    admit(&l, &a, Some(&req), T0)
         .unwrap()
         .settle(Charge::Reserved);
-    l.admit(&a, Some(&req), T0).unwrap().settle(Charge::Nothing);
+    admit(&l, &a, Some(&req), T0)
+        .unwrap()
+        .settle(Charge::Nothing);
     // Three requests in this minute: the fourth is refused, another identity is not.
-    let r = l.admit(&a, Some(&req), T0).err().expect("refused");
+    let r = admit(&l, &a, Some(&req), T0).err().expect("refused");
     assert_eq!((r.kind, r.limit.as_str()), (Kind::Requests, "per-agent"));
     assert!(!r.no_retry);
     assert!(r.retry_after_ms > 0 && r.retry_after_ms <= 60_000);
-    assert!(l.admit(&b, Some(&req), T0).is_ok());
+    assert!(admit(&l, &b, Some(&req), T0).is_ok());
     // The next minute starts afresh, and the other route is not limited.
-    assert!(l.admit(&a, Some(&req), T0 + 60_000).is_ok());
-    assert!(l.admit(&caller("a", &g, "other"), Some(&req), T0).is_ok());
+    assert!(admit(&l, &a, Some(&req), T0 + 60_000).is_ok());
+    assert!(admit(&l, &caller("a", &g, "other"), Some(&req), T0).is_ok());
     // 30 used + 200 kept + 0 given back: 770 tokens left in the first minute for b's window? a's:
     let s = l.ledger.lock();
     let used: Vec<u64> = s
@@ -140,22 +153,18 @@ fn a_request_larger_than_what_is_left_is_refused_and_one_larger_than_the_quota_i
     let g = vec![];
     let a = caller("a", &g, "openai");
     // max_tokens omitted: the default output (4096) alone is over the quota.
-    let r = l
-        .admit(&a, Some(&asked("m", None, 40)), T0)
+    let r = admit(&l, &a, Some(&asked("m", None, 40)), T0)
         .err()
         .expect("refused");
     assert!(r.no_retry, "{r:?}");
     assert!(r.message.contains("lower max_tokens"), "{}", r.message);
     // huge
-    assert!(l
-        .admit(&a, Some(&asked("m", Some(u64::MAX), 40)), T0)
-        .is_err());
+    assert!(admit(&l, &a, Some(&asked("m", Some(u64::MAX), 40)), T0).is_err());
     // 900 fit, then 200 more do not (100 are left) but the window will make room.
-    l.admit(&a, Some(&asked("m", Some(890), 40)), T0)
+    admit(&l, &a, Some(&asked("m", Some(890), 40)), T0)
         .unwrap()
         .settle(Charge::Reserved);
-    let r = l
-        .admit(&a, Some(&asked("m", Some(190), 40)), T0)
+    let r = admit(&l, &a, Some(&asked("m", Some(190), 40)), T0)
         .err()
         .expect("refused");
     assert!(!r.no_retry && r.kind == Kind::Tokens);
@@ -163,10 +172,10 @@ fn a_request_larger_than_what_is_left_is_refused_and_one_larger_than_the_quota_i
         .headers
         .contains(&("x-ratelimit-remaining-tokens".into(), "100".into())));
     // A request that reads no body (a GET) reserves no tokens but is refused once none are left.
-    l.admit(&a, Some(&asked("m", Some(90), 40)), T0)
+    admit(&l, &a, Some(&asked("m", Some(90), 40)), T0)
         .unwrap()
         .settle(Charge::Reserved);
-    assert!(l.admit(&a, None, T0).is_err());
+    assert!(admit(&l, &a, None, T0).is_err());
 }
 
 #[test]
@@ -179,7 +188,7 @@ fn cost_budgets_are_per_group_in_calendar_months_and_say_insufficient_quota() {
     let a = caller("a", &team, "openai");
     // $1 per token: 4 prompt tokens (16 bytes) and 5 output reserve $9.
     let req = asked("m", Some(5), 16);
-    let t = l.admit(&a, Some(&req), T0).expect("fits");
+    let t = admit(&l, &a, Some(&req), T0).expect("fits");
     assert!(t
         .headers
         .contains(&("x-ratelimit-remaining-cost".into(), "1.000000".into())));
@@ -188,17 +197,14 @@ fn cost_budgets_are_per_group_in_calendar_months_and_say_insufficient_quota() {
         cost: 3_000_000,
     });
     // $3 spent: another $9 does not fit; a member of the team but not another caller is refused.
-    let r = l
-        .admit(&caller("b", &team, "openai"), Some(&req), T0)
+    let r = admit(&l, &caller("b", &team, "openai"), Some(&req), T0)
         .err()
         .expect("refused");
     assert_eq!(r.kind, Kind::Cost);
     assert!(r.no_retry, "a month's budget is not worth retrying for");
-    assert!(l
-        .admit(&caller("c", &outsider, "openai"), Some(&req), T0)
-        .is_ok());
+    assert!(admit(&l, &caller("c", &outsider, "openai"), Some(&req), T0).is_ok());
     // Next month it fits again.
-    assert!(l.admit(&a, Some(&req), T0 + 32 * 86_400_000).is_ok());
+    assert!(admit(&l, &a, Some(&req), T0 + 32 * 86_400_000).is_ok());
 }
 
 #[test]
@@ -206,12 +212,12 @@ fn concurrency_is_counted_while_tickets_live() {
     let l = limiter("limits:\n  - { name: c, per: route, concurrent: 2 }");
     let g = vec![];
     let a = caller("a", &g, "openai");
-    let t1 = l.admit(&a, None, T0).unwrap();
-    let t2 = l.admit(&caller("b", &g, "openai"), None, T0).unwrap();
-    let r = l.admit(&a, None, T0).err().expect("third refused");
+    let t1 = admit(&l, &a, None, T0).unwrap();
+    let t2 = admit(&l, &caller("b", &g, "openai"), None, T0).unwrap();
+    let r = admit(&l, &a, None, T0).err().expect("third refused");
     assert_eq!(r.kind, Kind::Concurrent);
     drop(t1);
-    let t3 = l.admit(&a, None, T0).expect("room again");
+    let t3 = admit(&l, &a, None, T0).expect("room again");
     t2.settle(Charge::Nothing);
     t3.settle(Charge::Nothing);
     assert!(l.ledger.lock().inflight.is_empty());
@@ -229,7 +235,8 @@ fn racing_requests_never_overspend() {
             std::thread::spawn(move || {
                 let g = vec![];
                 for _ in 0..50 {
-                    if let Ok(t) = l.admit(
+                    if let Ok(t) = admit(
+                        &l,
                         &caller("a", &g, "openai"),
                         Some(&asked("m", Some(96), 16)),
                         T0,
@@ -260,10 +267,11 @@ fn the_ledger_file_keeps_counters_and_totals_across_a_restart() {
         path: Some(path.clone()),
         dirty: AtomicBool::new(false),
     });
-    let l = Limiter::new(&cfg, ledger.clone());
+    let l = Limiter::new(&cfg, ledger.clone()).unwrap();
     let g = vec!["agents".to_string()];
     let now = now_ms();
-    l.admit(
+    admit(
+        &l,
         &caller("a", &g, "openai"),
         Some(&asked("m", Some(996), 16)),
         now,
@@ -284,8 +292,8 @@ fn the_ledger_file_keeps_counters_and_totals_across_a_restart() {
         7,
     ));
     ledger.flush();
-    let again = Limiter::new(&cfg, Ledger::read_file(&path).unwrap());
-    assert!(again.admit(&caller("a", &g, "openai"), None, now).is_err());
+    let again = Limiter::new(&cfg, Ledger::read_file(&path).unwrap()).unwrap();
+    assert!(admit(&again, &caller("a", &g, "openai"), None, now).is_err());
     let totals = again.ledger.totals_since("2000-01-01");
     assert_eq!(totals.len(), 1);
     assert_eq!(

@@ -11,7 +11,7 @@ use super::error::ApiError;
 use super::exchange::Exchange;
 use super::headers;
 use super::routes::RouteRuntime;
-use crate::limits::{self, Caller, Charge, Refusal, Ticket};
+use crate::limits::{self, Caller, Charge, Denied, Refusal, Ticket};
 use crate::metrics;
 use crate::usage::request::{self, Asked};
 use crate::usage::scan::{Framing, UsageScanner};
@@ -50,7 +50,7 @@ pub fn identity_key(who: &crate::identity::Identity) -> String {
 
 /// Checks the route's limits for this request (`body`: the one going upstream, when it was
 /// read) and reserves its share; the 429 to answer with otherwise.
-pub fn admit(ctx: &mut Exchange, body: Option<&[u8]>) -> Result<(), ApiError> {
+pub async fn admit(ctx: &mut Exchange, body: Option<&[u8]>) -> Result<(), ApiError> {
     let asked = body.map(request::read);
     let (Some(route), Some(who)) = (ctx.route.clone(), ctx.identity.clone()) else {
         return Ok(());
@@ -69,12 +69,23 @@ pub fn admit(ctx: &mut Exchange, body: Option<&[u8]>) -> Result<(), ApiError> {
     match route
         .limiter
         .admit(&caller, m.asked.as_ref(), limits::now_ms())
+        .await
     {
         Ok(t) => {
             m.ticket = Some(t);
             Ok(())
         }
-        Err(r) => {
+        Err(Denied::StoreUnavailable(why)) => {
+            let mut e = ApiError::new(
+                503,
+                "service_unavailable_error",
+                "limits_unavailable",
+                format!("the limits of route `{}` are kept in Redis, which did not answer ({why}); the gateway refuses rather than spend unseen (limits_store.redis.on_unavailable: refuse)", route.route.name),
+            );
+            e.headers.push(("retry-after".into(), "1".into()));
+            Err(e)
+        }
+        Err(Denied::Limit(r)) => {
             metrics::LIMIT_REFUSALS
                 .with_label_values(&[&r.limit, r.kind.as_str()])
                 .inc();

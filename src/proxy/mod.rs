@@ -132,7 +132,7 @@ impl ProxyHttp for Gateway {
         };
         if !self.needs_body(session, ctx, &route) {
             // Limits that need no body (requests, concurrency) are checked here.
-            if let Err(e) = metering::admit(ctx, None) {
+            if let Err(e) = metering::admit(ctx, None).await {
                 return self.answer(session, ctx, e).await;
             }
             return Ok(false);

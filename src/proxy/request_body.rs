@@ -82,7 +82,7 @@ impl Gateway {
         }
         // Limits decide before a human is asked to: a request over its budget never waits.
         let upstream_body = masked.as_ref().map_or(&body[..], |(m, _)| &m[..]);
-        if let Err(e) = super::metering::admit(ctx, Some(upstream_body)) {
+        if let Err(e) = super::metering::admit(ctx, Some(upstream_body)).await {
             return self.answer(session, ctx, e).await;
         }
         if !route.approvals.is_empty() {

@@ -93,7 +93,7 @@ pub fn build_routes(
     let limiter = Arc::new(crate::limits::Limiter::new(
         config,
         crate::limits::Ledger::current(),
-    ));
+    )?);
     for route in &config.routes {
         let target = UpstreamTarget::new(&route.name, &route.upstream)?;
         let secrets = SecretSet::new(

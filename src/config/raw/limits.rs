@@ -247,3 +247,91 @@ impl TryFrom<RawLimit> for Limit {
         })
     }
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimitsStore {
+    #[serde(default)]
+    pub redis: Option<RawRedis>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    url: String,
+    #[serde(default)]
+    ca_file: Option<std::path::PathBuf>,
+    #[serde(default = "default_redis_timeout")]
+    timeout: crate::config::units::HumanDuration,
+    #[serde(default = "default_on_unavailable")]
+    on_unavailable: String,
+    #[serde(default = "default_prefix")]
+    key_prefix: String,
+}
+
+fn default_redis_timeout() -> crate::config::units::HumanDuration {
+    crate::config::units::HumanDuration(std::time::Duration::from_secs(1))
+}
+fn default_on_unavailable() -> String {
+    "refuse".into()
+}
+fn default_prefix() -> String {
+    "limits".into()
+}
+
+impl TryFrom<RawRedis> for crate::config::RedisSettings {
+    type Error = String;
+    fn try_from(r: RawRedis) -> Result<Self, String> {
+        let url = crate::config::secret::resolve(&r.url, crate::config::secret::current_source())
+            .map_err(|e| at_field("url", format!("limits_store.redis.url: {e}")))?;
+        let text = url.expose();
+        // Invariant 1 of DESIGN.md: no plaintext leg, except to loopback.
+        let plain_ok = ["redis://127.0.0.1", "redis://localhost", "redis://[::1]"]
+            .iter()
+            .any(|p| text.starts_with(p));
+        if !text.starts_with("rediss://")
+            && !plain_ok
+            && !text.starts_with("${")
+            && !text.is_empty()
+        {
+            return Err(at_field(
+                "url",
+                "limits_store.redis.url must be rediss:// (TLS); plaintext redis:// is accepted only to a loopback address".into(),
+            ));
+        }
+        if let Some(ca) = &r.ca_file {
+            if !ca.is_file() {
+                return Err(at_field(
+                    "ca_file",
+                    format!(
+                        "limits_store.redis.ca_file `{}` does not exist or is not a file",
+                        ca.display()
+                    ),
+                ));
+            }
+        }
+        let fail_open = match r.on_unavailable.as_str() {
+            "refuse" => false,
+            "allow" => true,
+            other => {
+                return Err(at_field(
+                    "on_unavailable",
+                    format!("limits_store.redis.on_unavailable `{other}` must be refuse or allow"),
+                ))
+            }
+        };
+        if r.timeout.0.is_zero() {
+            return Err(at_field(
+                "timeout",
+                "limits_store.redis.timeout must be more than 0".into(),
+            ));
+        }
+        Ok(crate::config::RedisSettings {
+            url,
+            ca_file: r.ca_file,
+            timeout: r.timeout.0,
+            fail_open,
+            key_prefix: r.key_prefix,
+        })
+    }
+}

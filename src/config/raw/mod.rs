@@ -60,6 +60,8 @@ pub struct RawConfig {
     usage: Option<UsageConfig>,
     #[serde(default)]
     limits: Vec<crate::config::Limit>,
+    #[serde(default)]
+    limits_store: Option<limits::RawLimitsStore>,
 }
 
 impl TryFrom<RawConfig> for Config {
@@ -250,6 +252,10 @@ impl TryFrom<RawConfig> for Config {
         Ok(Config {
             usage,
             limits: raw.limits,
+            limits_store: match raw.limits_store {
+                Some(s) => s.redis.map(TryInto::try_into).transpose()?,
+                None => None,
+            },
             server,
             listeners: raw.listeners,
             admin,
