@@ -34,6 +34,7 @@ test-deps:
 	command -v ip >/dev/null || [ -x /usr/sbin/ip ] || need="$$need iproute2"; \
 	command -v iptables >/dev/null || [ -x /usr/sbin/iptables ] || need="$$need iptables"; \
 	[ -x /usr/bin/chromium ] || need="$$need chromium"; \
+	command -v redis-server >/dev/null || need="$$need redis-server"; \
 	if [ -n "$$need" ]; then \
 	  echo "installing Debian packages:$$need"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

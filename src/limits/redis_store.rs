@@ -72,6 +72,11 @@ pub struct RedisStore {
 
 impl RedisStore {
     pub fn new(settings: &RedisSettings) -> Result<RedisStore, String> {
+        // rustls needs a process-wide crypto provider; another part may have installed it first.
+        // (Deprecated for lacking post-quantum key exchange: the other provider, aws-lc-rs,
+        // needs cmake and links a second libcrypto beside BoringSSL.)
+        #[allow(deprecated)]
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let url = settings.url.expose();
         let client = match &settings.ca_file {
             Some(ca) => {
