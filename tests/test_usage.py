@@ -292,3 +292,23 @@ def test_a_usage_line_split_across_reads_is_counted(metered, mock):
         r = c.post("/v1/raw", json={"content_type": "text/event-stream", "chunks": chunks})
     assert r.status_code == 200 and '"prompt_tokens":77' in r.text
     assert gw.wait_metric("agentgate_tokens_total", 77, route="llm", model="gpt-4o", kind="input") == 77
+
+
+def test_requests_racing_over_http2_and_many_connections_never_pass_the_limit(start_gateway, mock, upstream_ca_file):
+    from concurrent.futures import ThreadPoolExecutor
+
+    gw = start_gateway(route("llm", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file),
+                       extra="limits:\n  - { name: five, per: identity, requests: { per: 1h, max: 5 }, tokens: { per: 1h, max: 1000000 } }")
+    body = {"model": "gpt-4o", "messages": PROMPT, "max_tokens": 5}
+    with gw.client(http2=True) as h2:
+        def over_h2(_):
+            return h2.post("/v1/chat/completions", json=body).status_code
+
+        def own_connection(_):
+            with gw.client() as c:
+                return c.post("/v1/chat/completions", json=body).status_code
+
+        with ThreadPoolExecutor(16) as pool:
+            codes = list(pool.map(over_h2, range(12))) + list(pool.map(own_connection, range(12)))
+    assert sorted(set(codes)) == [200, 429]
+    assert codes.count(200) == 5 and len(mock.state.requests) == 5

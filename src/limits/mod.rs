@@ -369,7 +369,9 @@ impl Limiter {
     pub fn estimate(&self, asked: Option<&Asked>) -> (u64, Micros) {
         let Some(a) = asked else { return (0, 0) };
         let input = a.input_estimate();
-        let output = a.max_output.unwrap_or(self.default_output);
+        let output = a
+            .max_output
+            .unwrap_or(self.default_output.saturating_mul(a.choices.max(1)));
         (
             input.saturating_add(output),
             self.prices.ceiling(a.model.as_deref(), input, output),

@@ -15,8 +15,10 @@ pub const BYTES_PER_TOKEN: u64 = 4;
 pub struct Asked {
     pub model: Option<String>,
     /// `max_completion_tokens`, `max_tokens` (Chat Completions, Anthropic) or
-    /// `max_output_tokens` (Responses), the first present.
+    /// `max_output_tokens` (Responses), the first present, times `n` (choices generated).
     pub max_output: Option<u64>,
+    /// `n`: how many choices the model generates (1 when absent); each may use the cap.
+    pub choices: u64,
     pub stream: bool,
     /// `stream_options.include_usage: true`.
     pub include_usage: bool,
@@ -39,12 +41,14 @@ struct Wire {
     max_output_tokens: Option<serde_json::Value>,
     stream: Option<serde_json::Value>,
     stream_options: Option<serde_json::Value>,
+    n: Option<serde_json::Value>,
 }
 
 /// Reads a request body (anything but a JSON object asks nothing).
 pub fn read(body: &[u8]) -> Asked {
     let mut asked = Asked {
         bytes: body.len() as u64,
+        choices: 1,
         ..Asked::default()
     };
     let Ok(w) = serde_json::from_slice::<Wire>(body) else {
@@ -55,6 +59,9 @@ pub fn read(body: &[u8]) -> Asked {
         .into_iter()
         .flatten()
         .find_map(|v| v.as_u64());
+    // OpenAI generates up to `n` choices of up to the cap each (it refuses n > 128).
+    asked.choices = w.n.and_then(|n| n.as_u64()).unwrap_or(1).clamp(1, 128);
+    asked.max_output = asked.max_output.map(|m| m.saturating_mul(asked.choices));
     asked.stream = w.stream.and_then(|s| s.as_bool()).unwrap_or(false);
     asked.include_usage = w
         .stream_options

@@ -330,6 +330,12 @@ fn requests_say_what_they_may_use() {
         assert_eq!(a.bytes, body.len() as u64);
     }
     assert_eq!(read(&[b'x'; 401]).input_estimate(), 101);
+    // n choices may each use the cap.
+    let a = read(br#"{"model":"m","n":8,"max_tokens":100}"#);
+    assert_eq!((a.max_output, a.choices), (Some(800), 8));
+    assert_eq!(read(br#"{"n":100000,"max_tokens":10}"#).max_output, Some(1280));
+    assert_eq!(read(br#"{"n":0,"max_tokens":10}"#).max_output, Some(10));
+    assert_eq!(read(br#"{"n":3}"#).choices, 3);
 }
 
 #[test]
