@@ -133,8 +133,7 @@ impl UsageScanner {
     fn line(&mut self, line: &[u8], out: &mut Option<Vec<u8>>) {
         let data = line.strip_prefix(b"data:").filter(|d| {
             // The first event names the model even when the stream reports no usage.
-            !std::mem::replace(&mut self.first_read, true)
-                || memmem::find(d, b"\"usage\"").is_some()
+            !std::mem::replace(&mut self.first_read, true) || has_usage_object(d)
         });
         if let Some(data) = data {
             let carried = self.observed.document(data);
@@ -146,6 +145,17 @@ impl UsageScanner {
             o.extend_from_slice(line);
         }
     }
+}
+
+/// Whether a `"usage"` key in `data` opens an object: a stream that asked for usage carries
+/// `"usage":null` on every chunk, and those are not worth a parse (bench: usage.rs).
+pub(crate) fn has_usage_object(data: &[u8]) -> bool {
+    memmem::find_iter(data, b"\"usage\"").any(|at| {
+        let rest = &data[at + 7..];
+        let rest = rest.trim_ascii_start();
+        rest.strip_prefix(b":")
+            .is_some_and(|r| r.trim_ascii_start().starts_with(b"{"))
+    })
 }
 
 /// A Chat Completions chunk with no choices: the one `include_usage` adds.

@@ -333,7 +333,10 @@ fn requests_say_what_they_may_use() {
     // n choices may each use the cap.
     let a = read(br#"{"model":"m","n":8,"max_tokens":100}"#);
     assert_eq!((a.max_output, a.choices), (Some(800), 8));
-    assert_eq!(read(br#"{"n":100000,"max_tokens":10}"#).max_output, Some(1280));
+    assert_eq!(
+        read(br#"{"n":100000,"max_tokens":10}"#).max_output,
+        Some(1280)
+    );
     assert_eq!(read(br#"{"n":0,"max_tokens":10}"#).max_output, Some(10));
     assert_eq!(read(br#"{"n":3}"#).choices, 3);
 }
@@ -392,4 +395,25 @@ fn a_stream_without_usage_still_names_its_model() {
     assert_eq!(s.push(&body, true), None);
     assert_eq!(s.observed.model.as_deref(), Some("gpt-4o"));
     assert_eq!(s.observed.usage(), None);
+}
+
+#[test]
+fn only_a_usage_key_that_opens_an_object_is_parsed() {
+    for (data, want) in [
+        (r#"{"usage":null}"#, false),
+        (r#"{"usage" : {"prompt_tokens":1}}"#, true),
+        (r#"{"x":"\"usage\": {","usage":null}"#, false), // escaped: not a key
+        (r#"{"content":"usage"}"#, false),
+        (
+            r#"{"usage":null,"response":{"usage":{"input_tokens":1}}}"#,
+            true,
+        ),
+        (r#"{"usage""#, false),
+    ] {
+        assert_eq!(
+            super::scan::has_usage_object(data.as_bytes()),
+            want,
+            "{data}"
+        );
+    }
 }
