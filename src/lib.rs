@@ -5,9 +5,10 @@
 //!   `metrics`, `shutdown` (drain state);
 //! - engines, pure decisions: `canonical` (the one form of a request's path and host), `mask` (detectors, JSON/SSE/text masking, pseudonyms, the route's
 //!   own keys), `policy` (approval rules), `identity` (tokens, groups, access), `config` (YAML to
-//!   a validated model), `upstream` (verified peers, the HTTPS client);
+//!   a validated model), `upstream` (verified peers, the HTTPS client), `usage` (tokens read from
+//!   answers, prices);
 //! - state with files or threads: `approval` (store), `record` (capture, writer, store, verify),
-//!   `session_log` (JSON lines, the logger);
+//!   `session_log` (JSON lines, the logger), `limits` (quotas, the usage ledger, Redis);
 //! - glue: `proxy` (the `ProxyHttp` phases), `server` (start-up, reload, listeners), `admin`
 //!   (API and console), `cli`.
 
