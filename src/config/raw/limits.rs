@@ -283,7 +283,7 @@ impl TryFrom<RawRedis> for crate::config::RedisSettings {
     type Error = String;
     fn try_from(r: RawRedis) -> Result<Self, String> {
         let url = crate::config::secret::resolve(&r.url, crate::config::secret::current_source())
-            .map_err(|e| at_field("url", format!("limits_store.redis.url: {e}")))?;
+            .map_err(|e| at_field("redis.url", format!("limits_store.redis.url: {e}")))?;
         let text = url.expose();
         // Invariant 1 of DESIGN.md: no plaintext leg, except to loopback.
         let plain_ok = ["redis://127.0.0.1", "redis://localhost", "redis://[::1]"]
@@ -295,14 +295,14 @@ impl TryFrom<RawRedis> for crate::config::RedisSettings {
             && !text.is_empty()
         {
             return Err(at_field(
-                "url",
+                "redis.url",
                 "limits_store.redis.url must be rediss:// (TLS); plaintext redis:// is accepted only to a loopback address".into(),
             ));
         }
         if let Some(ca) = &r.ca_file {
             if !ca.is_file() {
                 return Err(at_field(
-                    "ca_file",
+                    "redis.ca_file",
                     format!(
                         "limits_store.redis.ca_file `{}` does not exist or is not a file",
                         ca.display()
