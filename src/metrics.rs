@@ -256,7 +256,9 @@ pub fn init() {
     LazyLock::force(&PSEUDONYM_VAULT_BYTES);
     LazyLock::force(&TOKENS);
     LazyLock::force(&COST);
-    LazyLock::force(&LIMIT_REFUSALS);
+    for outcome in ["refused", "allowed", "settle"] {
+        LIMITS_STORE_ERRORS.with_label_values(&[outcome]);
+    }
 }
 
 pub fn render() -> (Vec<u8>, String) {

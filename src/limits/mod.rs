@@ -313,6 +313,12 @@ enum Store {
 impl Limiter {
     /// The configuration's limits over the process's ledger, or over Redis (`limits_store`).
     pub fn new(config: &Config, ledger: Arc<Ledger>) -> Result<Limiter, String> {
+        for l in &config.limits {
+            // Every limit's refusals are exported from the first scrape, at 0.
+            for kind in [Kind::Requests, Kind::Tokens, Kind::Cost, Kind::Concurrent] {
+                crate::metrics::LIMIT_REFUSALS.with_label_values(&[&l.name, kind.as_str()]);
+            }
+        }
         let store = match &config.limits_store {
             Some(settings) => Store::Redis(Arc::new(redis_store::RedisStore::new(settings)?)),
             None => Store::Embedded,

@@ -55,9 +55,14 @@ pub async fn admit(ctx: &mut Exchange, body: Option<&[u8]>) -> Result<(), ApiErr
     let (Some(route), Some(who)) = (ctx.route.clone(), ctx.identity.clone()) else {
         return Ok(());
     };
+    let limited = route.limiter.applies(&route.route.name);
+    if asked.is_none() && !limited {
+        // Nothing to remember: most requests allocate nothing here.
+        return Ok(());
+    }
     let m = ctx.metering.get_or_insert_with(Box::default);
     m.asked = asked;
-    if !route.limiter.applies(&route.route.name) {
+    if !limited {
         return Ok(());
     }
     let id = identity_key(&who);

@@ -109,6 +109,7 @@ pub fn build_routes(
                 route.name
             )
         })?;
+        metrics::USAGE_UNREPORTED.with_label_values(&[&route.name]);
         routes.push(Arc::new(RouteRuntime {
             metrics: RouteMetrics::new(&route.name),
             route: route.clone(),
