@@ -312,3 +312,14 @@ def test_requests_racing_over_http2_and_many_connections_never_pass_the_limit(st
             codes = list(pool.map(over_h2, range(12))) + list(pool.map(own_connection, range(12)))
     assert sorted(set(codes)) == [200, 429]
     assert codes.count(200) == 5 and len(mock.state.requests) == 5
+
+
+def test_every_answer_of_a_limited_request_carries_its_ratelimit_headers(start_gateway, mock, upstream_ca_file):
+    gw = start_gateway([route("llm", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file),
+                        route("down", "/down/", f"https://127.0.0.1:{free_port()}", upstream_ca_file)],
+                       extra="limits:\n  - { name: r, per: identity, requests: { per: 1h, max: 10 } }")
+    with gw.client() as c:
+        got = c.get("/v1/models")  # a GET, answered by the upstream
+        failed = c.post("/down/x", json={})  # the gateway's own 502: nothing listens there
+    assert got.status_code == 200 and got.headers["x-ratelimit-remaining-requests"] == "9"
+    assert failed.status_code == 502 and failed.headers["x-ratelimit-remaining-requests"] == "8"

@@ -151,15 +151,14 @@ pub fn start_response(
     let Some(route) = ctx.route.as_ref() else {
         return Ok(());
     };
+    // Every answer of a limited request says where its limits stand.
+    for (k, v) in ratelimit_headers(ctx) {
+        resp.insert_header(k.clone(), v.as_str())?;
+    }
     if route.route.mcp.is_some() || method != http::Method::POST {
         return Ok(());
     }
     let m = ctx.metering.get_or_insert_with(Box::default);
-    if let Some(t) = &m.ticket {
-        for (k, v) in &t.headers {
-            resp.insert_header(k.clone(), v.as_str())?;
-        }
-    }
     if !resp.status.is_success() {
         return Ok(());
     }
@@ -180,6 +179,14 @@ pub fn start_response(
     }
     m.scanner = Some(UsageScanner::new(framing, m.strip));
     Ok(())
+}
+
+/// The `x-ratelimit-*` headers of the request's reservation (none when no limit applies).
+pub fn ratelimit_headers(ctx: &Exchange) -> &[(String, String)] {
+    ctx.metering
+        .as_ref()
+        .and_then(|m| m.ticket.as_ref())
+        .map_or(&[], |t| &t.headers)
 }
 
 /// One chunk of the answer through the scanner (before masking sees it).

@@ -312,10 +312,12 @@ impl ProxyHttp for Gateway {
         e: &Error,
         ctx: &mut Box<Exchange>,
     ) -> FailToProxy {
-        let err = ctx.error.clone().unwrap_or_else(|| {
+        let mut err = ctx.error.clone().unwrap_or_else(|| {
             let (route, url) = ctx.route_and_upstream();
             ApiError::from_proxy_error(e, route, url)
         });
+        err.headers
+            .extend_from_slice(metering::ratelimit_headers(ctx));
         if let Some(r) = ctx.report() {
             r.set_error(err.clone());
         }
