@@ -30,6 +30,7 @@ pub mod record;
 pub mod server;
 pub mod session_log;
 pub mod shutdown;
+pub mod telemetry;
 pub mod tls;
 pub mod upstream;
 pub mod usage;

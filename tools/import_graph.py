@@ -18,7 +18,7 @@ SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")
 LAYERS = [
     ("leaves", {"util", "tls", "metrics", "shutdown"}),
     ("engines", {"canonical", "mask", "mcp", "policy", "identity", "config", "upstream", "usage"}),
-    ("state", {"approval", "record", "session_log", "limits"}),
+    ("state", {"approval", "record", "session_log", "limits", "telemetry"}),
     ("glue", {"proxy", "server", "admin", "cli", "props"}),
 ]
 LEVEL = {m: (i, name) for i, (name, mods) in enumerate(LAYERS) for m in mods}

@@ -36,6 +36,19 @@ pub struct Config {
     pub limits: Vec<Limit>,
     /// `limits_store.redis`: limits shared through Redis (`None`: counted in this process).
     pub limits_store: Option<RedisSettings>,
+    /// `tracing.otlp`: spans exported over OTLP/HTTP (`None`: no tracing).
+    pub tracing: Option<TracingConfig>,
+}
+
+/// `tracing:`: where spans go.
+#[derive(Debug, Clone)]
+pub struct TracingConfig {
+    /// The collector's OTLP/HTTP base URL (`/v1/traces` is added): https://, or http:// to loopback.
+    pub endpoint: String,
+    pub ca_file: Option<PathBuf>,
+    /// How long spans wait in the batch before they are sent.
+    pub flush_interval: Duration,
+    pub service_name: String,
 }
 
 /// `limits_store.redis`: where replicas share their limits' counters.

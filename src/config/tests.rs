@@ -499,6 +499,8 @@ fn usage_and_limits_errors_are_positioned() {
         ("limits:\n  - { name: a, per: identity, concurrent: 1 }\n  - { name: a, per: route, concurrent: 1 }", "defined twice", 17),
         ("limits_store:\n  redis: { url: \"redis://10.0.0.1:6379\" }", "must be rediss://", 18),
         ("limits_store:\n  redis: { url: \"rediss://r:6380\", on_unavailable: maybe }", "must be refuse or allow", 18),
+        ("tracing:\n  otlp: { endpoint: \"http://collector:4318\" }", "http:// only to a loopback", 18),
+        ("tracing:\n  otlp: { endpoint: \"https://c:4318\", ca_file: /nope.pem }", "does not exist", 18),
     ];
     let mut wrong = Vec::new();
     for (add, fragment, line) in table {

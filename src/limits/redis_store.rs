@@ -62,6 +62,14 @@ end
 return 0
 "#;
 
+/// rustls needs a process-wide crypto provider (Redis and the OTLP exporter use rustls); the
+/// first caller installs ring's. (Deprecated for lacking post-quantum key exchange: the other
+/// provider, aws-lc-rs, needs cmake and links a second libcrypto beside BoringSSL.)
+pub fn install_crypto_provider() {
+    #[allow(deprecated)]
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 pub struct RedisStore {
     client: redis::Client,
     conn: OnceCell<redis::aio::ConnectionManager>,
@@ -72,11 +80,7 @@ pub struct RedisStore {
 
 impl RedisStore {
     pub fn new(settings: &RedisSettings) -> Result<RedisStore, String> {
-        // rustls needs a process-wide crypto provider; another part may have installed it first.
-        // (Deprecated for lacking post-quantum key exchange: the other provider, aws-lc-rs,
-        // needs cmake and links a second libcrypto beside BoringSSL.)
-        #[allow(deprecated)]
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        install_crypto_provider();
         let url = settings.url.expose();
         let client = match &settings.ca_file {
             Some(ca) => {

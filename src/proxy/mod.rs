@@ -121,8 +121,19 @@ impl ProxyHttp for Gateway {
         {
             return self.protected_resource_metadata(session, ctx).await;
         }
+        if crate::telemetry::enabled() {
+            let parent = session
+                .req_header()
+                .headers
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok());
+            ctx.trace = Some(crate::telemetry::TraceIds::start(parent));
+        }
         let route = match self.admit(session, ctx).await {
-            Ok(r) => r,
+            Ok(r) => {
+                ctx.admitted_at = Some(Instant::now());
+                r
+            }
             Err(mut e) => {
                 if e.status == 401 {
                     mcp::point_at_metadata(session, &self.active.get(), &mut e);
@@ -135,6 +146,7 @@ impl ProxyHttp for Gateway {
             if let Err(e) = metering::admit(ctx, None).await {
                 return self.answer(session, ctx, e).await;
             }
+            ctx.decided_at = Some(Instant::now());
             return Ok(false);
         }
         // Boxed: its state (several KiB) is allocated only for requests whose body is decided
@@ -208,6 +220,10 @@ impl ProxyHttp for Gateway {
             return Error::e_explain(InternalError, "upstream request without a route");
         };
         headers::rewrite_upstream_request(req, route, ctx.forwarded_body_len(), &ctx.id)?;
+        if let Some(t) = &ctx.trace {
+            // W3C trace context: the upstream's spans join this exchange's trace.
+            req.insert_header("traceparent", t.upstream_traceparent())?;
+        }
         ctx.sent_upstream_at = Some(Instant::now());
         Ok(())
     }

@@ -107,6 +107,7 @@ impl Gateway {
         ctx: &mut Box<Exchange>,
         masked: Vec<u8>,
     ) -> Result<bool> {
+        ctx.decided_at = Some(std::time::Instant::now());
         ctx.downstream_tls = session
             .digest()
             .and_then(|d| d.ssl_digest.as_ref())

@@ -40,6 +40,7 @@ impl pingora::services::background::BackgroundService for Drainer {
                 }
                 crate::session_log::flush();
                 crate::limits::Ledger::flush_current();
+                crate::telemetry::flush();
                 log::info!("drained: exiting");
                 std::process::exit(0);
             }

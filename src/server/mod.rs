@@ -83,6 +83,10 @@ pub fn run(config: Config, path: std::path::PathBuf) -> Result<(), String> {
 
     // Before the routes are built: their limits count in it.
     crate::limits::Ledger::open(state.join("usage.json"))?;
+    if let Some(t) = &config.tracing {
+        crate::telemetry::init(t)?;
+        log::info!("tracing: spans to {}/v1/traces (OTLP/HTTP)", t.endpoint);
+    }
     let key = runtime::HashKey::random()?;
     let active = ActiveConfig::new(runtime::build(&config, &key)?);
     let recorder = if config

@@ -335,3 +335,77 @@ impl TryFrom<RawRedis> for crate::config::RedisSettings {
         })
     }
 }
+
+/// `tracing:` (kept beside usage: the spans carry usage).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTracing {
+    otlp: RawOtlp,
+    #[serde(default = "default_service")]
+    service_name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOtlp {
+    endpoint: String,
+    #[serde(default)]
+    ca_file: Option<std::path::PathBuf>,
+    #[serde(default = "default_flush")]
+    flush_interval: crate::config::units::HumanDuration,
+}
+
+fn default_service() -> String {
+    "agentgate".into()
+}
+fn default_flush() -> crate::config::units::HumanDuration {
+    crate::config::units::HumanDuration(std::time::Duration::from_secs(5))
+}
+
+impl TryFrom<RawTracing> for crate::config::TracingConfig {
+    type Error = String;
+    fn try_from(r: RawTracing) -> Result<Self, String> {
+        let e = r.otlp.endpoint.trim_end_matches('/').to_string();
+        let uri: http::Uri = e.parse().map_err(|err| {
+            at_field(
+                "otlp.endpoint",
+                format!("tracing.otlp.endpoint `{e}`: {err}"),
+            )
+        })?;
+        let loopback = uri
+            .host()
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+            .is_some_and(|h| {
+                h == "localhost"
+                    || h.parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            });
+        match uri.scheme_str() {
+            Some("https") => {}
+            Some("http") if loopback => {}
+            _ => {
+                return Err(at_field(
+                    "otlp.endpoint",
+                    format!("tracing.otlp.endpoint `{e}` must be https:// (http:// only to a loopback address)"),
+                ))
+            }
+        }
+        if let Some(ca) = &r.otlp.ca_file {
+            if !ca.is_file() {
+                return Err(at_field(
+                    "otlp.ca_file",
+                    format!(
+                        "tracing.otlp.ca_file `{}` does not exist or is not a file",
+                        ca.display()
+                    ),
+                ));
+            }
+        }
+        Ok(crate::config::TracingConfig {
+            endpoint: e,
+            ca_file: r.otlp.ca_file,
+            flush_interval: r.otlp.flush_interval.0,
+            service_name: r.service_name,
+        })
+    }
+}

@@ -62,6 +62,8 @@ pub struct RawConfig {
     limits: Vec<crate::config::Limit>,
     #[serde(default)]
     limits_store: Option<limits::RawLimitsStore>,
+    #[serde(default)]
+    tracing: Option<limits::RawTracing>,
 }
 
 impl TryFrom<RawConfig> for Config {
@@ -252,6 +254,7 @@ impl TryFrom<RawConfig> for Config {
         Ok(Config {
             usage,
             limits: raw.limits,
+            tracing: raw.tracing.map(TryInto::try_into).transpose()?,
             limits_store: match raw.limits_store {
                 Some(s) => s.redis.map(TryInto::try_into).transpose()?,
                 None => None,
