@@ -37,6 +37,7 @@ test-deps:
 	command -v iptables >/dev/null || [ -x /usr/sbin/iptables ] || need="$$need iptables"; \
 	[ -x /usr/bin/chromium ] || need="$$need chromium"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need="$$need postgresql"; \
+	command -v redis-server >/dev/null || need="$$need redis-server"; \
 	if [ -n "$$need" ]; then \
 	  echo "installing Debian packages:$$need"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

@@ -1,6 +1,6 @@
 use agentgate::cli::{
-    approvals, audit, cert, mcp, run, sessions, token, AuditCommand, CertCommand, Cli, Command,
-    TokenCommand,
+    approvals, audit, cert, mcp, run, sessions, token, usage, AuditCommand, CertCommand, Cli,
+    Command, TokenCommand,
 };
 use clap::Parser;
 use std::process::ExitCode;
@@ -50,6 +50,16 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Usage {
+            config,
+            file,
+            by,
+            since,
+            json,
+        } => exit(
+            usage::run(config.as_deref(), file, &by, &since, json),
+            Some("agentgate usage"),
+        ),
         Command::Sessions { command } => exit(sessions::run(command), Some("agentgate sessions")),
         Command::Approvals { api, command } => {
             exit(approvals::run(api, command), Some("agentgate approvals"))

@@ -164,6 +164,36 @@ lazy!(MCP_SERVER_REQUESTS_DROPPED: IntCounterVec = register_int_counter_vec!(
     &["route", "method"]
 ));
 
+lazy!(TOKENS: IntCounterVec = register_int_counter_vec!(
+    "agentgate_tokens_total",
+    "Tokens answers reported, by route, model (the price table's name for it, or unpriced) and kind (input, output, cached_input and reasoning; cached_input is part of input, reasoning part of output)",
+    &["route", "model", "kind"]
+));
+lazy!(COST: prometheus::CounterVec = prometheus::register_counter_vec!(
+    "agentgate_cost_total",
+    "What the reported tokens cost at the configured prices, in usage.currency, by route and model",
+    &["route", "model"]
+));
+lazy!(USAGE_UNREPORTED: IntCounterVec = register_int_counter_vec!(
+    "agentgate_usage_unreported_total",
+    "Successful model answers that reported no usage (a limit charges them what they reserved), by route",
+    &["route"]
+));
+lazy!(LIMIT_REFUSALS: IntCounterVec = register_int_counter_vec!(
+    "agentgate_limit_refusals_total",
+    "Requests refused with 429 by a limit, by limit and kind (requests, tokens, cost, concurrent)",
+    &["limit", "kind"]
+));
+lazy!(LIMITS_STORE_ERRORS: IntCounterVec = register_int_counter_vec!(
+    "agentgate_limits_store_errors_total",
+    "Calls to the shared limits store (Redis) that failed, by outcome: refused (fail closed, 503), allowed (fail open, uncounted) or settle (a charge not applied)",
+    &["outcome"]
+));
+lazy!(LEDGER_WRITE_FAILURES: IntCounter = prometheus::register_int_counter!(
+    "agentgate_usage_ledger_write_failures_total",
+    "Failed writes of the usage ledger (state_dir/usage.json); retried within a second"
+));
+
 pub static SESSION_LOG_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
     prometheus::register_int_counter!(
         "agentgate_session_log_dropped_total",
@@ -259,6 +289,11 @@ pub fn init() {
     LazyLock::force(&SESSION_LOG_DROPPED);
     LazyLock::force(&REQUESTS_IN_FLIGHT);
     LazyLock::force(&PSEUDONYM_VAULT_BYTES);
+    LazyLock::force(&TOKENS);
+    LazyLock::force(&COST);
+    for outcome in ["refused", "allowed", "settle"] {
+        LIMITS_STORE_ERRORS.with_label_values(&[outcome]);
+    }
 }
 
 pub fn render() -> (Vec<u8>, String) {

@@ -43,6 +43,9 @@ pub struct SessionRecord<'a> {
     /// Approvals this request needed: id, rule, state, decisions, how long it waited.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub approval: Option<&'a serde_json::Value>,
+    /// Tokens and cost of a model call: model, input, output, cached_input, reasoning, cost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<&'a serde_json::Value>,
     pub error: Option<&'a str>,
 }
 

@@ -83,7 +83,22 @@ class MockState:
             return self.requests[-1]
 
 
-def chat_completion(content: str | None, tool_calls: list | None = None) -> dict:
+def mock_usage(headers, model: str) -> dict:
+    """The usage an answer reports: `x-mock-usage: PROMPT,COMPLETION[,CACHED[,REASONING]]`
+    (default 5,5), and the model it names (the request's)."""
+    parts = [int(x) for x in (headers.get("x-mock-usage") or "5,5").split(",")] + [0, 0]
+    return {"prompt": parts[0], "completion": parts[1], "cached": parts[2], "reasoning": parts[3], "model": model}
+
+
+def chat_usage(u: dict) -> dict:
+    return {
+        "prompt_tokens": u["prompt"], "completion_tokens": u["completion"], "total_tokens": u["prompt"] + u["completion"],
+        "prompt_tokens_details": {"cached_tokens": u["cached"]},
+        "completion_tokens_details": {"reasoning_tokens": u["reasoning"]},
+    }
+
+
+def chat_completion(content: str | None, tool_calls: list | None = None, usage: dict | None = None) -> dict:
     message: dict = {"role": "assistant", "content": content}
     if tool_calls:
         message["tool_calls"] = tool_calls
@@ -91,7 +106,7 @@ def chat_completion(content: str | None, tool_calls: list | None = None) -> dict
         "id": "chatcmpl-mock",
         "object": "chat.completion",
         "created": int(time.time()),
-        "model": "mock-model",
+        "model": usage["model"] if usage else "mock-model",
         "choices": [
             {
                 "index": 0,
@@ -99,37 +114,37 @@ def chat_completion(content: str | None, tool_calls: list | None = None) -> dict
                 "finish_reason": "tool_calls" if tool_calls else "stop",
             }
         ],
-        "usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10},
+        "usage": chat_usage(usage) if usage else {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10},
     }
 
 
-def chunk(delta: dict, finish: str | None = None) -> dict:
+def chunk(delta: dict, finish: str | None = None, model: str = "mock-model") -> dict:
     return {
         "id": "chatcmpl-mock",
         "object": "chat.completion.chunk",
         "created": int(time.time()),
-        "model": "mock-model",
+        "model": model,
         "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
     }
 
 
-def response_object(output: list, status: str = "completed") -> dict:
+def response_object(output: list, status: str = "completed", usage: dict | None = None) -> dict:
     return {
         "id": "resp_mock",
         "object": "response",
         "created_at": int(time.time()),
         "status": status,
-        "model": "mock-model",
+        "model": usage["model"] if usage else "mock-model",
         "output": output,
         "parallel_tool_calls": True,
         "tool_choice": "auto",
         "tools": [],
-        "usage": {
-            "input_tokens": 5,
-            "output_tokens": 5,
-            "total_tokens": 10,
-            "input_tokens_details": {"cached_tokens": 0},
-            "output_tokens_details": {"reasoning_tokens": 0},
+        "usage": None if status == "in_progress" else {
+            "input_tokens": usage["prompt"] if usage else 5,
+            "output_tokens": usage["completion"] if usage else 5,
+            "total_tokens": (usage["prompt"] + usage["completion"]) if usage else 10,
+            "input_tokens_details": {"cached_tokens": usage["cached"] if usage else 0},
+            "output_tokens_details": {"reasoning_tokens": usage["reasoning"] if usage else 0},
         },
     }
 
@@ -280,6 +295,8 @@ class Handler(BaseHTTPRequestHandler):
             return
         if self.path.startswith("/v1/chat/completions"):
             self._chat(req)
+        elif self.path.startswith("/v1/messages"):
+            self._anthropic(req)
         elif self.path.startswith("/v1/responses"):
             self._responses(req)
         elif self.path.startswith("/v1/echo"):
@@ -317,11 +334,13 @@ class Handler(BaseHTTPRequestHandler):
         text = "The tool said: " + tool_results[-1]["content"] if tool_results else "Hello from the mock upstream."
         users = [m for m in messages if m.get("role") == "user" and isinstance(m.get("content"), str)]
         text = self._scripted(text, users[-1]["content"] if users else "")
+        usage = mock_usage(self.headers, req.get("model") if isinstance(req.get("model"), str) else "mock-model")
         if not req.get("stream"):
-            self._json(200, chat_completion(text))
+            self._json(200, chat_completion(text, usage=usage))
             return
+        include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
         self._sse_start()
-        self._sse_send(json.dumps(chunk({"role": "assistant", "content": ""})))
+        self._sse_send(json.dumps(chunk({"role": "assistant", "content": ""}, model=usage["model"])))
         delay = float(self.headers.get("x-mock-delay-ms", "0")) / 1000
         for i, w in enumerate(self._pieces(text)):
             if delay and i:
@@ -330,13 +349,16 @@ class Handler(BaseHTTPRequestHandler):
                 # The upstream dies mid-stream: the TCP connection is reset under the gateway.
                 self._reset()
                 return
-            self._sse_send(json.dumps(chunk({"content": w})))
+            self._sse_send(json.dumps(chunk({"content": w}, model=usage["model"])))
             if i == 0:
                 self._maybe_hold()
                 if self.headers.get("x-mock-big-event"):
                     # One huge event (`x-mock-big-event: BYTES` of content in a single data line).
-                    self._sse_send(json.dumps(chunk({"content": "A" * int(self.headers["x-mock-big-event"])})))
-        self._sse_send(json.dumps(chunk({}, "stop")))
+                    self._sse_send(json.dumps(chunk({"content": "A" * int(self.headers["x-mock-big-event"])}, model=usage["model"])))
+        self._sse_send(json.dumps(chunk({}, "stop", usage["model"])))
+        if include_usage:
+            # As OpenAI does: one more chunk, with no choices and the usage.
+            self._sse_send(json.dumps({**chunk({}), "choices": [], "model": usage["model"], "usage": chat_usage(usage)}))
         self._sse_send("[DONE]")
         self._sse_end()
 
@@ -349,6 +371,29 @@ class Handler(BaseHTTPRequestHandler):
             if want["name"] in offered:
                 return want["name"], json.dumps(want.get("arguments", {}))
         return offered[0], json.dumps({"city": "Paris"})
+
+    # --- anthropic messages -----------------------------------------------
+    def _anthropic(self, req: dict) -> None:
+        """Anthropic's Messages API: usage with cache reads apart from `input_tokens`
+        (`x-mock-usage: INPUT,OUTPUT,CACHE_READ`)."""
+        u = mock_usage(self.headers, req.get("model") or "claude-mock")
+        text = self._scripted("Hello from the mock upstream.", "")
+        usage = {"input_tokens": u["prompt"], "output_tokens": u["completion"], "cache_read_input_tokens": u["cached"], "cache_creation_input_tokens": 0}
+        message = {"id": "msg_mock", "type": "message", "role": "assistant", "model": u["model"], "stop_reason": "end_turn",
+                   "content": [{"type": "text", "text": text}], "usage": usage}
+        if not req.get("stream"):
+            self._json(200, message)
+            return
+        self._sse_start()
+        start = {**message, "content": [], "stop_reason": None, "usage": {**usage, "output_tokens": 1}}
+        self._sse_send(json.dumps({"type": "message_start", "message": start}), "message_start")
+        self._sse_send(json.dumps({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}), "content_block_start")
+        for w in self._pieces(text):
+            self._sse_send(json.dumps({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": w}}), "content_block_delta")
+        self._sse_send(json.dumps({"type": "content_block_stop", "index": 0}), "content_block_stop")
+        self._sse_send(json.dumps({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": u["completion"]}}), "message_delta")
+        self._sse_send(json.dumps({"type": "message_stop"}), "message_stop")
+        self._sse_end()
 
     def _scripted(self, default: str, prompt: str) -> str:
         """`x-mock-echo: 1` answers with the prompt; `x-mock-say: TEXT` answers TEXT."""
@@ -366,6 +411,7 @@ class Handler(BaseHTTPRequestHandler):
 
     # --- responses API ----------------------------------------------------
     def _responses(self, req: dict) -> None:
+        self._usage = mock_usage(self.headers, req.get("model") if isinstance(req.get("model"), str) else "mock-model")
         items = req.get("input")
         items = items if isinstance(items, list) else [{"role": "user", "content": items}]
         outputs = [i for i in items if isinstance(i, dict) and i.get("type") == "function_call_output"]
@@ -391,7 +437,7 @@ class Handler(BaseHTTPRequestHandler):
         if req.get("stream"):
             self._responses_stream([], text)
         else:
-            self._json(200, response_object([message_item(text)]))
+            self._json(200, response_object([message_item(text)], usage=self._usage))
 
     def _responses_stream(self, calls: list, text: str) -> None:
         self._sse_start()
@@ -403,7 +449,7 @@ class Handler(BaseHTTPRequestHandler):
             seq += 1
             self._sse_send(json.dumps(ev), ev["type"])
 
-        send({"type": "response.created", "response": response_object([], "in_progress")})
+        send({"type": "response.created", "response": response_object([], "in_progress", usage=self._usage)})
         if calls:
             for i, c in enumerate(calls):
                 send({"type": "response.output_item.added", "output_index": i, "item": c})
@@ -421,7 +467,7 @@ class Handler(BaseHTTPRequestHandler):
         send({"type": "response.output_text.done", "item_id": "msg_mock", "output_index": 0, "content_index": 0, "text": text, "logprobs": []})
         send({"type": "response.content_part.done", "item_id": "msg_mock", "output_index": 0, "content_index": 0, "part": {**part, "text": text}})
         send({"type": "response.output_item.done", "output_index": 0, "item": message_item(text)})
-        send({"type": "response.completed", "response": response_object([message_item(text)])})
+        send({"type": "response.completed", "response": response_object([message_item(text)], usage=self._usage)})
         self._sse_end()
 
 

@@ -71,6 +71,7 @@ def console_e2e(start_gateway, mock, upstream_ca, upstream_ca_file, tmp_path, ex
             "console": console, "issuer": issuer, "out": str(OUT), "approval_a": a["id"], "approval_b": b["id"],
             "rule_a": "wipe-data", "summary_a": "please wipe the staging table",
             "stream_text": "Hello from the mock upstream.", "min_sessions": 1,
+            "usage_identity": "test-agent@service-account", "usage_model": "mock-model",
         }
         node = shutil.which("node")
         run = subprocess.run([node, str(CONSOLE_DIR / "e2e.mjs")], capture_output=True, text=True, timeout=300,

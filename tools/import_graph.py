@@ -17,8 +17,8 @@ SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")
 # ARCHITECTURE.md's layers, lowest first. A module not listed is reported.
 LAYERS = [
     ("leaves", {"util", "tls", "metrics", "shutdown"}),
-    ("engines", {"canonical", "mask", "mcp", "policy", "identity", "config", "upstream"}),
-    ("state", {"db", "approval", "record", "session_log"}),
+    ("engines", {"canonical", "mask", "mcp", "policy", "identity", "config", "upstream", "usage"}),
+    ("state", {"db", "approval", "record", "session_log", "limits", "telemetry"}),
     ("glue", {"proxy", "server", "admin", "cli", "props"}),
 ]
 LEVEL = {m: (i, name) for i, (name, mods) in enumerate(LAYERS) for m in mods}

@@ -68,6 +68,9 @@ impl AdminApp {
         if path.starts_with("/v1/mcp/pins") {
             return self.mcp_pins(session, &who, path);
         }
+        if path == "/v1/usage" {
+            return self.usage(query);
+        }
         self.sessions(path, query).await
     }
 
@@ -213,6 +216,31 @@ impl AdminApp {
                 "try GET /v1/approvals[?state=pending], GET /v1/approvals/ID, POST /v1/approvals/ID/approve|deny",
             ),
         }
+    }
+
+    /// `GET /v1/usage?by=identity|group|route|model&since=30d`: the ledger's totals (auditors).
+    fn usage(&self, query: Option<&str>) -> Response<Vec<u8>> {
+        use crate::limits::report;
+        let by = query_param(query, "by").unwrap_or_else(|| "identity".into());
+        let Some(by_key) = report::By::parse(&by) else {
+            return json_error(400, format!("by={by}: use identity, group, route or model"));
+        };
+        let since = query_param(query, "since").unwrap_or_else(|| "30d".into());
+        let days = match report::days(&since) {
+            Ok(d) => d,
+            Err(e) => return json_error(400, e),
+        };
+        let active = self.active.get();
+        let Some(route) = active.routes.first() else {
+            return json_error(404, "no routes");
+        };
+        let limiter = &route.limiter;
+        let from = report::first_day(days, crate::limits::now_ms(), limiter.time_zone());
+        let rows = report::summarize(&limiter.ledger().totals_since(&from), by_key);
+        let body = serde_json::json!({
+            "by": by, "since": from, "currency": route.currency, "rows": rows,
+        });
+        text(200, JSON, body.to_string().into_bytes())
     }
 
     /// Every replica's records with the shared store; else this process's own.

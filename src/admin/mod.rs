@@ -165,7 +165,7 @@ impl ServeHttp for AdminApp {
         let approvals = path == "/v1/approvals" || path.starts_with("/v1/approvals/");
         let sessions = path == "/v1/sessions" || path.starts_with("/v1/sessions/");
         let pins = path == "/v1/mcp/pins" || path.starts_with("/v1/mcp/pins/");
-        if approvals || sessions || pins {
+        if approvals || sessions || pins || path == "/v1/usage" {
             return self.api(session, path, uri.query()).await;
         }
         match session.req_header().uri.path() {

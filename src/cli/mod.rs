@@ -8,6 +8,7 @@ pub mod mcp;
 pub mod run;
 pub mod sessions;
 pub mod token;
+pub mod usage;
 
 use crate::config::Config;
 use crate::upstream::client::Fetcher;
@@ -69,6 +70,22 @@ pub enum Command {
         api: AdminApiArgs,
         #[command(subcommand)]
         command: McpCommand,
+    },
+    /// Tokens and cost from the usage ledger, summed by identity, group, route or model.
+    Usage {
+        #[arg(long, short, env = "AGENTGATE_CONFIG")]
+        config: Option<PathBuf>,
+        /// The ledger file itself (default: `state_dir/usage.json` of --config).
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// identity, group, route or model.
+        #[arg(long, default_value = "identity")]
+        by: String,
+        /// The last days (30d) or hours (48h), today included.
+        #[arg(long, default_value = "30d")]
+        since: String,
+        #[arg(long)]
+        json: bool,
     },
     /// Certificate helpers.
     Cert {

@@ -32,6 +32,14 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// `store:`: state shared by replicas (PostgreSQL); empty: local files under `state_dir`.
     pub store: StoreConfig,
+    /// `usage:`: prices and the time zone of calendar windows.
+    pub usage: UsageConfig,
+    /// `limits:`, in file order.
+    pub limits: Vec<Limit>,
+    /// `limits_store.redis`: limits shared through Redis (`None`: counted in this process).
+    pub limits_store: Option<RedisSettings>,
+    /// `tracing.otlp`: spans exported over OTLP/HTTP (`None`: no tracing).
+    pub tracing: Option<TracingConfig>,
 }
 
 /// `store:`: where approvals and records live when several replicas act as one gateway.
@@ -61,6 +69,100 @@ pub struct PostgresStore {
     /// Records waiting for the database at most, in memory, before `recording.on_failure`.
     pub queue: usize,
     pub connect_timeout: Duration,
+}
+
+/// `tracing:`: where spans go.
+#[derive(Debug, Clone)]
+pub struct TracingConfig {
+    /// The collector's OTLP/HTTP base URL (`/v1/traces` is added): https://, or http:// to loopback.
+    pub endpoint: String,
+    pub ca_file: Option<PathBuf>,
+    /// How long spans wait in the batch before they are sent.
+    pub flush_interval: Duration,
+    pub service_name: String,
+}
+
+/// `limits_store.redis`: where replicas share their limits' counters.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// `rediss://[user:password@]host:port[/db]` (a secret reference may hold it).
+    pub url: Secret,
+    pub ca_file: Option<PathBuf>,
+    /// Each call to Redis, connection included.
+    pub timeout: Duration,
+    /// When Redis does not answer: let requests through uncounted (`true`) or refuse them.
+    pub fail_open: bool,
+    /// Namespaces the keys (several gateways' configurations on one Redis).
+    pub key_prefix: String,
+}
+
+/// `usage:`: what tokens cost and how days and months are counted.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(try_from = "raw::RawUsage")]
+pub struct UsageConfig {
+    /// The shipped prices with the file's entries over them.
+    pub prices: std::sync::Arc<crate::usage::PriceTable>,
+    /// The currency prices and cost budgets are written in (a label: no conversion).
+    pub currency: String,
+    /// Where a day and a month of a calendar window begin.
+    pub time_zone: jiff::tz::TimeZone,
+    pub time_zone_name: String,
+    /// The output a request that names no `max_tokens` is assumed to use before its answer
+    /// says what it used.
+    pub default_max_output_tokens: u64,
+}
+
+/// One `limits:` entry: quotas counted apart for each identity, group or route it applies to.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(try_from = "raw::RawLimit")]
+pub struct Limit {
+    pub name: String,
+    pub per: LimitSubject,
+    /// `match.routes`: the routes it applies to (empty: every route).
+    pub routes: Vec<String>,
+    /// Only callers in one of these groups (empty: every caller); with `per: group`, the groups
+    /// counted (empty: each of the caller's groups).
+    pub groups: Vec<String>,
+    pub requests: Option<Quota>,
+    pub tokens: Option<Quota>,
+    /// In micros of `usage.currency`.
+    pub cost: Option<Quota>,
+    /// As written (checked against `usage.currency`).
+    pub cost_currency: Option<String>,
+    /// Requests in flight at once.
+    pub concurrent: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitSubject {
+    Identity,
+    Group,
+    Route,
+}
+
+impl LimitSubject {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitSubject::Identity => "identity",
+            LimitSubject::Group => "group",
+            LimitSubject::Route => "route",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub window: Window,
+    pub max: u64,
+}
+
+/// A window a quota is counted in: fixed lengths aligned to the Unix epoch (so every replica
+/// agrees on them), or calendar days and months in `usage.time_zone`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    Every(Duration),
+    Day,
+    Month,
 }
 
 /// `recording:`: where and how exchange records are kept.
@@ -327,6 +429,9 @@ pub struct Route {
     pub set_headers: Vec<InjectedHeader>,
     /// `mcp:`: the route is an MCP server (Streamable HTTP or SSE transport) governed per tool.
     pub mcp: Option<McpRoute>,
+    /// `stream_usage: true`: streaming Chat Completions requests that do not ask for usage get
+    /// `stream_options.include_usage` added, and the extra chunk is removed from their answer.
+    pub stream_usage: bool,
 }
 
 /// `routes[].mcp`: per-tool, per-resource and per-prompt access, pinning, server requests.

@@ -559,3 +559,48 @@ fn the_store_section_loads_with_its_own_secret_alone() {
     assert!(Config::load_store(&path).unwrap().postgres.is_none());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `usage:`, `limits:` and `limits_store:`: each case is appended to BASE and must be refused
+/// with the fragment, positioned on the line it names (the addition starts on line 17; a name
+/// used twice points at `limits:`).
+#[test]
+fn usage_and_limits_errors_are_positioned() {
+    let table: &[(&str, &str, usize)] = &[
+        ("usage:\n  time_zone: Mars/Olympus", "not a time zone", 18),
+        ("usage:\n  prices: { m: { input: -1, output: 1 } }", "not a price", 18),
+        ("usage:\n  currency: usd", "currency code", 18),
+        ("limits:\n  - { name: a, per: team, requests: { per: 1m, max: 1 } }", "must be identity, group or route", 18),
+        ("limits:\n  - { name: a, per: identity, requests: { per: fortnight, max: 1 } }", "`per: fortnight`", 18),
+        ("limits:\n  - { name: a, per: identity, tokens: { per: 500ms, max: 1 } }", "whole seconds from 1s to 24h", 18),
+        ("limits:\n  - { name: a, per: identity }", "limits nothing", 18),
+        ("limits:\n  - { name: a, per: identity, concurrent: 0 }", "at least 1", 18),
+        ("limits:\n  - { name: a, per: identity, match: { routes: [nope] }, concurrent: 1 }", "`nope`, which is not a route", 18),
+        ("limits:\n  - { name: a, per: identity, cost: { per: month, max: 5, currency: EUR } }", "cost is in EUR but prices are in USD", 18),
+        ("limits:\n  - { name: a, per: identity, concurrent: 1 }\n  - { name: a, per: route, concurrent: 1 }", "defined twice", 17),
+        ("limits_store:\n  redis: { url: \"redis://10.0.0.1:6379\" }", "must be rediss://", 18),
+        ("limits_store:\n  redis: { url: \"rediss://r:6380\", on_unavailable: maybe }", "must be refuse or allow", 18),
+        ("tracing:\n  otlp: { endpoint: \"http://collector:4318\" }", "http:// only to a loopback", 18),
+        ("tracing:\n  otlp: { endpoint: \"https://c:4318\", ca_file: /nope.pem }", "does not exist", 18),
+    ];
+    let mut wrong = Vec::new();
+    for (add, fragment, line) in table {
+        let text = format!("{BASE}{add}\n");
+        let err = parse(&text).expect_err(&format!("accepted: {add}"));
+        let rendered = err.to_string();
+        assert!(rendered.contains(fragment), "{add}: got `{rendered}`");
+        if err.line != Some(*line) {
+            wrong.push(format!("{add}: want line {line}, got `{rendered}`"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    let ok = parse(&format!(
+        "{BASE}usage:\n  time_zone: Europe/Paris\n  prices: {{ gpt-4o: {{ input: 1, output: 2 }} }}\nlimits:\n  - {{ name: a, per: group, groups: [agents], cost: {{ per: month, max: 5.5 }}, requests: {{ per: 1m, max: 3 }} }}\nlimits_store:\n  redis: {{ url: \"rediss://r:6380\" }}\n"
+    ))
+    .expect("valid");
+    assert_eq!(ok.limits[0].cost.map(|q| q.max), Some(5_500_000));
+    assert_eq!(
+        ok.usage.prices.lookup("gpt-4o").map(|(_, p)| p.output),
+        Some(2_000_000)
+    );
+    assert!(!ok.limits_store.expect("redis").fail_open);
+}

@@ -23,6 +23,8 @@ pub struct ApiError {
     /// More detail inside the `error` object (`approval` for approval refusals).
     /// (Boxed: rare, and it would double the size of every `Result` that carries an error.)
     pub detail: Option<Box<(&'static str, serde_json::Value)>>,
+    /// More response headers (`Retry-After` and `x-ratelimit-*` of a limit's 429).
+    pub headers: Vec<(String, String)>,
 }
 
 impl ApiError {
@@ -39,6 +41,7 @@ impl ApiError {
             message: message.into(),
             challenge: None,
             detail: None,
+            headers: Vec::new(),
         }
     }
 
@@ -161,6 +164,9 @@ pub async fn write_api_error(session: &mut Session, request_id: &str, err: &ApiE
     }
     if let Some(c) = &err.challenge {
         let _ = resp.insert_header(header::WWW_AUTHENTICATE, c.as_str());
+    }
+    for (k, v) in &err.headers {
+        let _ = resp.insert_header(k.clone(), v.as_str());
     }
     if let Err(e) = session
         .as_downstream_mut()

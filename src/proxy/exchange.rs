@@ -70,6 +70,13 @@ pub struct Exchange {
     /// Counts this request while it runs (graceful shutdown waits for it); stays with the
     /// agent's session, which ends last.
     pub in_flight: Option<crate::shutdown::InFlight>,
+    /// Usage and limits (`metering.rs`): what the request asked, its reservation, the scanner.
+    pub metering: Option<Box<super::metering::Metering>>,
+    /// Its place in a trace, when tracing is on.
+    pub trace: Option<crate::telemetry::TraceIds>,
+    /// When identity, route and access were settled, and when the body was decided on.
+    pub admitted_at: Option<Instant>,
+    pub decided_at: Option<Instant>,
 }
 
 impl Exchange {
@@ -101,6 +108,10 @@ impl Exchange {
             mcp: None,
             decided_body: None,
             in_flight: None,
+            metering: None,
+            trace: None,
+            admitted_at: None,
+            decided_at: None,
         }
     }
 
@@ -111,6 +122,7 @@ impl Exchange {
         stub.role = Role::Delegated;
         stub.route = this.route.clone();
         stub.started = this.started;
+        stub.trace = this.trace;
         stub.in_flight = this.in_flight.take();
         std::mem::replace(this, Box::new(stub))
     }
@@ -177,7 +189,17 @@ impl Exchange {
                 .with_label_values(&[self.route_name(), err.code])
                 .inc();
         }
+        let asked = self
+            .metering
+            .as_ref()
+            .and_then(|m| m.asked.as_ref())
+            .map(|a| (a.model.clone(), a.max_output));
+        let usage = super::metering::finish(self, status);
+        if let Some(ids) = self.trace {
+            self.trace_span(session, ids, status, asked, usage.as_ref());
+        }
         let summary = Summary {
+            usage,
             status,
             elapsed,
             masked: masked_summary(&self.request_tally, &self.response.tally),
@@ -197,6 +219,43 @@ impl Exchange {
             let draft = self.draft(session, &summary, c);
             rec.submit(draft);
         }
+    }
+
+    /// The exchange's spans (`crate::telemetry`), with the times its phases ended.
+    fn trace_span(
+        &self,
+        session: &Session,
+        ids: crate::telemetry::TraceIds,
+        status: u16,
+        asked: Option<(Option<String>, Option<u64>)>,
+        usage: Option<&serde_json::Value>,
+    ) {
+        let now = SystemTime::now();
+        let at = |i: Instant| now - i.elapsed();
+        let req = session.req_header();
+        let (request_model, max_tokens) = asked.unwrap_or_default();
+        let n = |k: &str| usage.and_then(|u| u.get(k)).and_then(|v| v.as_u64());
+        crate::telemetry::record(&crate::telemetry::ExchangeSpan {
+            ids,
+            started: at(self.started),
+            admitted: self.admitted_at.map(at),
+            decided: self.decided_at.map(at),
+            upstream_sent: self.sent_upstream_at.map(at),
+            upstream_first_byte: self.sent_upstream_at.zip(self.ttfb).map(|(s, t)| at(s) + t),
+            ended: now,
+            route: self.route.as_ref().map(|r| r.route.name.as_str()),
+            method: req.method.as_str(),
+            path: req.uri.path(),
+            status,
+            subject: self.identity.as_ref().map(|i| i.subject.as_str()),
+            request_model: request_model.as_deref(),
+            response_model: usage.and_then(|u| u.get("model")).and_then(|m| m.as_str()),
+            max_tokens,
+            input_tokens: n("input"),
+            output_tokens: n("output"),
+            error: self.error.as_ref().map(|e| e.code),
+            upstream_host: self.route.as_ref().map(|r| r.route.upstream.host.as_str()),
+        });
     }
 
     fn write_session_line(&self, session: &Session, s: &Summary<'_>) {
@@ -227,6 +286,7 @@ impl Exchange {
             identity: self.identity.as_deref(),
             masked: s.masked.as_ref(),
             approval: self.approval.as_ref(),
+            usage: s.usage.as_ref(),
             error: self.error.as_ref().map(|e| e.code),
         });
     }
@@ -271,6 +331,7 @@ impl Exchange {
                 .clone()
                 .or_else(|| self.response.tally.blocked.clone()),
             approval: self.approval.clone(),
+            usage: s.usage.clone(),
             error: self.error.as_ref().map(|e| e.code.to_string()),
             downstream_tls: s.downstream_tls.as_ref().map(owned),
             upstream_tls: self
@@ -297,6 +358,8 @@ static REDACT_ALL: std::sync::LazyLock<crate::mask::Rules> =
 
 /// How the exchange ended, computed once for the session line and the record.
 struct Summary<'a> {
+    /// What the exchange used and cost (model calls).
+    usage: Option<serde_json::Value>,
     status: u16,
     elapsed: Duration,
     masked: Option<serde_json::Value>,

@@ -110,8 +110,10 @@ pub fn rewrite_upstream_request(
     for h in &route.route.set_headers {
         req.insert_header(h.name.clone(), h.value.clone())?;
     }
-    if route.secrets.is_some() || route.masking.is_some() {
-        // The response is scanned (credentials, masking), which compressed bodies would hide.
+    // A model call's answer is read for its usage too (a POST, outside MCP routes).
+    let metered = req.method == http::Method::POST && route.route.mcp.is_none();
+    if route.secrets.is_some() || route.masking.is_some() || metered {
+        // The response is scanned (credentials, masking, usage), which compression would hide.
         req.insert_header(header::ACCEPT_ENCODING, "identity")?;
     }
     if let Some(n) = body_len {

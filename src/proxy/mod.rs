@@ -21,6 +21,7 @@ pub mod error;
 pub mod exchange;
 mod headers;
 pub mod mcp;
+pub mod metering;
 mod request_body;
 mod request_head;
 mod response_body;
@@ -122,8 +123,19 @@ impl ProxyHttp for Gateway {
         {
             return self.protected_resource_metadata(session, ctx).await;
         }
+        if crate::telemetry::enabled() {
+            let parent = session
+                .req_header()
+                .headers
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok());
+            ctx.trace = Some(crate::telemetry::TraceIds::start(parent));
+        }
         let route = match self.admit(session, ctx).await {
-            Ok(r) => r,
+            Ok(r) => {
+                ctx.admitted_at = Some(Instant::now());
+                r
+            }
             Err(mut e) => {
                 if e.status == 401 {
                     mcp::point_at_metadata(session, &self.active.get(), &mut e);
@@ -132,6 +144,11 @@ impl ProxyHttp for Gateway {
             }
         };
         if !self.needs_body(session, ctx, &route) {
+            // Limits that need no body (requests, concurrency) are checked here.
+            if let Err(e) = metering::admit(ctx, None).await {
+                return self.answer(session, ctx, e).await;
+            }
+            ctx.decided_at = Some(Instant::now());
             return Ok(false);
         }
         // Boxed: its state (several KiB) is allocated only for requests whose body is decided
@@ -222,6 +239,10 @@ impl ProxyHttp for Gateway {
             return Error::e_explain(InternalError, "upstream request without a route");
         };
         headers::rewrite_upstream_request(req, route, ctx.forwarded_body_len(), &ctx.id)?;
+        if let Some(t) = &ctx.trace {
+            // W3C trace context: the upstream's spans join this exchange's trace.
+            req.insert_header("traceparent", t.upstream_traceparent())?;
+        }
         ctx.sent_upstream_at = Some(Instant::now());
         Ok(())
     }
@@ -239,11 +260,12 @@ impl ProxyHttp for Gateway {
     /// Tags the response with the request id and sets up its masking and scrubbing.
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Box<Exchange>,
     ) -> Result<()> {
         headers::tag_response(resp, &ctx.id)?;
+        metering::start_response(ctx, resp, &session.req_header().method)?;
         mcp::start_response(resp, ctx, self.max_body)?;
         if let Some(route) = ctx.route.clone() {
             match ResponseBody::start(resp, &route, ctx.vault.clone()) {
@@ -271,6 +293,7 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut Box<Exchange>,
     ) -> Result<Option<Duration>> {
+        metering::scan(ctx, body, end_of_stream);
         mcp::filter_response(ctx, body, end_of_stream);
         ctx.response.filter(body, end_of_stream, self.max_body);
         if let Some(b) = body {
@@ -324,10 +347,12 @@ impl ProxyHttp for Gateway {
         e: &Error,
         ctx: &mut Box<Exchange>,
     ) -> FailToProxy {
-        let err = ctx.error.clone().unwrap_or_else(|| {
+        let mut err = ctx.error.clone().unwrap_or_else(|| {
             let (route, url) = ctx.route_and_upstream();
             ApiError::from_proxy_error(e, route, url)
         });
+        err.headers
+            .extend_from_slice(metering::ratelimit_headers(ctx));
         if let Some(r) = ctx.report() {
             r.set_error(err.clone());
         }

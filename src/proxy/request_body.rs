@@ -85,6 +85,11 @@ impl Gateway {
                 return self.answer(session, ctx, e).await;
             }
         }
+        // Limits decide before a human is asked to: a request over its budget never waits.
+        let upstream_body = masked.as_ref().map_or(&body[..], |(m, _)| &m[..]);
+        if let Err(e) = super::metering::admit(ctx, Some(upstream_body)).await {
+            return self.answer(session, ctx, e).await;
+        }
         if !route.approvals.is_empty() {
             // Boxed on its own: a request waiting for approval (1,000 may wait at once) holds
             // only the wait's state, not the forwarding's beside it.
@@ -94,6 +99,8 @@ impl Gateway {
         }
         let (masked, tally) = masked.unwrap_or_else(|| (body, Tally::default()));
         ctx.request_tally = tally;
+        let path = session.req_header().uri.path().to_string();
+        let masked = super::metering::add_include_usage(ctx, &route, &path, masked);
         super::mcp::count_forwarded(ctx);
         self.forward_decided(session, ctx, masked).await
     }
@@ -107,6 +114,7 @@ impl Gateway {
         ctx: &mut Box<Exchange>,
         masked: Vec<u8>,
     ) -> Result<bool> {
+        ctx.decided_at = Some(std::time::Instant::now());
         if in_session(session, ctx.request_bytes, masked.len()) {
             let decided = bytes::Bytes::from(masked);
             // Recorded once here (Pingora may send it more than once if it retries).

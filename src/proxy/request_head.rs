@@ -188,6 +188,9 @@ impl Gateway {
         let Some(who) = ctx.identity.clone() else {
             return false;
         };
+        // Limits that count tokens or cost estimate the request from its body first.
+        let metered = super::metering::needs_body(route, session.req_header());
+        let metered = metered && !session.is_body_empty();
         let req = session.req_header();
         // An MCP POST's JSON-RPC messages are always decided on (per-tool access).
         let mcp_post = route.route.mcp.is_some() && req.method == http::Method::POST;
@@ -203,9 +206,9 @@ impl Gateway {
                 })
             });
         if route.masking.is_none() {
-            return may_hold;
+            return may_hold || metered;
         }
         ctx.vault = Some(self.vaults.get(&headers::conversation_key(&who, req)));
-        may_hold || !session.is_body_empty()
+        may_hold || metered || !session.is_body_empty()
     }
 }

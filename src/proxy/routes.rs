@@ -35,6 +35,10 @@ pub struct RouteRuntime {
     pub engine: Arc<crate::mask::Engine>,
     /// An MCP route's state across requests (metric labels).
     pub mcp: Option<Arc<super::mcp::McpRuntime>>,
+    /// The configuration's limits (over the process's ledger) and prices.
+    pub limiter: Arc<crate::limits::Limiter>,
+    pub prices: Arc<crate::usage::PriceTable>,
+    pub currency: String,
 }
 
 /// What a configuration reload swaps: the routes (with their upstreams, masking, recording mode)
@@ -90,6 +94,10 @@ pub fn build_routes(
 ) -> Result<Vec<Arc<RouteRuntime>>, String> {
     let mut routes = Vec::with_capacity(config.routes.len());
     let mut masking = build_masking(config, engine.clone())?;
+    let limiter = Arc::new(crate::limits::Limiter::new(
+        config,
+        crate::limits::Ledger::current(),
+    )?);
     for route in &config.routes {
         let target = UpstreamTarget::new(&route.name, &route.upstream)?;
         let secrets = SecretSet::new(
@@ -109,6 +117,7 @@ pub fn build_routes(
             .as_ref()
             .filter(|_| !masking.contains_key(&route.name))
             .map(|_| scrub_only(engine.clone()));
+        metrics::USAGE_UNREPORTED.with_label_values(&[&route.name]);
         routes.push(Arc::new(RouteRuntime {
             metrics: RouteMetrics::new(&route.name),
             route: route.clone(),
@@ -119,6 +128,9 @@ pub fn build_routes(
             masking: masking.remove(&route.name),
             engine: engine.clone(),
             mcp: route.mcp.as_ref().map(|_| Arc::default()),
+            limiter: limiter.clone(),
+            prices: config.usage.prices.clone(),
+            currency: config.usage.currency.clone(),
             approvals: route
                 .approvals
                 .iter()

@@ -91,6 +91,8 @@ pub struct Draft {
     pub masked: Option<serde_json::Value>,
     pub guardrail: Option<String>,
     pub approval: Option<serde_json::Value>,
+    /// Tokens and cost of a model call (the session line's `usage`).
+    pub usage: Option<serde_json::Value>,
     pub error: Option<String>,
     pub downstream_tls: Option<(String, String)>,
     pub upstream_tls: Option<(String, String)>,

@@ -22,6 +22,8 @@ pub(super) struct Record<'a> {
     pub(super) request: Request<'a>,
     pub(super) response: Response<'a>,
     pub(super) decisions: Decisions<'a>,
+    /// Written only when the exchange has one (records of other exchanges are unchanged).
+    pub(super) usage: Option<&'a serde_json::Value>,
     pub(super) tls: TlsLegs<'a>,
     pub(super) duration_ms: f64,
     pub(super) upstream_ttfb_ms: Option<f64>,
@@ -131,6 +133,9 @@ impl Record<'_> {
         dec.value("approval", &d.approval)?;
         dec.opt_str("error", d.error);
         dec.close();
+        if let Some(u) = self.usage {
+            rec.value("usage", u)?;
+        }
 
         let mut tls = Object::open(rec.key("tls"));
         for (name, leg) in [

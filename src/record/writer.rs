@@ -534,6 +534,7 @@ impl Writer {
                 bytes: d.response_bytes,
                 truncated: d.response_truncated,
             },
+            usage: d.usage.as_ref(),
             decisions: Decisions {
                 masked: d.masked.as_ref(),
                 guardrail: d.guardrail.as_deref(),

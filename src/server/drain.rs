@@ -39,6 +39,8 @@ impl pingora::services::background::BackgroundService for Drainer {
                     r.flush(Duration::from_secs(5));
                 }
                 crate::session_log::flush();
+                crate::limits::Ledger::flush_current();
+                crate::telemetry::flush();
                 log::info!("drained: exiting");
                 std::process::exit(0);
             }

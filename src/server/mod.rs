@@ -81,6 +81,12 @@ pub fn run(config: Config, path: std::path::PathBuf) -> Result<(), String> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
+    // Before the routes are built: their limits count in it.
+    crate::limits::Ledger::open(state.join("usage.json"))?;
+    if let Some(t) = &config.tracing {
+        crate::telemetry::init(t)?;
+        log::info!("tracing: spans to {}/v1/traces (OTLP/HTTP)", t.endpoint);
+    }
     let key = runtime::HashKey::random()?;
     let active = ActiveConfig::new(runtime::build(&config, &key)?);
     // With `store.postgres`, approvals (and records) are shared with every replica through it.

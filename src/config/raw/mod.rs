@@ -10,6 +10,7 @@
 //! Every struct refuses unknown keys (`deny_unknown_fields`).
 
 mod identity;
+mod limits;
 mod listeners;
 mod masking;
 mod mcp;
@@ -21,6 +22,7 @@ mod store;
 pub use identity::{
     normalize_typ, RawClientCertRule, RawIdentity, RawOidcIssuer, RawServiceAccount, JWS_ALGORITHMS,
 };
+pub use limits::{RawLimit, RawUsage};
 pub use listeners::{RawAdmin, RawListener, RawListenerTls};
 pub use masking::{RawGuardrail, RawMaskPolicy, RawMasking};
 pub use mcp::RawMcp;
@@ -32,7 +34,7 @@ pub use store::RawStore;
 use crate::config::at_field;
 use crate::config::{
     Admin, Config, Guardrail, IdentityConfig, Listener, MaskingConfig, RecordingConfig, Route,
-    ServerSettings, TlsVersion,
+    ServerSettings, TlsVersion, UsageConfig,
 };
 use serde::Deserialize;
 use std::collections::HashSet;
@@ -58,6 +60,14 @@ pub struct RawConfig {
     routes: Vec<Route>,
     #[serde(default)]
     store: crate::config::StoreConfig,
+    #[serde(default)]
+    usage: Option<UsageConfig>,
+    #[serde(default)]
+    limits: Vec<crate::config::Limit>,
+    #[serde(default)]
+    limits_store: Option<limits::RawLimitsStore>,
+    #[serde(default)]
+    tracing: Option<limits::RawTracing>,
 }
 
 impl TryFrom<RawConfig> for Config {
@@ -212,7 +222,47 @@ impl TryFrom<RawConfig> for Config {
                 }
             }
         }
+        let usage = match raw.usage {
+            Some(u) => u,
+            None => RawUsage::default().try_into()?,
+        };
+        let mut limit_names = HashSet::new();
+        for l in &raw.limits {
+            if !limit_names.insert(l.name.as_str()) {
+                return Err(at_field(
+                    "limits",
+                    format!("limit `{}` is defined twice", l.name),
+                ));
+            }
+            for r in &l.routes {
+                if !route_names.contains(r.as_str()) {
+                    return Err(at_field(
+                        &format!("name={}.routes", l.name),
+                        format!(
+                            "limit `{}`: match.routes names `{r}`, which is not a route",
+                            l.name
+                        ),
+                    ));
+                }
+            }
+            if let Some(c) = l.cost_currency.as_ref().filter(|c| **c != usage.currency) {
+                return Err(at_field(
+                    &format!("name={}.currency", l.name),
+                    format!(
+                        "limit `{}`: cost is in {c} but prices are in {} (usage.currency); the gateway does not convert currencies",
+                        l.name, usage.currency
+                    ),
+                ));
+            }
+        }
         Ok(Config {
+            usage,
+            limits: raw.limits,
+            tracing: raw.tracing.map(TryInto::try_into).transpose()?,
+            limits_store: match raw.limits_store {
+                Some(s) => s.redis.map(TryInto::try_into).transpose()?,
+                None => None,
+            },
             server,
             listeners: raw.listeners,
             admin,

@@ -32,6 +32,8 @@ pub struct RawRoute {
     credentials: Option<RawCredentials>,
     #[serde(default)]
     mcp: Option<crate::config::McpRoute>,
+    #[serde(default)]
+    stream_usage: bool,
 }
 
 #[derive(Deserialize)]
@@ -167,6 +169,7 @@ impl TryFrom<RawRoute> for Route {
             recording,
             set_headers,
             mcp: r.mcp,
+            stream_usage: r.stream_usage,
         })
     }
 }

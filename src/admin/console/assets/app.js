@@ -1,4 +1,5 @@
-// agentgate console: pending approvals (live), decisions, and recorded sessions with replay.
+// agentgate console: pending approvals (live), decisions, recorded sessions with replay, and
+// usage totals (tokens and cost by identity, group, route or model).
 // Everything is built with textContent: recorded data never becomes markup.
 "use strict";
 
@@ -319,11 +320,33 @@ async function showExchange(id) {
   }
 }
 
+// ---- usage ----------------------------------------------------------------
+
+async function showUsage(ev) {
+  if (ev) ev.preventDefault();
+  const by = document.getElementById("u-by").value;
+  const since = document.getElementById("u-since").value;
+  try {
+    const u = await api("GET", `/v1/usage?by=${encodeURIComponent(by)}&since=${encodeURIComponent(since)}`);
+    document.getElementById("u-key").textContent = by[0].toUpperCase() + by.slice(1);
+    document.getElementById("u-cost").textContent = `Cost (${u.currency})`;
+    const n = (x) => Number(x || 0).toLocaleString();
+    const rows = (u.rows || []).map(r => el("tr", { "data-key": r.key },
+      el("td", {}, r.key), el("td", {}, n(r.requests)), el("td", {}, n(r.input_tokens)),
+      el("td", {}, n(r.cached_input_tokens)), el("td", {}, n(r.output_tokens)),
+      el("td", {}, n(r.reasoning_tokens)), el("td", {}, Number(r.cost || 0).toFixed(4))));
+    document.getElementById("usage-rows").replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colspan: "7" }, `No usage since ${u.since}.`))]));
+  } catch (e) {
+    status(`Usage: ${e.message}`);
+  }
+}
+
 // ---- shell ----------------------------------------------------------------
 
 function route() {
-  const view = location.hash === "#sessions" ? "sessions" : "approvals";
-  for (const v of ["approvals", "sessions"]) {
+  const views = ["approvals", "sessions", "usage"];
+  const view = views.includes(location.hash.slice(1)) ? location.hash.slice(1) : "approvals";
+  for (const v of views) {
     document.getElementById(v).hidden = v !== view;
     const tab = document.getElementById(`tab-${v}`);
     if (v === view) tab.setAttribute("aria-current", "page"); else tab.removeAttribute("aria-current");
@@ -332,8 +355,10 @@ function route() {
   if (view === "approvals") {
     refreshApprovals();
     pollTimer = setInterval(refreshApprovals, 2000);
-  } else {
+  } else if (view === "sessions") {
     searchSessions();
+  } else {
+    showUsage();
   }
 }
 
@@ -345,6 +370,7 @@ async function start() {
     location.href = "/console/signed-out";
   });
   document.getElementById("search").addEventListener("submit", searchSessions);
+  document.getElementById("usage-form").addEventListener("submit", showUsage);
   window.addEventListener("hashchange", route);
   route();
 }
