@@ -246,7 +246,9 @@ http {{
         response masking (secrets redacted, personal data pseudonymized and restored) and a
         guardrail; `approvals`: passthrough with an approval rule on the route (bench/approvals.py)."""
         name = name or {"passthrough": "agentgate", "recorded": "agentgate-recorded", "full": "agentgate-full",
-                        "full-pg": "agentgate-full-pg", "approvals": "agentgate-approvals"}[variant]
+                        "full-pg": "agentgate-full-pg", "approvals": "agentgate-approvals",
+                        "limits": "agentgate-limits", "limits-redis": "agentgate-limits-redis",
+                        "traced": "agentgate-traced"}[variant]
         port, admin = free_port(), free_port()
         conf = self.work / f"{name}.yaml"
         route_extra = {
@@ -255,6 +257,9 @@ http {{
             "full": "    recording: full\n    masking: default\n    guardrails: [no-private-keys]\n",
             "full-pg": "    recording: full\n    masking: default\n    guardrails: [no-private-keys]\n",
             "approvals": "    recording: off\n    approvals: [destructive-tools, payment-tickets]\n",
+            "limits": "    recording: off\n",
+            "limits-redis": "    recording: off\n",
+            "traced": "    recording: off\n",
         }[variant]
         policy = (
             "masking:\n  policies:\n    default:\n"
@@ -269,6 +274,15 @@ http {{
             "    approvers: { groups: [approvers] }\n    timeout: 1h\n    mode: ticket\n"
         )
         store = ""
+        if variant in ("limits", "limits-redis"):
+            # Limits that never refuse (the bench measures their bookkeeping): requests and
+            # tokens per identity, admitted before and settled after each request.
+            store = ("limits:\n  - { name: bench, per: identity, requests: { per: 1m, max: 1000000000 }, "
+                     "tokens: { per: 1m, max: 1000000000000 } }\n")
+        if variant == "limits-redis":
+            store += f"limits_store:\n  redis: {{ url: \"{self.redis_url}\", ca_file: {self.ca_file} }}\n"
+        if variant == "traced":
+            store = f"tracing:\n  otlp: {{ endpoint: \"http://127.0.0.1:{self.otlp_port}\" }}\n"
         if variant == "full-pg":
             store = (f"store:\n  postgres: {{ url: \"{self.pg.url}\", ca_file: {self.pg.ca_file}, replica: bench }}\n")
         conf.write_text(f"""{store}
@@ -309,6 +323,39 @@ routes:
             return None
         self.pg = pgserver.PgServer(self.work, self.ca)
         return self.start_agentgate(upstream, "full-pg")
+
+    def start_limits_redis(self, upstream: int) -> System | None:
+        """Passthrough with the same limits counted in a local redis-server over TLS."""
+        if shutil.which("redis-server") is None:
+            print("redis-server is not installed (make test-deps): skipping agentgate-limits-redis")
+            return None
+        cert = self.ca.issue_cert("127.0.0.1")
+        chain, key = self.work / "redis-cert.pem", self.work / "redis-key.pem"
+        cert.cert_chain_pems[0].write_to_path(str(chain))
+        cert.private_key_pem.write_to_path(str(key))
+        port = free_port()
+        p = self.spawn(["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+                        "--tls-cert-file", str(chain), "--tls-key-file", str(key), "--tls-ca-cert-file", str(self.ca_file),
+                        "--tls-auth-clients", "no", "--save", "", "--appendonly", "no"], "redis")
+        wait_port(port, p, "redis-server")
+        self.redis_url = f"rediss://127.0.0.1:{port}"
+        return self.start_agentgate(upstream, "limits-redis")
+
+    def start_traced(self, upstream: int) -> System:
+        """Passthrough exporting a span tree per exchange over OTLP/HTTP to a collector that
+        accepts every batch (a process of its own, so its CPU is not the bench's)."""
+        port = free_port()
+        sink = ("import http.server,sys\n"
+                "class H(http.server.BaseHTTPRequestHandler):\n"
+                "    def do_POST(self):\n"
+                "        self.rfile.read(int(self.headers.get('content-length','0')))\n"
+                "        self.send_response(200); self.send_header('content-length','0'); self.end_headers()\n"
+                "    def log_message(self,*a): pass\n"
+                "http.server.ThreadingHTTPServer(('127.0.0.1',int(sys.argv[1])),H).serve_forever()\n")
+        p = self.spawn([sys.executable, "-c", sink, str(port)], "otlp-sink")
+        wait_port(port, p, "OTLP sink")
+        self.otlp_port = port
+        return self.start_agentgate(upstream, "traced")
 
     def start_portkey(self, upstream: int) -> System | None:
         """Portkey's open-source gateway (Node.js), offline. It has no TLS listener: agents reach
@@ -505,6 +552,9 @@ def main() -> int:
             ("agentgate-recorded", lambda up: b.start_agentgate(up, "recorded")),
             ("agentgate-full", lambda up: b.start_agentgate(up, "full")),
             ("agentgate-full-pg", b.start_agentgate_pg),
+            ("agentgate-limits", lambda up: b.start_agentgate(up, "limits")),
+            ("agentgate-limits-redis", b.start_limits_redis),
+            ("agentgate-traced", b.start_traced),
             ("portkey", b.start_portkey),
             ("litellm", b.start_litellm),
         )
@@ -662,6 +712,7 @@ def render(args, systems, runs, h2, sse, streams, peak) -> str:
     mem = streams.get("agentgate", 0) / 1024
     verdict = lambda ok: "met" if ok else "**missed**"
     out += recording_cost(runs)
+    out += feature_cost(runs)
     out += ["", "## Targets", "", "| target | measured | |", "| --- | ---: | --- |"]
     if va and ag:
         out.append(f"| passthrough ≥ 0.95 × vanilla Pingora req/s at c=64 | {ag / va:.2f} × | {verdict(ag / va >= 0.95)} |")
@@ -725,6 +776,26 @@ def recording_cost(runs) -> list[str]:
     for n, t in rows:
         out.append(f"| {n} | {t['proxy']:.1f} | {t['writer']:.1f} | {t['other']:.1f} |")
     return out
+
+
+def feature_cost(runs) -> list[str]:
+    """What a feature costs beside the variant without it (c=64, medians of rounds): limits
+    (embedded and in Redis) and tracing against passthrough, the PostgreSQL store against the
+    full policy on local files."""
+    pairs = [("agentgate-limits", "agentgate"), ("agentgate-limits-redis", "agentgate"),
+             ("agentgate-traced", "agentgate"), ("agentgate-full-pg", "agentgate-full")]
+    rows = []
+    for n, base in pairs:
+        if (n, 64) not in runs or (base, 64) not in runs:
+            continue
+        a, b = agg(runs[(n, 64)]), agg(runs[(base, 64)])
+        per_round = ", ".join(f"{r['rps'] / q['rps']:.2f}" for r, q in zip(runs[(n, 64)], runs[(base, 64)]))
+        rows.append(f"| {n} | {base} | {a['rps'] / b['rps']:.2f} × (rounds {per_round}) | "
+                    f"{(a['cpu_per_10k'] - b['cpu_per_10k']) * 100:+.1f} µs |")
+    if not rows:
+        return []
+    return ["", "## What a feature costs (c=64)", "",
+            "| system | beside | req/s ratio | gateway CPU per request |", "| --- | --- | ---: | ---: |", *rows]
 
 
 def issue27_rows(runs, h2) -> list[str]:
