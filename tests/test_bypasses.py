@@ -427,3 +427,21 @@ def test_http2_trailers_do_not_carry_the_route_key(start_gateway, upstream_ca_fi
     names = {k.decode(): v.decode() for k, v in trailers}
     assert names.get("x-mock-done") == "1", (names, body[:200])
     assert "x-echo-authorization" in names and ROUTE_KEY not in names["x-echo-authorization"], names
+
+
+def test_a_masked_json_answer_that_ends_with_trailers_reaches_the_agent(start_gateway, upstream_ca_file, rust_mock):
+    """A JSON answer is masked whole at its last chunk; one that ended with HTTP/2 trailers had
+    no last chunk, so on the session's start binary the agent got the response head and an empty
+    body (issue 22). Now the masked answer goes out when the trailers come (which Pingora then
+    does not write), the credential the trailers echo with it nowhere."""
+    from gwconfig import REDACT_POLICY, ROUTE_KEY
+
+    port = rust_mock()
+    gw = start_gateway(route("rust", "/v1/", f"https://127.0.0.1:{port}", upstream_ca_file, masking="default"),
+                       extra=REDACT_POLICY)
+    headers, body, trailers = h2_post(gw, "/v1/chat/completions", b'{"model":"m","messages":[]}', [("x-mock-trailer-echo", "1")])
+    assert dict(headers).get(b":status") == b"200", headers
+    answer = json.loads(body)
+    assert answer["choices"][0]["message"]["content"], answer
+    assert ROUTE_KEY.encode() not in body + b"".join(k + v for k, v in trailers)
+

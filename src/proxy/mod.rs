@@ -84,6 +84,20 @@ impl Gateway {
         })
     }
 
+    /// One chunk of the answer through metering, MCP's filter, masking and the scrubber,
+    /// counted and captured as the agent gets it.
+    fn filter_response_chunk(&self, ctx: &mut Exchange, body: &mut Option<Bytes>, end: bool) {
+        metering::scan(ctx, body, end);
+        mcp::filter_response(ctx, body, end);
+        ctx.response.filter(body, end, self.max_body);
+        if let Some(b) = body {
+            ctx.response_bytes += b.len() as u64;
+            if let Some(c) = ctx.capture.as_mut() {
+                c.response_chunk(b, crate::util::time::millis(ctx.started.elapsed()));
+            }
+        }
+    }
+
     /// Answers the agent with `err` (the request ends here) and keeps it for the log.
     async fn answer(
         &self,
@@ -293,19 +307,14 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut Box<Exchange>,
     ) -> Result<Option<Duration>> {
-        metering::scan(ctx, body, end_of_stream);
-        mcp::filter_response(ctx, body, end_of_stream);
-        ctx.response.filter(body, end_of_stream, self.max_body);
-        if let Some(b) = body {
-            ctx.response_bytes += b.len() as u64;
-            if let Some(c) = ctx.capture.as_mut() {
-                c.response_chunk(b, crate::util::time::millis(ctx.started.elapsed()));
-            }
-        }
+        self.filter_response_chunk(ctx, body, end_of_stream);
         Ok(None)
     }
 
     /// HTTP/2 response trailers are headers too: the route's credentials are kept out of them.
+    /// An answer that ends with trailers has had no last chunk: what its masking held (a JSON
+    /// answer masked whole, a stream's tail) goes out now, as the body's end, and Pingora then
+    /// writes no trailers (they carry nothing an agent's SDK reads); with nothing held they pass.
     async fn response_trailer_filter(
         &self,
         _session: &mut Session,
@@ -314,7 +323,12 @@ impl ProxyHttp for Gateway {
     ) -> Result<Option<Bytes>> {
         let set = ctx.route.as_ref().and_then(|r| r.secrets.as_deref());
         headers::scrub_trailers(trailers, set);
-        Ok(None)
+        if ctx.response.ended {
+            return Ok(None);
+        }
+        let mut rest = Some(Bytes::new());
+        self.filter_response_chunk(ctx, &mut rest, true);
+        Ok(rest.filter(|b| !b.is_empty()))
     }
 
     /// Which failed requests Pingora may send again (`upstream_leg::retryable`).

@@ -49,6 +49,8 @@ pub struct ResponseBody {
     scrubber: Option<StreamScrubber>,
     /// What masking did to this response (counted once the exchange is logged).
     pub tally: Tally,
+    /// The last chunk went through (`filter` with `end`): nothing is held any more.
+    pub ended: bool,
 }
 
 impl ResponseBody {
@@ -58,6 +60,7 @@ impl ResponseBody {
             masking: Masking::Pass,
             policy: None,
             scrubber: None,
+            ended: false,
             tally: Tally::default(),
         }
     }
@@ -133,6 +136,7 @@ impl ResponseBody {
 
     /// Passes one chunk through masking and then the scrubber, in place.
     pub fn filter(&mut self, body: &mut Option<Bytes>, end: bool, max: u64) {
+        self.ended |= end;
         if matches!(self.masking, Masking::Blocked) {
             *body = None;
             return;
