@@ -72,6 +72,9 @@ def console_e2e(start_gateway, mock, upstream_ca, upstream_ca_file, tmp_path, ex
             "rule_a": "wipe-data", "summary_a": "please wipe the staging table",
             "stream_text": "Hello from the mock upstream.", "min_sessions": 1,
             "usage_identity": "test-agent@service-account", "usage_model": "mock-model",
+            # Usage totals are kept per replica (issue 25 leaves sharing them open): the console
+            # of the replica that did not forward the call has none to show.
+            "check_usage": not on,
         }
         node = shutil.which("node")
         run = subprocess.run([node, str(CONSOLE_DIR / "e2e.mjs")], capture_output=True, text=True, timeout=300,

@@ -79,6 +79,16 @@ impl LinesMasker {
         out
     }
 
+    /// Stops framing (see `SseMasker::give_up`): held text, then the unfinished line as it came.
+    pub fn give_up(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let rest = self.docs.finish();
+        self.emit(rest, &mut out);
+        out.append(&mut self.pending);
+        self.tally.merge(std::mem::take(&mut self.docs.tally));
+        out
+    }
+
     fn emit(&self, docs: Vec<Out>, out: &mut Vec<u8>) {
         for d in docs {
             let (Out::Arrived(v) | Out::Flushed(_, v)) = d;

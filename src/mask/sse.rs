@@ -152,6 +152,18 @@ impl SseMasker {
         out
     }
 
+    /// Stops framing (a stream that only has its credentials scrubbed, past a bound): the text
+    /// channels held, then the bytes of the unfinished event as they came (normalized line
+    /// ends); the caller passes the rest of the stream through its byte scrubber.
+    pub fn give_up(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let rest = self.docs.finish();
+        emit(&[], rest, &mut out);
+        out.append(&mut self.pending);
+        self.take_tally();
+        out
+    }
+
     fn take_tally(&mut self) {
         self.tally.merge(std::mem::take(&mut self.docs.tally));
     }

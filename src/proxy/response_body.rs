@@ -244,6 +244,8 @@ impl ResponseBody {
         }
         if r.blocked {
             self.masking = Masking::Blocked;
+        } else if r.unframed {
+            self.masking = Masking::Pass;
         }
         Some(r.out)
     }
@@ -253,6 +255,7 @@ impl ResponseBody {
 trait Framed {
     fn push(&mut self, chunk: &[u8]) -> std::result::Result<Vec<u8>, SseError>;
     fn finish(&mut self) -> Vec<u8>;
+    fn give_up(&mut self) -> Vec<u8>;
     fn held(&self) -> usize;
     fn tally(&mut self) -> &mut Tally;
 }
@@ -265,6 +268,9 @@ macro_rules! framed {
             }
             fn finish(&mut self) -> Vec<u8> {
                 <$t>::finish(self)
+            }
+            fn give_up(&mut self) -> Vec<u8> {
+                <$t>::give_up(self)
             }
             fn held(&self) -> usize {
                 <$t>::held(self)
@@ -281,6 +287,8 @@ framed!(LinesMasker);
 struct StreamChunk {
     out: Vec<u8>,
     blocked: bool,
+    /// Framing stopped (a credentials-only route past a bound): the rest passes as bytes.
+    unframed: bool,
     tally: Tally,
 }
 
@@ -293,15 +301,23 @@ fn stream_chunk(
     framed: &mut dyn Framed,
 ) -> StreamChunk {
     let mut blocked = false;
+    let mut unframed = false;
     let mut out = match body.as_ref().map(|b| framed.push(b)) {
         Some(Ok(o)) => o,
+        // A route that masks nothing frames its streams only so that the credential scrubber
+        // sees keys split across events; an event past the bound (a 3 MiB one) is not refused
+        // there: it and the rest of the stream go through the byte scrubber.
+        Some(Err(_)) if !m.restore && m.response.allows_all() => {
+            unframed = true;
+            framed.give_up()
+        }
         Some(Err(e)) => {
             blocked = true;
             blocked_event(&format!("the stream was ended: {e}"))
         }
         None => Vec::new(),
     };
-    if end && !blocked {
+    if end && !blocked && !unframed {
         out.extend(framed.finish());
     }
     metrics::MASK_HOLDBACK.observe(framed.held() as f64);
@@ -318,6 +334,7 @@ fn stream_chunk(
     StreamChunk {
         out,
         blocked,
+        unframed,
         tally,
     }
 }
