@@ -13,12 +13,12 @@
 //! whether the secret continues; only that possible prefix is held back, so streams stay streams.
 
 use super::encoded::has_marker;
-use super::{syntax_config, CachePool};
+use super::{live_from, syntax_config, CachePool};
 use aho_corasick::AhoCorasick;
 use bytes::{Bytes, BytesMut};
 use regex_automata::hybrid::dfa::DFA;
 use regex_automata::meta::Regex;
-use regex_automata::{Anchored, Input};
+use regex_automata::Input;
 use std::sync::Arc;
 
 /// The compiled set of secret values of one route.
@@ -155,36 +155,9 @@ impl SecretSet {
         // above has seen every prefix there is.
         let from = buf.len().saturating_sub(self.escaped_max);
         if has_marker(&buf[from..]) {
-            best = best.max(buf.len() - self.escaped_live_from(buf, from));
+            best = best.max(buf.len() - live_from(&self.escaped_dfa, &self.caches, buf, from));
         }
         best
-    }
-
-    /// The earliest position at or after `from` from which the rest of `buf` is still the
-    /// beginning of an escaped secret; `buf.len()` when there is none.
-    fn escaped_live_from(&self, buf: &[u8], from: usize) -> usize {
-        let dfa = &self.escaped_dfa;
-        let mut cache = self.caches.take(dfa);
-        let mut found = buf.len();
-        'starts: for i in from..buf.len() {
-            let input = Input::new(buf).range(i..).anchored(Anchored::Yes);
-            let Ok(mut sid) = dfa.start_state_forward(&mut cache, &input) else {
-                found = i;
-                break;
-            };
-            for &b in &buf[i..] {
-                match dfa.next_state(&mut cache, sid, b) {
-                    Ok(next) if next.is_dead() => continue 'starts,
-                    Ok(next) => sid = next,
-                    // The cache gave up: hold back, conservatively.
-                    Err(_) => break,
-                }
-            }
-            found = i;
-            break;
-        }
-        self.caches.put(cache);
-        found
     }
 }
 

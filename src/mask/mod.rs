@@ -207,6 +207,33 @@ const LANES4_FROM: usize = 2048;
 /// Texts at least this long are walked only around their anchors when they have few.
 const ANCHORS_FROM: usize = 256;
 
+/// The earliest position at or after `from` from which the rest of `text` is still the
+/// beginning of a match of `dfa` (anchored there); `text.len()` when there is none. A cache that
+/// gives up counts as "may match" (a stream holds back, conservatively).
+pub(crate) fn live_from(dfa: &DFA, caches: &CachePool, text: &[u8], from: usize) -> usize {
+    let mut cache = caches.take(dfa);
+    let mut found = text.len();
+    'starts: for i in from..text.len() {
+        let input = Input::new(text).range(i..).anchored(Anchored::Yes);
+        let Ok(mut sid) = dfa.start_state_forward(&mut cache, &input) else {
+            found = i;
+            break;
+        };
+        for &b in &text[i..] {
+            match dfa.next_state(&mut cache, sid, b) {
+                Ok(next) if next.is_dead() => continue 'starts,
+                Ok(next) if next.is_quit() => break,
+                Ok(next) => sid = next,
+                Err(_) => break,
+            }
+        }
+        found = i;
+        break;
+    }
+    caches.put(cache);
+    found
+}
+
 /// Lazy-DFA caches kept for reuse across calls (a cache is per search, not shareable).
 #[derive(Default)]
 pub(crate) struct CachePool(Mutex<Vec<DfaCache>>);
@@ -757,28 +784,7 @@ impl Engine {
     /// beginning of a match (so a stream must hold it back); `text.len()` if there is none.
     pub fn live_suffix(&self, text: &[u8], from: usize) -> usize {
         let from = from.max(text.len().saturating_sub(self.max_len));
-        let mut cache = self.dfa_caches.take(&self.dfa);
-        let mut found = text.len();
-        'starts: for i in from..text.len() {
-            let input = Input::new(text).range(i..).anchored(Anchored::Yes);
-            let Ok(mut sid) = self.dfa.start_state_forward(&mut cache, &input) else {
-                found = i;
-                break;
-            };
-            for &b in &text[i..] {
-                match self.dfa.next_state(&mut cache, sid, b) {
-                    Ok(next) if next.is_dead() => continue 'starts,
-                    Ok(next) if next.is_quit() => break,
-                    Ok(next) => sid = next,
-                    // The cache gave up: hold back, conservatively.
-                    Err(_) => break,
-                }
-            }
-            found = i;
-            break;
-        }
-        self.dfa_caches.put(cache);
-        found
+        live_from(&self.dfa, &self.dfa_caches, text, from)
     }
 
     /// Replaces the findings in `text` per `rules`; placeholders known to `vault` are
