@@ -184,6 +184,11 @@ lazy!(LIMIT_REFUSALS: IntCounterVec = register_int_counter_vec!(
     "Requests refused with 429 by a limit, by limit and kind (requests, tokens, cost, concurrent)",
     &["limit", "kind"]
 ));
+lazy!(LIMIT_CUTS: IntCounterVec = register_int_counter_vec!(
+    "agentgate_limit_stream_cuts_total",
+    "Streamed answers ended mid-way by a cut_streams limit, by limit and kind (tokens, cost)",
+    &["limit", "kind"]
+));
 lazy!(LIMITS_STORE_ERRORS: IntCounterVec = register_int_counter_vec!(
     "agentgate_limits_store_errors_total",
     "Calls to the shared limits store (Redis) that failed, by outcome: refused (fail closed, 503), allowed (fail open, uncounted) or settle (a charge not applied)",

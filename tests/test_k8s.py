@@ -97,7 +97,7 @@ def test_dashboard_uses_real_metric_names(start_gateway, mock, upstream_ca_file)
         "masking": {"policies": {"default": {"request": {"pii": "pseudonymize"}}}},
         "guardrails": [{"name": "g", "direction": "request", "detectors": ["private_key"]}],
         "approvals": [{"name": "hold", "when": {"headers": {"x-hold": {"exists": True}}}, "approvers": {"groups": ["sec"]}, "timeout": "1s"}],
-        "limits": [{"name": "l", "per": "identity", "requests": {"per": "1h", "max": 1000}}],
+        "limits": [{"name": "l", "per": "identity", "requests": {"per": "1h", "max": 1000}, "tokens": {"per": "1h", "max": 10**9}, "cut_streams": True}],
     }
     gw = start_gateway(route("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file, masking="default", guardrails=["g"], approvals=["hold"]),
                        extra=policy)

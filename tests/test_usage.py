@@ -323,3 +323,75 @@ def test_every_answer_of_a_limited_request_carries_its_ratelimit_headers(start_g
         failed = c.post("/down/x", json={})  # the gateway's own 502: nothing listens there
     assert got.status_code == 200 and got.headers["x-ratelimit-remaining-requests"] == "9"
     assert failed.status_code == 502 and failed.headers["x-ratelimit-remaining-requests"] == "8"
+
+
+CUT_LIMIT = """
+usage: { default_max_output_tokens: 50 }
+limits:
+  - { name: cap, per: identity, tokens: { per: 1h, max: 1000 }, cut_streams: true }
+"""
+LONG = "abcdefghi." * 800  # 8,000 ASCII characters: about 2,000 tokens
+
+
+def test_a_stream_past_a_cut_streams_limit_ends_with_an_error_event_the_sdk_raises(metered, mock):
+    """Failed before `cut_streams` existed: the config was refused (unknown field), and a
+    stream ran to its end whatever the limit had left."""
+    gw = metered(extra=CUT_LIMIT)
+    # 40 characters per chunk (10 tokens); the limit has 1,000 tokens less the prompt's estimate.
+    client = sdk(gw, headers={"x-mock-say": LONG, "x-mock-split": "40", "x-mock-usage": "20,2000"})
+    got = []
+    with pytest.raises(openai.APIError) as e:
+        for c in client.chat.completions.create(model="gpt-4o", messages=PROMPT, stream=True):
+            got.append(c.choices[0].delta.content or "" if c.choices else "")
+    text = "".join(got)
+    assert LONG.startswith(text), e.value
+    assert 3000 <= len(text) <= 4000, (len(text), repr(e.value))
+    assert e.value.body["code"] == "rate_limit_exceeded" and "limit `cap`" in e.value.message
+    assert gw.wait_metric("agentgate_limit_stream_cuts_total", 1, limit="cap", kind="tokens") == 1
+    (u,) = usage_lines(gw)
+    assert u["cut_by"] == "cap" and u["reported"] is False
+    assert 950 <= u["output"] <= 1010, u
+    # What was generated up to the cut is charged: the hour's tokens are spent.
+    with pytest.raises(openai.RateLimitError):
+        sdk(gw).chat.completions.create(model="gpt-4o", messages=PROMPT, max_tokens=5)
+
+
+def test_without_cut_streams_the_same_stream_runs_to_its_end_and_is_charged_after(metered, mock):
+    gw = metered(extra=CUT_LIMIT.replace(", cut_streams: true", ""))
+    client = sdk(gw, headers={"x-mock-say": LONG, "x-mock-split": "40", "x-mock-usage": "20,2000"})
+    chunks = list(client.chat.completions.create(model="gpt-4o", messages=PROMPT, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == LONG
+    (u,) = usage_lines(gw)
+    assert "cut_by" not in u and (u["input"], u["output"]) == (20, 2000)
+    assert gw.metric("agentgate_limit_stream_cuts_total", limit="cap") == 0
+
+
+def test_an_anthropic_stream_is_cut_with_an_error_event_it_understands(metered, mock):
+    gw = metered(extra=CUT_LIMIT)
+    body = {"model": "claude-sonnet-4", "max_tokens": 64, "stream": True, "messages": PROMPT}
+    # 400 characters per delta: 100 tokens each.
+    with gw.client(headers={"x-mock-say": LONG, "x-mock-split": "400"}) as c:
+        r = c.post("/v1/messages", json=body)
+    assert r.status_code == 200
+    events = r.text.split("\n\n")
+    # Nine deltas fit (900 of the ~980 tokens left), the tenth is replaced by the error event.
+    assert sum(e.startswith("event: content_block_delta") for e in events) == 9, r.text[-400:]
+    err = [e for e in events if e.startswith("event: error")]
+    assert len(err) == 1 and "message_stop" not in r.text
+    data = json.loads(err[0].split("data: ", 1)[1])
+    assert data["type"] == "error" and data["error"]["type"] == "rate_limit_error"
+
+
+def test_a_responses_api_stream_is_cut_and_the_sdk_raises_no_parse_error(metered, mock):
+    # Named events (`event: response.output_text.delta`): the cut leaves no event without data
+    # behind, which the SDK would fail to parse instead of raising the limit's error.
+    gw = metered(extra=CUT_LIMIT)
+    client = sdk(gw, headers={"x-mock-say": LONG, "x-mock-split": "40"})
+    text = ""
+    with pytest.raises(openai.APIError) as e:
+        with client.responses.create(model="gpt-4o", input="hi", stream=True) as stream:
+            for ev in stream:
+                if ev.type == "response.output_text.delta":
+                    text += ev.delta
+    assert e.value.body["code"] == "rate_limit_exceeded", repr(e.value)
+    assert LONG.startswith(text) and 3000 <= len(text) <= 4000, len(text)

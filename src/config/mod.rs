@@ -131,6 +131,10 @@ pub struct Limit {
     pub cost_currency: Option<String>,
     /// Requests in flight at once.
     pub concurrent: Option<u64>,
+    /// `cut_streams: true`: a streamed answer whose generated output would take its tokens or
+    /// cost past what was left of this limit when the request was admitted is ended with an
+    /// SSE error event (otherwise the answer runs to its end and is charged afterwards).
+    pub cut_streams: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -289,6 +289,40 @@ pub struct Ticket {
     inflight: Vec<String>,
     /// `x-ratelimit-*` headers for the answer.
     pub headers: Vec<(String, String)>,
+    /// Where a `cut_streams` limit ends this request's stream.
+    pub cut: Option<Cutoff>,
+}
+
+/// What a request may use before a `cut_streams` limit ends its stream: the room each such
+/// quota had when the request was admitted (its own reservation included), the tightest of each
+/// kind, with the limit's name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cutoff {
+    pub tokens: Option<(u64, String)>,
+    pub cost: Option<(Micros, String)>,
+}
+
+impl Cutoff {
+    /// From the planned counters and what each had used before this request (none: no limit
+    /// that applies cuts streams).
+    pub(crate) fn of(counters: &[Planned<'_>], used_before: &[u64]) -> Option<Cutoff> {
+        let mut c = Cutoff::default();
+        for (p, used) in counters.iter().zip(used_before) {
+            if !p.cut {
+                continue;
+            }
+            let room = p.max.saturating_sub(*used);
+            let slot = match p.kind {
+                Kind::Tokens => &mut c.tokens,
+                Kind::Cost => &mut c.cost,
+                _ => continue,
+            };
+            if slot.as_ref().is_none_or(|(r, _)| room < *r) {
+                *slot = Some((room, p.name.to_string()));
+            }
+        }
+        (c.tokens.is_some() || c.cost.is_some()).then_some(c)
+    }
 }
 
 /// A request refused by a limit.
@@ -317,6 +351,16 @@ impl Limiter {
             // Every limit's refusals are exported from the first scrape, at 0.
             for kind in [Kind::Requests, Kind::Tokens, Kind::Cost, Kind::Concurrent] {
                 crate::metrics::LIMIT_REFUSALS.with_label_values(&[&l.name, kind.as_str()]);
+            }
+            if l.cut_streams {
+                for (kind, on) in [
+                    (Kind::Tokens, l.tokens.is_some()),
+                    (Kind::Cost, l.cost.is_some()),
+                ] {
+                    if on {
+                        crate::metrics::LIMIT_CUTS.with_label_values(&[&l.name, kind.as_str()]);
+                    }
+                }
             }
         }
         let store = match &config.limits_store {
@@ -411,6 +455,7 @@ impl Limiter {
                         max: q.max,
                         end,
                         name: &l.name,
+                        cut: l.cut_streams && kind != Kind::Requests,
                     });
                 }
                 if let Some(max) = l.concurrent {
@@ -441,13 +486,16 @@ impl Limiter {
     fn admit_here(&self, plan: Plan<'_>, now: i64) -> Result<Ticket, Refusal> {
         let mut s = self.ledger.lock();
         let mut standings = Vec::new();
+        let mut before = Vec::with_capacity(plan.counters.len());
         for p in &plan.counters {
             let used = s.counters.get(&p.key).map_or(0, |c| c.used);
             if let Some(r) = p.refusal(used, now) {
                 return Err(r);
             }
             standings.push(p.standing(used + p.need, now));
+            before.push(used);
         }
+        let cut = Cutoff::of(&plan.counters, &before);
         for (key, max, name) in &plan.inflight {
             let n = s.inflight.get(key).copied().unwrap_or(0);
             if n >= *max {
@@ -480,6 +528,7 @@ impl Limiter {
             holds,
             inflight: plan.inflight.into_iter().map(|(k, _, _)| k).collect(),
             headers: headers(&standings),
+            cut,
         })
     }
 }
@@ -508,6 +557,8 @@ pub(crate) struct Planned<'a> {
     /// The window's end (Unix ms).
     pub(crate) end: i64,
     pub(crate) name: &'a str,
+    /// The limit cuts streams (`cut_streams`) at this quota.
+    pub(crate) cut: bool,
 }
 
 impl Planned<'_> {

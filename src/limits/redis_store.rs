@@ -11,7 +11,7 @@
 //! counter expires a minute after its window ends; a place in flight after `INFLIGHT_TTL_MS`
 //! (a replica that died with requests in flight does not hold them forever).
 
-use super::{headers, inflight_refusal, Backend, Denied, Hold, Plan, Ticket};
+use super::{headers, inflight_refusal, Backend, Cutoff, Denied, Hold, Plan, Ticket};
 use crate::config::RedisSettings;
 use crate::metrics;
 use std::sync::Arc;
@@ -172,6 +172,14 @@ impl RedisStore {
                     .zip(reply.iter().skip(1))
                     .map(|(p, used)| p.standing(u64::try_from(*used).unwrap_or(0), now))
                     .collect();
+                // The script answers what each counter used after this request's reservation.
+                let before: Vec<u64> = plan
+                    .counters
+                    .iter()
+                    .zip(reply.iter().skip(1))
+                    .map(|(p, used)| u64::try_from(*used).unwrap_or(0).saturating_sub(p.need))
+                    .collect();
+                let cut = Cutoff::of(&plan.counters, &before);
                 let holds = plan
                     .counters
                     .into_iter()
@@ -182,7 +190,9 @@ impl RedisStore {
                     })
                     .collect();
                 let inflight = plan.inflight.iter().map(|(k, _, _)| self.key(k)).collect();
-                Ok(self.ticket(holds, inflight, headers(&standings)))
+                let mut t = self.ticket(holds, inflight, headers(&standings));
+                t.cut = cut;
+                Ok(t)
             }
             Some(i) if i >= 1 && (i as usize) <= n => {
                 let used = u64::try_from(reply.get(1).copied().unwrap_or(0)).unwrap_or(0);
@@ -216,6 +226,7 @@ impl RedisStore {
             holds,
             inflight,
             headers,
+            cut: None,
         }
     }
 

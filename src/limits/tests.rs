@@ -3,7 +3,12 @@ use crate::config::Window;
 use std::time::Duration;
 
 fn config(extra: &str) -> Config {
-    let text = format!(
+    let text = config_text(extra);
+    Config::parse(&text, std::path::Path::new("t.yaml")).expect("config parses")
+}
+
+fn config_text(extra: &str) -> String {
+    format!(
         r#"
 listeners:
   - {{ name: agents, address: "127.0.0.1:8443", tls: {{}} }}
@@ -16,8 +21,7 @@ identity:
     - {{ name: ci, token_sha256: 52429752765c16a4897560e0f4b0a373ee9dfab7da0c8ca37a09c9e62cccd576, groups: [agents] }}
 {extra}
 "#
-    );
-    Config::parse(&text, std::path::Path::new("t.yaml")).expect("config parses")
+    )
 }
 
 fn limiter(extra: &str) -> Limiter {
@@ -310,4 +314,49 @@ fn the_ledger_file_keeps_counters_and_totals_across_a_restart() {
         .unwrap()
         .contains("not a usage ledger"));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn cut_streams_limits_give_each_ticket_the_room_they_had_at_admission() {
+    let l = limiter(
+        "usage: { default_max_output_tokens: 100 }\nlimits:\n  - { name: loose, per: identity, tokens: { per: 1m, max: 100000 }, cut_streams: true }\n  - { name: tight, per: identity, tokens: { per: 1m, max: 1000 }, cost: { per: day, max: 5.00 }, cut_streams: true }\n  - { name: counted, per: identity, tokens: { per: 1m, max: 600 } }",
+    );
+    let g = vec![];
+    let a = caller("a", &g, "openai");
+    let req = asked("gpt-4o", None, 400); // 100 + 100 reserved
+    let t1 = admit(&l, &a, Some(&req), T0).expect("first");
+    // The tightest cutting quota of each kind, before this request's own reservation; the
+    // limit without cut_streams (600) does not cut.
+    let cut = t1.cut.clone().expect("a cut");
+    assert_eq!(cut.tokens, Some((1000, "tight".to_string())));
+    assert_eq!(cut.cost.as_ref().map(|c| c.1.as_str()), Some("tight"));
+    let t2 = admit(&l, &a, Some(&req), T0).expect("second");
+    assert_eq!(
+        t2.cut.clone().unwrap().tokens,
+        Some((800, "tight".to_string()))
+    );
+    // No limit that cuts: no cut.
+    let l = limiter("limits:\n  - { name: t, per: identity, tokens: { per: 1m, max: 100000 } }");
+    assert!(admit(&l, &a, Some(&req), T0).unwrap().cut.is_none());
+    // cut_streams on a limit with nothing to cut at is a configuration error.
+    let bad =
+        "limits:\n  - { name: r, per: identity, requests: { per: 1m, max: 5 }, cut_streams: true }";
+    let text = config_text(bad);
+    let Err(e) = Config::parse(&text, std::path::Path::new("t.yaml")) else {
+        panic!("cut_streams without tokens or cost was accepted");
+    };
+    assert!(
+        e.to_string().contains("cut_streams needs tokens or cost"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_cost_room_converts_to_output_tokens_at_the_models_price() {
+    let p = crate::usage::PriceTable::with([]);
+    // gpt-4o: 2.50 in, 10.00 out per million. 1,000 prompt tokens cost 2,500 micros; 0.01 USD
+    // (10,000 micros) leaves 7,500 micros: 750 output tokens.
+    assert_eq!(p.output_within(Some("gpt-4o"), 1000, 10_000), Some(750));
+    assert_eq!(p.output_within(Some("gpt-4o"), 1000, 1000), Some(0));
+    assert_eq!(p.output_within(Some("no-such-model"), 1000, 10_000), None);
 }

@@ -30,6 +30,8 @@ pub struct Metering {
     pub strip: bool,
     pub scanner: Option<UsageScanner>,
     pub ticket: Option<Ticket>,
+    /// The `cut_streams` limit (name, kind) whose room caps this answer's stream.
+    pub cut_by: Option<(String, limits::Kind)>,
 }
 
 /// Whether the request's body must be read before it goes upstream for usage's sake.
@@ -177,8 +179,62 @@ pub fn start_response(
             resp.insert_header(header::TRANSFER_ENCODING, "chunked")?;
         }
     }
-    m.scanner = Some(UsageScanner::new(framing, m.strip));
+    let mut scanner = UsageScanner::new(framing, m.strip);
+    if framing == Framing::Sse {
+        if let Some((tokens, by)) = stream_cap(m, &route.prices) {
+            let event = cut_event(&by.0, by.1, tokens);
+            scanner = scanner.with_cap(tokens, event);
+            m.cut_by = Some(by);
+        }
+    }
+    m.scanner = Some(scanner);
     Ok(())
+}
+
+/// The output tokens this request's stream may generate before a `cut_streams` limit ends it:
+/// the room its tightest such quota had at admission, less the prompt's estimate (a cost room
+/// converted at the model's output price), and that limit.
+fn stream_cap(
+    m: &Metering,
+    prices: &crate::usage::PriceTable,
+) -> Option<(u64, (String, limits::Kind))> {
+    let cut = m.ticket.as_ref()?.cut.as_ref()?;
+    let asked = m.asked.as_ref();
+    let input = asked.map_or(0, |a| a.input_estimate());
+    let model = asked.and_then(|a| a.model.as_deref());
+    let by_tokens = cut.tokens.as_ref().map(|(room, name)| {
+        (
+            room.saturating_sub(input),
+            (name.clone(), limits::Kind::Tokens),
+        )
+    });
+    let by_cost = cut.cost.as_ref().and_then(|(room, name)| {
+        prices
+            .output_within(model, input, *room)
+            .map(|n| (n, (name.clone(), limits::Kind::Cost)))
+    });
+    [by_tokens, by_cost]
+        .into_iter()
+        .flatten()
+        .min_by_key(|c| c.0)
+}
+
+/// The SSE error event that ends a stream a limit cut: `event: error` with a body both the
+/// OpenAI SDKs (`error` object) and Anthropic's (`type: error`) raise on.
+fn cut_event(limit: &str, kind: limits::Kind, tokens: u64) -> Vec<u8> {
+    let (code, what) = if kind == limits::Kind::Cost {
+        ("insufficient_quota", "cost budget")
+    } else {
+        ("rate_limit_exceeded", "token quota")
+    };
+    let message = format!(
+        "the stream was ended: it would pass the {what} of limit `{limit}` (about {tokens} output tokens were left for it when the request was admitted); limits.cut_streams is set"
+    );
+    let v = serde_json::json!({
+        "type": "error",
+        "error": {"message": message, "type": "rate_limit_error", "code": code},
+    });
+    format!("event: error\ndata: {v}\n\n").into_bytes()
 }
 
 /// The `x-ratelimit-*` headers of the request's reservation (none when no limit applies).
@@ -214,6 +270,9 @@ pub struct UsageLine {
     pub reported: bool,
     pub cost: f64,
     pub currency: String,
+    /// The limit that ended the stream (`cut_streams`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cut_by: Option<String>,
 }
 
 /// Settles the exchange's reservations with what its answer reported, counts its tokens and
@@ -223,7 +282,23 @@ pub fn finish(ctx: &mut Exchange, status: u16) -> Option<serde_json::Value> {
     let route = ctx.route.clone()?;
     let prices = &route.prices;
     let observed = m.scanner.as_ref().map(|s| &s.observed);
-    let usage = observed.and_then(|o| o.usage());
+    let cut = m.scanner.as_ref().is_some_and(|s| s.cut);
+    let mut usage = observed.and_then(|o| o.usage());
+    if cut {
+        // The usage chunk never came: what was generated up to the cut is charged.
+        let generated = m.scanner.as_ref().map_or(0, UsageScanner::generated_tokens);
+        let mut u = usage.unwrap_or_default();
+        if u.input == 0 {
+            u.input = m.asked.as_ref().map_or(0, Asked::input_estimate);
+        }
+        u.output = u.output.max(generated);
+        usage = Some(u);
+        if let Some((name, kind)) = &m.cut_by {
+            metrics::LIMIT_CUTS
+                .with_label_values(&[name, kind.as_str()])
+                .inc();
+        }
+    }
     let model = observed
         .and_then(|o| o.model.clone())
         .or_else(|| m.asked.as_ref().and_then(|a| a.model.clone()));
@@ -290,10 +365,11 @@ pub fn finish(ctx: &mut Exchange, status: u16) -> Option<serde_json::Value> {
     }
     serde_json::to_value(UsageLine {
         model,
-        reported: usage.is_some(),
+        reported: usage.is_some() && !cut,
         tokens: usage,
         cost: crate::usage::micros_f64(cost),
         currency: route.currency.clone(),
+        cut_by: m.cut_by.filter(|_| cut).map(|b| b.0),
     })
     .ok()
 }

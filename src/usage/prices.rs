@@ -129,6 +129,17 @@ impl PriceTable {
         ((sum + 500_000) / 1_000_000).min(u128::from(u64::MAX)) as Micros
     }
 
+    /// How many output tokens of `model` fit in `budget` after `input` prompt tokens (`None`:
+    /// the table prices its output at nothing, or does not know it).
+    pub fn output_within(&self, model: Option<&str>, input: u64, budget: Micros) -> Option<u64> {
+        let (_, p) = model.and_then(|m| self.lookup(m))?;
+        if p.output == 0 {
+            return None;
+        }
+        let left = budget.saturating_sub(self.ceiling(model, input, 0));
+        Some((u128::from(left) * 1_000_000 / u128::from(p.output)).min(u128::from(u64::MAX)) as u64)
+    }
+
     /// The most `tokens` prompt and `output` generated tokens of `model` can cost (cache
     /// discounts not assumed): a request's reservation against a cost budget.
     pub fn ceiling(&self, model: Option<&str>, input: u64, output: u64) -> Micros {

@@ -7,8 +7,13 @@
 //! extra chunk that carries it (`"choices": []` and a `usage` object) is removed from what the
 //! agent receives: only then is a line held until its end, so that no part of it goes out.
 //!
-//! Invariant: the bytes the agent receives are the upstream's, except the removed usage lines;
-//! a usage line split at any byte across reads is read whole.
+//! With a cap (a `cut_streams` limit), every `data:` line is read for the text it generates
+//! (content, reasoning, refusal and tool-call argument deltas of the three APIs), estimated in
+//! tokens; once the estimate passes the cap, the stream is cut: the line that passed it is
+//! replaced by the given error event and nothing after it reaches the agent.
+//!
+//! Invariant: the bytes the agent receives are the upstream's, except the removed usage lines
+//! and what follows a cut; a usage line split at any byte across reads is read whole.
 
 use super::Observed;
 use memchr::{memchr_iter, memmem};
@@ -35,6 +40,22 @@ pub struct UsageScanner {
     strip: bool,
     /// The first `data:` line was read for the model (every later one only if it has usage).
     first_read: bool,
+    cap: Option<Cap>,
+    /// Generated text seen so far: ASCII bytes, and other characters.
+    generated: (u64, u64),
+    /// With a cap: the open event's lines before its first `data:` line (`event:`, `id:`...),
+    /// held so that a cut at that data line leaves no event without data behind.
+    pending: Vec<u8>,
+    /// A `data:` line of the open event went out.
+    mid_event: bool,
+    /// The stream passed its cap: the rest is dropped.
+    pub cut: bool,
+}
+
+/// Where a stream is cut, and the event that ends it.
+struct Cap {
+    tokens: u64,
+    event: Vec<u8>,
 }
 
 impl UsageScanner {
@@ -46,7 +67,35 @@ impl UsageScanner {
             overflow: false,
             strip: strip && framing == Framing::Sse,
             first_read: false,
+            cap: None,
+            generated: (0, 0),
+            pending: Vec::new(),
+            mid_event: false,
+            cut: false,
         }
+    }
+
+    /// Cuts an SSE stream once it has generated more than `tokens` (estimated), ending it with
+    /// `event` (a whole SSE event).
+    pub fn with_cap(mut self, tokens: u64, event: Vec<u8>) -> UsageScanner {
+        if self.framing == Framing::Sse {
+            self.cap = Some(Cap { tokens, event });
+        }
+        self
+    }
+
+    /// The output tokens generated so far: what the stream reported, or the estimate from its
+    /// text (one token per 4 ASCII bytes, one per other character), the larger.
+    pub fn generated_tokens(&self) -> u64 {
+        let reported = self.observed.usage().map_or(0, |u| u.output);
+        self.estimate().max(reported)
+    }
+
+    /// The output tokens estimated from the text generated so far. A cut follows this alone:
+    /// a count reported at the stream's end comes after the content it counts.
+    fn estimate(&self) -> u64 {
+        let (ascii, other) = self.generated;
+        ascii.div_ceil(4).saturating_add(other)
     }
 
     /// Reads one chunk. `None`: the chunk goes to the agent as it is; `Some(bytes)`: these go
@@ -78,7 +127,10 @@ impl UsageScanner {
     }
 
     fn lines(&mut self, chunk: &[u8], end: bool) -> Option<Vec<u8>> {
-        let mut out = self.strip.then(|| Vec::with_capacity(chunk.len()));
+        if self.cut {
+            return Some(Vec::new());
+        }
+        let mut out = (self.strip || self.cap.is_some()).then(|| Vec::with_capacity(chunk.len()));
         let mut start = 0;
         for nl in memchr_iter(b'\n', chunk) {
             let piece = &chunk[start..=nl];
@@ -90,10 +142,12 @@ impl UsageScanner {
                 if std::mem::take(&mut self.overflow) {
                     // Its start went out when it grew too long.
                     if let Some(o) = out.as_mut() {
+                        o.append(&mut self.pending);
                         o.extend_from_slice(piece);
                     }
                 } else if whole.len() > MAX_DOCUMENT {
                     if let Some(o) = out.as_mut() {
+                        o.append(&mut self.pending);
                         o.extend_from_slice(&whole);
                     }
                 } else {
@@ -101,11 +155,16 @@ impl UsageScanner {
                 }
             }
             start = nl + 1;
+            if self.cut {
+                self.carry = Vec::new();
+                return out;
+            }
         }
         let tail = &chunk[start..];
         if !tail.is_empty() {
             if self.overflow {
                 if let Some(o) = out.as_mut() {
+                    o.append(&mut self.pending);
                     o.extend_from_slice(tail);
                 }
             } else if self.carry.len() + tail.len() > MAX_DOCUMENT {
@@ -113,6 +172,7 @@ impl UsageScanner {
                 self.overflow = true;
                 let held = std::mem::take(&mut self.carry);
                 if let Some(o) = out.as_mut() {
+                    o.append(&mut self.pending);
                     o.extend_from_slice(&held);
                     o.extend_from_slice(tail);
                 }
@@ -125,12 +185,32 @@ impl UsageScanner {
             let whole = std::mem::take(&mut self.carry);
             self.line(&whole, &mut out);
         }
+        if end && !self.cut {
+            if let Some(o) = out.as_mut() {
+                o.append(&mut self.pending);
+            }
+        }
         out
     }
 
     /// One whole line (with its newline): read for usage, and copied to `out` unless it is
     /// the usage-only chunk the agent did not ask for.
     fn line(&mut self, line: &[u8], out: &mut Option<Vec<u8>>) {
+        if self.cut {
+            return;
+        }
+        let is_data = line.starts_with(b"data:");
+        if self.cap.is_some() {
+            if is_data {
+                let (ascii, other) = generated_text(&line[5..]);
+                self.generated.0 += ascii;
+                self.generated.1 += other;
+            } else if !self.mid_event && !line.trim_ascii().is_empty() {
+                // A field before the event's data: held until the data is read.
+                self.pending.extend_from_slice(line);
+                return;
+            }
+        }
         let data = line.strip_prefix(b"data:").filter(|d| {
             // The first event names the model even when the stream reports no usage.
             !std::mem::replace(&mut self.first_read, true) || has_usage_object(d)
@@ -141,9 +221,26 @@ impl UsageScanner {
                 return;
             }
         }
+        if let Some(cap) = &self.cap {
+            if self.estimate() > cap.tokens {
+                self.cut = true;
+                // The open event's held fields go, never to be sent.
+                self.pending = Vec::new();
+                if let Some(o) = out.as_mut() {
+                    if self.mid_event {
+                        // Part of this event's data went out: it ends here, then the error.
+                        o.push(b'\n');
+                    }
+                    o.extend_from_slice(&cap.event);
+                }
+                return;
+            }
+        }
         if let Some(o) = out.as_mut() {
+            o.append(&mut self.pending);
             o.extend_from_slice(line);
         }
+        self.mid_event = is_data || (self.mid_event && !line.trim_ascii().is_empty());
     }
 }
 
@@ -171,4 +268,49 @@ fn usage_only_chunk(data: &[u8]) -> bool {
                 .as_deref()
                 .is_none_or(|o| o == "chat.completion.chunk")
     })
+}
+
+/// The generated text a stream's `data:` document carries (ASCII bytes, other characters):
+/// Chat Completions `choices[].delta` content, refusal, reasoning and tool-call arguments; the
+/// Responses API's `*.delta` events; Anthropic's `content_block_delta` text, thinking and
+/// partial JSON. Documents that repeat earlier text (`response.completed`, `*.done`) count
+/// nothing.
+pub fn generated_text(data: &[u8]) -> (u64, u64) {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(data.trim_ascii()) else {
+        return (0, 0);
+    };
+    let mut n = (0u64, 0u64);
+    let mut add = |s: Option<&serde_json::Value>| {
+        if let Some(s) = s.and_then(|s| s.as_str()) {
+            let ascii = s.bytes().filter(u8::is_ascii).count();
+            n.0 += ascii as u64;
+            n.1 += s.chars().count().saturating_sub(ascii) as u64;
+        }
+    };
+    if let Some(choices) = v.get("choices").and_then(|c| c.as_array()) {
+        for c in choices {
+            let Some(d) = c.get("delta") else { continue };
+            for k in ["content", "refusal", "reasoning_content", "reasoning"] {
+                add(d.get(k));
+            }
+            for t in d
+                .get("tool_calls")
+                .and_then(|t| t.as_array())
+                .into_iter()
+                .flatten()
+            {
+                add(t.get("function").and_then(|f| f.get("arguments")));
+            }
+        }
+    } else if let Some(t) = v.get("type").and_then(|t| t.as_str()) {
+        if t == "content_block_delta" {
+            let d = v.get("delta");
+            for k in ["text", "thinking", "partial_json"] {
+                add(d.and_then(|d| d.get(k)));
+            }
+        } else if t.ends_with(".delta") {
+            add(v.get("delta"));
+        }
+    }
+    n
 }

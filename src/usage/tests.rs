@@ -1,5 +1,5 @@
 use super::request::{add_include_usage, read};
-use super::scan::{Framing, UsageScanner};
+use super::scan::{generated_text, Framing, UsageScanner};
 use super::*;
 
 fn u(input: u64, output: u64, cached: u64, reasoning: u64, write: u64) -> Usage {
@@ -416,4 +416,139 @@ fn only_a_usage_key_that_opens_an_object_is_parsed() {
             "{data}"
         );
     }
+}
+
+/// Feeds `body` cut at `cuts` through a scanner capped at `cap` tokens; what the agent gets.
+fn scan_capped(body: &[u8], cuts: &[usize], cap: u64) -> (Vec<u8>, bool, u64) {
+    let mut s = UsageScanner::new(Framing::Sse, false)
+        .with_cap(cap, b"event: error\ndata: {}\n\n".to_vec());
+    let mut out = Vec::new();
+    let mut at = 0;
+    let ends: Vec<usize> = cuts.iter().copied().chain([body.len()]).collect();
+    for (i, &e) in ends.iter().enumerate() {
+        let chunk = &body[at..e];
+        match s.push(chunk, i == ends.len() - 1) {
+            Some(b) => out.extend(b),
+            None => out.extend_from_slice(chunk),
+        }
+        at = e;
+    }
+    (out, s.cut, s.generated_tokens())
+}
+
+fn chat_delta(text: &str) -> String {
+    serde_json::json!({"object":"chat.completion.chunk","model":"gpt-4o","choices":[{"index":0,"delta":{"content":text}}]}).to_string()
+}
+
+#[test]
+fn generated_text_counts_the_deltas_of_each_api_and_nothing_repeated() {
+    let cases: &[(&str, (u64, u64))] = &[
+        (r#"{"choices":[{"delta":{"content":"abcd"}}]}"#, (4, 0)),
+        (
+            r#"{"choices":[{"delta":{"content":"ab"}},{"delta":{"refusal":"cd","reasoning_content":"e"}}]}"#,
+            (5, 0),
+        ),
+        (
+            r#"{"choices":[{"delta":{"tool_calls":[{"function":{"arguments":"{\"a\":1}"}}]}}]}"#,
+            (7, 0),
+        ),
+        (r#"{"choices":[{"delta":{"content":"日本語x"}}]}"#, (1, 3)),
+        (
+            r#"{"type":"response.output_text.delta","delta":"hello"}"#,
+            (5, 0),
+        ),
+        (
+            r#"{"type":"response.function_call_arguments.delta","delta":"{}"}"#,
+            (2, 0),
+        ),
+        (
+            r#"{"type":"response.output_text.done","text":"hello"}"#,
+            (0, 0),
+        ),
+        (
+            r#"{"type":"response.completed","response":{"output":[{"content":[{"text":"hello"}]}]}}"#,
+            (0, 0),
+        ),
+        (
+            r#"{"type":"content_block_delta","delta":{"type":"text_delta","text":"hey"}}"#,
+            (3, 0),
+        ),
+        (
+            r#"{"type":"content_block_delta","delta":{"type":"input_json_delta","partial_json":"{\"q\""}}"#,
+            (4, 0),
+        ),
+        (
+            r#"{"type":"content_block_delta","delta":{"type":"thinking_delta","thinking":"hm"}}"#,
+            (2, 0),
+        ),
+        (
+            r#"{"type":"message_delta","usage":{"output_tokens":9}}"#,
+            (0, 0),
+        ),
+        ("[DONE]", (0, 0)),
+        ("not json", (0, 0)),
+    ];
+    for (doc, want) in cases {
+        assert_eq!(generated_text(doc.as_bytes()), *want, "{doc}");
+    }
+}
+
+#[test]
+fn a_capped_stream_is_cut_at_the_event_that_passes_the_cap_at_every_split() {
+    // 10 deltas of 40 ASCII bytes: 10 tokens each; a cap of 35 is passed by the 4th.
+    let text = "x".repeat(40);
+    let docs: Vec<String> = (0..10)
+        .map(|_| chat_delta(&text))
+        .chain(["[DONE]".to_string()])
+        .collect();
+    let refs: Vec<&str> = docs.iter().map(String::as_str).collect();
+    let body = sse(&refs);
+    let want: Vec<u8> = [sse(&refs[..3]), b"event: error\ndata: {}\n\n".to_vec()].concat();
+    for cut in 0..=body.len() {
+        let (out, was_cut, generated) = scan_capped(&body, &[cut], 35);
+        assert!(was_cut, "cut at {cut}");
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            String::from_utf8_lossy(&want),
+            "split at {cut}"
+        );
+        assert_eq!(generated, 40, "split at {cut}");
+    }
+    let cuts: Vec<usize> = (1..body.len()).collect();
+    assert_eq!(scan_capped(&body, &cuts, 35).0, want);
+    // Under the cap: the stream passes untouched.
+    let (out, was_cut, generated) = scan_capped(&body, &[body.len() / 2], 100);
+    assert_eq!((out, was_cut, generated), (body.clone(), false, 100));
+}
+
+#[test]
+fn a_cut_inside_a_named_event_closes_it_before_the_error_event() {
+    let body = "event: content_block_delta\r\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"text\":\"aaaaaaaa\"}}\r\n\r\nevent: content_block_delta\r\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"text\":\"bbbbbbbb\"}}\r\n\r\nevent: message_stop\r\ndata: {}\r\n\r\n";
+    let first = "event: content_block_delta\r\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"text\":\"aaaaaaaa\"}}\r\n\r\n";
+    let want = format!("{first}event: error\ndata: {{}}\n\n");
+    for cut in 0..=body.len() {
+        let (out, was_cut, _) = scan_capped(body.as_bytes(), &[cut], 3);
+        assert!(was_cut);
+        assert_eq!(String::from_utf8_lossy(&out), want, "split at {cut}");
+        // Under the cap, the held fields go out with their data: the stream is unchanged.
+        let (out, was_cut, _) = scan_capped(body.as_bytes(), &[cut], 100);
+        assert!(!was_cut);
+        assert_eq!(String::from_utf8_lossy(&out), body, "split at {cut}");
+    }
+    // A field-only event, and fields at the very end of a stream, go out too.
+    let body = "event: ping\n\nid: 7\nevent: x";
+    for cut in 0..=body.len() {
+        assert_eq!(
+            String::from_utf8_lossy(&scan_capped(body.as_bytes(), &[cut], 100).0),
+            body
+        );
+    }
+    // A usage count reported at the end does not cut what was already sent.
+    let body = sse(&[
+        &chat_delta("abcd"),
+        r#"{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":500}}"#,
+        "[DONE]",
+    ]);
+    let (out, was_cut, generated) = scan_capped(&body, &[], 10);
+    assert_eq!((out, was_cut, generated), (body, false, 500));
 }

@@ -125,6 +125,8 @@ pub struct RawLimit {
     cost: Option<RawCost>,
     #[serde(default)]
     concurrent: Option<u64>,
+    #[serde(default)]
+    cut_streams: bool,
 }
 
 #[derive(Deserialize)]
@@ -228,6 +230,12 @@ impl TryFrom<RawLimit> for Limit {
                 ),
             ));
         }
+        if r.cut_streams && tokens.is_none() && cost.is_none() {
+            return Err(at_field(
+                "cut_streams",
+                format!("limit `{name}`: cut_streams needs tokens or cost to cut a stream at"),
+            ));
+        }
         if r.concurrent == Some(0) {
             return Err(at_field(
                 "concurrent",
@@ -244,6 +252,7 @@ impl TryFrom<RawLimit> for Limit {
             cost_currency: cost.as_ref().and_then(|c| c.1.clone()),
             cost: cost.map(|c| c.0),
             concurrent: r.concurrent,
+            cut_streams: r.cut_streams,
         })
     }
 }
