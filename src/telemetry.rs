@@ -3,7 +3,7 @@
 //! `gen_ai.request.model`, `gen_ai.response.model`, `gen_ai.usage.input_tokens`...), child spans
 //! for the gateway's phases (`agentgate.admit`: identity, route, access; `agentgate.decide`: body,
 //! masking, limits, approval wait; `agentgate.upstream`: the call, a client span), exported over
-//! OTLP/HTTP (protobuf) by the SDK's batch processor on its own thread.
+//! OTLP/HTTP (protobuf) or OTLP/gRPC by the SDK's batch processor on its own thread.
 //!
 //! W3C trace context: an agent's `traceparent` is continued (its span is the exchange span's
 //! parent), and the upstream gets a `traceparent` naming the upstream span, so the provider's or
@@ -28,38 +28,32 @@ static PROVIDER: OnceLock<(SdkTracerProvider, opentelemetry_sdk::trace::SdkTrace
 
 /// Starts the exporter (once, at start-up).
 pub fn init(c: &TracingConfig) -> Result<(), String> {
-    use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
     crate::limits::redis_store::install_crypto_provider();
-    let mut client =
-        reqwest::blocking::Client::builder().timeout(std::time::Duration::from_secs(10));
-    if let Some(ca) = &c.ca_file {
-        let pem =
-            std::fs::read(ca).map_err(|e| format!("tracing.otlp.ca_file {}: {e}", ca.display()))?;
-        let cert = reqwest::Certificate::from_pem(&pem)
-            .map_err(|e| format!("tracing.otlp.ca_file {}: {e}", ca.display()))?;
-        client = client.add_root_certificate(cert);
+    let ca = match &c.ca_file {
+        Some(ca) => Some(
+            std::fs::read(ca).map_err(|e| format!("tracing.otlp.ca_file {}: {e}", ca.display()))?,
+        ),
+        None => None,
+    };
+    fn batch<E: opentelemetry_sdk::trace::SpanExporter + 'static>(
+        e: E,
+        every: std::time::Duration,
+    ) -> BatchSpanProcessor {
+        BatchSpanProcessor::builder(e)
+            .with_batch_config(
+                BatchConfigBuilder::default()
+                    .with_scheduled_delay(every)
+                    .build(),
+            )
+            .build()
     }
-    // reqwest's blocking client owns a runtime of its own: it is built off the async threads.
-    let client = std::thread::spawn(move || client.build())
-        .join()
-        .map_err(|_| "tracing: the HTTP client could not be built".to_string())?
-        .map_err(|e| format!("tracing: {e}"))?;
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_http()
-        .with_http_client(client)
-        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-        .with_endpoint(format!("{}/v1/traces", c.endpoint.trim_end_matches('/')))
-        .build()
-        .map_err(|e| format!("tracing.otlp: {e}"))?;
-    let batch = BatchSpanProcessor::builder(exporter)
-        .with_batch_config(
-            BatchConfigBuilder::default()
-                .with_scheduled_delay(c.flush_interval)
-                .build(),
-        )
-        .build();
+    let processor = if c.grpc {
+        batch(GrpcExporter::new(c, ca)?, c.flush_interval)
+    } else {
+        batch(http_exporter(c, ca)?, c.flush_interval)
+    };
     let provider = SdkTracerProvider::builder()
-        .with_span_processor(batch)
+        .with_span_processor(processor)
         .with_resource(
             opentelemetry_sdk::Resource::builder()
                 .with_service_name(c.service_name.clone())
@@ -69,6 +63,97 @@ pub fn init(c: &TracingConfig) -> Result<(), String> {
     let tracer = provider.tracer("agentgate");
     let _ = PROVIDER.set((provider, tracer));
     Ok(())
+}
+
+/// OTLP/HTTP (protobuf) to `endpoint/v1/traces`, with reqwest's blocking client.
+fn http_exporter(
+    c: &TracingConfig,
+    ca: Option<Vec<u8>>,
+) -> Result<opentelemetry_otlp::SpanExporter, String> {
+    use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+    let mut client =
+        reqwest::blocking::Client::builder().timeout(std::time::Duration::from_secs(10));
+    if let Some(pem) = ca {
+        let cert = reqwest::Certificate::from_pem(&pem)
+            .map_err(|e| format!("tracing.otlp.ca_file: {e}"))?;
+        client = client.add_root_certificate(cert);
+    }
+    // reqwest's blocking client owns a runtime of its own: it is built off the async threads.
+    let client = std::thread::spawn(move || client.build())
+        .join()
+        .map_err(|_| "tracing: the HTTP client could not be built".to_string())?
+        .map_err(|e| format!("tracing: {e}"))?;
+    opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_http_client(client)
+        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+        .with_endpoint(format!("{}/v1/traces", c.endpoint.trim_end_matches('/')))
+        .build()
+        .map_err(|e| format!("tracing.otlp: {e}"))
+}
+
+/// OTLP/gRPC (`TraceService/Export`) with tonic. tonic's channel lives on a one-thread tokio
+/// runtime of its own: the batch processor's thread is not a tokio thread, so each export is
+/// spawned there and its result awaited.
+#[derive(Debug)]
+struct GrpcExporter {
+    inner: std::sync::Arc<opentelemetry_otlp::SpanExporter>,
+    rt: std::sync::Arc<tokio::runtime::Runtime>,
+}
+
+impl GrpcExporter {
+    fn new(c: &TracingConfig, ca: Option<Vec<u8>>) -> Result<GrpcExporter, String> {
+        use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
+        use tonic::transport::{Certificate, ClientTlsConfig};
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("otlp-grpc")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("tracing: {e}"))?;
+        let _in_rt = rt.enter();
+        let mut b = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(c.endpoint.trim_end_matches('/'))
+            .with_timeout(std::time::Duration::from_secs(10));
+        if c.endpoint.starts_with("https://") {
+            let mut tls = ClientTlsConfig::new().with_native_roots();
+            if let Some(pem) = ca {
+                tls = tls.ca_certificate(Certificate::from_pem(pem));
+            }
+            b = b.with_tls_config(tls);
+        }
+        let inner = b.build().map_err(|e| format!("tracing.otlp: {e}"))?;
+        drop(_in_rt);
+        Ok(GrpcExporter {
+            inner: std::sync::Arc::new(inner),
+            rt: std::sync::Arc::new(rt),
+        })
+    }
+}
+
+impl opentelemetry_sdk::trace::SpanExporter for GrpcExporter {
+    fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> impl std::future::Future<Output = opentelemetry_sdk::error::OTelSdkResult> + Send {
+        let inner = self.inner.clone();
+        let call = self.rt.spawn(async move { inner.export(batch).await });
+        async move {
+            call.await.unwrap_or_else(|e| {
+                Err(opentelemetry_sdk::error::OTelSdkError::InternalFailure(
+                    e.to_string(),
+                ))
+            })
+        }
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        // Called when the provider is built, before any export holds a clone.
+        if let Some(inner) = std::sync::Arc::get_mut(&mut self.inner) {
+            inner.set_resource(resource);
+        }
+    }
 }
 
 /// Writes what is queued (drain).

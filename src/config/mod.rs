@@ -74,8 +74,11 @@ pub struct PostgresStore {
 /// `tracing:`: where spans go.
 #[derive(Debug, Clone)]
 pub struct TracingConfig {
-    /// The collector's OTLP/HTTP base URL (`/v1/traces` is added): https://, or http:// to loopback.
+    /// The collector's OTLP base URL (over HTTP, `/v1/traces` is added): https://, or http:// to
+    /// loopback.
     pub endpoint: String,
+    /// `protocol: http` (HTTP/protobuf, the default) or `grpc`.
+    pub grpc: bool,
     pub ca_file: Option<PathBuf>,
     /// How long spans wait in the batch before they are sent.
     pub flush_interval: Duration,

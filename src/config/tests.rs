@@ -581,6 +581,8 @@ fn usage_and_limits_errors_are_positioned() {
         ("limits_store:\n  redis: { url: \"rediss://r:6380\", on_unavailable: maybe }", "must be refuse or allow", 18),
         ("tracing:\n  otlp: { endpoint: \"http://collector:4318\" }", "http:// only to a loopback", 18),
         ("tracing:\n  otlp: { endpoint: \"https://c:4318\", ca_file: /nope.pem }", "does not exist", 18),
+        ("tracing:\n  otlp: { endpoint: \"https://c:4317\", protocol: thrift }", "must be http (HTTP/protobuf) or grpc", 18),
+        ("limits:\n  - { name: a, per: identity, concurrent: 1, cut_streams: true }", "cut_streams needs tokens or cost", 18),
     ];
     let mut wrong = Vec::new();
     for (add, fragment, line) in table {

@@ -362,6 +362,8 @@ struct RawOtlp {
     ca_file: Option<std::path::PathBuf>,
     #[serde(default = "default_flush")]
     flush_interval: crate::config::units::HumanDuration,
+    #[serde(default)]
+    protocol: Option<String>,
 }
 
 fn default_service() -> String {
@@ -410,7 +412,18 @@ impl TryFrom<RawTracing> for crate::config::TracingConfig {
                 ));
             }
         }
+        let grpc = match r.otlp.protocol.as_deref() {
+            None | Some("http" | "http/protobuf") => false,
+            Some("grpc") => true,
+            Some(other) => {
+                return Err(at_field(
+                    "otlp.protocol",
+                    format!("tracing.otlp.protocol `{other}` must be http (HTTP/protobuf) or grpc"),
+                ))
+            }
+        };
         Ok(crate::config::TracingConfig {
+            grpc,
             endpoint: e,
             ca_file: r.otlp.ca_file,
             flush_interval: r.otlp.flush_interval.0,
