@@ -132,3 +132,14 @@ def test_masking_and_hosted_mcp_together(hosted, mock):
     assert r.output_text == "Hello from the mock upstream."
     sent = json.loads(mock.state.requests[-1]["body"])
     assert "jane.doe@example.com" not in json.dumps(sent) and sent["tools"][0]["require_approval"] == "always"
+
+
+def test_a_large_request_is_decided_and_rewritten_too(hosted, mock):
+    """Past the 64 KiB the session itself replays, the decided body goes out through a
+    subrequest: it carries the forced approval as well."""
+    gw = hosted()
+    history = [{"role": "user", "content": "x" * 1000} for _ in range(200)]
+    r = sdk(gw).responses.create(model="mock-model", input=history, tools=[mcp_tool()])
+    assert r.output_text == "Hello from the mock upstream."
+    assert len(mock.state.requests[-1]["body"]) > 200_000
+    assert upstream_tools(mock)[0]["require_approval"] == "always"
