@@ -15,6 +15,7 @@ import shutil
 import ssl
 import subprocess
 import threading
+import time
 
 import httpx
 import pytest
@@ -27,7 +28,7 @@ from gateway_driver import Gateway
 from gwconfig import AGENT_TOKEN, ROUTE_KEY, people_identity, person_token, route
 from net import free_port
 from test_approvals import wait_pending
-from test_mcp import APPROVERS, PEOPLE, cli
+from test_mcp import APPROVERS, PEOPLE, McpUpstream, cli, server_cert
 
 HERE = pathlib.Path(__file__).resolve().parent
 JS = HERE / "mcp_js"
@@ -43,46 +44,29 @@ POLICY = {"tools": [
 SECRET = "sk-proj-Ab3dE5gH7jK9mN1pQ3sT5vX7zA9cE1gI3kM5oQ7sU9wY1aC3eG5iK7mO9qS1uW3yA5"
 EMAIL = "jane.doe@example.com"
 
-class Everything:
+class Everything(McpUpstream):
     """tests/mcp_js/everything.mjs in a process: server-everything over TLS with a certificate
-    from the tests' upstream CA; every HTTP request it gets is a line in its log."""
+    from the tests' upstream CA; every HTTP request it gets is a line in its log (`log()`;
+    `url` and `stop()` as for the FastMCP server)."""
 
     def __init__(self, ca, tmp: pathlib.Path) -> None:
         self.port = free_port()
-        cert, key = tmp / "everything-cert.pem", tmp / "everything-key.pem"
-        issued = ca.issue_cert("127.0.0.1", "localhost")
-        issued.private_key_pem.write_to_path(str(key))
-        with open(cert, "wb") as f:
-            for blob in issued.cert_chain_pems:
-                f.write(blob.bytes())
+        cert, key = server_cert(ca, tmp, "everything")
         self.log_path = tmp / "everything.jsonl"
         self.log_path.write_text("")
-        err = tmp / "everything.err"
+        out, err = tmp / "everything.out", tmp / "everything.err"
         self.proc = subprocess.Popen([shutil.which("node") or "node", str(JS / "everything.mjs"), str(self.port), str(cert), str(key),
-                                      str(self.log_path)], cwd=JS, stdout=subprocess.PIPE, stderr=open(err, "wb"), text=True)
-        line = self.proc.stdout.readline()  # "listening", or EOF when it failed
-        assert line.strip() == "listening", err.read_text()
-
-    @property
-    def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
-
-    def log(self) -> list[dict]:
-        return [json.loads(l) for l in self.log_path.read_text().splitlines() if l]
+                                      str(self.log_path)], cwd=JS, stdout=open(out, "wb"), stderr=open(err, "wb"))
+        deadline = time.monotonic() + 30
+        while "listening" not in out.read_text():
+            assert self.proc.poll() is None and time.monotonic() < deadline, err.read_text()
+            time.sleep(0.05)
 
     def posts(self) -> list:
         return [json.loads(e["body"]) for e in self.log() if e["http"] == "POST"]
 
     def tool_calls(self) -> list[dict]:
         return [p["params"] for p in self.posts() if isinstance(p, dict) and p.get("method") == "tools/call"]
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 @pytest.fixture
