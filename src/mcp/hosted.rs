@@ -4,7 +4,8 @@
 //! route's `hosted_mcp` decides which servers a request may name, and may make every call come
 //! back to the agent for approval first.
 //!
-//! Invariants:
+//! Invariants (keys are matched in any ASCII case: a lenient upstream could read `TYPE` or
+//! `Server_URL` as `type` or `server_url`):
 //! - Every object in the request whose `type` is `mcp` (ASCII case and surrounding whitespace
 //!   aside), wherever it sits in the document, names only servers the route allows: its
 //!   `server_url` in canonical form (`canonical::https_url`: no userinfo, no fragment, no raw
@@ -13,7 +14,7 @@
 //!   names neither, or names them with something other than a string — refuses the request
 //!   whole.
 //! - With `require_approval: always`, every such object leaves with
-//!   `"require_approval": "always"`, whatever the agent wrote there.
+//!   `"require_approval": "always"` and no other spelling of that key, whatever the agent wrote.
 //! - The decision is made on the parsed document the upstream will read (the proxy hands the
 //!   body after masking, and has refused duplicate keys and bodies that are not strict JSON).
 
@@ -31,11 +32,20 @@ pub struct Refusal {
     pub message: String,
 }
 
+/// The values of `o`'s keys that are `key` in any ASCII case (a lenient upstream could read
+/// `Server_URL` as `server_url`; each is decided).
+fn fields<'a>(o: &'a Map<String, Value>, key: &'a str) -> impl Iterator<Item = &'a Value> {
+    o.iter()
+        .filter(move |(k, _)| k.eq_ignore_ascii_case(key))
+        .map(|(_, v)| v)
+}
+
 /// Whether `o` is a hosted MCP tool (see the invariant).
 pub fn is_mcp_tool(o: &Map<String, Value>) -> bool {
-    o.get("type")
-        .and_then(Value::as_str)
-        .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case("mcp"))
+    fields(o, "type").any(|t| {
+        t.as_str()
+            .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case("mcp"))
+    })
 }
 
 /// Whether the canonical URL `u` falls under pattern `p`.
@@ -68,38 +78,52 @@ fn check_tool(policy: &HostedMcp, route: &str, o: &Map<String, Value>) -> Result
         message: format!("hosted MCP server {what} is not allowed on route `{route}` (agentgate: see the route's hosted_mcp.allow)"),
     }
     };
-    let url = o.get("server_url");
-    let connector = o.get("connector_id");
-    match url {
-        None => {}
-        Some(Value::String(raw)) => {
-            let u = https_url(raw).map_err(|e| not_allowed(format!("`{}` ({e})", cut(raw))))?;
-            if !policy.allow.iter().any(|p| matches(p, &u)) {
-                return Err(not_allowed(format!("`{}`", cut(raw))));
+    let mut named = false;
+    for url in fields(o, "server_url") {
+        named = true;
+        let Value::String(raw) = url else {
+            return Err(not_allowed("(a `server_url` that is not a string)".into()));
+        };
+        let u = https_url(raw).map_err(|e| not_allowed(format!("`{}` ({e})", cut(raw))))?;
+        if !policy.allow.iter().any(|p| matches(p, &u)) {
+            return Err(not_allowed(format!("`{}`", cut(raw))));
+        }
+    }
+    for connector in fields(o, "connector_id") {
+        named = true;
+        if let Value::String(id) = connector {
+            if policy.connectors.iter().any(|c| c == id) {
+                continue;
             }
         }
-        Some(_) => return Err(not_allowed("(a `server_url` that is not a string)".into())),
+        let shown = connector
+            .as_str()
+            .map_or_else(|| "(not a string)".into(), |s| format!("`{}`", cut(s)));
+        return Err(Refusal {
+            code: "mcp_connector_not_allowed",
+            message: format!("hosted MCP connector {shown} is not allowed on route `{route}` (agentgate: see the route's hosted_mcp.connectors)"),
+        });
     }
-    match connector {
-        None => {}
-        Some(Value::String(id)) if policy.connectors.iter().any(|c| c == id) => {}
-        Some(c) => {
-            let shown = c
-                .as_str()
-                .map_or_else(|| "(not a string)".into(), |s| format!("`{}`", cut(s)));
-            return Err(Refusal {
-                code: "mcp_connector_not_allowed",
-                message: format!("hosted MCP connector {shown} is not allowed on route `{route}` (agentgate: see the route's hosted_mcp.connectors)"),
-            });
-        }
-    }
-    if url.is_none() && connector.is_none() {
+    if !named {
         return Err(Refusal {
             code: "mcp_server_missing",
             message: format!("a hosted MCP tool names no `server_url` or `connector_id`; route `{route}` allows only the servers it lists (agentgate)"),
         });
     }
     Ok(())
+}
+
+/// Sets `require_approval` to "always" and drops other spellings of the key: whether `o`
+/// changed.
+fn force_approval(o: &mut Map<String, Value>) -> bool {
+    let before = o.len();
+    o.retain(|k, _| k == "require_approval" || !k.eq_ignore_ascii_case("require_approval"));
+    let mut changed = o.len() != before;
+    if o.get("require_approval").and_then(Value::as_str) != Some("always") {
+        o.insert("require_approval".into(), Value::from("always"));
+        changed = true;
+    }
+    changed
 }
 
 /// Decides a request document: `Ok(true)` when it was changed (approval forced), `Ok(false)`
@@ -113,11 +137,8 @@ pub fn decide(policy: &HostedMcp, route: &str, doc: &mut Value) -> Result<bool, 
             Value::Object(o) => {
                 if is_mcp_tool(o) {
                     check_tool(policy, route, o)?;
-                    if policy.require_approval_always
-                        && o.get("require_approval").and_then(Value::as_str) != Some("always")
-                    {
-                        o.insert("require_approval".into(), Value::from("always"));
-                        changed = true;
+                    if policy.require_approval_always {
+                        changed |= force_approval(o);
                     }
                 }
                 stack.extend(o.values_mut());

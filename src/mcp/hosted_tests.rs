@@ -83,6 +83,21 @@ fn every_mcp_object_is_found_wherever_it_is() {
             Err("mcp_server_not_allowed"),
         ),
         (
+            "`type` in capitals",
+            json!({"tools": [{"TYPE": "mcp", "server_url": evil}]}),
+            Err("mcp_server_not_allowed"),
+        ),
+        (
+            "a second `Server_URL`",
+            json!({"tools": [{"type": "mcp", "server_url": "https://mcp.example.com/", "Server_URL": evil}]}),
+            Err("mcp_server_not_allowed"),
+        ),
+        (
+            "a `CONNECTOR_ID`",
+            json!({"tools": [{"type": "mcp", "CONNECTOR_ID": "connector_gmail"}]}),
+            Err("mcp_connector_not_allowed"),
+        ),
+        (
             "type with spaces",
             json!({"tools": [{"type": " mcp\t", "server_url": evil}]}),
             Err("mcp_server_not_allowed"),
@@ -171,6 +186,15 @@ fn require_approval_is_forced_to_always() {
         (r, &doc["tools"][0]["require_approval"]),
         (Ok(true), &json!("always"))
     );
+    // Another spelling of the key is dropped: only `require_approval: "always"` leaves.
+    let mut t = tool("https://mcp.example.com/");
+    t["require_approval"] = json!("always");
+    t["Require_Approval"] = json!("never");
+    let (r, doc) = run(&p, body(vec![t]));
+    assert_eq!(r, Ok(true));
+    let keys: Vec<&String> = doc["tools"][0].as_object().unwrap().keys().collect();
+    assert!(!keys.iter().any(|k| *k == "Require_Approval"), "{keys:?}");
+    assert_eq!(doc["tools"][0]["require_approval"], "always");
     // Already `always`: the body goes as it came.
     let mut t = tool("https://mcp.example.com/");
     t["require_approval"] = json!("always");
