@@ -44,26 +44,34 @@ def upstream_tools(mock) -> list[dict]:
 
 
 def test_an_allowed_server_goes_upstream_with_approval_forced(hosted, mock):
+    """The agent asked for no approval; the route forces it, so the provider (the mock, acting
+    as OpenAI does) answers with an `mcp_approval_request`, which the agent approves as usual."""
     gw = hosted()
     client = sdk(gw)
-    r = client.responses.create(model="mock-model", input="what do the docs say?",
-                                tools=[mcp_tool(), {"type": "function", "name": "f", "parameters": {"type": "object", "properties": {}}}])
-    assert r.output[0].type == "function_call"  # the mock calls the function tool it was given
+    fn = {"type": "function", "name": "f", "parameters": {"type": "object", "properties": {}}}
+    r = client.responses.create(model="mock-model", input="what do the docs say?", tools=[mcp_tool(), fn])
+    [ask] = r.output
+    assert ask.type == "mcp_approval_request" and ask.server_label == "docs" and ask.name == "search", r.output
     [mcp, fn] = upstream_tools(mock)
     assert mcp == {**mcp_tool(), "require_approval": "always"}
     assert "require_approval" not in fn
+    approve = {"type": "mcp_approval_response", "approve": True, "approval_request_id": ask.id}
+    done = client.responses.create(model="mock-model", input=[approve], tools=[mcp_tool()], previous_response_id=r.id)
+    assert [o.type for o in done.output] == ["mcp_call", "message"] and done.output_text == "The docs say hello."
+    assert done.output[0].output == f"searched {ALLOWED}"
     # The object form (`never` for some tools) is replaced too, and streaming requests alike.
     with client.responses.create(model="mock-model", input="hi", stream=True,
                                  tools=[mcp_tool("https://a.tools.example/mcp", require_approval={"never": {"tool_names": ["rm"]}})]) as s:
         assert [e.type for e in s][-1] == "response.completed"
     assert upstream_tools(mock)[0]["require_approval"] == "always"
-    assert gw.wait_metric("agentgate_hosted_mcp_requests_total", 2, route="openai", outcome="approval_forced") == 2
+    assert gw.wait_metric("agentgate_hosted_mcp_requests_total", 3, route="openai", outcome="approval_forced") == 3
 
 
 def test_without_forcing_the_agents_choice_stands(hosted, mock):
     gw = hosted({"allow": ["https://mcp.example.com/*"]})
-    sdk(gw).responses.create(model="mock-model", input="hi", tools=[mcp_tool()])
+    r = sdk(gw).responses.create(model="mock-model", input="hi", tools=[mcp_tool()])
     assert upstream_tools(mock) == [mcp_tool()]
+    assert [o.type for o in r.output] == ["mcp_call", "message"], "no approval asked"
 
 
 @pytest.mark.parametrize("url", [
@@ -129,7 +137,7 @@ def test_masking_and_hosted_mcp_together(hosted, mock):
     from gwconfig import REDACT_POLICY
     gw = hosted(route_fields={"masking": "default"}, extra=REDACT_POLICY)
     r = sdk(gw).responses.create(model="mock-model", input="mail jane.doe@example.com", tools=[mcp_tool()])
-    assert r.output_text == "Hello from the mock upstream."
+    assert r.output[0].type == "mcp_approval_request"
     sent = json.loads(mock.state.requests[-1]["body"])
     assert "jane.doe@example.com" not in json.dumps(sent) and sent["tools"][0]["require_approval"] == "always"
 
@@ -140,6 +148,6 @@ def test_a_large_request_is_decided_and_rewritten_too(hosted, mock):
     gw = hosted()
     history = [{"role": "user", "content": "x" * 1000} for _ in range(200)]
     r = sdk(gw).responses.create(model="mock-model", input=history, tools=[mcp_tool()])
-    assert r.output_text == "Hello from the mock upstream."
+    assert r.output[0].type == "mcp_approval_request"
     assert len(mock.state.requests[-1]["body"]) > 200_000
     assert upstream_tools(mock)[0]["require_approval"] == "always"
