@@ -97,12 +97,18 @@ tests/console/node_modules/.installed: tests/console/package.json tests/console/
 	npm ci --silent --no-audit --no-fund --prefix tests/console
 	touch $@
 
+## The official MCP reference server (server-everything) and the TypeScript SDK client (npm) for
+## tests/test_mcp_reference.py.
+tests/mcp_js/node_modules/.installed: tests/mcp_js/package.json tests/mcp_js/package-lock.json
+	npm ci --silent --no-audit --no-fund --prefix tests/mcp_js
+	touch $@
+
 ## The first ten minutes (demo/run.py): everything on loopback in a temporary directory, removed at
 ## the end (also on Ctrl-C). DEMO_ARGS=--auto-approve approves the held call itself; see --help.
 demo: build venv tests/oidc/node_modules/.installed
 	$(PY) demo/run.py $(DEMO_ARGS)
 
-integration: build venv test-deps tests/oidc/node_modules/.installed tests/console/node_modules/.installed
+integration: build venv test-deps tests/oidc/node_modules/.installed tests/console/node_modules/.installed tests/mcp_js/node_modules/.installed
 	cd tests && ../$(PY) -m pytest -q
 
 ## Portkey's gateway from npm, for the side-by-side (the bench skips it if npm is missing).

@@ -8,6 +8,7 @@ Systems (each TLS in, TLS to the upstream, HTTP/1.1 upstream with keep-alive poo
   agentgate    passthrough: credential injection, scrubbing, metrics, session log, 1 thread
   agentgate-full-pg  the full policy with `store.postgres` (records also sent to a local
                PostgreSQL over TLS; Debian's postgresql, skipped when it is not installed)
+  agentgate-mcp  an MCP route: `tools/call` round trips vs `mcp-direct` to the same FastMCP server
 
 Usage: python bench/run.py [--smoke] [--profile release|debug] [--duration S] [--rounds N]
 """
@@ -41,6 +42,9 @@ AGENT_KEY = "agent-key-the-gateway-replaces"
 APPROVER_KEY = "approver-key-for-the-admin-api"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CONCURRENCY = [1, 16, 64]
+# The MCP rows: tools/call against a Python server, which saturates long before 64 connections.
+MCP_CONCURRENCY = [1, 16]
+MCP_PATH = "/mcp/tools"
 
 
 def free_port() -> int:
@@ -402,14 +406,101 @@ litellm_settings:
         wait_port(port, p, "litellm", timeout=120)
         return System("litellm", port, p, h2=False, scheme="http")
 
+    def start_mcp_server(self) -> System:
+        """tests/mcp_server.py: the FastMCP server (the `mcp` package, uvicorn) the MCP tests use,
+        over TLS with the bench certificate; its tool calls answer as SSE (the default)."""
+        port = free_port()
+        p = self.spawn([sys.executable, str(ROOT / "tests" / "mcp_server.py"), str(port), str(self.chain), str(self.key),
+                        str(self.work / "mcp-server-calls.jsonl"), MCP_PATH], "mcp-server")
+        wait_port(port, p, "mcp-server")
+        return System("mcp-direct", port, p, h2=False)
+
+    def start_agentgate_mcp(self, upstream: int) -> System:
+        """An MCP route in front of the FastMCP server: service-account auth, credential
+        injection, the POST's JSON-RPC read whole and checked against per-tool grants, the SSE
+        answer filtered event by event, metrics, session lines; no recording (as `agentgate`)."""
+        name = "agentgate-mcp"
+        port, admin = free_port(), free_port()
+        conf = self.work / f"{name}.yaml"
+        conf.write_text(f"""
+server: {{ state_dir: ./var-{name}, threads: 1 }}
+listeners:
+  - {{ name: agents, address: "127.0.0.1:{port}", tls: {{ cert: {self.chain}, key: {self.key} }} }}
+admin: {{ address: "127.0.0.1:{admin}" }}
+identity:
+  service_accounts:
+    - {{ name: bench-agent, token_sha256: {hashlib.sha256(AGENT_KEY.encode()).hexdigest()}, groups: [agents] }}
+routes:
+  - name: tools
+    match: {{ path_prefix: {MCP_PATH} }}
+    access: {{ groups: [agents] }}
+    upstream: {{ url: "https://127.0.0.1:{upstream}", http2: false }}
+    credentials:
+      set_headers: {{ Authorization: "Bearer ${{env:BENCH_KEY}}" }}
+    recording: off
+    mcp:
+      tools:
+        - {{ name: search_issues, groups: [agents] }}
+        - {{ name: "create_*", groups: [release-bots] }}
+""")
+        env = dict(os.environ, BENCH_KEY="sk-bench-route-key", AGENTGATE_LOG="warn", SSL_CERT_FILE=str(self.ca_file))
+        out = open(self.work / f"{name}-sessions.jsonl", "wb")
+        p = self.spawn([str(self.bin / "agentgate"), "run", "--config", str(conf)], name, env=env, stdout=out)
+        wait_port(port, p, name)
+        return System(name, port, p, h2=False)
+
+    def mcp_session(self, system: System) -> None:
+        """Initializes an MCP session through `system` and puts its headers on the system (wrk
+        sends them with every tools/call)."""
+        headers = {"accept": "application/json, text/event-stream", "authorization": f"Bearer {AGENT_KEY}",
+                   "mcp-protocol-version": "2025-06-18"}
+        init = {"jsonrpc": "2.0", "id": 0, "method": "initialize",
+                "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "bench", "version": "1"}}}
+        with httpx.Client(verify=self.client_ctx, timeout=30) as c:
+            r = c.post(system.url(MCP_PATH), json=init, headers=headers)
+            r.raise_for_status()
+            sid = r.headers["mcp-session-id"]
+            headers["mcp-session-id"] = sid
+            c.post(system.url(MCP_PATH), json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers).raise_for_status()
+            call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "search_issues", "arguments": {"query": "x"}}}
+            r = c.post(system.url(MCP_PATH), json=call, headers=headers)
+            if r.status_code != 200 or "3 issues match" not in r.text:
+                raise RuntimeError(f"{system.name}: tools/call answered {r.status_code}: {r.text[:300]}")
+        system.headers = {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-06-18"}
+
+    def mcp_rounds(self, duration: float, rounds: int) -> dict[tuple[str, int], list[dict]] | None:
+        """tools/call round trips per second through agentgate's MCP route and straight to the
+        same FastMCP server, alternating like the main rounds (None: the `mcp` package is missing)."""
+        try:
+            import mcp  # noqa: F401  (the server runs on this interpreter)
+        except ImportError:
+            print("the `mcp` package is not installed: no MCP rows", flush=True)
+            return None
+        direct = self.start_mcp_server()
+        gw = self.start_agentgate_mcp(direct.port)
+        systems = [direct, gw]
+        for s in systems:
+            self.mcp_session(s)
+            self.wrk(s, 2, 1, MCP_PATH, "wrk_mcp.lua")
+        runs: dict[tuple[str, int], list[dict]] = {}
+        for rnd in range(rounds):
+            for c in MCP_CONCURRENCY:
+                for s in systems if rnd % 2 == 0 else list(reversed(systems)):
+                    r = self.wrk(s, c, duration, MCP_PATH, "wrk_mcp.lua")
+                    runs.setdefault((s.name, c), []).append(r)
+                    print(f"mcp round {rnd + 1} c={c:<3} {s.name:<16} {r['rps']:9.0f} calls/s  p99 {r['p99'] / 1000:.3f} ms  "
+                          f"errors {r['errors'] + r['status_errors']}", flush=True)
+        return runs
+
     # --- measurements -----------------------------------------------------
-    def wrk(self, system: System, conns: int, duration: float) -> dict:
-        url = system.url("/v1/chat/completions")
+    def wrk(self, system: System, conns: int, duration: float, path: str = "/v1/chat/completions",
+            script: str = "wrk_post.lua") -> dict:
+        url = system.url(path)
         cpu0 = cpu_seconds(system.pid)
         threads0 = thread_cpu(system.pid) if system.name.startswith("agentgate") else None
         extra = [a for k, v in system.headers.items() for a in ("-H", f"{k}: {v}")]
         out = subprocess.run(
-            ["wrk", "-t1", f"-c{conns}", f"-d{max(1, round(duration))}s", "--timeout", "10s", "--latency", "-s", str(ROOT / "bench" / "wrk_post.lua"), *extra, url],
+            ["wrk", "-t1", f"-c{conns}", f"-d{max(1, round(duration))}s", "--timeout", "10s", "--latency", "-s", str(ROOT / "bench" / script), *extra, url],
             capture_output=True, text=True, timeout=duration + 60,
         )
         cpu = cpu_seconds(system.pid) - cpu0
@@ -534,7 +625,7 @@ def main() -> int:
     ap.add_argument("--streams", type=int, default=1000)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--keep-work", action="store_true", help="keep the gateways' record stores and session lines under bench/work")
-    ap.add_argument("--only", help="comma-separated systems to run besides direct (e.g. agentgate,agentgate-recorded)")
+    ap.add_argument("--only", help="comma-separated systems to run besides direct (e.g. agentgate,agentgate-recorded; `mcp` for the MCP rows)")
     ap.add_argument("--baseline", help="another agentgate binary (e.g. a build of an earlier commit): its passthrough and "
                     "full-policy variants run beside this build's, in the same rounds, as agentgate@base and agentgate-full@base")
     args = ap.parse_args()
@@ -594,9 +685,10 @@ def main() -> int:
             streams[s.name] = b.open_streams(s, args.streams)
             print(f"{s.name}: {args.streams} open streams, RSS {streams[s.name] / 1024:.1f} MiB", flush=True)
         peak = {s.name: rss_kb(s.pid, "VmHWM") for s in systems}
+        mcp_runs = b.mcp_rounds(args.duration, args.rounds) if not only or "mcp" in only else None
     finally:
         b.stop_all()
-    report = render(args, systems, runs, h2, sse, streams, peak)
+    report = render(args, systems, runs, h2, sse, streams, peak, mcp_runs)
     took = time.monotonic() - t_start
     report = report.replace("\n- machine:", f"\n- this run took {took / 60:.1f} minutes (measurements only; `make bench` adds the release build)\n- machine:", 1)
     out = pathlib.Path(args.out)
@@ -606,9 +698,12 @@ def main() -> int:
     chart(runs, systems, out / f"{name}.png")
     print(f"\nreport: {out / (name + '.md')}\nchart:  {out / (name + '.png')}")
     print(headline(runs, systems))
+    if mcp_runs:
+        print("\n".join(mcp_rows(mcp_runs)[-len(MCP_CONCURRENCY) * 2:]))
     # agentgate failing requests fails a measured run; other systems' errors are only reported.
     # The smoke run (debug build, 1 s) checks the harness; the integration tests check agentgate.
-    errors = sum(r["errors"] + r["status_errors"] for (name, _), rs in runs.items() if name.startswith("agentgate") for r in rs)
+    errors = sum(r["errors"] + r["status_errors"] for (name, _), rs in (runs | (mcp_runs or {})).items()
+                 if name.startswith("agentgate") for r in rs)
     if errors and args.smoke:
         print(f"smoke: agentgate had {errors} failed requests on the debug build (reported, not fatal)")
     return 1 if errors and not args.smoke else 0
@@ -634,7 +729,24 @@ def headline(runs, systems) -> str:
     return "\n".join(lines)
 
 
-def render(args, systems, runs, h2, sse, streams, peak) -> str:
+def mcp_rows(mcp_runs) -> list[str]:
+    """The MCP section: tools/call round trips per second through agentgate vs direct."""
+    out = ["", "## MCP tools/call (the tests' FastMCP server, Streamable HTTP, SSE answers)", "",
+           "wrk (1 thread, keep-alive) POSTs a `tools/call` of `search_issues` in one initialized session, "
+           "`mcp-direct` straight to the server (uvicorn, TLS), `agentgate-mcp` through an MCP route "
+           "(per-tool grants, the JSON-RPC body read whole and decided, the SSE answer filtered event by event).", "",
+           "| system | conc | calls/s | × direct | p50 ms | p99 ms | added p50 vs direct ms | errors |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for c in MCP_CONCURRENCY:
+        d = agg(mcp_runs[("mcp-direct", c)])
+        for n in ("mcp-direct", "agentgate-mcp"):
+            a = agg(mcp_runs[(n, c)])
+            out.append(f"| {n} | {c} | {a['rps']:.0f} | {a['rps'] / d['rps']:.2f} | {a['p50'] / 1000:.3f} | {a['p99'] / 1000:.3f} | "
+                       f"{(a['p50'] - d['p50']) / 1000:+.3f} | {a['errors']} |")
+    return out
+
+
+def render(args, systems, runs, h2, sse, streams, peak, mcp_runs=None) -> str:
     names = [s.name for s in systems]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     ms = lambda us: f"{us / 1000:.3f}"
@@ -749,6 +861,7 @@ def render(args, systems, runs, h2, sse, streams, peak) -> str:
         *([f"| ≤ 64 MB RSS with {args.streams} concurrent streams | {mem:.1f} MiB | {verdict(mem <= 64)} |"] if has_ag else []),
         *issue27_rows(runs, h2),
         *baseline_rows(runs),
+        *(mcp_rows(mcp_runs) if mcp_runs else []),
         "",
         "Reproduce: `make bench` (release build; the measurements take about 6 minutes on 2 cores; `make bench-smoke` for a seconds-long check).",
         "",

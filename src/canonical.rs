@@ -164,6 +164,123 @@ pub fn host(raw: &str) -> String {
     without_port.trim_end_matches('.').to_ascii_lowercase()
 }
 
+/// An `https://` URL a request names for the gateway's decision (a hosted MCP tool's
+/// `server_url`), in one canonical form: host lower-cased without a trailing dot, the effective
+/// port, the path as `path` makes it, the query as sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpsUrl {
+    pub host: String,
+    pub port: u16,
+    pub path: String,
+    pub query: Option<String>,
+}
+
+/// Why a URL was refused: anything two parsers could read as two different servers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UrlRefused {
+    TooLong,
+    /// A byte outside visible ASCII (whitespace, controls, raw Unicode: IDNs must be punycode),
+    /// or a backslash.
+    RawByte(u8),
+    NotHttps,
+    Userinfo,
+    Fragment,
+    BadHost,
+    BadPort,
+    Path(Refused),
+}
+
+impl fmt::Display for UrlRefused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UrlRefused::TooLong => f.write_str("the URL is longer than 2048 characters"),
+            UrlRefused::RawByte(b) => write!(f, "the URL has the byte 0x{b:02x} (whitespace, a control, a backslash or raw Unicode)"),
+            UrlRefused::NotHttps => f.write_str("the URL must start with https://"),
+            UrlRefused::Userinfo => f.write_str("the URL has a user name or password (`@`)"),
+            UrlRefused::Fragment => f.write_str("the URL has a fragment (`#`)"),
+            UrlRefused::BadHost => f.write_str("the URL's host is not a plain DNS name or IP literal"),
+            UrlRefused::BadPort => f.write_str("the URL's port is not a number from 1 to 65535"),
+            UrlRefused::Path(r) => write!(f, "in the URL, {r}"),
+        }
+    }
+}
+
+/// Longest URL accepted.
+pub const MAX_URL: usize = 2048;
+
+/// The canonical form of an `https://` URL, or why it is refused.
+pub fn https_url(raw: &str) -> Result<HttpsUrl, UrlRefused> {
+    if raw.len() > MAX_URL {
+        return Err(UrlRefused::TooLong);
+    }
+    if let Some(b) = raw
+        .bytes()
+        .find(|b| !(0x21..0x7f).contains(b) || *b == b'\\')
+    {
+        return Err(UrlRefused::RawByte(b));
+    }
+    let scheme = "https://";
+    if raw.len() < scheme.len() || !raw[..scheme.len()].eq_ignore_ascii_case(scheme) {
+        return Err(UrlRefused::NotHttps);
+    }
+    let rest = &raw[scheme.len()..];
+    if rest.contains('#') {
+        return Err(UrlRefused::Fragment);
+    }
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, rest) = rest.split_at(end);
+    if authority.contains('@') {
+        return Err(UrlRefused::Userinfo);
+    }
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => {
+            let (lit, after) = v6.split_once(']').ok_or(UrlRefused::BadHost)?;
+            if lit.is_empty()
+                || !lit
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+            {
+                return Err(UrlRefused::BadHost);
+            }
+            (format!("[{}]", lit.to_ascii_lowercase()), after)
+        }
+        None => {
+            let at = authority.find(':').unwrap_or(authority.len());
+            let name = authority[..at].to_ascii_lowercase();
+            let name = name.strip_suffix('.').unwrap_or(&name).to_string();
+            let label_ok = |l: &str| {
+                !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            };
+            if !name.split('.').all(label_ok) {
+                return Err(UrlRefused::BadHost);
+            }
+            (name, &authority[at..])
+        }
+    };
+    let port = match port.strip_prefix(':') {
+        None if port.is_empty() => 443,
+        None => return Err(UrlRefused::BadHost),
+        Some(p) if !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) => {
+            match p.parse::<u16>() {
+                Ok(n) if n > 0 => n,
+                _ => return Err(UrlRefused::BadPort),
+            }
+        }
+        Some(_) => return Err(UrlRefused::BadPort),
+    };
+    let (path, query) = match rest.split_once('?') {
+        Some((p, q)) => (p, Some(q.to_string())),
+        None => (rest, None),
+    };
+    let path = if path.is_empty() { "/" } else { path };
+    Ok(HttpsUrl {
+        host,
+        port,
+        path: self::path(path).map_err(UrlRefused::Path)?,
+        query,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,6 +336,100 @@ mod tests {
                 assert_eq!(path(c).as_deref(), Ok(c.as_str()), "fixed point: {raw}");
             }
         }
+    }
+
+    #[test]
+    fn https_urls() {
+        use UrlRefused::*;
+        let ok = |host: &str, port: u16, path: &str, query: Option<&str>| {
+            Ok(HttpsUrl {
+                host: host.into(),
+                port,
+                path: path.into(),
+                query: query.map(Into::into),
+            })
+        };
+        let table: &[(&str, Result<HttpsUrl, UrlRefused>)] = &[
+            (
+                "https://mcp.example.com/sse",
+                ok("mcp.example.com", 443, "/sse", None),
+            ),
+            (
+                "HTTPS://MCP.Example.COM./Sse",
+                ok("mcp.example.com", 443, "/Sse", None),
+            ),
+            (
+                "https://mcp.example.com",
+                ok("mcp.example.com", 443, "/", None),
+            ),
+            (
+                "https://mcp.example.com:443/a",
+                ok("mcp.example.com", 443, "/a", None),
+            ),
+            (
+                "https://mcp.example.com:8443/a?x=1",
+                ok("mcp.example.com", 8443, "/a", Some("x=1")),
+            ),
+            (
+                "https://mcp.example.com?x",
+                ok("mcp.example.com", 443, "/", Some("x")),
+            ),
+            (
+                "https://mcp.example.com/%61dmin",
+                ok("mcp.example.com", 443, "/admin", None),
+            ),
+            ("https://[::1]:9000/m", ok("[::1]", 9000, "/m", None)),
+            ("https://127.0.0.1/m", ok("127.0.0.1", 443, "/m", None)),
+            ("http://mcp.example.com/", Err(NotHttps)),
+            ("wss://mcp.example.com/", Err(NotHttps)),
+            ("https:/mcp.example.com/", Err(NotHttps)),
+            ("https://", Err(BadHost)),
+            ("https://allowed.example@evil.example/", Err(Userinfo)),
+            ("https://user:pw@mcp.example.com/", Err(Userinfo)),
+            ("https://mcp.example.com/#@evil.example", Err(Fragment)),
+            (
+                "https://mcp.example.com\\@evil.example/",
+                Err(RawByte(b'\\')),
+            ),
+            ("https://mcp.example.com /", Err(RawByte(b' '))),
+            ("https://mcp.example.com\t.evil/", Err(RawByte(b'\t'))),
+            (" https://mcp.example.com/", Err(RawByte(b' '))),
+            ("https://m\u{0441}p.example.com/", Err(RawByte(0xd1))),
+            ("https://mcp%2eexample.com/", Err(BadHost)),
+            ("https://mcp.example.com../", Err(BadHost)),
+            ("https://.mcp.example.com/", Err(BadHost)),
+            ("https://mcp..example.com/", Err(BadHost)),
+            ("https://mcp.example.com:0/", Err(BadPort)),
+            ("https://mcp.example.com:65536/", Err(BadPort)),
+            ("https://mcp.example.com:+443/", Err(BadPort)),
+            ("https://mcp.example.com:/", Err(BadPort)),
+            ("https://mcp.example.com:443:443/", Err(BadPort)),
+            ("https://[::1/", Err(BadHost)),
+            ("https://[::1]x/", Err(BadHost)),
+            (
+                "https://mcp.example.com/a/../admin",
+                Err(Path(Refused::DotSegment)),
+            ),
+            (
+                "https://mcp.example.com/a/%2e%2e/admin",
+                Err(Path(Refused::DotSegment)),
+            ),
+            (
+                "https://mcp.example.com/a%2Fb",
+                Err(Path(Refused::EncodedSeparator)),
+            ),
+            (
+                "https://mcp.example.com//evil.example",
+                Err(Path(Refused::EmptySegment)),
+            ),
+        ];
+        for (raw, want) in table {
+            assert_eq!(&https_url(raw), want, "{raw}");
+        }
+        assert_eq!(
+            https_url(&format!("https://a.example/{}", "x".repeat(MAX_URL))),
+            Err(TooLong)
+        );
     }
 
     #[test]

@@ -164,6 +164,12 @@ lazy!(MCP_SERVER_REQUESTS_DROPPED: IntCounterVec = register_int_counter_vec!(
     &["route", "method"]
 ));
 
+lazy!(HOSTED_MCP_REQUESTS: IntCounterVec = register_int_counter_vec!(
+    "agentgate_hosted_mcp_requests_total",
+    "Model API requests naming hosted MCP tools that the route's hosted_mcp refused or whose approval it forced, by route and outcome",
+    &["route", "outcome"]
+));
+
 lazy!(TOKENS: IntCounterVec = register_int_counter_vec!(
     "agentgate_tokens_total",
     "Tokens answers reported, by route, model (the price table's name for it, or unpriced) and kind (input, output, cached_input and reasoning; cached_input is part of input, reasoning part of output)",

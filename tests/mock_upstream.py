@@ -159,6 +159,19 @@ def message_item(text: str, status: str = "completed") -> dict:
     }
 
 
+def hosted_mcp_output(tool: dict, items: list) -> list:
+    """What the provider answers when its model calls `search` on hosted MCP `tool`."""
+    label = tool.get("server_label", "mcp")
+    call = {"server_label": label, "name": "search", "arguments": '{"query":"docs"}'}
+    approved = [i for i in items if isinstance(i, dict) and i.get("type") == "mcp_approval_response"]
+    if tool.get("require_approval") == "always" and not approved:
+        return [{"id": "mcpr_mock", "type": "mcp_approval_request", **call}]
+    if approved and not approved[-1].get("approve"):
+        return [message_item("The call was not approved.")]
+    return [{"id": "mcp_mock", "type": "mcp_call", **call, "output": f"searched {tool.get('server_url')}", "error": None},
+            message_item("The docs say hello.")]
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: "MockServer"
@@ -416,6 +429,12 @@ class Handler(BaseHTTPRequestHandler):
         items = items if isinstance(items, list) else [{"role": "user", "content": items}]
         outputs = [i for i in items if isinstance(i, dict) and i.get("type") == "function_call_output"]
         tools = [t for t in (req.get("tools") or []) if t.get("type") == "function"]
+        # Hosted MCP tools as the provider runs them: a call asks first where `require_approval`
+        # is "always", and runs once an `mcp_approval_response` approves it (non-streaming only).
+        hosted = [t for t in (req.get("tools") or []) if isinstance(t, dict) and t.get("type") == "mcp"]
+        if hosted and not req.get("stream"):
+            self._json(200, response_object(hosted_mcp_output(hosted[0], items)))
+            return
         if tools and not outputs:
             name, arguments = self._tool_call([t["name"] for t in tools])
             call = {

@@ -52,12 +52,7 @@ class McpUpstream:
 
     def __init__(self, ca, tmp: pathlib.Path, json_response: bool = False) -> None:
         self.port = _free_port()
-        cert, key = tmp / "mcp-cert.pem", tmp / "mcp-key.pem"
-        issued = ca.issue_cert("127.0.0.1", "localhost")
-        issued.private_key_pem.write_to_path(str(key))
-        with open(cert, "wb") as f:
-            for blob in issued.cert_chain_pems:
-                f.write(blob.bytes())
+        cert, key = server_cert(ca, tmp, "mcp")
         self.log_path = tmp / f"mcp-{self.port}.log"
         self.log_path.write_text("")
         args = [sys.executable, str(HERE / "mcp_server.py"), str(self.port), str(cert), str(key), str(self.log_path), PATH]
@@ -88,6 +83,17 @@ class McpUpstream:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def server_cert(ca, tmp: pathlib.Path, stem: str) -> tuple[pathlib.Path, pathlib.Path]:
+    """A certificate for 127.0.0.1 and localhost from `ca` (chain and key files in `tmp`)."""
+    cert, key = tmp / f"{stem}-cert.pem", tmp / f"{stem}-key.pem"
+    issued = ca.issue_cert("127.0.0.1", "localhost")
+    issued.private_key_pem.write_to_path(str(key))
+    with open(cert, "wb") as f:
+        for blob in issued.cert_chain_pems:
+            f.write(blob.bytes())
+    return cert, key
 
 
 def _free_port() -> int:

@@ -436,6 +436,8 @@ pub struct Route {
     pub set_headers: Vec<InjectedHeader>,
     /// `mcp:`: the route is an MCP server (Streamable HTTP or SSE transport) governed per tool.
     pub mcp: Option<McpRoute>,
+    /// `hosted_mcp:`: the MCP servers a model API request (`tools: [{type: "mcp"}]`) may name.
+    pub hosted_mcp: Option<HostedMcp>,
     /// `stream_usage: true`: streaming Chat Completions requests that do not ask for usage get
     /// `stream_options.include_usage` added, and the extra chunk is removed from their answer.
     pub stream_usage: bool,
@@ -455,6 +457,35 @@ pub struct McpRoute {
     pub server_requests: McpServerRequests,
     /// The gateway as this route's OAuth resource server (MCP authorization).
     pub oauth: Option<McpOAuth>,
+}
+
+/// `routes[].hosted_mcp`: MCP servers the provider calls on the agent's behalf (the Responses
+/// API's `tools: [{type: "mcp", server_url, ...}]`): only those allowed here, and with
+/// `require_approval: always` each call comes back to the agent for approval first.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "raw::RawHostedMcp")]
+pub struct HostedMcp {
+    /// `server_url` patterns, in file order.
+    pub allow: Vec<ServerPattern>,
+    /// `connector_id`s allowed (OpenAI's connectors), exact.
+    pub connectors: Vec<String>,
+    /// Every MCP tool's `require_approval` is set to `always` on its way upstream.
+    pub require_approval_always: bool,
+}
+
+/// One `hosted_mcp.allow` entry: `https://HOST[:PORT][/PATH]`, where HOST may start with `*.`
+/// (any subdomain, not the domain itself) and `*` in PATH matches any run of characters (the
+/// query too); a PATH without `*` matches that path exactly, with no query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerPattern {
+    /// As written in the file (for messages).
+    pub text: String,
+    /// Canonical host (`crate::canonical::https_url`), without the `*.`.
+    pub host: String,
+    pub subdomains: bool,
+    pub port: u16,
+    /// Canonical path; may hold `*`.
+    pub path: String,
 }
 
 /// `mcp.oauth`: the protected-resource metadata of an MCP route.

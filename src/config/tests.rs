@@ -481,6 +481,92 @@ fn mcp_routes() {
 }
 
 #[test]
+fn hosted_mcp_routes() {
+    let with = |h: &str| {
+        BASE.replace(
+            "    access: { groups: [agents] }\n",
+            &format!("    access: {{ groups: [agents] }}\n    hosted_mcp:\n{h}"),
+        )
+    };
+    let c = parse(&with(
+        "      allow:\n        - https://MCP.example.com./*\n        - \"https://*.tools.example:8443/mcp\"\n      connectors: [connector_googledrive]\n      require_approval: always\n",
+    ))
+    .unwrap();
+    let h = c.routes[0].hosted_mcp.as_ref().unwrap();
+    assert_eq!(
+        h.allow,
+        [
+            ServerPattern {
+                text: "https://MCP.example.com./*".into(),
+                host: "mcp.example.com".into(),
+                subdomains: false,
+                port: 443,
+                path: "/*".into(),
+            },
+            ServerPattern {
+                text: "https://*.tools.example:8443/mcp".into(),
+                host: "tools.example".into(),
+                subdomains: true,
+                port: 8443,
+                path: "/mcp".into(),
+            },
+        ]
+    );
+    assert_eq!(h.connectors, ["connector_googledrive"]);
+    assert!(h.require_approval_always);
+    // Empty lists: every hosted MCP tool is refused; approval is the agent's unless forced.
+    let c = parse(&with("      allow: []\n")).unwrap();
+    let h = c.routes[0].hosted_mcp.as_ref().unwrap();
+    assert!(h.allow.is_empty() && h.connectors.is_empty() && !h.require_approval_always);
+    assert!(parse(BASE).unwrap().routes[0].hosted_mcp.is_none());
+    let refused: &[(&str, &str, usize)] = &[
+        (
+            "      allow: [http://mcp.example.com/*]\n",
+            "must start with https://",
+            15,
+        ),
+        (
+            "      allow: [\"https://user@mcp.example.com/*\"]\n",
+            "user name or password",
+            15,
+        ),
+        (
+            "      allow: [\"https://mcp.example.com/*?x=1\"]\n",
+            "has a query",
+            15,
+        ),
+        (
+            "      allow: [\"https://*.10.0.0.1/*\"]\n",
+            "before an IP address",
+            15,
+        ),
+        (
+            "      allow: [\"https://mcp.*.example/*\"]\n",
+            "not a plain DNS name",
+            15,
+        ),
+        (
+            "      allow: [\"https://mcp.example.com/../*\"]\n",
+            "`.` or `..` segments",
+            15,
+        ),
+        ("      connectors: [\"connector_*\"]\n", "no `*`", 15),
+        (
+            "      allow: []\n      require_approval: never\n",
+            "must be `always`",
+            16,
+        ),
+        ("      allowed: []\n", "unknown field `allowed`", 15),
+    ];
+    for (h, fragment, line) in refused {
+        let err = parse(&with(h)).expect_err(h);
+        let rendered = err.to_string();
+        assert!(rendered.contains(fragment), "{h}: got `{rendered}`");
+        assert_eq!(err.line, Some(*line), "{h}: {rendered}");
+    }
+}
+
+#[test]
 fn store_postgres_is_tls_unless_loopback_and_asked() {
     let with = |pg: &str| parse(&format!("{BASE}store:\n  postgres: {pg}\n"));
     let c = with(r#"{ url: "postgres://gw:pw@db.internal:5432/agentgate", ca_file: /ca.pem, pool: 4, replica: gw-0 }"#)

@@ -17,11 +17,14 @@
 
 pub mod access;
 pub mod filter;
+pub mod hosted;
 pub mod jsonrpc;
 pub mod oauth;
 pub mod pins;
 pub mod sse_transport;
 pub mod stream;
 
+#[cfg(test)]
+mod hosted_tests;
 #[cfg(test)]
 mod tests;

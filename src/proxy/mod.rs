@@ -20,6 +20,7 @@ pub mod approval_gate;
 pub mod error;
 pub mod exchange;
 mod headers;
+mod hosted_mcp;
 pub mod mcp;
 pub mod metering;
 mod request_body;

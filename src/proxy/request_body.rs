@@ -85,6 +85,14 @@ impl Gateway {
                 return self.answer(session, ctx, e).await;
             }
         }
+        // Hosted MCP tools are decided on the body the upstream would get (`hosted_mcp.rs`).
+        let upstream_body = masked.as_ref().map_or(&body[..], |(m, _)| &m[..]);
+        let ct = headers::content_type(&session.req_header().headers);
+        let masked = match super::hosted_mcp::decide(&route, &ct, upstream_body) {
+            Ok(None) => masked,
+            Ok(Some(b)) => Some((b, masked.map(|(_, t)| t).unwrap_or_default())),
+            Err(e) => return self.answer(session, ctx, e).await,
+        };
         // Limits decide before a human is asked to: a request over its budget never waits.
         let upstream_body = masked.as_ref().map_or(&body[..], |(m, _)| &m[..]);
         if let Err(e) = super::metering::admit(ctx, Some(upstream_body)).await {

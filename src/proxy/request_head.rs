@@ -191,10 +191,13 @@ impl Gateway {
         // Limits that count tokens or cost estimate the request from its body first.
         let metered = super::metering::needs_body(route, session.req_header());
         let metered = metered && !session.is_body_empty();
+        // Hosted MCP tools a model API request names are decided on its body.
+        let hosted_mcp = route.route.hosted_mcp.is_some() && !session.is_body_empty();
         let req = session.req_header();
         // An MCP POST's JSON-RPC messages are always decided on (per-tool access).
         let mcp_post = route.route.mcp.is_some() && req.method == http::Method::POST;
         let may_hold = mcp_post
+            || hosted_mcp
             || route.approvals.iter().any(|r| {
                 r.head_matches(&crate::policy::Request {
                     route: &route.route.name,

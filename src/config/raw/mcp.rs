@@ -3,7 +3,7 @@
 //! which requests the server may send to the client.
 
 use crate::config::at_field;
-use crate::config::{McpGrant, McpOAuth, McpRoute, McpServerRequests};
+use crate::config::{HostedMcp, McpGrant, McpOAuth, McpRoute, McpServerRequests, ServerPattern};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -146,6 +146,86 @@ impl TryFrom<RawMcp> for McpRoute {
                 elicitation: allow("elicitation", s.elicitation, true)?,
                 roots: allow("roots", s.roots, true)?,
             },
+        })
+    }
+}
+
+/// `routes[].hosted_mcp:` (see `HostedMcp`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHostedMcp {
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default)]
+    connectors: Vec<String>,
+    #[serde(default)]
+    require_approval: Option<String>,
+}
+
+/// One `hosted_mcp.allow` pattern, parsed as the request URLs it is compared with.
+fn server_pattern(text: &str) -> Result<ServerPattern, String> {
+    let bad = |why: String| {
+        at_field("allow", format!(
+            "hosted_mcp.allow: `{text}` {why}; write https://HOST[:PORT][/PATH], HOST may start with `*.` and PATH may hold `*` (e.g. https://mcp.example.com/*)"
+        ))
+    };
+    let lower = text.to_ascii_lowercase();
+    let (url, subdomains) = match lower.strip_prefix("https://*.") {
+        Some(_) => (format!("https://{}", &text["https://*.".len()..]), true),
+        None => (text.to_string(), false),
+    };
+    let u = crate::canonical::https_url(&url).map_err(|e| bad(format!("is refused: {e}")))?;
+    if u.query.is_some() {
+        return Err(bad(
+            "has a query (a `*` at the end of the path matches any query)".into(),
+        ));
+    }
+    let ip = u.host.starts_with('[') || u.host.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    if subdomains && ip {
+        return Err(bad("puts `*.` before an IP address".into()));
+    }
+    Ok(ServerPattern {
+        text: text.to_string(),
+        host: u.host,
+        subdomains,
+        port: u.port,
+        path: u.path,
+    })
+}
+
+impl TryFrom<RawHostedMcp> for HostedMcp {
+    type Error = String;
+    fn try_from(r: RawHostedMcp) -> Result<Self, String> {
+        // Both empty is a route that refuses every hosted MCP tool: default deny.
+        let allow = r
+            .allow
+            .iter()
+            .map(|p| server_pattern(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(c) = r
+            .connectors
+            .iter()
+            .find(|c| c.is_empty() || c.contains('*'))
+        {
+            return Err(at_field(
+                "connectors",
+                format!("hosted_mcp.connectors: `{c}` must be a connector id as the API names it (e.g. connector_googledrive), no `*`"),
+            ));
+        }
+        let require_approval_always = match r.require_approval.as_deref() {
+            None => false,
+            Some("always") => true,
+            Some(o) => {
+                return Err(at_field(
+                    "require_approval",
+                    format!("hosted_mcp.require_approval: `{o}` must be `always` (or leave it out to keep what the agent sends)"),
+                ))
+            }
+        };
+        Ok(HostedMcp {
+            allow,
+            connectors: r.connectors,
+            require_approval_always,
         })
     }
 }

@@ -25,7 +25,7 @@ pub use identity::{
 pub use limits::{RawLimit, RawUsage};
 pub use listeners::{RawAdmin, RawListener, RawListenerTls};
 pub use masking::{RawGuardrail, RawMaskPolicy, RawMasking};
-pub use mcp::RawMcp;
+pub use mcp::{RawHostedMcp, RawMcp};
 pub use recording::RawRecording;
 pub use routes::{RawRoute, RawUpstream};
 pub use server::RawServer;

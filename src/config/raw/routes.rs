@@ -33,6 +33,8 @@ pub struct RawRoute {
     #[serde(default)]
     mcp: Option<crate::config::McpRoute>,
     #[serde(default)]
+    hosted_mcp: Option<crate::config::HostedMcp>,
+    #[serde(default)]
     stream_usage: bool,
 }
 
@@ -169,6 +171,7 @@ impl TryFrom<RawRoute> for Route {
             recording,
             set_headers,
             mcp: r.mcp,
+            hosted_mcp: r.hosted_mcp,
             stream_usage: r.stream_usage,
         })
     }
