@@ -206,6 +206,31 @@ def test_demo_every_step_with_the_printed_approve_command_and_console_screenshot
             shutil.copy(OUT / name, ROOT / SCREENSHOTS_TO / name)
 
 
+def test_the_held_tool_call_is_approved_in_the_console():
+    """The approver's other channel: the held MCP tools/call approved on its card in the console
+    (headless chromium, signed in as alice at the demo's OpenID provider), not by the CLI."""
+    run = DemoRun("--wait")
+    try:
+        workdir = run.workdir
+        held = run.wait_for(r"HELD by the gateway: approval (apr_\w+)")
+        console = run.wait_for(r"in the console: (http://\S+)").group(1)
+        issuer = run.wait_for(r"sign-in\s+tests/oidc/provider.mjs on (https://\S+)").group(1)
+        assert "received 0 call(s) of delete_repo so far" in run.text
+        seen = shots("pending", console=console, issuer=issuer, approval_id=held.group(1), approve="change OPS-9 approved in the console")
+        assert "delete_repo" in seen["card"]
+        run.wait_for(r"Press Enter to stop and clean up")
+        check_far_sides(workdir)
+        run.proc.stdin.write("\n")
+        run.proc.stdin.flush()
+        assert run.finish() == 0, run.text[-6000:]
+    finally:
+        run.kill()
+    out = run.text
+    assert "approved; the tool server ran it and answered: repository payments-prod deleted" in out
+    assert re.search(r'approval \[.*"subject":"alice".*"decision":"approve","reason":"change OPS-9 approved in the console".*"state":"approved"', out), out
+    assert_cleaned_up(run, workdir)
+
+
 def test_demo_auto_approve_runs_unattended():
     run = DemoRun("--auto-approve", "--no-wait")
     try:

@@ -2,6 +2,7 @@
 // in as alice at the demo's own OpenID provider and takes the README's screenshots.
 // Input: one JSON object in E2E: console URL, issuer, output folder, stage, ids.
 //   stage "pending": the held tool call's card (approval_id)        -> demo-approval-pending.png
+//                    with `approve: REASON`, then approves it on the card with that reason
 //   stage "after":   step 1's exchange (masked_id), the approved call (held_id) -> demo-session-masked.png,
 //                    demo-session-approved.png
 // Output: one JSON line of what it saw; exits 1 on the first failed expectation.
@@ -66,6 +67,15 @@ try {
     expect(seen.card.includes('Delete a repository for good.'), "the card shows what the tool's server says it does");
     expect(seen.card.includes('demo-agent'), 'the card shows the requester');
     await page.screenshot({ path: `${cfg.out}/demo-approval-pending.png` });
+    if (cfg.approve) {
+      // The approver decides in the console: a reason, then Approve on the tool call's card.
+      await card.locator('textarea').fill(cfg.approve);
+      await card.getByRole('button', { name: /^Approve/ }).click();
+      await card.waitFor({ state: 'detached', timeout: 15000 });
+      await page.locator('#decided tr', { hasText: 'approved' }).first().waitFor({ timeout: 15000 });
+      seen.decided = await page.textContent('#decided');
+      expect(seen.decided.includes('alice') && seen.decided.includes(cfg.approve), 'the decided list shows who and why');
+    }
   } else {
     seen.masked = await openExchange(page, cfg.masked_id);
     expect(seen.masked.includes('<EMAIL_1>') && seen.masked.includes('[REDACTED:OPENAI_KEY]'), `the exchange shows what the model got: ${seen.masked}`);
