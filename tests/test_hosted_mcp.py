@@ -126,10 +126,10 @@ def test_spellings_the_upstream_reads_alike_are_decided_alike(hosted, mock):
             r = post(body.encode(), ct)
             assert (r.status_code, r.json()["error"]["code"]) == (status, code), (name, r.text[:300])
     assert mock.state.requests == [], [json.loads(r["body"]) for r in mock.state.requests][:1]
-    # A multipart upload on the same route is not JSON to anyone and passes undecided.
+    # A multipart upload's parts that could be JSON are decided too (a batch file's line).
     with gw.client() as c:
         up = c.post("/v1/files", files={"file": ("x.jsonl", b'{"type":"mcp","server_url":"https://evil.example/"}\n')}, data={"purpose": "batch"})
-    assert up.status_code != 403 and len(mock.state.requests) == 1
+    assert up.status_code == 403 and mock.state.requests == []
 
 
 def test_masking_and_hosted_mcp_together(hosted, mock):
@@ -151,3 +151,86 @@ def test_a_large_request_is_decided_and_rewritten_too(hosted, mock):
     assert r.output[0].type == "mcp_approval_request"
     assert len(mock.state.requests[-1]["body"]) > 200_000
     assert upstream_tools(mock)[0]["require_approval"] == "always"
+
+
+# --- found by the red team: other carriers of an MCP server, and a hidden encoding ----------
+
+EVIL = "https://evil.example/sse"
+
+
+def test_a_second_content_encoding_header_does_not_hide_a_compressed_body(hosted, mock):
+    """Failed with the upstream receiving `Content-Encoding: identity` + `Content-Encoding: gzip`
+    and the gzip of a tool naming evil.example: only the first header was read."""
+    import gzip
+
+    gw = hosted()
+    body = gzip.compress(json.dumps({"model": "m", "input": "hi", "tools": [mcp_tool(EVIL)]}).encode())
+    head = (f"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {AGENT_TOKEN}\r\n"
+            f"Content-Encoding: identity\r\nContent-Encoding: gzip\r\nContent-Type: application/octet-stream\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+    answer = gw.raw(head + body)
+    assert answer.startswith(b"HTTP/1.1 415"), answer[:300]
+    assert b"compressed_body_refused" in answer and b"identity, gzip" in answer
+    assert mock.state.requests == []
+
+
+def test_a_transfer_coding_other_than_chunked_is_refused(hosted, mock):
+    """Failed with the gzip bytes forwarded as the body with no encoding named at all."""
+    gw = hosted()
+    chunk = b'{"model":"m","input":"hi"}'
+    req = (f"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {AGENT_TOKEN}\r\n"
+           f"Transfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n").encode() + b"%x\r\n%s\r\n0\r\n\r\n" % (len(chunk), chunk)
+    answer = gw.raw(req)
+    assert answer.startswith(b"HTTP/1.1 501"), answer[:300]
+    assert b"transfer_coding_refused" in answer and mock.state.requests == []
+
+
+def test_servers_named_inside_multipart_bodies_are_decided(hosted, mock):
+    """Failed with the upstream receiving both: a realtime call's `session` part and a batch
+    file's JSON lines naming evil.example passed a multipart body undecided."""
+    gw = hosted()
+    session = {"type": "realtime", "model": "gpt-realtime", "tools": [mcp_tool(EVIL)]}
+    batch = "\n".join(json.dumps({"custom_id": str(i), "method": "POST", "url": "/v1/responses",
+                                  "body": {"model": "m", "input": "hi", "tools": [mcp_tool(EVIL if i == 2 else ALLOWED)]}})
+                      for i in range(3))
+    with gw.client() as c:
+        r = c.post("/v1/realtime/calls", files={"sdp": (None, "v=0\r\n"), "session": (None, json.dumps(session), "application/json")})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "mcp_server_not_allowed", r.text
+        r = c.post("/v1/files", data={"purpose": "batch"}, files={"file": ("b.jsonl", batch.encode(), "application/jsonl")})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "mcp_server_not_allowed", r.text
+        # Framing a lenient parser could read differently is refused, not guessed at.
+        bad = b"--b\nContent-Disposition: form-data; name=\"session\"\n\n" + json.dumps(session).encode() + b"\n--b--\n"
+        r = c.post("/v1/realtime/calls", content=bad, headers={"content-type": "multipart/form-data; boundary=b"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_multipart", r.text
+    assert mock.state.requests == []
+    # Allowed servers pass, with approval forced inside the part; other parts are left as sent.
+    ok = {**session, "tools": [mcp_tool()]}
+    with gw.client() as c:
+        c.post("/v1/realtime/calls", files={"sdp": (None, "v=0\r\n"), "session": (None, json.dumps(ok), "application/json")})
+    sent = mock.state.requests[-1]["body"]
+    sent = sent.decode() if isinstance(sent, bytes) else sent
+    assert '"require_approval":"always"' in sent and "v=0\r\n" in sent and '"never"' not in sent
+
+
+def test_anthropics_mcp_connector_is_decided(hosted, mock):
+    """Failed with a 200: `mcp_servers: [{type: url, url: evil}]` was never read."""
+    gw = hosted()
+    body = {"model": "claude-sonnet-4", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}],
+            "mcp_servers": [{"type": "url", "url": EVIL, "name": "evil"}],
+            "tools": [{"type": "mcp_toolset", "mcp_server_name": "evil"}]}
+    with gw.client(headers={"anthropic-beta": "mcp-client-2025-11-20"}) as c:
+        r = c.post("/v1/messages", json=body)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "mcp_server_not_allowed", r.text
+        assert mock.state.requests == []
+        body["mcp_servers"][0]["url"] = ALLOWED
+        assert c.post("/v1/messages", json=body).status_code == 200
+
+
+def test_an_mcp_tool_choice_is_not_taken_for_a_tool(hosted, mock):
+    """Failed with 403 mcp_server_missing: the tool_choice object was decided as a tool."""
+    gw = hosted()
+    choice = {"type": "mcp", "server_label": "docs", "name": "search"}
+    with gw.client() as c:
+        r = c.post("/v1/responses", json={"model": "mock-model", "input": "hi", "tools": [mcp_tool()], "tool_choice": choice})
+    assert r.status_code == 200, r.text
+    assert json.loads(mock.state.requests[-1]["body"])["tool_choice"] == choice

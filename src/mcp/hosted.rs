@@ -71,7 +71,14 @@ pub fn matches(p: &ServerPattern, u: &HttpsUrl) -> bool {
 }
 
 /// Checks one hosted MCP tool against the policy.
-fn check_tool(policy: &HostedMcp, route: &str, o: &Map<String, Value>) -> Result<(), Refusal> {
+/// Checks one MCP server named by `o`: its `url_key` fields (`server_url` of an OpenAI tool,
+/// `url` of an Anthropic `mcp_servers` entry) and `connector_id`s against the route's lists.
+fn check_tool(
+    policy: &HostedMcp,
+    route: &str,
+    o: &Map<String, Value>,
+    url_key: &str,
+) -> Result<(), Refusal> {
     let not_allowed = |what: String| {
         Refusal {
         code: "mcp_server_not_allowed",
@@ -79,10 +86,10 @@ fn check_tool(policy: &HostedMcp, route: &str, o: &Map<String, Value>) -> Result
     }
     };
     let mut named = false;
-    for url in fields(o, "server_url") {
+    for url in fields(o, url_key) {
         named = true;
         let Value::String(raw) = url else {
-            return Err(not_allowed("(a `server_url` that is not a string)".into()));
+            return Err(not_allowed(format!("(a `{url_key}` that is not a string)")));
         };
         let u = https_url(raw).map_err(|e| not_allowed(format!("`{}` ({e})", cut(raw))))?;
         if !policy.allow.iter().any(|p| matches(p, &u)) {
@@ -129,23 +136,137 @@ fn force_approval(o: &mut Map<String, Value>) -> bool {
 /// Decides a request document: `Ok(true)` when it was changed (approval forced), `Ok(false)`
 /// when it goes as it is, or the refusal. Every object at every depth is looked at (the
 /// document is bounded by the body limit and the parser's depth limit).
+/// Where a value sits, for what its objects mean.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Place {
+    Other,
+    /// Under `tool_choice`: `{"type": "mcp", "server_label", "name"}` chooses a tool the
+    /// request defines elsewhere; it defines no server.
+    ToolChoice,
+    /// An entry of Anthropic's `mcp_servers` (the MCP connector): a server by its `url`.
+    AnthropicServers,
+}
+
 pub fn decide(policy: &HostedMcp, route: &str, doc: &mut Value) -> Result<bool, Refusal> {
     let mut changed = false;
-    let mut stack: Vec<&mut Value> = vec![doc];
-    while let Some(v) = stack.pop() {
+    let mut stack: Vec<(&mut Value, Place)> = vec![(doc, Place::Other)];
+    while let Some((v, place)) = stack.pop() {
         match v {
             Value::Object(o) => {
-                if is_mcp_tool(o) {
-                    check_tool(policy, route, o)?;
+                let names_server = fields(o, "server_url").next().is_some()
+                    || fields(o, "connector_id").next().is_some();
+                if place == Place::AnthropicServers {
+                    check_tool(policy, route, o, "url")?;
+                } else if is_mcp_tool(o) && (place != Place::ToolChoice || names_server) {
+                    check_tool(policy, route, o, "server_url")?;
                     if policy.require_approval_always {
                         changed |= force_approval(o);
                     }
                 }
-                stack.extend(o.values_mut());
+                for (k, child) in o.iter_mut() {
+                    let place = if k.eq_ignore_ascii_case("tool_choice") {
+                        Place::ToolChoice
+                    } else if k.eq_ignore_ascii_case("mcp_servers") {
+                        Place::AnthropicServers
+                    } else if place == Place::ToolChoice {
+                        Place::ToolChoice
+                    } else {
+                        Place::Other
+                    };
+                    stack.push((child, place));
+                }
             }
-            Value::Array(a) => stack.extend(a.iter_mut()),
+            // The entries of `mcp_servers` are servers; deeper arrays are not.
+            Value::Array(a) => stack.extend(a.iter_mut().map(|x| (x, place))),
             _ => {}
         }
     }
     Ok(changed)
+}
+
+/// One part of a `multipart/form-data` body: its header block and its content, as ranges of
+/// the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    pub headers: std::ops::Range<usize>,
+    pub content: std::ops::Range<usize>,
+}
+
+/// The `boundary` parameter of a `multipart/...` content type (quoted or not).
+pub fn multipart_boundary(content_type: &str) -> Option<String> {
+    let (kind, params) = content_type.split_once(';')?;
+    if !kind.trim().to_ascii_lowercase().starts_with("multipart/") {
+        return None;
+    }
+    let mut found = None;
+    for p in params.split(';') {
+        let Some((k, v)) = p.split_once('=') else {
+            continue;
+        };
+        if k.trim().eq_ignore_ascii_case("boundary") {
+            if found.is_some() {
+                return None; // two boundaries: which one a parser takes is not ours to guess
+            }
+            found = Some(v.trim().trim_matches('"').to_string());
+        }
+    }
+    found.filter(|b| !b.is_empty() && b.len() <= 70)
+}
+
+/// Splits a multipart body strictly (RFC 2046): the first delimiter line, then parts separated
+/// by `CRLF--boundary`, each with a header block ended by an empty line, and the close
+/// delimiter. `None` when the body is framed any other way (LF-only lines, a boundary string
+/// inside a line, no close delimiter): a parser that reads it differently could find parts
+/// this one did not, so such a body is refused rather than guessed at.
+pub fn multipart_parts(body: &[u8], boundary: &str) -> Option<Vec<Part>> {
+    let dash = format!("--{boundary}");
+    let delim = format!("\r\n--{boundary}");
+    // Every occurrence of `--boundary` must be a delimiter at a line start (or the body's).
+    let every: Vec<usize> = memchr::memmem::find_iter(body, dash.as_bytes()).collect();
+    let first = *every.first()?;
+    if first != 0 && !body[..first].ends_with(b"\r\n") {
+        return None;
+    }
+    let mut parts = Vec::new();
+    let mut delimiters = vec![first];
+    let mut at = first + dash.len();
+    loop {
+        let rest = &body[at..];
+        if rest.starts_with(b"--") {
+            // The close delimiter: each `--boundary` in the body was one of the delimiters.
+            return (every == delimiters).then_some(parts);
+        }
+        let line_end = at + memchr::memmem::find(rest, b"\r\n")?;
+        if body[at..line_end]
+            .iter()
+            .any(|b| !matches!(b, b' ' | b'\t'))
+        {
+            return None; // text after the delimiter on its line
+        }
+        let head_start = line_end + 2;
+        let head_len = memchr::memmem::find(&body[head_start..], b"\r\n\r\n")
+            .map(|i| i + 2)
+            .or_else(|| body[head_start..].starts_with(b"\r\n").then_some(0))?;
+        let content_start = head_start + head_len + 2;
+        let next = content_start + memchr::memmem::find(&body[content_start..], delim.as_bytes())?;
+        parts.push(Part {
+            headers: head_start..head_start + head_len,
+            content: content_start..next,
+        });
+        at = next + delim.len();
+        delimiters.push(next + 2);
+    }
+}
+
+/// The `Content-Type` of a part's header block.
+pub fn part_content_type(headers: &[u8]) -> String {
+    String::from_utf8_lossy(headers)
+        .split("\r\n")
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case("content-type")
+                .then(|| v.trim().to_ascii_lowercase())
+        })
+        .unwrap_or_default()
 }

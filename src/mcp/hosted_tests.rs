@@ -246,3 +246,80 @@ fn refusals_name_the_server_and_the_route_and_are_cut() {
     let e = decide(&policy(false), "openai", &mut doc).unwrap_err();
     assert!(e.message.contains("user name or password"), "{}", e.message);
 }
+
+#[test]
+fn anthropic_mcp_servers_and_tool_choice_are_read_for_what_they_are() {
+    let p = policy(true);
+    let anthropic = |url: Value| {
+        json!({"model": "claude-sonnet-4", "max_tokens": 64, "messages": [],
+               "mcp_servers": [{"type": "url", "url": url, "name": "s"}],
+               "tools": [{"type": "mcp_toolset", "mcp_server_name": "s"}]})
+    };
+    // Anthropic's MCP connector names servers by `url` in `mcp_servers` (type "url", never
+    // "mcp"): they were not decided at all.
+    assert_eq!(
+        run(&p, anthropic(json!("https://evil.example/sse"))).0,
+        Err("mcp_server_not_allowed")
+    );
+    assert_eq!(
+        run(&p, anthropic(json!("https://mcp.example.com/sse"))).0,
+        Ok(false)
+    );
+    assert_eq!(
+        run(&p, anthropic(json!(7))).0,
+        Err("mcp_server_not_allowed")
+    );
+    let no_url = json!({"mcp_servers": [{"type": "url", "name": "s"}]});
+    assert_eq!(run(&p, no_url).0, Err("mcp_server_missing"));
+    let cased = json!({"MCP_Servers": [{"type": "url", "URL": "https://evil.example/"}]});
+    assert_eq!(run(&p, cased).0, Err("mcp_server_not_allowed"));
+    // `tool_choice: {type: mcp, server_label, name}` picks a tool defined in `tools`: it was
+    // refused as a tool naming no server; it is left alone (and gets no require_approval).
+    let mut doc = body(vec![tool("https://mcp.example.com/sse")]);
+    doc["tool_choice"] = json!({"type": "mcp", "server_label": "x", "name": "search"});
+    let (r, out) = run(&p, doc);
+    assert_eq!(r, Ok(true));
+    assert_eq!(
+        out["tool_choice"],
+        json!({"type": "mcp", "server_label": "x", "name": "search"})
+    );
+    // A tool_choice that does name a server is decided like a tool.
+    let mut doc = body(vec![]);
+    doc["tool_choice"] = tool("https://evil.example/sse");
+    assert_eq!(run(&p, doc).0, Err("mcp_server_not_allowed"));
+}
+
+#[test]
+fn multipart_bodies_are_split_strictly() {
+    use super::hosted::{multipart_boundary, multipart_parts};
+    assert_eq!(
+        multipart_boundary("multipart/form-data; boundary=abc").as_deref(),
+        Some("abc")
+    );
+    assert_eq!(
+        multipart_boundary("Multipart/Form-Data; boundary=\"a b\"").as_deref(),
+        Some("a b")
+    );
+    assert_eq!(
+        multipart_boundary("multipart/form-data; boundary=a; boundary=b"),
+        None
+    );
+    assert_eq!(multipart_boundary("multipart/form-data"), None);
+    assert_eq!(multipart_boundary("application/json; boundary=a"), None);
+    let good = "--b\r\nContent-Disposition: form-data; name=\"sdp\"\r\n\r\nv=0\r\n--b\r\nContent-Disposition: form-data; name=\"session\"\r\nContent-Type: application/json\r\n\r\n{\"a\":1}\r\n--b--\r\n";
+    let parts = multipart_parts(good.as_bytes(), "b").expect("strict parts");
+    let contents: Vec<&str> = parts.iter().map(|p| &good[p.content.clone()]).collect();
+    assert_eq!(contents, ["v=0", "{\"a\":1}"]);
+    assert!(good[parts[1].headers.clone()].contains("application/json"));
+    // Anything a lenient parser could read differently is refused.
+    for bad in [
+        good.replace("\r\n", "\n"),                  // LF-only lines
+        good.replace("v=0", "v=0--b"),               // the boundary inside a part
+        format!("{good}--b\r\n"),                    // a delimiter after the close
+        good.replace("--b--\r\n", ""),               // no close delimiter
+        good.replacen("--b\r\n", "--b junk\r\n", 1), // text after a delimiter
+        good.replace("\r\n\r\nv=0", "\r\nv=0"),      // no end to the header block
+    ] {
+        assert_eq!(multipart_parts(bad.as_bytes(), "b"), None, "{bad:?}");
+    }
+}

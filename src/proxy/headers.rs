@@ -246,7 +246,70 @@ pub fn content_type(h: &http::HeaderMap) -> String {
 
 /// A `Content-Encoding` other than identity, as text for an error message.
 pub fn compressed(h: &http::HeaderMap) -> Option<String> {
-    h.get(header::CONTENT_ENCODING)
-        .filter(|enc| !enc.as_bytes().eq_ignore_ascii_case(b"identity"))
-        .map(|enc| String::from_utf8_lossy(enc.as_bytes()).into_owned())
+    // Every field and every coding of a list: `Content-Encoding: identity` followed by a
+    // second `Content-Encoding: gzip` is a gzip body to whoever reads the last one.
+    let codings: Vec<&[u8]> = h
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .collect();
+    codings
+        .iter()
+        .any(|c| !c.eq_ignore_ascii_case(b"identity"))
+        .then(|| {
+            let all: Vec<String> = codings
+                .iter()
+                .map(|c| String::from_utf8_lossy(c).into_owned())
+                .collect();
+            all.join(", ")
+        })
+}
+
+/// A request `Transfer-Encoding` with a coding other than `chunked` (`gzip, chunked`): its
+/// body's bytes are not what the gateway would inspect. The codings, when so.
+pub fn transfer_coded(h: &http::HeaderMap) -> Option<String> {
+    let codings: Vec<String> = h
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(|c| String::from_utf8_lossy(c.trim_ascii()).into_owned())
+        .collect();
+    codings
+        .iter()
+        .any(|c| !c.eq_ignore_ascii_case("chunked"))
+        .then(|| codings.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{compressed, transfer_coded};
+    use http::{HeaderMap, HeaderValue};
+
+    fn map(name: &'static str, values: &[&'static str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(name, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn every_content_and_transfer_coding_is_read() {
+        let ce = |v: &[&'static str]| compressed(&map("content-encoding", v));
+        assert_eq!(ce(&[]), None);
+        assert_eq!(ce(&["identity"]), None);
+        assert_eq!(ce(&["Identity", " identity "]), None);
+        assert_eq!(ce(&["gzip"]).as_deref(), Some("gzip"));
+        // A second field, or a list, hides nothing (the first field alone said identity).
+        assert_eq!(ce(&["identity", "gzip"]).as_deref(), Some("identity, gzip"));
+        assert_eq!(ce(&["identity, br"]).as_deref(), Some("identity, br"));
+        assert_eq!(ce(&["identity,"]).as_deref(), Some("identity, "));
+        let te = |v: &[&'static str]| transfer_coded(&map("transfer-encoding", v));
+        assert_eq!(te(&[]), None);
+        assert_eq!(te(&["chunked"]), None);
+        assert_eq!(te(&["Chunked"]), None);
+        assert_eq!(te(&["gzip, chunked"]).as_deref(), Some("gzip, chunked"));
+        assert_eq!(te(&["gzip", "chunked"]).as_deref(), Some("gzip, chunked"));
+    }
 }

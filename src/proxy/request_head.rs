@@ -103,6 +103,16 @@ impl Gateway {
                 ),
             ));
         }
+        if let Some(te) = headers::transfer_coded(&session.req_header().headers) {
+            // RFC 9112 6.1: a transfer coding the server does not know is answered 501.
+            session.set_keepalive(None);
+            return Err(ApiError::new(
+                501,
+                "invalid_request_error",
+                "transfer_coding_refused",
+                format!("Transfer-Encoding `{te}`: only chunked is accepted"),
+            ));
+        }
         canonicalize(session.req_header_mut())?;
         let cert = session
             .digest()
