@@ -128,6 +128,7 @@ bench: deps bench-deps $(VENV)/.bench bench/portkey/node_modules/.installed benc
 	$(CARGO) build --release --locked --bins --examples
 	$(PY) bench/run.py $(if $(BASELINE),--baseline $(BASELINE))
 	$(PY) bench/approvals.py
+	$(PY) bench/record.py
 
 ## The masking evaluation (src/mask/eval.rs) at full size, release build: recall per detector,
 ## context, encoding and split, early emission, false positives on benign traffic; writes

@@ -90,7 +90,13 @@ type Part<'a> = (&'static str, Box<dyn FnMut() -> usize + 'a>);
 
 fn main() {
     let engine = Arc::new(Engine::new(&[], [1; 32]).unwrap());
-    let n = 20_000;
+    // `AGENTGATE_BENCH_RECORDS` (a multiple of 5,000, or fewer) shortens a run: `bench/record.py
+    // --smoke` checks the harness in seconds.
+    let n = std::env::var("AGENTGATE_BENCH_RECORDS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(20_000);
     println!(
         "recorder writer ({} build), {n} exchanges of {} + {} body bytes",
         if cfg!(debug_assertions) {
@@ -218,7 +224,7 @@ fn main() {
 
 /// CPU per record and records/s, the median of 5 rounds of `n` records in batches of 5,000.
 fn run(rec: &Recorder, n: usize) -> (f64, f64) {
-    let batch = 5_000; // under the queue's 10,000
+    let batch = n.min(5_000); // under the queue's 10,000
     let mut results = Vec::new();
     for round in 0..5 {
         let drafts: Vec<Vec<Draft>> = (0..n / batch)

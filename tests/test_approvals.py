@@ -309,6 +309,36 @@ def test_window_grant_is_reused_then_expires(approval_gw, mock):
     assert late.result().status_code == 403
 
 
+def test_a_window_grant_holds_for_a_service_account_mapped_to_a_person(start_gateway, mock, upstream_ca_file):
+    """A window grant for a request made with a service account mapped to a person (`carol-cli`,
+    `person: {subject: carol}`) lets that account's next matching requests through. The grant
+    was kept under the person (the approval's requester) and looked up under the account, so it
+    never applied: on the old code the second request was held again and answered 403 when its
+    approval expired (`assert 403 == 200`, and a second pending approval)."""
+    from gwconfig import service_account
+    identity = people_identity(PEOPLE)
+    identity["service_accounts"].append(
+        {**service_account("carol-cli", person_token("carol-cli"), ["agents"]), "person": {"subject": "carol"}})
+    gw = start_gateway(
+        route("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file, approvals=["destructive-tools"]),
+        identity=identity, extra=rules(timeout="6s", grant={"scope": "window", "duration": "1h"}),
+        admin={"auditors": ["security-oncall"]},
+    )
+    carol = person_token("carol-cli")
+    first = Call(gw, TOOLS_BODY, token=carol)
+    [a] = wait_pending(gw)
+    assert (a["requester"]["subject"], a["requester"]["via"]) == ("carol", "service-account carol-cli"), a
+    assert decide(gw, "alice", a["id"], "approve", "carol's migration").json()["state"] == "approved"
+    assert first.result().status_code == 200
+    with gw.client(carol) as c:
+        again = c.post(CHAT, json=TOOLS_BODY)
+    assert again.status_code == 200, f"inside carol's window the request was held again: {again.text}"
+    assert admin(gw, "alice", "GET", "/v1/approvals").json()[0]["id"] == a["id"], "no second approval"
+    [line] = gw.wait_session_lines(lambda l: l.get("request_id") == again.headers["x-request-id"])
+    assert line["approval"][0]["how"] == "window_grant" and line["approval"][0]["id"] == a["id"]
+    assert len(mock.state.requests) == 2
+
+
 def test_ticket_mode(approval_gw, mock):
     gw = approval_gw(mode="ticket")
     with gw.client() as c:

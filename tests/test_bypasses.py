@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import threading
 
 import pytest
@@ -445,3 +446,74 @@ def test_a_masked_json_answer_that_ends_with_trailers_reaches_the_agent(start_ga
     assert answer["choices"][0]["message"]["content"], answer
     assert ROUTE_KEY.encode() not in body + b"".join(k + v for k, v in trailers)
 
+
+
+def _unescaped(text: str, layers: int) -> list[str]:
+    """`text` and its views with up to `layers` layers of `\\\\`, `\\\\uXXXX`, `\\\\/` and `%HH`
+    escapes decoded, as an agent, a tool or a reader of the record may decode them."""
+    import urllib.parse
+
+    def once(t: str) -> list[str]:
+        u = re.sub(r"\\u([0-9a-fA-F]{4})", lambda m: chr(int(m[1], 16)), t)
+        return [u.replace("\\/", "/").replace("\\\\", "\\"), t.replace("\\\\", "\\"), urllib.parse.unquote(t)]
+    views = [text]
+    for _ in range(layers):
+        views = views + [v for t in views for v in once(t)]
+    return views
+
+
+def test_a_twice_escaped_secret_in_a_record_cut_by_max_body_is_masked(start_gateway, mock, upstream_ca_file):
+    """A tool call's `arguments` is JSON inside a JSON string, so a key in it is escaped twice
+    (`\\\\u0073k-proj-…`). Masking a JSON body decodes a string's escapes and then one layer
+    more, and finds it; a body the record keeps cut at `recording.max_body` is no longer JSON and
+    was masked as text, one layer only: on the session's start binary the key was in the segment
+    file, readable after decoding the record twice (`assert 'sk-proj-…' not in …`)."""
+    from test_recording import records, wait_records
+
+    key = "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789ABCD"
+    escaped = "".join(f"\\\\u{ord(c):04x}" for c in key[:2]) + key[2:]  # `\\u0073\\u006b-proj-…` in the body
+    gw = start_gateway(route("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file),
+                       extra={"recording": {"max_body": "1KiB"}})
+    arguments = '{\\"text\\": \\"' + escaped + '\\"}'
+    body = ('{"model": "m", "messages": [{"role": "assistant", "tool_calls": [{"id": "c1", "type": "function", '
+            '"function": {"name": "deploy", "arguments": "' + arguments + '"}}]}], "pad": "' + "x" * 3000 + '"}')
+    assert key in json.loads(json.loads(body)["messages"][0]["tool_calls"][0]["function"]["arguments"])["text"] \
+        .encode().decode("unicode_escape")
+    whole = body.replace("x" * 3000, "short")  # kept whole: JSON, masked as such
+    with gw.client() as c:
+        for b in (body, whole):
+            assert c.post("/v1/chat/completions", content=b.encode(), headers={"content-type": "application/json"}).status_code == 200
+    wait_records(gw, 2)
+    stored = "".join(p.read_text() for p in records(gw).glob("seg-*.jsonl"))
+    assert [json.loads(line)["request"]["truncated"] for line in stored.splitlines()] == [True, False]
+    for view in _unescaped(stored, 3):
+        assert key not in view, stored[:1500]
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/json", "text/event-stream"])
+def test_the_route_key_echoed_escaped_in_a_body_that_is_not_json_is_not_recorded(start_gateway, mock, upstream_ca_file, tmp_path, content_type):
+    """A recorded route without masking: the upstream echoes the route's key (one no detector
+    knows, with slashes) `\\u`-escaped, percent-encoded and with `\\/` for each slash, in a body
+    that is not valid JSON, each form cut across two chunks. The live scrubber stars every form
+    before the capture, so the record (masked as text by the writer, which does not know the
+    route's keys) never holds it: a guard for the record's text fallback (passes on the session's
+    start binary)."""
+    from test_recording import records, wait_records
+
+    key = "opaque/route/key-without-any-pattern/42"
+    (tmp_path / "key").write_text(key)
+    gw = start_gateway(route("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file, key_header=False,
+                             credentials={"set_headers": {"Authorization": f"Bearer ${{file:{tmp_path / 'key'}}}"}}))
+    forms = ["".join(f"\\u{ord(c):04x}" for c in key), "".join(f"%{b:02X}" for b in key.encode()), key.replace("/", "\\/")]
+    for form in forms:
+        text = f"data: not json {{ echo={form} ;\n\n"
+        half = len(text) // 2
+        with gw.client() as c:
+            r = c.post("/v1/raw", json={"content_type": content_type,
+                                        "chunks": [{"hex": text[:half].encode().hex()}, {"hex": text[half:].encode().hex()}]})
+        assert r.status_code == 200, r.text
+        assert not any(key in v for v in _unescaped(r.text, 1)), r.text
+    wait_records(gw, len(forms))
+    stored = "".join(p.read_text() for p in records(gw).glob("seg-*.jsonl"))
+    assert stored.count("*" * 10) >= len(forms), stored[-1000:]
+    assert not any(key in v for v in _unescaped(stored, 3)), stored[-1000:]

@@ -56,11 +56,12 @@ def replicas(start_gateway, mock, upstream_ca_file, pg, database):
     mock route, recording on) sharing `database`."""
     url, _ = database
 
-    def start(*names: str, wait_ready: bool = True, rule: dict | None = None, recording: dict | None = None, **over) -> list[Gateway]:
+    def start(*names: str, wait_ready: bool = True, rule: dict | None = None, recording: dict | None = None,
+              identity: dict | None = None, **over) -> list[Gateway]:
         return [
             start_gateway(
                 route("mock", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file, approvals=["destructive-tools"]),
-                identity=people_identity(PEOPLE),
+                identity=identity or people_identity(PEOPLE),
                 extra=[rules(**(rule or {})), pg_store(url, pg.ca_file, n, dict(over)), {"recording": recording or {}}],
                 admin={"auditors": ["security-oncall"]},
                 wait_ready=wait_ready,
@@ -422,5 +423,28 @@ def test_a_window_grant_decided_through_b_lets_the_callers_next_requests_through
     for gw in (b, a):
         with gw.client() as c:
             assert c.post(CHAT, json=TOOLS_BODY).status_code == 200, "inside the window, no new approval"
+    assert admin(b, "alice", "GET", "/v1/approvals?state=pending").json() == []
+    assert len(mock.state.requests) == 3
+
+
+def test_a_window_grant_holds_for_a_service_account_mapped_to_a_person_on_either_replica(replicas, mock):
+    """The shared store keeps a grant under the requester as a person (`carol-cli` mapped to
+    `carol`) and looked it up under the account's own name: on the old code the second request
+    was held again and answered 403 when its approval expired (`assert 403 == 200`)."""
+    from gwconfig import service_account
+    identity = people_identity(PEOPLE)
+    identity["service_accounts"].append(
+        {**service_account("carol-cli", person_token("carol-cli"), ["agents"]), "person": {"subject": "carol"}})
+    a, b = replicas("a", "b", rule={"grant": {"scope": "window", "duration": "1h"}, "timeout": "6s"}, identity=identity)
+    carol = person_token("carol-cli")
+    call = Call(a, TOOLS_BODY, token=carol)
+    [p] = wait_pending(b)
+    assert p["requester"]["subject"] == "carol", p
+    assert decide(b, "alice", p["id"], "approve").status_code == 200
+    assert call.result().status_code == 200
+    for gw in (b, a):
+        with gw.client(carol) as c:
+            r = c.post(CHAT, json=TOOLS_BODY)
+            assert r.status_code == 200, f"inside carol's window the request was held again: {r.text}"
     assert admin(b, "alice", "GET", "/v1/approvals?state=pending").json() == []
     assert len(mock.state.requests) == 3

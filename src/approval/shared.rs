@@ -18,7 +18,7 @@
 //! approval answers 503, and a waiting request that reaches its deadline is refused as expired.
 
 use super::store::{
-    apply_decision, check_reason, finished, identity_key, new_id, redeem_step, refused,
+    apply_decision, check_reason, finished, identity_key, new_id, person_key, redeem_step, refused,
 };
 use super::{now_ms, Approval, Bound, Redeem, Refused, State, RETENTION};
 use crate::db::{Database, DbError, APPROVALS_CHANNEL};
@@ -152,7 +152,7 @@ impl SharedApprovals {
         rule: &str,
         route: &str,
     ) -> Result<Option<Approval>, DbError> {
-        let key = identity_key(&who.issuer, &who.subject);
+        let key = person_key(who);
         let (rule, route) = (rule.to_string(), route.to_string());
         self.db
             .run("approval_grant", move |pool| async move {
@@ -172,8 +172,7 @@ impl SharedApprovals {
 
     /// Approvals of `who` still pending, on every replica.
     pub async fn pending_of(&self, who: &Identity) -> Result<usize, DbError> {
-        let p = super::Person::of(who);
-        let key = identity_key(&p.issuer, &p.subject);
+        let key = person_key(who);
         self.db
             .run("approval_count", move |pool| async move {
                 let c = pool.get().await?;

@@ -81,6 +81,14 @@ pub(super) fn identity_key(issuer: &str, subject: &str) -> String {
     format!("{issuer}|{subject}")
 }
 
+/// The key of the person `who` is as a requester (`Person::of`: a service account mapped to a
+/// person is that person), as grants and pending counts are kept: a lookup under the caller's
+/// own name would miss every grant of a mapped service account.
+pub(super) fn person_key(who: &Identity) -> String {
+    let p = Person::of(who);
+    identity_key(&p.issuer, &p.subject)
+}
+
 /// Writes `approvals` (one line each) to a temporary file, syncs it, renames it over the log
 /// at `path`, and opens the log for appending. Used at start-up and by the sweep's compaction.
 fn rewrite_log(path: &Path, approvals: Vec<&Approval>) -> Result<std::fs::File, String> {
@@ -204,11 +212,7 @@ impl Approvals {
 
     /// A window grant of `rule` for `who` still running: the approval that granted it.
     pub fn active_grant(&self, who: &Identity, rule: &str, route: &str) -> Option<Approval> {
-        let key = (
-            identity_key(&who.issuer, &who.subject),
-            rule.to_string(),
-            route.to_string(),
-        );
+        let key = (person_key(who), rule.to_string(), route.to_string());
         let mut g = self.lock();
         let (id, until) = g.grants.get(&key).cloned()?;
         if until <= now_ms() {

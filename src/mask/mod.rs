@@ -885,7 +885,29 @@ impl Engine {
             );
         }
         let text = std::str::from_utf8(body).ok()?;
-        Some(self.mask(text, rules, None, false).0)
+        Some(self.mask_decoded_once_more(self.mask(text, rules, None, false).0, rules))
+    }
+
+    /// A body that is not JSON (broken, or a record's body cut at `recording.max_body`) is
+    /// masked as text, where one layer of escapes is decoded; in JSON, a string's own escapes
+    /// are decoded and then one layer more. A value escaped twice (a tool call's `arguments`,
+    /// JSON inside a JSON string: `\\u0073k-…`) would pass as text what the JSON walk finds:
+    /// where the masked text, decoded once, still holds something to mask, that decoded text
+    /// is what is kept, masked (its escapes are lost, never the value).
+    fn mask_decoded_once_more(&self, masked: String, rules: &Rules) -> String {
+        let Some(view) = encoded::decode(masked.as_bytes()) else {
+            return masked;
+        };
+        let view = String::from_utf8_lossy(&view.text);
+        if self.scan(view.as_bytes()).is_empty() {
+            return masked;
+        }
+        let again = self.mask(&view, rules, None, false).0;
+        if again == view {
+            masked
+        } else {
+            again
+        }
     }
 
     /// First 12 hex digits of HMAC-SHA256(key, value): stable for a key, useless without it.

@@ -163,6 +163,9 @@ impl ProxyHttp for Gateway {
             if let Err(e) = metering::admit(ctx, None).await {
                 return self.answer(session, ctx, e).await;
             }
+            if self.refuse_broken_stream(session, ctx).await? {
+                return Ok(true);
+            }
             ctx.decided_at = Some(Instant::now());
             return Ok(false);
         }

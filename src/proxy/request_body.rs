@@ -113,6 +113,45 @@ impl Gateway {
         self.forward_decided(session, ctx, masked).await
     }
 
+    /// On a route whose body streams (no body policy) the request head goes upstream before the
+    /// body has ended. An HTTP/2 body that broke its framing on arrival (a `content-length` the
+    /// DATA before END_STREAM does not match, or a stream reset: the h2 library closes the
+    /// stream) would send upstream the head of a request that can never be completed (the
+    /// report's "empty POST"). So the body's first event is awaited here (bounded by
+    /// `server.client_timeout`; kept in Pingora's retry buffer, which it forwards first), and an
+    /// error ends the request before any upstream connection. `Ok(true)`: answered. A client
+    /// that waits for `100 Continue` is not waited for; a mismatch that arrives later aborts the
+    /// upstream request, never completes it.
+    pub(super) async fn refuse_broken_stream(
+        &self,
+        session: &mut Session,
+        ctx: &mut Box<Exchange>,
+    ) -> Result<bool> {
+        let head = session.req_header();
+        if head.version != http::Version::HTTP_2
+            || head.headers.contains_key(http::header::EXPECT)
+            || session.downstream_session.is_body_done()
+        {
+            return Ok(false);
+        }
+        session.downstream_session.enable_retry_buffering();
+        let first = tokio::time::timeout(
+            self.client_timeout,
+            session.downstream_session.read_request_body(),
+        )
+        .await;
+        let Ok(Err(e)) = first else {
+            return Ok(false);
+        };
+        let e = ApiError::new(
+            400,
+            "invalid_request_error",
+            "malformed_body",
+            format!("the request body does not match its framing ({e}); nothing was sent upstream"),
+        );
+        self.answer(session, ctx, e).await
+    }
+
     /// Forwards a decided body: in this session when Pingora will call `request_body_filter`
     /// for it (the agent's body fitted the retry buffer), else through a subrequest that takes
     /// the exchange over.

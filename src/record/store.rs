@@ -173,10 +173,28 @@ pub fn anchor(dir: &Path) -> Option<Anchor> {
 
 /// The last intact record of a segment: (seq, hash, byte length of the intact part).
 fn last_intact(path: &Path) -> std::io::Result<Option<(u64, String, u64)>> {
-    let mut f = File::open(path)?;
-    let mut text = Vec::new();
-    f.read_to_end(&mut text)?;
     let mut last = None;
+    each_intact(path, |r| {
+        last = Some((r.seq, r.hash.to_string(), r.offset + r.len))
+    })?;
+    Ok(last)
+}
+
+/// One intact record of a segment as `each_intact` meets it.
+struct Intact<'a> {
+    seq: u64,
+    hash: &'a str,
+    /// The line's place in the segment (with its `\n`).
+    offset: u64,
+    len: u64,
+    record: serde_json::Value,
+}
+
+/// Calls `f` with each intact record of a segment, in order, up to the first line that is not
+/// one (a torn last write: what follows it is left for `audit verify` to report).
+fn each_intact(path: &Path, mut f: impl FnMut(Intact<'_>)) -> std::io::Result<()> {
+    let mut text = Vec::new();
+    File::open(path)?.read_to_end(&mut text)?;
     let mut pos = 0u64;
     for line in text.split_inclusive(|b| *b == b'\n') {
         if !line.ends_with(b"\n") {
@@ -186,16 +204,54 @@ fn last_intact(path: &Path) -> std::io::Result<Option<(u64, String, u64)>> {
             break;
         };
         let Some((body, hash)) = unseal(s) else { break };
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else {
+        let Ok(record) = serde_json::from_str::<serde_json::Value>(&body) else {
             break;
         };
-        let Some(seq) = v.get("seq").and_then(|x| x.as_u64()) else {
+        let Some(seq) = record.get("seq").and_then(|x| x.as_u64()) else {
             break;
         };
-        pos += line.len() as u64;
-        last = Some((seq, hash.to_string(), pos));
+        let len = line.len() as u64;
+        f(Intact {
+            seq,
+            hash,
+            offset: pos,
+            len,
+            record,
+        });
+        pos += len;
     }
-    Ok(last)
+    Ok(())
+}
+
+/// The index entry of a stored record, made from the record itself (what the writer put in
+/// both): used to list again records whose entries were never written.
+fn entry_of(r: &Intact<'_>, segment: u64) -> IndexEntry {
+    let v = &r.record;
+    let text = |k: &str| v.get(k).and_then(|x| x.as_str());
+    IndexEntry {
+        id: text("id").unwrap_or_default().to_string(),
+        seq: r.seq,
+        ts_ms: text("ts")
+            .and_then(crate::util::time::parse_rfc3339_ms)
+            .unwrap_or(0),
+        route: text("route").map(str::to_string),
+        subject: v
+            .pointer("/identity/subject")
+            .and_then(|x| x.as_str())
+            .map(str::to_string),
+        conversation: text("conversation").unwrap_or_default().to_string(),
+        status: v
+            .pointer("/response/status")
+            .and_then(|x| x.as_u64())
+            .and_then(|x| u16::try_from(x).ok())
+            .unwrap_or(0),
+        method: text("method").unwrap_or_default().to_string(),
+        path: text("path").unwrap_or_default().to_string(),
+        segment,
+        offset: r.offset,
+        len: r.len,
+        hash: r.hash.to_string(),
+    }
 }
 
 impl Store {
@@ -278,6 +334,7 @@ impl Store {
             }
         };
         store.check_issued()?;
+        store.repair_index()?;
         Ok(store)
     }
 
@@ -316,13 +373,64 @@ impl Store {
                     Ok(_) => return Err(refuse(format!("the index's newest entry (seq {}) names hash {} but the chain's newest record has {}", e.seq, e.hash, self.last_hash))),
                     Err(err) => return Err(refuse(format!("the index's newest entry does not match the chain: {err}"))),
                 }
-            } else {
-                log::warn!(
-                    "recording store {}: the index ends at seq {} and the chain at seq {} (a crash between writing records and their index entries?); `agentgate audit verify` lists what is missing",
-                    self.dir.display(), e.seq, show_seq(last)
-                );
             }
         }
+        Ok(())
+    }
+
+    /// Lists again the records the chain has past the index's newest entry: a crash after a
+    /// batch's segment write and before its index write, or an index cut or lost, leaves them
+    /// unlisted (absent from listings, 404 by id). Their entries are made from the chain (each
+    /// record is its own evidence: its hash is checked on every read). The index's newest
+    /// entry must name its record in the chain, else the index is not built on: refused.
+    fn repair_index(&mut self) -> std::io::Result<()> {
+        let last = self.next_seq.checked_sub(1);
+        let newest = last_index_entry(&self.dir)?;
+        if last.is_none() || newest.as_ref().map(|e| e.seq) >= last {
+            return Ok(());
+        }
+        if let Some(e) = &newest {
+            read_record(&self.dir, e).map_err(|err| {
+                std::io::Error::other(format!(
+                    "recording store {}: the index ends at seq {} and the chain at seq {}, and its newest entry {err}; keep the directory as evidence (`agentgate audit verify --dir {}`)",
+                    self.dir.display(), e.seq, show_seq(last), self.dir.display()
+                ))
+            })?;
+        }
+        let mut lines = Vec::new();
+        if self.index_torn {
+            lines.push(b'\n');
+        }
+        let mut listed = 0usize;
+        let mut failed = None;
+        let first = newest.as_ref().map_or(0, |e| e.segment);
+        for n in segments(&self.dir)?.into_iter().filter(|&n| n >= first) {
+            each_intact(&segment_path(&self.dir, n), |r| {
+                if newest.as_ref().is_some_and(|e| r.seq <= e.seq) {
+                    return;
+                }
+                match serde_json::to_writer(&mut lines, &entry_of(&r, n)) {
+                    Ok(()) => {
+                        lines.push(b'\n');
+                        listed += 1;
+                    }
+                    Err(e) => failed = Some(e),
+                }
+            })?;
+        }
+        if let Some(e) = failed {
+            return Err(std::io::Error::other(e));
+        }
+        self.index.write_all(&lines)?;
+        self.index.sync_data()?;
+        self.index_size += lines.len() as u64;
+        self.index_torn = false;
+        log::warn!(
+            "recording store {}: the index ended at seq {} and the chain at seq {} (a crash between writing records and their index entries, or an index cut or lost); {listed} entries were made again from the chain",
+            self.dir.display(),
+            show_seq(newest.map(|e| e.seq)),
+            show_seq(last)
+        );
         Ok(())
     }
 
@@ -871,6 +979,106 @@ mod tests {
         assert_eq!(staged, 2);
         s.commit().unwrap();
         assert_eq!(read_index(&dir).len(), 2);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// A record as the writer writes it (the fields the index is made of) and its entry.
+    fn exchange(i: usize) -> (serde_json::Value, IndexEntry) {
+        let ts_ms = 1_796_000_000_000 + i as u64 * 1000;
+        let ts = crate::util::time::rfc3339(std::time::UNIX_EPOCH + Duration::from_millis(ts_ms));
+        let rec = json!({"kind": "exchange", "id": format!("r{i}"), "ts": ts, "conversation": format!("c{}", i % 3),
+            "identity": {"subject": "agent", "issuer": "service-account"}, "route": "openai", "method": "POST",
+            "path": "/v1/chat/completions", "request": {"body": "x".repeat(150)}, "response": {"status": 200 + i as u64}});
+        let entry = IndexEntry {
+            id: format!("r{i}"),
+            ts_ms,
+            route: Some("openai".into()),
+            subject: Some("agent".into()),
+            conversation: format!("c{}", i % 3),
+            status: 200 + i as u16,
+            path: "/v1/chat/completions".into(),
+            ..entry("")
+        };
+        (rec, entry)
+    }
+
+    fn append_exchanges(s: &mut Store, ids: std::ops::Range<usize>) {
+        for i in ids {
+            let (mut rec, e) = exchange(i);
+            s.append_with(
+                |seq, prev, buf| {
+                    rec["seq"] = json!(seq);
+                    rec["prev"] = json!(prev);
+                    serde_json::to_writer(buf, &rec)
+                },
+                e,
+            )
+            .unwrap();
+        }
+    }
+
+    /// A crash after a batch's segment write and before its index write (or an index cut or
+    /// lost) leaves the index behind the chain: at start-up its missing entries are made again
+    /// from the chain, every record is listed and readable, and the numbers issued next follow
+    /// the chain, never the index. On the old code the store opened with a warning and the
+    /// records stayed unlisted (`left: 9, right: 12`).
+    #[test]
+    fn an_index_behind_the_chain_is_repaired_from_the_chain() {
+        let dir = std::env::temp_dir().join(format!("agentgate-repair-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        // ~1 KB segments: the records span several.
+        let mut s = Store::open(&dir, 1000).unwrap();
+        append_exchanges(&mut s, 0..12);
+        drop(s);
+        assert!(segments(&dir).unwrap().len() >= 3);
+        let whole = fs::read_to_string(dir.join("index.jsonl")).unwrap();
+        let original = read_index(&dir);
+        assert_eq!(original.len(), 12);
+        let lines: Vec<&str> = whole.lines().collect();
+        let cuts = [
+            ("the last entries lost", lines[..9].join("\n") + "\n"),
+            (
+                "the last entry torn",
+                lines[..11].join("\n") + "\n" + &lines[11][..20],
+            ),
+            ("the index empty", String::new()),
+        ];
+        for (case, cut) in cuts {
+            fs::write(dir.join("index.jsonl"), &cut).unwrap();
+            let s = Store::open(&dir, 1000).unwrap();
+            assert_eq!(s.next_seq, 12, "{case}");
+            drop(s);
+            assert_eq!(read_index(&dir), original, "{case}");
+            for e in &original {
+                read_record(&dir, e).unwrap();
+            }
+            let r = crate::record::verify::verify(&dir).unwrap();
+            assert_eq!((r.verified, r.problem), (12, None), "{case}");
+        }
+        fs::remove_file(dir.join("index.jsonl")).unwrap();
+        let mut s = Store::open(&dir, 1000).unwrap();
+        assert_eq!(read_index(&dir), original, "the index deleted");
+        append_exchanges(&mut s, 12..13);
+        drop(s);
+        let idx = read_index(&dir);
+        assert_eq!(
+            (idx.len(), idx[12].seq, idx[12].id.as_str()),
+            (13, 12, "r12")
+        );
+        // An index whose newest entry names another record is not built on: refused.
+        let mut forged = original[..5].to_vec();
+        forged[4].offset = original[1].offset;
+        forged[4].segment = original[1].segment;
+        let text: String = forged
+            .iter()
+            .map(|e| serde_json::to_string(e).unwrap() + "\n")
+            .collect();
+        fs::write(dir.join("index.jsonl"), text).unwrap();
+        let err = Store::open(&dir, 1000).err().expect("refused");
+        assert!(
+            err.to_string().contains("does not match the record chain"),
+            "{err}"
+        );
         let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -802,4 +802,43 @@ mod tests {
         }
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    /// A body cut at `recording.max_body` is not JSON any more and is masked as text: a key
+    /// escaped twice in it (a tool call's `arguments`, JSON inside a JSON string) was written
+    /// as it came, while the same body whole, masked as JSON, had it redacted (issue 22).
+    #[test]
+    fn a_twice_escaped_value_in_a_body_that_is_not_json_is_masked() {
+        let (dir, rec) = recorder("agentgate-record-escaped");
+        let key = "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789";
+        let whole = format!(
+            r#"{{"function":{{"arguments":"{{\"text\": \"\\u0073\\u006b{}\"}}"}},"pad":"xx"}}"#,
+            &key[2..]
+        );
+        let cut = &whole[..whole.len() - 6];
+        for (id, body) in [("whole", whole.as_str()), ("cut", cut)] {
+            rec.submit(Draft {
+                id: id.into(),
+                mode: Mode::Full,
+                request_body: Some(Chunks::from(body.as_bytes().to_vec())),
+                request_bytes: body.len() as u64,
+                ..Draft::default()
+            });
+        }
+        rec.flush(Duration::from_secs(10));
+        let idx = store::read_index(&dir);
+        for entry in &idx {
+            let r = store::read_record(&dir, entry).unwrap();
+            let body = r["request"]["body"].as_str().unwrap().to_string();
+            assert!(
+                body.contains("[REDACTED:OPENAI_KEY]"),
+                "{}: {body}",
+                r["id"]
+            );
+            assert!(
+                !body.contains("u006b-proj") && !body.contains(key),
+                "{body}"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -476,3 +476,39 @@ fn one_person_is_one_approver_whatever_the_channel() {
     let e = s.decide(&b.id, &carol, true, "mine").unwrap_err();
     assert!(e.message.contains("own request"), "{}", e.message);
 }
+
+/// A window grant of a request made through a service account mapped to a person holds for that
+/// account's next requests, and after a restart (failed before: kept under the person, looked up
+/// under the account's own name, `active_grant` was always `None`).
+#[test]
+fn a_window_grant_holds_for_a_service_account_mapped_to_a_person() {
+    let d = dir("mapped-grant");
+    let carol_cli = Identity {
+        person: Some(crate::identity::PersonName {
+            issuer: "https://idp.example".into(),
+            subject: "carol@example.com".into(),
+        }),
+        ..who("carol-cli", &["agents"])
+    };
+    let a = {
+        let s = Approvals::open(&d).unwrap();
+        let (a, _rx) = s
+            .create(
+                &rule("grant: { scope: window, duration: 1h }"),
+                draft(&carol_cli),
+            )
+            .unwrap();
+        s.decide(&a.id, &who("bob", &["sec"]), true, "ok").unwrap();
+        assert_eq!(
+            s.active_grant(&carol_cli, "r", "openai").map(|g| g.id),
+            Some(a.id.clone())
+        );
+        a
+    };
+    let s = Approvals::open(&d).unwrap();
+    assert_eq!(
+        s.active_grant(&carol_cli, "r", "openai").map(|g| g.id),
+        Some(a.id),
+        "and after a restart"
+    );
+}
