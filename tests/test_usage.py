@@ -395,3 +395,16 @@ def test_a_responses_api_stream_is_cut_and_the_sdk_raises_no_parse_error(metered
                     text += ev.delta
     assert e.value.body["code"] == "rate_limit_exceeded", repr(e.value)
     assert LONG.startswith(text) and 3000 <= len(text) <= 4000, len(text)
+
+
+def test_a_stream_that_reports_no_usage_is_charged_what_it_generated(start_gateway, mock, upstream_ca_file):
+    """Failed with remaining 931 after a 600-token stream: an unreported stream was charged its
+    reservation (prompt estimate + default_max_output_tokens: 50) whatever it generated."""
+    gw = start_gateway(route("llm", "/v1/", f"https://127.0.0.1:{mock.port}", upstream_ca_file),
+                       extra="usage: { default_max_output_tokens: 50 }\nlimits:\n  - { name: hour, per: identity, tokens: { per: 1h, max: 100000 } }")
+    client = sdk(gw, headers={"x-mock-say": "abcdefghi." * 240, "x-mock-split": "40"})  # 2,400 characters: 600 tokens
+    text = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(model="gpt-4o", messages=PROMPT, stream=True) if c.choices)
+    assert len(text) == 2400 and "stream_options" not in json.loads(mock.state.last["body"])
+    r = sdk(gw).chat.completions.with_raw_response.create(model="gpt-4o", messages=PROMPT, max_tokens=1)
+    remaining = int(r.headers["x-ratelimit-remaining-tokens"])
+    assert remaining <= 100000 - 600 - 1, remaining

@@ -629,9 +629,19 @@ pub enum Charge {
     Nothing,
     /// An answer that said nothing of its usage: the reservation stands.
     Reserved,
+    /// An answer that said nothing of its usage but whose generated text was counted: the
+    /// reservation, or this estimate where it is larger.
+    AtLeast { tokens: u64, cost: Micros },
 }
 
 impl Ticket {
+    /// Whether a quota of tokens or cost holds part of this request (its answer's usage counts).
+    pub fn charges_usage(&self) -> bool {
+        self.holds
+            .iter()
+            .any(|h| matches!(h.kind, Kind::Tokens | Kind::Cost))
+    }
+
     /// Replaces the reservations by `charge` and ends the request's place in flight.
     pub fn settle(mut self, charge: Charge) {
         let deltas: Vec<(String, i64)> = std::mem::take(&mut self.holds)
@@ -642,6 +652,8 @@ impl Ticket {
                     (Charge::Nothing, _) => 0,
                     (Charge::Used { tokens, .. }, Kind::Tokens) => tokens,
                     (Charge::Used { cost, .. }, Kind::Cost) => cost,
+                    (Charge::AtLeast { tokens, .. }, Kind::Tokens) => tokens.max(h.reserved),
+                    (Charge::AtLeast { cost, .. }, Kind::Cost) => cost.max(h.reserved),
                 };
                 let d = i64::try_from(actual).unwrap_or(i64::MAX)
                     - i64::try_from(h.reserved).unwrap_or(i64::MAX);

@@ -180,6 +180,10 @@ pub fn start_response(
         }
     }
     let mut scanner = UsageScanner::new(framing, m.strip);
+    if m.ticket.as_ref().is_some_and(Ticket::charges_usage) {
+        // A stream that reports no usage is charged at least what it was seen to generate.
+        scanner = scanner.with_counting();
+    }
     if framing == Framing::Sse {
         if let Some((tokens, by)) = stream_cap(m, &route.prices) {
             let event = cut_event(&by.0, by.1, tokens);
@@ -335,7 +339,17 @@ pub fn finish(ctx: &mut Exchange, status: u16) -> Option<serde_json::Value> {
         },
         // Nothing went upstream, or it refused: nothing was generated.
         None if !sent || !success => Charge::Nothing,
-        None => Charge::Reserved,
+        // Unreported: the reservation, or what the stream was seen to generate if more.
+        None => match m.scanner.as_ref().map_or(0, UsageScanner::generated_tokens) {
+            0 => Charge::Reserved,
+            generated => {
+                let input = m.asked.as_ref().map_or(0, Asked::input_estimate);
+                Charge::AtLeast {
+                    tokens: input.saturating_add(generated),
+                    cost: prices.ceiling(model.as_deref(), input, generated),
+                }
+            }
+        },
     };
     if let Some(t) = m.ticket {
         t.settle(charge);

@@ -41,6 +41,8 @@ pub struct UsageScanner {
     /// The first `data:` line was read for the model (every later one only if it has usage).
     first_read: bool,
     cap: Option<Cap>,
+    /// Count generated text without a cap (a limit charges what an unreported stream generated).
+    count: bool,
     /// Generated text seen so far: ASCII bytes, and other characters.
     generated: (u64, u64),
     /// With a cap: the open event's lines before its first `data:` line (`event:`, `id:`...),
@@ -68,6 +70,7 @@ impl UsageScanner {
             strip: strip && framing == Framing::Sse,
             first_read: false,
             cap: None,
+            count: false,
             generated: (0, 0),
             pending: Vec::new(),
             mid_event: false,
@@ -81,6 +84,12 @@ impl UsageScanner {
         if self.framing == Framing::Sse {
             self.cap = Some(Cap { tokens, event });
         }
+        self
+    }
+
+    /// Counts the text an SSE stream generates (`generated_tokens`), without cutting it.
+    pub fn with_counting(mut self) -> UsageScanner {
+        self.count = self.framing == Framing::Sse;
         self
     }
 
@@ -200,12 +209,12 @@ impl UsageScanner {
             return;
         }
         let is_data = line.starts_with(b"data:");
-        if self.cap.is_some() {
+        if self.cap.is_some() || self.count {
             if is_data {
                 let (ascii, other) = generated_text(&line[5..]);
                 self.generated.0 += ascii;
                 self.generated.1 += other;
-            } else if !self.mid_event && !line.trim_ascii().is_empty() {
+            } else if self.cap.is_some() && !self.mid_event && !line.trim_ascii().is_empty() {
                 // A field before the event's data: held until the data is read.
                 self.pending.extend_from_slice(line);
                 return;
@@ -270,47 +279,56 @@ fn usage_only_chunk(data: &[u8]) -> bool {
     })
 }
 
-/// The generated text a stream's `data:` document carries (ASCII bytes, other characters):
-/// Chat Completions `choices[].delta` content, refusal, reasoning and tool-call arguments; the
-/// Responses API's `*.delta` events; Anthropic's `content_block_delta` text, thinking and
-/// partial JSON. Documents that repeat earlier text (`response.completed`, `*.done`) count
-/// nothing.
+/// The generated text a stream's `data:` document carries (ASCII bytes, other characters): every
+/// string of a Chat Completions `choices[].delta` (content, refusal, reasoning, tool-call and
+/// legacy function-call arguments, an audio transcript...), the Responses API's `*.delta`
+/// events, Anthropic's `content_block_delta` (text, thinking, partial JSON). Base64 payloads
+/// (`data`, `*_b64`: audio, images) are priced apart from text and not counted; documents that
+/// repeat earlier text (`response.completed`, `*.done`) count nothing.
 pub fn generated_text(data: &[u8]) -> (u64, u64) {
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(data.trim_ascii()) else {
         return (0, 0);
     };
     let mut n = (0u64, 0u64);
-    let mut add = |s: Option<&serde_json::Value>| {
-        if let Some(s) = s.and_then(|s| s.as_str()) {
-            let ascii = s.bytes().filter(u8::is_ascii).count();
-            n.0 += ascii as u64;
-            n.1 += s.chars().count().saturating_sub(ascii) as u64;
-        }
-    };
     if let Some(choices) = v.get("choices").and_then(|c| c.as_array()) {
         for c in choices {
-            let Some(d) = c.get("delta") else { continue };
-            for k in ["content", "refusal", "reasoning_content", "reasoning"] {
-                add(d.get(k));
-            }
-            for t in d
-                .get("tool_calls")
-                .and_then(|t| t.as_array())
-                .into_iter()
-                .flatten()
-            {
-                add(t.get("function").and_then(|f| f.get("arguments")));
+            if let Some(d) = c.get("delta") {
+                strings(d, &mut n);
             }
         }
     } else if let Some(t) = v.get("type").and_then(|t| t.as_str()) {
         if t == "content_block_delta" {
-            let d = v.get("delta");
-            for k in ["text", "thinking", "partial_json"] {
-                add(d.and_then(|d| d.get(k)));
+            if let Some(d) = v.get("delta") {
+                strings(d, &mut n);
             }
-        } else if t.ends_with(".delta") {
-            add(v.get("delta"));
+        } else if t.ends_with(".delta") && !(t.contains("audio") && !t.contains("transcript")) {
+            // (`response.audio.delta` is base64 audio; its transcript's deltas are text.)
+            if let Some(d) = v.get("delta") {
+                strings(d, &mut n);
+            }
         }
     }
     n
+}
+
+/// Adds the text of every string under `v`, but for keys that are not generated text.
+fn strings(v: &serde_json::Value, n: &mut (u64, u64)) {
+    match v {
+        serde_json::Value::String(s) => {
+            let ascii = s.bytes().filter(u8::is_ascii).count();
+            n.0 += ascii as u64;
+            n.1 += s.chars().count().saturating_sub(ascii) as u64;
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| strings(x, n)),
+        serde_json::Value::Object(o) => {
+            for (k, x) in o {
+                let skip = matches!(k.as_str(), "role" | "type" | "id" | "data" | "index")
+                    || k.ends_with("_b64");
+                if !skip {
+                    strings(x, n);
+                }
+            }
+        }
+        _ => {}
+    }
 }

@@ -453,6 +453,25 @@ fn generated_text_counts_the_deltas_of_each_api_and_nothing_repeated() {
             (7, 0),
         ),
         (r#"{"choices":[{"delta":{"content":"日本語x"}}]}"#, (1, 3)),
+        // Legacy function calls and audio transcripts are generated text too (they were not
+        // counted, so such streams were never cut); base64 payloads are not text.
+        (
+            r#"{"choices":[{"delta":{"role":"assistant","function_call":{"arguments":"{\"q\":1}"}}}]}"#,
+            (7, 0),
+        ),
+        (
+            r#"{"choices":[{"delta":{"audio":{"id":"a1","transcript":"hi there","data":"AAAAAAAAAAAA"}}}]}"#,
+            (8, 0),
+        ),
+        (
+            r#"{"type":"response.image_generation_call.partial_image","partial_image_b64":"AAAA"}"#,
+            (0, 0),
+        ),
+        (r#"{"type":"response.audio.delta","delta":"AAAA"}"#, (0, 0)),
+        (
+            r#"{"type":"response.audio.transcript.delta","delta":"ok"}"#,
+            (2, 0),
+        ),
         (
             r#"{"type":"response.output_text.delta","delta":"hello"}"#,
             (5, 0),
