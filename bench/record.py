@@ -6,7 +6,8 @@ checkpoint adds per record, and one checkpoint's signature and fsyncs alone.
 
     .venv/bin/python bench/record.py [--profile release|debug] [--smoke]
 
-`release` runs `cargo bench --bench record` (optimised), `debug` runs the same harness as a test
+`release` runs `cargo bench --profile release --bench record` (optimised, sharing make bench's
+release build), `debug` runs the same harness as a test
 (`cargo test --bench record`). `--smoke` writes 2,000 records a round instead of 20,000.
 Writes bench/results/<date>-record.md (or --out)."""
 
@@ -29,7 +30,9 @@ ONE = re.compile(r"one checkpoint: Ed25519 signature (?P<sign>[\d.]+) us CPU; 3 
 
 def run_bench(profile: str, records: int) -> tuple[str, list[str]]:
     """The bench's output lines and the command that made them."""
-    cmd = ["cargo", "bench", "--locked", "--bench", "record"] if profile == "release" \
+    # `--profile release`: the release build's artifacts (make bench has just built them), not
+    # the bench profile's, which would compile every dependency once more (~20 minutes here).
+    cmd = ["cargo", "bench", "--locked", "--profile", "release", "--bench", "record"] if profile == "release" \
         else ["cargo", "test", "--locked", "--bench", "record"]
     env = dict(os.environ, AGENTGATE_BENCH_RECORDS=str(records))
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
