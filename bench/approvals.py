@@ -20,7 +20,7 @@ import time
 import httpx
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from run import AGENT_KEY, APPROVER_KEY, ROOT, Bench, machine, rss_kb  # noqa: E402
+from run import APPROVER_KEY, REQUESTER_KEYS, ROOT, Bench, machine, rss_kb  # noqa: E402
 
 HELD = json.dumps({"model": "mock-model", "tools": [{"type": "function", "function": {"name": "delete_records"}}],
                    "messages": [{"role": "user", "content": "clean up the users table " * 20}]}).encode()
@@ -34,17 +34,20 @@ def tickets(port: int, ctx: ssl.SSLContext, n: int) -> int:
     leaving a pending approval and no open request."""
     import concurrent.futures
 
-    def some(k: int) -> int:
+    def some(job: tuple[int, int]) -> int:
+        first, k = job
         got = 0
         with httpx.Client(verify=ctx, timeout=30) as c:
-            for _ in range(k):
+            for j in range(first, first + k):
+                key = REQUESTER_KEYS[j % len(REQUESTER_KEYS)]
                 r = c.post(f"https://127.0.0.1:{port}/v1/chat/completions", content=TICKET,
-                           headers={"authorization": f"Bearer {AGENT_KEY}", "content-type": "application/json"})
+                           headers={"authorization": f"Bearer {key}", "content-type": "application/json"})
                 got += r.status_code == 202
         return got
 
+    sizes = [n // 8 + (i < n % 8) for i in range(8)]
     with concurrent.futures.ThreadPoolExecutor(8) as ex:
-        return sum(ex.map(some, [n // 8 + (i < n % 8) for i in range(8)]))
+        return sum(ex.map(some, [(sum(sizes[:i]), k) for i, k in enumerate(sizes)]))
 
 
 def pending(admin: int) -> int:
@@ -58,19 +61,19 @@ async def hold(port: int, ctx: ssl.SSLContext, n: int, admin: int, measure) -> d
     """Opens `n` TLS connections, each sending one request that waits for approval; calls
     `measure()` while all are pending; then closes them (the approvals become abandoned)."""
     conns = []
-    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {AGENT_KEY}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(HELD)}\r\n\r\n").encode()
+    heads = [(f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
+              f"Content-Type: application/json\r\nContent-Length: {len(HELD)}\r\n\r\n").encode() for key in REQUESTER_KEYS]
     sem = asyncio.Semaphore(64)
 
-    async def one() -> None:
+    async def one(i: int) -> None:
         async with sem:
             r, w = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="localhost")
-            w.write(head + HELD)
+            w.write(heads[i % len(heads)] + HELD)
             await w.drain()
             conns.append((r, w))
 
     t0 = time.monotonic()
-    await asyncio.gather(*(one() for _ in range(n)))
+    await asyncio.gather(*(one(i) for i in range(n)))
     deadline = time.monotonic() + 120
     while (p := await asyncio.to_thread(pending, admin)) < n:
         if time.monotonic() > deadline:

@@ -39,6 +39,9 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 # The API key every client sends: agentgate knows it as a service account (the token check is
 # part of what it costs); the other systems ignore or replace it.
 AGENT_KEY = "agent-key-the-gateway-replaces"
+# Agents of their own for bench/approvals.py: a requester holds at most 100 pending approvals
+# (src/approval/store.rs MAX_PENDING_PER_REQUESTER), so 1,000 held requests come from 20 of them.
+REQUESTER_KEYS = [f"{AGENT_KEY}-{i}" for i in range(20)]
 APPROVER_KEY = "approver-key-for-the-admin-api"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CONCURRENCY = [1, 16, 64]
@@ -289,6 +292,9 @@ http {{
             store = f"tracing:\n  otlp: {{ endpoint: \"http://127.0.0.1:{self.otlp_port}\" }}\n"
         if variant == "full-pg":
             store = (f"store:\n  postgres: {{ url: \"{self.pg.url}\", ca_file: {self.pg.ca_file}, replica: bench }}\n")
+        requesters = "".join(
+            f"    - {{ name: bench-requester-{i}, token_sha256: {hashlib.sha256(k.encode()).hexdigest()}, groups: [agents] }}\n"
+            for i, k in enumerate(REQUESTER_KEYS)) if variant == "approvals" else ""
         conf.write_text(f"""{store}
 server: {{ state_dir: ./var-{name}, threads: 1 }}
 listeners:
@@ -298,7 +304,7 @@ identity:
   service_accounts:
     - {{ name: bench-agent, token_sha256: {hashlib.sha256(AGENT_KEY.encode()).hexdigest()}, groups: [agents] }}
     - {{ name: bench-approver, token_sha256: {hashlib.sha256(APPROVER_KEY.encode()).hexdigest()}, groups: [approvers] }}
-routes:
+{requesters}routes:
   - name: bench
     match: {{ path_prefix: /v1/ }}
     access: {{ groups: [agents] }}
