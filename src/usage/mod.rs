@@ -108,6 +108,126 @@ struct Nested {
     usage: Option<WireUsage>,
 }
 
+impl Doc {
+    /// The document's top-level `model`, `usage`, `response` and `message`, each parsed from
+    /// its own value: the rest of an answer (its content, several KiB) is stepped over by a
+    /// scan for strings and brackets, not parsed (bench: `cargo bench --bench usage`). `None`
+    /// when the text is not one whole JSON object.
+    fn read(json: &[u8]) -> Option<Doc> {
+        let [model, usage, response, message] =
+            top_level(json, ["model", "usage", "response", "message"])?;
+        let parse_usage = |v: &[u8]| {
+            serde_json::from_slice::<serde_json::Value>(v)
+                .ok()
+                .filter(serde_json::Value::is_object)
+                .and_then(|v| serde_json::from_value::<WireUsage>(v).ok())
+        };
+        Some(Doc {
+            model: model.and_then(|v| serde_json::from_slice::<String>(v).ok()),
+            usage: usage.and_then(parse_usage),
+            response: response.and_then(|v| serde_json::from_slice::<Nested>(v).ok()),
+            message: message.and_then(|v| serde_json::from_slice::<Nested>(v).ok()),
+        })
+    }
+}
+
+/// The values of the top-level members `names` of the JSON object `json` (the first of each),
+/// found by stepping over strings (escapes honoured) and counting brackets. `None` unless
+/// `json` is one object with nothing but whitespace after it; the values themselves are checked
+/// by whoever parses them.
+fn top_level<'a, const N: usize>(
+    json: &'a [u8],
+    names: [&str; N],
+) -> Option<[Option<&'a [u8]>; N]> {
+    let start = json.iter().position(|b| !b.is_ascii_whitespace())?;
+    if json[start] != b'{' {
+        return None;
+    }
+    let mut found: [Option<&[u8]>; N] = [None; N];
+    let mut depth = 0usize;
+    let mut i = start;
+    // At depth 1: the key just read, waiting for its value (`key` then `:`).
+    let mut key: Option<usize> = None;
+    let mut value_of: Option<(usize, usize)> = None; // (name index, value start)
+                                                     // At depth 1, a string is a member's name (after `{` or `,`) or its value (after `:`).
+    let mut expect_key = true;
+    while i < json.len() {
+        let b = json[i];
+        match b {
+            b'"' => {
+                let end = string_end(json, i + 1)?;
+                if depth == 1 && expect_key {
+                    let k = &json[i + 1..end];
+                    key = names
+                        .iter()
+                        .position(|n| n.as_bytes() == k)
+                        .or(Some(usize::MAX));
+                    expect_key = false;
+                } else if depth == 1 {
+                    if let Some((n, from)) = value_of.take() {
+                        found[n].get_or_insert(&json[from..=end]);
+                    }
+                }
+                i = end + 1;
+                continue;
+            }
+            b':' if depth == 1 => {
+                if let Some(k) = key.take() {
+                    let from = i
+                        + 1
+                        + json[i + 1..]
+                            .iter()
+                            .position(|b| !b.is_ascii_whitespace())?;
+                    if k != usize::MAX {
+                        value_of = Some((k, from));
+                    }
+                }
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                if depth == 2 {
+                    if let Some((n, from)) = value_of.take() {
+                        found[n].get_or_insert(&json[from..=i]);
+                    }
+                } else if depth == 1 {
+                    // The object's end: a scalar last member ends here.
+                    if let Some((n, from)) = value_of.take() {
+                        found[n].get_or_insert(json[from..i].trim_ascii_end());
+                    }
+                }
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return json[i + 1..]
+                        .iter()
+                        .all(u8::is_ascii_whitespace)
+                        .then_some(found);
+                }
+            }
+            b',' if depth == 1 => {
+                expect_key = true;
+                // A scalar value (number, true, false, null) ends here.
+                if let Some((n, from)) = value_of.take() {
+                    found[n].get_or_insert(json[from..i].trim_ascii_end());
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The index of the quote that ends the string whose content starts at `from`.
+fn string_end(json: &[u8], mut from: usize) -> Option<usize> {
+    loop {
+        let q = from + memchr::memchr2(b'"', b'\\', &json[from..])?;
+        if json[q] == b'"' {
+            return Some(q);
+        }
+        from = q + 2; // an escape: the next byte is never the string's end
+    }
+}
+
 /// `usage: null` (every chunk of a stream that asked for usage) and shapes of other APIs that
 /// happen to use the name read as no usage rather than failing the document.
 fn lenient<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<WireUsage>, D::Error> {
@@ -122,7 +242,7 @@ impl Observed {
     /// Reads one JSON document (a whole answer or one event's data). Returns whether it carried
     /// usage. A document that is not JSON, or not one of these shapes, changes nothing.
     pub fn document(&mut self, json: &[u8]) -> bool {
-        let Ok(doc) = serde_json::from_slice::<Doc>(json) else {
+        let Some(doc) = Doc::read(json) else {
             return false;
         };
         let nested = doc.response.or(doc.message);

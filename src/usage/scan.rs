@@ -301,7 +301,7 @@ pub fn generated_text(data: &[u8]) -> (u64, u64) {
             if let Some(d) = v.get("delta") {
                 strings(d, &mut n);
             }
-        } else if t.ends_with(".delta") && !(t.contains("audio") && !t.contains("transcript")) {
+        } else if t.ends_with(".delta") && (!t.contains("audio") || t.contains("transcript")) {
             // (`response.audio.delta` is base64 audio; its transcript's deltas are text.)
             if let Some(d) = v.get("delta") {
                 strings(d, &mut n);

@@ -571,3 +571,77 @@ fn a_cut_inside_a_named_event_closes_it_before_the_error_event() {
     let (out, was_cut, generated) = scan_capped(&body, &[], 10);
     assert_eq!((out, was_cut, generated), (body, false, 500));
 }
+
+#[test]
+fn top_level_members_are_found_as_a_full_parse_finds_them() {
+    // Every document the old full parse read gives the same usage and model; keys named alike
+    // inside strings, nested objects or arrays are not taken for the top-level ones.
+    let docs = [
+        r#"{"id":"x","model":"gpt-4o","choices":[{"message":{"content":"say \"usage\": {\"prompt_tokens\": 9}","usage":{"prompt_tokens":7}}}],"usage":{"prompt_tokens":5,"completion_tokens":6}}"#,
+        r#"{"usage":{"prompt_tokens":1,"completion_tokens":2},"model":"m"}"#,
+        r#"  {"model" : "m" , "usage" : { "input_tokens" : 3 , "output_tokens" : 4 } }  "#,
+        r#"{"type":"response.completed","response":{"model":"o3","usage":{"input_tokens":3,"output_tokens":2}}}"#,
+        r#"{"type":"message_start","message":{"model":"claude","usage":{"input_tokens":7,"output_tokens":1}}}"#,
+        r#"{"model":"m","usage":null}"#,
+        r#"{"model":"m","usage":"n/a"}"#,
+        r#"{"text":"a\\","model":"m\"x","usage":{"prompt_tokens":1}}"#,
+        r#"{"a":[{"usage":{"prompt_tokens":99}}],"b":{"model":"no"},"model":"yes","usage":{"prompt_tokens":2},"z":1}"#,
+        r#"{"model":"m","usage":{"prompt_tokens":1}} trailing"#,
+        r#"{"model":"m","usage":{"prompt_tokens":1}"#,
+        r#"[{"model":"m"}]"#,
+        "not json",
+        "",
+    ];
+    let full = |d: &str| {
+        #[derive(serde::Deserialize)]
+        struct W {
+            model: Option<serde_json::Value>,
+            usage: Option<serde_json::Value>,
+        }
+        serde_json::from_str::<W>(d)
+            .ok()
+            .map(|w| (w.model, w.usage))
+    };
+    for d in docs {
+        let mut o = Observed::default();
+        let carried = o.document(d.as_bytes());
+        match full(d) {
+            None => assert!(
+                !carried && o.model.is_none(),
+                "{d}: read although not one object"
+            ),
+            Some((model, usage)) => {
+                let direct = usage.as_ref().is_some_and(serde_json::Value::is_object);
+                let nested = d.contains("\"response\"") || d.contains("\"message\"");
+                if !nested {
+                    assert_eq!(carried, direct, "{d}");
+                    assert_eq!(
+                        o.model.clone(),
+                        model.and_then(|m| m.as_str().map(str::to_string)),
+                        "{d}"
+                    );
+                }
+            }
+        }
+    }
+    let mut o = Observed::default();
+    assert!(o.document(docs[0].as_bytes()));
+    assert_eq!(
+        (o.model.as_deref(), o.usage()),
+        (Some("gpt-4o"), Some(u(5, 6, 0, 0, 0)))
+    );
+    let mut o = Observed::default();
+    assert!(o.document(docs[8].as_bytes()));
+    assert_eq!(
+        (o.model.as_deref(), o.usage().map(|u| u.input)),
+        (Some("yes"), Some(2))
+    );
+    for (d, want) in [(docs[3], (Some("o3"), 3)), (docs[4], (Some("claude"), 7))] {
+        let mut o = Observed::default();
+        assert!(o.document(d.as_bytes()), "{d}");
+        assert_eq!(
+            (o.model.as_deref(), o.usage().map(|u| u.input).unwrap_or(0)),
+            want
+        );
+    }
+}
