@@ -116,11 +116,13 @@ impl Doc {
     fn read(json: &[u8]) -> Option<Doc> {
         let [model, usage, response, message] =
             top_level(json, ["model", "usage", "response", "message"])?;
+        // Straight into the struct (as `lenient`, without the `Value` in between): anything but
+        // an object of these fields' types reads as no usage.
+        // (An array would read positionally into the struct: only an object is usage.)
         let parse_usage = |v: &[u8]| {
-            serde_json::from_slice::<serde_json::Value>(v)
-                .ok()
-                .filter(serde_json::Value::is_object)
-                .and_then(|v| serde_json::from_value::<WireUsage>(v).ok())
+            v.starts_with(b"{")
+                .then(|| serde_json::from_slice::<WireUsage>(v).ok())
+                .flatten()
         };
         Some(Doc {
             model: model.and_then(|v| serde_json::from_slice::<String>(v).ok()),
