@@ -248,37 +248,36 @@ pub fn content_type(h: &http::HeaderMap) -> String {
 pub fn compressed(h: &http::HeaderMap) -> Option<String> {
     // Every field and every coding of a list: `Content-Encoding: identity` followed by a
     // second `Content-Encoding: gzip` is a gzip body to whoever reads the last one.
-    let codings: Vec<&[u8]> = h
-        .get_all(header::CONTENT_ENCODING)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii)
-        .collect();
-    codings
-        .iter()
-        .any(|c| !c.eq_ignore_ascii_case(b"identity"))
-        .then(|| {
-            let all: Vec<String> = codings
-                .iter()
-                .map(|c| String::from_utf8_lossy(c).into_owned())
-                .collect();
-            all.join(", ")
-        })
+    codings_besides(h, header::CONTENT_ENCODING, b"identity")
 }
 
 /// A request `Transfer-Encoding` with a coding other than `chunked` (`gzip, chunked`): its
 /// body's bytes are not what the gateway would inspect. The codings, when so.
 pub fn transfer_coded(h: &http::HeaderMap) -> Option<String> {
-    let codings: Vec<String> = h
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .map(|c| String::from_utf8_lossy(c.trim_ascii()).into_owned())
-        .collect();
-    codings
-        .iter()
-        .any(|c| !c.eq_ignore_ascii_case("chunked"))
-        .then(|| codings.join(", "))
+    codings_besides(h, header::TRANSFER_ENCODING, b"chunked")
+}
+
+/// The codings of every `name` field, joined (`a, b`), when any of them is not `allowed`
+/// (ASCII case ignored); nothing is allocated otherwise (these run on every exchange).
+fn codings_besides(
+    h: &http::HeaderMap,
+    name: header::HeaderName,
+    allowed: &[u8],
+) -> Option<String> {
+    let codings = || {
+        h.get_all(&name)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+    };
+    codings()
+        .any(|c| !c.eq_ignore_ascii_case(allowed))
+        .then(|| {
+            codings()
+                .map(String::from_utf8_lossy)
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
 }
 
 #[cfg(test)]
