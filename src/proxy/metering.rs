@@ -287,13 +287,15 @@ pub fn finish(ctx: &mut Exchange, status: u16) -> Option<serde_json::Value> {
     let prices = &route.prices;
     let observed = m.scanner.as_ref().map(|s| &s.observed);
     let cut = m.scanner.as_ref().is_some_and(|s| s.cut);
+    // What the stream was seen to generate (0 unless counted), and the prompt's estimate.
+    let generated = m.scanner.as_ref().map_or(0, UsageScanner::generated_tokens);
+    let input_estimate = m.asked.as_ref().map_or(0, Asked::input_estimate);
     let mut usage = observed.and_then(|o| o.usage());
     if cut {
         // The usage chunk never came: what was generated up to the cut is charged.
-        let generated = m.scanner.as_ref().map_or(0, UsageScanner::generated_tokens);
         let mut u = usage.unwrap_or_default();
         if u.input == 0 {
-            u.input = m.asked.as_ref().map_or(0, Asked::input_estimate);
+            u.input = input_estimate;
         }
         u.output = u.output.max(generated);
         usage = Some(u);
@@ -340,15 +342,10 @@ pub fn finish(ctx: &mut Exchange, status: u16) -> Option<serde_json::Value> {
         // Nothing went upstream, or it refused: nothing was generated.
         None if !sent || !success => Charge::Nothing,
         // Unreported: the reservation, or what the stream was seen to generate if more.
-        None => match m.scanner.as_ref().map_or(0, UsageScanner::generated_tokens) {
-            0 => Charge::Reserved,
-            generated => {
-                let input = m.asked.as_ref().map_or(0, Asked::input_estimate);
-                Charge::AtLeast {
-                    tokens: input.saturating_add(generated),
-                    cost: prices.ceiling(model.as_deref(), input, generated),
-                }
-            }
+        None if generated == 0 => Charge::Reserved,
+        None => Charge::AtLeast {
+            tokens: input_estimate.saturating_add(generated),
+            cost: prices.ceiling(model.as_deref(), input_estimate, generated),
         },
     };
     if let Some(t) = m.ticket {

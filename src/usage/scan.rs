@@ -297,15 +297,12 @@ pub fn generated_text(data: &[u8]) -> (u64, u64) {
             }
         }
     } else if let Some(t) = v.get("type").and_then(|t| t.as_str()) {
-        if t == "content_block_delta" {
-            if let Some(d) = v.get("delta") {
-                strings(d, &mut n);
-            }
-        } else if t.ends_with(".delta") && (!t.contains("audio") || t.contains("transcript")) {
-            // (`response.audio.delta` is base64 audio; its transcript's deltas are text.)
-            if let Some(d) = v.get("delta") {
-                strings(d, &mut n);
-            }
+        // Anthropic's deltas, and the Responses API's (`response.audio.delta` is base64 audio;
+        // its transcript's deltas are text).
+        let text_delta = t == "content_block_delta"
+            || (t.ends_with(".delta") && (!t.contains("audio") || t.contains("transcript")));
+        if let Some(d) = v.get("delta").filter(|_| text_delta) {
+            strings(d, &mut n);
         }
     }
     n
