@@ -74,6 +74,18 @@ class DemoRun:
                 self.changed.wait(min(left, 0.5))
         raise AssertionError(f"the demo never printed {pattern!r}:\n{self.text[-6000:]}")
 
+    def held_call(self) -> tuple[str, str, str]:
+        """Step 3's held tool call: its approval id, the console's URL and the issuer to sign in at."""
+        held = self.wait_for(r"HELD by the gateway: approval (apr_\w+)").group(1)
+        console = self.wait_for(r"in the console: (http://\S+)").group(1)
+        issuer = self.wait_for(r"sign-in\s+tests/oidc/provider.mjs on (https://\S+)").group(1)
+        return held, console, issuer
+
+    def press_enter(self) -> None:
+        """Answers the demo's last prompt (it stops and cleans up)."""
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+
     def finish(self, timeout: float = 120) -> int:
         """Its exit code, once it exited by itself within `timeout`."""
         try:
@@ -157,13 +169,11 @@ def test_demo_every_step_with_the_printed_approve_command_and_console_screenshot
     run = DemoRun("--wait")
     try:
         workdir = run.workdir
-        held = run.wait_for(r"HELD by the gateway: approval (apr_\w+)")
+        held, console, issuer = run.held_call()
         command = run.wait_for(r"from a shell in the repository:\n\s+(\./target/debug/agentgate approvals .+)").group(1)
-        console = run.wait_for(r"in the console: (http://\S+)").group(1)
-        issuer = run.wait_for(r"sign-in\s+tests/oidc/provider.mjs on (https://\S+)").group(1)
-        assert held.group(1) in command and " approve " in command
+        assert held in command and " approve " in command
         assert "received 0 call(s) of delete_repo so far" in run.text
-        shots("pending", console=console, issuer=issuer, approval_id=held.group(1))
+        shots("pending", console=console, issuer=issuer, approval_id=held)
         # Approving through the CLI: the command exactly as printed, in a shell at the repository.
         approved = subprocess.run(["bash", "-c", command], cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert approved.returncode == 0, approved.stderr
@@ -173,8 +183,7 @@ def test_demo_every_step_with_the_printed_approve_command_and_console_screenshot
         masked_id = run.wait_for(r"# step 1's exchange.*\n\$ agentgate sessions show (\w+)").group(1)
         held_id = run.wait_for(r"# step 3's tool call.*\n\$ agentgate sessions show (\w+)").group(1)
         shots("after", console=console, issuer=issuer, masked_id=masked_id, held_id=held_id)
-        run.proc.stdin.write("\n")
-        run.proc.stdin.flush()
+        run.press_enter()
         assert run.finish() == 0, run.text[-6000:]
     finally:
         run.kill()
@@ -212,16 +221,13 @@ def test_the_held_tool_call_is_approved_in_the_console():
     run = DemoRun("--wait")
     try:
         workdir = run.workdir
-        held = run.wait_for(r"HELD by the gateway: approval (apr_\w+)")
-        console = run.wait_for(r"in the console: (http://\S+)").group(1)
-        issuer = run.wait_for(r"sign-in\s+tests/oidc/provider.mjs on (https://\S+)").group(1)
+        held, console, issuer = run.held_call()
         assert "received 0 call(s) of delete_repo so far" in run.text
-        seen = shots("pending", console=console, issuer=issuer, approval_id=held.group(1), approve="change OPS-9 approved in the console")
+        seen = shots("pending", console=console, issuer=issuer, approval_id=held, approve="change OPS-9 approved in the console")
         assert "delete_repo" in seen["card"]
         run.wait_for(r"Press Enter to stop and clean up")
         check_far_sides(workdir)
-        run.proc.stdin.write("\n")
-        run.proc.stdin.flush()
+        run.press_enter()
         assert run.finish() == 0, run.text[-6000:]
     finally:
         run.kill()
