@@ -246,6 +246,18 @@ http {{
         wait_port(port, p, "vanilla pingora")
         return System("vanilla-pingora", port, p)
 
+    def gateway_head(self, name: str, port: int, admin: int, accounts: str = "") -> str:
+        """The start every bench gateway's config shares: one thread, the TLS listener, the admin
+        listener, and the bench agent's service account (then `accounts`, YAML list items)."""
+        return f"""server: {{ state_dir: ./var-{name}, threads: 1 }}
+listeners:
+  - {{ name: agents, address: "127.0.0.1:{port}", tls: {{ cert: {self.chain}, key: {self.key} }} }}
+admin: {{ address: "127.0.0.1:{admin}" }}
+identity:
+  service_accounts:
+    - {{ name: bench-agent, token_sha256: {hashlib.sha256(AGENT_KEY.encode()).hexdigest()}, groups: [agents] }}
+{accounts}"""
+
     def start_agentgate(self, upstream: int, variant: str = "passthrough", name: str | None = None,
                         binary: pathlib.Path | None = None) -> System:
         """`passthrough`: auth by service account, credential injection, no recording;
@@ -295,16 +307,9 @@ http {{
         requesters = "".join(
             f"    - {{ name: bench-requester-{i}, token_sha256: {hashlib.sha256(k.encode()).hexdigest()}, groups: [agents] }}\n"
             for i, k in enumerate(REQUESTER_KEYS)) if variant == "approvals" else ""
+        approver = f"    - {{ name: bench-approver, token_sha256: {hashlib.sha256(APPROVER_KEY.encode()).hexdigest()}, groups: [approvers] }}\n"
         conf.write_text(f"""{store}
-server: {{ state_dir: ./var-{name}, threads: 1 }}
-listeners:
-  - {{ name: agents, address: "127.0.0.1:{port}", tls: {{ cert: {self.chain}, key: {self.key} }} }}
-admin: {{ address: "127.0.0.1:{admin}" }}
-identity:
-  service_accounts:
-    - {{ name: bench-agent, token_sha256: {hashlib.sha256(AGENT_KEY.encode()).hexdigest()}, groups: [agents] }}
-    - {{ name: bench-approver, token_sha256: {hashlib.sha256(APPROVER_KEY.encode()).hexdigest()}, groups: [approvers] }}
-{requesters}routes:
+{self.gateway_head(name, port, admin, approver + requesters)}routes:
   - name: bench
     match: {{ path_prefix: /v1/ }}
     access: {{ groups: [agents] }}
@@ -429,14 +434,7 @@ litellm_settings:
         port, admin = free_port(), free_port()
         conf = self.work / f"{name}.yaml"
         conf.write_text(f"""
-server: {{ state_dir: ./var-{name}, threads: 1 }}
-listeners:
-  - {{ name: agents, address: "127.0.0.1:{port}", tls: {{ cert: {self.chain}, key: {self.key} }} }}
-admin: {{ address: "127.0.0.1:{admin}" }}
-identity:
-  service_accounts:
-    - {{ name: bench-agent, token_sha256: {hashlib.sha256(AGENT_KEY.encode()).hexdigest()}, groups: [agents] }}
-routes:
+{self.gateway_head(name, port, admin)}routes:
   - name: tools
     match: {{ path_prefix: {MCP_PATH} }}
     access: {{ groups: [agents] }}
