@@ -76,6 +76,19 @@ pub struct Totals {
     pub cost_micros: u64,
 }
 
+impl Totals {
+    /// Adds `o`'s counts (requests, tokens, unreported, cost) to these.
+    pub fn add_counts(&mut self, o: &Totals) {
+        self.requests += o.requests;
+        self.input_tokens += o.input_tokens;
+        self.output_tokens += o.output_tokens;
+        self.cached_input_tokens += o.cached_input_tokens;
+        self.reasoning_tokens += o.reasoning_tokens;
+        self.unreported += o.unreported;
+        self.cost_micros += o.cost_micros;
+    }
+}
+
 #[derive(Default, serde::Serialize, serde::Deserialize)]
 struct State {
     counters: HashMap<String, Counter>,
@@ -201,24 +214,16 @@ impl Ledger {
             .map(|s| s.as_str())
             .join("\u{1f}");
         let mut s = self.lock();
-        let e = s.totals.entry(key).or_insert_with(|| Totals {
-            requests: 0,
-            input_tokens: 0,
-            output_tokens: 0,
-            cached_input_tokens: 0,
-            reasoning_tokens: 0,
-            unreported: 0,
-            cost_micros: 0,
-            ..t.clone()
-        });
-        e.groups = t.groups;
-        e.requests += t.requests;
-        e.input_tokens += t.input_tokens;
-        e.output_tokens += t.output_tokens;
-        e.cached_input_tokens += t.cached_input_tokens;
-        e.reasoning_tokens += t.reasoning_tokens;
-        e.unreported += t.unreported;
-        e.cost_micros += t.cost_micros;
+        match s.totals.entry(key) {
+            std::collections::btree_map::Entry::Occupied(mut e) => {
+                let e = e.get_mut();
+                e.add_counts(&t);
+                e.groups = t.groups;
+            }
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert(t);
+            }
+        }
         drop(s);
         self.dirty.store(true, Ordering::SeqCst);
     }

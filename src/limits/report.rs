@@ -55,7 +55,7 @@ pub fn days(since: &str) -> Result<u32, String> {
 
 /// The totals summed by `by`, most expensive first (then most tokens).
 pub fn summarize(totals: &[Totals], by: By) -> Vec<Row> {
-    let mut rows: std::collections::BTreeMap<String, Row> = Default::default();
+    let mut sums: std::collections::BTreeMap<String, Totals> = Default::default();
     for t in totals {
         let keys: Vec<&str> = match by {
             By::Identity => vec![&t.identity],
@@ -64,24 +64,21 @@ pub fn summarize(totals: &[Totals], by: By) -> Vec<Row> {
             By::Model => vec![&t.model],
         };
         for k in keys {
-            let r = rows.entry(k.to_string()).or_insert_with(|| Row {
-                key: k.to_string(),
-                ..Row::default()
-            });
-            r.requests += t.requests;
-            r.input_tokens += t.input_tokens;
-            r.output_tokens += t.output_tokens;
-            r.cached_input_tokens += t.cached_input_tokens;
-            r.reasoning_tokens += t.reasoning_tokens;
-            r.unreported += t.unreported;
-            r.cost_micros += t.cost_micros;
+            sums.entry(k.to_string()).or_default().add_counts(t);
         }
     }
-    let mut out: Vec<Row> = rows
-        .into_values()
-        .map(|mut r| {
-            r.cost = crate::usage::micros_f64(r.cost_micros);
-            r
+    let mut out: Vec<Row> = sums
+        .into_iter()
+        .map(|(key, t)| Row {
+            key,
+            requests: t.requests,
+            input_tokens: t.input_tokens,
+            output_tokens: t.output_tokens,
+            cached_input_tokens: t.cached_input_tokens,
+            reasoning_tokens: t.reasoning_tokens,
+            unreported: t.unreported,
+            cost: crate::usage::micros_f64(t.cost_micros),
+            cost_micros: t.cost_micros,
         })
         .collect();
     out.sort_by(|a, b| {
